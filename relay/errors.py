@@ -1,0 +1,95 @@
+"""The one exception tree of tweet-relay, and the WebSocket close codes.
+
+::
+
+    RelayError
+    ├── ConfigError            bad setting, missing credential; the process exits
+    ├── MalformedPayload       a stream line that is not a usable X API payload
+    ├── StoreError             the store cannot be opened or written
+    ├── SourceError            a source failed for good (bad token, unentitled)
+    └── ClientError            a client asked for something it cannot have
+        ├── BadRequest         bad query parameter or bad frame (HTTP 400, error frame)
+        ├── NotFound           unknown path or object (HTTP 404)
+        ├── Unauthorized       missing or invalid token (HTTP 401, close 4001)
+        └── Forbidden          valid token, resource not granted (HTTP 403, close 4003)
+
+Close codes come in two ranges, as in centrifuge: 1xxx are the RFC 6455 codes,
+4xxx are ours. A client should reconnect and resume after 1001, 4008 and 4029;
+after 1008, 4001 and 4003 it must change something (token, frames) first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# RFC 6455 codes.
+CLOSE_GOING_AWAY = 1001  # shutdown: reconnect and resume from the last seq
+CLOSE_POLICY = 1008  # a policy refused the connection (limits per subject or address)
+CLOSE_TOO_BIG = 1009  # an inbound frame was larger than the limit
+# Our range.
+CLOSE_UNAUTHORIZED = 4001  # token missing, invalid or expired without refresh
+CLOSE_FORBIDDEN = 4003  # token valid but not allowed here
+CLOSE_SLOW_CONSUMER = 4008  # send buffer overflowed: resume from the store
+CLOSE_RATE_LIMITED = 4029  # too many client operations
+
+
+class RelayError(Exception):
+    """Base of every error the relay raises on purpose."""
+
+
+class ConfigError(RelayError):
+    """A setting is invalid or a required credential is missing."""
+
+
+class MalformedPayload(RelayError):
+    """A stream line could not be read as an X API v2 payload."""
+
+
+class StoreError(RelayError):
+    """The store failed; the message says how."""
+
+
+class SourceError(RelayError):
+    """A source cannot go on (for example the API refused the token)."""
+
+
+class ClientError(RelayError):
+    """A client request that cannot be served; carries its HTTP status and reason."""
+
+    status = 400
+    reason = "badRequest"
+    code = "bad_request"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+    def as_body(self) -> dict[str, Any]:
+        """The Enginio-shaped error body: ``{"errors": [{"message", "reason"}]}``."""
+        return {"errors": [{"message": self.message, "reason": self.reason}]}
+
+
+class BadRequest(ClientError):
+    status = 400
+    reason = "badRequest"
+    code = "bad_request"
+
+
+class NotFound(ClientError):
+    status = 404
+    reason = "notFound"
+    code = "not_found"
+
+
+class Unauthorized(ClientError):
+    status = 401
+    reason = "unauthorized"
+    code = "unauthorized"
+
+
+class Forbidden(ClientError):
+    status = 403
+    reason = "forbidden"
+    code = "forbidden"
