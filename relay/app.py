@@ -1,0 +1,110 @@
+"""Wires a :class:`~relay.config.Settings` into running parts, and stops them cleanly.
+
+Start order: store, hub, HTTP/WebSocket server, then the source, so the first
+tweet already finds its listeners. Stop order is the reverse, and drains: the
+source stops, what it sent is committed and published, every client gets what
+is queued for it and then 1001 with its last seq, the store closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from relay.bus import Bus
+from relay.bus.memory import MemoryBus
+from relay.config import Settings
+from relay.errors import ConfigError
+from relay.http import HttpApi
+from relay.hub import Hub
+from relay.ingest import Ingest
+from relay.metrics import Metrics
+from relay.server import StreamServer
+from relay.sources import Source
+from relay.sources.replay import ReplaySource
+from relay.store import Store
+from relay.store.sqlite import SQLiteStore
+from relay.synth import sample_path
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+def build_source(settings: Settings, store: Store, clock: Clock) -> Source:
+    """The source ``settings.source`` names."""
+    if settings.source == "replay":
+        path = settings.replay or str(sample_path())
+        return ReplaySource(path, speed=settings.speed, loop=settings.replay_loops, clock=clock)
+    raise ConfigError(f"unknown source {settings.source!r}")
+
+
+class Relay:
+    """Source and server in one process: the embedded mode of ``relay run``."""
+
+    def __init__(
+        self, settings: Settings, *, source: Source | None = None, clock: Clock = time.time
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = Metrics()
+        self.bus: Bus = MemoryBus()
+        self._source = source
+        self.ready = False
+        self.store: Store | None = None
+        self.hub: Hub | None = None
+        self.server: StreamServer | None = None
+        self.ingest: Ingest | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        if settings.replay and self._source is None:
+            _check_readable(settings.replay)
+        store = self.store = await SQLiteStore.open(settings.db)
+        hub = self.hub = Hub(store, self.metrics, head=await store.head())
+        self.bus.listen(hub.publish)
+        api = HttpApi(
+            store, hub, self.metrics, public_url=settings.public_url, is_ready=lambda: self.ready
+        )
+        self.server = StreamServer(settings, hub, api, self.metrics)
+        await self.server.start()
+        source = self._source or build_source(settings, store, self.clock)
+        self.ingest = Ingest(
+            source, store, hub.publish, self.metrics, batch_size=settings.batch_size
+        )
+        self.ingest.start()
+        self.ready = True
+        log.info("relay started: store epoch %s, head seq %d", store.epoch, hub.head)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    async def stop(self, timeout: float = 8.0) -> None:
+        """Drain and stop; every step is bounded so the whole stays under ``timeout``."""
+        self.ready = False
+        if self.server is not None:
+            await self.server.stop_accepting()
+        if self.ingest is not None:
+            try:
+                await asyncio.wait_for(self.ingest.stop(), timeout / 2)
+            except TimeoutError:
+                log.error("ingest did not drain in time")
+        if self.hub is not None:
+            await self.hub.close_all(timeout / 4)
+        if self.server is not None:
+            await self.server.wait_closed()
+        if self.store is not None:
+            await self.store.close()
+        log.info("relay stopped")
+
+
+def _check_readable(path: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot read replay file {path}: {exc.strerror}") from None

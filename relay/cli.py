@@ -1,0 +1,156 @@
+"""The ``relay`` command. Thin: flags into Settings, call the app, report errors in one line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from relay import __version__
+from relay.config import Settings
+from relay.errors import RelayError
+
+console = Console(stderr=True)
+Command = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command: Command | None = getattr(args, "command", None)
+    if command is None:
+        parser.print_help()
+        return 2
+    try:
+        return command(args)
+    except RelayError as exc:
+        console.print(f"[bold red]relay:[/] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relay",
+        description="Ingest a tweet stream, store every tweet, broadcast it over WebSocket.",
+    )
+    parser.add_argument("--version", action="version", version=f"tweet-relay {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run source and server in one process (the embedded relay)",
+        description="Run source and server in one process. With no options it replays the "
+        "bundled sample stream in a loop and serves http://localhost:8080.",
+        epilog="example: relay run --replay stream.jsonl --speed max --port 0",
+    )
+    add_server_flags(run)
+    add_source_flags(run)
+    run.set_defaults(command=cmd_run)
+
+    synth = commands.add_parser(
+        "synth",
+        help="write a deterministic synthetic stream (JSONL)",
+        description="Write a wire-accurate synthetic X API v2 filtered stream, the same for "
+        "the same seed.",
+        epilog="example: relay synth --count 10000 --seed 7 --out stream.jsonl.gz",
+    )
+    synth.add_argument("--count", type=int, default=1000, help="tweets to write (1000)")
+    synth.add_argument("--seed", type=int, default=1, help="random seed (1)")
+    synth.add_argument("--out", required=True, help="output file; .gz compresses")
+    synth.set_defaults(command=cmd_synth)
+    return parser
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (see config/relay.toml)")
+    parser.add_argument("--host", help="interface to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port, also $PORT; 0 picks a free one (8080)")
+    parser.add_argument("--db", help="SQLite database file, also $RELAY_DB (relay.db)")
+    parser.add_argument("--log-level", dest="log_level", help="debug, info, warning (info)")
+
+
+def add_source_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", help="where tweets come from: replay (replay)")
+    parser.add_argument("--replay", metavar="FILE", help="recorded stream (the bundled sample)")
+    parser.add_argument("--speed", help="replay pace: 1 recorded, N times faster, or max (1)")
+    parser.add_argument(
+        "--loop",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replay again and again with fresh ids (on for the bundled sample)",
+    )
+
+
+FLAG_NAMES = ("host", "port", "db", "log_level", "source", "replay", "speed", "loop")
+
+
+def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    flags: dict[str, Any] = {name: getattr(args, name, None) for name in FLAG_NAMES}
+    env = dict(os.environ) if environ is None else environ
+    return Settings.load(file=getattr(args, "config", None), environ=env, flags=flags)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    setup_logging(settings.log_level)
+    return asyncio.run(_run(settings))
+
+
+async def _run(settings: Settings) -> int:
+    from relay.app import Relay
+
+    relay = Relay(settings)
+    await relay.start()
+    host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    base = f"http://{host}:{relay.port}"
+    # One plain line per URL on stdout, easy for people and scripts (port 0) to read.
+    print(f"relay: serving {base}/ (demo page)", flush=True)
+    print(f"relay: stream  ws://{host}:{relay.port}/v1/stream", flush=True)
+    print(f"relay: objects {base}/v1/objects/tweets  info {base}/v1/info", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    logging.getLogger("relay").info("shutting down")
+    await relay.stop()
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from relay.synth import write_stream
+
+    if args.count < 1:
+        console.print("[bold red]relay:[/] --count must be at least 1")
+        return 2
+    written = write_stream(Path(args.out), args.count, args.seed)
+    console.print(f"wrote {written} tweets to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

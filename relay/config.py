@@ -1,0 +1,189 @@
+"""Settings: one frozen dataclass, read from a TOML file < the environment < CLI flags.
+
+Every key has a default (see ``config/relay.toml``), so ``relay run`` needs no
+configuration at all. The environment is passed in as a mapping, never read
+from ``os.environ`` here, so tests hand in a dict instead of patching.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from relay.errors import ConfigError
+
+SPEED_MAX = 0.0
+"""``speed`` value meaning "as fast as possible" (``--speed max``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # server
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""
+    """Base URL clients should use (https://relay.example.org); derived from Host when empty."""
+    send_buffer: int = 1 << 20
+    """Bytes a connection may have queued before it is closed as a slow consumer (4008)."""
+    max_frame: int = 64 * 1024
+    """Largest inbound client frame in bytes; larger closes the connection with 1009."""
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    # store
+    db: str = "relay.db"
+    # source
+    source: str = "replay"
+    replay: str = ""
+    """Recorded stream to replay; empty means the bundled sample."""
+    speed: float = 1.0
+    """Replay pace: 1 is the recorded pace, N is N times faster, 0 (``max``) is no pacing."""
+    loop: bool | None = None
+    """Replay the file again and again with fresh ids; default: on for the bundled sample only."""
+    batch_size: int = 500
+    # logging
+    log_level: str = "info"
+
+    @property
+    def replay_loops(self) -> bool:
+        return self.loop if self.loop is not None else not self.replay
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        file: str | Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        flags: Mapping[str, Any] | None = None,
+    ) -> Settings:
+        """Build settings with the precedence file < environment < flags."""
+        values: dict[str, Any] = {}
+        if file is not None:
+            values.update(_from_file(Path(file)))
+        values.update(_from_env(environ or {}))
+        values.update({k: v for k, v in (flags or {}).items() if v is not None})
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        converted = {key: _convert(key, value) for key, value in values.items()}
+        settings = replace(cls(), **converted)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0..65535, got {self.port}")
+        if self.speed < 0:
+            raise ConfigError(f"speed must be positive or 'max', got {self.speed}")
+        if self.send_buffer < 1024:
+            raise ConfigError("send_buffer must be at least 1024 bytes")
+        if self.max_frame < 256:
+            raise ConfigError("max_frame must be at least 256 bytes")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be at least 1")
+        if self.source not in SOURCES:
+            raise ConfigError(
+                f"unknown source {self.source!r}; choose one of: {', '.join(sorted(SOURCES))}"
+            )
+
+
+SOURCES = {"replay"}
+"""Source names ``--source`` accepts; live sources register themselves here."""
+
+# The environment names of each setting. PORT is what a PaaS sets.
+ENVIRONMENT = {
+    "host": ("RELAY_HOST",),
+    "port": ("PORT", "RELAY_PORT"),
+    "public_url": ("RELAY_PUBLIC_URL",),
+    "send_buffer": ("RELAY_SEND_BUFFER",),
+    "max_frame": ("RELAY_MAX_FRAME",),
+    "ping_interval": ("RELAY_PING_INTERVAL",),
+    "ping_timeout": ("RELAY_PING_TIMEOUT",),
+    "db": ("RELAY_DB",),
+    "source": ("RELAY_SOURCE",),
+    "replay": ("RELAY_REPLAY",),
+    "speed": ("RELAY_SPEED",),
+    "loop": ("RELAY_LOOP",),
+    "batch_size": ("RELAY_BATCH_SIZE",),
+    "log_level": ("RELAY_LOG_LEVEL",),
+}
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, names in ENVIRONMENT.items():
+        for name in names:  # later names win: RELAY_PORT over PORT
+            if name in environ and environ[name] != "":
+                values[key] = environ[name]
+    return values
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    # Sections only group keys for the reader; names are unique across them.
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, dict):
+            values.update(value)
+        else:
+            values[key] = value
+    return values
+
+
+def parse_speed(value: Any) -> float:
+    if isinstance(value, str) and value.strip().lower() == "max":
+        return SPEED_MAX
+    speed = float(value)
+    if speed <= 0:
+        raise ValueError("speed must be > 0 or 'max'")
+    return speed
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("not an integer")
+    return int(value)
+
+
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "port": _int,
+    "send_buffer": _int,
+    "max_frame": _int,
+    "batch_size": _int,
+    "ping_interval": float,
+    "ping_timeout": float,
+    "speed": parse_speed,
+    "loop": parse_bool,
+}
+
+
+def _convert(key: str, value: Any) -> Any:
+    converter = _CONVERTERS.get(key, str)
+    try:
+        return converter(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad value for {key}: {value!r} ({exc})") from None

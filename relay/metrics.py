@@ -1,0 +1,51 @@
+"""The relay's counters, on a registry of its own so that several relays (tests) never clash."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class Metrics:
+    """Every counter the relay keeps; ``/metrics`` serves them in Prometheus text format."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.lines = Counter("relay_lines", "Stream lines read, by kind", ["kind"], registry=r)
+        self.malformed = Counter(
+            "relay_malformed_lines", "Lines that were not X API payloads", registry=r
+        )
+        self.skipped = Counter(
+            "relay_skipped_tweets", "Unusable tweets inside good payloads", registry=r
+        )
+        self.stored = Counter("relay_tweets_stored", "Tweets stored (new ids)", registry=r)
+        self.duplicates = Counter(
+            "relay_duplicates_dropped", "Tweets dropped because the store had their id", registry=r
+        )
+        self.api_errors = Counter(
+            "relay_stream_error_messages", "errors entries in stream payloads", registry=r
+        )
+        self.last_data = Gauge(
+            "relay_last_data_timestamp_seconds", "When the source last sent a line", registry=r
+        )
+        self.head = Gauge("relay_head_seq", "The last seq published", registry=r)
+        self.connections = Gauge("relay_connections", "Open WebSocket connections", registry=r)
+        self.frames_sent = Counter("relay_frames_sent", "Frames sent to clients", registry=r)
+        self.bad_frames = Counter(
+            "relay_bad_client_frames", "Client frames answered with an error", ["code"], registry=r
+        )
+        self.slow_consumers = Counter(
+            "relay_slow_consumers_closed", "Connections closed with 4008", registry=r
+        )
+        self.recovered = Counter(
+            "relay_recovered_tweets", "Tweets sent from the store on resume", registry=r
+        )
+        self.http_requests = Counter(
+            "relay_http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

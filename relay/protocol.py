@@ -1,0 +1,172 @@
+"""The client wire protocol, sans-I/O: client frames in, server frames out.
+
+Every function here takes text or bytes and returns values or bytes; none
+touches a socket. ``docs/protocol.md`` is the reference for what is on the wire.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relay.errors import BadRequest
+from relay.tweets import ALL_CHANNEL, RULE_PREFIX
+
+PROTOCOL_VERSION = 1
+OPS = ("subscribe", "unsubscribe", "ping")
+# A rule key is whatever tag an operator chose, within reason: printable, bounded.
+_RULE_KEY = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
+
+
+class ProtocolError(BadRequest):
+    """A client frame the server cannot act on; answered with an ``error`` frame."""
+
+    def __init__(self, code: str, message: str, op: str | None = None, ref: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.op = op
+        self.ref = ref
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a client is in a store: ``(epoch, seq)``."""
+
+    epoch: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One decoded client operation."""
+
+    op: str
+    channel: str | None = None
+    since: Position | None = None
+    ref: Any = None
+    """The client's optional ``id``, echoed in the direct reply."""
+    extra: dict[str, Any] | None = None
+    """Further fields of the op (filters, tokens) for layers that read them."""
+
+
+def decode(frame: str | bytes) -> Op:
+    """Decode and validate one client frame; raise :class:`ProtocolError` if it is bad."""
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("bad_request", "frame is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("bad_request", "frame must be a JSON object")
+    ref = message.get("id")
+    if (ref is not None and not isinstance(ref, (str, int))) or isinstance(ref, bool):
+        raise ProtocolError("bad_request", "id must be a string or an integer")
+    op = message.get("op")
+    if not isinstance(op, str):
+        raise ProtocolError("bad_request", "op must be a string", ref=ref)
+    if op == "ping":
+        return Op("ping", ref=ref)
+    if op not in ("subscribe", "unsubscribe"):
+        raise ProtocolError("unknown_op", f"unknown op {op[:40]!r}", op=op[:40], ref=ref)
+    channel = channel_name(message.get("channel"), op, ref)
+    since = None
+    if op == "subscribe" and message.get("since") is not None:
+        since = _position(message["since"], ref)
+    extra = {k: v for k, v in message.items() if k not in ("op", "id", "channel", "since")}
+    return Op(op, channel=channel, since=since, ref=ref, extra=extra or None)
+
+
+def channel_name(value: Any, op: str | None = None, ref: Any = None) -> str:
+    """Check a channel name: ``tweets`` or ``rule:<key>``."""
+    if not isinstance(value, str):
+        raise ProtocolError("bad_request", "channel must be a string", op=op, ref=ref)
+    if value == ALL_CHANNEL:
+        return value
+    if value.startswith(RULE_PREFIX) and _RULE_KEY.fullmatch(value[len(RULE_PREFIX) :]):
+        return value
+    raise ProtocolError(
+        "unknown_channel",
+        f"unknown channel {value[:64]!r}: use 'tweets' or 'rule:<tag>'",
+        op=op,
+        ref=ref,
+    )
+
+
+def _position(value: Any, ref: Any) -> Position:
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_request", "since must be an object {epoch, seq}", "subscribe", ref)
+    epoch, seq = value.get("epoch"), value.get("seq")
+    if not isinstance(epoch, str) or not epoch:
+        raise ProtocolError("bad_request", "since.epoch must be a string", "subscribe", ref)
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise ProtocolError(
+            "bad_request", "since.seq must be a non-negative integer", "subscribe", ref
+        )
+    return Position(epoch, seq)
+
+
+# -- server frames ------------------------------------------------------------
+
+
+def _frame(fields: dict[str, Any], ref: Any = None) -> bytes:
+    if ref is not None:
+        fields["id"] = ref
+    return orjson.dumps(fields)
+
+
+def subscribed(channel: str, epoch: str, seq: int, recovered: int, ref: Any = None) -> bytes:
+    return _frame(
+        {
+            "type": "subscribed",
+            "channel": channel,
+            "epoch": epoch,
+            "seq": seq,
+            "recovered": recovered,
+        },
+        ref,
+    )
+
+
+def unsubscribed(channel: str, ref: Any = None) -> bytes:
+    return _frame({"type": "unsubscribed", "channel": channel}, ref)
+
+
+def reset(channel: str, epoch: str, seq: int) -> bytes:
+    return _frame({"type": "reset", "channel": channel, "epoch": epoch, "seq": seq})
+
+
+def pong(ref: Any = None) -> bytes:
+    return _frame({"type": "pong"}, ref)
+
+
+def error(code: str, message: str, op: str | None = None, ref: Any = None) -> bytes:
+    fields: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if op is not None:
+        fields["op"] = op
+    return _frame(fields, ref)
+
+
+def error_for(exc: ProtocolError) -> bytes:
+    return error(exc.code, exc.message, exc.op, exc.ref)
+
+
+def tweet(channel: str, seq: int, body: bytes) -> bytes:
+    """A ``tweet`` frame around an already encoded object (encoded once per tweet)."""
+    return b"".join(
+        (
+            b'{"type":"tweet","channel":',
+            orjson.dumps(channel),
+            b',"seq":',
+            str(seq).encode(),
+            b',"tweet":',
+            body,
+            b"}",
+        )
+    )
+
+
+def close_reason(reason: str, seq: int) -> str:
+    """The close reason: compact JSON, well under the 123-byte limit."""
+    return orjson.dumps({"reason": reason[:40], "seq": seq}).decode()

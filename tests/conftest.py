@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from relay.config import Settings  # noqa: E402
+from tests.support import PushSource, RunningRelay  # noqa: E402
+
+CAPTURES = ROOT.parent / "shared" / "data" / "twarc-csv"
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def make(**values: Any) -> Settings:
+        base: dict[str, Any] = {"port": 0, "db": str(tmp_path / "relay.db"), "speed": "max"}
+        base.update(values)
+        return Settings.from_mapping(base)
+
+    return make
+
+
+@pytest.fixture
+def start_relay() -> Iterator[Callable[..., RunningRelay]]:
+    started: list[RunningRelay] = []
+
+    def start(settings: Settings, source: Any = None) -> RunningRelay:
+        relay = RunningRelay(settings, source)
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in started:
+        relay.stop()
+
+
+@pytest.fixture
+def pushed(
+    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+) -> tuple[RunningRelay, PushSource]:
+    """A relay whose source the test feeds line by line."""
+    source = PushSource()
+    return start_relay(make_settings(send_buffer=256 * 1024), source), source
+
+
+@pytest.fixture
+def captures() -> Path:
+    if not CAPTURES.is_dir():
+        pytest.skip(f"real X API captures not found at ../shared/data/twarc-csv ({CAPTURES})")
+    return CAPTURES

@@ -1,0 +1,184 @@
+"""``relay`` as a user runs it: a subprocess, signals, kill -9, the README."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from relay.cli import build_parser
+from relay.synth import write_stream
+from tests.support import ROOT, UNIT, receive_tweets, subscribe, wait_for
+
+
+class RelayProcess:
+    """``python -m relay run ...`` on a free port, its URLs read from its output."""
+
+    def __init__(self, log: Path, *args: str) -> None:
+        self.log = log.open("w")  # a file, not a pipe: a chatty relay must never block on it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "run", "--port", "0", *args],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # blocks until the relay prints, or exits
+        match = re.search(r"http://[\w.]+:(\d+)/", line)
+        assert match, f"no URL in {line!r}; log: {log.read_text()}"
+        self.port = int(match.group(1))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/v1/stream"
+
+    def get(self, path: str) -> dict[str, object]:
+        with urllib.request.urlopen(self.url + path, timeout=UNIT) as response:
+            result: dict[str, object] = orjson.loads(response.read())
+            return result
+
+    def count(self) -> int:
+        return int(self.get("/v1/objects/tweets?count=1")["count"])  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def recording(tmp_path: Path) -> Path:
+    path = tmp_path / "stream.jsonl"
+    write_stream(path, 3000, seed=5)
+    return path
+
+
+@pytest.fixture
+def processes() -> Iterator[list[RelayProcess]]:
+    started: list[RelayProcess] = []
+    yield started
+    for relay in started:
+        if relay.proc.poll() is None:
+            relay.proc.kill()
+            relay.proc.wait()
+        assert relay.proc.stdout is not None
+        relay.proc.stdout.close()
+        relay.log.close()
+
+
+def test_sigterm_drains_closes_clients_with_1001_and_exits_0(
+    tmp_path: Path, recording: Path, processes: list[RelayProcess]
+) -> None:
+    relay = RelayProcess(
+        tmp_path / "r.log",
+        "--db",
+        str(tmp_path / "r.db"),
+        "--replay",
+        str(recording),
+        "--speed",
+        "50",
+    )
+    processes.append(relay)
+    ws, _ = subscribe(relay.ws_url, "tweets")
+    last = receive_tweets(ws, 5)[-1]["seq"]
+    started = time.monotonic()
+    relay.proc.send_signal(signal.SIGTERM)
+    from websockets.exceptions import ConnectionClosed
+
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            frame = orjson.loads(ws.recv(timeout=2 * UNIT))
+            if frame["type"] == "tweet":
+                last = frame["seq"]
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert orjson.loads(closed.value.rcvd.reason) == {"reason": "shutdown", "seq": last}
+    assert relay.proc.wait(10) == 0
+    assert time.monotonic() - started < 10
+
+
+def test_kill_9_loses_nothing_committed_and_a_restart_continues_the_seq(
+    tmp_path: Path, recording: Path, processes: list[RelayProcess]
+) -> None:
+    db = str(tmp_path / "k.db")
+    first = RelayProcess(
+        tmp_path / "1.log", "--db", db, "--replay", str(recording), "--speed", "100"
+    )
+    processes.append(first)
+    epoch = first.get("/v1/info")["epoch"]
+    ws, _ = subscribe(first.ws_url, "tweets")
+    seen = receive_tweets(ws, 100)  # published, so committed (persist before publish)
+    first.proc.kill()
+    first.proc.wait()
+
+    second = RelayProcess(
+        tmp_path / "2.log", "--db", db, "--replay", str(recording), "--speed", "max"
+    )
+    processes.append(second)
+    assert second.get("/v1/info")["epoch"] == epoch
+    wait_for(lambda: second.count() == 3000, 6 * UNIT, "the replay to complete")
+    ws, _ = subscribe(second.ws_url, "tweets", since={"epoch": epoch, "seq": 0})
+    frames = receive_tweets(ws, 3000)
+    assert [f["seq"] for f in frames] == list(range(1, 3001))
+    by_seq = {f["seq"]: f for f in frames}
+    assert all(by_seq[f["seq"]] == f for f in seen), "a tweet clients saw was lost or changed"
+    ids = [f["tweet"]["id"] for f in frames]
+    assert len(set(ids)) == 3000
+    second.proc.send_signal(signal.SIGTERM)
+    assert second.proc.wait(10) == 0
+
+
+def test_a_missing_replay_file_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "run",
+            "--port",
+            "0",
+            "--db",
+            str(tmp_path / "x.db"),
+            "--replay",
+            str(tmp_path / "nope.jsonl"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "cannot read replay file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_flag_values_are_reported_without_a_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "run", "--speed", "fast", "--db", str(tmp_path / "x.db")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "speed" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_cli_command_and_flag_is_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert subcommands.choices
+    for name, sub in subcommands.choices.items():
+        assert f"relay {name}" in readme, f"`relay {name}` is not documented in README.md"
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert flag in readme, f"`relay {name} {flag}` is not in README.md"
+    assert "relay-demo" in readme
