@@ -16,8 +16,8 @@ run: $(STAMP)
 	$(BIN)/relay run $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check relay client_demo tests
-	$(BIN)/ruff format --check relay client_demo tests
+	$(BIN)/ruff check relay client_demo tests bench
+	$(BIN)/ruff format --check relay client_demo tests bench
 	$(BIN)/mypy
 
 test: lint

@@ -135,9 +135,16 @@ async def _run(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    assert relay.ingest is not None
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(relay.ingest.failed.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
     logging.getLogger("relay").info("shutting down")
     await relay.stop()
+    if relay.ingest.error is not None:
+        console.print(f"[bold red]relay:[/] ingest stopped: {relay.ingest.error}", highlight=False)
+        return 1
     return 0
 
 

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from relay.errors import MalformedPayload
+from relay.errors import MalformedPayload, RelayError
 from relay.metrics import Metrics
 from relay.sources import RawLine, Source
 from relay.store import AppendResult, Store, StoredTweet
@@ -46,6 +46,14 @@ class Ingest:
         self._lines: asyncio.Queue[RawLine | None] = asyncio.Queue(maxsize=4 * batch_size)
         self._appends: asyncio.Queue[asyncio.Future[AppendResult] | None] = asyncio.Queue(8)
         self._tasks: list[asyncio.Task[None]] = []
+        self.error: BaseException | None = None
+        """Why ingest stopped early (the source or the store failed), if it did."""
+        self.failed = asyncio.Event()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.failed.set()
 
     def start(self) -> None:
         self._tasks = [
@@ -62,6 +70,9 @@ class Ingest:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             await self._lines.put(None)
+        if self.failed.is_set():  # a failed store: what waits on it would wait forever
+            for task in self._tasks:
+                task.cancel()
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
 
     async def _read(self) -> None:
@@ -71,9 +82,11 @@ class Ingest:
                 await self._lines.put(line)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except RelayError as exc:  # a source that cannot go on says why in one line
+            self._fail(exc)
+        except Exception as exc:
             log.exception("source %s failed", self.source.name)
-            raise
+            self._fail(exc)
         finally:
             closer = getattr(lines, "aclose", None)
             if closer is not None:
@@ -128,9 +141,12 @@ class Ingest:
             while (append := await self._appends.get()) is not None:
                 try:
                     result = await append
-                except Exception:
-                    log.exception("store append failed; those tweets were not published")
-                    continue
+                except Exception as exc:
+                    # Going on would skip these tweets for good: stop, and let the
+                    # source redeliver them after a restart.
+                    log.error("store append failed: %s", exc)
+                    self._fail(exc)
+                    return
                 self.metrics.stored.inc(len(result.stored))
                 self.metrics.duplicates.inc(result.duplicates)
                 if result.stored:

@@ -182,3 +182,29 @@ def test_every_cli_command_and_flag_is_in_the_readme() -> None:
                 if flag.startswith("--") and flag != "--help":
                     assert flag in readme, f"`relay {name} {flag}` is not in README.md"
     assert "relay-demo" in readme
+
+
+def test_a_source_that_fails_stops_the_relay_with_exit_1_and_says_why(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(b"this is not gzip data at all")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "run",
+            "--port",
+            "0",
+            "--db",
+            str(tmp_path / "x.db"),
+            "--replay",
+            str(broken),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "ingest stopped" in result.stderr and "gzip" in result.stderr.lower()

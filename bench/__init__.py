@@ -1,0 +1,1 @@
+"""Benchmarks of tweet-relay: `make bench` runs them."""
