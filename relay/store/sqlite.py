@@ -71,6 +71,8 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         "object TEXT NOT NULL, updated_at TEXT NOT NULL)"
     )
     db.execute("CREATE TABLE source_state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    # One row per rule key ever seen: /v1/info lists channels without scanning tweet_rules.
+    db.execute("CREATE TABLE rules (tag TEXT PRIMARY KEY, first_seq INTEGER NOT NULL)")
     db.table("tweets").enable_fts(["text"], fts_version="FTS5", create_triggers=True)
     db.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", [secrets.token_hex(8)])
 
@@ -110,6 +112,8 @@ class SQLiteStore:
         self.epoch = ""
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="store-read")
         self._writer: threading.Thread | None = None
         self._next_seq = 1
@@ -232,10 +236,9 @@ class SQLiteStore:
                 duplicates += 1
                 continue
             self._next_seq = seq + 1
-            conn.executemany(
-                "INSERT OR IGNORE INTO tweet_rules (tag, seq) VALUES (?, ?)",
-                [(key, seq) for key in dict.fromkeys(keys)],
-            )
+            pairs = [(key, seq) for key in dict.fromkeys(keys)]
+            conn.executemany("INSERT OR IGNORE INTO tweet_rules (tag, seq) VALUES (?, ?)", pairs)
+            conn.executemany("INSERT OR IGNORE INTO rules (tag, first_seq) VALUES (?, ?)", pairs)
             stored.append(StoredTweet(seq=seq, channels=tweet.channels, body=body))
         for user in users:
             self._upsert_user(conn, user, received)
@@ -277,6 +280,8 @@ class SQLiteStore:
             conn = self._connect()
             conn.execute("PRAGMA query_only = 1")
             self._local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
         return conn
 
     async def _read(self, run: Callable[[sqlite3.Connection], T]) -> T:
@@ -339,8 +344,7 @@ class SQLiteStore:
 
     async def rule_keys(self) -> list[str]:
         def run(conn: sqlite3.Connection) -> list[str]:
-            # A skip-scan over the (tag, seq) key: one probe per distinct tag.
-            rows = conn.execute("SELECT DISTINCT tag FROM tweet_rules ORDER BY tag").fetchall()
+            rows = conn.execute("SELECT tag FROM rules ORDER BY tag").fetchall()
             return [row[0] for row in rows]
 
         return await self._read(run)
@@ -369,6 +373,10 @@ class SQLiteStore:
             self._jobs.put(_STOP)
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
         self._readers.shutdown(wait=True)
+        with self._reader_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
 
 
 def _channel_range(

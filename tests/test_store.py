@@ -1,0 +1,92 @@
+"""The SQLite store on real files: seq, epoch, dedupe, group commit, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import orjson
+import pytest
+
+from relay.errors import StoreError
+from relay.store.sqlite import MIGRATIONS, SQLiteStore
+from relay.tweets import parse_line
+from tests.support import stream_line
+
+
+def _tweets(*ids: int, tags: tuple[str, ...] = ("cats",)) -> list:  # type: ignore[type-arg]
+    return [t for i in ids for t in parse_line(stream_line(i, tags=tags)).tweets]
+
+
+def test_seq_increases_ids_are_stored_once_and_the_epoch_survives_a_reopen(
+    tmp_path: Path,
+) -> None:
+    async def run() -> None:
+        store = await SQLiteStore.open(tmp_path / "s.db")
+        epoch = store.epoch
+        first = await store.append(_tweets(1, 2, 2, 3), [], 1.0)
+        assert [t.seq for t in first.stored] == [1, 2, 3]
+        assert first.duplicates == 1
+        again = await store.append(_tweets(3, 4), [], 2.0)
+        assert [t.seq for t in again.stored] == [4]
+        await store.close()
+
+        reopened = await SQLiteStore.open(tmp_path / "s.db")
+        assert reopened.epoch == epoch
+        assert await reopened.head() == 4
+        later = await reopened.append(_tweets(5), [], 3.0)
+        assert [t.seq for t in later.stored] == [5]
+        body = await reopened.tweet("5")
+        assert body is not None and orjson.loads(body)["seq"] == 5
+        await reopened.close()
+
+    asyncio.run(run())
+
+
+def test_concurrent_appends_are_group_committed_in_order(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = await SQLiteStore.open(tmp_path / "g.db")
+        results = await asyncio.gather(
+            *(store.append(_tweets(n * 10 + 1, n * 10 + 2), [], 1.0) for n in range(50))
+        )
+        seqs = [t.seq for r in results for t in r.stored]
+        assert seqs == list(range(1, 101))
+        assert store.commits < 50  # several appends shared a commit
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_channel_reads_and_counts_follow_the_rules(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = await SQLiteStore.open(tmp_path / "c.db")
+        await store.append(
+            _tweets(1, 2, tags=("cats",)) + _tweets(3, tags=("dogs", "cats")), [], 1.0
+        )
+        assert [t.seq for t in await store.read_after("rule:cats", 0, 3, 10)] == [1, 2, 3]
+        assert [t.seq for t in await store.read_after("rule:dogs", 0, 3, 10)] == [3]
+        assert [t.seq for t in await store.read_after("tweets", 1, 2, 10)] == [2]
+        assert await store.count_after("rule:cats", 1, 3) == 2
+        assert await store.rule_keys() == ["cats", "dogs"]
+        assert await store.highest_tweet_id() == "3"
+        await store.set_state("since_id", "42")
+        assert await store.get_state("since_id") == "42"
+        assert await store.get_state("nothing") is None
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_a_database_from_a_newer_relay_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        asyncio.run(SQLiteStore.open(path))
+
+
+def test_a_missing_folder_is_a_clear_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        asyncio.run(SQLiteStore.open(tmp_path / "no" / "such" / "r.db"))
