@@ -51,6 +51,18 @@ class RelayProcess:
         return int(self.get("/v1/objects/tweets?count=1")["count"])  # type: ignore[call-overload]
 
 
+def run_to_exit(*args: str) -> subprocess.CompletedProcess[str]:
+    """``relay run ARGS`` expected to exit on its own; its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "relay", "run", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 @pytest.fixture
 def recording(tmp_path: Path) -> Path:
     path = tmp_path / "stream.jsonl"
@@ -133,24 +145,8 @@ def test_kill_9_loses_nothing_committed_and_a_restart_continues_the_seq(
 
 
 def test_a_missing_replay_file_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "relay",
-            "run",
-            "--port",
-            "0",
-            "--db",
-            str(tmp_path / "x.db"),
-            "--replay",
-            str(tmp_path / "nope.jsonl"),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=30,
+    result = run_to_exit(
+        "--port", "0", "--db", str(tmp_path / "x.db"), "--replay", str(tmp_path / "nope.jsonl")
     )
     assert result.returncode == 2
     assert "cannot read replay file" in result.stderr
@@ -158,14 +154,7 @@ def test_a_missing_replay_file_is_one_clear_line_and_exit_2(tmp_path: Path) -> N
 
 
 def test_bad_flag_values_are_reported_without_a_traceback(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "run", "--speed", "fast", "--db", str(tmp_path / "x.db")],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_to_exit("--speed", "fast", "--db", str(tmp_path / "x.db"))
     assert result.returncode == 2
     assert "speed" in result.stderr and "Traceback" not in result.stderr
 
@@ -187,24 +176,6 @@ def test_every_cli_command_and_flag_is_in_the_readme() -> None:
 def test_a_source_that_fails_stops_the_relay_with_exit_1_and_says_why(tmp_path: Path) -> None:
     broken = tmp_path / "broken.jsonl.gz"
     broken.write_bytes(b"this is not gzip data at all")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "relay",
-            "run",
-            "--port",
-            "0",
-            "--db",
-            str(tmp_path / "x.db"),
-            "--replay",
-            str(broken),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_to_exit("--port", "0", "--db", str(tmp_path / "x.db"), "--replay", str(broken))
     assert result.returncode == 1
     assert "ingest stopped" in result.stderr and "gzip" in result.stderr.lower()

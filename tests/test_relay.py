@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from relay.config import Settings
 from relay.synth import write_stream
@@ -85,14 +88,23 @@ def test_replaying_the_same_file_twice_stores_nothing_new(
     assert second.relay.hub is not None and second.relay.hub.head == before[-1]["seq"]
 
 
-def test_the_object_api_serves_single_tweets_and_users(
+@pytest.fixture
+def replayed(
     tmp_path: Path,
     make_settings: Callable[..., Settings],
     start_relay: Callable[..., RunningRelay],
-) -> None:
+) -> tuple[RunningRelay, list[dict[str, object]]]:
+    """A relay that has stored the whole recording, and the tweets it holds."""
     path, expected = _recording(tmp_path)
     relay = start_relay(make_settings(replay=str(path)))
     relay.wait_stored(COUNT)
+    return relay, expected
+
+
+def test_the_object_api_serves_single_tweets_and_users(
+    replayed: tuple[RunningRelay, list[dict[str, object]]],
+) -> None:
+    relay, expected = replayed
     seq, first = next((n, t) for n, t in enumerate(expected, 1) if t["author"])
     status, body = relay.get(f"/v1/objects/tweets/{first['id']}")
     assert status == 200
@@ -110,13 +122,9 @@ def test_the_object_api_serves_single_tweets_and_users(
 
 
 def test_info_tells_clients_where_the_stream_lives(
-    tmp_path: Path,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    replayed: tuple[RunningRelay, list[dict[str, object]]],
 ) -> None:
-    path, expected = _recording(tmp_path)
-    relay = start_relay(make_settings(replay=str(path)))
-    relay.wait_stored(COUNT)
+    relay, expected = replayed
     status, info = relay.get("/v1/info")
     assert status == 200
     assert info["stream_url"] == relay.ws_url
@@ -129,15 +137,9 @@ def test_info_tells_clients_where_the_stream_lives(
 
 
 def test_metrics_count_what_flowed(
-    tmp_path: Path,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    replayed: tuple[RunningRelay, list[dict[str, object]]],
 ) -> None:
-    path, _ = _recording(tmp_path)
-    relay = start_relay(make_settings(replay=str(path)))
-    relay.wait_stored(COUNT)
-    import urllib.request
-
+    relay, _ = replayed
     with urllib.request.urlopen(relay.url + "/metrics", timeout=5) as response:
         text = response.read().decode()
     assert f"relay_tweets_stored_total {COUNT}.0" in text
