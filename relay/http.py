@@ -102,6 +102,7 @@ class HttpApi:
                 route = "static"
                 reply = self._static(path)
         except ClientError as exc:
+            log.info("GET %.200s -> %d: %s", target, exc.status, exc.message)
             reply = error_reply(exc)
         except Exception:
             log.exception("error answering %s", target)
