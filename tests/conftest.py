@@ -12,7 +12,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from relay.config import Settings  # noqa: E402
-from tests.support import PushSource, RunningRelay  # noqa: E402
+from tests.support import PushSource, RelayProcess, RunningRelay  # noqa: E402
 
 CAPTURES = ROOT.parent / "shared" / "data" / "twarc-csv"
 
@@ -55,3 +55,12 @@ def captures() -> Path:
     if not CAPTURES.is_dir():
         pytest.skip(f"real X API captures not found at ../shared/data/twarc-csv ({CAPTURES})")
     return CAPTURES
+
+
+@pytest.fixture
+def processes() -> Iterator[list[RelayProcess]]:
+    """Relay subprocesses a test starts; any still running at the end are killed."""
+    started: list[RelayProcess] = []
+    yield started
+    for relay in started:
+        relay.close()

@@ -8,7 +8,12 @@ come from the test instead of a file or the X API.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -110,6 +115,53 @@ class RunningRelay:
             out.extend(body["results"])
             if len(body["results"]) < 1000:
                 return out
+
+
+class RelayProcess:
+    """``python -m relay run ...`` on a free port, its URLs read from its output."""
+
+    def __init__(self, log: Path, *args: str, port: int = 0) -> None:
+        self.log = log.open("w")  # a file, not a pipe: a chatty relay must never block on it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "run", "--port", str(port), *args],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # blocks until the relay prints, or exits
+        match = re.search(r"http://[\w.]+:(\d+)/", line)
+        assert match, f"no URL in {line!r}; log: {log.read_text()}"
+        self.port = int(match.group(1))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/v1/stream"
+
+    def get(self, path: str) -> dict[str, object]:
+        with urllib.request.urlopen(self.url + path, timeout=UNIT) as response:
+            result: dict[str, object] = orjson.loads(response.read())
+            return result
+
+    def count(self) -> int:
+        return int(self.get("/v1/objects/tweets?count=1")["count"])  # type: ignore[call-overload]
+
+    def stop(self) -> int:
+        """SIGTERM, and the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(4 * UNIT)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self.log.close()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -18,37 +15,7 @@ import pytest
 
 from relay.cli import build_parser
 from relay.synth import write_stream
-from tests.support import ROOT, UNIT, receive_tweets, subscribe, wait_for
-
-
-class RelayProcess:
-    """``python -m relay run ...`` on a free port, its URLs read from its output."""
-
-    def __init__(self, log: Path, *args: str) -> None:
-        self.log = log.open("w")  # a file, not a pipe: a chatty relay must never block on it
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "run", "--port", "0", *args],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # blocks until the relay prints, or exits
-        match = re.search(r"http://[\w.]+:(\d+)/", line)
-        assert match, f"no URL in {line!r}; log: {log.read_text()}"
-        self.port = int(match.group(1))
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}/v1/stream"
-
-    def get(self, path: str) -> dict[str, object]:
-        with urllib.request.urlopen(self.url + path, timeout=UNIT) as response:
-            result: dict[str, object] = orjson.loads(response.read())
-            return result
-
-    def count(self) -> int:
-        return int(self.get("/v1/objects/tweets?count=1")["count"])  # type: ignore[call-overload]
+from tests.support import ROOT, UNIT, RelayProcess, receive_tweets, subscribe, wait_for
 
 
 def run_to_exit(*args: str) -> subprocess.CompletedProcess[str]:
@@ -68,19 +35,6 @@ def recording(tmp_path: Path) -> Path:
     path = tmp_path / "stream.jsonl"
     write_stream(path, 3000, seed=5)
     return path
-
-
-@pytest.fixture
-def processes() -> Iterator[list[RelayProcess]]:
-    started: list[RelayProcess] = []
-    yield started
-    for relay in started:
-        if relay.proc.poll() is None:
-            relay.proc.kill()
-            relay.proc.wait()
-        assert relay.proc.stdout is not None
-        relay.proc.stdout.close()
-        relay.log.close()
 
 
 def test_sigterm_drains_closes_clients_with_1001_and_exits_0(

@@ -1,0 +1,375 @@
+// tweet-relay demo page: a live, resuming view of one channel, and search over the store.
+// Plain JavaScript, no build step. Text from tweets is only ever set with textContent.
+"use strict";
+
+const KEEP = 300;             // tweets kept on the page
+const PAGE_SIZE = 20;         // search results a page
+const MAX_DELAY = 10000;      // reconnect backoff cap, ms
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  info: null,
+  channel: new URLSearchParams(location.search).get("channel") || "tweets",
+  token: sessionStorage.getItem("relay-token") || "",
+  epoch: null,
+  seq: null,                  // last seq shown for the current channel
+  ws: null,
+  attempt: 0,
+  arrivals: [],
+  history: new Array(30).fill(0),
+  search: { text: "", offset: 0, count: 0 },
+};
+// Hooks for tests and the curious: every seq shown, in order.
+window.relayDemo = { seqs: [], resets: 0, state: () => $("state").dataset.state };
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+function setState(name, text) {
+  const el = $("state");
+  el.dataset.state = name;
+  el.textContent = text || name;
+}
+
+function authHeaders() {
+  return state.token ? { Authorization: "Bearer " + state.token } : {};
+}
+
+async function getJSON(path) {
+  const response = await fetch(path, { headers: authHeaders(), cache: "no-store" });
+  let body = null;
+  try { body = await response.json(); } catch (e) { body = null; }
+  if (!response.ok) {
+    const message = body && body.errors ? body.errors[0].message : response.statusText;
+    const error = new Error(message);
+    error.status = response.status;
+    throw error;
+  }
+  return body;
+}
+
+async function loadInfo() {
+  const info = await getJSON("/v1/info");
+  state.info = info;
+  $("token-form").hidden = info.public !== false && !state.token;
+  const select = $("channel");
+  const current = state.channel;
+  select.replaceChildren();
+  const channels = info.channels.includes(current) ? info.channels : [...info.channels, current];
+  for (const channel of channels) {
+    const option = document.createElement("option");
+    option.value = channel;
+    option.textContent = channel;
+    select.append(option);
+  }
+  select.value = current;
+  return info;
+}
+
+// -- the live stream -----------------------------------------------------------------------
+
+function streamURL() {
+  let url = state.info.stream_url;
+  // The page may be served under another host name than the relay saw: keep the page's.
+  const page = new URL(location.href);
+  const stream = new URL(url);
+  stream.host = page.host;
+  stream.protocol = page.protocol === "https:" ? "wss:" : "ws:";
+  if (state.token) stream.searchParams.set("token", state.token);
+  return stream.toString();
+}
+
+async function connect() {
+  clearTimeout(state.retryTimer);
+  setState("connecting");
+  try {
+    await loadInfo();
+  } catch (error) {
+    if (error.status === 401 || error.status === 403) {
+      $("token-form").hidden = false;
+      setState("locked", "token needed");
+      showError("This relay needs an access token: " + error.message);
+      return;
+    }
+    return retry("relay unreachable");
+  }
+  const ws = new WebSocket(streamURL());
+  state.ws = ws;
+  ws.onopen = () => {
+    const op = { op: "subscribe", channel: state.channel };
+    if (state.epoch !== null && state.seq !== null) {
+      op.since = { epoch: state.epoch, seq: state.seq };
+    }
+    ws.send(JSON.stringify(op));
+  };
+  ws.onmessage = (message) => {
+    if (ws !== state.ws) return;
+    handleFrame(JSON.parse(message.data));
+  };
+  ws.onclose = (event) => {
+    if (ws !== state.ws) return;
+    state.ws = null;
+    if (event.code === 4001 || event.code === 4003 || event.code === 1008) {
+      $("token-form").hidden = false;
+      setState("locked", "refused");
+      showError("The relay refused the connection (" + event.code + "): "
+        + (event.reason || "check the token"));
+      return;
+    }
+    retry("disconnected (" + event.code + ")");
+  };
+}
+
+function retry(why) {
+  // Exponential backoff with full jitter: a restarted relay is not stampeded.
+  const delay = Math.random() * Math.min(MAX_DELAY, 250 * 2 ** state.attempt);
+  state.attempt += 1;
+  setState("reconnecting", why + ", retrying in " + (delay / 1000).toFixed(1) + " s");
+  state.retryTimer = setTimeout(connect, delay);
+}
+
+function handleFrame(frame) {
+  switch (frame.type) {
+    case "subscribed":
+      state.attempt = 0;
+      showError("");
+      if (state.epoch === null) {
+        state.epoch = frame.epoch;
+        state.seq = frame.seq;
+      }
+      setState("live", "live on " + frame.channel
+        + (frame.recovered ? " · recovered " + frame.recovered : ""));
+      break;
+    case "tweet":
+      if (frame.channel !== state.channel) return;
+      if (state.seq !== null && frame.seq <= state.seq) return;  // never twice
+      state.seq = frame.seq;
+      window.relayDemo.seqs.push(frame.seq);
+      $("seq").textContent = frame.seq;
+      addTweet($("tweets"), frame.tweet, frame.seq, true);
+      state.arrivals.push(performance.now());
+      break;
+    case "reset":
+      // The relay's store changed: what we hold belongs to another history.
+      window.relayDemo.resets += 1;
+      window.relayDemo.seqs = [];
+      $("tweets").replaceChildren();
+      state.epoch = frame.epoch;
+      state.seq = frame.seq;
+      break;
+    case "error":
+      showError("Relay error: " + frame.message);
+      break;
+  }
+}
+
+function switchChannel(channel) {
+  state.channel = channel;
+  state.epoch = null;
+  state.seq = null;
+  window.relayDemo.seqs = [];
+  $("tweets").replaceChildren();
+  $("channel-name").textContent = channel;
+  const url = new URL(location.href);
+  url.searchParams.set("channel", channel);
+  history.replaceState(null, "", url);
+  if (state.ws) {
+    const old = state.ws;
+    state.ws = null;
+    old.close(1000);
+  }
+  state.attempt = 0;
+  connect();
+}
+
+// -- rendering -----------------------------------------------------------------------------
+
+function addTweet(list, tweet, seq, newestFirst) {
+  const item = document.createElement("li");
+  item.className = "tweet";
+  item.dataset.seq = seq;
+  item.dataset.id = tweet.id;
+  item.dataset.rules = (tweet.rules || []).join(" ");
+
+  const head = document.createElement("div");
+  head.className = "head";
+  const author = tweet.author || {};
+  const name = document.createElement("b");
+  name.textContent = author.name || author.username || tweet.author_id || "unknown";
+  const handle = document.createElement("span");
+  handle.className = "handle";
+  handle.textContent = author.username ? "@" + author.username : "";
+  const time = document.createElement("time");
+  time.dateTime = tweet.createdAt;
+  time.textContent = formatTime(tweet.createdAt);
+  head.append(name, handle, time);
+
+  const body = document.createElement("p");
+  body.className = "text";
+  body.dir = "auto";  // right-to-left scripts render the right way round
+  renderText(body, tweet);
+
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  for (const rule of tweet.rules || []) {
+    const tag = document.createElement("span");
+    tag.className = "rule";
+    tag.textContent = rule;
+    meta.append(tag);
+  }
+  const media = (tweet.media || []).length;
+  const metrics = tweet.public_metrics || {};
+  const facts = [
+    media ? media + " media" : "",
+    metrics.like_count ? "♥ " + metrics.like_count : "",
+    metrics.retweet_count ? "⟲ " + metrics.retweet_count : "",
+    metrics.reply_count ? "↩ " + metrics.reply_count : "",
+    "#" + seq,
+  ].filter(Boolean);
+  const factsEl = document.createElement("span");
+  factsEl.className = "facts";
+  factsEl.textContent = facts.join(" · ");
+  meta.append(factsEl);
+
+  item.append(head, body, meta);
+  if (newestFirst) {
+    list.prepend(item);
+    while (list.children.length > KEEP) list.lastElementChild.remove();
+  } else {
+    list.append(item);
+  }
+}
+
+// Text with links, hashtags and mentions, from the API's entities (code-point offsets).
+function renderText(container, tweet) {
+  const chars = Array.from(tweet.text || "");
+  const entities = [];
+  const add = (kind, list) => (list || []).forEach((e) => entities.push({ kind, ...e }));
+  const ents = tweet.entities || {};
+  add("url", ents.urls);
+  add("hashtag", ents.hashtags);
+  add("mention", ents.mentions);
+  add("cashtag", ents.cashtags);
+  entities.sort((a, b) => a.start - b.start);
+  let at = 0;
+  for (const e of entities) {
+    if (!(e.start >= at && e.end <= chars.length && e.end > e.start)) continue;
+    container.append(chars.slice(at, e.start).join(""));
+    const shown = chars.slice(e.start, e.end).join("");
+    const link = document.createElement("a");
+    link.rel = "noopener noreferrer";
+    link.target = "_blank";
+    link.className = e.kind;
+    if (e.kind === "url") {
+      link.href = safeURL(e.expanded_url || e.url);
+      link.textContent = e.display_url || shown;
+    } else if (e.kind === "mention") {
+      link.href = "https://x.com/" + encodeURIComponent(e.username || shown.slice(1));
+      link.textContent = shown;
+    } else {
+      link.href = "https://x.com/search?q=" + encodeURIComponent(shown);
+      link.textContent = shown;
+    }
+    container.append(link);
+    at = e.end;
+  }
+  container.append(chars.slice(at).join(""));
+}
+
+function safeURL(url) {
+  try {
+    const parsed = new URL(url);
+    return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : "#";
+  } catch (e) {
+    return "#";
+  }
+}
+
+function formatTime(iso) {
+  const date = new Date(iso);
+  return isNaN(date) ? "" : date.toLocaleTimeString();
+}
+
+// -- rate sparkline ------------------------------------------------------------------------
+
+function tick() {
+  const now = performance.now();
+  state.arrivals = state.arrivals.filter((t) => now - t < 1000);
+  const rate = state.arrivals.length;
+  state.history.push(rate);
+  state.history.shift();
+  $("rate").textContent = rate.toFixed(1);
+  const canvas = $("spark");
+  const ctx = canvas.getContext("2d");
+  const max = Math.max(5, ...state.history);
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.beginPath();
+  state.history.forEach((value, i) => {
+    const x = (i / (state.history.length - 1)) * canvas.width;
+    const y = canvas.height - 2 - (value / max) * (canvas.height - 4);
+    if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+  });
+  ctx.strokeStyle = getComputedStyle(document.body).getPropertyValue("--accent");
+  ctx.lineWidth = 2;
+  ctx.stroke();
+}
+
+// -- search --------------------------------------------------------------------------------
+
+async function runSearch() {
+  const { text, offset } = state.search;
+  const params = new URLSearchParams({ search: text, limit: PAGE_SIZE, offset });
+  if (state.channel.startsWith("rule:")) params.set("rule", state.channel.slice(5));
+  try {
+    const body = await getJSON("/v1/objects/tweets?" + params);
+    state.search.count = body.count;
+    const list = $("results");
+    list.replaceChildren();
+    body.results.forEach((tweet) => addTweet(list, tweet, tweet.seq, false));
+    $("search-count").textContent = body.count + " found";
+    const pages = Math.max(1, Math.ceil(body.count / PAGE_SIZE));
+    $("page").textContent = "page " + (offset / PAGE_SIZE + 1) + " of " + pages;
+    $("prev").disabled = offset === 0;
+    $("next").disabled = offset + PAGE_SIZE >= body.count;
+    $("search-panel").hidden = false;
+    showError("");
+  } catch (error) {
+    showError("Search failed: " + error.message);
+  }
+}
+
+// -- wiring --------------------------------------------------------------------------------
+
+$("channel").addEventListener("change", (event) => switchChannel(event.target.value));
+$("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = $("search").value.trim();
+  if (!text) return;
+  state.search = { text, offset: 0, count: 0 };
+  runSearch();
+});
+$("prev").addEventListener("click", () => {
+  state.search.offset = Math.max(0, state.search.offset - PAGE_SIZE);
+  runSearch();
+});
+$("next").addEventListener("click", () => {
+  state.search.offset += PAGE_SIZE;
+  runSearch();
+});
+$("search-close").addEventListener("click", () => { $("search-panel").hidden = true; });
+$("token-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.token = $("token").value.trim();
+  sessionStorage.setItem("relay-token", state.token);
+  showError("");
+  switchChannel(state.channel);
+});
+
+$("channel-name").textContent = state.channel;
+setInterval(tick, 1000);
+// New rules show up as tweets match them: refresh the channel list now and then.
+setInterval(() => { if (state.ws) loadInfo().catch(() => {}); }, 15000);
+connect();
