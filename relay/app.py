@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from relay.access import Access
 from relay.bus import Bus
 from relay.bus.memory import MemoryBus
 from relay.config import Settings
@@ -65,10 +66,16 @@ class Relay:
         store = self.store = await SQLiteStore.open(settings.db)
         hub = self.hub = Hub(store, self.metrics, head=await store.head())
         self.bus.listen(hub.publish)
+        access = Access(settings.policy(), settings.secret, self.clock)
         api = HttpApi(
-            store, hub, self.metrics, public_url=settings.public_url, is_ready=lambda: self.ready
+            store,
+            hub,
+            self.metrics,
+            access,
+            public_url=settings.public_url,
+            is_ready=lambda: self.ready,
         )
-        self.server = StreamServer(settings, hub, api, self.metrics)
+        self.server = StreamServer(settings, hub, api, self.metrics, clock=self.clock)
         await self.server.start()
         source = self._source or build_source(settings, store, self.clock)
         self.ingest = Ingest(
@@ -77,6 +84,7 @@ class Relay:
         self.ingest.start()
         self.ready = True
         log.info("relay started: store epoch %s, head seq %d", store.epoch, hub.head)
+        _announce_access(settings)
 
     @property
     def port(self) -> int:
@@ -100,6 +108,17 @@ class Relay:
         if self.store is not None:
             await self.store.close()
         log.info("relay stopped")
+
+
+def _announce_access(settings: Settings) -> None:
+    """Say at start who may read what, so an open relay is never open by surprise."""
+    public = ", ".join(settings.public_channels)
+    if not settings.secret:
+        log.warning("RELAY_SECRET is not set: tokens are refused; public channels: %s", public)
+    elif public:
+        log.info("public channels (no token needed): %s; other channels need a token", public)
+    else:
+        log.info("every channel needs a token")
 
 
 def _check_readable(path: str) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from relay.auth import Policy
 from relay.errors import ConfigError
 
 SPEED_MAX = 0.0
@@ -32,6 +33,18 @@ class Settings:
     """Largest inbound client frame in bytes; larger closes the connection with 1009."""
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
+    # access control
+    secret: str = field(default="", repr=False)
+    """HS256 key for tokens (RELAY_SECRET); without it only public channels are served."""
+    public_channels: tuple[str, ...] = ("*",)
+    """Channel patterns anyone may read without a token; empty makes every channel private."""
+    max_connections_per_subject: int = 100
+    max_connections_per_address: int = 200
+    max_subscriptions: int = 50
+    ops_per_second: float = 20.0
+    ops_burst: int = 40
+    refresh_grace: float = 30.0
+    """Seconds a connection whose token expired has to send a ``refresh`` op."""
     # store
     db: str = "relay.db"
     # source
@@ -45,6 +58,16 @@ class Settings:
     batch_size: int = 500
     # logging
     log_level: str = "info"
+
+    def policy(self) -> Policy:
+        return Policy(
+            public_channels=self.public_channels,
+            max_connections_per_subject=self.max_connections_per_subject,
+            max_connections_per_address=self.max_connections_per_address,
+            max_subscriptions=self.max_subscriptions,
+            ops_per_second=self.ops_per_second,
+            ops_burst=self.ops_burst,
+        )
 
     @property
     def replay_loops(self) -> bool:
@@ -88,6 +111,21 @@ class Settings:
             raise ConfigError("max_frame must be at least 256 bytes")
         if self.batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
+        if not self.secret and not self.public_channels:
+            raise ConfigError(
+                "every channel is private (public_channels is empty) but RELAY_SECRET is not "
+                "set: set RELAY_SECRET to issue tokens, or make some channels public"
+            )
+        for key in (
+            "max_connections_per_subject",
+            "max_connections_per_address",
+            "max_subscriptions",
+            "ops_burst",
+        ):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1")
+        if self.ops_per_second <= 0 or self.refresh_grace < 0:
+            raise ConfigError("ops_per_second must be positive and refresh_grace not negative")
         if self.source not in SOURCES:
             raise ConfigError(
                 f"unknown source {self.source!r}; choose one of: {', '.join(sorted(SOURCES))}"
@@ -106,6 +144,14 @@ ENVIRONMENT = {
     "max_frame": ("RELAY_MAX_FRAME",),
     "ping_interval": ("RELAY_PING_INTERVAL",),
     "ping_timeout": ("RELAY_PING_TIMEOUT",),
+    "secret": ("RELAY_SECRET",),
+    "public_channels": ("RELAY_PUBLIC_CHANNELS",),
+    "max_connections_per_subject": ("RELAY_MAX_CONNECTIONS_PER_SUBJECT",),
+    "max_connections_per_address": ("RELAY_MAX_CONNECTIONS_PER_ADDRESS",),
+    "max_subscriptions": ("RELAY_MAX_SUBSCRIPTIONS",),
+    "ops_per_second": ("RELAY_OPS_PER_SECOND",),
+    "ops_burst": ("RELAY_OPS_BURST",),
+    "refresh_grace": ("RELAY_REFRESH_GRACE",),
     "db": ("RELAY_DB",),
     "source": ("RELAY_SOURCE",),
     "replay": ("RELAY_REPLAY",),
@@ -120,9 +166,14 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, names in ENVIRONMENT.items():
         for name in names:  # later names win: RELAY_PORT over PORT
-            if name in environ and environ[name] != "":
+            # An empty value means "unset", except where empty says something (no public
+            # channels at all).
+            if name in environ and (environ[name] != "" or key in EMPTY_IS_A_VALUE):
                 values[key] = environ[name]
     return values
+
+
+EMPTY_IS_A_VALUE = {"public_channels"}
 
 
 def _from_file(path: Path) -> dict[str, Any]:
@@ -163,6 +214,14 @@ def parse_bool(value: Any) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def parse_patterns(value: Any) -> tuple[str, ...]:
+    """Channel patterns from a TOML list or a comma-separated string."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise ValueError("expected a list of channel patterns")
+    return tuple(item.strip() for item in items if item.strip())
+
+
 def _int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("not an integer")
@@ -177,6 +236,13 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "ping_interval": float,
     "ping_timeout": float,
     "speed": parse_speed,
+    "public_channels": parse_patterns,
+    "max_connections_per_subject": _int,
+    "max_connections_per_address": _int,
+    "max_subscriptions": _int,
+    "ops_burst": _int,
+    "ops_per_second": float,
+    "refresh_grace": float,
     "loop": parse_bool,
 }
 

@@ -18,12 +18,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import orjson
 
 from relay import __version__
-from relay.errors import ClientError, NotFound
+from relay.errors import ClientError, Forbidden, NotFound
 from relay.protocol import PROTOCOL_VERSION
 from relay.query import parse_tweet_query
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX
 
 if TYPE_CHECKING:
+    from relay.access import Access
+    from relay.auth import Grant
     from relay.hub import Hub
     from relay.metrics import Metrics
     from relay.store import Store
@@ -61,6 +63,7 @@ class HttpApi:
         store: Store,
         hub: Hub,
         metrics: Metrics,
+        access: Access,
         *,
         public_url: str = "",
         is_ready: Callable[[], bool] = lambda: True,
@@ -68,6 +71,7 @@ class HttpApi:
     ) -> None:
         self.store = store
         self.hub = hub
+        self.access = access
         self.metrics = metrics
         self.public_url = public_url.rstrip("/")
         self.is_ready = is_ready
@@ -94,10 +98,10 @@ class HttpApi:
                 reply = await handler(params, headers)
             elif path.startswith("/v1/objects/tweets/"):
                 route = "/v1/objects/tweets/<id>"
-                reply = await self._one(self.store.tweet, "tweet", path)
+                reply = await self._tweet(path, self._grant(params, headers))
             elif path.startswith("/v1/objects/users/"):
                 route = "/v1/objects/users/<id>"
-                reply = await self._one(self.store.user, "user", path)
+                reply = await self._user(path, self._grant(params, headers))
             else:
                 route = "static"
                 reply = self._static(path)
@@ -137,25 +141,52 @@ class HttpApi:
                 "epoch": self.hub.epoch,
                 "seq": self.hub.head,
                 "channels": [ALL_CHANNEL, *(RULE_PREFIX + key for key in keys)],
-                "public": True,
+                "public": self.access.policy.is_public(ALL_CHANNEL),
+                "public_channels": list(self.access.policy.public_channels),
             },
         )
 
+    def _grant(self, params: dict[str, list[str]], headers: Mapping[str, str]) -> Grant | None:
+        """The request's grant; the token parameter is consumed here, not by the query."""
+        grant = self.access.authenticate(headers, params)
+        params.pop("token", None)
+        return grant
+
     async def _tweets(self, params: Mapping[str, list[str]], headers: Mapping[str, str]) -> Reply:
+        params = dict(params)
+        grant = self._grant(params, headers)
         query = parse_tweet_query(params)
+        if "rule" in params:
+            self.access.policy.check_read(grant, RULE_PREFIX + params["rule"][0])
+        readable = self.access.readable_rules(grant, await self.store.rule_keys())
+        if readable is not None:
+            query = query.restricted_to_rules(readable)
         objects, count = await self.store.query(query)
         if query.count_only:
             return json_reply(200, {"count": count})
         return Reply(200, _results(objects, count))
 
+    async def _tweet(self, path: str, grant: Grant | None) -> Reply:
+        body = await self._one(self.store.tweet, "tweet", path)
+        rules = orjson.loads(body).get("rules") or []
+        if not self.access.can_see(grant, rules):
+            # Refused the same way as a listing would be; never a hint of its content.
+            self.access.readable_rules(grant, [])
+            raise Forbidden("the tweet belongs to no channel this token grants")
+        return Reply(200, body)
+
+    async def _user(self, path: str, grant: Grant | None) -> Reply:
+        self.access.readable_rules(grant, [])  # any readable channel shows authors
+        return Reply(200, await self._one(self.store.user, "user", path))
+
     async def _one(
         self, fetch: Callable[[str], Awaitable[bytes | None]], kind: str, path: str
-    ) -> Reply:
+    ) -> bytes:
         object_id = unquote(path.rsplit("/", 1)[1])
         body = await fetch(object_id) if object_id else None
         if body is None:
             raise NotFound(f"no {kind} with id {object_id[:64]!r}")
-        return Reply(200, body)
+        return body
 
     async def _health(self, params: Mapping[str, list[str]], headers: Mapping[str, str]) -> Reply:
         return json_reply(200, {"status": "ok"})

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 
 from relay import protocol
 from relay.protocol import Position
-from relay.session import Session, SessionClosed, Subscription
+from relay.session import Session, SessionClosed, Subscription, wanted
 from relay.store import Store, StoredTweet
 
 if TYPE_CHECKING:
+    from relay.filters import TweetFilter
     from relay.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,15 @@ class Hub:
                     continue
                 frame = protocol.tweet(channel, tweet.seq, tweet.body)
                 for session in tuple(listeners):
-                    session.deliver(channel, tweet.seq, frame)
+                    session.deliver(channel, tweet, frame)
 
     def subscribe(
-        self, session: Session, channel: str, since: Position | None, ref: object = None
+        self,
+        session: Session,
+        channel: str,
+        since: Position | None,
+        ref: object = None,
+        tweet_filter: TweetFilter | None = None,
     ) -> None:
         """Start a subscription; a resume runs its store catch-up in a task."""
         if channel in session.subscriptions:
@@ -79,20 +85,22 @@ class Hub:
                 )
             )
             return
-        sub = Subscription(channel)
+        sub = Subscription(channel, tweet_filter)
         session.subscriptions[channel] = sub
+        filters = tweet_filter.as_dict() if tweet_filter else None
         self._listeners.setdefault(channel, set()).add(session)
         head = self.head  # same tick as registration: see the module docstring
         if since is None:
-            session.push(protocol.subscribed(channel, self.epoch, head, 0, ref))
+            session.push(protocol.subscribed(channel, self.epoch, head, 0, ref, filters))
             self._go_live(session, sub, after=None)
         elif since.epoch != self.epoch or since.seq > head:
             session.push(protocol.reset(channel, self.epoch, head))
-            session.push(protocol.subscribed(channel, self.epoch, head, 0, ref))
+            session.push(protocol.subscribed(channel, self.epoch, head, 0, ref, filters))
             self._go_live(session, sub, after=None)
         else:
             sub.task = asyncio.create_task(
-                self._catch_up(session, sub, since.seq, head, ref), name=f"catch-up {channel}"
+                self._catch_up(session, sub, since.seq, head, ref, filters),
+                name=f"catch-up {channel}",
             )
 
     def unsubscribe(self, session: Session, channel: str, ref: object = None) -> None:
@@ -117,12 +125,18 @@ class Hub:
         return self._listeners.keys()
 
     async def _catch_up(
-        self, session: Session, sub: Subscription, after: int, head: int, ref: object
+        self,
+        session: Session,
+        sub: Subscription,
+        after: int,
+        head: int,
+        ref: object,
+        filters: dict[str, object] | None,
     ) -> None:
         channel = sub.channel
         try:
             recovered = await self.store.count_after(channel, after, head)
-            session.push(protocol.subscribed(channel, self.epoch, head, recovered, ref))
+            session.push(protocol.subscribed(channel, self.epoch, head, recovered, ref, filters))
             last = after
             while True:
                 while last < head:
@@ -130,10 +144,11 @@ class Hub:
                     if not page:
                         break
                     for tweet in page:
-                        await session.push_paced(
-                            protocol.tweet(channel, tweet.seq, tweet.body), tweet.seq
-                        )
                         last = tweet.seq
+                        if wanted(sub, tweet):
+                            await session.push_paced(
+                                protocol.tweet(channel, tweet.seq, tweet.body), tweet.seq
+                            )
                     self.metrics.recovered.inc(len(page))
                 if not sub.overflowed:
                     break

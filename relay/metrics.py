@@ -37,6 +37,12 @@ class Metrics:
         self.slow_consumers = Counter(
             "relay_slow_consumers_closed", "Connections closed with 4008", registry=r
         )
+        self.refused = Counter(
+            "relay_refused",
+            "Connections, frames and requests refused, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.recovered = Counter(
             "relay_recovered_tweets", "Tweets sent from the store on resume", registry=r
         )

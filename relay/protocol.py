@@ -16,7 +16,7 @@ from relay.errors import BadRequest
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX
 
 PROTOCOL_VERSION = 1
-OPS = ("subscribe", "unsubscribe", "ping")
+OPS = ("subscribe", "unsubscribe", "ping", "refresh")
 # A rule key is whatever tag an operator chose, within reason: printable, bounded.
 _RULE_KEY = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 
@@ -68,14 +68,21 @@ def decode(frame: str | bytes) -> Op:
         raise ProtocolError("bad_request", "op must be a string", ref=ref)
     if op == "ping":
         return Op("ping", ref=ref)
-    if op not in ("subscribe", "unsubscribe"):
+    if op == "refresh":
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("bad_request", "refresh needs a token string", op, ref)
+        return Op("refresh", ref=ref, extra={"token": token})
+    if op not in OPS:
         raise ProtocolError("unknown_op", f"unknown op {op[:40]!r}", op=op[:40], ref=ref)
     channel = channel_name(message.get("channel"), op, ref)
     since = None
     if op == "subscribe" and message.get("since") is not None:
         since = _position(message["since"], ref)
-    extra = {k: v for k, v in message.items() if k not in ("op", "id", "channel", "since")}
-    return Op(op, channel=channel, since=since, ref=ref, extra=extra or None)
+    extra = None
+    if op == "subscribe" and message.get("filters") is not None:
+        extra = {"filters": message["filters"]}
+    return Op(op, channel=channel, since=since, ref=ref, extra=extra)
 
 
 def channel_name(value: Any, op: str | None = None, ref: Any = None) -> str:
@@ -116,17 +123,24 @@ def _frame(fields: dict[str, Any], ref: Any = None) -> bytes:
     return orjson.dumps(fields)
 
 
-def subscribed(channel: str, epoch: str, seq: int, recovered: int, ref: Any = None) -> bytes:
-    return _frame(
-        {
-            "type": "subscribed",
-            "channel": channel,
-            "epoch": epoch,
-            "seq": seq,
-            "recovered": recovered,
-        },
-        ref,
-    )
+def subscribed(
+    channel: str,
+    epoch: str,
+    seq: int,
+    recovered: int,
+    ref: Any = None,
+    filters: dict[str, Any] | None = None,
+) -> bytes:
+    fields: dict[str, Any] = {
+        "type": "subscribed",
+        "channel": channel,
+        "epoch": epoch,
+        "seq": seq,
+        "recovered": recovered,
+    }
+    if filters:
+        fields["filters"] = filters
+    return _frame(fields, ref)
 
 
 def unsubscribed(channel: str, ref: Any = None) -> bytes:
@@ -135,6 +149,17 @@ def unsubscribed(channel: str, ref: Any = None) -> bytes:
 
 def reset(channel: str, epoch: str, seq: int) -> bytes:
     return _frame({"type": "reset", "channel": channel, "epoch": epoch, "seq": seq})
+
+
+def refresh_required(expires_at: float, deadline: float) -> bytes:
+    """The token expires at ``expires_at``; send ``refresh`` before ``deadline``."""
+    return _frame(
+        {"type": "refresh_required", "expires_at": int(expires_at), "deadline": int(deadline)}
+    )
+
+
+def refreshed(expires_at: float, ref: Any = None) -> bytes:
+    return _frame({"type": "refreshed", "expires_at": int(expires_at)}, ref)
 
 
 def pong(ref: Any = None) -> bytes:

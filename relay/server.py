@@ -7,9 +7,14 @@ each connection's :class:`~relay.session.Session`.
 
 from __future__ import annotations
 
+import asyncio
 import http
 import logging
+import time
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -17,8 +22,17 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from relay import protocol
+from relay.auth import Grant, TokenBucket
 from relay.config import Settings
-from relay.http import STREAM_PATH, HttpApi, Reply
+from relay.errors import (
+    CLOSE_POLICY,
+    CLOSE_RATE_LIMITED,
+    CLOSE_UNAUTHORIZED,
+    ClientError,
+    Forbidden,
+    Unauthorized,
+)
+from relay.http import STREAM_PATH, HttpApi, Reply, error_reply
 from relay.hub import Hub
 from relay.metrics import Metrics
 from relay.protocol import ProtocolError
@@ -28,12 +42,26 @@ log = logging.getLogger(__name__)
 
 
 class StreamServer:
-    def __init__(self, settings: Settings, hub: Hub, api: HttpApi, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        hub: Hub,
+        api: HttpApi,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.hub = hub
         self.api = api
         self.metrics = metrics
+        self.clock = clock
+        self.access = api.access
+        self.policy = self.access.policy
         self.server: Server | None = None
+        self._grants: dict[ServerConnection, Grant | None] = {}
+        self._per_address: Counter[str] = Counter()
+        self._per_subject: Counter[str] = Counter()
 
     async def start(self) -> None:
         self.server = await serve(
@@ -65,45 +93,156 @@ class StreamServer:
             await self.server.wait_closed()
 
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0]
-        if path == STREAM_PATH:
-            return None  # the upgrade proceeds
-        reply = await self.api.handle(request.path, _plain_headers(request.headers))
-        return _response(reply)
+        path, _, query = request.path.partition("?")
+        headers = _plain_headers(request.headers)
+        if path != STREAM_PATH:
+            return _response(await self.api.handle(request.path, headers))
+        # Refused before the upgrade: a bad token never gets a WebSocket.
+        try:
+            grant = self.access.authenticate(headers, parse_qs(query))
+            if grant is None and not self.policy.is_open:
+                raise Unauthorized("this relay needs a token (Authorization: Bearer or ?token=)")
+        except ClientError as exc:
+            self.metrics.refused.labels(exc.reason).inc()
+            log.info("refused a stream connection from %s: %s", _peer(conn), exc.message)
+            return _response(error_reply(exc))
+        self._grants[conn] = grant
+        return None
 
     async def _handle(self, conn: ServerConnection) -> None:
         peer = _peer(conn)
+        grant = self._grants.pop(conn, None)
+        address = peer.rsplit(":", 1)[0]
+        subject = grant.subject if grant is not None else None
+        refusal = self._over_connection_limit(address, grant)
+        if refusal:
+            self.metrics.refused.labels("connection_limit").inc()
+            log.info("refused %s: %s", peer, refusal)
+            await conn.close(CLOSE_POLICY, refusal)
+            return
+        self._per_address[address] += 1
+        if subject is not None:
+            self._per_subject[subject] += 1
         session = Session(
             conn, send_buffer=self.settings.send_buffer, metrics=self.metrics, peer=peer
         )
+        session.state["grant"] = grant
+        session.state["bucket"] = TokenBucket(
+            self.policy.limit(grant, "ops_per_second"), self.policy.ops_burst, self.clock()
+        )
         self.hub.add(session)
         session.start()
-        log.debug("connection from %s", peer)
+        expiry = asyncio.create_task(self._watch_expiry(session), name=f"expiry {peer}")
         try:
             async for message in conn:
+                if not session.state["bucket"].take(self.clock()):
+                    self.metrics.refused.labels("rate_limited").inc()
+                    log.info("closing %s: too many operations", peer)
+                    await conn.close(CLOSE_RATE_LIMITED, "rate limited: too many operations")
+                    break
                 self._on_frame(session, message)
         except ConnectionClosed:
             pass
         finally:
+            expiry.cancel()
             self.hub.remove(session)
-            log.debug("connection from %s closed (%s)", peer, conn.close_code)
+            self._per_address[address] -= 1
+            if subject is not None:
+                self._per_subject[subject] -= 1
+
+    def _over_connection_limit(self, address: str, grant: Grant | None) -> str:
+        if self._per_address[address] >= self.policy.max_connections_per_address:
+            return f"too many connections from {address}"[:120]
+        if grant is not None and self._per_subject[grant.subject] >= self.policy.limit(
+            grant, "max_connections"
+        ):
+            return f"too many connections for {grant.subject}"[:120]
+        return ""
 
     def _on_frame(self, session: Session, message: str | bytes) -> None:
+        op: protocol.Op | None = None
         try:
             op = protocol.decode(message)
+            if op.op == "ping":
+                session.push(protocol.pong(op.ref))
+            elif op.op == "subscribe":
+                self._subscribe(session, op)
+            elif op.op == "unsubscribe":
+                assert op.channel is not None
+                self.hub.unsubscribe(session, op.channel, op.ref)
+            elif op.op == "refresh":
+                self._refresh(session, op)
         except ProtocolError as exc:
-            self.metrics.bad_frames.labels(exc.code).inc()
-            log.info("bad frame from %s: %s", session.peer, exc.message)
-            session.push(protocol.error_for(exc))
+            self._refuse(session, exc.code, exc.message, exc.op, exc.ref)
+        except ClientError as exc:
+            assert op is not None  # decode raises only ProtocolError
+            self._refuse(session, exc.code, exc.message, op.op, op.ref)
+
+    def _refuse(self, session: Session, code: str, message: str, op: str | None, ref: Any) -> None:
+        self.metrics.bad_frames.labels(code).inc()
+        log.info("refused a frame from %s: %s", session.peer, message)
+        session.push(protocol.error(code, message, op, ref))
+
+    def _subscribe(self, session: Session, op: protocol.Op) -> None:
+        assert op.channel is not None
+        grant: Grant | None = session.state["grant"]
+        self.policy.check_read(grant, op.channel)
+        if op.channel not in session.subscriptions and len(session.subscriptions) >= (
+            self.policy.limit(grant, "max_subscriptions")
+        ):
+            raise ProtocolError(
+                "too_many_subscriptions", "subscription limit reached", op.op, op.ref
+            )
+        requested = (op.extra or {}).get("filters")
+        tweet_filter = self.access.subscription_filter(grant, requested)
+        self.hub.subscribe(session, op.channel, op.since, op.ref, tweet_filter)
+
+    def _refresh(self, session: Session, op: protocol.Op) -> None:
+        old: Grant | None = session.state["grant"]
+        grant = self.access.verify((op.extra or {})["token"])
+        if old is not None and grant.subject != old.subject:
+            raise Forbidden("a refresh must keep the token's subject")
+        session.state["grant"] = grant
+        session.push(protocol.refreshed(grant.expires_at, op.ref))
+        session.state.pop("expiry_notice", None)
+        for channel in list(session.subscriptions):
+            if not self.policy.can_read(grant, channel):
+                self.hub.unsubscribe(session, channel)
+                self._refuse(
+                    session,
+                    "forbidden",
+                    f"the new token does not grant {channel}",
+                    "refresh",
+                    op.ref,
+                )
+        session.state.setdefault("refreshed", asyncio.Event()).set()
+
+    async def _watch_expiry(self, session: Session) -> None:
+        """At expiry ask for a fresh token; close with 4001 when none came in the grace time."""
+        while True:
+            grant: Grant | None = session.state["grant"]
+            if grant is None:
+                return
+            refreshed: asyncio.Event = session.state.setdefault("refreshed", asyncio.Event())
+            refreshed.clear()
+            if await _wait(refreshed, grant.expires_at - self.clock()):
+                continue
+            deadline = grant.expires_at + self.settings.refresh_grace
+            session.push(protocol.refresh_required(grant.expires_at, deadline))
+            if await _wait(refreshed, deadline - self.clock()):
+                continue
+            log.info("closing %s: token expired without refresh", session.peer)
+            await session.close_now(CLOSE_UNAUTHORIZED, "token expired")
             return
-        if op.op == "ping":
-            session.push(protocol.pong(op.ref))
-        elif op.op == "subscribe":
-            assert op.channel is not None
-            self.hub.subscribe(session, op.channel, op.since, op.ref)
-        elif op.op == "unsubscribe":
-            assert op.channel is not None
-            self.hub.unsubscribe(session, op.channel, op.ref)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Whether ``event`` was set within ``seconds``."""
+    try:
+        await asyncio.wait_for(event.wait(), max(0.0, seconds))
+    except TimeoutError:
+        return event.is_set()
+    return True
 
 
 def _peer(conn: ServerConnection) -> str:

@@ -20,7 +20,9 @@ from relay import protocol
 from relay.errors import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER
 
 if TYPE_CHECKING:
+    from relay.filters import TweetFilter
     from relay.metrics import Metrics
+    from relay.store import StoredTweet
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class Subscription:
     """A session's interest in one channel; held frames wait while it catches up."""
 
     channel: str
+    filter: TweetFilter | None = None
     live: bool = False
     held: list[tuple[int, bytes]] = field(default_factory=list)
     held_bytes: int = 0
@@ -105,11 +108,12 @@ class Session:
             raise SessionClosed
         self.push(frame, seq)
 
-    def deliver(self, channel: str, seq: int, frame: bytes) -> None:
+    def deliver(self, channel: str, tweet: StoredTweet, frame: bytes) -> None:
         """A live tweet of a channel: send it, or hold it while the channel catches up."""
         sub = self.subscriptions.get(channel)
-        if sub is None:
+        if sub is None or not wanted(sub, tweet):
             return
+        seq = tweet.seq
         if sub.live:
             self.push(frame, seq)
             return
@@ -141,6 +145,16 @@ class Session:
             self._writer.cancel()
         closing = asyncio.create_task(self._close(code, reason, CLOSE_TIMEOUT))
         closing.add_done_callback(_ignore_result)
+
+    async def close_now(self, code: int, reason: str) -> None:
+        """Close at once (policy, expiry): what is queued is dropped."""
+        self.closed = True
+        self._queue.clear()
+        self._queued = 0
+        self._drained.set()
+        if self._writer is not None:
+            self._writer.cancel()
+        await self._close(code, reason, CLOSE_TIMEOUT)
 
     async def _close(self, code: int, reason: str, timeout: float) -> None:
         """Close with a code and the last seq; abort if the client does not take the frame."""
@@ -200,6 +214,13 @@ class Session:
             log.debug("writer for %s stopped: %s", self.peer, exc)
             self.closed = True
             self._drained.set()
+
+
+def wanted(sub: Subscription, tweet: StoredTweet) -> bool:
+    """Whether a tweet passes the subscription's filters."""
+    return sub.filter is None or sub.filter.matches(
+        tweet.lang, tweet.author, tweet.has_media, tweet.text
+    )
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:

@@ -24,6 +24,11 @@ class StoredTweet:
     channels: tuple[str, ...]
     body: bytes
     """The served object as JSON, encoded once and reused in every frame."""
+    # What subscription filters look at, so they never decode the body.
+    lang: str | None = None
+    author: str | None = None
+    has_media: bool = False
+    text: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -239,7 +239,17 @@ class SQLiteStore:
             pairs = [(key, seq) for key in dict.fromkeys(keys)]
             conn.executemany("INSERT OR IGNORE INTO tweet_rules (tag, seq) VALUES (?, ?)", pairs)
             conn.executemany("INSERT OR IGNORE INTO rules (tag, first_seq) VALUES (?, ?)", pairs)
-            stored.append(StoredTweet(seq=seq, channels=tweet.channels, body=body))
+            stored.append(
+                StoredTweet(
+                    seq=seq,
+                    channels=tweet.channels,
+                    body=body,
+                    lang=tweet.lang,
+                    author=(tweet.author or {}).get("username"),
+                    has_media=tweet.has_media,
+                    text=tweet.text,
+                )
+            )
         for user in users:
             self._upsert_user(conn, user, received)
         return AppendResult(stored=stored, duplicates=duplicates)
@@ -298,7 +308,8 @@ class SQLiteStore:
     async def read_after(
         self, channel: str, after: int, until: int, limit: int
     ) -> list[StoredTweet]:
-        sql, params = _channel_range(channel, "seq, rules, object", after, until)
+        columns = "seq, rules, object, lang, author_username, has_media, text"
+        sql, params = _channel_range(channel, columns, after, until)
 
         def run(conn: sqlite3.Connection) -> list[StoredTweet]:
             rows = conn.execute(sql + " ORDER BY seq LIMIT ?", (*params, limit)).fetchall()
@@ -307,8 +318,12 @@ class SQLiteStore:
                     seq=seq,
                     channels=(ALL_CHANNEL, *(RULE_PREFIX + key for key in orjson.loads(rules))),
                     body=body.encode(),
+                    lang=lang,
+                    author=author,
+                    has_media=bool(has_media),
+                    text=text,
                 )
-                for seq, rules, body in rows
+                for seq, rules, body, lang, author, has_media, text in rows
             ]
 
         return await self._read(run)

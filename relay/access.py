@@ -1,0 +1,61 @@
+"""Access decisions for one relay: its secret, its policy and its clock, in one place.
+
+The stream server and the object API both ask it: who is this request (a grant, or
+nobody), may it read this channel, which rules may it see, which filters bind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from relay.auth import Grant, Policy, bearer_token, verify_token
+from relay.errors import Forbidden, Unauthorized
+from relay.filters import TweetFilter, parse_filter
+from relay.tweets import ALL_CHANNEL, RULE_PREFIX
+
+
+class Access:
+    def __init__(self, policy: Policy, secret: str, clock: Callable[[], float]) -> None:
+        self.policy = policy
+        self.secret = secret
+        self.clock = clock
+
+    def authenticate(
+        self, headers: Mapping[str, str], query: Mapping[str, Sequence[str]]
+    ) -> Grant | None:
+        """The request's grant; None without a token; Unauthorized for a bad one."""
+        token = bearer_token(headers, query)
+        return None if token is None else self.verify(token)
+
+    def verify(self, token: str) -> Grant:
+        return verify_token(self.secret, token, now=self.clock())
+
+    def readable_rules(self, grant: Grant | None, keys: Iterable[str]) -> list[str] | None:
+        """The rule keys ``grant`` may read; None means every tweet (``tweets`` is readable).
+
+        Raises Unauthorized or Forbidden when nothing at all is readable, so that a
+        caller never answers an empty success to a request it should refuse.
+        """
+        if self.policy.can_read(grant, ALL_CHANNEL):
+            return None
+        readable = [k for k in keys if self.policy.can_read(grant, RULE_PREFIX + k)]
+        if readable or self.policy.is_open or (grant is not None and grant.channels):
+            return readable
+        if grant is None:
+            raise Unauthorized("this relay needs a token (Authorization: Bearer or ?token=)")
+        raise Forbidden(f"the token of {grant.subject!r} grants no channel")
+
+    def can_see(self, grant: Grant | None, rule_keys: Iterable[str]) -> bool:
+        """Whether a tweet matching ``rule_keys`` is visible to ``grant``."""
+        return self.policy.can_read(grant, ALL_CHANNEL) or any(
+            self.policy.can_read(grant, RULE_PREFIX + key) for key in rule_keys
+        )
+
+    def subscription_filter(self, grant: Grant | None, requested: Any) -> TweetFilter | None:
+        """The filter of a subscription: what the token pins, narrowed by the client."""
+        asked = parse_filter(requested) if requested is not None else None
+        pinned = parse_filter(grant.filters) if grant is not None and grant.filters else None
+        if pinned is None:
+            return asked
+        return pinned.narrowed_by(asked) if asked is not None else pinned

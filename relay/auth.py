@@ -1,0 +1,212 @@
+"""Tokens, grants and the access policy. Pure: the time is passed in, nothing is read or sent.
+
+A token is a JWT signed with HS256 and the relay's secret (``RELAY_SECRET``). Claims:
+``sub`` and ``exp`` (required), ``nbf`` (optional), ``channels`` (glob patterns such as
+``tweets``, ``rule:*``, ``rule:cats``), ``filters`` (pinned subscription filters, see
+:mod:`relay.filters`) and ``limits`` (``max_connections``, ``max_subscriptions``,
+``ops_per_second``: a token may tighten or loosen the policy's defaults). Only HS256 is
+accepted: a token signed otherwise, or not at all (``alg: none``), is refused.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+from relay.errors import BadRequest, Forbidden, Unauthorized
+
+ALGORITHM = "HS256"
+LEEWAY = 2.0
+"""Seconds of clock skew tolerated on ``exp`` and ``nbf``."""
+LIMIT_KEYS = ("max_connections", "max_subscriptions", "ops_per_second")
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one verified token allows."""
+
+    subject: str
+    channels: tuple[str, ...]
+    expires_at: float
+    filters: Mapping[str, Any] | None = None
+    limits: Mapping[str, float] = field(default_factory=dict)
+
+    def allows(self, channel: str) -> bool:
+        return matches(self.channels, channel)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Who may read what, and how much, without and with a token."""
+
+    public_channels: tuple[str, ...] = ("*",)
+    """Channel patterns anyone may read without a token; ``*`` is everything."""
+    max_connections_per_subject: int = 100
+    max_connections_per_address: int = 200
+    max_subscriptions: int = 50
+    ops_per_second: float = 20.0
+    ops_burst: int = 40
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self.public_channels)
+
+    def is_public(self, channel: str) -> bool:
+        return matches(self.public_channels, channel)
+
+    def can_read(self, grant: Grant | None, channel: str) -> bool:
+        return self.is_public(channel) or (grant is not None and grant.allows(channel))
+
+    def check_read(self, grant: Grant | None, channel: str) -> None:
+        """Raise Unauthorized (no token) or Forbidden (token without the grant)."""
+        if self.can_read(grant, channel):
+            return
+        if grant is None:
+            raise Unauthorized(f"channel {channel} needs a token")
+        raise Forbidden(f"the token of {grant.subject!r} does not grant {channel}")
+
+    def limit(self, grant: Grant | None, key: str) -> float:
+        """A limit, the token's own when it carries one."""
+        if grant is not None and key in grant.limits:
+            return grant.limits[key]
+        default: float = {
+            "max_connections": self.max_connections_per_subject,
+            "max_subscriptions": self.max_subscriptions,
+            "ops_per_second": self.ops_per_second,
+        }[key]
+        return default
+
+
+def matches(patterns: Iterable[str], channel: str) -> bool:
+    return any(fnmatch.fnmatchcase(channel, pattern) for pattern in patterns)
+
+
+def issue_token(
+    secret: str,
+    *,
+    subject: str,
+    channels: Sequence[str],
+    ttl: float,
+    now: float,
+    filters: Mapping[str, Any] | None = None,
+    limits: Mapping[str, float] | None = None,
+    not_before: float | None = None,
+) -> str:
+    if not secret:
+        raise BadRequest("a token needs RELAY_SECRET")
+    if not subject:
+        raise BadRequest("a token needs a subject (--sub)")
+    if not channels:
+        raise BadRequest("a token needs at least one channel pattern (--channel)")
+    if ttl <= 0:
+        raise BadRequest("the token's ttl must be positive")
+    claims: dict[str, Any] = {
+        "sub": subject,
+        "channels": list(channels),
+        "iat": int(now),
+        "exp": int(now + ttl),
+    }
+    if not_before is not None:
+        claims["nbf"] = int(not_before)
+    if filters:
+        claims["filters"] = dict(filters)
+    if limits:
+        unknown = set(limits) - set(LIMIT_KEYS)
+        if unknown:
+            raise BadRequest(f"unknown token limit(s): {', '.join(sorted(unknown))}")
+        claims["limits"] = dict(limits)
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify_token(secret: str, token: str, *, now: float) -> Grant:
+    """The grant of a valid token; :class:`Unauthorized` saying why for any other."""
+    if not secret:
+        raise Unauthorized("this relay accepts no tokens (RELAY_SECRET is not set)")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.DecodeError:
+        raise Unauthorized("the token is not a JWT") from None
+    if header.get("alg") != ALGORITHM:
+        raise Unauthorized(f"the token's algorithm {header.get('alg')!r} is not accepted")
+    try:
+        # exp and nbf are checked below against the given time, not the library's clock.
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            options={
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "require": ["sub", "exp"],
+            },
+        )
+    except jwt.MissingRequiredClaimError as exc:
+        raise Unauthorized(f"the token lacks the {exc.claim!r} claim") from None
+    except jwt.InvalidSignatureError:
+        raise Unauthorized("the token's signature is not valid") from None
+    except jwt.InvalidTokenError as exc:
+        raise Unauthorized(f"the token is not valid: {exc}") from None
+    return _grant(claims, now)
+
+
+def _grant(claims: Mapping[str, Any], now: float) -> Grant:
+    subject, exp, nbf = claims.get("sub"), claims.get("exp"), claims.get("nbf")
+    if not isinstance(subject, str) or not subject:
+        raise Unauthorized("the token's sub claim must be a non-empty string")
+    if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+        raise Unauthorized("the token's exp claim must be a number")
+    if now > exp + LEEWAY:
+        raise Unauthorized("the token has expired")
+    if nbf is not None:
+        if not isinstance(nbf, (int, float)) or isinstance(nbf, bool):
+            raise Unauthorized("the token's nbf claim must be a number")
+        if now + LEEWAY < nbf:
+            raise Unauthorized("the token is not valid yet")
+    channels = claims.get("channels")
+    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        raise Unauthorized("the token's channels claim must be a list of patterns")
+    filters = claims.get("filters")
+    if filters is not None and not isinstance(filters, dict):
+        raise Unauthorized("the token's filters claim must be an object")
+    limits = claims.get("limits") or {}
+    if not isinstance(limits, dict) or not all(
+        key in LIMIT_KEYS and _number(value) for key, value in limits.items()
+    ):
+        raise Unauthorized("the token's limits claim is not valid")
+    return Grant(subject, tuple(channels), float(exp), filters, limits)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class TokenBucket:
+    """A rate limit: ``rate`` operations a second on average, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+def bearer_token(headers: Mapping[str, str], query: Mapping[str, Sequence[str]]) -> str | None:
+    """The token of a request: ``Authorization: Bearer`` first, then ``?token=``."""
+    authorization = headers.get("authorization", "")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    values = query.get("token")
+    return values[0] if values and values[0] else None

@@ -1,0 +1,111 @@
+"""Server-side subscription filters. Pure.
+
+A subscription may ask for ``{"lang": "ja" | [...], "author": "name" | [...],
+"has_media": true|false, "keyword": "word"}``; every given filter must hold. A token
+may pin filters: the client's own can only narrow them (the languages and authors
+are intersected, the keyword and media flag must agree), never widen them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from relay.errors import BadRequest, Forbidden
+
+KEYS = ("lang", "author", "has_media", "keyword")
+MAX_VALUES = 50
+
+
+@dataclass(frozen=True, slots=True)
+class TweetFilter:
+    langs: frozenset[str] | None = None
+    authors: frozenset[str] | None = None
+    has_media: bool | None = None
+    keywords: tuple[str, ...] = ()
+
+    def matches(self, lang: str | None, author: str | None, has_media: bool, text: str) -> bool:
+        if self.langs is not None and lang not in self.langs:
+            return False
+        if self.authors is not None and (author or "").lower() not in self.authors:
+            return False
+        if self.has_media is not None and has_media != self.has_media:
+            return False
+        lowered = text.lower()
+        return all(keyword in lowered for keyword in self.keywords)
+
+    def narrowed_by(self, other: TweetFilter) -> TweetFilter:
+        """Both filters at once; Forbidden when the client asks outside what is pinned."""
+        langs = _intersect(self.langs, other.langs, "lang")
+        authors = _intersect(self.authors, other.authors, "author")
+        if self.has_media is not None and other.has_media not in (None, self.has_media):
+            raise Forbidden("the token pins has_media; it cannot be changed")
+        return TweetFilter(
+            langs=langs,
+            authors=authors,
+            has_media=self.has_media if self.has_media is not None else other.has_media,
+            keywords=tuple(dict.fromkeys(self.keywords + other.keywords)),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.langs is not None:
+            out["lang"] = sorted(self.langs)
+        if self.authors is not None:
+            out["author"] = sorted(self.authors)
+        if self.has_media is not None:
+            out["has_media"] = self.has_media
+        if self.keywords:
+            out["keyword"] = " ".join(self.keywords)
+        return out
+
+
+def parse_filter(value: Any) -> TweetFilter:
+    """Validate a filter object from a client frame or a token claim."""
+    if not isinstance(value, Mapping):
+        raise BadRequest("filters must be an object")
+    unknown = sorted(set(value) - set(KEYS))
+    if unknown:
+        raise BadRequest(f"unknown filter {unknown[0][:40]!r}; known: {', '.join(KEYS)}")
+    has_media = value.get("has_media")
+    if has_media is not None and not isinstance(has_media, bool):
+        raise BadRequest("filter has_media must be true or false")
+    keyword = value.get("keyword")
+    if keyword is not None and (
+        not isinstance(keyword, str) or not keyword.strip() or len(keyword) > 200
+    ):
+        raise BadRequest("filter keyword must be a non-empty string of at most 200 characters")
+    return TweetFilter(
+        langs=_names(value.get("lang"), "lang", lower=False),
+        authors=_names(value.get("author"), "author", lower=True),
+        has_media=has_media,
+        keywords=tuple(keyword.lower().split()) if keyword else (),
+    )
+
+
+def _names(value: Any, key: str, *, lower: bool) -> frozenset[str] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(items, list)
+        or not items
+        or len(items) > MAX_VALUES
+        or not all(isinstance(i, str) and 0 < len(i) <= 64 for i in items)
+    ):
+        raise BadRequest(f"filter {key} must be a name or a list of 1 to {MAX_VALUES} names")
+    return frozenset(i.lower().lstrip("@") if lower else i for i in items)
+
+
+def _intersect(
+    pinned: frozenset[str] | None, asked: frozenset[str] | None, key: str
+) -> frozenset[str] | None:
+    if pinned is None:
+        return asked
+    if asked is None:
+        return pinned
+    both = pinned & asked
+    if not both:
+        raise Forbidden(f"the token pins {key} to {', '.join(sorted(pinned))}")
+    return both
