@@ -69,6 +69,38 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=1, help="random seed (1)")
     synth.add_argument("--out", required=True, help="output file; .gz compresses")
     synth.set_defaults(command=cmd_synth)
+
+    token = commands.add_parser(
+        "token",
+        help="print an access token (needs RELAY_SECRET)",
+        description="Print a JWT (HS256, signed with RELAY_SECRET) granting channel patterns.",
+        epilog="example: relay token --sub alice --channel 'rule:*' --ttl 3600",
+    )
+    token.add_argument("--config", metavar="FILE", help="TOML config file holding the secret")
+    token.add_argument("--sub", required=True, help="who the token is for")
+    token.add_argument(
+        "--channel",
+        action="append",
+        required=True,
+        metavar="PATTERN",
+        help="channel pattern to grant (tweets, rule:*, rule:cats); repeatable",
+    )
+    token.add_argument("--ttl", type=float, default=3600, help="lifetime in seconds (3600)")
+    token.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pin a filter: lang=ja, author=name, has_media=true, keyword=word",
+    )
+    token.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="KEY=N",
+        help="per-token limit: max_connections, max_subscriptions, ops_per_second",
+    )
+    token.set_defaults(command=cmd_token)
     return parser
 
 
@@ -156,6 +188,44 @@ def cmd_synth(args: argparse.Namespace) -> int:
         return 2
     written = write_stream(Path(args.out), args.count, args.seed)
     console.print(f"wrote {written} tweets to {args.out}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    import time
+
+    from relay.auth import issue_token
+    from relay.errors import ConfigError
+    from relay.filters import parse_filter
+
+    settings = Settings.load(file=args.config, environ=dict(os.environ))
+    if not settings.secret:
+        raise ConfigError("relay token needs RELAY_SECRET (the key the relay verifies with)")
+    filters: dict[str, Any] = {}
+    for item in args.filter:
+        key, _, value = item.partition("=")
+        filters[key] = (
+            {"true": True, "false": False}.get(value, value) if key == "has_media" else value
+        )
+    parse_filter(filters)  # refuse a bad filter now, not at the first subscribe
+    limits: dict[str, float] = {}
+    for item in args.limit:
+        key, _, value = item.partition("=")
+        try:
+            limits[key] = float(value)
+        except ValueError:
+            raise ConfigError(f"--limit {item!r}: the value must be a number") from None
+    print(
+        issue_token(
+            settings.secret,
+            subject=args.sub,
+            channels=args.channel,
+            ttl=args.ttl,
+            now=time.time(),
+            filters=filters or None,
+            limits=limits or None,
+        )
+    )
     return 0
 
 

@@ -111,6 +111,8 @@ class Settings:
             raise ConfigError("max_frame must be at least 256 bytes")
         if self.batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
+        if self.secret and len(self.secret.encode()) < 32:
+            raise ConfigError("RELAY_SECRET must be at least 32 bytes (HS256 wants a long key)")
         if not self.secret and not self.public_channels:
             raise ConfigError(
                 "every channel is private (public_channels is empty) but RELAY_SECRET is not "

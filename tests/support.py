@@ -96,9 +96,9 @@ class RunningRelay:
             return error.code, orjson.loads(error.read())
 
     def wait_stored(self, count: int, timeout: float = 4 * UNIT) -> None:
-        """Wait until the store holds ``count`` tweets."""
+        """Wait until ``count`` tweets are stored and published (whatever the access policy)."""
         wait_for(
-            lambda: self.get("/v1/objects/tweets?count=1")[1]["count"] >= count,
+            lambda: self.relay.hub is not None and self.relay.hub.head >= count,
             timeout,
             f"{count} tweets stored",
         )

@@ -1,0 +1,317 @@
+"""Access control on a live relay: tokens before the upgrade, grants, limits, expiry, fuzzing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+import orjson
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from relay.auth import issue_token
+from relay.config import Settings
+from tests.support import (
+    UNIT,
+    PushSource,
+    RunningRelay,
+    receive_tweets,
+    stream_line,
+    subscribe,
+    ws_connect,
+)
+from tests.test_auth import GOOD_CLAIMS, SECRET, _forge
+
+Start = Callable[..., tuple[RunningRelay, PushSource]]
+
+
+def token(channels: list[str], ttl: float = 600, sub: str = "alice", **extra: Any) -> str:
+    return issue_token(SECRET, subject=sub, channels=channels, ttl=ttl, now=time.time(), **extra)
+
+
+@pytest.fixture
+def private(
+    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+) -> Start:
+    """A relay where every channel needs a token; its source fed by the test."""
+
+    def start(**values: Any) -> tuple[RunningRelay, PushSource]:
+        source = PushSource()
+        settings = make_settings(secret=SECRET, public_channels=[], **values)
+        relay = start_relay(settings, source)
+        source.push(
+            stream_line(1, "a cat", tags=("cats",)),
+            stream_line(2, "a dog", tags=("dogs",), lang="es"),
+        )
+        relay.wait_stored(2)
+        return relay, source
+
+    return start
+
+
+def refused_status(url: str, **connect_args: Any) -> int:
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(url, **connect_args)
+    return int(refused.value.response.status_code)
+
+
+def now_claims(**changes: Any) -> dict[str, Any]:
+    return {**GOOD_CLAIMS, "exp": time.time() + 600, **changes}
+
+
+BAD_TOKENS = {
+    "forged signature": lambda: _forge(
+        {"alg": "HS256", "typ": "JWT"}, now_claims(), b"not-the-relay-secret-but-long-enough"
+    ),
+    "alg none": lambda: _forge({"alg": "none", "typ": "JWT"}, now_claims()),
+    "another algorithm": lambda: _forge(
+        {"alg": "HS512", "typ": "JWT"}, now_claims(), SECRET.encode()
+    ),
+    "expired": lambda: jwt.encode(now_claims(exp=time.time() - 60), SECRET, "HS256"),
+    "not yet valid": lambda: jwt.encode(now_claims(nbf=time.time() + 60), SECRET, "HS256"),
+    "missing sub": lambda: jwt.encode(
+        {"exp": time.time() + 60, "channels": ["tweets"]}, SECRET, "HS256"
+    ),
+    "missing exp": lambda: jwt.encode({"sub": "x", "channels": ["tweets"]}, SECRET, "HS256"),
+    "garbage": lambda: "garbage",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOKENS))
+def test_a_bad_token_is_refused_with_401_before_the_upgrade_and_on_the_object_api(
+    private: Start, case: str
+) -> None:
+    relay, _ = private()
+    bad = BAD_TOKENS[case]()
+    assert refused_status(relay.ws_url + "?token=" + bad) == 401
+    assert (
+        refused_status(relay.ws_url, additional_headers={"Authorization": f"Bearer {bad}"}) == 401
+    )
+    status, body = relay.get("/v1/objects/tweets?token=" + bad)
+    assert status == 401 and body["errors"][0]["reason"] == "unauthorized"
+
+
+def test_no_token_on_a_private_relay_is_401_never_an_empty_200(private: Start) -> None:
+    relay, _ = private()
+    assert refused_status(relay.ws_url) == 401
+    assert relay.get("/v1/objects/tweets")[0] == 401
+    assert relay.get("/v1/objects/tweets/1")[0] == 401
+    assert relay.get("/healthz") == (200, {"status": "ok"})
+    assert relay.get("/readyz")[0] == 200
+    assert relay.get("/v1/info")[1]["public"] is False
+
+
+def test_a_token_for_one_rule_never_sees_another(private: Start) -> None:
+    relay, source = private()
+    cats = token(["rule:cats"])
+    ws, _ = subscribe(
+        relay.ws_url, "rule:cats", additional_headers={"Authorization": f"Bearer {cats}"}
+    )
+    for channel in ("rule:dogs", "tweets"):
+        ws.send(orjson.dumps({"op": "subscribe", "channel": channel}).decode())
+        reply = orjson.loads(ws.recv(timeout=UNIT))
+        assert reply["type"] == "error" and reply["code"] == "forbidden", channel
+    source.push(
+        stream_line(3, tags=("dogs",)),
+        stream_line(4, tags=("dogs", "cats")),
+        stream_line(5, tags=("cats",)),
+    )
+    frames = receive_tweets(ws, 2)
+    assert [(f["channel"], f["tweet"]["id"]) for f in frames] == [
+        ("rule:cats", "4"),
+        ("rule:cats", "5"),
+    ]
+    # The object API applies the same grant.
+    status, body = relay.get(f"/v1/objects/tweets?sort=seq&token={cats}")
+    assert status == 200 and [t["id"] for t in body["results"]] == ["1", "4", "5"]
+    assert relay.get(f"/v1/objects/tweets?rule=dogs&token={cats}")[0] == 403
+    assert relay.get(f"/v1/objects/tweets/2?token={cats}")[0] == 403
+    assert relay.get(f"/v1/objects/tweets/1?token={cats}")[0] == 200
+    ws.close()
+
+
+def test_public_channels_need_no_token_and_others_still_do(
+    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+) -> None:
+    source = PushSource()
+    relay = start_relay(make_settings(secret=SECRET, public_channels=["rule:cats"]), source)
+    source.push(stream_line(1, tags=("cats",)), stream_line(2, tags=("dogs",)))
+    relay.wait_stored(2)
+    ws, _ = subscribe(relay.ws_url, "rule:cats")
+    ws.send('{"op":"subscribe","channel":"rule:dogs"}')
+    assert orjson.loads(ws.recv(timeout=UNIT))["code"] == "unauthorized"
+    status, body = relay.get("/v1/objects/tweets")
+    assert status == 200 and [t["id"] for t in body["results"]] == ["1"]
+    ws.close()
+
+
+def test_connection_limits_refuse_the_extra_connection_only(private: Start) -> None:
+    relay, source = private(max_connections_per_subject=2)
+    alice = {"additional_headers": {"Authorization": "Bearer " + token(["tweets"])}}
+    first, _ = subscribe(relay.ws_url, **alice)
+    second, _ = subscribe(relay.ws_url, **alice)
+    third = ws_connect(relay.ws_url, **alice)
+    with pytest.raises(ConnectionClosed) as closed:
+        third.recv(timeout=UNIT)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    bob, _ = subscribe(
+        relay.ws_url, additional_headers={"Authorization": "Bearer " + token(["tweets"], sub="bob")}
+    )
+    source.push(stream_line(10))
+    for ws in (first, second, bob):
+        assert receive_tweets(ws, 1)[0]["tweet"]["id"] == "10"
+        ws.close()
+
+
+def test_too_many_operations_close_with_4029_and_others_are_unaffected(private: Start) -> None:
+    relay, source = private(ops_per_second=5.0, ops_burst=5)
+    headers = {"additional_headers": {"Authorization": "Bearer " + token(["tweets"])}}
+    calm, _ = subscribe(relay.ws_url, **headers)
+    noisy = ws_connect(relay.ws_url, **headers)
+    with pytest.raises(ConnectionClosed) as closed:
+        for _ in range(50):
+            noisy.send('{"op":"ping"}')
+        while True:
+            noisy.recv(timeout=UNIT)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4029
+    source.push(stream_line(11))
+    assert receive_tweets(calm, 1)[0]["tweet"]["id"] == "11"
+    calm.close()
+
+
+def test_the_subscription_limit_answers_an_error_frame(private: Start) -> None:
+    relay, _ = private(max_subscriptions=1)
+    ws, _ = subscribe(
+        relay.ws_url,
+        "rule:cats",
+        additional_headers={"Authorization": "Bearer " + token(["rule:*"])},
+    )
+    ws.send('{"op":"subscribe","channel":"rule:dogs"}')
+    assert orjson.loads(ws.recv(timeout=UNIT))["code"] == "too_many_subscriptions"
+    ws.close()
+
+
+def test_an_expiring_token_is_refreshed_on_the_open_connection(private: Start) -> None:
+    relay, source = private(refresh_grace=2 * UNIT)
+    short = token(["tweets"], ttl=1)
+    ws, _ = subscribe(relay.ws_url, additional_headers={"Authorization": f"Bearer {short}"})
+    notice = orjson.loads(ws.recv(timeout=2 * UNIT))
+    assert notice["type"] == "refresh_required" and notice["deadline"] > notice["expires_at"]
+    ws.send(orjson.dumps({"op": "refresh", "token": token(["tweets"]), "id": 1}).decode())
+    assert orjson.loads(ws.recv(timeout=UNIT))["type"] == "refreshed"
+    source.push(stream_line(12))
+    assert receive_tweets(ws, 1)[0]["tweet"]["id"] == "12"
+    ws.close()
+
+
+def test_without_a_refresh_the_connection_closes_with_4001(private: Start) -> None:
+    relay, _ = private(refresh_grace=0.5)
+    short = token(["tweets"], ttl=1)
+    ws, _ = subscribe(relay.ws_url, additional_headers={"Authorization": f"Bearer {short}"})
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            ws.recv(timeout=3 * UNIT)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+
+
+def test_a_refresh_cannot_switch_to_another_subject(private: Start) -> None:
+    relay, _ = private()
+    ws, _ = subscribe(
+        relay.ws_url, additional_headers={"Authorization": "Bearer " + token(["tweets"])}
+    )
+    ws.send(orjson.dumps({"op": "refresh", "token": token(["tweets"], sub="mallory")}).decode())
+    assert orjson.loads(ws.recv(timeout=UNIT))["code"] == "forbidden"
+    ws.close()
+
+
+def test_filters_narrow_a_subscription_and_pinned_filters_cannot_be_widened(
+    private: Start,
+) -> None:
+    relay, source = private()
+    auth = {"additional_headers": {"Authorization": "Bearer " + token(["tweets"])}}
+    ws = ws_connect(relay.ws_url, **auth)
+    ws.send('{"op":"subscribe","channel":"tweets","filters":{"lang":"es"}}')
+    assert orjson.loads(ws.recv(timeout=UNIT))["filters"] == {"lang": ["es"]}
+    source.push(stream_line(20, lang="en"), stream_line(21, lang="es"))
+    assert receive_tweets(ws, 1)[0]["tweet"]["id"] == "21"
+    ws.close()
+
+    pinned = token(["tweets"], filters={"lang": "en"})
+    ws = ws_connect(relay.ws_url, additional_headers={"Authorization": f"Bearer {pinned}"})
+    ws.send('{"op":"subscribe","channel":"tweets","filters":{"lang":"es"}}')
+    assert orjson.loads(ws.recv(timeout=UNIT))["code"] == "forbidden"
+    ws.send('{"op":"subscribe","channel":"tweets"}')
+    assert orjson.loads(ws.recv(timeout=UNIT))["filters"] == {"lang": ["en"]}
+    source.push(stream_line(22, lang="es"), stream_line(23, lang="en"))
+    assert receive_tweets(ws, 1)[0]["tweet"]["id"] == "23"
+    ws.close()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+FRAMES = st.one_of(
+    st.text(max_size=200),
+    st.binary(max_size=200),
+    JSON_VALUES.map(json.dumps),
+    st.fixed_dictionaries(
+        {"op": st.sampled_from(["subscribe", "unsubscribe", "ping", "refresh", "x"])},
+        optional={
+            "channel": st.sampled_from(["tweets", "rule:cats", "rule:dogs", "rule:*", "", "x"])
+            | st.text(max_size=10),
+            "since": JSON_VALUES
+            | st.fixed_dictionaries({"epoch": st.text(max_size=8), "seq": st.integers()}),
+            "filters": JSON_VALUES,
+            "token": st.text(max_size=30),
+            "id": JSON_VALUES,
+        },
+    ).map(json.dumps),
+)
+
+
+def test_fuzzed_frames_never_crash_the_server_or_leak_a_channel(
+    private: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay, source = private(ops_per_second=10_000.0, ops_burst=10_000)
+    auth = {"additional_headers": {"Authorization": "Bearer " + token(["rule:cats"])}}
+    watcher, _ = subscribe(relay.ws_url, "rule:cats", **auth)
+    state: dict[str, Any] = {"ws": ws_connect(relay.ws_url, **auth)}
+    caplog.set_level(logging.INFO)
+
+    @hypothesis_settings(
+        max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(frame=FRAMES)
+    def fuzz(frame: str | bytes) -> None:
+        ws = state["ws"]
+        try:
+            ws.send(frame)
+            ws.send('{"op":"ping","id":"sync"}')
+            while True:  # every reply up to our ping's pong
+                reply = orjson.loads(ws.recv(timeout=UNIT))
+                if reply["type"] == "tweet":
+                    assert reply["channel"] == "rule:cats", reply
+                if reply.get("id") == "sync" and reply["type"] == "pong":
+                    return
+        except ConnectionClosed as closed:
+            assert closed.rcvd is not None and closed.rcvd.code in (1009, 4001)
+            state["ws"] = ws_connect(relay.ws_url, **auth)
+
+    fuzz()
+    source.push(stream_line(99, tags=("dogs",)), stream_line(100, tags=("cats",)))
+    assert receive_tweets(watcher, 1)[0]["tweet"]["id"] == "100"
+    problems = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not problems, [r.getMessage() for r in problems]
+    state["ws"].close()
+    watcher.close()
