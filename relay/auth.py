@@ -119,7 +119,8 @@ def issue_token(
         if unknown:
             raise BadRequest(f"unknown token limit(s): {', '.join(sorted(unknown))}")
         claims["limits"] = dict(limits)
-    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+    encoded: str = jwt.encode(claims, secret, algorithm=ALGORITHM)
+    return encoded
 
 
 def verify_token(secret: str, token: str, *, now: float) -> Grant:
