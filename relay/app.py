@@ -34,11 +34,39 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
-def build_source(settings: Settings, store: Store, clock: Clock) -> Source:
+def build_source(settings: Settings, store: Store, metrics: Metrics, clock: Clock) -> Source:
     """The source ``settings.source`` names."""
     if settings.source == "replay":
         path = settings.replay or str(sample_path())
         return ReplaySource(path, speed=settings.speed, loop=settings.replay_loops, clock=clock)
+    if settings.source in ("x-stream", "x-poll"):
+        from relay.sources.x_poll import XPollSource
+        from relay.sources.x_stream import XStreamSource
+        from relay.sources.xapi import load_rules, require_token
+
+        token = require_token(settings.x_bearer_token)
+        rules = load_rules(settings.rules_file)
+        if settings.source == "x-stream":
+            return XStreamSource(
+                token=token,
+                base_url=settings.x_api_base_url,
+                rules=rules,
+                store=store,
+                metrics=metrics,
+                clock=clock,
+                stall_timeout=settings.stall_timeout,
+                backfill_pages=settings.backfill_pages,
+            )
+        return XPollSource(
+            token=token,
+            base_url=settings.x_api_base_url,
+            rules=rules,
+            store=store,
+            metrics=metrics,
+            clock=clock,
+            interval=settings.poll_interval,
+            max_pages=settings.poll_max_pages,
+        )
     raise ConfigError(f"unknown source {settings.source!r}")
 
 
@@ -61,8 +89,8 @@ class Relay:
 
     async def start(self) -> None:
         settings = self.settings
-        if settings.replay and self._source is None:
-            _check_readable(settings.replay)
+        if self._source is None:
+            _check_source(settings)
         store = self.store = await SQLiteStore.open(settings.db)
         hub = self.hub = Hub(store, self.metrics, head=await store.head())
         self.bus.listen(hub.publish)
@@ -77,7 +105,7 @@ class Relay:
         )
         self.server = StreamServer(settings, hub, api, self.metrics, clock=self.clock)
         await self.server.start()
-        source = self._source or build_source(settings, store, self.clock)
+        source = self._source or build_source(settings, store, self.metrics, self.clock)
         self.ingest = Ingest(
             source, store, hub.publish, self.metrics, batch_size=settings.batch_size
         )
@@ -121,9 +149,18 @@ def _announce_access(settings: Settings) -> None:
         log.info("every channel needs a token")
 
 
-def _check_readable(path: str) -> None:
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"cannot read replay file {path}: {exc.strerror}") from None
+def _check_source(settings: Settings) -> None:
+    """Refuse a source that cannot work before anything starts: one clear line."""
+    if settings.source == "replay" and settings.replay:
+        try:
+            with open(settings.replay, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read replay file {settings.replay}: {exc.strerror}"
+            ) from None
+    if settings.source in ("x-stream", "x-poll"):
+        from relay.sources.xapi import load_rules, require_token
+
+        require_token(settings.x_bearer_token)
+        load_rules(settings.rules_file)

@@ -56,6 +56,16 @@ class Settings:
     loop: bool | None = None
     """Replay the file again and again with fresh ids; default: on for the bundled sample only."""
     batch_size: int = 500
+    # the X API (live sources)
+    x_bearer_token: str = field(default="", repr=False)
+    x_api_base_url: str = "https://api.twitter.com"
+    rules_file: str = "config/rules.toml"
+    stall_timeout: float = 30.0
+    """Seconds without a byte (keep-alives included) before the stream is dropped."""
+    backfill_pages: int = 10
+    """Most recent-search pages per rule when filling a gap after a reconnect."""
+    poll_interval: float = 60.0
+    poll_max_pages: int = 5
     # logging
     log_level: str = "info"
 
@@ -128,13 +138,17 @@ class Settings:
                 raise ConfigError(f"{key} must be at least 1")
         if self.ops_per_second <= 0 or self.refresh_grace < 0:
             raise ConfigError("ops_per_second must be positive and refresh_grace not negative")
+        if self.stall_timeout <= 0 or self.poll_interval <= 0:
+            raise ConfigError("stall_timeout and poll_interval must be positive")
+        if self.backfill_pages < 0 or self.poll_max_pages < 1:
+            raise ConfigError("backfill_pages must be >= 0 and poll_max_pages >= 1")
         if self.source not in SOURCES:
             raise ConfigError(
                 f"unknown source {self.source!r}; choose one of: {', '.join(sorted(SOURCES))}"
             )
 
 
-SOURCES = {"replay"}
+SOURCES = {"replay", "x-stream", "x-poll"}
 """Source names ``--source`` accepts; live sources register themselves here."""
 
 # The environment names of each setting. PORT is what a PaaS sets.
@@ -160,6 +174,13 @@ ENVIRONMENT = {
     "speed": ("RELAY_SPEED",),
     "loop": ("RELAY_LOOP",),
     "batch_size": ("RELAY_BATCH_SIZE",),
+    "x_bearer_token": ("X_BEARER_TOKEN",),
+    "x_api_base_url": ("X_API_BASE_URL",),
+    "rules_file": ("RELAY_RULES",),
+    "stall_timeout": ("RELAY_STALL_TIMEOUT",),
+    "backfill_pages": ("RELAY_BACKFILL_PAGES",),
+    "poll_interval": ("RELAY_POLL_INTERVAL",),
+    "poll_max_pages": ("RELAY_POLL_MAX_PAGES",),
     "log_level": ("RELAY_LOG_LEVEL",),
 }
 
@@ -243,6 +264,10 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "max_connections_per_address": _int,
     "max_subscriptions": _int,
     "ops_burst": _int,
+    "stall_timeout": float,
+    "poll_interval": float,
+    "backfill_pages": _int,
+    "poll_max_pages": _int,
     "ops_per_second": float,
     "refresh_grace": float,
     "loop": parse_bool,

@@ -43,6 +43,18 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.source_connects = Counter(
+            "relay_source_connects", "Connections made to the X stream", registry=r
+        )
+        self.source_reconnects = Counter(
+            "relay_source_reconnects",
+            "X stream connections ended, by cause",
+            ["cause"],
+            registry=r,
+        )
+        self.backfill_pages = Counter(
+            "relay_backfill_pages", "Recent-search pages fetched to fill gaps", registry=r
+        )
         self.recovered = Counter(
             "relay_recovered_tweets", "Tweets sent from the store on resume", registry=r
         )

@@ -70,7 +70,9 @@ class Store(Protocol):
         """Every rule key that some stored tweet matched."""
         ...
 
-    async def highest_tweet_id(self) -> str | None: ...
+    async def highest_tweet_id(self, rule_key: str | None = None) -> str | None:
+        """The newest stored tweet id, of one rule when ``rule_key`` is given."""
+        ...
 
     async def get_state(self, key: str) -> str | None:
         """Small durable values for sources (``since_id``, offsets)."""

@@ -364,11 +364,17 @@ class SQLiteStore:
 
         return await self._read(run)
 
-    async def highest_tweet_id(self) -> str | None:
+    async def highest_tweet_id(self, rule_key: str | None = None) -> str | None:
+        # Ids are decimal strings of growing length: compare by length, then text.
+        sql = "SELECT id FROM tweets"
+        params: tuple[str, ...] = ()
+        if rule_key is not None:
+            sql += " WHERE seq IN (SELECT seq FROM tweet_rules WHERE tag = ?)"
+            params = (rule_key,)
+        sql += " ORDER BY length(id) DESC, id DESC LIMIT 1"
+
         def run(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                "SELECT id FROM tweets ORDER BY length(id) DESC, id DESC LIMIT 1"
-            ).fetchone()
+            row = conn.execute(sql, params).fetchone()
             return row[0] if row else None
 
         return await self._read(run)
