@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from relay.access import Access
 from relay.bus import Bus
@@ -32,10 +32,17 @@ from relay.synth import sample_path
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 
-def build_source(settings: Settings, store: Store, metrics: Metrics, clock: Clock) -> Source:
-    """The source ``settings.source`` names."""
+def build_source(
+    settings: Settings,
+    store: Store,
+    metrics: Metrics,
+    clock: Clock,
+    sleep: Sleep = asyncio.sleep,
+) -> Source:
+    """The source ``settings.source`` names; ``clock`` and ``sleep`` pace its waits."""
     if settings.source == "replay":
         path = settings.replay or str(sample_path())
         return ReplaySource(path, speed=settings.speed, loop=settings.replay_loops, clock=clock)
@@ -54,6 +61,7 @@ def build_source(settings: Settings, store: Store, metrics: Metrics, clock: Cloc
                 store=store,
                 metrics=metrics,
                 clock=clock,
+                sleep=sleep,
                 stall_timeout=settings.stall_timeout,
                 backfill_pages=settings.backfill_pages,
             )
@@ -74,10 +82,16 @@ class Relay:
     """Source and server in one process: the embedded mode of ``relay run``."""
 
     def __init__(
-        self, settings: Settings, *, source: Source | None = None, clock: Clock = time.time
+        self,
+        settings: Settings,
+        *,
+        source: Source | None = None,
+        clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.settings = settings
         self.clock = clock
+        self.sleep = sleep
         self.metrics = Metrics()
         self.bus: Bus = MemoryBus()
         self._source = source
@@ -105,7 +119,7 @@ class Relay:
         )
         self.server = StreamServer(settings, hub, api, self.metrics, clock=self.clock)
         await self.server.start()
-        source = self._source or build_source(settings, store, self.metrics, self.clock)
+        source = self._source or build_source(settings, store, self.metrics, self.clock, self.sleep)
         self.ingest = Ingest(
             source, store, hub.publish, self.metrics, batch_size=settings.batch_size
         )

@@ -70,6 +70,40 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="output file; .gz compresses")
     synth.set_defaults(command=cmd_synth)
 
+    rules = commands.add_parser(
+        "rules",
+        help="list or sync the filtered stream's rules (needs X_BEARER_TOKEN)",
+        description="The stream rules on the X API, against config/rules.toml.",
+        epilog="example: relay rules sync --dry-run",
+    )
+    rules_commands = rules.add_subparsers(title="rules commands", metavar="ACTION")
+    rules_list = rules_commands.add_parser("list", help="show the API's rules and the config's")
+    rules_list.add_argument("--config", metavar="FILE", help="TOML config file")
+    rules_list.set_defaults(command=cmd_rules_list)
+    rules_sync = rules_commands.add_parser(
+        "sync", help="add missing rules, delete unknown ones, keep the rest"
+    )
+    rules_sync.add_argument("--config", metavar="FILE", help="TOML config file")
+    rules_sync.add_argument(
+        "--dry-run", action="store_true", help="show the plan; the API validates, applies nothing"
+    )
+    rules_sync.set_defaults(command=cmd_rules_sync)
+
+    record = commands.add_parser(
+        "record",
+        help="record a source's payload lines to a JSONL file the replay source reads",
+        description="Write exactly the payload lines a source receives, with receive times, "
+        "so the session can be replayed bit for bit later.",
+        epilog="example: relay record session.jsonl --source x-stream --duration 600",
+    )
+    record.add_argument("out", metavar="OUT.jsonl", help="the file to write")
+    record.add_argument("--config", metavar="FILE", help="TOML config file")
+    record.add_argument("--db", help="the store the gap filler reads (relay.db)")
+    add_source_flags(record)
+    record.add_argument("--max-tweets", type=int, dest="max_tweets", help="stop after N tweets")
+    record.add_argument("--duration", type=float, help="stop after S seconds")
+    record.set_defaults(command=cmd_record)
+
     token = commands.add_parser(
         "token",
         help="print an access token (needs RELAY_SECRET)",
@@ -113,7 +147,9 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_source_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", help="where tweets come from: replay (replay)")
+    parser.add_argument(
+        "--source", help="where tweets come from: replay, x-stream or x-poll (replay)"
+    )
     parser.add_argument("--replay", metavar="FILE", help="recorded stream (the bundled sample)")
     parser.add_argument("--speed", help="replay pace: 1 recorded, N times faster, or max (1)")
     parser.add_argument(
@@ -188,6 +224,124 @@ def cmd_synth(args: argparse.Namespace) -> int:
         return 2
     written = write_stream(Path(args.out), args.count, args.seed)
     console.print(f"wrote {written} tweets to {args.out}")
+    return 0
+
+
+def _x_settings(args: argparse.Namespace) -> Settings:
+    return Settings.load(file=args.config, environ=dict(os.environ))
+
+
+def cmd_rules_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from relay.sources.xapi import current_rules, load_rules, require_token, stream_client
+
+    settings = _x_settings(args)
+    wanted = {(r.value, r.tag) for r in load_rules(settings.rules_file)}
+    api = stream_client(require_token(settings.x_bearer_token), settings.x_api_base_url)
+    table = Table("id", "tag", "value", "in config")
+    for rule in _api_call(lambda: current_rules(api), "listing stream rules"):
+        table.add_row(
+            rule.id,
+            rule.tag,
+            rule.value,
+            "yes" if (rule.value, rule.tag) in wanted else "no: sync deletes it",
+        )
+    Console().print(table)
+    return 0
+
+
+def cmd_rules_sync(args: argparse.Namespace) -> int:
+    from relay.sources.xapi import (
+        apply_sync,
+        current_rules,
+        load_rules,
+        plan_sync,
+        require_token,
+        stream_client,
+    )
+
+    settings = _x_settings(args)
+    wanted = load_rules(settings.rules_file)
+    api = stream_client(require_token(settings.x_bearer_token), settings.x_api_base_url)
+    plan = plan_sync(wanted, _api_call(lambda: current_rules(api), "listing stream rules"))
+    out = Console()
+    for verb, rules in (("add", plan.add), ("delete", plan.delete), ("keep", plan.keep)):
+        for rule in rules:
+            out.print(f"{verb:6} {rule.tag or rule.id}: {rule.value}", highlight=False)
+    _api_call(lambda: apply_sync(api, plan, dry_run=args.dry_run), "syncing stream rules")
+    out.print(
+        "dry run: the API accepted the new rules; nothing changed"
+        if args.dry_run
+        else f"synced: {len(plan.add)} added, {len(plan.delete)} deleted, {len(plan.keep)} kept"
+    )
+    return 0
+
+
+def _api_call(call: Callable[[], Any], action: str) -> Any:
+    import tweepy
+
+    from relay.sources.xapi import api_error
+
+    try:
+        return call()
+    except tweepy.TweepyException as exc:
+        raise api_error(exc, action) from None
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    setup_logging(settings.log_level)
+    return asyncio.run(_record(settings, Path(args.out), args.max_tweets, args.duration))
+
+
+async def _record(
+    settings: Settings, out: Path, max_tweets: int | None, duration: float | None
+) -> int:
+    import time
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from relay.app import build_source
+    from relay.metrics import Metrics
+    from relay.sources.record import Recorded, record
+    from relay.store.sqlite import SQLiteStore
+
+    store = await SQLiteStore.open(settings.db)
+    source = build_source(settings, store, Metrics(), time.time)
+    started = time.monotonic()
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"recording to {out}")
+
+        def show(done: Recorded) -> None:
+            rate = done.tweets / max(time.monotonic() - started, 1e-6)
+            progress.update(
+                task,
+                description=f"recording to {out}: {done.tweets} tweets, "
+                f"{done.lines} lines, {rate:.1f} tweets/s",
+            )
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        recording = asyncio.create_task(
+            record(source, out, max_tweets=max_tweets, duration=duration, progress=show)
+        )
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([recording, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not recording.done():
+            recording.cancel()
+        try:
+            done = await recording
+        except asyncio.CancelledError:
+            done = None
+    await store.close()
+    console.print(
+        f"recorded {out}" + (f": {done.tweets} tweets in {done.lines} lines" if done else "")
+    )
     return 0
 
 

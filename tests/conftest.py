@@ -31,8 +31,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 def start_relay() -> Iterator[Callable[..., RunningRelay]]:
     started: list[RunningRelay] = []
 
-    def start(settings: Settings, source: Any = None) -> RunningRelay:
-        relay = RunningRelay(settings, source)
+    def start(settings: Settings, source: Any = None, **relay_args: Any) -> RunningRelay:
+        relay = RunningRelay(settings, source, **relay_args)
         started.append(relay)
         return relay
 

@@ -67,9 +67,9 @@ class PushSource:
 class RunningRelay:
     """A relay on 127.0.0.1, port 0, running its own event loop in a thread."""
 
-    def __init__(self, settings: Settings, source: Any = None) -> None:
+    def __init__(self, settings: Settings, source: Any = None, **relay_args: Any) -> None:
         self.loop = asyncio.new_event_loop()
-        self.relay = Relay(settings, source=source)
+        self.relay = Relay(settings, source=source, **relay_args)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.call(self.relay.start())

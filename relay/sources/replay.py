@@ -77,14 +77,17 @@ class ReplaySource:
         while True:
             previous: float | None = None
             for data in _read(self.path):
-                recorded_at = _recorded_at(data) if self.speed else None
-                if recorded_at is not None:
+                recorded_at = _recorded_at(data)
+                if self.speed and recorded_at is not None:
                     if previous is not None and recorded_at > previous:
                         await self.sleep(min(recorded_at - previous, MAX_GAP) / self.speed)
                     previous = recorded_at
                 if self.loop and data.strip():
                     data = self._refresh(data)
-                yield RawLine(data, self.clock())
+                    received = self.clock()
+                else:  # verbatim: the recorded time too, so a replay rebuilds the same store
+                    received = recorded_at or self.clock()
+                yield RawLine(data, received)
             self.passes += 1
             if not self.loop:
                 return

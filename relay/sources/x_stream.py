@@ -41,6 +41,7 @@ from relay.sources.xapi import (
     plan_sync,
     route,
     search_pages,
+    stream_client,
 )
 from relay.store import Store
 
@@ -89,21 +90,23 @@ class _Connection(tweepy.StreamingClient):  # type: ignore[misc]
                 raise StreamRefused(response.status_code, response.text)
             self.emit("connected")
             pending = b""
-            for chunk in response.iter_content(chunk_size=None):
-                if not self.running:
-                    return
-                pending += chunk
-                while b"\n" in pending:
-                    line, pending = pending.split(b"\n", 1)
-                    line = line.rstrip(b"\r")
-                    if b'"disconnect_type"' in line:
-                        self.operational_disconnect = True
-                        log.warning(
-                            "X operational disconnect: %s", line[:300].decode(errors="replace")
-                        )
-                    self.emit(line)
-            if pending.strip():  # the connection ended inside a line: it is malformed
-                self.emit(pending)
+            try:
+                for chunk in response.iter_content(chunk_size=None):
+                    if not self.running:
+                        return
+                    pending += chunk
+                    while b"\n" in pending:
+                        line, pending = pending.split(b"\n", 1)
+                        self._line(line.rstrip(b"\r"))
+            finally:
+                if pending.strip():  # the connection ended inside a line: it is malformed
+                    self.emit(pending)
+
+    def _line(self, line: bytes) -> None:
+        if b'"disconnect_type"' in line:
+            self.operational_disconnect = True
+            log.warning("X operational disconnect: %s", line[:300].decode(errors="replace"))
+        self.emit(line)
 
     def stop(self) -> None:
         self.running = False
@@ -167,8 +170,7 @@ class XStreamSource:
 
     def sync_rules(self) -> None:
         """Make the stream's rules those of the config (blocking)."""
-        api = tweepy.StreamingClient(self.token, wait_on_rate_limit=False)
-        route(api.session, self.base_url)
+        api = stream_client(self.token, self.base_url)
         try:
             current = current_rules(api)
             plan = plan_sync(self.rules, current)

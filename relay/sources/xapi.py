@@ -128,6 +128,13 @@ def client(bearer_token: str, base_url: str) -> tweepy.Client:
     return api
 
 
+def stream_client(bearer_token: str, base_url: str) -> tweepy.StreamingClient:
+    """A StreamingClient for the rules endpoints."""
+    api = tweepy.StreamingClient(bearer_token, wait_on_rate_limit=False)
+    route(api.session, base_url)
+    return api
+
+
 def require_token(token: str) -> str:
     if not token:
         raise ConfigError(
