@@ -19,7 +19,7 @@ from relay import __version__
 from relay.config import Settings
 from relay.errors import RelayError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error stays one line for log readers
 Command = Callable[[argparse.Namespace], int]
 
 

@@ -12,6 +12,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from relay.config import Settings  # noqa: E402
+from tests.fake_x import RULES_TOML, TOKEN, FakeTime, FakeX  # noqa: E402
 from tests.support import PushSource, RelayProcess, RunningRelay  # noqa: E402
 
 CAPTURES = ROOT.parent / "shared" / "data" / "twarc-csv"
@@ -64,3 +65,44 @@ def processes() -> Iterator[list[RelayProcess]]:
     yield started
     for relay in started:
         relay.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeX]:
+    """A fake X API on loopback."""
+    server = FakeX()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def rules_file(tmp_path: Path) -> Path:
+    path = tmp_path / "rules.toml"
+    path.write_text(RULES_TOML)
+    return path
+
+
+@pytest.fixture
+def x_relay(
+    rules_file: Path,
+    fake: FakeX,
+    make_settings: Callable[..., Settings],
+    start_relay: Callable[..., RunningRelay],
+) -> Callable[..., RunningRelay]:
+    """Start a relay on a live X source pointed at ``fake``; waits use a FakeTime."""
+
+    def start(
+        source: str = "x-stream", time: FakeTime | None = None, **values: Any
+    ) -> RunningRelay:
+        time = time or FakeTime()
+        base = {
+            "x_bearer_token": TOKEN,
+            "x_api_base_url": fake.url,
+            "rules_file": str(rules_file),
+            "stall_timeout": 0.5,
+            "source": source,
+        }
+        settings = make_settings(**{**base, **values})
+        return start_relay(settings, clock=time.clock, sleep=time.sleep)
+
+    return start

@@ -8,8 +8,8 @@ Every request is recorded so tests can check what the relay asked for.
 
 from __future__ import annotations
 
+import asyncio
 import threading
-import time
 from collections import deque
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -259,9 +259,39 @@ def wire(payload: dict[str, Any]) -> bytes:
     return orjson.dumps({k: v for k, v in payload.items() if k != "__relay"})
 
 
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+def x_lines(count: int, seed: int) -> list[bytes]:
+    """``count`` wire-accurate stream lines of the synthetic generator."""
+    from relay.synth import generate
+
+    return [wire(m) for m in stream_messages(list(generate(count, seed=seed)))]
+
+
+def ids_of(lines: Sequence[bytes]) -> list[str]:
+    return [str(orjson.loads(line)["data"]["id"]) for line in lines]
+
+
+RULES_TOML = """
+[[rule]]
+value = "cats OR kitten"
+tag = "cats"
+
+[[rule]]
+value = "python"
+tag = "python"
+"""
+
+
+class FakeTime:
+    """A clock that moves only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)

@@ -103,6 +103,15 @@ class RunningRelay:
             f"{count} tweets stored",
         )
 
+    def stored_ids(self) -> list[str]:
+        """The ids of every stored tweet, in seq order, read from the store itself."""
+        from relay.query import parse_tweet_query
+
+        assert self.relay.store is not None
+        query = parse_tweet_query({"sort": ["seq"], "limit": ["1000"]})
+        objects, _ = self.call(self.relay.store.query(query))
+        return [orjson.loads(o)["id"] for o in objects]
+
     def all_tweets(self, **params: str) -> list[dict[str, Any]]:
         """Every stored tweet in seq order, paging through the object API."""
         out: list[dict[str, Any]] = []

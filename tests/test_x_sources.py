@@ -7,103 +7,22 @@ sleeps, so the backoff schedule is checked exactly and no test waits it out.
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 from itertools import pairwise
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from relay.config import Settings
 from relay.errors import ConfigError
 from relay.sources.backoff import Cause, ReconnectSchedule
-from relay.synth import generate
-from tests.fake_x import TOKEN, FakeX, stream_messages, wire
+from tests.fake_x import FakeX, ids_of, x_lines
 from tests.support import UNIT, RunningRelay, wait_for
-
-RULES_TOML = """
-[[rule]]
-value = "cats OR kitten"
-tag = "cats"
-
-[[rule]]
-value = "python"
-tag = "python"
-"""
-
-
-class FakeTime:
-    """A clock that moves only when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeX]:
-    server = FakeX()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
 def lines() -> list[bytes]:
     """60 wire-accurate stream lines (no recording metadata)."""
-    return [wire(m) for m in stream_messages(list(generate(60, seed=9)))]
-
-
-def ids_of(lines: list[bytes]) -> list[str]:
-    return [str(orjson.loads(line)["data"]["id"]) for line in lines]
-
-
-@pytest.fixture
-def x_relay(
-    tmp_path: Path,
-    fake: FakeX,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
-) -> Callable[..., RunningRelay]:
-    rules = tmp_path / "rules.toml"
-    rules.write_text(RULES_TOML)
-
-    def start(
-        source: str = "x-stream", time: FakeTime | None = None, **values: Any
-    ) -> RunningRelay:
-        time = time or FakeTime()
-        base = {
-            "x_bearer_token": TOKEN,
-            "x_api_base_url": fake.url,
-            "rules_file": str(rules),
-            "stall_timeout": 0.5,
-            "source": source,
-        }
-        settings = make_settings(**{**base, **values})
-        return start_relay(settings, clock=time.clock, sleep=time.sleep)
-
-    return start
-
-
-def stored_ids(relay: RunningRelay) -> list[str]:
-    assert relay.relay.store is not None
-    objects, _ = relay.call(relay.relay.store.query(_all()))
-    return [orjson.loads(o)["id"] for o in objects]
-
-
-def _all() -> Any:
-    from relay.query import parse_tweet_query
-
-    return parse_tweet_query({"sort": ["seq"], "limit": ["1000"]})
+    return x_lines(60, seed=9)
 
 
 def waits(relay: RunningRelay) -> list[tuple[Cause, float]]:
@@ -163,8 +82,8 @@ def test_a_clean_close_reconnects_after_the_minimum_delay_and_stores_everything_
         [[("lines", lines[:20])], [("lines", lines[10:40])], [("lines", lines[40:])]]
     )
     relay = x_relay()
-    wait_for(lambda: len(stored_ids(relay)) == 60, 4 * UNIT, "all tweets stored")
-    assert stored_ids(relay) == ids_of(lines)
+    wait_for(lambda: len(relay.stored_ids()) == 60, 4 * UNIT, "all tweets stored")
+    assert relay.stored_ids() == ids_of(lines)
     assert relay.relay.metrics.duplicates._value.get() == 10
     assert waits(relay)[:2] == [(Cause.CLOSED, 1.0), (Cause.CLOSED, 1.0)]
 
@@ -180,7 +99,7 @@ def test_a_disconnect_mid_line_counts_the_broken_line_and_backs_off_linearly(
         ]
     )
     relay = x_relay()
-    wait_for(lambda: len(stored_ids(relay)) == 10, 4 * UNIT, "10 tweets")
+    wait_for(lambda: len(relay.stored_ids()) == 10, 4 * UNIT, "10 tweets")
     got = waits(relay)
     assert [cause for cause, _ in got[:2]] == [Cause.NETWORK, Cause.NETWORK]
     assert got[1][1] == 1.0  # 0.5 of backoff, but never sooner than 1 s after the last connect
@@ -192,7 +111,7 @@ def test_a_stall_drops_the_connection_and_reconnects(
 ) -> None:
     fake.scripts.extend([[("lines", lines[:3]), ("stall", 3.0)], [("lines", lines[3:6])]])
     relay = x_relay()
-    wait_for(lambda: len(stored_ids(relay)) == 6, 4 * UNIT, "6 tweets")
+    wait_for(lambda: len(relay.stored_ids()) == 6, 4 * UNIT, "6 tweets")
     assert waits(relay)[0][0] is Cause.STALL
 
 
@@ -209,7 +128,7 @@ def test_429_then_503_follow_their_own_schedules(
         ]
     )
     relay = x_relay()
-    wait_for(lambda: len(stored_ids(relay)) == 4, 4 * UNIT, "4 tweets")
+    wait_for(lambda: len(relay.stored_ids()) == 4, 4 * UNIT, "4 tweets")
     assert waits(relay)[:3] == [
         (Cause.RATE_LIMITED, 60.0),
         (Cause.RATE_LIMITED, 120.0),
@@ -222,11 +141,11 @@ def test_409_syncs_the_rules_then_reconnects(
 ) -> None:
     fake.scripts.extend([[("status", 409, {"title": "NoRules"})], [("lines", lines[:2])]])
     relay = x_relay()
-    wait_for(lambda: len(stored_ids(relay)) == 2, 4 * UNIT, "2 tweets")
+    wait_for(lambda: len(relay.stored_ids()) == 2, 4 * UNIT, "2 tweets")
     fake.rules.clear()  # as if rules vanished: the next 409 must put them back
     fake.scripts.extend([[("status", 409, {"title": "NoRules"})], [("lines", lines[2:4])]])
     fake.release.set()
-    wait_for(lambda: len(stored_ids(relay)) == 4, 4 * UNIT, "4 tweets")
+    wait_for(lambda: len(relay.stored_ids()) == 4, 4 * UNIT, "4 tweets")
     assert {r["tag"] for r in fake.rules.values()} == {"cats", "python"}
     assert (Cause.NO_RULES, 1.0) in waits(relay)
 
@@ -249,7 +168,7 @@ def test_operational_disconnect_messages_are_logged_and_reconnected(
     )
     fake.scripts.extend([[("lines", [*lines[:3], message])], [("lines", lines[3:5])]])
     relay = x_relay()
-    wait_for(lambda: len(stored_ids(relay)) == 5, 4 * UNIT, "5 tweets")
+    wait_for(lambda: len(relay.stored_ids()) == 5, 4 * UNIT, "5 tweets")
     assert waits(relay)[0] == (Cause.OPERATIONAL, 1.0)
     assert relay.relay.metrics.api_errors._value.get() == 1
 
@@ -279,8 +198,8 @@ def test_split_lines_split_crlf_malformed_lines_and_schema_drift_lose_nothing(
         ]
     )
     relay = x_relay()
-    wait_for(lambda: len(stored_ids(relay)) == 4, 4 * UNIT, "4 tweets")
-    assert stored_ids(relay) == [*ids_of(lines[:2]), "1377650090978992134", ids_of(lines)[2]]
+    wait_for(lambda: len(relay.stored_ids()) == 4, 4 * UNIT, "4 tweets")
+    assert relay.stored_ids() == [*ids_of(lines[:2]), "1377650090978992134", ids_of(lines)[2]]
     metrics = relay.relay.metrics
     assert metrics.malformed._value.get() == 2
     assert metrics.lines.labels("keepalive")._value.get() >= 1
@@ -330,11 +249,11 @@ def test_an_outage_is_filled_from_recent_search_and_the_overlap_dropped(
         if {"cats", "python"} & {r["tag"] for r in m["matching_rules"]}
     ]
     expected = set(ids_of(lines[:20]) + ids_of(lines[40:]) + cats_or_python)
-    wait_for(lambda: set(stored_ids(relay)) == expected, 4 * UNIT, "the gap filled")
+    wait_for(lambda: set(relay.stored_ids()) == expected, 4 * UNIT, "the gap filled")
     searches = [p for m, path, p in fake.requests if path == "/2/tweets/search/recent"]
     # From the highest id stored when the stream came back: one the first connection sent
     # (ingest may still be committing its last lines; an older since_id only adds overlap).
     assert searches[0]["since_id"][0] in ids_of(lines[:20])
     paged = [(before, after) for before, after in pairwise(searches) if "next_token" in after]
     assert paged and all(b["since_id"] == a["since_id"] for b, a in paged)  # fixed while paging
-    assert len(stored_ids(relay)) == len(expected)
+    assert len(relay.stored_ids()) == len(expected)

@@ -202,17 +202,28 @@ def plan_sync(wanted: Sequence[StreamRule], current: Sequence[StreamRule]) -> Sy
 
 
 def apply_sync(api: tweepy.StreamingClient, plan: SyncPlan, *, dry_run: bool) -> None:
-    """Apply (or, with ``dry_run``, have the API validate) a plan; rejected rules raise."""
+    """Apply (or, with ``dry_run``, have the API validate) a plan; rejected rules raise.
+
+    New rules are always validated with a dry run first, so a rejected rule changes
+    nothing: no valid rule of the same batch is added and no old rule is deleted.
+    """
     if plan.add:
-        response = api.add_rules(
-            [tweepy.StreamRule(value=r.value, tag=r.tag or None) for r in plan.add],
-            dry_run=dry_run,
-        )
-        problems = [_rejection(error) for error in response.errors or []]
-        if problems:
-            raise ConfigError("the X API rejected stream rules: " + "; ".join(problems))
+        _add_rules(api, plan.add, dry_run=True)
+        if not dry_run:
+            _add_rules(api, plan.add, dry_run=False)
     if plan.delete and not dry_run:
         api.delete_rules([r.id for r in plan.delete])
+
+
+def _add_rules(api: tweepy.StreamingClient, rules: list[StreamRule], *, dry_run: bool) -> None:
+    response = api.add_rules(
+        [tweepy.StreamRule(value=r.value, tag=r.tag or None) for r in rules],
+        # tweepy would send Python's "True"/"False"; the API documents lowercase true.
+        **({"dry_run": "true"} if dry_run else {}),
+    )
+    problems = [_rejection(error) for error in response.errors or []]
+    if problems:
+        raise ConfigError("the X API rejected stream rules: " + "; ".join(problems))
 
 
 def _rejection(error: dict[str, Any]) -> str:
