@@ -55,6 +55,12 @@ class Metrics:
         self.backfill_pages = Counter(
             "relay_backfill_pages", "Recent-search pages fetched to fill gaps", registry=r
         )
+        self.poll_pages = Counter(
+            "relay_poll_pages", "Recent-search pages fetched by the x-poll source", registry=r
+        )
+        self.rate_limited = Counter(
+            "relay_source_rate_limited", "Recent searches the X API answered 429", registry=r
+        )
         self.recovered = Counter(
             "relay_recovered_tweets", "Tweets sent from the store on resume", registry=r
         )

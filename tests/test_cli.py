@@ -115,15 +115,21 @@ def test_bad_flag_values_are_reported_without_a_traceback(tmp_path: Path) -> Non
 
 def test_every_cli_command_and_flag_is_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
-    parser = build_parser()
-    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert subcommands.choices
-    for name, sub in subcommands.choices.items():
-        assert f"relay {name}" in readme, f"`relay {name}` is not documented in README.md"
-        for action in sub._actions:
+
+    def check(parser: argparse.ArgumentParser, prefix: str) -> int:
+        for action in parser._actions:
             for flag in action.option_strings:
                 if flag.startswith("--") and flag != "--help":
-                    assert flag in readme, f"`relay {name} {flag}` is not in README.md"
+                    assert flag in readme, f"`{prefix} {flag}` is not in README.md"
+        commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        checked = 0
+        for command in commands:
+            for name, sub in command.choices.items():
+                assert f"{prefix} {name}" in readme, f"`{prefix} {name}` is not in README.md"
+                checked += 1 + check(sub, f"{prefix} {name}")
+        return checked
+
+    assert check(build_parser(), "relay") >= 7  # run synth rules (list sync) record token
     assert "relay-demo" in readme
 
 

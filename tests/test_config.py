@@ -29,6 +29,20 @@ def test_the_documented_defaults_file_matches_the_code() -> None:
     assert Settings.load(file=ROOT / "config" / "relay.toml") == Settings()
 
 
+def test_every_setting_and_its_environment_names_are_documented() -> None:
+    from dataclasses import fields
+
+    from relay.config import ENVIRONMENT
+
+    documented = (ROOT / "config" / "relay.toml").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for setting in fields(Settings):
+        assert setting.name in documented, f"{setting.name} is not in config/relay.toml"
+        assert f"`{setting.name}`" in readme, f"{setting.name} is not in the README"
+        for name in ENVIRONMENT[setting.name]:
+            assert name in documented and name in readme, f"{name} is not documented"
+
+
 def test_speed_max_and_loop_defaults() -> None:
     assert Settings.load(flags={"speed": "max"}).speed == 0
     assert Settings().replay_loops  # the bundled sample loops

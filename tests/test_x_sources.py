@@ -241,6 +241,7 @@ def test_an_outage_is_filled_from_recent_search_and_the_overlap_dropped(
         for rule in message["matching_rules"]:
             if rule["tag"] in queries:
                 fake.search.setdefault(queries[rule["tag"]], []).append(message)
+    fake.search_page_size = 4  # 9 or more results a rule: the filler must page
     fake.scripts.extend([[("lines", lines[:20]), ("drop",)], [("lines", lines[40:])]])
     relay = x_relay()
     cats_or_python = [
@@ -251,9 +252,26 @@ def test_an_outage_is_filled_from_recent_search_and_the_overlap_dropped(
     expected = set(ids_of(lines[:20]) + ids_of(lines[40:]) + cats_or_python)
     wait_for(lambda: set(relay.stored_ids()) == expected, 4 * UNIT, "the gap filled")
     searches = [p for m, path, p in fake.requests if path == "/2/tweets/search/recent"]
-    # From the highest id stored when the stream came back: one the first connection sent
-    # (ingest may still be committing its last lines; an older since_id only adds overlap).
-    assert searches[0]["since_id"][0] in ids_of(lines[:20])
+    # From the newest tweet the first connection sent, committed yet or not.
+    assert searches[0]["since_id"] == [max(ids_of(lines[:20]), key=int)]
     paged = [(before, after) for before, after in pairwise(searches) if "next_token" in after]
     assert paged and all(b["since_id"] == a["since_id"] for b, a in paged)  # fixed while paging
     assert len(relay.stored_ids()) == len(expected)
+
+
+def test_a_restart_fills_the_time_the_relay_was_down(
+    x_relay: Callable[..., RunningRelay], fake: FakeX, lines: list[bytes]
+) -> None:
+    fake.scripts.append([("lines", lines[:20])])
+    first = x_relay()
+    first.wait_stored(20)
+    first.stop()
+    # Down while 20-39 happened: the restarted relay's first connection fills them in.
+    fake.search = {"python": [orjson.loads(line) for line in lines[20:40]]}
+    fake.scripts.append([("lines", lines[40:])])
+    fake.requests.clear()
+    second = x_relay()
+    wait_for(lambda: len(second.stored_ids()) == 60, 4 * UNIT, "the downtime filled")
+    assert sorted(second.stored_ids(), key=int) == ids_of(lines)
+    searches = [p for m, path, p in fake.requests if path == "/2/tweets/search/recent"]
+    assert searches[0]["since_id"] == [ids_of(lines)[19]]  # the newest tweet of the first run

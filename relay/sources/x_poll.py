@@ -87,6 +87,7 @@ class XPollSource:
         except tweepy.TooManyRequests as exc:
             reset = getattr(exc, "reset_time", None) or self.clock() + 60
             self.paused_until[rule.key] = float(reset)
+            self.metrics.rate_limited.inc()
             log.warning("rate limited on %r: paused until %s", rule.value, reset)
             return 0
         except (tweepy.Unauthorized, tweepy.Forbidden) as exc:
@@ -96,6 +97,14 @@ class XPollSource:
             return 0
         for page in pages:
             await self._queue.put(page)
+        self.metrics.poll_pages.inc(len(pages))
+        if len(pages) == self.max_pages:
+            log.warning(
+                "search for %r stopped at poll_max_pages=%d; older results of this interval "
+                "may be skipped (raise poll_max_pages or lower poll_interval)",
+                rule.value,
+                self.max_pages,
+            )
         return len(pages)
 
     def _search(self, rule: StreamRule, since_id: str | None) -> list[bytes]:

@@ -23,6 +23,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
+import orjson
 import requests
 import tweepy
 
@@ -159,7 +160,7 @@ class XStreamSource:
                 await self.sleep(wait)
             self.schedule.record_connect(self.clock())
             self.metrics.source_connects.inc()
-            since_id = await self.store.highest_tweet_id()
+            since_id = _newest(await self.store.highest_tweet_id(), self._newest_seen)
             async for line in self._attempt(since_id):
                 yield line
             cause = self._cause
@@ -216,6 +217,7 @@ class XStreamSource:
                     if since_id is not None:
                         backfill = asyncio.create_task(self._backfill(since_id, emit))
                 elif isinstance(item, bytes):
+                    self._newest_seen = _newest(self._newest_seen, _stream_tweet_id(item))
                     yield RawLine(item, self.clock())
             if backfill is not None:
                 await backfill
@@ -280,3 +282,20 @@ class XStreamSource:
         return Cause.NETWORK
 
     _cause: Cause = Cause.CLOSED
+    _newest_seen: str | None = None
+    """The highest tweet id the stream sent: the store may not have committed it yet when
+    the connection drops, and the gap filler must start from it, not from before it."""
+
+
+def _stream_tweet_id(line: bytes) -> str | None:
+    try:
+        payload = orjson.loads(line)
+        tweet_id = payload["data"]["id"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None  # keep-alives, errors messages and broken lines carry no id
+    return str(tweet_id) if str(tweet_id).isdigit() else None
+
+
+def _newest(*ids: str | None) -> str | None:
+    known = [int(i) for i in ids if i is not None]
+    return str(max(known)) if known else None
