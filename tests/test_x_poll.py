@@ -117,9 +117,13 @@ def test_a_429_pauses_the_rule_until_the_rate_limit_resets(
             time.now = reset + 1
             pages.append(await source.poll(cats))  # the limit has reset
             assert len(fake.requests) == requests_while_paused + 1
+            # Nothing was committed (no ingest here, as when recording), yet the next
+            # search starts after what this one found.
+            pages.append(await source.poll(cats))
+            assert searches(fake, CATS)[-1]["since_id"] == [messages[4]["data"]["id"]]
             return pages
         finally:
             await store.close()
 
-    assert asyncio.run(asyncio.wait_for(scenario(), 4 * UNIT)) == [0, 0, 1]
-    assert len(searches(fake, CATS)) == 2  # the 429 and the one after the reset
+    assert asyncio.run(asyncio.wait_for(scenario(), 4 * UNIT)) == [0, 0, 1, 0]
+    assert len(searches(fake, CATS)) == 3  # the 429, and two after the reset

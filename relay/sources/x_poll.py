@@ -16,12 +16,13 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 
+import orjson
 import tweepy
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from relay.metrics import Metrics
 from relay.sources import RawLine
-from relay.sources.xapi import StreamRule, api_error, client, search_pages
+from relay.sources.xapi import StreamRule, api_error, client, newest_id, search_pages
 from relay.store import Store
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class XPollSource:
         self.interval = interval
         self.max_pages = max_pages
         self.paused_until: dict[str, float] = {}
+        self.found: dict[str, str] = {}
+        """rule key -> the newest tweet id its searches returned."""
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def lines(self) -> AsyncIterator[RawLine]:
@@ -79,9 +82,10 @@ class XPollSource:
         """Search one rule from its since_id; queue the pages; return how many."""
         if self.clock() < self.paused_until.get(rule.key, 0.0):
             return 0
-        # since_id is the newest stored tweet of this rule: it moves only once tweets are
-        # committed, so a crash between a search and the commit repeats the search.
-        since_id = await self.store.highest_tweet_id(rule.key)
+        # since_id is the newest tweet of this rule stored or already found: the store's
+        # survives a restart (a crash before the commit repeats the search), the one kept
+        # here covers what is not committed yet, and a recording that stores nothing.
+        since_id = newest_id(await self.store.highest_tweet_id(rule.key), self.found.get(rule.key))
         try:
             pages = await asyncio.to_thread(self._search, rule, since_id)
         except tweepy.TooManyRequests as exc:
@@ -97,6 +101,9 @@ class XPollSource:
             return 0
         for page in pages:
             await self._queue.put(page)
+        if pages:
+            newest = orjson.loads(pages[0]).get("meta", {}).get("newest_id")
+            self.found[rule.key] = newest_id(self.found.get(rule.key), newest) or ""
         self.metrics.poll_pages.inc(len(pages))
         if len(pages) == self.max_pages:
             log.warning(

@@ -39,6 +39,7 @@ from relay.sources.xapi import (
     apply_sync,
     client,
     current_rules,
+    newest_id,
     plan_sync,
     route,
     search_pages,
@@ -160,7 +161,7 @@ class XStreamSource:
                 await self.sleep(wait)
             self.schedule.record_connect(self.clock())
             self.metrics.source_connects.inc()
-            since_id = _newest(await self.store.highest_tweet_id(), self._newest_seen)
+            since_id = newest_id(await self.store.highest_tweet_id(), self._newest_seen)
             async for line in self._attempt(since_id):
                 yield line
             cause = self._cause
@@ -217,7 +218,7 @@ class XStreamSource:
                     if since_id is not None:
                         backfill = asyncio.create_task(self._backfill(since_id, emit))
                 elif isinstance(item, bytes):
-                    self._newest_seen = _newest(self._newest_seen, _stream_tweet_id(item))
+                    self._newest_seen = newest_id(self._newest_seen, _stream_tweet_id(item))
                     yield RawLine(item, self.clock())
             if backfill is not None:
                 await backfill
@@ -294,8 +295,3 @@ def _stream_tweet_id(line: bytes) -> str | None:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None  # keep-alives, errors messages and broken lines carry no id
     return str(tweet_id) if str(tweet_id).isdigit() else None
-
-
-def _newest(*ids: str | None) -> str | None:
-    known = [int(i) for i in ids if i is not None]
-    return str(max(known)) if known else None

@@ -144,6 +144,12 @@ def require_token(token: str) -> str:
     return token
 
 
+def newest_id(*ids: str | None) -> str | None:
+    """The highest of some tweet ids (snowflakes compare as numbers), ignoring unknowns."""
+    known = [int(i) for i in ids if i and i.isdigit()]
+    return str(max(known)) if known else None
+
+
 def load_rules(path: str | Path) -> list[StreamRule]:
     """The stream rules of ``rules.toml``: ``[[rule]]`` tables with ``value`` and ``tag``."""
     try:
