@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from relay.access import Access
 from relay.bus import Bus
@@ -51,29 +52,23 @@ def build_source(
         from relay.sources.x_stream import XStreamSource
         from relay.sources.xapi import load_rules, require_token
 
-        token = require_token(settings.x_bearer_token)
-        rules = load_rules(settings.rules_file)
+        common: dict[str, Any] = {
+            "token": require_token(settings.x_bearer_token),
+            "base_url": settings.x_api_base_url,
+            "rules": load_rules(settings.rules_file),
+            "store": store,
+            "metrics": metrics,
+            "clock": clock,
+        }
         if settings.source == "x-stream":
             return XStreamSource(
-                token=token,
-                base_url=settings.x_api_base_url,
-                rules=rules,
-                store=store,
-                metrics=metrics,
-                clock=clock,
+                **common,
                 sleep=sleep,
                 stall_timeout=settings.stall_timeout,
                 backfill_pages=settings.backfill_pages,
             )
         return XPollSource(
-            token=token,
-            base_url=settings.x_api_base_url,
-            rules=rules,
-            store=store,
-            metrics=metrics,
-            clock=clock,
-            interval=settings.poll_interval,
-            max_pages=settings.poll_max_pages,
+            **common, interval=settings.poll_interval, max_pages=settings.poll_max_pages
         )
     raise ConfigError(f"unknown source {settings.source!r}")
 

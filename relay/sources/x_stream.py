@@ -18,6 +18,7 @@ connect, recent search from the highest stored tweet id fills whatever the outag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -196,7 +197,9 @@ class XStreamSource:
         queue: asyncio.Queue[object] = asyncio.Queue()
 
         def emit(item: object) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            # The reading thread can outlive the loop by a moment when the relay stops.
+            with contextlib.suppress(RuntimeError):  # "Event loop is closed": nobody reads
+                loop.call_soon_threadsafe(queue.put_nowait, item)
 
         connection = _Connection(self.token, self.base_url, self.stall_timeout, emit)
         outcome: dict[str, BaseException | None] = {"error": None}
