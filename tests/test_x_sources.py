@@ -88,6 +88,34 @@ def test_a_clean_close_reconnects_after_the_minimum_delay_and_stores_everything_
     assert waits(relay)[:2] == [(Cause.CLOSED, 1.0), (Cause.CLOSED, 1.0)]
 
 
+def test_the_stream_and_the_gap_filler_ask_for_everything_a_stored_tweet_holds(
+    x_relay: Callable[..., RunningRelay], fake: FakeX, lines: list[bytes]
+) -> None:
+    fake.scripts.extend([[("lines", lines[:2])], [("lines", lines[2:4])]])
+    relay = x_relay()
+    relay.wait_stored(4)
+    wait_for(
+        lambda: any(p == "/2/tweets/search/recent" for _, p, _ in fake.requests), UNIT, "a search"
+    )
+    wanted = {
+        "expansions": {"author_id", "referenced_tweets.id", "attachments.media_keys"},
+        "tweet.fields": {
+            "created_at",
+            "lang",
+            "entities",
+            "public_metrics",
+            "edit_history_tweet_ids",
+            "referenced_tweets",
+        },
+        "user.fields": {"username", "name", "profile_image_url"},
+        "media.fields": {"type", "url", "preview_image_url"},
+    }
+    for _, path, params in fake.requests:
+        if path in ("/2/tweets/search/stream", "/2/tweets/search/recent"):
+            for name, values in wanted.items():
+                assert values <= set(params[name][0].split(",")), (path, name)
+
+
 def test_a_disconnect_mid_line_counts_the_broken_line_and_backs_off_linearly(
     x_relay: Callable[..., RunningRelay], fake: FakeX, lines: list[bytes]
 ) -> None:
