@@ -41,15 +41,18 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Who may read what, and how much, without and with a token."""
+    """Who may read what, and how much, without and with a token.
 
-    public_channels: tuple[str, ...] = ("*",)
+    No defaults here: they live in :class:`relay.config.Settings`, which builds this.
+    """
+
+    public_channels: tuple[str, ...]
     """Channel patterns anyone may read without a token; ``*`` is everything."""
-    max_connections_per_subject: int = 100
-    max_connections_per_address: int = 200
-    max_subscriptions: int = 50
-    ops_per_second: float = 20.0
-    ops_burst: int = 40
+    max_connections_per_subject: int
+    max_connections_per_address: int
+    max_subscriptions: int
+    ops_per_second: float
+    ops_burst: int
 
     @property
     def is_open(self) -> bool:

@@ -10,7 +10,8 @@ import jwt
 import orjson
 import pytest
 
-from relay.auth import Policy, TokenBucket, issue_token, verify_token
+from relay.auth import TokenBucket, issue_token, verify_token
+from relay.config import Settings
 from relay.errors import BadRequest, Forbidden, Unauthorized
 from relay.filters import TweetFilter, parse_filter
 
@@ -74,7 +75,7 @@ def test_no_secret_accepts_no_token() -> None:
 
 
 def test_the_policy_tells_unauthorized_from_forbidden() -> None:
-    policy = Policy(public_channels=("rule:public",))
+    policy = Settings(public_channels=("rule:public",)).policy()
     grant = verify_token(
         SECRET, issue_token(SECRET, subject="bob", channels=["rule:cats"], ttl=60, now=NOW), now=NOW
     )
@@ -93,7 +94,7 @@ def test_token_limits_override_the_policy_defaults() -> None:
         SECRET, subject="c", channels=["tweets"], ttl=60, now=NOW, limits={"max_subscriptions": 2}
     )
     grant = verify_token(SECRET, token, now=NOW)
-    policy = Policy(max_subscriptions=50)
+    policy = Settings(max_subscriptions=50).policy()
     assert policy.limit(grant, "max_subscriptions") == 2
     assert policy.limit(None, "max_subscriptions") == 50
 

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -97,9 +98,8 @@ class _Connection(tweepy.StreamingClient):  # type: ignore[misc]
                 for chunk in response.iter_content(chunk_size=None):
                     if not self.running:
                         return
-                    pending += chunk
-                    while b"\n" in pending:
-                        line, pending = pending.split(b"\n", 1)
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
                         self._line(line.rstrip(b"\r"))
             finally:
                 if pending.strip():  # the connection ended inside a line: it is malformed
@@ -147,6 +147,10 @@ class XStreamSource:
         self.backfill_pages = backfill_pages
         self.schedule = schedule or ReconnectSchedule()
         self.waits: list[tuple[Cause, float]] = []
+        # The last lines the stream sent. The store may not have committed them yet when the
+        # connection drops, and the gap filler must start from the newest of them; they are
+        # parsed only then, so the hot path pays one append a line, not a second parse.
+        self._recent: deque[bytes] = deque(maxlen=256)
         """Every wait before a reconnect and its cause, for operators and tests."""
 
     async def lines(self) -> AsyncIterator[RawLine]:
@@ -162,7 +166,9 @@ class XStreamSource:
                 await self.sleep(wait)
             self.schedule.record_connect(self.clock())
             self.metrics.source_connects.inc()
-            since_id = newest_id(await self.store.highest_tweet_id(), self._newest_seen)
+            since_id = newest_id(
+                await self.store.highest_tweet_id(), *map(_stream_tweet_id, self._recent)
+            )
             async for line in self._attempt(since_id):
                 yield line
             cause = self._cause
@@ -221,7 +227,7 @@ class XStreamSource:
                     if since_id is not None:
                         backfill = asyncio.create_task(self._backfill(since_id, emit))
                 elif isinstance(item, bytes):
-                    self._newest_seen = newest_id(self._newest_seen, _stream_tweet_id(item))
+                    self._recent.append(item)
                     yield RawLine(item, self.clock())
             if backfill is not None:
                 await backfill
@@ -286,9 +292,6 @@ class XStreamSource:
         return Cause.NETWORK
 
     _cause: Cause = Cause.CLOSED
-    _newest_seen: str | None = None
-    """The highest tweet id the stream sent: the store may not have committed it yet when
-    the connection drops, and the gap filler must start from it, not from before it."""
 
 
 def _stream_tweet_id(line: bytes) -> str | None:
