@@ -303,3 +303,15 @@ def test_a_restart_fills_the_time_the_relay_was_down(
     assert sorted(second.stored_ids(), key=int) == ids_of(lines)
     searches = [p for m, path, p in fake.requests if path == "/2/tweets/search/recent"]
     assert searches[0]["since_id"] == [ids_of(lines)[19]]  # the newest tweet of the first run
+
+
+def test_a_stream_403_says_the_token_lacks_access_and_is_not_retried(
+    x_relay: Callable[..., RunningRelay], fake: FakeX
+) -> None:
+    fake.scripts.append([("status", 403, {"title": "Forbidden", "reason": "client-not-enrolled"})])
+    relay = x_relay()
+    ingest = relay.relay.ingest
+    assert ingest is not None
+    wait_for(ingest.failed.is_set, 4 * UNIT, "ingest to stop")
+    assert "403" in str(ingest.error) and "x-poll" in str(ingest.error)
+    assert fake.stream_requests() == 1
