@@ -308,6 +308,8 @@ def render(report: dict[str, Any], console: Console) -> None:
             f"{report['relay']['tracebacks']}",
         ),
     ]
+    every_10s = [f"{v:.0f}" for t, v in m["samples"] if round(t) % 10 == 0]
+    rows.insert(2, ("resident MB every 10 s", " ".join(every_10s[:40])))
     for row in rows:
         table.add_row(*row)
     console.print(table)

@@ -177,12 +177,11 @@ def _announce_access(settings: Settings) -> None:
         log.info("every channel needs a token")
     if settings.previous_secret:
         until = settings.previous_secret_until or 0.0
-        retired = "retired" if until < time.time() else "accepted until"
-        log.info(
-            "previous secret %s %s",
-            retired,
-            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until)),
-        )
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
+        if until < time.time():
+            log.warning("the previous secret retired at %s: remove RELAY_PREVIOUS_SECRET", stamp)
+        else:
+            log.info("tokens of the previous secret are accepted until %s", stamp)
 
 
 def _check_source(settings: Settings) -> None:
