@@ -215,6 +215,7 @@ def figures(
     answered = [v for _, v in health if v is not None]
     ref = kinds.get("reference", {})
     live: list[float] = ref.get("latencies_ms", [])
+    subscribers: list[float] = kinds.get("subscriber", {}).get("latencies_ms", [])
     expected = (ref["last_seq"] - ref["first_seq"] + 1) if ref.get("first_seq") else 0
     statuses: Counter[str] = Counter(kinds.get("query", {}).get("statuses", {}))
     query_ms = kinds.get("query", {}).get("latencies_ms", [])
@@ -239,6 +240,8 @@ def figures(
             "samples": len(live),
             "p50": percentile(live, 50),
             "p99": percentile(live, 99),
+            "subscribers_p50": percentile(subscribers, 50),
+            "subscribers_p99": percentile(subscribers, 99),
         },
         "tweets": {
             "stored": final.get("relay_tweets_stored_total"),
@@ -290,6 +293,10 @@ def render(report: dict[str, Any], console: Console) -> None:
         ("/healthz ms: p50 / p99 / max", f"{fmt(h['p50'])} / {fmt(h['p99'])} / {fmt(h['max'])}"),
         ("/healthz probes unanswered in 10 s", f"{h['unanswered']} of {h['probes']}"),
         ("live delivery ms (reference): p50 / p99", f"{fmt(d['p50'])} / {fmt(d['p99'])}"),
+        (
+            "live delivery ms (filtered subscribers): p50 / p99",
+            f"{fmt(d['subscribers_p50'])} / {fmt(d['subscribers_p99'])}",
+        ),
         ("tweets stored (relay_tweets_stored)", fmt(t["stored"])),
         (
             "reference range: stored / delivered / gaps",
