@@ -43,10 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 class Relay:
     """``python -m relay run`` on a free port of 127.0.0.1, its log in a file."""
 
-    def __init__(self, folder: Path, stream: Path, log_level: str) -> None:
+    def __init__(self, folder: Path, stream: Path, log_level: str, speed: str) -> None:
         self.log_path = folder / "relay.log"
         self.log = self.log_path.open("w")
-        args = ["--port", "0", "--host", HOST, "--replay", str(stream), "--speed", "max"]
+        args = ["--port", "0", "--host", HOST, "--replay", str(stream), "--speed", speed]
         args += ["--loop", "--db", str(folder / "soak.db"), "--log-level", log_level]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay", "run", *args],
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             env={**_clean_env(), "PYTHONPATH": str(ROOT)},
             capture_output=True,
         )
-        relay = Relay(folder, stream, args.log_level)
+        relay = Relay(folder, stream, args.log_level, args.speed)
         console.print(f"soak: relay pid {relay.proc.pid} on {relay.url}, {args.duration:.0f} s")
         rss = Sampler(1.0, relay.rss_mb)
         health = Sampler(0.25, lambda: health_probe(relay.url))
@@ -222,6 +222,7 @@ def figures(
     return {
         "duration_s": args.duration,
         "scale": args.scale,
+        "speed": args.speed,
         "memory_mb": {
             "start": memory[0][1] if memory else None,
             "max": max(v for _, v in memory) if memory else None,
@@ -349,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="tmp/soak", help="report folder (tmp/soak)")
     parser.add_argument("--count", type=int, default=20_000, help="tweets in the synthetic file")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every client count")
+    parser.add_argument("--speed", default="max", help="replay pace: max, or N times (max)")
     parser.add_argument("--log-level", default="info", help="the relay's log level (info)")
     args = parser.parse_args(argv)
     if not 1 <= args.duration <= 3600:
