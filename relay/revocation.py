@@ -50,6 +50,11 @@ class RevocationList:
         log.info("revocation list %s: %d token id(s)", path, len(revocations.ids))
         return revocations
 
+    @property
+    def stale(self) -> bool:
+        """The file could not be read at the last check: the list is the last good one."""
+        return self._warned
+
     def __contains__(self, token_id: object) -> bool:
         return token_id in self.ids
 

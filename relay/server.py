@@ -247,7 +247,8 @@ class StreamServer:
         ]
         for session in doomed:
             self.metrics.refused.labels("revoked").inc()
-            log.info("closing %s: token revoked", session.peer)
+            # The jti names the token without being one: safe to log, useful to audit.
+            log.info("closing %s: token %s revoked", session.peer, session.state["grant"].jti)
         await asyncio.gather(
             *(s.close_now(CLOSE_UNAUTHORIZED, "token revoked") for s in doomed),
             return_exceptions=True,

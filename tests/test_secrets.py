@@ -167,7 +167,7 @@ def test_a_vanished_list_keeps_the_last_good_ids_and_warns_once(
     path.unlink()
     with caplog.at_level(logging.WARNING, logger="relay.revocation"):
         assert not revoked.check() and not revoked.check()
-    assert "abc" in revoked
+    assert "abc" in revoked and revoked.stale
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
     path.write_text("abc\ndef\n")
     assert revoked.check() and "def" in revoked
@@ -319,4 +319,4 @@ def test_a_revocation_list_that_goes_missing_keeps_refusing_its_tokens(
 def _checked_missing(relay: RunningRelay) -> bool:
     access = relay.relay.server.access if relay.relay.server else None
     revoked = getattr(access, "revoked", None)
-    return isinstance(revoked, RevocationList) and revoked._warned
+    return isinstance(revoked, RevocationList) and revoked.stale
