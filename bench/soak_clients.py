@@ -354,7 +354,7 @@ async def never_reads(target: Target, tally: Tally, hold: float = 15.0) -> None:
         writer.close()
 
 
-async def ping_flood(target: Target, tally: Tally, seconds: float = 5.0, rate: int = 500) -> None:
+async def ping_flood(target: Target, tally: Tally, seconds: float = 5.0, rate: int = 4000) -> None:
     """125-byte pings at ``rate`` a second for ``seconds``, never reading the pongs."""
     rounds = 0
     ping = _mask(0x9, b"p" * 125)
