@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# A few minutes of many clients against a relay ingesting at full speed; not part of `test`.
+# Short run: make soak SOAK_ARGS="--duration 60". Report in tmp/soak/.
+SOAK_ARGS ?=
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

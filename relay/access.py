@@ -6,20 +6,34 @@ nobody), may it read this channel, which rules may it see, which filters bind it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from relay.auth import Grant, Policy, bearer_token, verify_token
+from relay.auth import Grant, Policy, Secrets, bearer_token, verify_token
 from relay.errors import Forbidden, Unauthorized
 from relay.filters import TweetFilter, parse_filter
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX
 
+if TYPE_CHECKING:
+    from relay.metrics import Metrics
+
 
 class Access:
-    def __init__(self, policy: Policy, secret: str, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        secret: str | Secrets,
+        clock: Callable[[], float],
+        *,
+        revoked: Container[str] = frozenset(),
+        metrics: Metrics | None = None,
+    ) -> None:
         self.policy = policy
         self.secret = secret
         self.clock = clock
+        self.revoked = revoked
+        """Token ids refused wherever a token is shown (a live :class:`RevocationList`)."""
+        self.metrics = metrics
 
     def authenticate(
         self, headers: Mapping[str, str], query: Mapping[str, Sequence[str]]
@@ -29,7 +43,12 @@ class Access:
         return None if token is None else self.verify(token)
 
     def verify(self, token: str) -> Grant:
-        return verify_token(self.secret, token, now=self.clock())
+        grant = verify_token(self.secret, token, now=self.clock())
+        if grant.jti is not None and grant.jti in self.revoked:
+            if self.metrics is not None:
+                self.metrics.refused.labels("revoked").inc()
+            raise Unauthorized("the token has been revoked")
+        return grant
 
     def readable_rules(self, grant: Grant | None, keys: Iterable[str]) -> list[str] | None:
         """The rule keys ``grant`` may read; None means every tweet (``tweets`` is readable).

@@ -23,6 +23,7 @@ from relay.http import HttpApi
 from relay.hub import Hub
 from relay.ingest import Ingest
 from relay.metrics import Metrics
+from relay.revocation import RevocationList
 from relay.server import StreamServer
 from relay.sources import Source
 from relay.sources.replay import ReplaySource
@@ -95,15 +96,27 @@ class Relay:
         self.hub: Hub | None = None
         self.server: StreamServer | None = None
         self.ingest: Ingest | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
         if self._source is None:
             _check_source(settings)
+        revoked = (
+            RevocationList.open(settings.revoked_tokens_file)
+            if settings.revoked_tokens_file
+            else None
+        )
         store = self.store = await SQLiteStore.open(settings.db)
         hub = self.hub = Hub(store, self.metrics, head=await store.head())
         self.bus.listen(hub.publish)
-        access = Access(settings.policy(), settings.secret, self.clock)
+        access = Access(
+            settings.policy(),
+            settings.secrets(),
+            self.clock,
+            metrics=self.metrics,
+            revoked=revoked if revoked is not None else frozenset(),
+        )
         api = HttpApi(
             store,
             hub,
@@ -114,6 +127,10 @@ class Relay:
         )
         self.server = StreamServer(settings, hub, api, self.metrics, clock=self.clock)
         await self.server.start()
+        if revoked is not None:
+            self._watcher = asyncio.create_task(
+                revoked.watch(settings.revoked_tokens_interval, self.server.close_revoked)
+            )
         source = self._source or build_source(settings, store, self.metrics, self.clock, self.sleep)
         self.ingest = Ingest(
             source, store, hub.publish, self.metrics, batch_size=settings.batch_size
@@ -131,6 +148,8 @@ class Relay:
     async def stop(self, timeout: float = 8.0) -> None:
         """Drain and stop; every step is bounded so the whole stays under ``timeout``."""
         self.ready = False
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self.server is not None:
             await self.server.stop_accepting()
         if self.ingest is not None:
@@ -156,6 +175,13 @@ def _announce_access(settings: Settings) -> None:
         log.info("public channels (no token needed): %s; other channels need a token", public)
     else:
         log.info("every channel needs a token")
+    if settings.previous_secret:
+        until = settings.previous_secret_until or 0.0
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
+        if until < time.time():
+            log.warning("the previous secret retired at %s: remove RELAY_PREVIOUS_SECRET", stamp)
+        else:
+            log.info("tokens of the previous secret are accepted until %s", stamp)
 
 
 def _check_source(settings: Settings) -> None:

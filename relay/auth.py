@@ -6,13 +6,20 @@ A token is a JWT signed with HS256 and the relay's secret (``RELAY_SECRET``). Cl
 :mod:`relay.filters`) and ``limits`` (``max_connections``, ``max_subscriptions``,
 ``ops_per_second``: a token may tighten or loosen the policy's defaults). Only HS256 is
 accepted: a token signed otherwise, or not at all (``alg: none``), is refused.
+
+Secrets over time (:class:`Secrets`): during a rotation the previous secret still verifies
+tokens until an absolute time, so restarts never extend it; such a grant expires at that time
+at the latest, so an open connection is asked to refresh with a current token then. Tokens
+are only ever issued with the current secret. Every issued token carries a random ``jti``,
+which is what a revocation list names (:mod:`relay.revocation` reads it).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import secrets as _random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jwt
@@ -34,6 +41,10 @@ class Grant:
     expires_at: float
     filters: Mapping[str, Any] | None = None
     limits: Mapping[str, float] = field(default_factory=dict)
+    jti: str | None = None
+    """The token's id, the name a revocation list uses; None for a token without one."""
+    retiring: bool = False
+    """Signed with the previous secret: ``expires_at`` is at most that secret's end."""
 
     def allows(self, channel: str) -> bool:
         return matches(self.channels, channel)
@@ -84,6 +95,24 @@ class Policy:
         return default
 
 
+@dataclass(frozen=True, slots=True)
+class Secrets:
+    """The keys tokens are verified with: the current one, and the previous one for a while."""
+
+    current: str
+    previous: str = field(default="", repr=False)
+    previous_until: float = 0.0
+    """Unix time after which tokens signed with ``previous`` are refused."""
+
+    def __repr__(self) -> str:  # never a key in a log or a traceback
+        return f"Secrets(previous_until={self.previous_until})"
+
+
+def new_token_id() -> str:
+    """A random ``jti``: 128 bits, URL-safe, one short line in a revocation list."""
+    return _random.token_urlsafe(16)
+
+
 def matches(patterns: Iterable[str], channel: str) -> bool:
     return any(fnmatch.fnmatchcase(channel, pattern) for pattern in patterns)
 
@@ -98,7 +127,9 @@ def issue_token(
     filters: Mapping[str, Any] | None = None,
     limits: Mapping[str, float] | None = None,
     not_before: float | None = None,
+    token_id: str | None = None,
 ) -> str:
+    """A signed token; ``secret`` is the current one (never the previous)."""
     if not secret:
         raise BadRequest("a token needs RELAY_SECRET")
     if not subject:
@@ -112,6 +143,7 @@ def issue_token(
         "channels": list(channels),
         "iat": int(now),
         "exp": int(now + ttl),
+        "jti": token_id or new_token_id(),
     }
     if not_before is not None:
         claims["nbf"] = int(not_before)
@@ -126,9 +158,15 @@ def issue_token(
     return encoded
 
 
-def verify_token(secret: str, token: str, *, now: float) -> Grant:
-    """The grant of a valid token; :class:`Unauthorized` saying why for any other."""
-    if not secret:
+def verify_token(secret: str | Secrets, token: str, *, now: float) -> Grant:
+    """The grant of a valid token; :class:`Unauthorized` saying why for any other.
+
+    With :class:`Secrets`, a token whose signature fails with the current secret is tried
+    with the previous one: accepted until ``previous_until`` (its grant expires then at the
+    latest), refused after it as "signed with a retired secret".
+    """
+    keys = secret if isinstance(secret, Secrets) else Secrets(secret)
+    if not keys.current:
         raise Unauthorized("this relay accepts no tokens (RELAY_SECRET is not set)")
     try:
         header = jwt.get_unverified_header(token)
@@ -137,8 +175,25 @@ def verify_token(secret: str, token: str, *, now: float) -> Grant:
     if header.get("alg") != ALGORITHM:
         raise Unauthorized(f"the token's algorithm {header.get('alg')!r} is not accepted")
     try:
-        # exp and nbf are checked below against the given time, not the library's clock.
-        claims = jwt.decode(
+        return _grant(_decode(token, keys.current), now)
+    except jwt.InvalidSignatureError:
+        if not keys.previous:
+            raise Unauthorized("the token's signature is not valid") from None
+    try:
+        claims = _decode(token, keys.previous)
+    except jwt.InvalidSignatureError:
+        raise Unauthorized("the token's signature is not valid") from None
+    if now > keys.previous_until:
+        raise Unauthorized("the token is signed with a retired secret: get a new token")
+    grant = _grant(claims, now)
+    return replace(grant, expires_at=min(grant.expires_at, keys.previous_until), retiring=True)
+
+
+def _decode(token: str, secret: str) -> dict[str, Any]:
+    """The claims of a token signed with ``secret``; InvalidSignatureError when it was not."""
+    try:
+        # exp and nbf are checked in _grant against the given time, not the library's clock.
+        claims: dict[str, Any] = jwt.decode(
             token,
             secret,
             algorithms=[ALGORITHM],
@@ -152,10 +207,10 @@ def verify_token(secret: str, token: str, *, now: float) -> Grant:
     except jwt.MissingRequiredClaimError as exc:
         raise Unauthorized(f"the token lacks the {exc.claim!r} claim") from None
     except jwt.InvalidSignatureError:
-        raise Unauthorized("the token's signature is not valid") from None
+        raise
     except jwt.InvalidTokenError as exc:
         raise Unauthorized(f"the token is not valid: {exc}") from None
-    return _grant(claims, now)
+    return claims
 
 
 def _grant(claims: Mapping[str, Any], now: float) -> Grant:
@@ -182,7 +237,10 @@ def _grant(claims: Mapping[str, Any], now: float) -> Grant:
         key in LIMIT_KEYS and _number(value) for key, value in limits.items()
     ):
         raise Unauthorized("the token's limits claim is not valid")
-    return Grant(subject, tuple(channels), float(exp), filters, limits)
+    jti = claims.get("jti")
+    if jti is not None and (not isinstance(jti, str) or not jti):
+        raise Unauthorized("the token's jti claim must be a non-empty string")
+    return Grant(subject, tuple(channels), float(exp), filters, limits, jti)
 
 
 def _number(value: Any) -> bool:

@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser(
         "token",
         help="print an access token (needs RELAY_SECRET)",
-        description="Print a JWT (HS256, signed with RELAY_SECRET) granting channel patterns.",
+        description="Print a JWT (HS256, signed with RELAY_SECRET) granting channel patterns. "
+        "The token alone goes to stdout; its id (jti), the name to put in the revocation "
+        "list (RELAY_REVOKED_TOKENS) to revoke it, goes to stderr.",
         epilog="example: relay token --sub alice --channel 'rule:*' --ttl 3600",
     )
     token.add_argument("--config", metavar="FILE", help="TOML config file holding the secret")
@@ -348,7 +350,7 @@ async def _record(
 def cmd_token(args: argparse.Namespace) -> int:
     import time
 
-    from relay.auth import issue_token
+    from relay.auth import issue_token, new_token_id
     from relay.errors import ConfigError
     from relay.filters import parse_filter
 
@@ -369,17 +371,20 @@ def cmd_token(args: argparse.Namespace) -> int:
             limits[key] = float(value)
         except ValueError:
             raise ConfigError(f"--limit {item!r}: the value must be a number") from None
-    print(
-        issue_token(
-            settings.secret,
-            subject=args.sub,
-            channels=args.channel,
-            ttl=args.ttl,
-            now=time.time(),
-            filters=filters or None,
-            limits=limits or None,
-        )
+    token_id = new_token_id()
+    token = issue_token(
+        settings.secret,
+        subject=args.sub,
+        channels=args.channel,
+        ttl=args.ttl,
+        now=time.time(),
+        filters=filters or None,
+        limits=limits or None,
+        token_id=token_id,
     )
+    print(token)
+    # stdout is the token only (scripts capture it); the id to revoke it by goes beside.
+    print(f"jti: {token_id}", file=sys.stderr)
     return 0
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from relay.auth import Policy
+from relay.auth import Policy, Secrets
 from relay.errors import ConfigError
 
 SPEED_MAX = 0.0
@@ -45,6 +46,15 @@ class Settings:
     ops_burst: int = 40
     refresh_grace: float = 30.0
     """Seconds a connection whose token expired has to send a ``refresh`` op."""
+    previous_secret: str = field(default="", repr=False)
+    """The secret before the last rotation; it verifies (never issues) tokens for a while."""
+    previous_secret_until: float | None = None
+    """Absolute end (unix seconds; ISO 8601 accepted) of the previous secret, so restarts never
+    extend it; then tokens signed with it get 401 and open connections must refresh."""
+    revoked_tokens_file: str = ""
+    """File of revoked token ids (``jti``), one a line; re-read when it changes."""
+    revoked_tokens_interval: float = 2.0
+    """Seconds between checks of the revocation file for a change (mtime, size)."""
     # store
     db: str = "relay.db"
     # source
@@ -68,6 +78,10 @@ class Settings:
     poll_max_pages: int = 5
     # logging
     log_level: str = "info"
+
+    def secrets(self) -> Secrets:
+        """The keys tokens are verified with (the previous one only with its end time)."""
+        return Secrets(self.secret, self.previous_secret, self.previous_secret_until or 0.0)
 
     def policy(self) -> Policy:
         return Policy(
@@ -123,6 +137,7 @@ class Settings:
             raise ConfigError("batch_size must be at least 1")
         if self.secret and len(self.secret.encode()) < 32:
             raise ConfigError("RELAY_SECRET must be at least 32 bytes (HS256 wants a long key)")
+        self._validate_secrets()
         if not self.secret and not self.public_channels:
             raise ConfigError(
                 "every channel is private (public_channels is empty) but RELAY_SECRET is not "
@@ -146,6 +161,22 @@ class Settings:
             raise ConfigError(
                 f"unknown source {self.source!r}; choose one of: {', '.join(sorted(SOURCES))}"
             )
+        if self.revoked_tokens_interval <= 0:
+            raise ConfigError("revoked_tokens_interval must be positive")
+
+    def _validate_secrets(self) -> None:
+        if self.previous_secret:
+            if not self.secret:
+                raise ConfigError("RELAY_PREVIOUS_SECRET is set but RELAY_SECRET is not")
+            if len(self.previous_secret.encode()) < 32:
+                raise ConfigError("RELAY_PREVIOUS_SECRET must be at least 32 bytes")
+            if self.previous_secret == self.secret:
+                raise ConfigError("RELAY_PREVIOUS_SECRET is the same as RELAY_SECRET")
+            if self.previous_secret_until is None:
+                raise ConfigError(
+                    "RELAY_PREVIOUS_SECRET needs RELAY_PREVIOUS_SECRET_UNTIL: the absolute time "
+                    "(ISO 8601 or unix seconds) after which its tokens are refused"
+                )
 
 
 SOURCES = {"replay", "x-stream", "x-poll"}
@@ -168,6 +199,10 @@ ENVIRONMENT = {
     "ops_per_second": ("RELAY_OPS_PER_SECOND",),
     "ops_burst": ("RELAY_OPS_BURST",),
     "refresh_grace": ("RELAY_REFRESH_GRACE",),
+    "previous_secret": ("RELAY_PREVIOUS_SECRET",),
+    "previous_secret_until": ("RELAY_PREVIOUS_SECRET_UNTIL",),
+    "revoked_tokens_file": ("RELAY_REVOKED_TOKENS",),
+    "revoked_tokens_interval": ("RELAY_REVOKED_TOKENS_INTERVAL",),
     "db": ("RELAY_DB",),
     "source": ("RELAY_SOURCE",),
     "replay": ("RELAY_REPLAY",),
@@ -245,6 +280,27 @@ def parse_patterns(value: Any) -> tuple[str, ...]:
     return tuple(item.strip() for item in items if item.strip())
 
 
+def parse_time(value: Any) -> float:
+    """An absolute time: unix seconds, or ISO 8601 with a zone (``2026-12-01T12:00:00Z``)."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    else:
+        text = str(value).strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ValueError("expected unix seconds or an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise ValueError("an ISO 8601 time needs a zone (Z or +00:00), so no host guesses it")
+    return moment.timestamp()
+
+
 def _int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("not an integer")
@@ -270,6 +326,8 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "poll_max_pages": _int,
     "ops_per_second": float,
     "refresh_grace": float,
+    "previous_secret_until": parse_time,
+    "revoked_tokens_interval": float,
     "loop": parse_bool,
 }
 
