@@ -1,0 +1,99 @@
+"""Compiles the object API's structured queries (:mod:`relay.query`) to SQLite SQL.
+
+Column names and SQL come from the fixed tables below; every value is a bound
+parameter. Two conditions need Python's own string functions, because SQLite's
+``lower()`` folds ASCII only: :func:`register_functions` adds them to a connection,
+so a pinned filter means here exactly what :meth:`relay.filters.TweetFilter.matches`
+means on the stream.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from relay.filters import fold
+from relay.query import Condition, TweetQuery
+
+COLUMNS = {
+    "id": "id",
+    "lang": "lang",
+    "author.username": "author_username",
+    "author.id": "author_id",
+    "has_media": "has_media",
+    "seq": "seq",
+    "createdAt": "created_at",
+    # The filters' forms, through the Python functions registered below.
+    "author": "relay_fold(author_username)",
+}
+SORT_COLUMNS = {"createdAt": "created_at", "seq": "seq", "id": "CAST(id AS INTEGER)"}
+COMPARISONS = {"eq": "=", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+IN_RULES = "seq IN (SELECT seq FROM tweet_rules WHERE tag {test})"
+
+
+def register_functions(conn: sqlite3.Connection) -> None:
+    """The filters' folding on this connection (deterministic: usable in indexes too)."""
+    conn.create_function("relay_fold", 1, fold, deterministic=True)
+
+
+def where(conditions: Sequence[Condition]) -> tuple[str, list[Any]]:
+    """`` WHERE ...`` (or "") and its parameters: every condition must hold."""
+    parts: list[str] = []
+    params: list[Any] = []
+    for condition in conditions:
+        sql, args = _condition(condition)
+        parts.append(sql)
+        params.extend(args)
+    return (" WHERE " + " AND ".join(parts) if parts else ""), params
+
+
+def select(query: TweetQuery) -> tuple[str, list[Any]]:
+    clause, params = where(query.conditions)
+    order = ", ".join(
+        f"{SORT_COLUMNS[field]} {'DESC' if descending else 'ASC'}"
+        for field, descending in query.order_by
+    )
+    sql = f"SELECT object FROM tweets{clause} ORDER BY {order} LIMIT ? OFFSET ?"
+    return sql, [*params, query.limit, query.offset]
+
+
+def count(query: TweetQuery) -> tuple[str, list[Any]]:
+    clause, params = where(query.conditions)
+    return f"SELECT count(*) FROM tweets{clause}", params
+
+
+def _condition(condition: Condition) -> tuple[str, list[Any]]:
+    field, op, values = condition.field, condition.op, list(condition.values)
+    if field == "has_media":
+        values = [int(bool(v)) for v in values]
+    if field == "text" and op == "contains":
+        # Python's str.lower() on the text, as the stream's keyword filter does.
+        return "instr(relay_fold(text), ?) > 0", values
+    if field == "text" and op == "search":
+        return "seq IN (SELECT rowid FROM tweets_fts WHERE tweets_fts MATCH ?)", [
+            _fts_expression(values)
+        ]
+    if field == "rules":
+        if op == "in":
+            if not values:
+                return "0", []
+            return IN_RULES.format(test=f"IN ({','.join('?' * len(values))})"), values
+        if op == "eq":
+            return IN_RULES.format(test="= ?"), values
+        if op == "ne":
+            return "NOT " + IN_RULES.format(test="= ?"), values
+    elif field in COLUMNS:
+        column = COLUMNS[field]
+        if op == "in":
+            if not values:
+                return "0", []
+            return f"{column} IN ({','.join('?' * len(values))})", values
+        if op in COMPARISONS:
+            return f"{column} {COMPARISONS[op]} ?", values
+    raise ValueError(f"cannot compile {field} {op}")
+
+
+def _fts_expression(words: Sequence[str]) -> str:
+    # Each word quoted: FTS5 syntax (OR, NEAR, *, -, ") in user text stays plain text.
+    return " ".join('"' + word.replace('"', '""') + '"' for word in words)
