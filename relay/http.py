@@ -202,7 +202,7 @@ class HttpApi:
                 reply = self._static(path)
         except ClientError as exc:
             if self._sampler.allow(self.clock()):
-                log.info("%.10s %s -> %d: %s", method, redact(target), exc.status, exc.message)
+                log.info("%.10s %s -> %d: %.200s", method, redact(target), exc.status, exc.message)
             reply = error_reply(exc)
         except Exception:
             log.error("error answering %.10s %s", method, redact(target), exc_info=True)
