@@ -359,9 +359,14 @@ class SQLiteStore:
             # One read transaction: the page and its count see the same commits.
             conn.execute("BEGIN")
             total = int(conn.execute(count_sql, count_params).fetchone()[0])
-            rows = [] if query.count_only else conn.execute(select_sql, select_params).fetchall()
+            page: list[int] = []
+            found: dict[int, str] = {}
+            if not query.count_only:
+                page = [row[0] for row in conn.execute(select_sql, select_params)]
+                if page:
+                    found = dict(conn.execute(sqlite_query.objects(len(page)), page).fetchall())
             conn.execute("COMMIT")
-            return [row[0].encode() for row in rows], total
+            return [found[seq].encode() for seq in page], total
 
         return await self._query(run, timeout)
 

@@ -49,13 +49,24 @@ def where(conditions: Sequence[Condition]) -> tuple[str, list[Any]]:
 
 
 def select(query: TweetQuery) -> tuple[str, list[Any]]:
+    """The seqs of one page, in order; :data:`OBJECTS` then reads their objects.
+
+    Sorting seqs rather than whole rows keeps SQLite's sorter small: with the objects in
+    it, ``sort=id&offset=199000`` carried 200,000 objects through the sort (3.8 s on
+    200,000 tweets); with seqs only it is a sort of integers.
+    """
     clause, params = where(query.conditions)
     order = ", ".join(
         f"{SORT_COLUMNS[field]} {'DESC' if descending else 'ASC'}"
         for field, descending in query.order_by
     )
-    sql = f"SELECT object FROM tweets{clause} ORDER BY {order} LIMIT ? OFFSET ?"
+    sql = f"SELECT seq FROM tweets{clause} ORDER BY {order} LIMIT ? OFFSET ?"
     return sql, [*params, query.limit, query.offset]
+
+
+def objects(count: int) -> str:
+    """The objects of ``count`` seqs (bound as parameters), with their seq."""
+    return f"SELECT seq, object FROM tweets WHERE seq IN ({','.join('?' * count)})"
 
 
 def count(query: TweetQuery) -> tuple[str, list[Any]]:
