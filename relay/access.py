@@ -60,12 +60,6 @@ class Access:
             conditions.extend(parse_filter(grant.filters).conditions())
         return tuple(conditions)
 
-    def can_see(self, grant: Grant | None, rule_keys: Iterable[str]) -> bool:
-        """Whether a tweet matching ``rule_keys`` is visible to ``grant``."""
-        return self.policy.can_read(grant, ALL_CHANNEL) or any(
-            self.policy.can_read(grant, RULE_PREFIX + key) for key in rule_keys
-        )
-
     def subscription_filter(self, grant: Grant | None, requested: Any) -> TweetFilter | None:
         """The filter of a subscription: what the token pins, narrowed by the client."""
         asked = parse_filter(requested) if requested is not None else None

@@ -50,6 +50,8 @@ LOGGED_TARGET = 200
 """Characters of a request target a log line shows, after the token is redacted."""
 MAX_NAME = 100
 """Longest static file name looked up; longer is a 404 without asking the file system."""
+RULE_KEYS_TTL = 1.0
+"""Seconds the rule keys are reused while no tweet was published."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,7 @@ class HttpApi:
         self.clock = clock
         self._in_flight: Counter[str] = Counter()
         self._sampler = LogSampler()
+        self._keys: tuple[int, float, list[str]] | None = None
         self._routes: dict[str, Callable[[Params, Mapping[str, str], str], Awaitable[Reply]]] = {
             "/v1/info": self._info,
             "/v1/objects/tweets": self._tweets,
@@ -225,7 +228,7 @@ class HttpApi:
 
     async def _info(self, params: Params, headers: Mapping[str, str], client: str) -> Reply:
         http, ws = self.base_urls(headers)
-        keys = await self.store.rule_keys()
+        keys = await self._rule_keys()
         return json_reply(
             200,
             {
@@ -250,7 +253,20 @@ class HttpApi:
 
     async def _scope(self, grant: Grant | None) -> tuple[Condition, ...]:
         """What ``grant`` may read; Unauthorized/Forbidden before any object is looked at."""
-        return self.access.scope(grant, await self.store.rule_keys())
+        return self.access.scope(grant, await self._rule_keys())
+
+    async def _rule_keys(self) -> list[str]:
+        """The store's rule keys, reused for a second while the hub's head stays put.
+
+        New keys come only with new tweets, so a changed head reads them again.
+        """
+        head, now = self.hub.head, self.clock()
+        cached = self._keys
+        if cached is not None and cached[0] == head and now - cached[1] < RULE_KEYS_TTL:
+            return cached[2]
+        keys = await self.store.rule_keys()
+        self._keys = (head, now, keys)
+        return keys
 
     @contextmanager
     def _slot(self, grant: Grant | None, client: str) -> Iterator[None]:
