@@ -17,14 +17,34 @@ from urllib.parse import quote
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from relay.auth import issue_token
 from relay.config import Settings
-from relay.http import redact
+from relay.http import LogSampler, redact
 from tests.support import UNIT, PushSource, RunningRelay, stream_line, wait_for
 from tests.test_auth import SECRET
 
 Start = Callable[..., tuple[RunningRelay, PushSource]]
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**65), max_value=2**65)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.dictionaries(
+            st.sampled_from(["lang", "seq", "createdAt", "rules", "has_media", "id", "$in", "$gt"])
+            | st.text(max_size=8),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
 
 
 @pytest.fixture
@@ -294,3 +314,39 @@ def test_pipelined_requests_get_the_first_answer_and_a_close(relay_with: Start) 
     )
     assert status.startswith("HTTP/1.1 200") and headers["connection"] == "close"
     assert rest == b'{"status":"ok"}'  # one answer, then the connection closed
+
+
+# -- fuzzing: any parameter text is a 200 or a 4xx, never a 500 ----------------------
+
+PARAMETER_TEXT = st.one_of(
+    st.text(max_size=60),
+    st.text(alphabet='"*-^:()[]{}$\\0 .,+@#~%&=?', max_size=30),
+    st.builds(lambda v: json.dumps(v), JSON_VALUES),
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+)
+
+
+def test_no_query_parameter_text_is_a_500(
+    relay_with: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay, _ = relay_with()
+    caplog.set_level(logging.INFO)
+
+    @hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        name=st.sampled_from(["q", "search", "sort", "offset", "since_seq", "limit", "rule"]),
+        value=PARAMETER_TEXT,
+    )
+    def fuzz(name: str, value: str) -> None:
+        status, body = relay.get(f"/v1/objects/tweets?{name}={quote(value)}")
+        assert status in (200, 400, 403), (name, value, status, body)
+
+    fuzz()
+    problems = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not problems, [r.getMessage()[:200] for r in problems]
+
+
+def test_client_error_lines_are_sampled() -> None:
+    sampler = LogSampler(burst=3, window=10.0)
+    assert [sampler.allow(t) for t in (0, 1, 2, 3, 4)] == [True, True, True, False, False]
+    assert sampler.allow(10.5) and sampler._skipped == 0
