@@ -373,7 +373,7 @@ class SQLiteStore:
     async def tweet(
         self, tweet_id: str, scope: Sequence[Condition] = (), *, timeout: float | None = None
     ) -> bytes | None:
-        clause, params = sqlite_query.where(scope)
+        clause, params = sqlite_query.where(scope, per_row=True)
         sql = "SELECT object FROM tweets WHERE id = ?" + clause.replace(" WHERE ", " AND ", 1)
         return await self._one(sql, [tweet_id, *params], timeout)
 
@@ -383,7 +383,7 @@ class SQLiteStore:
         sql = "SELECT object FROM users WHERE id = ?"
         params: list[Any] = [user_id]
         if scope:
-            clause, scope_params = sqlite_query.where(scope)
+            clause, scope_params = sqlite_query.where(scope, per_row=True)
             sql += " AND EXISTS (SELECT 1 FROM tweets" + clause + " AND author_id = users.id)"
             params.extend(scope_params)
         return await self._one(sql, params, timeout)

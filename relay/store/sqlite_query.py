@@ -30,6 +30,9 @@ COLUMNS = {
 SORT_COLUMNS = {"createdAt": "created_at", "seq": "seq", "id": "CAST(id AS INTEGER)"}
 COMPARISONS = {"eq": "=", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 IN_RULES = "seq IN (SELECT seq FROM tweet_rules WHERE tag {test})"
+# For one row at a time (a lookup by id, a user's tweets): probe the rules of that row
+# instead of listing every seq of the rules first (0.1 ms instead of 25 ms on 200k).
+HAS_RULE = "EXISTS (SELECT 1 FROM tweet_rules WHERE tweet_rules.seq = tweets.seq AND tag {test})"
 
 
 def register_functions(conn: sqlite3.Connection) -> None:
@@ -37,12 +40,15 @@ def register_functions(conn: sqlite3.Connection) -> None:
     conn.create_function("relay_fold", 1, fold, deterministic=True)
 
 
-def where(conditions: Sequence[Condition]) -> tuple[str, list[Any]]:
-    """`` WHERE ...`` (or "") and its parameters: every condition must hold."""
+def where(conditions: Sequence[Condition], *, per_row: bool = False) -> tuple[str, list[Any]]:
+    """`` WHERE ...`` (or "") and its parameters: every condition must hold.
+
+    ``per_row``: the conditions filter a few rows found another way (by id, by author).
+    """
     parts: list[str] = []
     params: list[Any] = []
     for condition in conditions:
-        sql, args = _condition(condition)
+        sql, args = _condition(condition, HAS_RULE if per_row else IN_RULES)
         parts.append(sql)
         params.extend(args)
     return (" WHERE " + " AND ".join(parts) if parts else ""), params
@@ -74,7 +80,7 @@ def count(query: TweetQuery) -> tuple[str, list[Any]]:
     return f"SELECT count(*) FROM tweets{clause}", params
 
 
-def _condition(condition: Condition) -> tuple[str, list[Any]]:
+def _condition(condition: Condition, in_rules: str) -> tuple[str, list[Any]]:
     field, op, values = condition.field, condition.op, list(condition.values)
     if field == "has_media":
         values = [int(bool(v)) for v in values]
@@ -89,11 +95,11 @@ def _condition(condition: Condition) -> tuple[str, list[Any]]:
         if op == "in":
             if not values:
                 return "0", []
-            return IN_RULES.format(test=f"IN ({','.join('?' * len(values))})"), values
+            return in_rules.format(test=f"IN ({','.join('?' * len(values))})"), values
         if op == "eq":
-            return IN_RULES.format(test="= ?"), values
+            return in_rules.format(test="= ?"), values
         if op == "ne":
-            return "NOT " + IN_RULES.format(test="= ?"), values
+            return "NOT " + in_rules.format(test="= ?"), values
     elif field in COLUMNS:
         column = COLUMNS[field]
         if op == "in":
