@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from relay.auth import Grant, Policy, Secrets, bearer_token, verify_token
 from relay.errors import Forbidden, Unauthorized
 from relay.filters import TweetFilter, parse_filter
+from relay.query import Condition, rules_condition
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX
 
 if TYPE_CHECKING:
@@ -65,11 +66,18 @@ class Access:
             raise Unauthorized("this relay needs a token (Authorization: Bearer or ?token=)")
         raise Forbidden(f"the token of {grant.subject!r} grants no channel")
 
-    def can_see(self, grant: Grant | None, rule_keys: Iterable[str]) -> bool:
-        """Whether a tweet matching ``rule_keys`` is visible to ``grant``."""
-        return self.policy.can_read(grant, ALL_CHANNEL) or any(
-            self.policy.can_read(grant, RULE_PREFIX + key) for key in rule_keys
-        )
+    def scope(self, grant: Grant | None, keys: Iterable[str]) -> tuple[Condition, ...]:
+        """Conditions bounding every tweet ``grant`` may read: its rules and pinned filters.
+
+        The object API narrows each query, lookup and user check with them; the stream
+        applies the same pinned filters through :meth:`subscription_filter`. Raises like
+        :meth:`readable_rules` when nothing at all is readable.
+        """
+        readable = self.readable_rules(grant, keys)
+        conditions = [] if readable is None else [rules_condition(readable)]
+        if grant is not None and grant.filters:
+            conditions.extend(parse_filter(grant.filters).conditions())
+        return tuple(conditions)
 
     def subscription_filter(self, grant: Grant | None, requested: Any) -> TweetFilter | None:
         """The filter of a subscription: what the token pins, narrowed by the client."""

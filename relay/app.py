@@ -19,10 +19,11 @@ from relay.bus import Bus
 from relay.bus.memory import MemoryBus
 from relay.config import Settings
 from relay.errors import ConfigError
-from relay.http import HttpApi
+from relay.http import ApiLimits, HttpApi
 from relay.hub import Hub
 from relay.ingest import Ingest
 from relay.metrics import Metrics
+from relay.query import QueryLimits
 from relay.revocation import RevocationList
 from relay.server import StreamServer
 from relay.sources import Source
@@ -107,7 +108,9 @@ class Relay:
             if settings.revoked_tokens_file
             else None
         )
-        store = self.store = await SQLiteStore.open(settings.db)
+        store = self.store = await SQLiteStore.open(
+            settings.db, query_readers=settings.query_readers
+        )
         hub = self.hub = Hub(store, self.metrics, head=await store.head())
         self.bus.listen(hub.publish)
         access = Access(
@@ -124,6 +127,7 @@ class Relay:
             access,
             public_url=settings.public_url,
             is_ready=lambda: self.ready,
+            limits=api_limits(settings),
         )
         self.server = StreamServer(settings, hub, api, self.metrics, clock=self.clock)
         await self.server.start()
@@ -164,6 +168,18 @@ class Relay:
         if self.store is not None:
             await self.store.close()
         log.info("relay stopped")
+
+
+def api_limits(settings: Settings) -> ApiLimits:
+    return ApiLimits(
+        query=QueryLimits(
+            max_in_items=settings.max_in_items,
+            max_sort_terms=settings.max_sort_terms,
+            max_offset=settings.max_offset,
+        ),
+        query_timeout=settings.query_timeout,
+        queries_per_client=settings.queries_per_client,
+    )
 
 
 def _announce_access(settings: Settings) -> None:

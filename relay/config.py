@@ -57,6 +57,19 @@ class Settings:
     """Seconds between checks of the revocation file for a change (mtime, size)."""
     # store
     db: str = "relay.db"
+    # object API
+    query_timeout: float = 2.0
+    """Seconds an object API query may run; past it the query stops and answers 503."""
+    queries_per_client: int = 2
+    """Object API requests one client (token subject, else address) may have in flight."""
+    query_readers: int = 2
+    """Reader threads for object API queries, apart from the stream's readers."""
+    max_sort_terms: int = 3
+    """Most sort fields in one query (createdAt, seq, id, each once)."""
+    max_in_items: int = 100
+    """Most values in one ``$in`` list of ``q``."""
+    max_offset: int = 100_000
+    """Largest ``offset``; deeper pages use ``since_seq`` or a range in ``q``."""
     # source
     source: str = "replay"
     replay: str = ""
@@ -143,7 +156,16 @@ class Settings:
                 "every channel is private (public_channels is empty) but RELAY_SECRET is not "
                 "set: set RELAY_SECRET to issue tokens, or make some channels public"
             )
+        if self.query_timeout <= 0:
+            raise ConfigError("query_timeout must be positive")
+        if not 1 <= self.max_sort_terms <= 3:
+            raise ConfigError("max_sort_terms must be 1..3 (createdAt, seq, id)")
+        if self.max_offset < 0:
+            raise ConfigError("max_offset must not be negative")
         for key in (
+            "queries_per_client",
+            "query_readers",
+            "max_in_items",
             "max_connections_per_subject",
             "max_connections_per_address",
             "max_subscriptions",
@@ -204,6 +226,12 @@ ENVIRONMENT = {
     "revoked_tokens_file": ("RELAY_REVOKED_TOKENS",),
     "revoked_tokens_interval": ("RELAY_REVOKED_TOKENS_INTERVAL",),
     "db": ("RELAY_DB",),
+    "query_timeout": ("RELAY_QUERY_TIMEOUT",),
+    "queries_per_client": ("RELAY_QUERIES_PER_CLIENT",),
+    "query_readers": ("RELAY_QUERY_READERS",),
+    "max_sort_terms": ("RELAY_MAX_SORT_TERMS",),
+    "max_in_items": ("RELAY_MAX_IN_ITEMS",),
+    "max_offset": ("RELAY_MAX_OFFSET",),
     "source": ("RELAY_SOURCE",),
     "replay": ("RELAY_REPLAY",),
     "speed": ("RELAY_SPEED",),
@@ -329,6 +357,12 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "previous_secret_until": parse_time,
     "revoked_tokens_interval": float,
     "loop": parse_bool,
+    "query_timeout": float,
+    "queries_per_client": _int,
+    "query_readers": _int,
+    "max_sort_terms": _int,
+    "max_in_items": _int,
+    "max_offset": _int,
 }
 
 

@@ -11,7 +11,13 @@
         ├── BadRequest         bad query parameter or bad frame (HTTP 400, error frame)
         ├── NotFound           unknown path or object (HTTP 404)
         ├── Unauthorized       missing or invalid token (HTTP 401, close 4001)
-        └── Forbidden          valid token, resource not granted (HTTP 403, close 4003)
+        ├── Forbidden          valid token, resource not granted (HTTP 403, close 4003)
+        ├── MethodNotAllowed   an HTTP method other than GET and HEAD (HTTP 405)
+        ├── TooManyRequests    this client has too many queries in flight (HTTP 429)
+        └── Unavailable        no answer now, ask again later (HTTP 503)
+            └── QueryTimeout   a query ran past its time limit (HTTP 503)
+
+A :class:`ClientError` with ``retry_after`` set is answered with a ``Retry-After`` header.
 
 Close codes come in two ranges, as in centrifuge: 1xxx are the RFC 6455 codes,
 4xxx are ours. A client should reconnect and resume after 1001, 4008 and 4029;
@@ -60,11 +66,18 @@ class ClientError(RelayError):
     reason = "badRequest"
     code = "bad_request"
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    retry_after: int | None = None
+    """Seconds after which the client may ask again (HTTP ``Retry-After``)."""
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if reason is not None:
             self.reason = reason
+        if retry_after is not None:
+            self.retry_after = retry_after
 
     def as_body(self) -> dict[str, Any]:
         """The Enginio-shaped error body: ``{"errors": [{"message", "reason"}]}``."""
@@ -93,3 +106,33 @@ class Forbidden(ClientError):
     status = 403
     reason = "forbidden"
     code = "forbidden"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    reason = "methodNotAllowed"
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+        """The methods the resource answers (HTTP ``Allow``)."""
+
+
+class TooManyRequests(ClientError):
+    status = 429
+    reason = "tooManyRequests"
+    code = "too_many_requests"
+    retry_after = 1
+
+
+class Unavailable(ClientError):
+    status = 503
+    reason = "unavailable"
+    code = "unavailable"
+    retry_after = 1
+
+
+class QueryTimeout(Unavailable):
+    reason = "queryTimeout"
+    code = "query_timeout"

@@ -4,6 +4,12 @@ A subscription may ask for ``{"lang": "ja" | [...], "author": "name" | [...],
 "has_media": true|false, "keyword": "word"}``; every given filter must hold. A token
 may pin filters: the client's own can only narrow them (the languages and authors
 are intersected, the keyword and media flag must agree), never widen them.
+
+One predicate, two forms: :meth:`TweetFilter.matches` on the stream, and
+:meth:`TweetFilter.conditions` for a store, which compiles them with the very same
+meaning (the author's username folded with ``str.lower()``, the keyword a substring
+of ``text.lower()``). A value of the wrong type (a username that is not a string)
+matches no name and never raises.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.errors import BadRequest, Forbidden
+from relay.query import Condition
 
 KEYS = ("lang", "author", "has_media", "keyword")
 MAX_VALUES = 50
@@ -25,15 +32,29 @@ class TweetFilter:
     has_media: bool | None = None
     keywords: tuple[str, ...] = ()
 
-    def matches(self, lang: str | None, author: str | None, has_media: bool, text: str) -> bool:
-        if self.langs is not None and lang not in self.langs:
+    def matches(self, lang: Any, author: Any, has_media: Any, text: Any) -> bool:
+        if self.langs is not None and (not isinstance(lang, str) or lang not in self.langs):
             return False
-        if self.authors is not None and (author or "").lower() not in self.authors:
+        if self.authors is not None and fold(author) not in self.authors:
             return False
-        if self.has_media is not None and has_media != self.has_media:
+        if self.has_media is not None and bool(has_media) != self.has_media:
             return False
-        lowered = text.lower()
+        if not self.keywords:
+            return True
+        lowered = fold(text)
         return all(keyword in lowered for keyword in self.keywords)
+
+    def conditions(self) -> tuple[Condition, ...]:
+        """The same predicate as store conditions (see :mod:`relay.query`)."""
+        out: list[Condition] = []
+        if self.langs is not None:
+            out.append(Condition("lang", "in", tuple(sorted(self.langs))))
+        if self.authors is not None:
+            out.append(Condition("author", "in", tuple(sorted(self.authors))))
+        if self.has_media is not None:
+            out.append(Condition("has_media", "eq", (self.has_media,)))
+        out.extend(Condition("text", "contains", (keyword,)) for keyword in self.keywords)
+        return tuple(out)
 
     def narrowed_by(self, other: TweetFilter) -> TweetFilter:
         """Both filters at once; Forbidden when the client asks outside what is pinned."""
@@ -59,6 +80,11 @@ class TweetFilter:
         if self.keywords:
             out["keyword"] = " ".join(self.keywords)
         return out
+
+
+def fold(value: Any) -> str:
+    """How filters compare names and text: ``str.lower()``; "" for anything not a string."""
+    return value.lower() if isinstance(value, str) else ""
 
 
 def parse_filter(value: Any) -> TweetFilter:

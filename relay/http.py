@@ -1,26 +1,36 @@
 """The plain GET routes that share the WebSocket port: object API, discovery, health, demo page.
 
-Independent of the WebSocket library: :meth:`HttpApi.handle` takes a path and
+Independent of the WebSocket library: :meth:`HttpApi.handle` takes a method, a path and
 headers and returns a :class:`Reply`; ``server.py`` turns it into a response.
+
+Everything a token reads here is bounded by its scope (:meth:`Access.scope`: readable
+rules and pinned filters), in the query itself: a tweet or user outside it answers
+exactly like a missing one. Object API queries have a time limit (503), and one client
+(token subject, or address without a token) has at most ``queries_per_client`` of them
+in flight (429). Logs never carry a token: targets are redacted and truncated.
 """
 
 from __future__ import annotations
 
 import logging
 import mimetypes
-from collections.abc import Awaitable, Callable, Mapping
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 
 import orjson
 
 from relay import __version__
-from relay.errors import ClientError, Forbidden, NotFound
+from relay.errors import ClientError, MethodNotAllowed, NotFound, TooManyRequests
 from relay.protocol import PROTOCOL_VERSION
-from relay.query import parse_tweet_query
+from relay.query import Condition, QueryLimits, parse_tweet_query
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX
 
 if TYPE_CHECKING:
@@ -32,8 +42,80 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Params = dict[str, list[str]]
 STREAM_PATH = "/v1/stream"
 JSON_TYPE = "application/json"
+METHODS = ("GET", "HEAD")
+LOGGED_TARGET = 200
+"""Characters of a request target a log line shows, after the token is redacted."""
+MAX_NAME = 100
+"""Longest static file name looked up; longer is a 404 without asking the file system."""
+RULE_KEYS_TTL = 1.0
+"""Seconds the rule keys are reused while no tweet was published."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiLimits:
+    """The object API's limits (defaults and their measurements: ``config/relay.toml``)."""
+
+    query: QueryLimits = field(default_factory=QueryLimits)
+    query_timeout: float = 2.0
+    """Seconds an object API query may run before it is stopped (503, Retry-After)."""
+    queries_per_client: int = 2
+    """Object API requests one client may have in flight; more answer 429."""
+
+
+def check_method(method: str, path: str) -> None:
+    """MethodNotAllowed for anything but GET and HEAD (the stream: GET only)."""
+    allowed = ("GET",) if path == STREAM_PATH else METHODS
+    if method not in allowed:  # methods are case-sensitive: "get" is not GET
+        raise MethodNotAllowed(
+            f"method {method[:20]!r} is not allowed here", allow=", ".join(allowed)
+        )
+
+
+_JWT = re.compile(r"eyJ[\w-]*\.[\w-]*\.?[\w-]*")
+
+
+def redact(target: str, limit: int = LOGGED_TARGET) -> str:
+    """``target`` fit for a log line: every token value hidden, at most ``limit`` chars.
+
+    Query parameters are compared by their decoded name (``tok%65n`` is ``token``), and
+    anything shaped like a JWT is hidden wherever it is.
+    """
+    path, mark, query = target.partition("?")
+    if mark:
+        pieces = []
+        for piece in query.split("&"):
+            name, equals, _ = piece.partition("=")
+            if equals and unquote_plus(name).strip().lower() == "token":
+                piece = name + "=[redacted]"
+            pieces.append(piece)
+        target = path + "?" + "&".join(pieces)
+    target = _JWT.sub("[redacted]", target)
+    return target if len(target) <= limit else target[:limit] + "..."
+
+
+class LogSampler:
+    """At most ``burst`` lines per ``window`` seconds; then one line saying how many were not."""
+
+    def __init__(self, burst: int = 20, window: float = 10.0) -> None:
+        self.burst = burst
+        self.window = window
+        self._start = float("-inf")
+        self._logged = 0
+        self._skipped = 0
+
+    def allow(self, now: float) -> bool:
+        if now - self._start >= self.window:
+            if self._skipped:
+                log.info("%d more refused requests were not logged", self._skipped)
+            self._start, self._logged, self._skipped = now, 0, 0
+        if self._logged < self.burst:
+            self._logged += 1
+            return True
+        self._skipped += 1
+        return False
 
 
 @dataclass
@@ -49,7 +131,12 @@ def json_reply(status: int, value: Any) -> Reply:
 
 
 def error_reply(exc: ClientError) -> Reply:
-    return json_reply(exc.status, exc.as_body())
+    reply = json_reply(exc.status, exc.as_body())
+    if exc.retry_after is not None:
+        reply.headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, MethodNotAllowed):
+        reply.headers["Allow"] = exc.allow
+    return reply
 
 
 def _results(objects: list[bytes], count: int) -> bytes:
@@ -68,6 +155,8 @@ class HttpApi:
         public_url: str = "",
         is_ready: Callable[[], bool] = lambda: True,
         web_root: Path | None = None,
+        limits: ApiLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -76,9 +165,12 @@ class HttpApi:
         self.public_url = public_url.rstrip("/")
         self.is_ready = is_ready
         self.web_root = web_root or Path(str(resources.files("client_demo") / "web"))
-        self._routes: dict[
-            str, Callable[[Mapping[str, list[str]], Mapping[str, str]], Awaitable[Reply]]
-        ] = {
+        self.limits = limits or ApiLimits()
+        self.clock = clock
+        self._in_flight: Counter[str] = Counter()
+        self._sampler = LogSampler()
+        self._keys: tuple[int, float, list[str]] | None = None
+        self._routes: dict[str, Callable[[Params, Mapping[str, str], str], Awaitable[Reply]]] = {
             "/v1/info": self._info,
             "/v1/objects/tweets": self._tweets,
             "/healthz": self._health,
@@ -86,30 +178,37 @@ class HttpApi:
             "/metrics": self._metrics,
         }
 
-    async def handle(self, target: str, headers: Mapping[str, str]) -> Reply:
-        """Answer one GET request for ``target`` (path and query)."""
+    async def handle(
+        self, target: str, headers: Mapping[str, str], *, method: str = "GET", client: str = ""
+    ) -> Reply:
+        """Answer one request for ``target`` (path and query) from ``client`` (its address).
+
+        HEAD is answered as GET; the caller sends the headers only.
+        """
         parts = urlsplit(target)
         path = parts.path.rstrip("/") or "/"
-        route = path
+        route = path if path in self._routes else "other"
         try:
+            check_method(method, path)
             params = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
             handler = self._routes.get(path)
             if handler is not None:
-                reply = await handler(params, headers)
+                reply = await handler(params, headers, client)
             elif path.startswith("/v1/objects/tweets/"):
                 route = "/v1/objects/tweets/<id>"
-                reply = await self._tweet(path, self._grant(params, headers))
+                reply = await self._tweet(path, params, headers, client)
             elif path.startswith("/v1/objects/users/"):
                 route = "/v1/objects/users/<id>"
-                reply = await self._user(path, self._grant(params, headers))
+                reply = await self._user(path, params, headers, client)
             else:
                 route = "static"
                 reply = self._static(path)
         except ClientError as exc:
-            log.info("GET %.200s -> %d: %s", target, exc.status, exc.message)
+            if self._sampler.allow(self.clock()):
+                log.info("%.10s %s -> %d: %.200s", method, redact(target), exc.status, exc.message)
             reply = error_reply(exc)
         except Exception:
-            log.exception("error answering %s", target)
+            log.error("error answering %.10s %s", method, redact(target), exc_info=True)
             reply = json_reply(
                 500, {"errors": [{"message": "internal error", "reason": "internal"}]}
             )
@@ -127,9 +226,9 @@ class HttpApi:
         ws = "wss" + http[5:] if http.startswith("https") else "ws" + http[4:]
         return http, ws
 
-    async def _info(self, params: Mapping[str, list[str]], headers: Mapping[str, str]) -> Reply:
+    async def _info(self, params: Params, headers: Mapping[str, str], client: str) -> Reply:
         http, ws = self.base_urls(headers)
-        keys = await self.store.rule_keys()
+        keys = await self._rule_keys()
         return json_reply(
             200,
             {
@@ -146,65 +245,113 @@ class HttpApi:
             },
         )
 
-    def _grant(self, params: dict[str, list[str]], headers: Mapping[str, str]) -> Grant | None:
+    def _grant(self, params: Params, headers: Mapping[str, str]) -> Grant | None:
         """The request's grant; the token parameter is consumed here, not by the query."""
         grant = self.access.authenticate(headers, params)
         params.pop("token", None)
         return grant
 
-    async def _tweets(self, params: Mapping[str, list[str]], headers: Mapping[str, str]) -> Reply:
+    async def _scope(self, grant: Grant | None) -> tuple[Condition, ...]:
+        """What ``grant`` may read; Unauthorized/Forbidden before any object is looked at."""
+        return self.access.scope(grant, await self._rule_keys())
+
+    async def _rule_keys(self) -> list[str]:
+        """The store's rule keys, reused for a second while the hub's head stays put.
+
+        New keys come only with new tweets, so a changed head reads them again.
+        """
+        head, now = self.hub.head, self.clock()
+        cached = self._keys
+        if cached is not None and cached[0] == head and now - cached[1] < RULE_KEYS_TTL:
+            return cached[2]
+        keys = await self.store.rule_keys()
+        self._keys = (head, now, keys)
+        return keys
+
+    @contextmanager
+    def _slot(self, grant: Grant | None, client: str) -> Iterator[None]:
+        """One of the client's object API queries in flight; 429 past the limit."""
+        key = f"sub:{grant.subject}" if grant is not None else f"addr:{client}"
+        if self._in_flight[key] >= self.limits.queries_per_client:
+            self.metrics.refused.labels("queries_per_client").inc()
+            raise TooManyRequests(
+                f"at most {self.limits.queries_per_client} object queries at once per client"
+            )
+        self._in_flight[key] += 1
+        try:
+            yield
+        finally:
+            self._in_flight[key] -= 1
+            if not self._in_flight[key]:
+                del self._in_flight[key]
+
+    async def _tweets(self, params: Params, headers: Mapping[str, str], client: str) -> Reply:
         params = dict(params)
         grant = self._grant(params, headers)
-        query = parse_tweet_query(params)
+        query = parse_tweet_query(params, self.limits.query)
         if "rule" in params:
             self.access.policy.check_read(grant, RULE_PREFIX + params["rule"][0])
-        readable = self.access.readable_rules(grant, await self.store.rule_keys())
-        if readable is not None:
-            query = query.restricted_to_rules(readable)
-        objects, count = await self.store.query(query)
+        with self._slot(grant, client):
+            query = query.narrowed(await self._scope(grant))
+            objects, count = await self.store.query(query, timeout=self.limits.query_timeout)
         if query.count_only:
             return json_reply(200, {"count": count})
         return Reply(200, _results(objects, count))
 
-    async def _tweet(self, path: str, grant: Grant | None) -> Reply:
-        body = await self._one(self.store.tweet, "tweet", path)
-        rules = orjson.loads(body).get("rules") or []
-        if not self.access.can_see(grant, rules):
-            # Refused the same way as a listing would be; never a hint of its content.
-            self.access.readable_rules(grant, [])
-            raise Forbidden("the tweet belongs to no channel this token grants")
-        return Reply(200, body)
+    async def _tweet(
+        self, path: str, params: Params, headers: Mapping[str, str], client: str
+    ) -> Reply:
+        grant = self._grant(params, headers)
+        with self._slot(grant, client):
+            scope = await self._scope(grant)
+            # Outside the scope answers exactly like missing: no oracle for what exists.
+            return Reply(200, await self._one(self.store.tweet, "tweet", path, scope))
 
-    async def _user(self, path: str, grant: Grant | None) -> Reply:
-        self.access.readable_rules(grant, [])  # any readable channel shows authors
-        return Reply(200, await self._one(self.store.user, "user", path))
+    async def _user(
+        self, path: str, params: Params, headers: Mapping[str, str], client: str
+    ) -> Reply:
+        grant = self._grant(params, headers)
+        with self._slot(grant, client):
+            scope = await self._scope(grant)
+            # A user is readable when one of its tweets is (within the scope).
+            return Reply(200, await self._one(self.store.user, "user", path, scope))
 
     async def _one(
-        self, fetch: Callable[[str], Awaitable[bytes | None]], kind: str, path: str
+        self,
+        fetch: Callable[..., Awaitable[bytes | None]],
+        kind: str,
+        path: str,
+        scope: tuple[Condition, ...],
     ) -> bytes:
         object_id = unquote(path.rsplit("/", 1)[1])
-        body = await fetch(object_id) if object_id else None
+        body = None
+        if object_id and len(object_id) <= 64 and "\x00" not in object_id:
+            body = await fetch(object_id, scope, timeout=self.limits.query_timeout)
         if body is None:
             raise NotFound(f"no {kind} with id {object_id[:64]!r}")
         return body
 
-    async def _health(self, params: Mapping[str, list[str]], headers: Mapping[str, str]) -> Reply:
+    async def _health(self, params: Params, headers: Mapping[str, str], client: str) -> Reply:
         return json_reply(200, {"status": "ok"})
 
-    async def _ready(self, params: Mapping[str, list[str]], headers: Mapping[str, str]) -> Reply:
+    async def _ready(self, params: Params, headers: Mapping[str, str], client: str) -> Reply:
         ready = self.is_ready()
         return json_reply(200 if ready else 503, {"status": "ready" if ready else "starting"})
 
-    async def _metrics(self, params: Mapping[str, list[str]], headers: Mapping[str, str]) -> Reply:
+    async def _metrics(self, params: Params, headers: Mapping[str, str], client: str) -> Reply:
         return Reply(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
 
     def _static(self, path: str) -> Reply:
         name = "index.html" if path == "/" else path.lstrip("/")
         # A flat folder: no sub-paths, so no way out of it.
-        if "/" in name or "\\" in name or name.startswith("."):
+        if "/" in name or "\\" in name or name.startswith(".") or len(name) > MAX_NAME:
             raise NotFound(f"no such path: {path[:100]}")
         file = self.web_root / name
-        if not file.is_file():
+        try:
+            found = file.is_file()
+        except (OSError, ValueError):  # a name the file system refuses (NUL, too long)
+            found = False
+        if not found:
             raise NotFound(f"no such path: {path[:100]}")
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if content_type.startswith("text/") or content_type.endswith("javascript"):

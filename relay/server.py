@@ -28,11 +28,13 @@ from relay.errors import (
     CLOSE_POLICY,
     CLOSE_RATE_LIMITED,
     CLOSE_UNAUTHORIZED,
+    BadRequest,
     ClientError,
     Forbidden,
     Unauthorized,
 )
 from relay.http import STREAM_PATH, HttpApi, Reply, error_reply
+from relay.http_wire import HttpWireConnection, has_body
 from relay.hub import Hub
 from relay.metrics import Metrics
 from relay.protocol import ProtocolError
@@ -69,6 +71,8 @@ class StreamServer:
             self.settings.host,
             self.settings.port,
             process_request=self._process_request,
+            # One request per connection, whatever follows it (a body, a second request).
+            create_connection=HttpWireConnection,
             max_size=self.settings.max_frame,
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,
@@ -95,10 +99,15 @@ class StreamServer:
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
         headers = _plain_headers(request.headers)
-        if path != STREAM_PATH:
-            return _response(await self.api.handle(request.path, headers))
+        if path != STREAM_PATH or request.method != "GET":
+            reply = await self.api.handle(
+                request.path, headers, method=request.method, client=_address(conn)
+            )
+            return _response(reply, head=request.method == "HEAD")
         # Refused before the upgrade: a bad token never gets a WebSocket.
         try:
+            if has_body(request):
+                raise BadRequest("a stream request has no body")
             grant = self.access.authenticate(headers, parse_qs(query))
             if grant is None and not self.policy.is_open:
                 raise Unauthorized("this relay needs a token (Authorization: Bearer or ?token=)")
@@ -272,16 +281,23 @@ def _peer(conn: ServerConnection) -> str:
     return str(address)
 
 
+def _address(conn: ServerConnection) -> str:
+    return _peer(conn).rsplit(":", 1)[0]
+
+
 def _plain_headers(headers: Headers) -> dict[str, str]:
     return {name.lower(): value for name, value in headers.raw_items()}
 
 
-def _response(reply: Reply) -> Response:
+def _response(reply: Reply, *, head: bool = False) -> Response:
+    """The HTTP response; for HEAD the same headers (Content-Length too) and no body."""
     headers = Headers()
     headers["Content-Type"] = reply.content_type
     headers["Content-Length"] = str(len(reply.body))
     headers["Access-Control-Allow-Origin"] = "*"
+    # websockets closes the connection after any answer but 101: say so.
+    headers["Connection"] = "close"
     for name, value in reply.headers.items():
         headers[name] = value
     reason = http.HTTPStatus(reply.status).phrase
-    return Response(reply.status, reason, headers, reply.body)
+    return Response(reply.status, reason, headers, b"" if head else reply.body)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from relay.query import TweetQuery
+    from relay.query import Condition, TweetQuery
     from relay.tweets import Tweet
 
 
@@ -58,13 +58,32 @@ class Store(Protocol):
 
     async def count_after(self, channel: str, after: int, until: int) -> int: ...
 
-    async def query(self, query: TweetQuery) -> tuple[list[bytes], int]:
-        """Encoded objects for one page of the object API, and the total count."""
+    async def query(
+        self, query: TweetQuery, *, timeout: float | None = None
+    ) -> tuple[list[bytes], int]:
+        """Encoded objects for one page of the object API, and the total count.
+
+        The store compiles ``query.conditions`` itself, each with the meaning
+        :mod:`relay.query` gives it (a filter's conditions match exactly the tweets
+        :meth:`relay.filters.TweetFilter.matches` passes). Page and count come from one
+        snapshot. A query still running after ``timeout`` seconds is stopped and raises
+        :class:`~relay.errors.QueryTimeout`. Object API reads never hold up the readers
+        of the stream side (``read_after``, ``count_after``, ``rule_keys``, ``head``).
+        """
         ...
 
-    async def tweet(self, tweet_id: str) -> bytes | None: ...
+    async def tweet(
+        self, tweet_id: str, scope: Sequence[Condition] = (), *, timeout: float | None = None
+    ) -> bytes | None:
+        """The tweet with this id when it also meets every condition of ``scope``."""
+        ...
 
-    async def user(self, user_id: str) -> bytes | None: ...
+    async def user(
+        self, user_id: str, scope: Sequence[Condition] = (), *, timeout: float | None = None
+    ) -> bytes | None:
+        """The user with this id; with a ``scope``, only when one of the user's
+        tweets meets it (a user is readable when one of its tweets is)."""
+        ...
 
     async def rule_keys(self) -> list[str]:
         """Every rule key that some stored tweet matched."""

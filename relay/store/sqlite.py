@@ -3,8 +3,10 @@
 SQLite stays off the event loop. All writes go through one writer thread fed by
 a queue; it takes every job waiting and commits them in one transaction (group
 commit), so a burst of small batches costs one fsync-free WAL commit, not many.
-Reads run on a small thread pool, each thread with its own read-only connection;
-WAL lets them read while the writer writes.
+Reads run on two small thread pools, each thread with its own read-only connection;
+WAL lets them read while the writer writes. The object API's queries have their own
+pool and a time limit, so that catch-ups, ``/v1/info`` and ``/readyz`` never wait
+behind a heavy query.
 
 Because the writer thread is the only writer, it knows the next ``seq`` and
 stores each tweet's served object complete with its seq: reads hand the stored
@@ -20,6 +22,7 @@ import queue
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,9 +32,9 @@ from typing import Any, TypeVar
 import orjson
 import sqlite_utils
 
-from relay.errors import StoreError
-from relay.query import TweetQuery
-from relay.store import AppendResult, StoredTweet
+from relay.errors import BadRequest, QueryTimeout, StoreError
+from relay.query import Condition, TweetQuery
+from relay.store import AppendResult, StoredTweet, sqlite_query
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX, Tweet, stored_object, time_from_unix
 
 log = logging.getLogger(__name__)
@@ -77,7 +80,12 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", [secrets.token_hex(8)])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+def _migration_2(db: sqlite_utils.Database) -> None:
+    # A user object is served only when one of its tweets is readable: find them fast.
+    db.execute("CREATE INDEX IF NOT EXISTS tweets_author_id ON tweets (author_id, seq)")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
 """Schema changes in order; ``PRAGMA user_version`` records how many have run."""
 
 
@@ -107,7 +115,7 @@ _STOP = object()
 class SQLiteStore:
     """A :class:`relay.store.Store` on one SQLite file."""
 
-    def __init__(self, path: str | Path, *, readers: int = 3) -> None:
+    def __init__(self, path: str | Path, *, readers: int = 3, query_readers: int = 2) -> None:
         self.path = str(path)
         self.epoch = ""
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -115,13 +123,14 @@ class SQLiteStore:
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="store-read")
+        self._query_readers = ThreadPoolExecutor(query_readers, thread_name_prefix="store-query")
         self._writer: threading.Thread | None = None
         self._next_seq = 1
         self.commits = 0
 
     @classmethod
-    async def open(cls, path: str | Path) -> SQLiteStore:
-        store = cls(path)
+    async def open(cls, path: str | Path, *, query_readers: int = 2) -> SQLiteStore:
+        store = cls(path, query_readers=query_readers)
         await asyncio.get_running_loop().run_in_executor(None, store._open_sync)
         return store
 
@@ -289,6 +298,7 @@ class SQLiteStore:
         if conn is None:
             conn = self._connect()
             conn.execute("PRAGMA query_only = 1")
+            sqlite_query.register_functions(conn)
             self._local.conn = conn
             with self._reader_lock:
                 self._reader_conns.append(conn)
@@ -297,6 +307,13 @@ class SQLiteStore:
     async def _read(self, run: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, lambda: run(self._reader()))
+
+    async def _query(self, run: Callable[[sqlite3.Connection], T], timeout: float | None) -> T:
+        """An object API read: on its own pool, stopped after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._query_readers, lambda: _limited(self._reader(), run, timeout)
+        )
 
     async def head(self) -> int:
         def run(conn: sqlite3.Connection) -> int:
@@ -332,30 +349,51 @@ class SQLiteStore:
         sql, params = _channel_range(channel, "count(*)", after, until)
         return await self._read(lambda conn: int(conn.execute(sql, params).fetchone()[0]))
 
-    async def query(self, query: TweetQuery) -> tuple[list[bytes], int]:
+    async def query(
+        self, query: TweetQuery, *, timeout: float | None = None
+    ) -> tuple[list[bytes], int]:
+        count_sql, count_params = sqlite_query.count(query)
+        select_sql, select_params = sqlite_query.select(query)
+
         def run(conn: sqlite3.Connection) -> tuple[list[bytes], int]:
-            count_sql, count_params = query.count_sql()
+            # One read transaction: the page and its count see the same commits.
+            conn.execute("BEGIN")
             total = int(conn.execute(count_sql, count_params).fetchone()[0])
-            if query.count_only:
-                return [], total
-            sql, params = query.select_sql()
-            rows = conn.execute(sql, params).fetchall()
-            return [row[1].encode() for row in rows], total
+            page: list[int] = []
+            found: dict[int, str] = {}
+            if not query.count_only:
+                page = [row[0] for row in conn.execute(select_sql, select_params)]
+                if page:
+                    found = dict(conn.execute(sqlite_query.objects(len(page)), page).fetchall())
+            conn.execute("COMMIT")
+            return [found[seq].encode() for seq in page], total
 
-        return await self._read(run)
+        return await self._query(run, timeout)
 
-    async def tweet(self, tweet_id: str) -> bytes | None:
-        return await self._one("SELECT object FROM tweets WHERE id = ?", tweet_id)
+    async def tweet(
+        self, tweet_id: str, scope: Sequence[Condition] = (), *, timeout: float | None = None
+    ) -> bytes | None:
+        clause, params = sqlite_query.where(scope, per_row=True)
+        sql = "SELECT object FROM tweets WHERE id = ?" + clause.replace(" WHERE ", " AND ", 1)
+        return await self._one(sql, [tweet_id, *params], timeout)
 
-    async def user(self, user_id: str) -> bytes | None:
-        return await self._one("SELECT object FROM users WHERE id = ?", user_id)
+    async def user(
+        self, user_id: str, scope: Sequence[Condition] = (), *, timeout: float | None = None
+    ) -> bytes | None:
+        sql = "SELECT object FROM users WHERE id = ?"
+        params: list[Any] = [user_id]
+        if scope:
+            clause, scope_params = sqlite_query.where(scope, per_row=True)
+            sql += " AND EXISTS (SELECT 1 FROM tweets" + clause + " AND author_id = users.id)"
+            params.extend(scope_params)
+        return await self._one(sql, params, timeout)
 
-    async def _one(self, sql: str, value: str) -> bytes | None:
+    async def _one(self, sql: str, params: list[Any], timeout: float | None) -> bytes | None:
         def run(conn: sqlite3.Connection) -> bytes | None:
-            row = conn.execute(sql, (value,)).fetchone()
+            row = conn.execute(sql, params).fetchone()
             return row[0].encode() if row else None
 
-        return await self._read(run)
+        return await self._query(run, timeout)
 
     async def rule_keys(self) -> list[str]:
         def run(conn: sqlite3.Connection) -> list[str]:
@@ -394,10 +432,38 @@ class SQLiteStore:
             self._jobs.put(_STOP)
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
         self._readers.shutdown(wait=True)
+        self._query_readers.shutdown(wait=True)
         with self._reader_lock:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
+
+
+PROGRESS_STEPS = 1000
+"""SQLite virtual machine steps between two looks at the clock during a limited query."""
+
+
+def _limited(
+    conn: sqlite3.Connection, run: Callable[[sqlite3.Connection], T], timeout: float | None
+) -> T:
+    """``run(conn)``, interrupted with :class:`QueryTimeout` after ``timeout`` seconds."""
+    deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+    if timeout is not None:
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
+    try:
+        return run(conn)
+    except sqlite3.OperationalError as exc:
+        if time.monotonic() > deadline and "interrupt" in str(exc):
+            raise QueryTimeout(
+                f"the query ran longer than {timeout:g} s; narrow it (q, rule, since_seq)"
+            ) from None
+        if "fts5" in str(exc):  # full-text syntax the words slipped past: the client's input
+            raise BadRequest("parameter 'search' cannot be searched for") from None
+        raise
+    finally:
+        conn.set_progress_handler(None, 0)
+        if conn.in_transaction:  # a query stopped half-way leaves its read transaction
+            conn.execute("ROLLBACK")
 
 
 def _channel_range(

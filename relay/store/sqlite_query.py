@@ -1,0 +1,116 @@
+"""Compiles the object API's structured queries (:mod:`relay.query`) to SQLite SQL.
+
+Column names and SQL come from the fixed tables below; every value is a bound
+parameter. Two conditions need Python's own string functions, because SQLite's
+``lower()`` folds ASCII only: :func:`register_functions` adds them to a connection,
+so a pinned filter means here exactly what :meth:`relay.filters.TweetFilter.matches`
+means on the stream.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from relay.filters import fold
+from relay.query import Condition, TweetQuery
+
+COLUMNS = {
+    "id": "id",
+    "lang": "lang",
+    "author.username": "author_username",
+    "author.id": "author_id",
+    "has_media": "has_media",
+    "seq": "seq",
+    "createdAt": "created_at",
+    # The filters' forms, through the Python functions registered below.
+    "author": "relay_fold(author_username)",
+}
+SORT_COLUMNS = {"createdAt": "created_at", "seq": "seq", "id": "CAST(id AS INTEGER)"}
+COMPARISONS = {"eq": "=", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+IN_RULES = "seq IN (SELECT seq FROM tweet_rules WHERE tag {test})"
+# For one row at a time (a lookup by id, a user's tweets): probe the rules of that row
+# instead of listing every seq of the rules first (0.1 ms instead of 25 ms on 200k).
+HAS_RULE = "EXISTS (SELECT 1 FROM tweet_rules WHERE tweet_rules.seq = tweets.seq AND tag {test})"
+
+
+def register_functions(conn: sqlite3.Connection) -> None:
+    """The filters' folding on this connection (deterministic: usable in indexes too)."""
+    conn.create_function("relay_fold", 1, fold, deterministic=True)
+
+
+def where(conditions: Sequence[Condition], *, per_row: bool = False) -> tuple[str, list[Any]]:
+    """`` WHERE ...`` (or "") and its parameters: every condition must hold.
+
+    ``per_row``: the conditions filter a few rows found another way (by id, by author).
+    """
+    parts: list[str] = []
+    params: list[Any] = []
+    for condition in conditions:
+        sql, args = _condition(condition, HAS_RULE if per_row else IN_RULES)
+        parts.append(sql)
+        params.extend(args)
+    return (" WHERE " + " AND ".join(parts) if parts else ""), params
+
+
+def select(query: TweetQuery) -> tuple[str, list[Any]]:
+    """The seqs of one page, in order; :data:`OBJECTS` then reads their objects.
+
+    Sorting seqs rather than whole rows keeps SQLite's sorter small: with the objects in
+    it, ``sort=id&offset=199000`` carried 200,000 objects through the sort (3.8 s on
+    200,000 tweets); with seqs only it is a sort of integers.
+    """
+    clause, params = where(query.conditions)
+    order = ", ".join(
+        f"{SORT_COLUMNS[field]} {'DESC' if descending else 'ASC'}"
+        for field, descending in query.order_by
+    )
+    sql = f"SELECT seq FROM tweets{clause} ORDER BY {order} LIMIT ? OFFSET ?"
+    return sql, [*params, query.limit, query.offset]
+
+
+def objects(count: int) -> str:
+    """The objects of ``count`` seqs (bound as parameters), with their seq."""
+    return f"SELECT seq, object FROM tweets WHERE seq IN ({','.join('?' * count)})"
+
+
+def count(query: TweetQuery) -> tuple[str, list[Any]]:
+    clause, params = where(query.conditions)
+    return f"SELECT count(*) FROM tweets{clause}", params
+
+
+def _condition(condition: Condition, in_rules: str) -> tuple[str, list[Any]]:
+    field, op, values = condition.field, condition.op, list(condition.values)
+    if field == "has_media":
+        values = [int(bool(v)) for v in values]
+    if field == "text" and op == "contains":
+        # Python's str.lower() on the text, as the stream's keyword filter does.
+        return "instr(relay_fold(text), ?) > 0", values
+    if field == "text" and op == "search":
+        return "seq IN (SELECT rowid FROM tweets_fts WHERE tweets_fts MATCH ?)", [
+            _fts_expression(values)
+        ]
+    if field == "rules":
+        if op == "in":
+            if not values:
+                return "0", []
+            return in_rules.format(test=f"IN ({','.join('?' * len(values))})"), values
+        if op == "eq":
+            return in_rules.format(test="= ?"), values
+        if op == "ne":
+            return "NOT " + in_rules.format(test="= ?"), values
+    elif field in COLUMNS:
+        column = COLUMNS[field]
+        if op == "in":
+            if not values:
+                return "0", []
+            return f"{column} IN ({','.join('?' * len(values))})", values
+        if op in COMPARISONS:
+            return f"{column} {COMPARISONS[op]} ?", values
+    raise ValueError(f"cannot compile {field} {op}")
+
+
+def _fts_expression(words: Sequence[str]) -> str:
+    # Each word quoted: FTS5 syntax (OR, NEAR, *, -, ") in user text stays plain text.
+    return " ".join('"' + word.replace('"', '""') + '"' for word in words)
