@@ -152,6 +152,13 @@ class Ingest:
             for task in self._tasks:
                 task.cancel()
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+        # Appends the publisher will never await: their outcome is known (ingest
+        # failed), so take it, lest asyncio log each one as never retrieved.
+        while not self._appends.empty():
+            append = self._appends.get_nowait()
+            if append is not None:
+                append.cancel()
+                append.add_done_callback(_consume)
         for sample in (self.malformed_log, self.skipped_log, self.api_errors_log):
             sample.flush()
 
@@ -183,7 +190,7 @@ class Ingest:
             if batch[-1] is None:
                 done = True
             lines = [line for line in batch if line is not None]
-            if lines:
+            if lines and not self.failed.is_set():
                 tweets, users = self._parse(lines)
                 if tweets:
                     # The receive time is the source's; a nonsense one falls back to now.
@@ -253,3 +260,8 @@ class Ingest:
                     self.metrics.head.set(result.stored[-1].seq)
         finally:
             self.finished.set()
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
