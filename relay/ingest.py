@@ -152,13 +152,10 @@ class Ingest:
             for task in self._tasks:
                 task.cancel()
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
-        # Appends the publisher will never await: their outcome is known (ingest
-        # failed), so take it, lest asyncio log each one as never retrieved.
-        while not self._appends.empty():
+        while not self._appends.empty():  # appends the publisher will never await
             append = self._appends.get_nowait()
             if append is not None:
                 append.cancel()
-                append.add_done_callback(_consume)
         for sample in (self.malformed_log, self.skipped_log, self.api_errors_log):
             sample.flush()
 
@@ -197,8 +194,11 @@ class Ingest:
                     received = usable_unix(lines[-1].received_at)
                     if received is None:
                         received = self.clock()
-                    append = self.store.append(tweets, users, received)
-                    await self._appends.put(asyncio.ensure_future(append))
+                    append = asyncio.ensure_future(self.store.append(tweets, users, received))
+                    # Once ingest failed the publisher no longer awaits appends: their
+                    # outcome is known, and asyncio must not log each as never retrieved.
+                    append.add_done_callback(_consume)
+                    await self._appends.put(append)
         await self._appends.put(None)
 
     def _parse(self, lines: list[RawLine]) -> tuple[list[Tweet], list[dict[str, Any]]]:

@@ -8,10 +8,16 @@ what it cannot store; a part of the data path that fails stops the relay loudly.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import math
+import os
+import random
 import sqlite3
+import subprocess
+import sys
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,10 +33,13 @@ from relay.sources import RawLine
 from relay.sources.replay import ReplaySource
 from relay.store import StoredTweet
 from relay.store.sqlite import SQLiteStore
+from relay.synth import write_stream
 from relay.tweets import format_time, normalise_time, parse_line, time_from_unix
 from tests.support import (
+    ROOT,
     UNIT,
     PushSource,
+    RelayProcess,
     RunningRelay,
     counted,
     receive_tweets,
@@ -371,8 +380,6 @@ def test_a_flood_of_bad_lines_logs_a_sample_and_counts() -> None:
 
 
 def test_a_replay_that_cannot_be_read_to_its_end_is_a_source_error(tmp_path: Path) -> None:
-    import gzip
-
     from relay.errors import SourceError
 
     path = tmp_path / "cut.jsonl.gz"
@@ -387,3 +394,141 @@ def test_a_replay_that_cannot_be_read_to_its_end_is_a_source_error(tmp_path: Pat
 
     with pytest.raises(SourceError, match="cannot read replay file"):
         asyncio.run(read_all())
+
+
+# -- through the CLI: exit codes and what the log says -------------------------
+
+
+def run_to_exit(*args: str, file_blocks: int | None = None) -> subprocess.CompletedProcess[str]:
+    """``relay run ARGS`` expected to exit on its own; ``file_blocks`` caps file sizes (KiB)."""
+    command = [sys.executable, "-m", "relay", "run", "--port", "0", *args]
+    if file_blocks is not None:  # a real full disk: writes past the cap fail (EFBIG)
+        command = ["bash", "-c", f'ulimit -f {file_blocks:d} && exec "$@"', "relay", *command]
+    return subprocess.run(
+        command,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=12 * UNIT,
+    )
+
+
+def assert_one_line_why(stderr: str, *words: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    assert "never retrieved" not in stderr, stderr
+    (why,) = [line for line in stderr.splitlines() if line.startswith("relay: ")]
+    assert all(word in why for word in words), why
+
+
+def _other_app(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE tweets (handle TEXT, body TEXT)")
+
+
+def _other_app_with_a_version(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE tweets (handle TEXT, body TEXT)")
+        conn.execute("PRAGMA user_version = 1")
+
+
+def _not_sqlite(path: Path) -> None:
+    path.write_bytes(random.Random(1).randbytes(64 * 1024))
+
+
+def _damaged(path: Path) -> None:
+    async def fill() -> None:
+        from relay.tweets import parse_line
+
+        store = await SQLiteStore.open(path)
+        for start in range(0, 3000, 500):
+            lines = [stream_line(n, text="t" * 500) for n in range(start + 1, start + 501)]
+            tweets = [t for line in lines for t in parse_line(line).tweets]
+            await store.append(tweets, [], 1_700_000_000.0)
+        await store.close()
+
+    asyncio.run(fill())
+    data = bytearray(path.read_bytes())
+    pages = len(data) // 4096
+    noise = random.Random(2)
+    for page in range(pages // 2, pages):
+        data[page * 4096 : (page + 1) * 4096] = noise.randbytes(4096)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("make", [_other_app, _other_app_with_a_version, _not_sqlite, _damaged])
+def test_a_database_the_relay_cannot_use_is_one_line_and_exit_2(
+    tmp_path: Path, make: Callable[[Path], None]
+) -> None:
+    # Issue 9 point 10: a traceback and exit 1 instead.
+    db = tmp_path / "other.db"
+    make(db)
+    before = db.read_bytes()
+    result = run_to_exit("--db", str(db), "--speed", "max")
+    assert result.returncode == 2, result.stderr
+    assert_one_line_why(result.stderr, "cannot open database")
+    assert db.read_bytes() == before, "the relay wrote into a database it cannot use"
+
+
+def test_a_cut_gzip_replay_stops_the_relay_with_one_line_and_exit_1(tmp_path: Path) -> None:
+    # Issue 9 point 10: 30-60 traceback lines and "Task exception was never retrieved".
+    whole = gzip.compress(b"".join(stream_line(n) + b"\n" for n in range(1, 5001)))
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    result = run_to_exit("--db", str(tmp_path / "c.db"), "--replay", str(cut), "--speed", "max")
+    assert result.returncode == 1
+    assert_one_line_why(result.stderr, "ingest stopped", "cannot read replay file", "cut.jsonl.gz")
+
+
+def test_a_full_disk_stops_the_relay_with_one_line_and_exit_1(tmp_path: Path) -> None:
+    # Issue 9 point 10: the writer logged a traceback per failed commit.
+    recording = tmp_path / "big.jsonl"
+    write_stream(recording, 20_000, seed=3)
+    result = run_to_exit(
+        "--db",
+        str(tmp_path / "full.db"),
+        "--replay",
+        str(recording),
+        "--speed",
+        "max",
+        "--no-loop",
+        file_blocks=4096,
+    )
+    assert result.returncode == 1, result.stderr
+    assert_one_line_why(result.stderr, "ingest stopped", "commit failed")
+
+
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=UNIT) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def test_a_garbage_replay_logs_a_sample_and_a_count_not_a_line_each(
+    tmp_path: Path, processes: list[RelayProcess]
+) -> None:
+    # Issue 9 point 10: 3 MB of random bytes wrote 45,881 log lines.
+    garbage = tmp_path / "garbage.jsonl"
+    data = random.Random(9).randbytes(3_000_000)
+    garbage.write_bytes(data)
+    lines = len(data.split(b"\n")) - (1 if data.endswith(b"\n") else 0)
+    log = tmp_path / "g.log"
+    relay = RelayProcess(
+        log, "--db", str(tmp_path / "g.db"), "--replay", str(garbage), "--speed", "max"
+    )
+    processes.append(relay)
+    wait_for(
+        lambda: _metric(relay.url, "relay_lines_total") == lines,
+        8 * UNIT,
+        "every line to be read",
+    )
+    malformed = _metric(relay.url, "relay_malformed_lines_total")
+    assert malformed > 1000
+    assert relay.stop() == 0
+    text = log.read_text()
+    assert "further malformed lines are counted" in text
+    assert len(text.splitlines()) < 60, f"{len(text.splitlines())} log lines"

@@ -202,8 +202,8 @@ class SQLiteStore:
         conn: sqlite3.Connection | None = None
         try:
             conn = self._connect()
+            migrate(conn)  # first: it refuses another application's file before any write
             conn.execute("PRAGMA journal_mode = WAL")
-            migrate(conn)
             epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
             if epoch is None or not isinstance(epoch[0], str):
                 raise StoreError("not a tweet-relay database (it has no epoch)")
@@ -241,7 +241,13 @@ class SQLiteStore:
                 except queue.Empty:
                     break
             stop = any(job is _STOP for job in jobs)
-            jobs = [job for job in jobs if job is not _STOP]
+            # A job whose caller gave up (its future cancelled) is not run; one
+            # that runs can no longer be cancelled, so its outcome is always set.
+            jobs = [
+                job
+                for job in jobs
+                if job is not _STOP and job.future.set_running_or_notify_cancel()
+            ]
             if jobs:
                 self._commit(conn, jobs)
             if stop:
