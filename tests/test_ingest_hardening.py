@@ -532,3 +532,40 @@ def test_a_garbage_replay_logs_a_sample_and_a_count_not_a_line_each(
     text = log.read_text()
     assert "further malformed lines are counted" in text
     assert len(text.splitlines()) < 60, f"{len(text.splitlines())} log lines"
+
+
+def test_the_writer_leaves_out_only_the_tweet_it_cannot_bind_and_keeps_the_seq_dense(
+    tmp_path: Path,
+) -> None:
+    # Past the boundary on purpose (a Tweet built by hand): the writer's own defence.
+    import dataclasses
+
+    def tweets(*ids: int) -> list[Any]:
+        return [t for n in ids for t in parse_line(stream_line(n)).tweets]
+
+    bad = dataclasses.replace(tweets(3)[0], lang=["en"])  # type: ignore[arg-type]
+
+    async def run() -> tuple[list[Any], int, str | None]:
+        store = await SQLiteStore.open(tmp_path / "w.db")
+        results = await asyncio.gather(
+            store.append(tweets(1, 2), [], 1_700_000_000.0),
+            store.append([bad, *tweets(4)], [], 1_700_000_000.0),
+            store.set_state("since", "42"),
+        )
+        head, state = await store.head(), await store.get_state("since")
+        await store.close()
+        return list(results), head, state
+
+    (first, second, _), head, state = asyncio.run(run())
+    assert [t.seq for t in first.stored] == [1, 2]
+    assert [t.seq for t in second.stored] == [3]
+    assert [tweet_id for tweet_id, _ in second.unstorable] == ["3"]
+    assert (head, state) == (3, "42")
+
+    async def reopen() -> int:
+        store = await SQLiteStore.open(tmp_path / "w.db")
+        stored = await store.append(tweets(5), [], 1_700_000_000.0)
+        await store.close()
+        return stored.stored[0].seq
+
+    assert asyncio.run(reopen()) == 4
