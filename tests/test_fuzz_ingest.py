@@ -217,7 +217,7 @@ def cases(draw: st.DrawFn) -> Case:
     return Case(line, well_formed)
 
 
-@settings(FUZZ, max_examples=400)
+@settings(FUZZ, max_examples=600)
 @given(st.one_of(cases().map(lambda case: case.line), st.binary(max_size=200)))
 def test_parse_line_raises_nothing_but_malformed_payload_and_yields_typed_tweets(
     line: bytes,
@@ -299,7 +299,7 @@ def test_arbitrary_values_in_every_field_never_stop_the_relay_or_lose_a_good_twe
     delivered: set[str] = set()
     examples = [0]
 
-    @settings(FUZZ, max_examples=120)
+    @settings(FUZZ, max_examples=250)
     @given(st.lists(cases(), min_size=1, max_size=3))
     def push_through(batch: list[Case]) -> None:
         examples[0] += 1
