@@ -92,7 +92,9 @@ class Relay:
         self.metrics = Metrics()
         self.bus: Bus = MemoryBus()
         self._source = source
-        self.ready = False
+        self._running = False
+        self.drained = True
+        """False when a stop ran out of time before ingest had drained."""
         self.store: Store | None = None
         self.hub: Hub | None = None
         self.server: StreamServer | None = None
@@ -137,12 +139,27 @@ class Relay:
             )
         source = self._source or build_source(settings, store, self.metrics, self.clock, self.sleep)
         self.ingest = Ingest(
-            source, store, hub.publish, self.metrics, batch_size=settings.batch_size
+            source,
+            store,
+            hub.publish,
+            self.metrics,
+            batch_size=settings.batch_size,
+            clock=self.clock,
         )
         self.ingest.start()
-        self.ready = True
+        self._running = True
         log.info("relay started: store epoch %s, head seq %d", store.epoch, hub.head)
         _announce_access(settings)
+
+    @property
+    def ready(self) -> bool:
+        """Started, not stopping, and ingest still going: what ``/readyz`` answers."""
+        return self._running and self.ingest is not None and not self.ingest.failed.is_set()
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the relay cannot go on (ingest failed), if it cannot."""
+        return self.ingest.error if self.ingest is not None else None
 
     @property
     def port(self) -> int:
@@ -151,7 +168,7 @@ class Relay:
 
     async def stop(self, timeout: float = 8.0) -> None:
         """Drain and stop; every step is bounded so the whole stays under ``timeout``."""
-        self.ready = False
+        self._running = False
         if self._watcher is not None:
             self._watcher.cancel()
         if self.server is not None:
@@ -160,7 +177,8 @@ class Relay:
             try:
                 await asyncio.wait_for(self.ingest.stop(), timeout / 2)
             except TimeoutError:
-                log.error("ingest did not drain in time")
+                self.drained = False
+                log.error("ingest did not drain in time: tweets read but not stored are lost")
         if self.hub is not None:
             await self.hub.close_all(timeout / 4)
         if self.server is not None:

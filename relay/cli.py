@@ -212,8 +212,12 @@ async def _run(settings: Settings) -> int:
         wait.cancel()
     logging.getLogger("relay").info("shutting down")
     await relay.stop()
-    if relay.ingest.error is not None:
-        console.print(f"[bold red]relay:[/] ingest stopped: {relay.ingest.error}", highlight=False)
+    # Exit 1 with one line when ingest stopped on its own: the source or the store
+    # failed for good, or a task of the data path died (never a silent stall).
+    if relay.error is not None:
+        console.print(f"[bold red]relay:[/] ingest stopped: {relay.error}", highlight=False)
+        return 1
+    if not relay.drained:
         return 1
     return 0
 

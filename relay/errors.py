@@ -48,7 +48,14 @@ class ConfigError(RelayError):
 
 
 class MalformedPayload(RelayError):
-    """A stream line could not be read as an X API v2 payload."""
+    """A stream line could not be read as an X API v2 payload.
+
+    ``reason`` is a short fixed word for counters (``not_json``, ``not_object``...).
+    """
+
+    def __init__(self, message: str, *, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class StoreError(RelayError):

@@ -5,6 +5,12 @@ whatever is waiting (up to ``batch_size``), parses it and hands it to the store;
 the publisher awaits each append in order and publishes only what the store
 committed (persist before publish, invariant 1). The queues are bounded, so a slow
 store slows the source instead of growing memory.
+
+A tweet is data, never a crash: a bad line or tweet is counted by reason and
+logged through a :class:`LogSample` (a few lines, then a count), and nothing it
+holds reaches a task as an exception. When a task stops anyway (the source or
+the store failed for good, or a bug), ingest sets ``failed`` with ``error``
+saying why in one line; the relay turns not ready and stops.
 """
 
 from __future__ import annotations
@@ -12,18 +18,72 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from relay.errors import MalformedPayload, RelayError
 from relay.metrics import Metrics
 from relay.sources import RawLine, Source
 from relay.store import AppendResult, Store, StoredTweet
-from relay.tweets import Tweet, parse_line
+from relay.tweets import Tweet, parse_line, usable_unix
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Sequence[StoredTweet]], None]
+Clock = Callable[[], float]
+
+
+class LogSample:
+    """Log the first ``first`` events of one kind, then one line with a count per ``every`` s.
+
+    A flood of bad input (a garbage file, a broken producer) costs a handful of
+    log lines, not one a line; the exact numbers are on ``/metrics``.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        first: int = 5,
+        every: float = 60.0,
+        clock: Clock = time.monotonic,
+        level: int = logging.WARNING,
+    ) -> None:
+        self.what = what
+        self.first = first
+        self.every = every
+        self.clock = clock
+        self.level = level
+        self.total = 0
+        self._unlogged = 0
+        self._since = 0.0
+
+    def __call__(self, message: str, *args: Any) -> None:
+        self.total += 1
+        if self.total <= self.first:
+            log.log(self.level, message, *args)
+            if self.total == self.first:
+                log.log(self.level, "further %s are counted, not logged one by one", self.what)
+                self._since = self.clock()
+            return
+        self._unlogged += 1
+        if self.clock() - self._since >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Log the count of what was not logged since the last line, if any."""
+        if self._unlogged:
+            log.log(
+                self.level,
+                "%d more %s in the last %.0f s (%d in all)",
+                self._unlogged,
+                self.what,
+                self.clock() - self._since,
+                self.total,
+            )
+        self._unlogged = 0
+        self._since = self.clock()
 
 
 class Ingest:
@@ -35,20 +95,25 @@ class Ingest:
         metrics: Metrics,
         *,
         batch_size: int = 500,
+        clock: Clock = time.time,
     ) -> None:
         self.source = source
         self.store = store
         self.publish = publish
         self.metrics = metrics
         self.batch_size = batch_size
+        self.clock = clock
         self.finished = asyncio.Event()
         """Set when the source ended and everything it sent is stored and published."""
         self._lines: asyncio.Queue[RawLine | None] = asyncio.Queue(maxsize=4 * batch_size)
         self._appends: asyncio.Queue[asyncio.Future[AppendResult] | None] = asyncio.Queue(8)
         self._tasks: list[asyncio.Task[None]] = []
         self.error: BaseException | None = None
-        """Why ingest stopped early (the source or the store failed), if it did."""
+        """Why ingest stopped early (the source or the store failed, or a bug), if it did."""
         self.failed = asyncio.Event()
+        self.malformed_log = LogSample("malformed lines")
+        self.skipped_log = LogSample("skipped tweets")
+        self.api_errors_log = LogSample("stream error messages", level=logging.INFO)
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -57,10 +122,22 @@ class Ingest:
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._read(), name="ingest-read"),
-            asyncio.create_task(self._batch(), name="ingest-batch"),
-            asyncio.create_task(self._publish(), name="ingest-publish"),
+            asyncio.create_task(self._guard("source reader", self._read()), name="ingest-read"),
+            asyncio.create_task(self._guard("batcher", self._batch()), name="ingest-batch"),
+            asyncio.create_task(self._guard("publisher", self._publish()), name="ingest-publish"),
         ]
+
+    async def _guard(self, name: str, step: Coroutine[Any, Any, None]) -> None:
+        """Run one task of the data path; if it dies, ingest fails loudly, never silently."""
+        try:
+            await step
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Not an expected failure (those are handled where they happen): a bug.
+            # One traceback, once; the relay then stops with one line.
+            log.exception("ingest %s failed", name)
+            self._fail(RelayError(f"the {name} failed: {type(exc).__name__}: {exc}"))
 
     async def stop(self) -> None:
         """Stop the source, then let everything already read reach the store and clients."""
@@ -69,11 +146,18 @@ class Ingest:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            await self._lines.put(None)
-        if self.failed.is_set():  # a failed store: what waits on it would wait forever
+            if not self.failed.is_set():
+                await self._lines.put(None)
+        if self.failed.is_set():  # a failed part: what waits on it would wait forever
             for task in self._tasks:
                 task.cancel()
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+        while not self._appends.empty():  # appends the publisher will never await
+            append = self._appends.get_nowait()
+            if append is not None:
+                append.cancel()
+        for sample in (self.malformed_log, self.skipped_log, self.api_errors_log):
+            sample.flush()
 
     async def _read(self) -> None:
         lines = self.source.lines()
@@ -86,7 +170,7 @@ class Ingest:
             self._fail(exc)
         except Exception as exc:
             log.exception("source %s failed", self.source.name)
-            self._fail(exc)
+            self._fail(RelayError(f"source {self.source.name} failed: {exc}"))
         finally:
             closer = getattr(lines, "aclose", None)
             if closer is not None:
@@ -103,11 +187,18 @@ class Ingest:
             if batch[-1] is None:
                 done = True
             lines = [line for line in batch if line is not None]
-            if lines:
+            if lines and not self.failed.is_set():
                 tweets, users = self._parse(lines)
                 if tweets:
-                    append = self.store.append(tweets, users, lines[-1].received_at)
-                    await self._appends.put(asyncio.ensure_future(append))
+                    # The receive time is the source's; a nonsense one falls back to now.
+                    received = usable_unix(lines[-1].received_at)
+                    if received is None:
+                        received = self.clock()
+                    append = asyncio.ensure_future(self.store.append(tweets, users, received))
+                    # Once ingest failed the publisher no longer awaits appends: their
+                    # outcome is known, and asyncio must not log each as never retrieved.
+                    append.add_done_callback(_consume)
+                    await self._appends.put(append)
         await self._appends.put(None)
 
     def _parse(self, lines: list[RawLine]) -> tuple[list[Tweet], list[dict[str, Any]]]:
@@ -118,23 +209,29 @@ class Ingest:
             try:
                 parsed = parse_line(line.data)
             except MalformedPayload as exc:
-                self.metrics.lines.labels("malformed").inc()
-                self.metrics.malformed.inc()
-                log.warning("skipped a malformed line (%s): %.120r", exc, line.data)
+                self._malformed(exc.reason, str(exc), line)
+                continue
+            except Exception as exc:  # a parser bug must cost one line, not the batch
+                self._malformed("parse_error", f"{type(exc).__name__}: {exc}", line)
                 continue
             if parsed.keepalive:
                 self.metrics.lines.labels("keepalive").inc()
                 continue
             self.metrics.lines.labels("payload").inc()
-            for reason in parsed.skipped:
-                self.metrics.skipped.inc()
-                log.warning("skipped a tweet: %s", reason)
+            for skip in parsed.skipped:
+                self.metrics.skipped.labels(skip.reason).inc()
+                self.skipped_log("skipped a tweet (%s): %s", skip.reason, skip.detail)
             for api_error in parsed.api_errors:
                 self.metrics.api_errors.inc()
-                log.info("stream error message: %s", api_error)
+                self.api_errors_log("stream error message: %.300s", api_error)
             tweets.extend(parsed.tweets)
             users.extend(parsed.users)
         return tweets, users
+
+    def _malformed(self, reason: str, detail: str, line: RawLine) -> None:
+        self.metrics.lines.labels("malformed").inc()
+        self.metrics.malformed.labels(reason).inc()
+        self.malformed_log("skipped a malformed line (%s): %.120r", detail, line.data)
 
     async def _publish(self) -> None:
         try:
@@ -143,14 +240,28 @@ class Ingest:
                     result = await append
                 except Exception as exc:
                     # Going on would skip these tweets for good: stop, and let the
-                    # source redeliver them after a restart.
-                    log.error("store append failed: %s", exc)
+                    # source redeliver them after a restart. The store said why.
                     self._fail(exc)
                     return
                 self.metrics.stored.inc(len(result.stored))
                 self.metrics.duplicates.inc(result.duplicates)
+                for tweet_id, why in result.unstorable:
+                    self.metrics.skipped.labels("unstorable").inc()
+                    self.skipped_log("skipped a tweet (unstorable): %s: %s", tweet_id, why)
                 if result.stored:
-                    self.publish(result.stored)
+                    try:
+                        self.publish(result.stored)
+                    except Exception as exc:
+                        # Clients would silently stop getting tweets while the store
+                        # grows: stop loudly instead. A bug: one traceback, once.
+                        log.exception("publishing to clients failed")
+                        self._fail(RelayError(f"publishing failed: {type(exc).__name__}: {exc}"))
+                        return
                     self.metrics.head.set(result.stored[-1].seq)
         finally:
             self.finished.set()
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -13,10 +13,17 @@ class Metrics:
         r = self.registry
         self.lines = Counter("relay_lines", "Stream lines read, by kind", ["kind"], registry=r)
         self.malformed = Counter(
-            "relay_malformed_lines", "Lines that were not X API payloads", registry=r
+            "relay_malformed_lines",
+            "Lines that were not X API payloads, by reason (not_json, not_object, no_data, "
+            "bad_data, parse_error)",
+            ["reason"],
+            registry=r,
         )
         self.skipped = Counter(
-            "relay_skipped_tweets", "Unusable tweets inside good payloads", registry=r
+            "relay_skipped_tweets",
+            "Tweets left out of good payloads, by reason (not_object, no_id, no_text, unstorable)",
+            ["reason"],
+            registry=r,
         )
         self.stored = Counter("relay_tweets_stored", "Tweets stored (new ids)", registry=r)
         self.duplicates = Counter(

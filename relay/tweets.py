@@ -8,15 +8,25 @@ Three payload shapes reach the relay, all one JSON object a line:
 
 Beyond ``id`` and ``text`` every field may be absent: the API sends only the
 fields and expansions that were asked for. A blank line is a keep-alive. A line
-that is not such a payload raises :class:`~relay.errors.MalformedPayload`; one bad
-tweet inside a good page is skipped and reported, the rest is kept.
+that is not such a payload raises :class:`~relay.errors.MalformedPayload`, and
+nothing else whatever the line holds; one bad tweet inside a good page is
+skipped and reported (:class:`Skip`), the rest is kept.
+
+The stream is hostile input: every field the relay derives something from is
+checked for type and range here, so that the store, the hub and the filters past
+this point can trust their types. A tweet whose field cannot be used is kept with
+its object as sent and that derived value left empty (an unusable author name is
+not indexed, an unusable time falls back to the receive time). Only a tweet
+without a usable ``id`` or ``text`` is skipped.
 """
 
 from __future__ import annotations
 
+import math
+import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -29,6 +39,23 @@ RULE_PREFIX = "rule:"
 METADATA_KEYS = ("__twarc", "__relay")
 
 JSON = dict[str, Any]
+
+MAX_ID = 2**64 - 1
+"""X ids are unsigned 64-bit snowflakes: at most 20 decimal digits."""
+MAX_KEY_LENGTH = 64
+"""Other keys (user ids, media keys, place ids, rule ids) are short text."""
+MAX_TAG_LENGTH = 256
+"""A rule tag names a channel; longer ones fall back to the rule id."""
+MAX_LANG_LENGTH = 35
+"""The longest BCP 47 tag in practice; X sends two or three letters, or ``qme``."""
+MAX_USERNAME_LENGTH = 64
+"""X handles have at most 15 characters; filters take names up to 64."""
+MAX_TIME_LENGTH = 64
+MIN_UNIX = -62135596800.0
+"""0001-01-01T00:00:00Z, the first second a ``datetime`` holds."""
+MAX_UNIX = 253402300799.0
+"""9999-12-31T23:59:59Z, the last one."""
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +79,15 @@ class Tweet:
     text: str
     author_id: str | None
     author: JSON | None
+    """The author's user object as sent, whatever its fields hold."""
     lang: str | None
     created_at: str | None
     rules: tuple[Rule, ...]
     has_media: bool
     object: JSON = field(repr=False)
     """The tweet as served: X's own fields, expanded, without store fields."""
+    author_username: str | None = None
+    """The author's handle when it is a usable name: what is indexed and filtered on."""
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -67,15 +97,28 @@ class Tweet:
 
 
 @dataclass(frozen=True, slots=True)
+class Skip:
+    """A tweet left out of a good payload: a ``reason`` for counters, a detail for logs."""
+
+    reason: str
+    """``not_object``, ``no_id`` or ``no_text``."""
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+@dataclass(frozen=True, slots=True)
 class Parsed:
     """What one line held."""
 
     tweets: tuple[Tweet, ...] = ()
     users: tuple[JSON, ...] = ()
+    """Included user objects with a usable ``id`` (as text), otherwise as sent."""
     api_errors: tuple[JSON, ...] = ()
     """The ``errors`` array of the payload (operational disconnects, partial errors)."""
-    skipped: tuple[str, ...] = ()
-    """Why each unusable tweet inside an otherwise good payload was skipped."""
+    skipped: tuple[Skip, ...] = ()
+    """Each unusable tweet inside an otherwise good payload, and why."""
     keepalive: bool = False
 
 
@@ -93,9 +136,11 @@ def parse_line(line: bytes | str, *, default_rules: Sequence[Rule] = ()) -> Pars
     try:
         payload = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        raise MalformedPayload(f"not JSON: {exc}") from None
+        raise MalformedPayload(f"not JSON: {exc}", reason="not_json") from None
     if not isinstance(payload, dict):
-        raise MalformedPayload(f"expected a JSON object, got {type(payload).__name__}")
+        raise MalformedPayload(
+            f"expected a JSON object, got {type(payload).__name__}", reason="not_object"
+        )
     return parse_payload(payload, default_rules=default_rules)
 
 
@@ -106,25 +151,28 @@ def parse_payload(payload: Mapping[str, Any], *, default_rules: Sequence[Rule] =
     if data is None:
         if api_errors:
             return Parsed(api_errors=api_errors)
-        raise MalformedPayload("payload has neither data nor errors")
+        raise MalformedPayload("payload has neither data nor errors", reason="no_data")
     if isinstance(data, dict):
         items: list[Any] = [data]
     elif isinstance(data, list):
         items = data
     else:
-        raise MalformedPayload(f"data must be an object or a list, got {type(data).__name__}")
+        raise MalformedPayload(
+            f"data must be an object or a list, got {type(data).__name__}", reason="bad_data"
+        )
 
     includes = payload.get("includes")
     index = _Includes(includes if isinstance(includes, dict) else {})
     rules = tuple(_rules(payload.get("matching_rules"))) or tuple(default_rules)
 
     tweets: list[Tweet] = []
-    skipped: list[str] = []
+    skipped: list[Skip] = []
     for item in items:
-        try:
-            tweets.append(_tweet(item, index, rules))
-        except MalformedPayload as exc:
-            skipped.append(str(exc))
+        tweet = _tweet(item, index, rules)
+        if isinstance(tweet, Skip):
+            skipped.append(tweet)
+        else:
+            tweets.append(tweet)
     return Parsed(
         tweets=tuple(tweets),
         users=tuple(index.users.values()),
@@ -134,26 +182,75 @@ def parse_payload(payload: Mapping[str, Any], *, default_rules: Sequence[Rule] =
 
 
 def normalise_time(value: Any) -> str | None:
-    """An X timestamp as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (sorts as text), or None."""
-    if not isinstance(value, str) or not value:
+    """An X timestamp as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (sorts as text), or None.
+
+    Never raises: anything but an ISO 8601 time that lies between the years 1
+    and 9999 once in UTC (``0001-01-01T00:00:00+14:00`` does not) gives None.
+    """
+    if not isinstance(value, str) or not value or len(value) > MAX_TIME_LENGTH:
         return None
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        moment = moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return format_time(moment)
+    return _format_utc(moment)
 
 
 def format_time(moment: datetime) -> str:
-    """The one textual time format of the store and the API."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """The one textual time format of the store and the API; never raises.
+
+    A naive ``moment`` is taken as UTC. One that leaves the range of ``datetime``
+    when moved to UTC is pinned to the first or the last day it holds.
+    """
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        ahead = (moment.utcoffset() or timedelta(0)) > timedelta(0)
+        moment = (datetime.min if ahead else datetime.max).replace(tzinfo=UTC)
+    return _format_utc(moment)
+
+
+def _format_utc(moment: datetime) -> str:
+    # Not strftime("%Y"): it does not pad years before 1000 to four digits, and
+    # stored times must sort as text.
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
+    )
+
+
+def usable_unix(seconds: Any) -> float | None:
+    """``seconds`` as a float when it is a finite Unix time between the years 1 and 9999."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return None
+    try:
+        value = float(seconds)
+    except OverflowError:  # an int past the range of a float
+        return None
+    if not math.isfinite(value) or not MIN_UNIX <= value <= MAX_UNIX:
+        return None
+    return value
 
 
 def time_from_unix(seconds: float) -> str:
-    return format_time(datetime.fromtimestamp(seconds, tz=UTC))
+    """Unix seconds as the store's time text; never raises.
+
+    A time out of range is pinned to its end of the range, NaN reads as 0. Callers
+    that can do better (a source with a clock) check :func:`usable_unix` first.
+    """
+    value = usable_unix(seconds)
+    if value is None:
+        try:
+            value = float(seconds)
+        except (TypeError, ValueError, OverflowError):
+            value = 0.0
+        value = 0.0 if math.isnan(value) else min(max(value, MIN_UNIX), MAX_UNIX)
+    return _format_utc(_UNIX_EPOCH + timedelta(seconds=value))
 
 
 def stored_object(tweet_object: Mapping[str, Any], *, seq: int, received_at: str) -> JSON:
@@ -167,6 +264,41 @@ def stored_object(tweet_object: Mapping[str, Any], *, seq: int, received_at: str
     return obj
 
 
+def username_of(user: Any) -> str | None:
+    """A user object's handle when it is a usable name (indexed, filtered on), else None."""
+    if not isinstance(user, dict):
+        return None
+    name = user.get("username")
+    if isinstance(name, str) and 0 < len(name) <= MAX_USERNAME_LENGTH:
+        return name
+    return None
+
+
+def display_name_of(user: Mapping[str, Any]) -> str | None:
+    """A user object's display name when it is text, else None."""
+    name = user.get("name")
+    return name if isinstance(name, str) else None
+
+
+def tweet_id_of(value: Any) -> str | None:
+    """A tweet id as canonical decimal text, from digits or an int in 0 to 2**64-1.
+
+    Ids arrive as strings, and as numbers from older or drifting producers.
+    Anything else (negative, fractional, too long, not digits) is no id: the
+    store orders ids by length then text, and the X API takes them back as
+    ``since_id``.
+    """
+    if isinstance(value, str):
+        if not 0 < len(value) <= 20 or not value.isascii() or not value.isdigit():
+            return None
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        return None
+    return str(number) if 0 <= number <= MAX_ID else None
+
+
 class _Includes:
     """Lookup tables over a payload's ``includes``."""
 
@@ -178,19 +310,19 @@ class _Includes:
         self.polls = _by_key(includes.get("polls"), "id")
 
 
-def _tweet(item: Any, index: _Includes, rules: tuple[Rule, ...]) -> Tweet:
+def _tweet(item: Any, index: _Includes, rules: tuple[Rule, ...]) -> Tweet | Skip:
     if not isinstance(item, dict):
-        raise MalformedPayload("a tweet must be a JSON object")
-    tweet_id = _id(item.get("id"))
+        return Skip("not_object", f"a tweet must be a JSON object, got {type(item).__name__}")
+    tweet_id = tweet_id_of(item.get("id"))
     if tweet_id is None:
-        raise MalformedPayload("tweet without a usable id")
+        return Skip("no_id", f"tweet without a usable id ({_brief(item.get('id'))})")
     text = item.get("text")
     if not isinstance(text, str):
-        raise MalformedPayload(f"tweet {tweet_id} has no text")
+        return Skip("no_text", f"tweet {tweet_id} has no text ({_brief(text)})")
 
     obj: JSON = dict(item)
     obj["id"] = tweet_id
-    author_id = _id(item.get("author_id"))
+    author_id = _key(item.get("author_id"))
     author = index.users.get(author_id) if author_id else None
     obj["author"] = author
     obj["rules"] = [rule.tag or rule.id for rule in rules]
@@ -199,10 +331,10 @@ def _tweet(item: Any, index: _Includes, rules: tuple[Rule, ...]) -> Tweet:
     references = []
     for ref in _dicts(item.get("referenced_tweets")):
         ref = dict(ref)
-        ref_id = _id(ref.get("id"))
+        ref_id = _key(ref.get("id"))
         if ref_id is not None and ref_id in index.tweets:
             included = dict(index.tweets[ref_id])
-            included_author = _id(included.get("author_id"))
+            included_author = _key(included.get("author_id"))
             if included_author and included_author in index.users:
                 included["author"] = index.users[included_author]
             ref["tweet"] = included
@@ -213,17 +345,22 @@ def _tweet(item: Any, index: _Includes, rules: tuple[Rule, ...]) -> Tweet:
     attachments = item.get("attachments")
     media: list[JSON] = []
     if isinstance(attachments, dict):
-        for key in attachments.get("media_keys") or ():
-            if isinstance(key, str):
-                media.append(index.media.get(key, {"media_key": key}))
+        keys = attachments.get("media_keys")
+        for key in keys if isinstance(keys, list) else ():
+            media_key = _key(key)
+            if media_key is not None:
+                media.append(index.media.get(media_key, {"media_key": media_key}))
     obj["media"] = media
 
     geo = item.get("geo")
-    if isinstance(geo, dict) and isinstance(geo.get("place_id"), str):
-        place = index.places.get(geo["place_id"])
+    place_id = _key(geo.get("place_id")) if isinstance(geo, dict) else None
+    if place_id is not None:
+        place = index.places.get(place_id)
         if place is not None:
             obj["place"] = place
 
+    # The served created_at is the normalised text or null, never another type:
+    # clients sort and parse it. The store falls back to the receive time.
     created_at = normalise_time(item.get("created_at"))
     obj["created_at"] = created_at
     lang = item.get("lang")
@@ -232,31 +369,39 @@ def _tweet(item: Any, index: _Includes, rules: tuple[Rule, ...]) -> Tweet:
         text=text,
         author_id=author_id,
         author=author,
-        lang=lang if isinstance(lang, str) else None,
+        lang=lang if isinstance(lang, str) and 0 < len(lang) <= MAX_LANG_LENGTH else None,
         created_at=created_at,
         rules=rules,
         has_media=bool(media),
         object=obj,
+        author_username=username_of(author),
     )
 
 
 def _rules(value: Any) -> Iterable[Rule]:
     # Schema drift seen in real captures: ids as numbers, tags null or missing.
     for entry in _dicts(value):
-        rule_id = _id(entry.get("id"))
+        rule_id = _key(entry.get("id"))
         tag = entry.get("tag")
-        if rule_id is None and not isinstance(tag, str):
+        if not isinstance(tag, str) or len(tag) > MAX_TAG_LENGTH:
+            tag = ""
+        if rule_id is None and not tag:
             continue
-        yield Rule(id=rule_id or "", tag=tag if isinstance(tag, str) else "")
+        yield Rule(id=rule_id or "", tag=tag)
 
 
-def _id(value: Any) -> str | None:
-    """Ids arrive as strings, and as numbers from older or drifting producers."""
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
+def _key(value: Any) -> str | None:
+    """A lookup key (user id, media key, rule id...): short text, or an unsigned 64-bit int."""
+    if isinstance(value, str):
+        return value if 0 < len(value) <= MAX_KEY_LENGTH else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID:
         return str(value)
     return None
+
+
+def _brief(value: Any) -> str:
+    """A value for a log line: its type and the start of its text, never all of it."""
+    return f"{type(value).__name__} {reprlib.repr(value)}"
 
 
 def _dicts(value: Any) -> tuple[JSON, ...]:
@@ -266,9 +411,10 @@ def _dicts(value: Any) -> tuple[JSON, ...]:
 
 
 def _by_key(value: Any, key: str) -> dict[str, JSON]:
+    """Entries by their key, the key as text (the store binds it); keyless ones dropped."""
     table: dict[str, JSON] = {}
     for entry in _dicts(value):
-        entry_key = _id(entry.get(key))
+        entry_key = _key(entry.get(key))
         if entry_key is not None:
-            table[entry_key] = entry
+            table[entry_key] = entry if entry[key] == entry_key else {**entry, key: entry_key}
     return table

@@ -173,6 +173,18 @@ class RelayProcess:
         self.log.close()
 
 
+def counted(counter: Any, **labels: str) -> float:
+    """A Prometheus counter's total, over every label value or the ones given."""
+    total = 0.0
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and all(
+                sample.labels.get(k) == v for k, v in labels.items()
+            ):
+                total += sample.value
+    return total
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -12,6 +12,7 @@ from tests.support import (
     UNIT,
     PushSource,
     RunningRelay,
+    counted,
     receive_tweets,
     stream_line,
     subscribe,
@@ -50,8 +51,8 @@ def test_each_bad_frame_gets_an_error_frame_and_the_connection_stays_open(
     source.push(stream_line(1))
     assert receive_tweets(ws, 1)[0]["seq"] == 1
     assert receive_tweets(other, 1)[0]["seq"] == 1
-    counted = relay.relay.metrics.bad_frames.labels("bad_request")._value.get()
-    assert counted == sum(1 for _, code in BAD_FRAMES if code == "bad_request")
+    bad_requests = relay.relay.metrics.bad_frames.labels("bad_request")._value.get()
+    assert bad_requests == sum(1 for _, code in BAD_FRAMES if code == "bad_request")
     ws.close()
     other.close()
 
@@ -134,8 +135,10 @@ def test_malformed_stream_lines_are_counted_and_skipped_and_nothing_is_lost(
     frames = receive_tweets(ws, 3)
     assert [f["tweet"]["id"] for f in frames] == ["1", "3", "4"]
     metrics = relay.relay.metrics
-    assert metrics.malformed._value.get() == 2
-    assert metrics.skipped._value.get() == 1
+    assert counted(metrics.malformed) == 2
+    assert counted(metrics.malformed, reason="not_json") == 1
+    assert counted(metrics.malformed, reason="not_object") == 1
+    assert counted(metrics.skipped) == counted(metrics.skipped, reason="no_id") == 1
     assert metrics.lines.labels("keepalive")._value.get() == 2
     ws.close()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 
 from relay.config import Settings
-from tests.support import RunningRelay, wait_for
+from tests.support import RunningRelay, counted, wait_for
 
 
 def _well_formed_ids(files: list[Path]) -> tuple[list[str], int]:
@@ -50,7 +50,7 @@ def test_every_capture_replays_each_well_formed_tweet_stored_once(
     stored = relay.all_tweets()
     assert sorted(t["id"] for t in stored) == sorted(set(expected))
     metrics = relay.relay.metrics
-    assert metrics.malformed._value.get() == 2 * truncated
+    assert counted(metrics.malformed) == 2 * truncated
     assert metrics.duplicates._value.get() == len(expected) * 2 - len(set(expected))
 
 

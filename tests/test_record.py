@@ -16,7 +16,7 @@ from relay.sources import RawLine
 from relay.sources.record import stamp
 from relay.sources.replay import _recorded_at
 from tests.fake_x import TOKEN, FakeX, x_lines
-from tests.support import ROOT, UNIT, RunningRelay
+from tests.support import ROOT, UNIT, RunningRelay, counted
 
 BROKEN = b'{"data": {"id": "17", "text": "cut off'
 
@@ -94,7 +94,7 @@ def test_a_recording_holds_exactly_the_lines_received_and_replays_into_an_identi
     replayed.wait_stored(30)
     assert comparable(replayed.all_tweets()) == comparable(live.all_tweets())
     assert len(live.all_tweets()) == 30
-    assert replayed.relay.metrics.malformed._value.get() == 1
+    assert counted(replayed.relay.metrics.malformed) == 1
 
 
 def test_stamp_keeps_the_payload_bytes_and_replay_reads_the_time_back() -> None:

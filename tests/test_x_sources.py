@@ -16,7 +16,7 @@ import pytest
 from relay.errors import ConfigError
 from relay.sources.backoff import Cause, ReconnectSchedule
 from tests.fake_x import FakeX, ids_of, x_lines
-from tests.support import UNIT, RunningRelay, wait_for
+from tests.support import UNIT, RunningRelay, counted, wait_for
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_a_disconnect_mid_line_counts_the_broken_line_and_backs_off_linearly(
     got = waits(relay)
     assert [cause for cause, _ in got[:2]] == [Cause.NETWORK, Cause.NETWORK]
     assert got[1][1] == 1.0  # 0.5 of backoff, but never sooner than 1 s after the last connect
-    assert relay.relay.metrics.malformed._value.get() == 2
+    assert counted(relay.relay.metrics.malformed) == 2
 
 
 def test_a_stall_drops_the_connection_and_reconnects(
@@ -229,7 +229,7 @@ def test_split_lines_split_crlf_malformed_lines_and_schema_drift_lose_nothing(
     wait_for(lambda: len(relay.stored_ids()) == 4, 4 * UNIT, "4 tweets")
     assert relay.stored_ids() == [*ids_of(lines[:2]), "1377650090978992134", ids_of(lines)[2]]
     metrics = relay.relay.metrics
-    assert metrics.malformed._value.get() == 2
+    assert counted(metrics.malformed) == 2
     assert metrics.lines.labels("keepalive")._value.get() >= 1
     assert relay.get("/v1/objects/tweets?rule=7&count=1")[1]["count"] == 1
 

@@ -3,8 +3,10 @@
 The recorded format is JSONL: one X API payload a line, exactly as received; a
 blank line is a keep-alive. A line may carry its receive time for pacing in
 ``"__relay": {"received_at": <unix seconds>}`` (twarc2's
-``"__twarc": {"retrieved_at": "<ISO time>"}`` is read too). Files ending in
-``.gz`` are read through gzip.
+``"__twarc": {"retrieved_at": "<ISO time>"}`` is read too); a time that is not a
+usable Unix time (a string, NaN, 1e20, negative) is ignored and the source's
+clock stands in. Files ending in ``.gz`` are read through gzip; a file that cannot
+be read to its end (a cut ``.gz``) stops the source with one line.
 
 Without ``loop`` each line is yielded verbatim, so replaying a file twice stores
 nothing new. With ``loop`` every pass rewrites each tweet's id (a fresh
@@ -18,6 +20,7 @@ import asyncio
 import gzip
 import logging
 import re
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -25,8 +28,9 @@ from typing import IO, Any
 
 import orjson
 
+from relay.errors import SourceError
 from relay.sources import RawLine
-from relay.tweets import time_from_unix
+from relay.tweets import normalise_time, time_from_unix, usable_unix
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +104,12 @@ class ReplaySource:
             return data
         if not isinstance(payload, dict):
             return data
+        try:
+            return self._refreshed(payload)
+        except (TypeError, ValueError, OverflowError):  # too deep to encode again, say
+            return data
+
+    def _refreshed(self, payload: dict[str, Any]) -> bytes:
         items = payload.get("data")
         now = time_from_unix(self.clock())
         for item in items if isinstance(items, list) else [items]:
@@ -117,22 +127,33 @@ class ReplaySource:
 
 
 def _read(path: Path) -> Iterator[bytes]:
-    """The lines of a recording, without their terminators."""
-    opened = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # noqa: SIM115
-    handle: IO[bytes] = opened  # type: ignore[assignment]
-    with handle:
-        for raw in handle:
-            yield raw.rstrip(b"\r\n")
+    """The lines of a recording, without their terminators.
+
+    Raises :class:`SourceError` (one line, no traceback) when the file cannot be
+    read to its end: missing, unreadable, or a cut or damaged ``.gz``.
+    """
+    try:
+        opened = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # noqa: SIM115
+        handle: IO[bytes] = opened  # type: ignore[assignment]
+        with handle:
+            for raw in handle:
+                yield raw.rstrip(b"\r\n")
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise SourceError(f"cannot read replay file {path}: {exc}") from None
 
 
 _RECEIVED_AT = re.compile(rb'"__relay":\s*\{"received_at":\s*([0-9.eE+-]+)\s*\}')
 
 
 def _recorded_at(line: bytes) -> float | None:
+    """The line's recorded receive time when it holds a usable one, else None."""
     # Our own recordings end with a fixed shape: read the number without parsing the line.
     match = _RECEIVED_AT.search(line, max(0, len(line) - 80))
     if match is not None:
-        return float(match.group(1))
+        try:
+            return usable_unix(float(match.group(1)))
+        except ValueError:  # "1-2", "e": the pattern is loose on purpose
+            return None
     if b'"__relay"' not in line and b'"__twarc"' not in line:
         return None
     try:
@@ -142,12 +163,13 @@ def _recorded_at(line: bytes) -> float | None:
     if not isinstance(payload, dict):
         return None
     meta = payload.get("__relay")
-    if isinstance(meta, dict) and isinstance(meta.get("received_at"), (int, float)):
-        return float(meta["received_at"])
+    if isinstance(meta, dict) and "received_at" in meta:
+        return usable_unix(meta["received_at"])
     meta = payload.get("__twarc")
-    if isinstance(meta, dict) and isinstance(meta.get("retrieved_at"), str):
-        try:
-            return datetime.fromisoformat(meta["retrieved_at"]).timestamp()
-        except ValueError:
-            return None
+    if isinstance(meta, dict):
+        # Normalised first: fromisoformat alone takes a naive time as local and
+        # overflows at the ends of the range.
+        retrieved = normalise_time(meta.get("retrieved_at"))
+        if retrieved is not None:
+            return datetime.fromisoformat(retrieved).timestamp()
     return None

@@ -35,6 +35,8 @@ class StoredTweet:
 class AppendResult:
     stored: list[StoredTweet]
     duplicates: int
+    unstorable: tuple[tuple[str, str], ...] = ()
+    """``(tweet id, why)`` of each tweet the store could not hold (skipped, not retried)."""
 
 
 class Store(Protocol):
@@ -43,7 +45,13 @@ class Store(Protocol):
     async def append(
         self, tweets: Sequence[Tweet], users: Sequence[dict[str, Any]], received_at: float
     ) -> AppendResult:
-        """Store new tweets (dropping known ids) and return them with their seq."""
+        """Store new tweets (dropping known ids) and return them with their seq.
+
+        Returns after commit. A tweet the store cannot hold (a value it cannot
+        bind or encode) is left out and listed in ``unstorable``; the others are
+        stored. Raises :class:`~relay.errors.StoreError` only when the store itself
+        fails (disk full, I/O error, corruption): nothing of the call is stored.
+        """
         ...
 
     async def head(self) -> int:

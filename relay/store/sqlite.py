@@ -17,9 +17,9 @@ file; scale-out uses PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
-import secrets
 import sqlite3
 import threading
 import time
@@ -30,83 +30,57 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-import sqlite_utils
 
 from relay.errors import BadRequest, QueryTimeout, StoreError
 from relay.query import Condition, TweetQuery
 from relay.store import AppendResult, StoredTweet, sqlite_query
-from relay.tweets import ALL_CHANNEL, RULE_PREFIX, Tweet, stored_object, time_from_unix
+from relay.store.sqlite_schema import MIGRATIONS as MIGRATIONS  # re-exported
+from relay.store.sqlite_schema import TWEET_COLUMNS, migrate
+from relay.tweets import (
+    ALL_CHANNEL,
+    RULE_PREFIX,
+    Tweet,
+    display_name_of,
+    normalise_time,
+    stored_object,
+    time_from_unix,
+    username_of,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TWEET_COLUMNS = (
-    "seq, id, author_id, author_username, text, lang, created_at, received_at, has_media, "
-    "rules, object"
+DATA_ERRORS: tuple[type[Exception], ...] = (
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    OverflowError,
+    ValueError,
+    TypeError,
 )
-
-
-def _migration_1(db: sqlite_utils.Database) -> None:
-    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    db.execute(
-        """CREATE TABLE tweets (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL UNIQUE,
-            author_id TEXT,
-            author_username TEXT,
-            text TEXT NOT NULL,
-            lang TEXT,
-            created_at TEXT NOT NULL,
-            received_at TEXT NOT NULL,
-            has_media INTEGER NOT NULL,
-            rules TEXT NOT NULL,
-            object TEXT NOT NULL)"""
-    )
-    db.execute("CREATE INDEX tweets_created_at ON tweets (created_at)")
-    db.execute("CREATE INDEX tweets_lang ON tweets (lang, seq)")
-    db.execute("CREATE INDEX tweets_author ON tweets (author_username, seq)")
-    db.execute(
-        "CREATE TABLE tweet_rules (tag TEXT NOT NULL, seq INTEGER NOT NULL, "
-        "PRIMARY KEY (tag, seq)) WITHOUT ROWID"
-    )
-    db.execute(
-        "CREATE TABLE users (id TEXT PRIMARY KEY, username TEXT, name TEXT, "
-        "object TEXT NOT NULL, updated_at TEXT NOT NULL)"
-    )
-    db.execute("CREATE TABLE source_state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    # One row per rule key ever seen: /v1/info lists channels without scanning tweet_rules.
-    db.execute("CREATE TABLE rules (tag TEXT PRIMARY KEY, first_seq INTEGER NOT NULL)")
-    db.table("tweets").enable_fts(["text"], fts_version="FTS5", create_triggers=True)
-    db.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", [secrets.token_hex(8)])
-
-
-def _migration_2(db: sqlite_utils.Database) -> None:
-    # A user object is served only when one of its tweets is readable: find them fast.
-    db.execute("CREATE INDEX IF NOT EXISTS tweets_author_id ON tweets (author_id, seq)")
-
-
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
-"""Schema changes in order; ``PRAGMA user_version`` records how many have run."""
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    db = sqlite_utils.Database(conn)
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
-        raise StoreError(
-            f"database schema version {version} is newer than this relay ({len(MIGRATIONS)})"
-        )
-    for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-        with conn:
-            migration(db)
-            conn.execute(f"PRAGMA user_version = {number:d}")
-        log.info("store migrated to schema version %d", number)
+"""What a statement of a job raises when a value cannot be bound or encoded: about
+the data, not the store. Any other error (disk full, I/O, corruption) is the store's.
+A constraint failure is not listed: with the types checked at parse, it would be a
+fault of the store's own state (a seq taken twice), and leaving out every tweet it
+hits would lose them quietly; it stops ingest instead."""
 
 
 @dataclass
 class _Job:
     run: Callable[[sqlite3.Connection], Any]
+    careful: Callable[[sqlite3.Connection], Any] | None = None
+    """The same work, leaving out what cannot be stored: run when ``run`` fails on data."""
     future: Future[Any] = field(default_factory=Future)
+
+
+class _DataError(Exception):
+    """A job failed on a value it holds (its ``__cause__``), not because of the store."""
+
+
+def _store_error(exc: Exception) -> StoreError:
+    if isinstance(exc, StoreError):
+        return exc
+    return StoreError(f"commit failed: {exc}")
 
 
 _STOP = object()
@@ -137,15 +111,24 @@ class SQLiteStore:
     def _open_sync(self) -> None:
         if self.path != ":memory:" and not Path(self.path).parent.exists():
             raise StoreError(f"database folder does not exist: {Path(self.path).parent}")
+        conn: sqlite3.Connection | None = None
         try:
             conn = self._connect()
+            migrate(conn)  # first: it refuses another application's file before any write
             conn.execute("PRAGMA journal_mode = WAL")
-            migrate(conn)
-        except sqlite3.DatabaseError as exc:
+            epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            if epoch is None or not isinstance(epoch[0], str):
+                raise StoreError("not a tweet-relay database (it has no epoch)")
+            self.epoch = epoch[0]
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'tweets'").fetchone()
+            # Reading the newest tweet touches the table's pages: a damaged file
+            # fails here, in one line, rather than at the first read or commit.
+            head = conn.execute("SELECT max(seq) FROM tweets").fetchone()[0] or 0
+            self._next_seq = max(row[0] if row else 0, head) + 1
+        except (sqlite3.DatabaseError, StoreError) as exc:
+            if conn is not None:
+                conn.close()
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
-        self.epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
-        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'tweets'").fetchone()
-        self._next_seq = (row[0] if row else 0) + 1
         self._writer = threading.Thread(
             target=self._write_loop, args=(conn,), name="store-writer", daemon=True
         )
@@ -170,7 +153,13 @@ class SQLiteStore:
                 except queue.Empty:
                     break
             stop = any(job is _STOP for job in jobs)
-            jobs = [job for job in jobs if job is not _STOP]
+            # A job whose caller gave up (its future cancelled) is not run; one
+            # that runs can no longer be cancelled, so its outcome is always set.
+            jobs = [
+                job
+                for job in jobs
+                if job is not _STOP and job.future.set_running_or_notify_cancel()
+            ]
             if jobs:
                 self._commit(conn, jobs)
             if stop:
@@ -178,29 +167,76 @@ class SQLiteStore:
                 return
 
     def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
-        next_seq = self._next_seq
-        results: list[Any] = []
+        """Commit every job in one transaction; never raises.
+
+        When a job fails on its data (a value that cannot be bound or encoded),
+        the group is retried a job at a time, and a failing append once more a
+        tweet at a time, so that only what cannot be stored is left out. A store
+        failure fails every job of the group: ingest stops and says why.
+        """
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in jobs:
-                results.append(job.run(conn))
-            conn.execute("COMMIT")
-            self.commits += 1
+            results = self._transaction(conn, [job.run for job in jobs])
+        except _DataError as exc:
+            log.debug("a commit of %d jobs failed on its data (%s): one at a time", len(jobs), exc)
+            self._commit_each(conn, jobs)
+            return
         except Exception as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._next_seq = next_seq
-            log.exception("store commit failed")
             for job in jobs:
-                job.future.set_exception(StoreError(f"commit failed: {exc}"))
+                job.future.set_exception(_store_error(exc))
             return
         for job, result in zip(jobs, results, strict=True):
             job.future.set_result(result)
 
-    async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
+    def _commit_each(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        for number, job in enumerate(jobs):
+            try:
+                try:
+                    (result,) = self._transaction(conn, [job.run])
+                except _DataError:
+                    if job.careful is None:
+                        raise
+                    (result,) = self._transaction(conn, [job.careful])
+            except _DataError as exc:
+                job.future.set_exception(StoreError(f"cannot store: {exc.__cause__}"))
+                continue
+            except Exception as exc:  # the store itself failed: nothing more goes in
+                for failed in jobs[number:]:
+                    failed.future.set_exception(_store_error(exc))
+                return
+            job.future.set_result(result)
+
+    def _transaction(
+        self, conn: sqlite3.Connection, runs: list[Callable[[sqlite3.Connection], Any]]
+    ) -> list[Any]:
+        """Run ``runs`` in one transaction; all or nothing, ``_next_seq`` included.
+
+        Raises :class:`_DataError` when a run failed on its data, else what failed.
+        """
+        next_seq = self._next_seq
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            try:
+                results = [run(conn) for run in runs]
+            except DATA_ERRORS as exc:
+                raise _DataError(str(exc)) from exc
+            conn.execute("COMMIT")
+        except BaseException:
+            self._next_seq = next_seq
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        return results
+
+    async def _write(
+        self,
+        run: Callable[[sqlite3.Connection], T],
+        careful: Callable[[sqlite3.Connection], T] | None = None,
+    ) -> T:
         if self._writer is None or not self._writer.is_alive():
             raise StoreError("store is closed")
-        job = _Job(run)
+        job = _Job(run, careful)
         self._jobs.put(job)
         result: T = await asyncio.wrap_future(job.future)
         return result
@@ -209,7 +245,10 @@ class SQLiteStore:
         self, tweets: Sequence[Tweet], users: Sequence[dict[str, Any]], received_at: float
     ) -> AppendResult:
         received = time_from_unix(received_at)
-        return await self._write(lambda conn: self._append_sync(conn, tweets, users, received))
+        return await self._write(
+            lambda conn: self._append_sync(conn, tweets, users, received),
+            lambda conn: self._append_sync(conn, tweets, users, received, careful=True),
+        )
 
     def _append_sync(
         self,
@@ -217,66 +256,108 @@ class SQLiteStore:
         tweets: Sequence[Tweet],
         users: Sequence[dict[str, Any]],
         received: str,
+        *,
+        careful: bool = False,
     ) -> AppendResult:
+        """Insert the tweets and upsert the users, in the writer's transaction.
+
+        ``careful`` puts each tweet and user in a savepoint and leaves out the
+        ones that fail on their data: the slow path, taken only after the fast
+        one failed.
+        """
         stored: list[StoredTweet] = []
+        unstorable: list[tuple[str, str]] = []
         duplicates = 0
         for tweet in tweets:
-            seq = self._next_seq
-            body = orjson.dumps(stored_object(tweet.object, seq=seq, received_at=received))
-            keys = [rule.tag or rule.id for rule in tweet.rules]
-            cursor = conn.execute(
-                f"INSERT INTO tweets ({TWEET_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (id) DO NOTHING",
-                (
-                    seq,
-                    tweet.id,
-                    tweet.author_id,
-                    (tweet.author or {}).get("username"),
-                    tweet.text,
-                    tweet.lang,
-                    tweet.created_at or received,
-                    received,
-                    int(tweet.has_media),
-                    orjson.dumps(keys).decode(),
-                    body.decode(),
-                ),
-            )
-            if cursor.rowcount == 0:
+            if not careful:
+                new = self._insert_tweet(conn, tweet, received)
+            else:
+                seq = self._next_seq
+                conn.execute("SAVEPOINT tweet")
+                try:
+                    new = self._insert_tweet(conn, tweet, received)
+                except DATA_ERRORS as exc:
+                    conn.execute("ROLLBACK TO tweet")
+                    self._next_seq = seq
+                    unstorable.append((tweet.id, f"{type(exc).__name__}: {exc}"[:200]))
+                    continue
+                finally:
+                    conn.execute("RELEASE tweet")
+            if new is None:
                 duplicates += 1
-                continue
-            self._next_seq = seq + 1
-            pairs = [(key, seq) for key in dict.fromkeys(keys)]
-            conn.executemany("INSERT OR IGNORE INTO tweet_rules (tag, seq) VALUES (?, ?)", pairs)
-            conn.executemany("INSERT OR IGNORE INTO rules (tag, first_seq) VALUES (?, ?)", pairs)
-            stored.append(
-                StoredTweet(
-                    seq=seq,
-                    channels=tweet.channels,
-                    body=body,
-                    lang=tweet.lang,
-                    author=(tweet.author or {}).get("username"),
-                    has_media=tweet.has_media,
-                    text=tweet.text,
-                )
-            )
+            else:
+                stored.append(new)
         for user in users:
-            self._upsert_user(conn, user, received)
-        return AppendResult(stored=stored, duplicates=duplicates)
+            if not careful:
+                self._upsert_user(conn, user, received)
+                continue
+            conn.execute("SAVEPOINT user")
+            try:
+                self._upsert_user(conn, user, received)
+            except DATA_ERRORS as exc:
+                conn.execute("ROLLBACK TO user")
+                log.debug("left out user %.40r: %s", user.get("id"), exc)
+            finally:
+                conn.execute("RELEASE user")
+        return AppendResult(stored=stored, duplicates=duplicates, unstorable=tuple(unstorable))
+
+    def _insert_tweet(
+        self, conn: sqlite3.Connection, tweet: Tweet, received: str
+    ) -> StoredTweet | None:
+        """Store one tweet with the next seq; None when its id is already stored."""
+        seq = self._next_seq
+        body = orjson.dumps(stored_object(tweet.object, seq=seq, received_at=received))
+        keys = [rule.tag or rule.id for rule in tweet.rules]
+        cursor = conn.execute(
+            f"INSERT INTO tweets ({TWEET_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT (id) DO NOTHING",
+            (
+                seq,
+                tweet.id,
+                tweet.author_id,
+                tweet.author_username,
+                tweet.text,
+                tweet.lang,
+                tweet.created_at or received,
+                received,
+                int(tweet.has_media),
+                orjson.dumps(keys).decode(),
+                body.decode(),
+            ),
+        )
+        if cursor.rowcount == 0:
+            return None
+        self._next_seq = seq + 1
+        pairs = [(key, seq) for key in dict.fromkeys(keys)]
+        conn.executemany("INSERT OR IGNORE INTO tweet_rules (tag, seq) VALUES (?, ?)", pairs)
+        conn.executemany("INSERT OR IGNORE INTO rules (tag, first_seq) VALUES (?, ?)", pairs)
+        return StoredTweet(
+            seq=seq,
+            channels=tweet.channels,
+            body=body,
+            lang=tweet.lang,
+            author=tweet.author_username,
+            has_media=tweet.has_media,
+            text=tweet.text,
+        )
 
     @staticmethod
     def _upsert_user(conn: sqlite3.Connection, user: dict[str, Any], received: str) -> None:
+        user_id = user.get("id")
+        if not isinstance(user_id, str):  # parse gives ids as text; anything else is no user
+            return
         obj = dict(user)
         obj["objectType"] = "objects.users"
-        obj["createdAt"] = user.get("created_at") or received
+        obj["createdAt"] = normalise_time(user.get("created_at")) or received
         obj["updatedAt"] = received
         conn.execute(
             "INSERT INTO users (id, username, name, object, updated_at) VALUES (?,?,?,?,?) "
             "ON CONFLICT (id) DO UPDATE SET username = excluded.username, "
             "name = excluded.name, object = excluded.object, updated_at = excluded.updated_at",
             (
-                str(user["id"]),
-                user.get("username"),
-                user.get("name"),
+                user_id,
+                username_of(user),
+                display_name_of(user),
                 orjson.dumps(obj).decode(),
                 received,
             ),
