@@ -101,7 +101,13 @@ class Relay:
         if self._source is None:
             _check_source(settings)
         store = self.store = await SQLiteStore.open(settings.db)
-        hub = self.hub = Hub(store, self.metrics, head=await store.head())
+        hub = self.hub = Hub(
+            store,
+            self.metrics,
+            head=await store.head(),
+            catch_ups_at_once=settings.catch_ups_at_once,
+            recovered_cap=settings.recovered_cap,
+        )
         self.bus.listen(hub.publish)
         access = Access(settings.policy(), settings.secret, self.clock)
         api = HttpApi(
