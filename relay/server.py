@@ -65,10 +65,15 @@ class StreamConnection(ServerConnection):
         """Input is dropped (a flooding client is being cut off)."""
 
     def data_received(self, data: bytes) -> None:
-        if self.discarding:
+        session = self.session
+        if self.discarding or (
+            session is not None and session.closed and session.backlog() > session.limit
+        ):
+            # A client being cut off gets no more answers (pongs) to pile up; not reading
+            # pushes back on its sending until the close times out and aborts.
+            self.transport.pause_reading()
             return
         super().data_received(data)
-        session = self.session
         if session is not None and not session.closed and session.backlog() > session.limit:
             # Pongs the library wrote for the client's pings count like any frame.
             session.slow_consumer()
