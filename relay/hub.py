@@ -58,8 +58,6 @@ class Hub:
         self._listeners: dict[str, set[Session]] = {}
         self._reads = asyncio.Semaphore(catch_ups_at_once)
         """Store reads of catch-ups at once, over every connection."""
-        self.reading = 0
-        """Catch-up store reads in progress (at most ``catch_ups_at_once``)."""
 
     @property
     def epoch(self) -> str:
@@ -193,13 +191,9 @@ class Hub:
         try:
             async with session.catch_up_turn:
                 async with self._reads:
-                    self.reading += 1
-                    try:
-                        counted = await self.store.count_after(
-                            channel, after, head, cap=self.recovered_cap
-                        )
-                    finally:
-                        self.reading -= 1
+                    counted = await self.store.count_after(
+                        channel, after, head, cap=self.recovered_cap
+                    )
                 capped = counted > self.recovered_cap
                 session.push(
                     protocol.subscribed(
@@ -243,13 +237,9 @@ class Hub:
         while last < head:
             await session.wait_room()
             async with self._reads:
-                self.reading += 1
-                try:
-                    page = await self.store.read_after(
-                        channel, last, head, CATCH_UP_PAGE, max_bytes=page_bytes
-                    )
-                finally:
-                    self.reading -= 1
+                page = await self.store.read_after(
+                    channel, last, head, CATCH_UP_PAGE, max_bytes=page_bytes
+                )
             if not page:
                 break
             frames = []

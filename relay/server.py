@@ -74,8 +74,13 @@ class StreamConnection(ServerConnection):
             self.transport.pause_reading()
             return
         super().data_received(data)
-        if session is not None and not session.closed and session.backlog() > session.limit:
-            # Pongs the library wrote for the client's pings count like any frame.
+        if (
+            session is not None
+            and not session.closed
+            and session.transport_backlog() > session.limit
+        ):
+            # The library wrote pongs for the client's pings straight to the transport,
+            # past our queue; the writer itself never fills it beyond one frame.
             session.slow_consumer()
 
     def process_event(self, event: Any) -> None:

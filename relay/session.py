@@ -87,6 +87,10 @@ class Session:
         self._room = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._writer_turned = True
+        """The writer ran since the last publish was queued."""
+        self._in_send = False
+        """The writer is blocked in a send: waiting for the client to take bytes."""
 
     @property
     def queued_bytes(self) -> int:
@@ -94,18 +98,20 @@ class Session:
 
     def backlog(self) -> int:
         """Bytes sent to this client and not yet taken: our queue and the transport's."""
-        try:
-            buffered = self.conn.transport.get_write_buffer_size()
-        except Exception:  # a transport already gone holds nothing
-            buffered = 0
-        return self._queued + buffered
+        return self._queued + self.transport_backlog()
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name=f"writer {self.peer}")
 
     def push(self, frame: bytes, seq: int = 0) -> None:
-        """Queue one frame (a reply); a client that has not taken its backlog is slow."""
-        self.deliver_batch(((frame, seq),))
+        """Queue one reply. Replies are small and come at the rate the client's ops may."""
+        self._enqueue(((frame, seq),))
+
+    def transport_backlog(self) -> int:
+        try:
+            return self.conn.transport.get_write_buffer_size()
+        except Exception:  # a transport already gone holds nothing
+            return 0
 
     def deliver_batch(self, frames: Iterable[tuple[bytes, int]]) -> None:
         """Queue what one publish has for this client, after checking what came before.
@@ -116,10 +122,13 @@ class Session:
         """
         if self.closed:
             return
-        if self.backlog() > self.limit:
+        # Only a backlog the writer has offered to the client counts: publishes that come
+        # back to back, before the writer had a turn, are our doing, not the client's.
+        if self.backlog() > self.limit and (self._writer_turned or self._in_send):
             self.slow_consumer()
             return
         self._enqueue(frames)
+        self._writer_turned = False
 
     def _enqueue(self, frames: Iterable[tuple[bytes, int]]) -> None:
         if self.closed:
@@ -257,6 +266,7 @@ class Session:
         try:
             while True:
                 if not self._queue:
+                    self._writer_turned = True
                     if self.closed:
                         return
                     self._wakeup.clear()
@@ -264,9 +274,14 @@ class Session:
                     continue
                 # One frame at a time: a large publish goes out in pieces, and the
                 # connection's drain (bounded by ping_timeout) paces us.
+                self._writer_turned = True
                 frame, seq = self._queue.popleft()
                 self._queued -= len(frame)
-                await self.conn.send(frame, text=True)
+                self._in_send = True
+                try:
+                    await self.conn.send(frame, text=True)
+                finally:
+                    self._in_send = False
                 self._room.set()
                 self.metrics.frames_sent.inc()
                 if seq > self.last_seq:
