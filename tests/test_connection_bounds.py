@@ -476,3 +476,27 @@ def test_a_refresh_to_a_pinned_token_bounds_the_existing_subscriptions(
     source.push(stream_line(5, lang="ja"))
     assert receive_tweets(ws, 1)[0]["seq"] == 5  # and nothing English came in between
     ws.close()
+
+
+def test_a_fast_client_keeps_up_with_a_burst_of_large_publishes(
+    tmp_path: Path, processes: list[RelayProcess]
+) -> None:
+    count = 3000  # batches of 500 tweets of ~2.1 KB: each publish past the 1 MiB send buffer
+    replay = tmp_path / "burst.jsonl"
+    with replay.open("wb") as out:
+        # One tweet, a recorded pause of 2 s for the client to subscribe, then a burst
+        # with no pause at all: the relay publishes as fast as it commits.
+        for n in range(1, count + 1):
+            line = orjson.loads(stream_line(n, "w" * 2000))
+            line["__relay"] = {"received_at": 1_700_000_000.0 + (0 if n == 1 else 2)}
+            out.write(orjson.dumps(line) + b"\n")
+    args = ("--db", str(tmp_path / "r.db"), "--replay", str(replay), "--no-loop")
+    relay = RelayProcess(tmp_path / "relay.log", *args, "--speed", "1")
+    processes.append(relay)
+    ws, hello = subscribe(relay.ws_url, "tweets")
+    assert count - hello["seq"] > 2000, "the burst came before the client subscribed"
+    frames = receive_tweets(ws, count - hello["seq"], timeout=8 * UNIT)
+    assert [f["seq"] for f in frames] == list(range(hello["seq"] + 1, count + 1))
+    assert "slow consumer" not in (tmp_path / "relay.log").read_text()
+    ws.close()
+    assert relay.stop() == 0
