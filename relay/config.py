@@ -34,9 +34,12 @@ class Settings:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     """Seconds to wait for a keepalive pong, and the longest one write may wait on a client."""
-    catch_ups_at_once: int = 8
-    """Store reads of resume catch-ups running at once over all connections; others wait."""
-    recovered_cap: int = 10_000
+    catch_ups_at_once: int = 2
+    """Store reads of resume catch-ups at once over all connections; others wait their turn.
+
+    Kept under the store's reader threads (3), so the object API always finds one free.
+    """
+    recovered_cap: int = 1000
     """Most stored tweets counted for ``recovered`` in ``subscribed``; past it the count stops."""
     # access control
     secret: str = field(default="", repr=False)

@@ -46,8 +46,8 @@ class Hub:
         metrics: Metrics,
         *,
         head: int = 0,
-        catch_ups_at_once: int = 8,
-        recovered_cap: int = 10_000,
+        catch_ups_at_once: int = 2,
+        recovered_cap: int = 1000,
     ) -> None:
         self.store = store
         self.metrics = metrics
