@@ -87,7 +87,12 @@ class Hub:
                 listeners = self._listeners.get(channel)
                 if not listeners:
                     continue
-                frame = protocol.tweet(channel, tweet.seq, tweet.body)
+                try:
+                    frame = protocol.tweet(channel, tweet.seq, tweet.body)
+                except Exception:  # a bug for this tweet must not stop the publisher
+                    log.exception("cannot encode seq %d for %s; not delivered", tweet.seq, channel)
+                    self.metrics.refused.labels("delivery_failed").inc()
+                    continue
                 for session in tuple(listeners):
                     if session in failed:
                         continue

@@ -57,7 +57,6 @@ class RawClient:
         self.flush()
         while self.protocol.state is not State.OPEN:
             self.protocol.receive_data(self.sock.recv(4096))
-        self.events: list[Frame] = list(self.protocol.events_received())
 
     def flush(self) -> None:
         for data in self.protocol.data_to_send():
@@ -246,6 +245,7 @@ def test_a_client_that_reads_nothing_is_closed_within_the_ping_timeout(
         assert len(receive_tweets(reader, 100)) == 100
     wait_for(lambda: len(hub.sessions) == 1, 4 * UNIT, "the stuck client to be dropped")
     assert relay.relay.metrics.slow_consumers._value.get() == 0
+    assert _refused(relay, "write_timeout") == 1
     # The reading client, answering keepalive pings, stays.
     source.push(stream_line(5000))
     assert receive_tweets(reader, 1)[0]["seq"] == 2001
