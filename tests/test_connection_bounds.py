@@ -245,7 +245,7 @@ def test_a_client_that_reads_nothing_is_closed_within_the_ping_timeout(
         assert len(receive_tweets(reader, 100)) == 100
     wait_for(lambda: len(hub.sessions) == 1, 4 * UNIT, "the stuck client to be dropped")
     assert relay.relay.metrics.slow_consumers._value.get() == 0
-    assert _refused(relay, "write_timeout") == 1
+    assert _refused(relay, "write_timeout") >= 1
     # The reading client, answering keepalive pings, stays.
     source.push(stream_line(5000))
     assert receive_tweets(reader, 1)[0]["seq"] == 2001
@@ -305,16 +305,17 @@ def test_recovered_is_counted_up_to_the_cap_and_every_tweet_still_comes(
     make_settings: Callable[..., Settings], start_relay: Start
 ) -> None:
     source = PushSource()
-    relay = start_relay(make_settings(recovered_cap=5), source)
-    source.push(*(stream_line(n, tags=("cats",)) for n in range(1, 21)))
-    relay.wait_stored(20)
+    relay = start_relay(make_settings(), source)  # the default cap: 1000
+    count = 1100
+    source.push(*(stream_line(n, tags=("cats",)) for n in range(1, count + 1)))
+    relay.wait_stored(count)
     epoch = relay.get("/v1/info")[1]["epoch"]
     for channel in ("tweets", "rule:cats"):
         ws, hello = subscribe(relay.ws_url, channel, since={"epoch": epoch, "seq": 0})
-        assert hello["recovered"] == 5 and hello["recovered_capped"] is True
-        assert [f["seq"] for f in receive_tweets(ws, 20)] == list(range(1, 21))
+        assert hello["recovered"] == 1000 and hello["recovered_capped"] is True
+        assert [f["seq"] for f in receive_tweets(ws, count)] == list(range(1, count + 1))
         ws.close()
-    ws, hello = subscribe(relay.ws_url, "tweets", since={"epoch": epoch, "seq": 17})
+    ws, hello = subscribe(relay.ws_url, "tweets", since={"epoch": epoch, "seq": count - 3})
     assert hello["recovered"] == 3 and "recovered_capped" not in hello
     ws.close()
 
@@ -408,6 +409,7 @@ def test_many_resumes_that_never_read_hold_bounded_memory(
     while time.monotonic() < deadline:
         peak = max(peak, rss_kb(relay.proc.pid))
         time.sleep(0.05)
+    print(f"never-reading resumes: relay grew {peak - before} KB")
     # Old relays held a 200-tweet page per catch-up: 280 of them, ~300 MB.
     assert peak - before < 60 * 1024, f"the relay grew by {peak - before} KB"
     assert relay.count() == count  # the object API still answers
