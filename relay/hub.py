@@ -171,6 +171,7 @@ class Hub:
             return
         if sub.task is not None:
             sub.task.cancel()  # frees its turn and its read slot at once
+        session.release_held(sub)
         self._unlisten(channel, session)
         session.push(protocol.unsubscribed(channel, ref))
 
@@ -231,6 +232,7 @@ class Hub:
             )
             if session.subscriptions.get(channel) is sub:
                 del session.subscriptions[channel]
+                session.release_held(sub)
                 self._unlisten(channel, session)
 
     async def _copy(self, session: Session, sub: Subscription, last: int, head: int) -> int:
@@ -260,11 +262,8 @@ class Hub:
 
     @staticmethod
     def _go_live(session: Session, sub: Subscription, after: int | None) -> None:
-        session.enqueue_paced(
-            (frame, seq) for frame, seq in sub.held if after is None or seq > after
-        )
-        sub.held.clear()
-        sub.held_bytes = 0
+        held = session.release_held(sub)
+        session.enqueue_paced((frame, seq) for frame, seq in held if after is None or seq > after)
         sub.live = True
         sub.task = None
 

@@ -83,6 +83,8 @@ class Session:
         """One catch-up at a time per connection; the others wait their turn in order."""
         self._queue: deque[tuple[bytes, int]] = deque()
         self._queued = 0
+        self._held = 0
+        """Bytes of live frames held for subscriptions still catching up."""
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -167,12 +169,21 @@ class Session:
         if not sub.overflowed:
             sub.held.append((frame, tweet.seq))
             sub.held_bytes += len(frame)
-            if sub.held_bytes > self.limit:
+            self._held += len(frame)
+            if self._held > self.limit:
                 # Everything held is in the store; drop it and read it from there instead.
-                sub.held.clear()
-                sub.held_bytes = 0
+                # One bound for all the connection's waiting subscriptions together.
+                self.release_held(sub)
                 sub.overflowed = True
         return False
+
+    def release_held(self, sub: Subscription) -> list[tuple[bytes, int]]:
+        """Take a subscription's held frames out of the connection's account."""
+        held = sub.held
+        self._held -= sub.held_bytes
+        sub.held = []
+        sub.held_bytes = 0
+        return held
 
     def deliver(self, channel: str, tweet: StoredTweet, frame: bytes) -> None:
         """One live tweet (a publish of one): send it, or hold it while catching up."""

@@ -369,6 +369,38 @@ def test_catch_ups_of_one_connection_run_one_at_a_time_in_order(
     client.close()
 
 
+def test_live_tweets_held_for_waiting_resumes_stay_within_one_send_buffer(
+    make_settings: Callable[..., Settings], start_relay: Start
+) -> None:
+    source = PushSource()
+    limit = 64 * 1024
+    relay = start_relay(make_settings(send_buffer=limit), source)
+    tags = ("a", "b", "c", "d", "e")
+    count = 2000  # 8 MB of backlog for a client that reads nothing
+    source.push(*(stream_line(n, "z" * 4000, tags=tags) for n in range(1, count + 1)))
+    relay.wait_stored(count)
+    epoch = relay.get("/v1/info")[1]["epoch"]
+    hub = relay.relay.hub
+    assert hub is not None
+    client = RawClient(relay.ws_url, rcvbuf=4096)
+    for tag in tags:
+        client.send(
+            {"op": "subscribe", "channel": f"rule:{tag}", "since": {"epoch": epoch, "seq": 0}}
+        )
+    wait_for(
+        lambda: len(hub.sessions) == 1 and len(next(iter(hub.sessions)).subscriptions) == len(tags),
+        UNIT,
+        "5 subscriptions",
+    )
+    (session,) = hub.sessions
+    # 400 KB of live tweets for each of the 5 channels while their resumes wait.
+    source.push(*(stream_line(n, "z" * 4000, tags=tags) for n in range(count + 1, count + 101)))
+    relay.wait_stored(count + 100)
+    held = sum(sub.held_bytes for sub in session.subscriptions.values())
+    assert held <= limit + 5000, held
+    client.close()
+
+
 def _write_replay(path: Path, count: int, tags: tuple[str, ...]) -> None:
     with path.open("wb") as out:
         for n in range(1, count + 1):
