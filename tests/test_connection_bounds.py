@@ -231,7 +231,7 @@ def test_a_client_that_reads_nothing_is_closed_within_the_ping_timeout(
     source = PushSource()
     # A send buffer so large that it never overflows here: only a write that cannot
     # complete (the keepalive ping's, or a frame's) can notice this client.
-    settings = make_settings(send_buffer=64 * MB, ping_interval=0.2, ping_timeout=0.5)
+    settings = make_settings(send_buffer=64 * MB, ping_interval=0.2, ping_timeout=2.0)
     relay = start_relay(settings, source)
     hub = relay.relay.hub
     assert hub is not None
