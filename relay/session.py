@@ -185,11 +185,6 @@ class Session:
         sub.held_bytes = 0
         return held
 
-    def deliver(self, channel: str, tweet: StoredTweet, frame: bytes) -> None:
-        """One live tweet (a publish of one): send it, or hold it while catching up."""
-        if self.take(channel, tweet, frame):
-            self.deliver_batch(((frame, tweet.seq),))
-
     def slow_consumer(self) -> None:
         if self.closed:
             return
