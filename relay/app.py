@@ -113,7 +113,13 @@ class Relay:
         store = self.store = await SQLiteStore.open(
             settings.db, query_readers=settings.query_readers
         )
-        hub = self.hub = Hub(store, self.metrics, head=await store.head())
+        hub = self.hub = Hub(
+            store,
+            self.metrics,
+            head=await store.head(),
+            catch_ups_at_once=settings.catch_ups_at_once,
+            recovered_cap=settings.recovered_cap,
+        )
         self.bus.listen(hub.publish)
         access = Access(
             settings.policy(),

@@ -34,6 +34,14 @@ class Settings:
     """Largest inbound client frame in bytes; larger closes the connection with 1009."""
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
+    """Seconds to wait for a keepalive pong, and the longest one write may wait on a client."""
+    catch_ups_at_once: int = 2
+    """Store reads of resume catch-ups at once over all connections; others wait their turn.
+
+    Kept under the store's reader threads (3), so the object API always finds one free.
+    """
+    recovered_cap: int = 1000
+    """Most stored tweets counted for ``recovered`` in ``subscribed``; past it the count stops."""
     # access control
     secret: str = field(default="", repr=False)
     """HS256 key for tokens (RELAY_SECRET); without it only public channels are served."""
@@ -170,6 +178,8 @@ class Settings:
             "max_connections_per_address",
             "max_subscriptions",
             "ops_burst",
+            "catch_ups_at_once",
+            "recovered_cap",
         ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1")
@@ -213,6 +223,8 @@ ENVIRONMENT = {
     "max_frame": ("RELAY_MAX_FRAME",),
     "ping_interval": ("RELAY_PING_INTERVAL",),
     "ping_timeout": ("RELAY_PING_TIMEOUT",),
+    "catch_ups_at_once": ("RELAY_CATCH_UPS_AT_ONCE",),
+    "recovered_cap": ("RELAY_RECOVERED_CAP",),
     "secret": ("RELAY_SECRET",),
     "public_channels": ("RELAY_PUBLIC_CHANNELS",),
     "max_connections_per_subject": ("RELAY_MAX_CONNECTIONS_PER_SUBJECT",),
@@ -342,6 +354,8 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "batch_size": _int,
     "ping_interval": float,
     "ping_timeout": float,
+    "catch_ups_at_once": _int,
+    "recovered_cap": _int,
     "speed": parse_speed,
     "public_channels": parse_patterns,
     "max_connections_per_subject": _int,

@@ -20,7 +20,7 @@
 A :class:`ClientError` with ``retry_after`` set is answered with a ``Retry-After`` header.
 
 Close codes come in two ranges, as in centrifuge: 1xxx are the RFC 6455 codes,
-4xxx are ours. A client should reconnect and resume after 1001, 4008 and 4029;
+4xxx are ours. A client should reconnect and resume after 1001, 1011, 4008 and 4029;
 after 1008, 4001 and 4003 it must change something (token, frames) first.
 """
 
@@ -32,6 +32,7 @@ from typing import Any
 CLOSE_GOING_AWAY = 1001  # shutdown: reconnect and resume from the last seq
 CLOSE_POLICY = 1008  # a policy refused the connection (limits per subject or address)
 CLOSE_TOO_BIG = 1009  # an inbound frame was larger than the limit
+CLOSE_INTERNAL_ERROR = 1011  # delivering to this client failed: reconnect and resume
 # Our range.
 CLOSE_UNAUTHORIZED = 4001  # token missing, invalid or expired without refresh
 CLOSE_FORBIDDEN = 4003  # token valid but not allowed here

@@ -1,12 +1,20 @@
 """The hub: who listens to which channel, and gap-free delivery to them.
 
 ``publish`` runs on the event loop, never awaits, and encodes each tweet frame
-once per channel, however many sessions listen. Resume works without locks:
-a subscription registers and snapshots the last published seq in the same
-tick, so every tweet up to that seq is already in the store (persist before
-publish) and every later one is published after registration and held until
-the store catch-up is done. Dropping held frames by seq then gives no gap and
-no duplicate (invariant 3).
+once per channel, however many sessions listen. It groups a whole batch per
+session and hands each session its part in one call: a batch, not a frame, is
+the unit of the slow-consumer rule (see :mod:`relay.session`). A failure for
+one session closes that session only; the others and the publisher go on.
+
+Resume works without locks: a subscription registers and snapshots the last
+published seq in the same tick, so every tweet up to that seq is already in the
+store (persist before publish) and every later one is published after
+registration and held until the store catch-up is done. Dropping held frames by
+seq then gives no gap and no duplicate (invariant 3).
+
+Catch-ups are bounded: one at a time per connection (in the order asked), a
+fixed number of store reads at once overall, small pages read only when the
+client has taken most of what it was sent, and ``recovered`` counted up to a cap.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from relay import protocol
 from relay.protocol import Position
@@ -27,17 +35,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CATCH_UP_PAGE = 200
+CATCH_UP_PAGE = 64
+"""Most tweets one catch-up read takes from the store (also bounded in bytes)."""
 
 
 class Hub:
-    def __init__(self, store: Store, metrics: Metrics, *, head: int = 0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        head: int = 0,
+        catch_ups_at_once: int = 2,
+        recovered_cap: int = 1000,
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.head = head
         """The last seq published; every tweet up to it is in the store."""
+        self.recovered_cap = recovered_cap
         self.sessions: set[Session] = set()
         self._listeners: dict[str, set[Session]] = {}
+        self._reads = asyncio.Semaphore(catch_ups_at_once)
+        """Store reads of catch-ups at once, over every connection."""
 
     @property
     def epoch(self) -> str:
@@ -57,6 +77,8 @@ class Hub:
 
     def publish(self, tweets: Sequence[StoredTweet]) -> None:
         """Fan new tweets out; they must come in seq order and be in the store already."""
+        batches: dict[Session, list[tuple[bytes, int]]] = {}
+        failed: dict[Session, BaseException] = {}
         for tweet in tweets:
             if tweet.seq <= self.head:
                 continue  # a bus may redeliver after a reconnect
@@ -65,9 +87,45 @@ class Hub:
                 listeners = self._listeners.get(channel)
                 if not listeners:
                     continue
-                frame = protocol.tweet(channel, tweet.seq, tweet.body)
+                try:
+                    frame = protocol.tweet(channel, tweet.seq, tweet.body)
+                except Exception:  # a bug for this tweet must not stop the publisher
+                    log.exception("cannot encode seq %d for %s; not delivered", tweet.seq, channel)
+                    self.metrics.refused.labels("delivery_failed").inc()
+                    continue
                 for session in tuple(listeners):
-                    session.deliver(channel, tweet, frame)
+                    if session in failed:
+                        continue
+                    try:
+                        if session.take(channel, tweet, frame):
+                            batches.setdefault(session, []).append((frame, tweet.seq))
+                    except Exception as exc:  # one session's failure stays with it
+                        failed[session] = exc
+        for session, frames in batches.items():
+            if session in failed:
+                continue
+            try:
+                session.deliver_batch(frames)
+            except Exception as exc:
+                failed[session] = exc
+        if failed:
+            self._isolate(failed)
+
+    def _isolate(self, failed: dict[Session, BaseException]) -> None:
+        """Close each session whose delivery raised; one log line with the first cause."""
+        first = next(iter(failed.values()))
+        log.error(
+            "delivery failed for %d connection(s) at seq %d; closing them (1011)",
+            len(failed),
+            self.head,
+            exc_info=(type(first), first, first.__traceback__),
+        )
+        for session in failed:
+            self.metrics.refused.labels("delivery_failed").inc()
+            try:
+                session.failed()
+            except Exception:  # pragma: no cover - closing must not stop the others
+                log.debug("closing %s failed", session.peer, exc_info=True)
 
     def subscribe(
         self,
@@ -76,6 +134,7 @@ class Hub:
         since: Position | None,
         ref: object = None,
         tweet_filter: TweetFilter | None = None,
+        requested: Any = None,
     ) -> None:
         """Start a subscription; a resume runs its store catch-up in a task."""
         if channel in session.subscriptions:
@@ -85,7 +144,7 @@ class Hub:
                 )
             )
             return
-        sub = Subscription(channel, tweet_filter)
+        sub = Subscription(channel, tweet_filter, requested)
         session.subscriptions[channel] = sub
         filters = tweet_filter.as_dict() if tweet_filter else None
         self._listeners.setdefault(channel, set()).add(session)
@@ -111,7 +170,8 @@ class Hub:
             )
             return
         if sub.task is not None:
-            sub.task.cancel()
+            sub.task.cancel()  # frees its turn and its read slot at once
+        session.release_held(sub)
         self._unlisten(channel, session)
         session.push(protocol.unsubscribed(channel, ref))
 
@@ -135,27 +195,32 @@ class Hub:
     ) -> None:
         channel = sub.channel
         try:
-            recovered = await self.store.count_after(channel, after, head)
-            session.push(protocol.subscribed(channel, self.epoch, head, recovered, ref, filters))
-            last = after
-            while True:
-                while last < head:
-                    page = await self.store.read_after(channel, last, head, CATCH_UP_PAGE)
-                    if not page:
+            async with session.catch_up_turn:
+                async with self._reads:
+                    counted = await self.store.count_after(
+                        channel, after, head, cap=self.recovered_cap
+                    )
+                capped = counted > self.recovered_cap
+                session.push(
+                    protocol.subscribed(
+                        channel,
+                        self.epoch,
+                        head,
+                        min(counted, self.recovered_cap),
+                        ref,
+                        filters,
+                        capped=capped,
+                    )
+                )
+                last = after
+                while True:
+                    last = await self._copy(session, sub, last, head)
+                    if not sub.overflowed:
                         break
-                    for tweet in page:
-                        last = tweet.seq
-                        if wanted(sub, tweet):
-                            await session.push_paced(
-                                protocol.tweet(channel, tweet.seq, tweet.body), tweet.seq
-                            )
-                    self.metrics.recovered.inc(len(page))
-                if not sub.overflowed:
-                    break
-                # Live frames were dropped while we read: read on up to the new head.
-                sub.overflowed = False
-                head = self.head
-            self._go_live(session, sub, after=last)
+                    # Live frames were dropped while we read: read on up to the new head.
+                    sub.overflowed = False
+                    head = self.head
+                self._go_live(session, sub, after=last)
         except SessionClosed:
             pass
         except asyncio.CancelledError:
@@ -165,16 +230,40 @@ class Hub:
             session.push(
                 protocol.error("internal", "catch-up failed; resubscribe", "subscribe", ref)
             )
-            session.subscriptions.pop(channel, None)
-            self._unlisten(channel, session)
+            if session.subscriptions.get(channel) is sub:
+                del session.subscriptions[channel]
+                session.release_held(sub)
+                self._unlisten(channel, session)
+
+    async def _copy(self, session: Session, sub: Subscription, last: int, head: int) -> int:
+        """Copy the channel's stored tweets ``last < seq <= head`` to the client, paced."""
+        channel = sub.channel
+        # A page is at most a quarter of the buffer, read only once the client has taken
+        # all but half of it: a catch-up never holds more than the buffer's worth.
+        page_bytes = max(1, session.limit // 4)
+        while last < head:
+            await session.wait_room()
+            async with self._reads:
+                page = await self.store.read_after(
+                    channel, last, head, CATCH_UP_PAGE, max_bytes=page_bytes
+                )
+            if not page:
+                break
+            frames = []
+            for tweet in page:
+                last = tweet.seq
+                if wanted(sub, tweet):
+                    frames.append((protocol.tweet(channel, tweet.seq, tweet.body), tweet.seq))
+            if session.closed:
+                raise SessionClosed
+            session.enqueue_paced(frames)
+            self.metrics.recovered.inc(len(page))
+        return last
 
     @staticmethod
     def _go_live(session: Session, sub: Subscription, after: int | None) -> None:
-        for seq, frame in sub.held:
-            if after is None or seq > after:
-                session.push(frame, seq)
-        sub.held.clear()
-        sub.held_bytes = 0
+        held = session.release_held(sub)
+        session.enqueue_paced((frame, seq) for frame, seq in held if after is None or seq > after)
         sub.live = True
         sub.task = None
 

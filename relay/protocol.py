@@ -130,7 +130,10 @@ def subscribed(
     recovered: int,
     ref: Any = None,
     filters: dict[str, Any] | None = None,
+    *,
+    capped: bool = False,
 ) -> bytes:
+    """``capped``: more than ``recovered`` tweets come from the store (the count stops)."""
     fields: dict[str, Any] = {
         "type": "subscribed",
         "channel": channel,
@@ -138,6 +141,8 @@ def subscribed(
         "seq": seq,
         "recovered": recovered,
     }
+    if capped:
+        fields["recovered_capped"] = True
     if filters:
         fields["filters"] = filters
     return _frame(fields, ref)

@@ -24,6 +24,7 @@ from websockets.http11 import Request, Response
 from relay import protocol
 from relay.auth import Grant, TokenBucket
 from relay.config import Settings
+from relay.connection import StreamConnection
 from relay.errors import (
     CLOSE_POLICY,
     CLOSE_RATE_LIMITED,
@@ -34,7 +35,7 @@ from relay.errors import (
     Unauthorized,
 )
 from relay.http import STREAM_PATH, HttpApi, Reply, error_reply
-from relay.http_wire import HttpWireConnection, has_body
+from relay.http_wire import has_body
 from relay.hub import Hub
 from relay.metrics import Metrics
 from relay.protocol import ProtocolError
@@ -61,7 +62,6 @@ class StreamServer:
         self.access = api.access
         self.policy = self.access.policy
         self.server: Server | None = None
-        self._grants: dict[ServerConnection, Grant | None] = {}
         self._per_address: Counter[str] = Counter()
         self._per_subject: Counter[str] = Counter()
 
@@ -71,8 +71,8 @@ class StreamServer:
             self.settings.host,
             self.settings.port,
             process_request=self._process_request,
-            # One request per connection, whatever follows it (a body, a second request).
-            create_connection=HttpWireConnection,
+            # Our bounds on every frame and write; one plain HTTP request per connection.
+            create_connection=StreamConnection,
             max_size=self.settings.max_frame,
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,
@@ -115,14 +115,15 @@ class StreamServer:
             self.metrics.refused.labels(exc.reason).inc()
             log.info("refused a stream connection from %s: %s", _peer(conn), exc.message)
             return _response(error_reply(exc))
-        self._grants[conn] = grant
+        # On the connection itself: a failed handshake leaves nothing behind.
+        if isinstance(conn, StreamConnection):
+            conn.grant = grant
         return None
 
     async def _handle(self, conn: ServerConnection) -> None:
         peer = _peer(conn)
-        grant = self._grants.pop(conn, None)
+        grant = conn.grant if isinstance(conn, StreamConnection) else None
         address = peer.rsplit(":", 1)[0]
-        subject = grant.subject if grant is not None else None
         refusal = self._over_connection_limit(address, grant)
         if refusal:
             self.metrics.refused.labels("connection_limit").inc()
@@ -130,8 +131,6 @@ class StreamServer:
             await conn.close(CLOSE_POLICY, refusal)
             return
         self._per_address[address] += 1
-        if subject is not None:
-            self._per_subject[subject] += 1
         session = Session(
             conn, send_buffer=self.settings.send_buffer, metrics=self.metrics, peer=peer
         )
@@ -139,15 +138,16 @@ class StreamServer:
         session.state["bucket"] = TokenBucket(
             self.policy.limit(grant, "ops_per_second"), self.policy.ops_burst, self.clock()
         )
+        self._count_subject(session, grant)
+        if isinstance(conn, StreamConnection):
+            conn.session = session
+            conn.on_control_frame = lambda: self._take_op(session, "control frames")
         self.hub.add(session)
         session.start()
         expiry = asyncio.create_task(self._watch_expiry(session), name=f"expiry {peer}")
         try:
             async for message in conn:
-                if not session.state["bucket"].take(self.clock()):
-                    self.metrics.refused.labels("rate_limited").inc()
-                    log.info("closing %s: too many operations", peer)
-                    await conn.close(CLOSE_RATE_LIMITED, "rate limited: too many operations")
+                if not self._take_op(session, "operations"):
                     break
                 self._on_frame(session, message)
         except ConnectionClosed:
@@ -156,8 +156,35 @@ class StreamServer:
             expiry.cancel()
             self.hub.remove(session)
             self._per_address[address] -= 1
-            if subject is not None:
-                self._per_subject[subject] -= 1
+            if not self._per_address[address]:
+                del self._per_address[address]
+            self._count_subject(session, None)
+            if isinstance(conn, StreamConnection):
+                conn.session = None
+                conn.on_control_frame = None
+            # Leaving the handler makes the library close with 1000: our code goes first.
+            await session.wait_abandoned()
+
+    def _take_op(self, session: Session, what: str) -> bool:
+        """Count one client frame against the connection's rate; over it, close with 4029."""
+        if session.state["bucket"].take(self.clock()):
+            return True
+        if not session.closed:
+            self.metrics.refused.labels("rate_limited").inc()
+            log.info("closing %s: too many %s", session.peer, what)
+            session.abandon(CLOSE_RATE_LIMITED, "rate_limited")
+        return False
+
+    def _count_subject(self, session: Session, grant: Grant | None) -> None:
+        """Move the connection's count to ``grant``'s subject (None: uncount it)."""
+        old = session.state.pop("counted_subject", None)
+        if old is not None:
+            self._per_subject[old] -= 1
+            if not self._per_subject[old]:
+                del self._per_subject[old]
+        if grant is not None:
+            self._per_subject[grant.subject] += 1
+            session.state["counted_subject"] = grant.subject
 
     def _over_connection_limit(self, address: str, grant: Grant | None) -> str:
         if self._per_address[address] >= self.policy.max_connections_per_address:
@@ -204,26 +231,39 @@ class StreamServer:
             )
         requested = (op.extra or {}).get("filters")
         tweet_filter = self.access.subscription_filter(grant, requested)
-        self.hub.subscribe(session, op.channel, op.since, op.ref, tweet_filter)
+        self.hub.subscribe(session, op.channel, op.since, op.ref, tweet_filter, requested)
 
     def _refresh(self, session: Session, op: protocol.Op) -> None:
         old: Grant | None = session.state["grant"]
         grant = self.access.verify((op.extra or {})["token"])
         if old is not None and grant.subject != old.subject:
             raise Forbidden("a refresh must keep the token's subject")
+        if old is None and self._per_subject[grant.subject] >= self.policy.limit(
+            grant, "max_connections"
+        ):
+            # A tokenless connection taking a subject's token counts as that subject's.
+            self.metrics.refused.labels("connection_limit").inc()
+            raise Forbidden(f"too many connections for {grant.subject}"[:120])
         session.state["grant"] = grant
+        if old is None:
+            self._count_subject(session, grant)
         session.push(protocol.refreshed(grant.expires_at, op.ref))
         session.state.pop("expiry_notice", None)
-        for channel in list(session.subscriptions):
+        for channel, sub in list(session.subscriptions.items()):
+            reason = ""
             if not self.policy.can_read(grant, channel):
+                reason = f"the new token does not grant {channel}"
+            else:
+                try:
+                    narrowed = self.access.subscription_filter(grant, sub.requested)
+                except ClientError as exc:
+                    reason = f"{channel}: {exc.message}"
+                else:
+                    # The new token's pins bound the live subscription from now on.
+                    sub.filter = narrowed
+            if reason:
                 self.hub.unsubscribe(session, channel)
-                self._refuse(
-                    session,
-                    "forbidden",
-                    f"the new token does not grant {channel}",
-                    "refresh",
-                    op.ref,
-                )
+                self._refuse(session, "forbidden", reason, "refresh", op.ref)
         session.state.setdefault("refreshed", asyncio.Event()).set()
 
     async def _watch_expiry(self, session: Session) -> None:

@@ -1,10 +1,13 @@
 """One client connection's outbound side: a bounded send buffer and its writer.
 
-The hub never awaits a client. It appends frames to the session's buffer and
-returns; the session's writer task moves them to the socket at the client's
-pace. A buffer past its limit means the client cannot keep up: it is closed
-with 4008 and its last seq, so it can resume from the store, and no other
-client waits for it (invariant 4).
+The hub never awaits a client. It hands a session everything one publish has for
+it in one call and returns; the session's writer task moves the frames to the
+socket, one at a time, at the client's pace. What is still unsent (our queue
+plus the transport's write buffer, pongs included) is the client's backlog. A
+client is slow when it has not taken what it was sent before: a backlog past
+``send_buffer`` when the next publish for it comes closes it with 4008 and its
+last seq, so it can resume from the store, and no other client waits for it
+(invariant 4). One large publish never makes a client slow by itself.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from relay import protocol
-from relay.errors import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER
+from relay.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_SLOW_CONSUMER
 
 if TYPE_CHECKING:
     from relay.filters import TweetFilter
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 2.0
 """Seconds a client gets to take the close frame before the connection is cut."""
+ROOM_POLL = 0.25
+"""Seconds between backlog checks of a waiting catch-up when the writer is idle."""
 
 
 class Connection(Protocol):
@@ -51,8 +57,10 @@ class Subscription:
 
     channel: str
     filter: TweetFilter | None = None
+    requested: Any = None
+    """The filters the client asked for at subscribe time (re-bounded on refresh)."""
     live: bool = False
-    held: list[tuple[int, bytes]] = field(default_factory=list)
+    held: list[tuple[bytes, int]] = field(default_factory=list)
     held_bytes: int = 0
     overflowed: bool = False
     task: asyncio.Task[None] | None = None
@@ -71,87 +79,155 @@ class Session:
         self.closed = False
         self.state: dict[str, Any] = {}
         """Per-connection data of other layers (the token's grant, rate limits)."""
+        self.catch_up_turn = asyncio.Lock()
+        """One catch-up at a time per connection; the others wait their turn in order."""
         self._queue: deque[tuple[bytes, int]] = deque()
         self._queued = 0
+        self._held = 0
+        """Bytes of live frames held for subscriptions still catching up."""
         self._wakeup = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._drained.set()
+        self._room = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._writer_turned = True
+        """The writer ran since the last publish was queued."""
+        self._in_send = False
+        """The writer is blocked in a send: waiting for the client to take bytes."""
 
     @property
     def queued_bytes(self) -> int:
         return self._queued
 
+    def backlog(self) -> int:
+        """Bytes sent to this client and not yet taken: our queue and the transport's."""
+        return self._queued + self.transport_backlog()
+
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name=f"writer {self.peer}")
 
     def push(self, frame: bytes, seq: int = 0) -> None:
-        """Queue a frame; close the session as a slow consumer if that overflows the buffer."""
+        """Queue one reply. Replies are small and come at the rate the client's ops may."""
+        self._enqueue(((frame, seq),))
+
+    def transport_backlog(self) -> int:
+        try:
+            return self.conn.transport.get_write_buffer_size()
+        except Exception:  # a transport already gone holds nothing
+            return 0
+
+    def deliver_batch(self, frames: Iterable[tuple[bytes, int]]) -> None:
+        """Queue what one publish has for this client, after checking what came before.
+
+        The backlog from before this call decides: past the limit the client is
+        slow (4008). The new frames are queued whatever their size; the writer
+        sends them one by one.
+        """
         if self.closed:
             return
-        self._queue.append((frame, seq))
-        self._queued += len(frame)
-        self._wakeup.set()
-        if self._queued > self.limit:
-            self._drained.clear()
+        # Only a backlog the writer has offered to the client counts: publishes that come
+        # back to back, before the writer had a turn, are our doing, not the client's.
+        if self.backlog() > self.limit and (self._writer_turned or self._in_send):
             self.slow_consumer()
-        elif self._queued > self.limit // 2:
-            self._drained.clear()
+            return
+        self._enqueue(frames)
+        self._writer_turned = False
 
-    async def push_paced(self, frame: bytes, seq: int = 0) -> None:
-        """Queue a frame from the store, waiting for room instead of overflowing."""
-        while self._queued > self.limit // 2:
+    def _enqueue(self, frames: Iterable[tuple[bytes, int]]) -> None:
+        if self.closed:
+            return
+        for frame, seq in frames:
+            self._queue.append((frame, seq))
+            self._queued += len(frame)
+        self._wakeup.set()
+
+    def enqueue_paced(self, frames: Iterable[tuple[bytes, int]]) -> None:
+        """Queue frames read from the store after :meth:`wait_room` made room for them."""
+        self._enqueue(frames)
+
+    async def wait_room(self) -> None:
+        """Wait until the backlog is at most half the limit: the client is reading."""
+        while True:
             if self.closed:
                 raise SessionClosed
-            await self._drained.wait()
-        if self.closed:
-            raise SessionClosed
-        self.push(frame, seq)
+            if self.backlog() <= self.limit // 2:
+                return
+            self._room.clear()
+            # The writer wakes us after each frame; a poll covers a transport that drains
+            # while the writer is idle (nothing of ours queued, pongs in the buffer).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), ROOM_POLL)
 
-    def deliver(self, channel: str, tweet: StoredTweet, frame: bytes) -> None:
-        """A live tweet of a channel: send it, or hold it while the channel catches up."""
+    def take(self, channel: str, tweet: StoredTweet, frame: bytes) -> bool:
+        """A live tweet of a channel: True if it goes out now; held while catching up."""
+        if self.closed:
+            return False
         sub = self.subscriptions.get(channel)
         if sub is None or not wanted(sub, tweet):
-            return
-        seq = tweet.seq
+            return False
         if sub.live:
-            self.push(frame, seq)
-            return
-        sub.held.append((seq, frame))
-        sub.held_bytes += len(frame)
-        if sub.held_bytes > self.limit:
-            # Everything held is in the store; drop it and read it from there instead.
-            sub.held.clear()
-            sub.held_bytes = 0
-            sub.overflowed = True
+            return True
+        if not sub.overflowed:
+            sub.held.append((frame, tweet.seq))
+            sub.held_bytes += len(frame)
+            self._held += len(frame)
+            if self._held > self.limit:
+                # Everything held is in the store; drop it and read it from there instead.
+                # One bound for all the connection's waiting subscriptions together.
+                self.release_held(sub)
+                sub.overflowed = True
+        return False
+
+    def release_held(self, sub: Subscription) -> list[tuple[bytes, int]]:
+        """Take a subscription's held frames out of the connection's account."""
+        held = sub.held
+        self._held -= sub.held_bytes
+        sub.held = []
+        sub.held_bytes = 0
+        return held
 
     def slow_consumer(self) -> None:
+        if self.closed:
+            return
         log.warning(
-            "closing slow consumer %s: %d bytes queued, last seq %d",
+            "closing slow consumer %s: %d bytes unsent, last seq %d",
             self.peer,
-            self._queued,
+            self.backlog(),
             self.last_seq,
         )
         self.metrics.slow_consumers.inc()
-        self._abandon(CLOSE_SLOW_CONSUMER, "slow_consumer")
+        self.abandon(CLOSE_SLOW_CONSUMER, "slow_consumer")
 
-    def _abandon(self, code: int, reason: str) -> None:
+    def failed(self) -> None:
+        """Delivering to this client raised: close it (1011) and let it resume."""
+        if not self.closed:
+            self.abandon(CLOSE_INTERNAL_ERROR, "internal_error")
+
+    def abandon(self, code: int, reason: str) -> None:
+        """Close with ``code`` and the last seq, from synchronous code; drop what is queued."""
+        if self.closed:
+            return
         self.closed = True
         self._queue.clear()
         self._queued = 0
-        self._drained.set()
+        self._room.set()
         self._wakeup.set()
         if self._writer is not None:
             self._writer.cancel()
-        closing = asyncio.create_task(self._close(code, reason, CLOSE_TIMEOUT))
-        closing.add_done_callback(_ignore_result)
+        self._closing = asyncio.create_task(self._close(code, reason, CLOSE_TIMEOUT))
+        self._closing.add_done_callback(_ignore_result)
+
+    async def wait_abandoned(self) -> None:
+        """Wait for a close begun by :meth:`abandon`, so that its code is the one sent."""
+        if self._closing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._closing)
 
     async def close_now(self, code: int, reason: str) -> None:
         """Close at once (policy, expiry): what is queued is dropped."""
         self.closed = True
         self._queue.clear()
         self._queued = 0
-        self._drained.set()
+        self._room.set()
         if self._writer is not None:
             self._writer.cancel()
         await self._close(code, reason, CLOSE_TIMEOUT)
@@ -171,6 +247,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        self._room.set()
         for sub in self.subscriptions.values():
             if sub.task is not None:
                 sub.task.cancel()
@@ -184,7 +261,7 @@ class Session:
     def stop(self) -> None:
         """The connection is gone: stop the writer and every catch-up."""
         self.closed = True
-        self._drained.set()
+        self._room.set()
         for sub in self.subscriptions.values():
             if sub.task is not None:
                 sub.task.cancel()
@@ -195,16 +272,23 @@ class Session:
         try:
             while True:
                 if not self._queue:
+                    self._writer_turned = True
                     if self.closed:
                         return
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
+                # One frame at a time: a large publish goes out in pieces, and the
+                # connection's drain (bounded by ping_timeout) paces us.
+                self._writer_turned = True
                 frame, seq = self._queue.popleft()
                 self._queued -= len(frame)
-                if self._queued <= self.limit // 2:
-                    self._drained.set()
-                await self.conn.send(frame, text=True)
+                self._in_send = True
+                try:
+                    await self.conn.send(frame, text=True)
+                finally:
+                    self._in_send = False
+                self._room.set()
                 self.metrics.frames_sent.inc()
                 if seq > self.last_seq:
                     self.last_seq = seq
@@ -213,7 +297,7 @@ class Session:
         except Exception as exc:  # the socket went away; the handler notices and cleans up
             log.debug("writer for %s stopped: %s", self.peer, exc)
             self.closed = True
-            self._drained.set()
+            self._room.set()
 
 
 def wanted(sub: Subscription, tweet: StoredTweet) -> bool:

@@ -59,12 +59,20 @@ class Store(Protocol):
         ...
 
     async def read_after(
-        self, channel: str, after: int, until: int, limit: int
+        self, channel: str, after: int, until: int, limit: int, *, max_bytes: int | None = None
     ) -> list[StoredTweet]:
-        """Tweets of ``channel`` with ``after < seq <= until``, in seq order."""
+        """Tweets of ``channel`` with ``after < seq <= until``, in seq order.
+
+        At most ``limit`` tweets, and no more once their bodies reach ``max_bytes``
+        (the first one always comes).
+        """
         ...
 
-    async def count_after(self, channel: str, after: int, until: int) -> int: ...
+    async def count_after(
+        self, channel: str, after: int, until: int, *, cap: int | None = None
+    ) -> int:
+        """How many tweets ``read_after`` would give in all; counting stops past ``cap``."""
+        ...
 
     async def query(
         self, query: TweetQuery, *, timeout: float | None = None

@@ -404,30 +404,43 @@ class SQLiteStore:
         return await self._read(run)
 
     async def read_after(
-        self, channel: str, after: int, until: int, limit: int
+        self, channel: str, after: int, until: int, limit: int, *, max_bytes: int | None = None
     ) -> list[StoredTweet]:
         columns = "seq, rules, object, lang, author_username, has_media, text"
         sql, params = _channel_range(channel, columns, after, until)
 
         def run(conn: sqlite3.Connection) -> list[StoredTweet]:
-            rows = conn.execute(sql + " ORDER BY seq LIMIT ?", (*params, limit)).fetchall()
-            return [
-                StoredTweet(
-                    seq=seq,
-                    channels=(ALL_CHANNEL, *(RULE_PREFIX + key for key in orjson.loads(rules))),
-                    body=body.encode(),
-                    lang=lang,
-                    author=author,
-                    has_media=bool(has_media),
-                    text=text,
+            page: list[StoredTweet] = []
+            size = 0
+            # Rows come one at a time from the cursor: a byte budget stops the read early.
+            for seq, rules, body, lang, author, has_media, text in conn.execute(
+                sql + " ORDER BY seq LIMIT ?", (*params, limit)
+            ):
+                page.append(
+                    StoredTweet(
+                        seq=seq,
+                        channels=(ALL_CHANNEL, *(RULE_PREFIX + key for key in orjson.loads(rules))),
+                        body=body.encode(),
+                        lang=lang,
+                        author=author,
+                        has_media=bool(has_media),
+                        text=text,
+                    )
                 )
-                for seq, rules, body, lang, author, has_media, text in rows
-            ]
+                size += len(body)
+                if max_bytes is not None and size >= max_bytes:
+                    break
+            return page
 
         return await self._read(run)
 
-    async def count_after(self, channel: str, after: int, until: int) -> int:
-        sql, params = _channel_range(channel, "count(*)", after, until)
+    async def count_after(
+        self, channel: str, after: int, until: int, *, cap: int | None = None
+    ) -> int:
+        inner, inner_params = _channel_count(channel, after, until)
+        # Counting stops after cap + 1 rows: a subscribe from seq 0 never scans the store.
+        limit = -1 if cap is None else cap + 1
+        sql, params = f"SELECT count(*) FROM ({inner} LIMIT ?)", (*inner_params, limit)
         return await self._read(lambda conn: int(conn.execute(sql, params).fetchone()[0]))
 
     async def query(
@@ -550,12 +563,27 @@ def _limited(
 def _channel_range(
     channel: str, columns: str, after: int, until: int
 ) -> tuple[str, tuple[Any, ...]]:
-    """SQL for the tweets of one channel in a seq range; the key is always bound."""
+    """SQL for the tweets of one channel in a seq range; the key is always bound.
+
+    A rule channel walks its ``(tag, seq)`` index in seq order and joins each row,
+    so ``ORDER BY seq LIMIT n`` reads n rows, never the whole range first.
+    """
     if channel == ALL_CHANNEL:
         return f"SELECT {columns} FROM tweets WHERE seq > ? AND seq <= ?", (after, until)
     key = channel.removeprefix(RULE_PREFIX)
     return (
-        f"SELECT {columns} FROM tweets WHERE seq IN "
-        "(SELECT seq FROM tweet_rules WHERE tag = ? AND seq > ? AND seq <= ?)",
+        f"SELECT {columns} FROM tweet_rules CROSS JOIN tweets USING (seq) "
+        "WHERE tweet_rules.tag = ? AND tweet_rules.seq > ? AND tweet_rules.seq <= ?",
+        (key, after, until),
+    )
+
+
+def _channel_count(channel: str, after: int, until: int) -> tuple[str, tuple[Any, ...]]:
+    """Rows of one channel in a seq range, from the primary key or the rule index alone."""
+    if channel == ALL_CHANNEL:
+        return "SELECT 1 FROM tweets WHERE seq > ? AND seq <= ?", (after, until)
+    key = channel.removeprefix(RULE_PREFIX)
+    return (
+        "SELECT 1 FROM tweet_rules WHERE tag = ? AND seq > ? AND seq <= ?",
         (key, after, until),
     )
