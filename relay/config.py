@@ -34,6 +34,9 @@ class Settings:
     """Largest inbound client frame in bytes; larger closes the connection with 1009."""
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
+    compression: bool = False
+    """Offer permessage-deflate to clients that ask. Off: compressing costs CPU and zlib
+    memory per connection (every browser asks), and frames are built once for everyone."""
     """Seconds to wait for a keepalive pong, and the longest one write may wait on a client."""
     catch_ups_at_once: int = 2
     """Store reads of resume catch-ups at once over all connections; others wait their turn.
@@ -223,6 +226,7 @@ ENVIRONMENT = {
     "max_frame": ("RELAY_MAX_FRAME",),
     "ping_interval": ("RELAY_PING_INTERVAL",),
     "ping_timeout": ("RELAY_PING_TIMEOUT",),
+    "compression": ("RELAY_COMPRESSION",),
     "catch_ups_at_once": ("RELAY_CATCH_UPS_AT_ONCE",),
     "recovered_cap": ("RELAY_RECOVERED_CAP",),
     "secret": ("RELAY_SECRET",),
@@ -354,6 +358,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "batch_size": _int,
     "ping_interval": float,
     "ping_timeout": float,
+    "compression": parse_bool,
     "catch_ups_at_once": _int,
     "recovered_cap": _int,
     "speed": parse_speed,

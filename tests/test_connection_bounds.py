@@ -534,3 +534,22 @@ def test_a_fast_client_keeps_up_with_a_burst_of_large_publishes(
     assert "slow consumer" not in (tmp_path / "relay.log").read_text()
     ws.close()
     assert relay.stop() == 0
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_permessage_deflate_is_negotiated_only_when_the_operator_turns_it_on(
+    make_settings: Callable[..., Settings],
+    start_relay: Callable[..., RunningRelay],
+    enabled: bool,
+) -> None:
+    # Every browser offers deflate: by default it must cost the relay no zlib state and no
+    # per-client compression; an operator can still choose it.
+    relay = start_relay(make_settings(compression=enabled), PushSource())
+    ws = ws_connect(relay.ws_url)  # the websockets client offers permessage-deflate
+    try:
+        extensions = ws.response.headers.get("Sec-WebSocket-Extensions") if ws.response else None
+        assert (extensions is not None and "permessage-deflate" in extensions) is enabled
+        ws.send('{"op":"ping"}')
+        assert orjson.loads(ws.recv(timeout=UNIT))["type"] == "pong"
+    finally:
+        ws.close()
