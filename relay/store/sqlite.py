@@ -22,7 +22,6 @@ import logging
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from relay.errors import BadRequest, QueryTimeout, StoreError
+from relay.errors import StoreError
 from relay.query import Condition, TweetQuery
 from relay.store import AppendResult, StoredTweet, sqlite_query
 from relay.store.sqlite_schema import MIGRATIONS as MIGRATIONS  # re-exported
@@ -393,7 +392,7 @@ class SQLiteStore:
         """An object API read: on its own pool, stopped after ``timeout`` seconds."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._query_readers, lambda: _limited(self._reader(), run, timeout)
+            self._query_readers, lambda: sqlite_query.limited(self._reader(), run, timeout)
         )
 
     async def head(self) -> int:
@@ -407,7 +406,7 @@ class SQLiteStore:
         self, channel: str, after: int, until: int, limit: int, *, max_bytes: int | None = None
     ) -> list[StoredTweet]:
         columns = "seq, rules, object, lang, author_username, has_media, text"
-        sql, params = _channel_range(channel, columns, after, until)
+        sql, params = sqlite_query.channel_range(channel, columns, after, until)
 
         def run(conn: sqlite3.Connection) -> list[StoredTweet]:
             page: list[StoredTweet] = []
@@ -437,7 +436,7 @@ class SQLiteStore:
     async def count_after(
         self, channel: str, after: int, until: int, *, cap: int | None = None
     ) -> int:
-        inner, inner_params = _channel_count(channel, after, until)
+        inner, inner_params = sqlite_query.channel_count(channel, after, until)
         # Counting stops after cap + 1 rows: a subscribe from seq 0 never scans the store.
         limit = -1 if cap is None else cap + 1
         sql, params = f"SELECT count(*) FROM ({inner} LIMIT ?)", (*inner_params, limit)
@@ -531,59 +530,3 @@ class SQLiteStore:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
-
-
-PROGRESS_STEPS = 1000
-"""SQLite virtual machine steps between two looks at the clock during a limited query."""
-
-
-def _limited(
-    conn: sqlite3.Connection, run: Callable[[sqlite3.Connection], T], timeout: float | None
-) -> T:
-    """``run(conn)``, interrupted with :class:`QueryTimeout` after ``timeout`` seconds."""
-    deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
-    if timeout is not None:
-        conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
-    try:
-        return run(conn)
-    except sqlite3.OperationalError as exc:
-        if time.monotonic() > deadline and "interrupt" in str(exc):
-            raise QueryTimeout(
-                f"the query ran longer than {timeout:g} s; narrow it (q, rule, since_seq)"
-            ) from None
-        if "fts5" in str(exc):  # full-text syntax the words slipped past: the client's input
-            raise BadRequest("parameter 'search' cannot be searched for") from None
-        raise
-    finally:
-        conn.set_progress_handler(None, 0)
-        if conn.in_transaction:  # a query stopped half-way leaves its read transaction
-            conn.execute("ROLLBACK")
-
-
-def _channel_range(
-    channel: str, columns: str, after: int, until: int
-) -> tuple[str, tuple[Any, ...]]:
-    """SQL for the tweets of one channel in a seq range; the key is always bound.
-
-    A rule channel walks its ``(tag, seq)`` index in seq order and joins each row,
-    so ``ORDER BY seq LIMIT n`` reads n rows, never the whole range first.
-    """
-    if channel == ALL_CHANNEL:
-        return f"SELECT {columns} FROM tweets WHERE seq > ? AND seq <= ?", (after, until)
-    key = channel.removeprefix(RULE_PREFIX)
-    return (
-        f"SELECT {columns} FROM tweet_rules CROSS JOIN tweets USING (seq) "
-        "WHERE tweet_rules.tag = ? AND tweet_rules.seq > ? AND tweet_rules.seq <= ?",
-        (key, after, until),
-    )
-
-
-def _channel_count(channel: str, after: int, until: int) -> tuple[str, tuple[Any, ...]]:
-    """Rows of one channel in a seq range, from the primary key or the rule index alone."""
-    if channel == ALL_CHANNEL:
-        return "SELECT 1 FROM tweets WHERE seq > ? AND seq <= ?", (after, until)
-    key = channel.removeprefix(RULE_PREFIX)
-    return (
-        "SELECT 1 FROM tweet_rules WHERE tag = ? AND seq > ? AND seq <= ?",
-        (key, after, until),
-    )

@@ -1,4 +1,5 @@
-"""Compiles the object API's structured queries (:mod:`relay.query`) to SQLite SQL.
+"""SQLite SQL for the reads: the object API's structured queries (:mod:`relay.query`),
+the stream's channel ranges, and the time limit object queries run under.
 
 Column names and SQL come from the fixed tables below; every value is a bound
 parameter. Two conditions need Python's own string functions, because SQLite's
@@ -10,11 +11,16 @@ means on the stream.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+from relay.errors import BadRequest, QueryTimeout
 from relay.filters import fold
 from relay.query import Condition, TweetQuery
+from relay.tweets import ALL_CHANNEL, RULE_PREFIX
+
+T = TypeVar("T")
 
 COLUMNS = {
     "id": "id",
@@ -114,3 +120,59 @@ def _condition(condition: Condition, in_rules: str) -> tuple[str, list[Any]]:
 def _fts_expression(words: Sequence[str]) -> str:
     # Each word quoted: FTS5 syntax (OR, NEAR, *, -, ") in user text stays plain text.
     return " ".join('"' + word.replace('"', '""') + '"' for word in words)
+
+
+PROGRESS_STEPS = 1000
+"""SQLite virtual machine steps between two looks at the clock during a limited query."""
+
+
+def limited(
+    conn: sqlite3.Connection, run: Callable[[sqlite3.Connection], T], timeout: float | None
+) -> T:
+    """``run(conn)``, interrupted with :class:`QueryTimeout` after ``timeout`` seconds."""
+    deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+    if timeout is not None:
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
+    try:
+        return run(conn)
+    except sqlite3.OperationalError as exc:
+        if time.monotonic() > deadline and "interrupt" in str(exc):
+            raise QueryTimeout(
+                f"the query ran longer than {timeout:g} s; narrow it (q, rule, since_seq)"
+            ) from None
+        if "fts5" in str(exc):  # full-text syntax the words slipped past: the client's input
+            raise BadRequest("parameter 'search' cannot be searched for") from None
+        raise
+    finally:
+        conn.set_progress_handler(None, 0)
+        if conn.in_transaction:  # a query stopped half-way leaves its read transaction
+            conn.execute("ROLLBACK")
+
+
+def channel_range(
+    channel: str, columns: str, after: int, until: int
+) -> tuple[str, tuple[Any, ...]]:
+    """SQL for the tweets of one channel in a seq range; the key is always bound.
+
+    A rule channel walks its ``(tag, seq)`` index in seq order and joins each row,
+    so ``ORDER BY seq LIMIT n`` reads n rows, never the whole range first.
+    """
+    if channel == ALL_CHANNEL:
+        return f"SELECT {columns} FROM tweets WHERE seq > ? AND seq <= ?", (after, until)
+    key = channel.removeprefix(RULE_PREFIX)
+    return (
+        f"SELECT {columns} FROM tweet_rules CROSS JOIN tweets USING (seq) "
+        "WHERE tweet_rules.tag = ? AND tweet_rules.seq > ? AND tweet_rules.seq <= ?",
+        (key, after, until),
+    )
+
+
+def channel_count(channel: str, after: int, until: int) -> tuple[str, tuple[Any, ...]]:
+    """Rows of one channel in a seq range, from the primary key or the rule index alone."""
+    if channel == ALL_CHANNEL:
+        return "SELECT 1 FROM tweets WHERE seq > ? AND seq <= ?", (after, until)
+    key = channel.removeprefix(RULE_PREFIX)
+    return (
+        "SELECT 1 FROM tweet_rules WHERE tag = ? AND seq > ? AND seq <= ?",
+        (key, after, until),
+    )
