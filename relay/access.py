@@ -10,7 +10,7 @@ from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from relay.auth import Grant, Policy, Secrets, bearer_token, verify_token
-from relay.errors import Forbidden, Unauthorized
+from relay.errors import Forbidden, TokenRevoked, Unauthorized
 from relay.filters import TweetFilter, parse_filter
 from relay.query import Condition, rules_condition
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX
@@ -48,7 +48,7 @@ class Access:
         if grant.jti is not None and grant.jti in self.revoked:
             if self.metrics is not None:
                 self.metrics.refused.labels("revoked").inc()
-            raise Unauthorized("the token has been revoked")
+            raise TokenRevoked("the token has been revoked")
         return grant
 
     def readable_rules(self, grant: Grant | None, keys: Iterable[str]) -> list[str] | None:

@@ -19,7 +19,7 @@ from relay.bus import Bus
 from relay.bus.memory import MemoryBus
 from relay.config import Settings
 from relay.errors import ConfigError
-from relay.http import ApiLimits, HttpApi
+from relay.http import READY, ApiLimits, HttpApi, Readiness
 from relay.hub import Hub
 from relay.ingest import Ingest
 from relay.metrics import Metrics
@@ -93,6 +93,7 @@ class Relay:
         self.bus: Bus = MemoryBus()
         self._source = source
         self._running = False
+        self._stopping = False
         self.drained = True
         """False when a stop ran out of time before ingest had drained."""
         self.store: Store | None = None
@@ -134,7 +135,7 @@ class Relay:
             self.metrics,
             access,
             public_url=settings.public_url,
-            is_ready=lambda: self.ready,
+            readiness=self.readiness,
             limits=api_limits(settings),
         )
         self.server = StreamServer(settings, hub, api, self.metrics, clock=self.clock)
@@ -162,6 +163,16 @@ class Relay:
         """Started, not stopping, and ingest still going: what ``/readyz`` answers."""
         return self._running and self.ingest is not None and not self.ingest.failed.is_set()
 
+    def readiness(self) -> Readiness:
+        """What ``/readyz`` answers: a failure first (with one line why), then the phase."""
+        error = self.error
+        if error is not None:
+            lines = str(error).strip().splitlines()
+            return Readiness("failed", lines[0] if lines else type(error).__name__)
+        if self._stopping:
+            return Readiness("stopping")
+        return READY if self.ready else Readiness("starting")
+
     @property
     def error(self) -> BaseException | None:
         """Why the relay cannot go on (ingest failed), if it cannot."""
@@ -173,8 +184,14 @@ class Relay:
         return self.server.port
 
     async def stop(self, timeout: float = 8.0) -> None:
-        """Drain and stop; every step is bounded so the whole stays under ``timeout``."""
+        """Drain and stop; every step is bounded so the whole stays under ``timeout``.
+
+        Once: a second call returns at once.
+        """
+        if self._stopping:
+            return
         self._running = False
+        self._stopping = True
         if self._watcher is not None:
             self._watcher.cancel()
         if self.server is not None:

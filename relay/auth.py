@@ -257,12 +257,25 @@ class TokenBucket:
         self.updated = now
 
     def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
+        self._fill(now)
         if self.tokens < 1:
             return False
         self.tokens -= 1
         return True
+
+    def set_rate(self, rate: float, burst: float, now: float) -> None:
+        """Go on at ``rate`` and ``burst`` from ``now``, keeping what is left (up to ``burst``).
+
+        What accrued until ``now`` accrued at the old rate; a new token's limits never
+        hand out a fresh burst.
+        """
+        self._fill(now)
+        self.rate, self.burst = rate, burst
+        self.tokens = min(self.tokens, burst)
+
+    def _fill(self, now: float) -> None:
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
 
 
 def bearer_token(headers: Mapping[str, str], query: Mapping[str, Sequence[str]]) -> str | None:

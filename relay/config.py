@@ -28,6 +28,12 @@ class Settings:
     port: int = 8080
     public_url: str = ""
     """Base URL clients should use (https://relay.example.org); derived from Host when empty."""
+    trusted_proxies: int = 0
+    """Proxies in front of the relay that append to X-Forwarded-For (1 on Heroku).
+
+    The client is the entry that many places from the right; it keys the limits per
+    address. 0 ignores the header, which any client can forge.
+    """
     send_buffer: int = 1 << 20
     """Bytes a connection may have queued before it is closed as a slow consumer (4008)."""
     max_frame: int = 64 * 1024
@@ -173,6 +179,8 @@ class Settings:
             raise ConfigError("max_sort_terms must be 1..3 (createdAt, seq, id)")
         if self.max_offset < 0:
             raise ConfigError("max_offset must not be negative")
+        if self.trusted_proxies < 0:
+            raise ConfigError("trusted_proxies must not be negative")
         for key in (
             "queries_per_client",
             "query_readers",
@@ -222,6 +230,7 @@ ENVIRONMENT = {
     "host": ("RELAY_HOST",),
     "port": ("PORT", "RELAY_PORT"),
     "public_url": ("RELAY_PUBLIC_URL",),
+    "trusted_proxies": ("RELAY_TRUSTED_PROXIES",),
     "send_buffer": ("RELAY_SEND_BUFFER",),
     "max_frame": ("RELAY_MAX_FRAME",),
     "ping_interval": ("RELAY_PING_INTERVAL",),
@@ -353,6 +362,7 @@ def _int(value: Any) -> int:
 
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "port": _int,
+    "trusted_proxies": _int,
     "send_buffer": _int,
     "max_frame": _int,
     "batch_size": _int,

@@ -43,6 +43,8 @@ class StreamConnection(HttpWireConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.grant: Grant | None = None
+        self.client = ""
+        """The client's address (behind trusted proxies, the one they forwarded)."""
         self.session: Session | None = None
         self.on_control_frame: Callable[[], bool] | None = None
         """Counts a control frame; False when the client is over its rate."""
@@ -88,7 +90,7 @@ class StreamConnection(HttpWireConnection):
         except TimeoutError:
             log.info(
                 "closing %s: a write waited %.0f s (the client reads nothing)",
-                self.remote_address,
+                self.session.peer if self.session is not None else self.remote_address,
                 self.ping_timeout,
             )
             if self.session is not None:

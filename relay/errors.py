@@ -11,6 +11,7 @@
         ├── BadRequest         bad query parameter or bad frame (HTTP 400, error frame)
         ├── NotFound           unknown path or object (HTTP 404)
         ├── Unauthorized       missing or invalid token (HTTP 401, close 4001)
+        │   └── TokenRevoked   a token on the revocation list (counted where it is found)
         ├── Forbidden          valid token, resource not granted (HTTP 403, close 4003)
         ├── MethodNotAllowed   an HTTP method other than GET and HEAD (HTTP 405)
         ├── TooManyRequests    this client has too many queries in flight (HTTP 429)
@@ -108,6 +109,14 @@ class Unauthorized(ClientError):
     status = 401
     reason = "unauthorized"
     code = "unauthorized"
+
+
+class TokenRevoked(Unauthorized):
+    """A token whose id is on the revocation list.
+
+    :class:`~relay.access.Access` counts it (``relay_refused{reason="revoked"}``) where
+    it finds it, so callers that count their own refusals leave this one out.
+    """
 
 
 class Forbidden(ClientError):

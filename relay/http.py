@@ -99,8 +99,11 @@ def redact(target: str, limit: int = LOGGED_TARGET) -> str:
 class LogSampler:
     """At most ``burst`` lines per ``window`` seconds; then one line saying how many were not."""
 
-    def __init__(self, burst: int = 20, window: float = 10.0) -> None:
+    def __init__(
+        self, burst: int = 20, window: float = 10.0, what: str = "refused requests"
+    ) -> None:
         self.burst = burst
+        self.what = what
         self.window = window
         self._start = float("-inf")
         self._logged = 0
@@ -109,13 +112,25 @@ class LogSampler:
     def allow(self, now: float) -> bool:
         if now - self._start >= self.window:
             if self._skipped:
-                log.info("%d more refused requests were not logged", self._skipped)
+                log.info("%d more %s were not logged", self._skipped, self.what)
             self._start, self._logged, self._skipped = now, 0, 0
         if self._logged < self.burst:
             self._logged += 1
             return True
         self._skipped += 1
         return False
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """What ``/readyz`` says: ``starting``, ``ready``, ``stopping`` or ``failed`` (and why)."""
+
+    status: str
+    error: str = ""
+    """One line, for ``failed``: why the relay cannot go on."""
+
+
+READY = Readiness("ready")
 
 
 @dataclass
@@ -153,7 +168,7 @@ class HttpApi:
         access: Access,
         *,
         public_url: str = "",
-        is_ready: Callable[[], bool] = lambda: True,
+        readiness: Callable[[], Readiness] = lambda: READY,
         web_root: Path | None = None,
         limits: ApiLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -163,7 +178,7 @@ class HttpApi:
         self.access = access
         self.metrics = metrics
         self.public_url = public_url.rstrip("/")
-        self.is_ready = is_ready
+        self.readiness = readiness
         self.web_root = web_root or Path(str(resources.files("client_demo") / "web"))
         self.limits = limits or ApiLimits()
         self.clock = clock
@@ -335,8 +350,11 @@ class HttpApi:
         return json_reply(200, {"status": "ok"})
 
     async def _ready(self, params: Params, headers: Mapping[str, str], client: str) -> Reply:
-        ready = self.is_ready()
-        return json_reply(200 if ready else 503, {"status": "ready" if ready else "starting"})
+        state = self.readiness()
+        body = {"status": state.status}
+        if state.error:
+            body["error"] = redact(state.error)  # public: never a token, whatever failed
+        return json_reply(200 if state == READY else 503, body)
 
     async def _metrics(self, params: Params, headers: Mapping[str, str], client: str) -> Reply:
         return Reply(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")

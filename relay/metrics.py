@@ -50,6 +50,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.bad_forwarded_for = Counter(
+            "relay_bad_forwarded_for",
+            "Requests whose X-Forwarded-For entry for the client was not an IP address "
+            "(counted by the socket address instead)",
+            registry=r,
+        )
         self.source_connects = Counter(
             "relay_source_connects", "Connections made to the X stream", registry=r
         )

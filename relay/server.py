@@ -32,9 +32,11 @@ from relay.errors import (
     BadRequest,
     ClientError,
     Forbidden,
+    TokenRevoked,
     Unauthorized,
 )
-from relay.http import STREAM_PATH, HttpApi, Reply, error_reply
+from relay.forwarded import FORWARDED_FOR, BadForwardedFor, client_address
+from relay.http import STREAM_PATH, HttpApi, LogSampler, Reply, error_reply
 from relay.http_wire import has_body
 from relay.hub import Hub
 from relay.metrics import Metrics
@@ -64,6 +66,7 @@ class StreamServer:
         self.server: Server | None = None
         self._per_address: Counter[str] = Counter()
         self._per_subject: Counter[str] = Counter()
+        self._forwarded_sampler = LogSampler(what="bad X-Forwarded-For entries")
 
     async def start(self) -> None:
         self.server = await serve(
@@ -102,9 +105,12 @@ class StreamServer:
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
         headers = _plain_headers(request.headers)
+        client = self._client_address(conn, request)
+        if isinstance(conn, StreamConnection):
+            conn.client = client
         if path != STREAM_PATH or request.method != "GET":
             reply = await self.api.handle(
-                request.path, headers, method=request.method, client=_address(conn)
+                request.path, headers, method=request.method, client=client
             )
             return _response(reply, head=request.method == "HEAD")
         # Refused before the upgrade: a bad token never gets a WebSocket.
@@ -115,18 +121,34 @@ class StreamServer:
             if grant is None and not self.policy.is_open:
                 raise Unauthorized("this relay needs a token (Authorization: Bearer or ?token=)")
         except ClientError as exc:
-            self.metrics.refused.labels(exc.reason).inc()
-            log.info("refused a stream connection from %s: %s", _peer(conn), exc.message)
+            if not isinstance(exc, TokenRevoked):  # Access counted it already, as revoked
+                self.metrics.refused.labels(exc.reason).inc()
+            log.info("refused a stream connection from %s: %s", _peer(conn, client), exc.message)
             return _response(error_reply(exc))
         # On the connection itself: a failed handshake leaves nothing behind.
         if isinstance(conn, StreamConnection):
             conn.grant = grant
         return None
 
+    def _client_address(self, conn: ServerConnection, request: Request) -> str:
+        """The client's address, through the trusted proxies' X-Forwarded-For (one place)."""
+        try:
+            return client_address(
+                _address(conn),
+                request.headers.get_all(FORWARDED_FOR),
+                self.settings.trusted_proxies,
+            )
+        except BadForwardedFor as exc:
+            self.metrics.bad_forwarded_for.inc()
+            if self._forwarded_sampler.allow(time.monotonic()):
+                log.info("%s from %s; counted by that address", exc, _peer(conn))
+            return _address(conn)
+
     async def _handle(self, conn: ServerConnection) -> None:
-        peer = _peer(conn)
-        grant = conn.grant if isinstance(conn, StreamConnection) else None
-        address = peer.rsplit(":", 1)[0]
+        grant, address = None, _address(conn)
+        if isinstance(conn, StreamConnection):
+            grant, address = conn.grant, conn.client or address
+        peer = _peer(conn, address)
         refusal = self._over_connection_limit(address, grant)
         if refusal:
             self.metrics.refused.labels("connection_limit").inc()
@@ -250,6 +272,11 @@ class StreamServer:
         session.state["grant"] = grant
         if old is None:
             self._count_subject(session, grant)
+        # The new token's limits from now on: its rate here, its subscription limit at the
+        # next subscribe (subscriptions past a lower limit stay; new ones are refused).
+        session.state["bucket"].set_rate(
+            self.policy.limit(grant, "ops_per_second"), self.policy.ops_burst, self.clock()
+        )
         session.push(protocol.refreshed(grant.expires_at, op.ref))
         session.state.pop("expiry_notice", None)
         for channel, sub in list(session.subscriptions.items()):
@@ -317,11 +344,16 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-def _peer(conn: ServerConnection) -> str:
+def _peer(conn: ServerConnection, client: str = "") -> str:
+    """The connection for a log line: ``host:port``, and the client behind a proxy."""
     address = conn.remote_address
     if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return str(address)
+        socket = f"{address[0]}:{address[1]}"
+    else:
+        socket = str(address)
+    if client and client != socket.rsplit(":", 1)[0]:
+        return f"{client} via {socket}"
+    return socket
 
 
 def _address(conn: ServerConnection) -> str:

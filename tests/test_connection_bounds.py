@@ -24,8 +24,10 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from relay.auth import issue_token
 from relay.config import Settings
 from relay.filters import TweetFilter
+from tests.fake_x import FakeTime
 from tests.support import (
     UNIT,
     PushSource,
@@ -510,6 +512,45 @@ def test_a_refresh_to_a_pinned_token_bounds_the_existing_subscriptions(
     source.push(stream_line(5, lang="ja"))
     assert receive_tweets(ws, 1)[0]["seq"] == 5  # and nothing English came in between
     ws.close()
+
+
+def test_a_refresh_applies_the_new_tokens_rate_and_subscription_limit(
+    make_settings: Callable[..., Settings], start_relay: Start
+) -> None:
+    clock = FakeTime()  # the rate limit's clock: moved by the test only
+    settings = make_settings(secret=SECRET, ops_per_second=100, ops_burst=4, max_subscriptions=3)
+    relay = start_relay(settings, PushSource(), clock=clock.clock)
+
+    def alice(**limits: float) -> str:
+        return issue_token(
+            SECRET, subject="alice", channels=["rule:*"], ttl=600, now=clock.now, limits=limits
+        )
+
+    def reply(op: dict[str, Any]) -> dict[str, Any]:
+        ws.send(orjson.dumps(op).decode())
+        answer: dict[str, Any] = orjson.loads(ws.recv(timeout=UNIT))
+        return answer
+
+    ws = ws_connect(
+        relay.ws_url,
+        ping_interval=None,  # no pings of our own: every frame here is counted on purpose
+        additional_headers={"Authorization": "Bearer " + alice()},
+    )
+    for channel in ("rule:a", "rule:b"):
+        assert reply({"op": "subscribe", "channel": channel})["type"] == "subscribed"
+    slower = alice(ops_per_second=1, max_subscriptions=1)
+    assert reply({"op": "refresh", "token": slower, "id": 1})["type"] == "refreshed"
+    # The two subscriptions past the new limit stay; a new one is refused.
+    refused = reply({"op": "subscribe", "channel": "rule:c"})
+    assert refused["type"] == "error" and refused["code"] == "too_many_subscriptions"
+    # Four ops took the burst. A second at the old rate would refill it; at the new, one op.
+    clock.now += 1.0
+    assert reply({"op": "ping"})["type"] == "pong"
+    ws.send('{"op":"ping"}')
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            ws.recv(timeout=UNIT)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4029
 
 
 def test_a_fast_client_keeps_up_with_a_burst_of_large_publishes(

@@ -25,8 +25,10 @@ from typing import Any
 import orjson
 import pytest
 
+from relay.app import Relay
 from relay.config import Settings
-from relay.errors import StoreError
+from relay.errors import SourceError, StoreError
+from relay.http import Readiness
 from relay.ingest import Ingest, LogSample
 from relay.metrics import Metrics
 from relay.sources import RawLine
@@ -317,6 +319,46 @@ def test_a_store_failure_stops_ingest_and_readyz_answers_503(
     assert isinstance(relay.relay.error, StoreError)
     assert "full" in str(relay.relay.error)
     assert relay.get("/readyz")[0] == 503
+
+
+class FailingSource:
+    """A source that cannot go on: it says why, as a live source refused by the API does."""
+
+    name = "failing"
+
+    async def lines(self) -> AsyncIterator[RawLine]:
+        raise SourceError("the X API refused the bearer token (401)\nsecond line of detail")
+        yield RawLine(b"", 0.0)  # a generator, like every source
+
+
+def test_readyz_says_failed_and_why_once_ingest_failed(
+    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+) -> None:
+    relay = start_relay(make_settings(), FailingSource())
+    assert relay.relay.ingest is not None
+    wait_for(relay.relay.ingest.failed.is_set, 4 * UNIT, "ingest to fail")
+    status, body = relay.get("/readyz")
+    assert status == 503
+    assert body == {"status": "failed", "error": "the X API refused the bearer token (401)"}
+    assert relay.get("/healthz")[0] == 200  # alive, not ready: the process is still up
+
+
+def test_readyz_says_starting_before_start_and_stopping_once_a_stop_began(
+    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+) -> None:
+    assert Relay(make_settings()).readiness() == Readiness("starting")
+    relay = start_relay(make_settings(), PushSource())
+    assert relay.get("/readyz") == (200, {"status": "ready"})
+    api = relay.relay.server.api  # type: ignore[union-attr]
+
+    async def stop_and_ask() -> Any:
+        stopping = asyncio.create_task(relay.relay.stop())
+        await asyncio.sleep(0)  # the stop has begun (it no longer accepts connections)
+        reply = await api.handle("/readyz", {})
+        await stopping
+        return reply.status, orjson.loads(reply.body)
+
+    assert relay.call(stop_and_ask()) == (503, {"status": "stopping"})
 
 
 class ListSource:

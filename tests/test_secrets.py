@@ -298,6 +298,7 @@ def test_a_revoked_token_is_refused_everywhere_and_its_connections_close_with_40
     assert receive_tweets(other, 1)[0]["seq"] == 2  # the other token is untouched
     metrics = relay.relay.metrics.render().decode()
     assert 'relay_refused_total{reason="revoked"} 4.0' in metrics  # close, upgrade, API, refresh
+    assert 'reason="unauthorized"' not in metrics  # each refusal counted once, as revoked
     other.close()
 
 
