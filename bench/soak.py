@@ -199,6 +199,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         health.stopping.set()
         exit_code = relay.stop()
         log_text = relay.log_path.read_text(errors="replace")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "relay.log").write_text(log_text)  # kept beside the report, to read what it says
     return figures(args, kinds, rss.values, health.values, final, exit_code, log_text)
 
 
@@ -362,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(record=True, width=120)
     render(report, console)
     (out / "soak-report.txt").write_text(console.export_text())
-    console.print(f"report: {out / 'soak-report.json'} and {out / 'soak-report.txt'}")
+    console.print(f"report: {out / 'soak-report.json'} and {out / 'soak-report.txt'}; relay.log")
     return 0
 
 

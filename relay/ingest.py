@@ -86,6 +86,10 @@ class LogSample:
         self._since = self.clock()
 
 
+LINES_PER_TURN = 64
+"""Lines read or parsed before ingest lets the other tasks of the event loop run."""
+
+
 class Ingest:
     def __init__(
         self,
@@ -161,9 +165,16 @@ class Ingest:
 
     async def _read(self) -> None:
         lines = self.source.lines()
+        read = 0
         try:
             async for line in lines:
                 await self._lines.put(line)
+                read += 1
+                if read % LINES_PER_TURN == 0 and self._lines.qsize() >= self.batch_size:
+                    # A source that never waits (a replay at full speed) and a queue with
+                    # room never suspend: once a full batch waits, let the loop serve
+                    # clients in between (earlier would cut batches short).
+                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except RelayError as exc:  # a source that cannot go on says why in one line
@@ -188,7 +199,13 @@ class Ingest:
                 done = True
             lines = [line for line in batch if line is not None]
             if lines and not self.failed.is_set():
-                tweets, users = self._parse(lines)
+                tweets, users = [], []
+                for start in range(0, len(lines), LINES_PER_TURN):
+                    if start:
+                        await asyncio.sleep(0)  # a batch parses in slices, between clients
+                    more_tweets, more_users = self._parse(lines[start : start + LINES_PER_TURN])
+                    tweets += more_tweets
+                    users += more_users
                 if tweets:
                     # The receive time is the source's; a nonsense one falls back to now.
                     received = usable_unix(lines[-1].received_at)
