@@ -34,7 +34,7 @@ from relay.errors import (
     Forbidden,
     Unauthorized,
 )
-from relay.http import STREAM_PATH, HttpApi, Reply, error_reply
+from relay.http import STREAM_PATH, HttpApi, LogSampler, Reply, error_reply
 from relay.http_wire import has_body
 from relay.hub import Hub
 from relay.metrics import Metrics
@@ -64,6 +64,9 @@ class StreamServer:
         self.server: Server | None = None
         self._per_address: Counter[str] = Counter()
         self._per_subject: Counter[str] = Counter()
+        # Refusals come at whatever rate clients choose (handshakes, bad frames): each is
+        # counted in a metric, but only a sample of them is logged.
+        self._refusals_logged = LogSampler()
 
     async def start(self) -> None:
         self.server = await serve(
@@ -113,7 +116,7 @@ class StreamServer:
                 raise Unauthorized("this relay needs a token (Authorization: Bearer or ?token=)")
         except ClientError as exc:
             self.metrics.refused.labels(exc.reason).inc()
-            log.info("refused a stream connection from %s: %s", _peer(conn), exc.message)
+            self._log_refusal("refused a stream connection from %s: %s", _peer(conn), exc.message)
             return _response(error_reply(exc))
         # On the connection itself: a failed handshake leaves nothing behind.
         if isinstance(conn, StreamConnection):
@@ -127,7 +130,7 @@ class StreamServer:
         refusal = self._over_connection_limit(address, grant)
         if refusal:
             self.metrics.refused.labels("connection_limit").inc()
-            log.info("refused %s: %s", peer, refusal)
+            self._log_refusal("refused %s: %s", peer, refusal)
             await conn.close(CLOSE_POLICY, refusal)
             return
         self._per_address[address] += 1
@@ -171,9 +174,13 @@ class StreamServer:
             return True
         if not session.closed:
             self.metrics.refused.labels("rate_limited").inc()
-            log.info("closing %s: too many %s", session.peer, what)
+            self._log_refusal("closing %s: too many %s", session.peer, what)
             session.abandon(CLOSE_RATE_LIMITED, "rate_limited")
         return False
+
+    def _log_refusal(self, message: str, *args: object) -> None:
+        if self._refusals_logged.allow(self.clock()):
+            log.info(message, *args)
 
     def _count_subject(self, session: Session, grant: Grant | None) -> None:
         """Move the connection's count to ``grant``'s subject (None: uncount it)."""
@@ -216,7 +223,7 @@ class StreamServer:
 
     def _refuse(self, session: Session, code: str, message: str, op: str | None, ref: Any) -> None:
         self.metrics.bad_frames.labels(code).inc()
-        log.info("refused a frame from %s: %s", session.peer, message)
+        self._log_refusal("refused a frame from %s: %s", session.peer, message)
         session.push(protocol.error(code, message, op, ref))
 
     def _subscribe(self, session: Session, op: protocol.Op) -> None:
