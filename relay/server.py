@@ -81,6 +81,10 @@ class StreamServer:
             ping_timeout=self.settings.ping_timeout,
             # Our own bounded buffer does the flow control; keep the library's small.
             write_limit=64 * 1024,
+            # Frames are built once for every client (DESIGN, the hot path): permessage-
+            # deflate, the library's default, would compress each of them again per client,
+            # on the event loop. 20 readers at full speed held the loop for 5 s at a time.
+            compression=None,
             close_timeout=2,
         )
 

@@ -60,3 +60,23 @@ def test_refusals_are_all_counted_but_only_a_sample_is_logged(
         if r.name == "relay.server" and r.getMessage().startswith("refused a")
     ]
     assert 0 < len(lines) <= 40, len(lines)
+
+
+def test_no_client_gets_frames_compressed_for_it_alone(
+    make_settings: Callable[..., Settings], start_relay: Start
+) -> None:
+    """Frames are encoded once for every client; a client cannot make us deflate them again.
+
+    Before, the library's default permessage-deflate was negotiated with every client that
+    offered it (every browser, the websockets client): each frame was compressed once per
+    client on the event loop, and 20 readers at ``--speed max`` held the loop for 5 s at a
+    time (/healthz p50 3.2 s, SIGTERM past its drain time).
+    """
+    relay = start_relay(make_settings())
+    ws = ws_connect(relay.ws_url, compression="deflate")
+    try:
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+        ws.send('{"op": "ping"}')
+        assert orjson.loads(ws.recv(timeout=UNIT)) == {"type": "pong"}
+    finally:
+        ws.close()
