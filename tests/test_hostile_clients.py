@@ -6,14 +6,20 @@ Real relays on 127.0.0.1, real clients; nothing here stands in for a part of the
 from __future__ import annotations
 
 import logging
+import os
+import resource
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
 
 from relay.config import Settings
-from tests.support import UNIT, RunningRelay, counted, ws_connect
+from tests.support import ROOT, UNIT, RunningRelay, counted, ws_connect
 from tests.test_access import SECRET
 
 Start = Callable[..., RunningRelay]
@@ -80,3 +86,48 @@ def test_no_client_gets_frames_compressed_for_it_alone(
         assert orjson.loads(ws.recv(timeout=UNIT)) == {"type": "pong"}
     finally:
         ws.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="reads /proc (Linux)")
+def test_relay_run_raises_its_open_files_limit_to_the_hard_one(tmp_path: Path) -> None:
+    """Idle sockets are cheap for a client: at a soft limit of 1,024 one client holding a
+    thousand half-sent requests stopped the relay accepting anyone. ``relay run`` takes
+    what the operator's hard limit allows.
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip("no finite hard limit above the test's soft one")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "run",
+            "--port",
+            "0",
+            "--db",
+            str(tmp_path / "r.db"),
+            "--replay",
+            str(empty),
+            "--no-loop",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+    )
+    try:
+        assert proc.stdout is not None
+        assert "http://" in proc.stdout.readline()  # started: the limit is set before this
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        soft_now = limits.split("Max open files")[1].split()[0]
+        assert soft_now == str(hard), limits
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(4 * UNIT) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()
