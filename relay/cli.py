@@ -186,7 +186,29 @@ def setup_logging(level: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     setup_logging(settings.log_level)
+    raise_open_files_limit()
     return asyncio.run(_run(settings))
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit of open files to the hard one (the operator's choice).
+
+    Every connection holds a descriptor, a half-sent HTTP request too, for up to the
+    handshake timeout. At the common soft default of 1024, one anonymous client holding
+    about a thousand idle sockets stopped the relay accepting anyone (/healthz 5 s, and a
+    traceback logged per failed accept); the hard limit is usually far higher.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not a POSIX system
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return  # unlimited: the kernel's own cap applies, nothing to raise to
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        logging.getLogger("relay").warning("cannot raise the open files limit: %s", exc)
 
 
 async def _run(settings: Settings) -> int:

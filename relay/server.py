@@ -67,6 +67,9 @@ class StreamServer:
         self._per_address: Counter[str] = Counter()
         self._per_subject: Counter[str] = Counter()
         self._forwarded_sampler = LogSampler(what="bad X-Forwarded-For entries")
+        # Refusals come at whatever rate clients choose (handshakes, bad frames): each is
+        # counted in a metric, but only a sample of them is logged.
+        self._refusals_logged = LogSampler()
 
     async def start(self) -> None:
         self.server = await serve(
@@ -123,7 +126,9 @@ class StreamServer:
         except ClientError as exc:
             if not isinstance(exc, TokenRevoked):  # Access counted it already, as revoked
                 self.metrics.refused.labels(exc.reason).inc()
-            log.info("refused a stream connection from %s: %s", _peer(conn, client), exc.message)
+            self._log_refusal(
+                "refused a stream connection from %s: %s", _peer(conn, client), exc.message
+            )
             return _response(error_reply(exc))
         # On the connection itself: a failed handshake leaves nothing behind.
         if isinstance(conn, StreamConnection):
@@ -152,7 +157,7 @@ class StreamServer:
         refusal = self._over_connection_limit(address, grant)
         if refusal:
             self.metrics.refused.labels("connection_limit").inc()
-            log.info("refused %s: %s", peer, refusal)
+            self._log_refusal("refused %s: %s", peer, refusal)
             await conn.close(CLOSE_POLICY, refusal)
             return
         self._per_address[address] += 1
@@ -196,9 +201,13 @@ class StreamServer:
             return True
         if not session.closed:
             self.metrics.refused.labels("rate_limited").inc()
-            log.info("closing %s: too many %s", session.peer, what)
+            self._log_refusal("closing %s: too many %s", session.peer, what)
             session.abandon(CLOSE_RATE_LIMITED, "rate_limited")
         return False
+
+    def _log_refusal(self, message: str, *args: object) -> None:
+        if self._refusals_logged.allow(self.clock()):
+            log.info(message, *args)
 
     def _count_subject(self, session: Session, grant: Grant | None) -> None:
         """Move the connection's count to ``grant``'s subject (None: uncount it)."""
@@ -241,7 +250,7 @@ class StreamServer:
 
     def _refuse(self, session: Session, code: str, message: str, op: str | None, ref: Any) -> None:
         self.metrics.bad_frames.labels(code).inc()
-        log.info("refused a frame from %s: %s", session.peer, message)
+        self._log_refusal("refused a frame from %s: %s", session.peer, message)
         session.push(protocol.error(code, message, op, ref))
 
     def _subscribe(self, session: Session, op: protocol.Op) -> None:
