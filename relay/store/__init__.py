@@ -82,7 +82,8 @@ class Store(Protocol):
         The store compiles ``query.conditions`` itself, each with the meaning
         :mod:`relay.query` gives it (a filter's conditions match exactly the tweets
         :meth:`relay.filters.TweetFilter.matches` passes). Page and count come from one
-        snapshot. A query still running after ``timeout`` seconds is stopped and raises
+        snapshot. A query not finished ``timeout`` seconds after this call (waiting for a
+        reader counts) is stopped, or never started, and raises
         :class:`~relay.errors.QueryTimeout`. Object API reads never hold up the readers
         of the stream side (``read_after``, ``count_after``, ``rule_keys``, ``head``).
         """

@@ -22,6 +22,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -389,10 +390,15 @@ class SQLiteStore:
         return await loop.run_in_executor(self._readers, lambda: run(self._reader()))
 
     async def _query(self, run: Callable[[sqlite3.Connection], T], timeout: float | None) -> T:
-        """An object API read: on its own pool, stopped after ``timeout`` seconds."""
+        """An object API read: on its own pool, stopped ``timeout`` seconds after now.
+
+        The clock starts here, not when a reader picks the query up: the wait counts.
+        """
         loop = asyncio.get_running_loop()
+        accepted = time.monotonic()
         return await loop.run_in_executor(
-            self._query_readers, lambda: sqlite_query.limited(self._reader(), run, timeout)
+            self._query_readers,
+            lambda: sqlite_query.limited(self._reader(), run, timeout, accepted=accepted),
         )
 
     async def head(self) -> int:

@@ -127,10 +127,25 @@ PROGRESS_STEPS = 1000
 
 
 def limited(
-    conn: sqlite3.Connection, run: Callable[[sqlite3.Connection], T], timeout: float | None
+    conn: sqlite3.Connection,
+    run: Callable[[sqlite3.Connection], T],
+    timeout: float | None,
+    *,
+    accepted: float | None = None,
 ) -> T:
-    """``run(conn)``, interrupted with :class:`QueryTimeout` after ``timeout`` seconds."""
-    deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+    """``run(conn)``, interrupted with :class:`QueryTimeout` ``timeout`` seconds after
+    ``accepted`` (a :func:`time.monotonic` time; default: now).
+
+    The time waited for a reader counts: a query that comes to a reader past its deadline
+    raises at once without running, so a queue of heavy queries cannot make a light one
+    wait longer than the limit.
+    """
+    start = time.monotonic()
+    deadline = (start if accepted is None else accepted) + (timeout if timeout is not None else 1e9)
+    if start > deadline:
+        raise QueryTimeout(
+            f"the query waited longer than {timeout:g} s for a reader; ask again later"
+        )
     if timeout is not None:
         conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
     try:
