@@ -59,12 +59,22 @@ class Store(Protocol):
         ...
 
     async def read_after(
-        self, channel: str, after: int, until: int, limit: int, *, max_bytes: int | None = None
+        self,
+        channel: str,
+        after: int,
+        until: int,
+        limit: int,
+        *,
+        max_bytes: int | None = None,
+        conditions: Sequence[Condition] = (),
     ) -> list[StoredTweet]:
-        """Tweets of ``channel`` with ``after < seq <= until``, in seq order.
+        """Tweets of ``channel`` with ``after < seq <= until`` that meet every condition
+        (a subscription's filter), in seq order; the others are never read out.
 
         At most ``limit`` tweets, and no more once their bodies reach ``max_bytes``
-        (the first one always comes).
+        bytes (the first one always comes). A page shorter than ``limit`` whose bodies
+        add up to less than ``max_bytes`` holds every match up to ``until``: the next
+        read may start at ``until``.
         """
         ...
 

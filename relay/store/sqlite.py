@@ -409,10 +409,17 @@ class SQLiteStore:
         return await self._read(run)
 
     async def read_after(
-        self, channel: str, after: int, until: int, limit: int, *, max_bytes: int | None = None
+        self,
+        channel: str,
+        after: int,
+        until: int,
+        limit: int,
+        *,
+        max_bytes: int | None = None,
+        conditions: Sequence[Condition] = (),
     ) -> list[StoredTweet]:
         columns = "seq, rules, object, lang, author_username, has_media, text"
-        sql, params = sqlite_query.channel_range(channel, columns, after, until)
+        sql, params = sqlite_query.channel_range(channel, columns, after, until, conditions)
 
         def run(conn: sqlite3.Connection) -> list[StoredTweet]:
             page: list[StoredTweet] = []
@@ -421,18 +428,19 @@ class SQLiteStore:
             for seq, rules, body, lang, author, has_media, text in conn.execute(
                 sql + " ORDER BY seq LIMIT ?", (*params, limit)
             ):
+                encoded = body.encode()
                 page.append(
                     StoredTweet(
                         seq=seq,
                         channels=(ALL_CHANNEL, *(RULE_PREFIX + key for key in orjson.loads(rules))),
-                        body=body.encode(),
+                        body=encoded,
                         lang=lang,
                         author=author,
                         has_media=bool(has_media),
                         text=text,
                     )
                 )
-                size += len(body)
+                size += len(encoded)
                 if max_bytes is not None and size >= max_bytes:
                     break
             return page

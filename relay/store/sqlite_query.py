@@ -165,20 +165,33 @@ def limited(
 
 
 def channel_range(
-    channel: str, columns: str, after: int, until: int
+    channel: str,
+    columns: str,
+    after: int,
+    until: int,
+    conditions: Sequence[Condition] = (),
 ) -> tuple[str, tuple[Any, ...]]:
-    """SQL for the tweets of one channel in a seq range; the key is always bound.
+    """SQL for the tweets of one channel in a seq range that meet every condition
+    (a subscription's filter: :meth:`relay.filters.TweetFilter.conditions`); the key
+    and the values are always bound.
 
     A rule channel walks its ``(tag, seq)`` index in seq order and joins each row,
-    so ``ORDER BY seq LIMIT n`` reads n rows, never the whole range first.
+    so ``ORDER BY seq LIMIT n`` reads n rows, never the whole range first. Conditions
+    are tested on each row of the range, in SQLite: rows that fail them never reach
+    Python.
     """
+    clause, params = where(conditions, per_row=True)
+    extra = clause.replace(" WHERE ", " AND ", 1)
     if channel == ALL_CHANNEL:
-        return f"SELECT {columns} FROM tweets WHERE seq > ? AND seq <= ?", (after, until)
+        return (
+            f"SELECT {columns} FROM tweets WHERE seq > ? AND seq <= ?{extra}",
+            (after, until, *params),
+        )
     key = channel.removeprefix(RULE_PREFIX)
     return (
         f"SELECT {columns} FROM tweet_rules CROSS JOIN tweets USING (seq) "
-        "WHERE tweet_rules.tag = ? AND tweet_rules.seq > ? AND tweet_rules.seq <= ?",
-        (key, after, until),
+        f"WHERE tweet_rules.tag = ? AND tweet_rules.seq > ? AND tweet_rules.seq <= ?{extra}",
+        (key, after, until, *params),
     )
 
 
