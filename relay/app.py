@@ -220,6 +220,7 @@ def api_limits(settings: Settings) -> ApiLimits:
         ),
         query_timeout=settings.query_timeout,
         queries_per_client=settings.queries_per_client,
+        queries_waiting=settings.queries_waiting,
     )
 
 

@@ -81,6 +81,9 @@ class Settings:
     """Object API requests one client (token subject, else address) may have in flight."""
     query_readers: int = 2
     """Reader threads for object API queries, apart from the stream's readers."""
+    queries_waiting: int = 8
+    """Object API requests waiting or running, all clients together; more answer 503
+    (Retry-After) at once instead of queueing behind the readers."""
     max_sort_terms: int = 3
     """Most sort fields in one query (createdAt, seq, id, each once)."""
     max_in_items: int = 100
@@ -184,6 +187,7 @@ class Settings:
         for key in (
             "queries_per_client",
             "query_readers",
+            "queries_waiting",
             "max_in_items",
             "max_connections_per_subject",
             "max_connections_per_address",
@@ -254,6 +258,7 @@ ENVIRONMENT = {
     "query_timeout": ("RELAY_QUERY_TIMEOUT",),
     "queries_per_client": ("RELAY_QUERIES_PER_CLIENT",),
     "query_readers": ("RELAY_QUERY_READERS",),
+    "queries_waiting": ("RELAY_QUERIES_WAITING",),
     "max_sort_terms": ("RELAY_MAX_SORT_TERMS",),
     "max_in_items": ("RELAY_MAX_IN_ITEMS",),
     "max_offset": ("RELAY_MAX_OFFSET",),
@@ -389,6 +394,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "query_timeout": float,
     "queries_per_client": _int,
     "query_readers": _int,
+    "queries_waiting": _int,
     "max_sort_terms": _int,
     "max_in_items": _int,
     "max_offset": _int,

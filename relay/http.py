@@ -5,9 +5,10 @@ headers and returns a :class:`Reply`; ``server.py`` turns it into a response.
 
 Everything a token reads here is bounded by its scope (:meth:`Access.scope`: readable
 rules and pinned filters), in the query itself: a tweet or user outside it answers
-exactly like a missing one. Object API queries have a time limit (503), and one client
-(token subject, or address without a token) has at most ``queries_per_client`` of them
-in flight (429). Logs never carry a token: targets are redacted and truncated.
+exactly like a missing one. Object API queries have a time limit, counted from when
+the request is accepted (503), one client (token subject, or address without a token)
+has at most ``queries_per_client`` of them in flight (429), and all clients together at
+most ``queries_waiting`` (503). Logs never carry a token: targets are redacted and truncated.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 import orjson
 
 from relay import __version__
-from relay.errors import ClientError, MethodNotAllowed, NotFound, TooManyRequests
+from relay.errors import ClientError, MethodNotAllowed, NotFound, TooManyRequests, Unavailable
 from relay.protocol import PROTOCOL_VERSION
 from relay.query import Condition, QueryLimits, parse_tweet_query
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX
@@ -63,6 +64,8 @@ class ApiLimits:
     """Seconds an object API query may run before it is stopped (503, Retry-After)."""
     queries_per_client: int = 2
     """Object API requests one client may have in flight; more answer 429."""
+    queries_waiting: int = 8
+    """Object API requests waiting or running, all clients together; more answer 503."""
 
 
 def check_method(method: str, path: str) -> None:
@@ -183,6 +186,8 @@ class HttpApi:
         self.limits = limits or ApiLimits()
         self.clock = clock
         self._in_flight: Counter[str] = Counter()
+        self._queries = 0
+        """Object API requests in flight, all clients together."""
         self._sampler = LogSampler()
         self._keys: tuple[int, float, list[str]] | None = None
         self._routes: dict[str, Callable[[Params, Mapping[str, str], str], Awaitable[Reply]]] = {
@@ -285,17 +290,28 @@ class HttpApi:
 
     @contextmanager
     def _slot(self, grant: Grant | None, client: str) -> Iterator[None]:
-        """One of the client's object API queries in flight; 429 past the limit."""
+        """One of the client's object API queries in flight.
+
+        429 past the client's own limit: that client asks too much. 503 past the global
+        one: the relay is busy, through no fault of this client, which may ask again soon.
+        Refused at once rather than queued, since a queued query would use up its time
+        limit waiting.
+        """
         key = f"sub:{grant.subject}" if grant is not None else f"addr:{client}"
         if self._in_flight[key] >= self.limits.queries_per_client:
             self.metrics.refused.labels("queries_per_client").inc()
             raise TooManyRequests(
                 f"at most {self.limits.queries_per_client} object queries at once per client"
             )
+        if self._queries >= self.limits.queries_waiting:
+            self.metrics.refused.labels("queries_waiting").inc()
+            raise Unavailable("the object API is busy; ask again later")
         self._in_flight[key] += 1
+        self._queries += 1
         try:
             yield
         finally:
+            self._queries -= 1
             self._in_flight[key] -= 1
             if not self._in_flight[key]:
                 del self._in_flight[key]

@@ -15,6 +15,8 @@ seq then gives no gap and no duplicate (invariant 3).
 Catch-ups are bounded: one at a time per connection (in the order asked), a
 fixed number of store reads at once overall, small pages read only when the
 client has taken most of what it was sent, and ``recovered`` counted up to a cap.
+A subscription's filter is tested in the store, over windows of at most
+``CATCH_UP_SCAN`` seqs: a filter that matches nothing reads no tweet out.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 
 CATCH_UP_PAGE = 64
 """Most tweets one catch-up read takes from the store (also bounded in bytes)."""
+CATCH_UP_SCAN = 4096
+"""Most seqs one filtered catch-up read looks through: a filter that matches little
+cannot hold a store reader for a whole scan of the store in one read."""
 
 
 class Hub:
@@ -243,17 +248,21 @@ class Hub:
         page_bytes = max(1, session.limit // 4)
         while last < head:
             await session.wait_room()
+            # The filter goes to the store, so tweets it refuses are never read out; taken
+            # afresh for each page, as a refresh may narrow it. wanted() still checks.
+            conditions = sub.filter.conditions() if sub.filter is not None else ()
+            until = min(head, last + CATCH_UP_SCAN) if conditions else head
             async with self._reads:
                 page = await self.store.read_after(
-                    channel, last, head, CATCH_UP_PAGE, max_bytes=page_bytes
+                    channel, last, until, CATCH_UP_PAGE, max_bytes=page_bytes, conditions=conditions
                 )
-            if not page:
-                break
             frames = []
             for tweet in page:
                 last = tweet.seq
                 if wanted(sub, tweet):
                     frames.append((protocol.tweet(channel, tweet.seq, tweet.body), tweet.seq))
+            if len(page) < CATCH_UP_PAGE and sum(len(t.body) for t in page) < page_bytes:
+                last = until  # a short page: no other match up to until (Store.read_after)
             if session.closed:
                 raise SessionClosed
             session.enqueue_paced(frames)

@@ -59,12 +59,22 @@ class Store(Protocol):
         ...
 
     async def read_after(
-        self, channel: str, after: int, until: int, limit: int, *, max_bytes: int | None = None
+        self,
+        channel: str,
+        after: int,
+        until: int,
+        limit: int,
+        *,
+        max_bytes: int | None = None,
+        conditions: Sequence[Condition] = (),
     ) -> list[StoredTweet]:
-        """Tweets of ``channel`` with ``after < seq <= until``, in seq order.
+        """Tweets of ``channel`` with ``after < seq <= until`` that meet every condition
+        (a subscription's filter), in seq order; the others are never read out.
 
         At most ``limit`` tweets, and no more once their bodies reach ``max_bytes``
-        (the first one always comes).
+        bytes (the first one always comes). A page shorter than ``limit`` whose bodies
+        add up to less than ``max_bytes`` holds every match up to ``until``: the next
+        read may start at ``until``.
         """
         ...
 
@@ -82,7 +92,8 @@ class Store(Protocol):
         The store compiles ``query.conditions`` itself, each with the meaning
         :mod:`relay.query` gives it (a filter's conditions match exactly the tweets
         :meth:`relay.filters.TweetFilter.matches` passes). Page and count come from one
-        snapshot. A query still running after ``timeout`` seconds is stopped and raises
+        snapshot. A query not finished ``timeout`` seconds after this call (waiting for a
+        reader counts) is stopped, or never started, and raises
         :class:`~relay.errors.QueryTimeout`. Object API reads never hold up the readers
         of the stream side (``read_after``, ``count_after``, ``rule_keys``, ``head``).
         """

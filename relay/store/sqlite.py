@@ -22,6 +22,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -389,10 +390,15 @@ class SQLiteStore:
         return await loop.run_in_executor(self._readers, lambda: run(self._reader()))
 
     async def _query(self, run: Callable[[sqlite3.Connection], T], timeout: float | None) -> T:
-        """An object API read: on its own pool, stopped after ``timeout`` seconds."""
+        """An object API read: on its own pool, stopped ``timeout`` seconds after now.
+
+        The clock starts here, not when a reader picks the query up: the wait counts.
+        """
         loop = asyncio.get_running_loop()
+        accepted = time.monotonic()
         return await loop.run_in_executor(
-            self._query_readers, lambda: sqlite_query.limited(self._reader(), run, timeout)
+            self._query_readers,
+            lambda: sqlite_query.limited(self._reader(), run, timeout, accepted=accepted),
         )
 
     async def head(self) -> int:
@@ -403,10 +409,17 @@ class SQLiteStore:
         return await self._read(run)
 
     async def read_after(
-        self, channel: str, after: int, until: int, limit: int, *, max_bytes: int | None = None
+        self,
+        channel: str,
+        after: int,
+        until: int,
+        limit: int,
+        *,
+        max_bytes: int | None = None,
+        conditions: Sequence[Condition] = (),
     ) -> list[StoredTweet]:
         columns = "seq, rules, object, lang, author_username, has_media, text"
-        sql, params = sqlite_query.channel_range(channel, columns, after, until)
+        sql, params = sqlite_query.channel_range(channel, columns, after, until, conditions)
 
         def run(conn: sqlite3.Connection) -> list[StoredTweet]:
             page: list[StoredTweet] = []
@@ -415,18 +428,19 @@ class SQLiteStore:
             for seq, rules, body, lang, author, has_media, text in conn.execute(
                 sql + " ORDER BY seq LIMIT ?", (*params, limit)
             ):
+                encoded = body.encode()
                 page.append(
                     StoredTweet(
                         seq=seq,
                         channels=(ALL_CHANNEL, *(RULE_PREFIX + key for key in orjson.loads(rules))),
-                        body=body.encode(),
+                        body=encoded,
                         lang=lang,
                         author=author,
                         has_media=bool(has_media),
                         text=text,
                     )
                 )
-                size += len(body)
+                size += len(encoded)
                 if max_bytes is not None and size >= max_bytes:
                     break
             return page

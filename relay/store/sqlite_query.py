@@ -127,10 +127,25 @@ PROGRESS_STEPS = 1000
 
 
 def limited(
-    conn: sqlite3.Connection, run: Callable[[sqlite3.Connection], T], timeout: float | None
+    conn: sqlite3.Connection,
+    run: Callable[[sqlite3.Connection], T],
+    timeout: float | None,
+    *,
+    accepted: float | None = None,
 ) -> T:
-    """``run(conn)``, interrupted with :class:`QueryTimeout` after ``timeout`` seconds."""
-    deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+    """``run(conn)``, interrupted with :class:`QueryTimeout` ``timeout`` seconds after
+    ``accepted`` (a :func:`time.monotonic` time; default: now).
+
+    The time waited for a reader counts: a query that comes to a reader past its deadline
+    raises at once without running, so a queue of heavy queries cannot make a light one
+    wait longer than the limit.
+    """
+    start = time.monotonic()
+    deadline = (start if accepted is None else accepted) + (timeout if timeout is not None else 1e9)
+    if start > deadline:
+        raise QueryTimeout(
+            f"the query waited longer than {timeout:g} s for a reader; ask again later"
+        )
     if timeout is not None:
         conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
     try:
@@ -150,20 +165,33 @@ def limited(
 
 
 def channel_range(
-    channel: str, columns: str, after: int, until: int
+    channel: str,
+    columns: str,
+    after: int,
+    until: int,
+    conditions: Sequence[Condition] = (),
 ) -> tuple[str, tuple[Any, ...]]:
-    """SQL for the tweets of one channel in a seq range; the key is always bound.
+    """SQL for the tweets of one channel in a seq range that meet every condition
+    (a subscription's filter: :meth:`relay.filters.TweetFilter.conditions`); the key
+    and the values are always bound.
 
     A rule channel walks its ``(tag, seq)`` index in seq order and joins each row,
-    so ``ORDER BY seq LIMIT n`` reads n rows, never the whole range first.
+    so ``ORDER BY seq LIMIT n`` reads n rows, never the whole range first. Conditions
+    are tested on each row of the range, in SQLite: rows that fail them never reach
+    Python.
     """
+    clause, params = where(conditions, per_row=True)
+    extra = clause.replace(" WHERE ", " AND ", 1)
     if channel == ALL_CHANNEL:
-        return f"SELECT {columns} FROM tweets WHERE seq > ? AND seq <= ?", (after, until)
+        return (
+            f"SELECT {columns} FROM tweets WHERE seq > ? AND seq <= ?{extra}",
+            (after, until, *params),
+        )
     key = channel.removeprefix(RULE_PREFIX)
     return (
         f"SELECT {columns} FROM tweet_rules CROSS JOIN tweets USING (seq) "
-        "WHERE tweet_rules.tag = ? AND tweet_rules.seq > ? AND tweet_rules.seq <= ?",
-        (key, after, until),
+        f"WHERE tweet_rules.tag = ? AND tweet_rules.seq > ? AND tweet_rules.seq <= ?{extra}",
+        (key, after, until, *params),
     )
 
 
