@@ -53,8 +53,11 @@ class Hub:
         head: int = 0,
         catch_ups_at_once: int = 2,
         recovered_cap: int = 1000,
+        catch_up_scan: int = CATCH_UP_SCAN,
     ) -> None:
         self.store = store
+        self.catch_up_scan = catch_up_scan
+        """Seqs one filtered catch-up read looks through at most."""
         self.metrics = metrics
         self.head = head
         """The last seq published; every tweet up to it is in the store."""
@@ -251,7 +254,7 @@ class Hub:
             # The filter goes to the store, so tweets it refuses are never read out; taken
             # afresh for each page, as a refresh may narrow it. wanted() still checks.
             conditions = sub.filter.conditions() if sub.filter is not None else ()
-            until = min(head, last + CATCH_UP_SCAN) if conditions else head
+            until = min(head, last + self.catch_up_scan) if conditions else head
             async with self._reads:
                 page = await self.store.read_after(
                     channel, last, until, CATCH_UP_PAGE, max_bytes=page_bytes, conditions=conditions

@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 import pytest
 
-from relay import hub
 from relay.auth import issue_token
 from relay.config import Settings
 from tests.support import UNIT, PushSource, RunningRelay, counted, stream_line, subscribe
@@ -44,12 +43,12 @@ def needle(tag: str = "cats", lang: str = "en", author: str = "a1") -> bytes:
 def relay(
     make_settings: Callable[..., Settings],
     start_relay: Callable[..., RunningRelay],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> RunningRelay:
-    # Windows smaller than the store, so reads cross many of them and many full pages.
-    monkeypatch.setattr(hub, "CATCH_UP_SCAN", 256)
     source = PushSource()
     running = start_relay(make_settings(secret=SECRET, public_channels=[]), source)
+    # Windows smaller than the store, so reads cross many of them and many full pages.
+    assert running.relay.hub is not None
+    running.relay.hub.catch_up_scan = 256
     source.push(*(tweet(i) for i in range(1, COUNT + 1)))
     running.wait_stored(COUNT)
     running.source = source  # type: ignore[attr-defined]
