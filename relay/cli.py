@@ -215,6 +215,12 @@ async def _run(settings: Settings) -> int:
     from relay.app import Relay
 
     relay = Relay(settings)
+    # Handlers first: a SIGTERM that comes as soon as the URLs are printed (a supervisor,
+    # a test reading them) must drain, not kill the process with the default action.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     await relay.start()
     host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
     base = f"http://{host}:{relay.port}"
@@ -223,10 +229,6 @@ async def _run(settings: Settings) -> int:
     print(f"relay: stream  ws://{host}:{relay.port}/v1/stream", flush=True)
     print(f"relay: objects {base}/v1/objects/tweets  info {base}/v1/info", flush=True)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     assert relay.ingest is not None
     waits = [asyncio.create_task(stop.wait()), asyncio.create_task(relay.ingest.failed.wait())]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
