@@ -205,7 +205,7 @@ class StreamConnection(HttpWireConnection):
                 await super().drain()
         except TimeoutError:
             log.info(
-                "closing %s: a write waited %.0f s (the client reads nothing)",
+                "closing %s: a write waited %g s (the client reads nothing)",
                 self.session.peer if self.session is not None else socket_name(self.remote_address),
                 self.ping_timeout,
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import re
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -19,7 +20,15 @@ import pytest
 from relay.config import Settings
 from relay.connection import AcceptErrorFilter
 from relay.errors import ConfigError
-from tests.support import UNIT, PushSource, RunningRelay, counted, wait_for, ws_connect
+from tests.support import (
+    UNIT,
+    PushSource,
+    RunningRelay,
+    counted,
+    stream_line,
+    wait_for,
+    ws_connect,
+)
 
 HALF_REQUEST = b"GET /healthz HTTP/1.1\r\nHost: relay\r\n"  # no blank line: never complete
 
@@ -143,3 +152,24 @@ def test_accept_errors_out_of_descriptors_are_sampled(
     # One a minute for the whole process (another relay in this process may have had it).
     assert sum(m.startswith(AcceptErrorFilter.MESSAGE) for m in messages) <= 1
     assert any(m.startswith("something else went wrong") for m in messages)  # others pass
+
+
+def test_a_write_timeout_before_the_stream_names_the_peer_as_host_and_port(
+    make_settings: Callable[..., Settings],
+    start_relay: Callable[..., RunningRelay],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An object API answer (no stream session yet) larger than the kernel's buffers, to a
+    # client that reads nothing: the write times out after ping_timeout.
+    source = PushSource()
+    relay = start_relay(make_settings(ping_timeout=0.5), source)
+    source.push(*(stream_line(n, "x" * 9000) for n in range(1, 1001)))
+    relay.wait_stored(1000)
+    caplog.set_level(logging.INFO, logger="relay.connection")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
+        sock.settimeout(UNIT)
+        sock.connect(("127.0.0.1", relay.port))
+        sock.sendall(b"GET /v1/objects/tweets?limit=1000 HTTP/1.1\r\nHost: relay\r\n\r\n")
+        wait_for(lambda: "a write waited" in caplog.text, 4 * UNIT, "the write timeout")
+    assert re.search(r"closing 127\.0\.0\.1:\d+: a write waited", caplog.text), caplog.text
