@@ -58,6 +58,10 @@ class Settings:
     """Channel patterns anyone may read without a token; empty makes every channel private."""
     max_connections_per_subject: int = 100
     max_connections_per_address: int = 200
+    max_sockets_per_address: int = 400
+    """TCP connections one socket address may hold open in any state (a half-sent request,
+    plain HTTP, a stream); past it a new one is reset at once. Not applied behind trusted
+    proxies, where every client has the proxy's address."""
     max_subscriptions: int = 50
     ops_per_second: float = 20.0
     ops_burst: int = 40
@@ -198,6 +202,11 @@ class Settings:
         ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1")
+        if self.max_sockets_per_address < self.max_connections_per_address:
+            raise ConfigError(
+                "max_sockets_per_address must be at least max_connections_per_address "
+                "(it counts the streams too)"
+            )
         if self.ops_per_second <= 0 or self.refresh_grace < 0:
             raise ConfigError("ops_per_second must be positive and refresh_grace not negative")
         if self.stall_timeout <= 0 or self.poll_interval <= 0:
@@ -246,6 +255,7 @@ ENVIRONMENT = {
     "public_channels": ("RELAY_PUBLIC_CHANNELS",),
     "max_connections_per_subject": ("RELAY_MAX_CONNECTIONS_PER_SUBJECT",),
     "max_connections_per_address": ("RELAY_MAX_CONNECTIONS_PER_ADDRESS",),
+    "max_sockets_per_address": ("RELAY_MAX_SOCKETS_PER_ADDRESS",),
     "max_subscriptions": ("RELAY_MAX_SUBSCRIPTIONS",),
     "ops_per_second": ("RELAY_OPS_PER_SECOND",),
     "ops_burst": ("RELAY_OPS_BURST",),
@@ -380,6 +390,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "public_channels": parse_patterns,
     "max_connections_per_subject": _int,
     "max_connections_per_address": _int,
+    "max_sockets_per_address": _int,
     "max_subscriptions": _int,
     "ops_burst": _int,
     "stall_timeout": float,

@@ -24,7 +24,7 @@ from websockets.http11 import Request, Response
 from relay import protocol
 from relay.auth import Grant, TokenBucket
 from relay.config import Settings
-from relay.connection import StreamConnection
+from relay.connection import SocketCount, StreamConnection, sample_accept_errors, socket_name
 from relay.errors import (
     CLOSE_POLICY,
     CLOSE_RATE_LIMITED,
@@ -66,19 +66,25 @@ class StreamServer:
         self.server: Server | None = None
         self._per_address: Counter[str] = Counter()
         self._per_subject: Counter[str] = Counter()
+        # Every socket per address, from the accept. Behind trusted proxies every client
+        # has the proxy's address: counted, never refused (the proxy bounds its sockets).
+        self.sockets = SocketCount(
+            0 if settings.trusted_proxies else settings.max_sockets_per_address, metrics
+        )
         self._forwarded_sampler = LogSampler(what="bad X-Forwarded-For entries")
         # Refusals come at whatever rate clients choose (handshakes, bad frames): each is
         # counted in a metric, but only a sample of them is logged.
         self._refusals_logged = LogSampler()
 
     async def start(self) -> None:
+        sample_accept_errors()
         self.server = await serve(
             self._handle,
             self.settings.host,
             self.settings.port,
             process_request=self._process_request,
-            # Our bounds on every frame and write; one plain HTTP request per connection.
-            create_connection=StreamConnection,
+            # Our bounds on every socket, frame and write; one plain HTTP request per connection.
+            create_connection=StreamConnection.counted_by(self.sockets),
             max_size=self.settings.max_frame,
             # Deflate per client costs about 40% of the event loop under load (profiled in
             # the soak) and zlib state per connection: off unless the operator wants it.
@@ -355,11 +361,7 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
 
 def _peer(conn: ServerConnection, client: str = "") -> str:
     """The connection for a log line: ``host:port``, and the client behind a proxy."""
-    address = conn.remote_address
-    if isinstance(address, tuple) and len(address) >= 2:
-        socket = f"{address[0]}:{address[1]}"
-    else:
-        socket = str(address)
+    socket = socket_name(conn.remote_address)
     if client and client != socket.rsplit(":", 1)[0]:
         return f"{client} via {socket}"
     return socket
