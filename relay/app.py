@@ -1,28 +1,33 @@
 """Wires a :class:`~relay.config.Settings` into running parts, and stops them cleanly.
 
-Start order: store, hub, HTTP/WebSocket server, then the source, so the first
-tweet already finds its listeners. Stop order is the reverse, and drains: the
-source stops, what it sent is committed and published, every client gets what
-is queued for it and then 1001 with its last seq, the store closes.
+Start order: store, bus, hub, HTTP/WebSocket server and the bus follower, then (once
+this process holds the writer's turn) the source, so the first tweet already finds
+its listeners. Stop order is the reverse, and drains: the source stops, what it sent
+is committed and published, every client gets what is queued for it and then 1001
+with its last seq, the store closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from relay.access import Access
 from relay.bus import Bus
 from relay.bus.memory import MemoryBus
 from relay.config import Settings
-from relay.errors import ConfigError
+from relay.errors import ConfigError, RelayError, StoreNotReady
+from relay.follower import Follower
 from relay.http import READY, ApiLimits, HttpApi, Readiness
 from relay.hub import Hub
 from relay.ingest import Ingest
 from relay.metrics import Metrics
+from relay.ops_http import OpsServer
 from relay.query import QueryLimits
 from relay.revocation import RevocationList
 from relay.server import StreamServer
@@ -75,8 +80,22 @@ def build_source(
     raise ConfigError(f"unknown source {settings.source!r}")
 
 
+ROLES = ("run", "ingest", "serve")
+"""``run``: source, store and clients in one process (the embedded mode). ``ingest``:
+source -> store -> bus, no client port. ``serve``: bus -> clients, any number of them."""
+
+CLAIM_GRACE = 1.0
+"""Seconds ``start`` waits for the writer lease before it returns standing by."""
+
+
 class Relay:
-    """Source and server in one process: the embedded mode of ``relay run``."""
+    """One relay process in one of :data:`ROLES`, built from the same parts.
+
+    Every role publishes and follows through a bus: ingest hands each committed batch
+    to ``bus.publish``; a :class:`~relay.follower.Follower` hands what the bus brings to
+    the hub, filling gaps from the store. In ``run`` the bus is in-process (or Redis
+    when ``redis_url`` is set, so more ``serve`` processes can join).
+    """
 
     def __init__(
         self,
@@ -85,12 +104,18 @@ class Relay:
         source: Source | None = None,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
+        role: str = "run",
+        metrics_port: int | None = None,
     ) -> None:
+        if role not in ROLES:
+            raise ConfigError(f"unknown role {role!r}")
         self.settings = settings
+        self.role = role
         self.clock = clock
         self.sleep = sleep
         self.metrics = Metrics()
-        self.bus: Bus = MemoryBus()
+        self.metrics_port = metrics_port
+        self.bus: Bus | None = None
         self._source = source
         self._running = False
         self._stopping = False
@@ -99,21 +124,67 @@ class Relay:
         self.store: Store | None = None
         self.hub: Hub | None = None
         self.server: StreamServer | None = None
+        self.ops: OpsServer | None = None
+        self.follower: Follower | None = None
         self.ingest: Ingest | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        self.failed = asyncio.Event()
+        """Set when the process cannot go on: ingest, the lease or the follower failed."""
+        self._error: BaseException | None = None
+        self._waiting = ""
+        """What start is waiting for (the store, the writer lease), for ``/readyz``."""
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def ingests(self) -> bool:
+        return self.role in ("run", "ingest")
+
+    @property
+    def serves(self) -> bool:
+        return self.role in ("run", "serve")
 
     async def start(self) -> None:
         settings = self.settings
-        if self._source is None:
+        if self._source is None and self.ingests:
             _check_source(settings)
         revoked = (
             RevocationList.open(settings.revoked_tokens_file)
-            if settings.revoked_tokens_file
+            if settings.revoked_tokens_file and self.serves
             else None
         )
-        store = self.store = await SQLiteStore.open(
-            settings.db, query_readers=settings.query_readers
+        if self.role == "serve" or self.metrics_port is not None:
+            # Up before the store: a health check gets 503 and why, not a refused port.
+            port = settings.port if self.role == "serve" else self.metrics_port
+            self.ops = OpsServer(
+                settings.host,
+                port or 0,
+                self.readiness,
+                self.metrics if self.role == "ingest" else None,
+            )
+            await self.ops.start()
+        self._waiting = "waiting for the store"
+        store = self.store = await open_store(settings, writer=self.ingests, sleep=self.sleep)
+        self.bus = open_bus(settings, store.epoch, self.metrics)
+        self._tasks.append(asyncio.create_task(self.bus.start(), name="bus-start"))
+        if self.serves:
+            await self._start_serving(store, self.bus, revoked)
+        self._running = True
+        if self.ingests:
+            writing = asyncio.create_task(self._ingest_when_writer(store, self.bus))
+            self._tasks.append(writing)
+            await asyncio.wait([writing], timeout=CLAIM_GRACE)
+        else:
+            self._waiting = ""
+        log.info(
+            "relay %s started: store epoch %s, head seq %d",
+            self.role,
+            store.epoch,
+            self.hub.head if self.hub is not None else await store.head(),
         )
+        if self.serves:
+            _announce_access(settings)
+
+    async def _start_serving(self, store: Store, bus: Bus, revoked: RevocationList | None) -> None:
+        settings = self.settings
         hub = self.hub = Hub(
             store,
             self.metrics,
@@ -121,7 +192,6 @@ class Relay:
             catch_ups_at_once=settings.catch_ups_at_once,
             recovered_cap=settings.recovered_cap,
         )
-        self.bus.listen(hub.publish)
         access = Access(
             settings.policy(),
             settings.secrets(),
@@ -137,31 +207,75 @@ class Relay:
             public_url=settings.public_url,
             readiness=self.readiness,
             limits=api_limits(settings),
+            trusted_proxies=settings.trusted_proxies,
         )
+        if self.ops is not None and self.role == "serve":
+            # Hand the port over: the same number, so port 0 keeps what was printed.
+            port = self.ops.port
+            await self.ops.stop()
+            self.ops = None
+            settings = replace(settings, port=port)
         self.server = StreamServer(settings, hub, api, self.metrics, clock=self.clock)
         await self.server.start()
         if revoked is not None:
-            self._watcher = asyncio.create_task(
-                revoked.watch(settings.revoked_tokens_interval, self.server.close_revoked)
+            self._tasks.append(
+                asyncio.create_task(
+                    revoked.watch(settings.revoked_tokens_interval, self.server.close_revoked)
+                )
             )
-        source = self._source or build_source(settings, store, self.metrics, self.clock, self.sleep)
+        # Following starts before ingest does: the first batch already finds it.
+        self.follower = Follower(
+            bus, store, hub, self.metrics, check_interval=settings.bus_check_interval
+        )
+        self.follower.start()
+        self._tasks.append(asyncio.create_task(self._fail_with_follower(self.follower)))
+
+    async def _fail_with_follower(self, follower: Follower) -> None:
+        await follower.failed.wait()
+        self._fail(follower.error or RelayError("the bus follower stopped"))
+
+    async def _ingest_when_writer(self, store: Store, bus: Bus) -> None:
+        """Wait for the writer's turn (a standby waits here), then ingest until stopped."""
+        self._waiting = "standing by for the writer lease"
+        try:
+            await store.claim_writer(lambda line: log.info("%s", line))
+        except Exception as exc:
+            self._fail(exc)
+            return
+        self.metrics.writer_active.set(1)
+        head = await store.head()
+        log.info("active ingester (%s): continuing after seq %d", store.holder, head)
+        bus.announce(head)
+        source = self._source or build_source(
+            self.settings, store, self.metrics, self.clock, self.sleep
+        )
         self.ingest = Ingest(
             source,
             store,
-            hub.publish,
+            bus.publish,
             self.metrics,
-            batch_size=settings.batch_size,
+            batch_size=self.settings.batch_size,
             clock=self.clock,
         )
         self.ingest.start()
-        self._running = True
-        log.info("relay started: store epoch %s, head seq %d", store.epoch, hub.head)
-        _announce_access(settings)
+        self._waiting = ""
+        await self.ingest.failed.wait()
+        self.metrics.writer_active.set(0)
+        self._fail(self.ingest.error or RelayError("ingest stopped"))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        self.failed.set()
 
     @property
     def ready(self) -> bool:
-        """Started, not stopping, and ingest still going: what ``/readyz`` answers."""
-        return self._running and self.ingest is not None and not self.ingest.failed.is_set()
+        """Started, not stopping, nothing failed, and every part up: what ``/readyz`` answers."""
+        if not self._running or self.failed.is_set() or self._waiting:
+            return False
+        if self.ingests and (self.ingest is None or self.ingest.failed.is_set()):
+            return False
+        return not (self.role == "serve" and self.bus is not None and not self.bus.connected)
 
     def readiness(self) -> Readiness:
         """What ``/readyz`` answers: a failure first (with one line why), then the phase."""
@@ -171,17 +285,29 @@ class Relay:
             return Readiness("failed", lines[0] if lines else type(error).__name__)
         if self._stopping:
             return Readiness("stopping")
-        return READY if self.ready else Readiness("starting")
+        if self.ready:
+            return READY
+        if self._waiting:
+            return Readiness("starting", self._waiting)
+        if self.role == "serve" and self.bus is not None and not self.bus.connected:
+            return Readiness("starting", "waiting for the bus (Redis)")
+        return Readiness("starting")
 
     @property
     def error(self) -> BaseException | None:
-        """Why the relay cannot go on (ingest failed), if it cannot."""
-        return self.ingest.error if self.ingest is not None else None
+        """Why the relay cannot go on (ingest or the follower failed), if it cannot."""
+        if self._error is not None:
+            return self._error
+        if self.ingest is not None and self.ingest.error is not None:
+            return self.ingest.error
+        return self.follower.error if self.follower is not None else None
 
     @property
     def port(self) -> int:
-        assert self.server is not None
-        return self.server.port
+        if self.server is not None:
+            return self.server.port
+        assert self.ops is not None
+        return self.ops.port
 
     async def stop(self, timeout: float = 8.0) -> None:
         """Drain and stop; every step is bounded so the whole stays under ``timeout``.
@@ -192,8 +318,6 @@ class Relay:
             return
         self._running = False
         self._stopping = True
-        if self._watcher is not None:
-            self._watcher.cancel()
         if self.server is not None:
             await self.server.stop_accepting()
         if self.ingest is not None:
@@ -202,13 +326,65 @@ class Relay:
             except TimeoutError:
                 self.drained = False
                 log.error("ingest did not drain in time: tweets read but not stored are lost")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.follower is not None:
+            if self.drained and self.hub is not None and self.store is not None:
+                # What ingest stored last reaches clients before they get 1001.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.follower.catch_up(), timeout / 8)
+            await self.follower.stop()
         if self.hub is not None:
             await self.hub.close_all(timeout / 4)
         if self.server is not None:
             await self.server.wait_closed()
+        if self.ops is not None:
+            await self.ops.stop()
+        if self.bus is not None:
+            await self.bus.close()
         if self.store is not None:
             await self.store.close()
+        self.metrics.writer_active.set(0)
         log.info("relay stopped")
+
+
+async def open_store(settings: Settings, *, writer: bool, sleep: Sleep = asyncio.sleep) -> Store:
+    """The store the settings name; waits with backoff (and says so) until it is there."""
+    if settings.database_url:
+        from relay.store.postgres import PostgresStore
+
+        return await PostgresStore.open(
+            settings.database_url,
+            writer=writer,
+            query_readers=settings.query_readers,
+            lease_ttl=settings.lease_ttl,
+        )
+    delay = 1.0
+    while True:
+        try:
+            return await SQLiteStore.open(
+                settings.db, query_readers=settings.query_readers, writer=writer
+            )
+        except StoreNotReady as exc:
+            log.warning("waiting for the store: %s; retrying in %.0f s", exc, delay)
+            await sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def open_bus(settings: Settings, epoch: str, metrics: Metrics) -> Bus:
+    if settings.redis_url:
+        from relay.bus.redis import RedisBus
+
+        return RedisBus(
+            settings.redis_url,
+            epoch=epoch,
+            maxlen=settings.bus_maxlen,
+            heartbeat_interval=settings.heartbeat_interval,
+            tls_verify=settings.redis_tls_verify,
+            metrics=metrics,
+        )
+    return MemoryBus()
 
 
 def api_limits(settings: Settings) -> ApiLimits:

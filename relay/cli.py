@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,51 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_flags(run)
     add_source_flags(run)
     run.set_defaults(command=cmd_run)
+
+    ingest = commands.add_parser(
+        "ingest",
+        help="the worker: source -> store -> bus, no client port (one active, others stand by)",
+        description="Ingest the source into the store (DATABASE_URL, else the SQLite file) and "
+        "publish each committed batch on the bus (REDIS_URL) for `relay serve` processes. One "
+        "ingester writes at a time: a second one stands by (PostgreSQL) and takes over within "
+        "about 2 x RELAY_LEASE_TTL of the first one's death; on SQLite it refuses to start.",
+        epilog="example: DATABASE_URL=postgres://... REDIS_URL=redis://... relay ingest",
+    )
+    ingest.add_argument("--config", metavar="FILE", help="TOML config file (see config/relay.toml)")
+    ingest.add_argument("--db", help="SQLite database file, also $RELAY_DB (relay.db)")
+    ingest.add_argument("--log-level", dest="log_level", help="debug, info, warning (info)")
+    ingest.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        help="serve /healthz, /readyz and /metrics on this port (none)",
+    )
+    ingest.add_argument("--host", help="interface of the metrics port (127.0.0.1)")
+    add_source_flags(ingest)
+    ingest.set_defaults(command=cmd_ingest)
+
+    serve = commands.add_parser(
+        "serve",
+        help="a web process: bus -> WebSocket clients, object API, demo page (any number)",
+        description="Serve clients from the store and the bus that `relay ingest` publishes on "
+        "(REDIS_URL; without it live tweets come from polling the store). Run as many as needed.",
+        epilog="example: relay serve --host 0.0.0.0 --port $PORT",
+    )
+    add_server_flags(serve)
+    serve.set_defaults(command=cmd_serve)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="create or update the store's schema (the release phase)",
+        description="Bring the schema of the store (DATABASE_URL, else the SQLite file) up to "
+        "date. Idempotent; refuses a schema newer than this relay and another application's "
+        "database.",
+        epilog="example: DATABASE_URL=postgres://... relay migrate",
+    )
+    migrate.add_argument("--config", metavar="FILE", help="TOML config file")
+    migrate.add_argument("--db", help="SQLite database file, also $RELAY_DB (relay.db)")
+    migrate.add_argument("--log-level", dest="log_level", help="debug, info, warning (info)")
+    migrate.set_defaults(command=cmd_migrate)
 
     synth = commands.add_parser(
         "synth",
@@ -168,7 +214,15 @@ FLAG_NAMES = ("host", "port", "db", "log_level", "source", "replay", "speed", "l
 def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
     flags: dict[str, Any] = {name: getattr(args, name, None) for name in FLAG_NAMES}
     env = dict(os.environ) if environ is None else environ
-    return Settings.load(file=getattr(args, "config", None), environ=env, flags=flags)
+    settings = Settings.load(file=getattr(args, "config", None), environ=env, flags=flags)
+    if flags["db"] is not None and settings.database_url:
+        # An explicit --db wins over DATABASE_URL, and says so (a surprise otherwise).
+        console.print(
+            f"relay: --db {flags['db']} given: storing in that SQLite file, not DATABASE_URL",
+            highlight=False,
+        )
+        settings = replace(settings, database_url="")
+    return settings
 
 
 def setup_logging(level: str) -> None:
@@ -187,7 +241,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     setup_logging(settings.log_level)
     raise_open_files_limit()
-    return asyncio.run(_run(settings))
+    return asyncio.run(_run(settings, "run"))
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    setup_logging(settings.log_level)
+    if not settings.redis_url:
+        logging.getLogger("relay").warning(
+            "REDIS_URL is not set: `relay serve` processes see new tweets only by polling "
+            "the store (every %g s)",
+            settings.bus_check_interval,
+        )
+    return asyncio.run(_run(settings, "ingest", metrics_port=args.metrics_port))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    setup_logging(settings.log_level)
+    raise_open_files_limit()
+    if not settings.redis_url:
+        logging.getLogger("relay").warning(
+            "REDIS_URL is not set: live tweets come from polling the store every %g s",
+            settings.bus_check_interval,
+        )
+    return asyncio.run(_run(settings, "serve"))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    setup_logging(settings.log_level)
+    return asyncio.run(_migrate(settings))
+
+
+async def _migrate(settings: Settings) -> int:
+    if settings.database_url:
+        from relay.store.postgres import migrate
+
+        version = await migrate(settings.database_url)
+        where = "PostgreSQL"
+    else:
+        from relay.store.sqlite import SQLiteStore
+
+        # Opening as the writer migrates (and refuses while another process writes).
+        store = await SQLiteStore.open(settings.db)
+        version = store.schema_version
+        await store.close()
+        where = settings.db
+    print(f"relay: {where} is at schema version {version}", flush=True)
+    return 0
 
 
 def raise_open_files_limit() -> None:
@@ -211,26 +313,36 @@ def raise_open_files_limit() -> None:
         logging.getLogger("relay").warning("cannot raise the open files limit: %s", exc)
 
 
-async def _run(settings: Settings) -> int:
+async def _run(settings: Settings, role: str, metrics_port: int | None = None) -> int:
     from relay.app import Relay
 
-    relay = Relay(settings)
+    relay = Relay(settings, role=role, metrics_port=metrics_port)
     # Handlers first: a SIGTERM that comes as soon as the URLs are printed (a supervisor,
     # a test reading them) must drain, not kill the process with the default action.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await relay.start()
+    starting = asyncio.create_task(relay.start())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # stopped while waiting for the store: nothing to drain
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await relay.stop()
+        return 0
+    starting.result()  # a start that failed raises here: one line, exit 2
     host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    base = f"http://{host}:{relay.port}"
-    # One plain line per URL on stdout, easy for people and scripts (port 0) to read.
-    print(f"relay: serving {base}/ (demo page)", flush=True)
-    print(f"relay: stream  ws://{host}:{relay.port}/v1/stream", flush=True)
-    print(f"relay: objects {base}/v1/objects/tweets  info {base}/v1/info", flush=True)
+    if relay.serves:
+        base = f"http://{host}:{relay.port}"
+        # One plain line per URL on stdout, easy for people and scripts (port 0) to read.
+        print(f"relay: serving {base}/ (demo page)", flush=True)
+        print(f"relay: stream  ws://{host}:{relay.port}/v1/stream", flush=True)
+        print(f"relay: objects {base}/v1/objects/tweets  info {base}/v1/info", flush=True)
+    elif relay.ops is not None:
+        print(f"relay: metrics http://{host}:{relay.port}/metrics", flush=True)
 
-    assert relay.ingest is not None
-    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(relay.ingest.failed.wait())]
+    waits = [stopped, asyncio.create_task(relay.failed.wait())]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for wait in waits:
         wait.cancel()
@@ -239,7 +351,8 @@ async def _run(settings: Settings) -> int:
     # Exit 1 with one line when ingest stopped on its own: the source or the store
     # failed for good, or a task of the data path died (never a silent stall).
     if relay.error is not None:
-        console.print(f"[bold red]relay:[/] ingest stopped: {relay.error}", highlight=False)
+        what = "ingest" if relay.ingests else "serving"
+        console.print(f"[bold red]relay:[/] {what} stopped: {relay.error}", highlight=False)
         return 1
     if not relay.drained:
         return 1

@@ -78,6 +78,27 @@ class Settings:
     """Seconds between checks of the revocation file for a change (mtime, size)."""
     # store
     db: str = "relay.db"
+    database_url: str = field(default="", repr=False)
+    """PostgreSQL URL (DATABASE_URL, postgres:// or postgresql://); set, it is the store
+    instead of the SQLite file ``db`` (an explicit ``--db`` flag wins)."""
+    lease_ttl: float = 15.0
+    """Seconds the active ingester's writer lease lasts without renewal (PostgreSQL): a
+    standby takes over within about twice this after the active one dies or freezes."""
+    # bus (separate ingest and serve processes)
+    redis_url: str = field(default="", repr=False)
+    """Redis URL (REDIS_URL, redis:// or rediss://) of the bus between ``relay ingest`` and
+    ``relay serve``; unset, ``relay run`` uses its in-process bus."""
+    redis_tls_verify: bool = True
+    """Verify the Redis server's TLS certificate; false for the self-signed certificates
+    of PaaS add-ons (Heroku Redis), which still encrypts."""
+    bus_maxlen: int = 5000
+    """Entries (one a tweet) the Redis stream keeps, trimmed approximately; about 4 KB each
+    in Redis for 3 KB bodies, so the default fits a 25 MB add-on with room to spare."""
+    heartbeat_interval: float = 2.0
+    """Seconds between the ingester's heartbeats (its head seq) on the bus."""
+    bus_check_interval: float = 5.0
+    """Seconds between a serving process's checks of the store's head (1 s while the bus is
+    down): the store fills what the bus lost even when no heartbeat comes."""
     # object API
     query_timeout: float = 2.0
     """Seconds an object API query may run; past it the query stops and answers 503."""
@@ -219,6 +240,18 @@ class Settings:
             )
         if self.revoked_tokens_interval <= 0:
             raise ConfigError("revoked_tokens_interval must be positive")
+        self._validate_scale_out()
+
+    def _validate_scale_out(self) -> None:
+        if self.database_url and not self.database_url.startswith(("postgres://", "postgresql://")):
+            raise ConfigError("DATABASE_URL must start with postgres:// or postgresql://")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://")):
+            raise ConfigError("REDIS_URL must start with redis:// or rediss://")
+        for key in ("lease_ttl", "heartbeat_interval", "bus_check_interval"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be positive")
+        if self.bus_maxlen < 100:
+            raise ConfigError("bus_maxlen must be at least 100")
 
     def _validate_secrets(self) -> None:
         if self.previous_secret:
@@ -265,6 +298,13 @@ ENVIRONMENT = {
     "revoked_tokens_file": ("RELAY_REVOKED_TOKENS",),
     "revoked_tokens_interval": ("RELAY_REVOKED_TOKENS_INTERVAL",),
     "db": ("RELAY_DB",),
+    "database_url": ("DATABASE_URL",),
+    "lease_ttl": ("RELAY_LEASE_TTL",),
+    "redis_url": ("REDIS_URL",),
+    "redis_tls_verify": ("RELAY_REDIS_TLS_VERIFY",),
+    "bus_maxlen": ("RELAY_BUS_MAXLEN",),
+    "heartbeat_interval": ("RELAY_HEARTBEAT_INTERVAL",),
+    "bus_check_interval": ("RELAY_BUS_CHECK_INTERVAL",),
     "query_timeout": ("RELAY_QUERY_TIMEOUT",),
     "queries_per_client": ("RELAY_QUERIES_PER_CLIENT",),
     "query_readers": ("RELAY_QUERY_READERS",),
@@ -409,6 +449,11 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "max_sort_terms": _int,
     "max_in_items": _int,
     "max_offset": _int,
+    "lease_ttl": float,
+    "redis_tls_verify": parse_bool,
+    "bus_maxlen": _int,
+    "heartbeat_interval": float,
+    "bus_check_interval": float,
 }
 
 

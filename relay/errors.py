@@ -6,6 +6,8 @@
     ├── ConfigError            bad setting, missing credential; the process exits
     ├── MalformedPayload       a stream line that is not a usable X API payload
     ├── StoreError             the store cannot be opened or written
+    │   ├── StoreNotReady      not there yet (no schema, server down): wait and retry
+    │   └── WriterFenced       another ingester took the writer lease: stop writing
     ├── SourceError            a source failed for good (bad token, unentitled)
     └── ClientError            a client asked for something it cannot have
         ├── BadRequest         bad query parameter or bad frame (HTTP 400, error frame)
@@ -62,6 +64,14 @@ class MalformedPayload(RelayError):
 
 class StoreError(RelayError):
     """The store failed; the message says how."""
+
+
+class StoreNotReady(StoreError):
+    """The store is not there yet (a serving process started before any migration)."""
+
+
+class WriterFenced(StoreError):
+    """This process lost the writer lease: another ingester writes now, this one must stop."""
 
 
 class SourceError(RelayError):

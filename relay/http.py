@@ -162,6 +162,12 @@ def _results(objects: list[bytes], count: int) -> bytes:
     return b'{"results":[' + b",".join(objects) + b'],"count":' + str(count).encode() + b"}"
 
 
+HOST_PATTERN = re.compile(
+    r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
+)
+"""A host (name or address, with a port) as a Host header may carry it."""
+
+
 class HttpApi:
     def __init__(
         self,
@@ -175,7 +181,10 @@ class HttpApi:
         web_root: Path | None = None,
         limits: ApiLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        trusted_proxies: int = 0,
     ) -> None:
+        self.trusted_proxies = trusted_proxies
+        """X-Forwarded-Proto and -Host are believed only behind trusted proxies."""
         self.store = store
         self.hub = hub
         self.access = access
@@ -240,8 +249,17 @@ class HttpApi:
         if self.public_url:
             http = self.public_url
         else:
-            proto = headers.get("x-forwarded-proto", "http").split(",")[0].strip() or "http"
-            host = headers.get("x-forwarded-host") or headers.get("host") or "localhost"
+            # Any client can write X-Forwarded-*: only a trusted proxy's are used, and only
+            # a well-formed host, so /v1/info never points clients at a forged address.
+            forwarded = self.trusted_proxies > 0
+            proto = headers.get("x-forwarded-proto", "") if forwarded else ""
+            proto = proto.split(",")[0].strip().lower()
+            host = (headers.get("x-forwarded-host", "") if forwarded else "").split(",")[0]
+            host = host.strip() or headers.get("host", "")
+            if proto not in ("http", "https"):
+                proto = "http"
+            if not HOST_PATTERN.fullmatch(host):
+                host = "localhost"
             http = f"{proto}://{host}"
         ws = "wss" + http[5:] if http.startswith("https") else "ws" + http[4:]
         return http, ws

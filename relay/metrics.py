@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Metrics:
@@ -81,6 +81,30 @@ class Metrics:
             "relay_http_requests",
             "HTTP requests by route and status",
             ["route", "status"],
+            registry=r,
+        )
+
+        # Scale-out: which process writes, how far a serving process trails the store.
+        self.writer_active = Gauge(
+            "relay_writer_active",
+            "1 while this process is the active ingester (holds the writer lease), else 0",
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "relay_store_commit_seconds",
+            "Time from handing a batch to the store until it was committed",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.bus_lag = Gauge(
+            "relay_bus_lag_seqs",
+            "How many seqs this serving process's last published seq trails the store's head "
+            "(or the ingester's last heartbeat)",
+            registry=r,
+        )
+        self.bus_filled = Counter(
+            "relay_bus_filled_tweets",
+            "Tweets a serving process read from the store because the bus did not bring them",
             registry=r,
         )
 

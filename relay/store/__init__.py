@@ -7,7 +7,7 @@ already holds, and answers the reads the hub and the object API need.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,6 +41,21 @@ class AppendResult:
 
 class Store(Protocol):
     epoch: str
+    holder: str
+    """Who this process is, as other processes see it (``process 12 on web.1``)."""
+    is_writer: bool
+    """Opened to write (the ingesting roles); a serving process opens to read only."""
+
+    async def claim_writer(self, on_standby: Callable[[str], None]) -> None:
+        """Return once this process is the one active writer; writes before raise.
+
+        While another writer is active a store that can wait for its turn
+        (PostgreSQL's lease) calls ``on_standby`` with one line and waits; one that
+        cannot (a SQLite file, whose lock is taken at open) has refused at open. A
+        writer that loses its turn later raises :class:`~relay.errors.WriterFenced`
+        from every write: it can no longer commit anything.
+        """
+        ...
 
     async def append(
         self, tweets: Sequence[Tweet], users: Sequence[dict[str, Any]], received_at: float

@@ -10,8 +10,10 @@ behind a heavy query.
 
 Because the writer thread is the only writer, it knows the next ``seq`` and
 stores each tweet's served object complete with its seq: reads hand the stored
-bytes straight to clients without decoding them. One process owns a database
-file; scale-out uses PostgreSQL.
+bytes straight to clients without decoding them. So one process writes a file
+(:class:`~relay.store.file_lock.WriterLock` refuses a second); any number of
+processes on the same machine may open it to read (``writer=False``: ``relay serve``
+beside ``relay ingest``). Scale-out across machines uses PostgreSQL.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from typing import Any, TypeVar
 
 import orjson
 
-from relay.errors import StoreError
+from relay.errors import StoreError, StoreNotReady
 from relay.query import Condition, TweetQuery
 from relay.store import AppendResult, StoredTweet, sqlite_query
+from relay.store.file_lock import WriterLock, describe_self
 from relay.store.sqlite_schema import MIGRATIONS as MIGRATIONS  # re-exported
-from relay.store.sqlite_schema import TWEET_COLUMNS, migrate
+from relay.store.sqlite_schema import TWEET_COLUMNS, check_schema, migrate
 from relay.tweets import (
     ALL_CHANNEL,
     RULE_PREFIX,
@@ -89,9 +92,17 @@ _STOP = object()
 class SQLiteStore:
     """A :class:`relay.store.Store` on one SQLite file."""
 
-    def __init__(self, path: str | Path, *, readers: int = 3, query_readers: int = 2) -> None:
+    def __init__(
+        self, path: str | Path, *, readers: int = 3, query_readers: int = 2, writer: bool = True
+    ) -> None:
         self.path = str(path)
         self.epoch = ""
+        self.is_writer = writer
+        """Whether this store writes (``claim_writer`` has nothing more to do for SQLite)."""
+        self.holder = describe_self()
+        self.fenced = asyncio.Event()
+        """Never set for SQLite: the file lock cannot be taken away from a live process."""
+        self._lock = WriterLock(self.path) if writer and self.path != ":memory:" else None
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -101,20 +112,56 @@ class SQLiteStore:
         self._writer: threading.Thread | None = None
         self._next_seq = 1
         self.commits = 0
+        self.schema_version = 0
 
     @classmethod
-    async def open(cls, path: str | Path, *, query_readers: int = 2) -> SQLiteStore:
-        store = cls(path, query_readers=query_readers)
-        await asyncio.get_running_loop().run_in_executor(None, store._open_sync)
+    async def open(
+        cls, path: str | Path, *, query_readers: int = 2, writer: bool = True
+    ) -> SQLiteStore:
+        """Open (and as the writer, create and migrate) the file.
+
+        The writer takes the file's writer lock first, before anything is written;
+        a reader never writes and raises :class:`StoreNotReady` while the file or
+        its schema is not there yet.
+        """
+        store = cls(path, query_readers=query_readers, writer=writer)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, store._open_sync if writer else store._open_reader)
         return store
+
+    async def claim_writer(self, on_standby: Callable[[str], None]) -> None:
+        """Nothing to wait for: the writer lock was taken at open (or refused there)."""
+        if not self.is_writer:
+            raise StoreError(f"{self.path} was opened to read only")
+
+    def _open_reader(self) -> None:
+        if self.path == ":memory:":
+            raise StoreError("an in-memory database cannot be shared with a serving process")
+        if not Path(self.path).exists():
+            raise StoreNotReady(
+                f"no database at {self.path} yet: start `relay ingest` or run `relay migrate`"
+            )
+        conn = self._connect()
+        try:
+            check_schema(conn)
+            self.epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
+        except StoreNotReady as exc:
+            raise StoreNotReady(f"{self.path}: {exc}") from None
+        except (sqlite3.DatabaseError, StoreError, TypeError) as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+        finally:
+            conn.close()
 
     def _open_sync(self) -> None:
         if self.path != ":memory:" and not Path(self.path).parent.exists():
             raise StoreError(f"database folder does not exist: {Path(self.path).parent}")
+        if self._lock is not None:
+            self._lock.acquire()  # before any write: a second writer changes nothing
         conn: sqlite3.Connection | None = None
         try:
             conn = self._connect()
             migrate(conn)  # first: it refuses another application's file before any write
+            self.schema_version = conn.execute("PRAGMA user_version").fetchone()[0]
             conn.execute("PRAGMA journal_mode = WAL")
             epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
             if epoch is None or not isinstance(epoch[0], str):
@@ -128,6 +175,8 @@ class SQLiteStore:
         except (sqlite3.DatabaseError, StoreError) as exc:
             if conn is not None:
                 conn.close()
+            if self._lock is not None:
+                self._lock.release()
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         self._writer = threading.Thread(
             target=self._write_loop, args=(conn,), name="store-writer", daemon=True
@@ -235,7 +284,7 @@ class SQLiteStore:
         careful: Callable[[sqlite3.Connection], T] | None = None,
     ) -> T:
         if self._writer is None or not self._writer.is_alive():
-            raise StoreError("store is closed")
+            raise StoreError("store is closed" if self.is_writer else "store opened to read only")
         job = _Job(run, careful)
         self._jobs.put(job)
         result: T = await asyncio.wrap_future(job.future)
@@ -544,3 +593,5 @@ class SQLiteStore:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
+        if self._lock is not None:
+            self._lock.release()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-from relay.errors import StoreError
+from relay.errors import StoreError, StoreNotReady
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,18 @@ def migrate(conn: sqlite3.Connection) -> None:
                 conn.execute("ROLLBACK")
             raise
         log.info("store migrated to schema version %d", number)
+    check_schema(conn)
+
+
+def check_schema(conn: sqlite3.Connection) -> None:
+    """Refuse a file that lacks a table or column the relay uses (read-only check)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"database schema version {version} is newer than this relay ({len(MIGRATIONS)})"
+        )
+    if version == 0:
+        raise StoreNotReady("it has no relay schema yet: run `relay migrate` or `relay ingest`")
     for table, columns in SCHEMA.items():
         found = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if not columns <= found:
