@@ -133,6 +133,9 @@ class Relay:
         self._waiting = ""
         """What start is waiting for (the store, the writer lease), for ``/readyz``."""
         self._tasks: list[asyncio.Task[None]] = []
+        self.listening = asyncio.Event()
+        """Set once :attr:`port` accepts connections (a serving process still waiting for
+        its store already answers health checks there)."""
 
     @property
     def ingests(self) -> bool:
@@ -161,6 +164,7 @@ class Relay:
                 self.metrics if self.role == "ingest" else None,
             )
             await self.ops.start()
+            self.listening.set()
         self._waiting = "waiting for the store"
         store = self.store = await open_store(settings, writer=self.ingests, sleep=self.sleep)
         self.bus = open_bus(settings, store.epoch, self.metrics)
@@ -217,6 +221,7 @@ class Relay:
             settings = replace(settings, port=port)
         self.server = StreamServer(settings, hub, api, self.metrics, clock=self.clock)
         await self.server.start()
+        self.listening.set()
         if revoked is not None:
             self._tasks.append(
                 asyncio.create_task(
@@ -369,7 +374,7 @@ async def open_store(settings: Settings, *, writer: bool, sleep: Sleep = asyncio
         except StoreNotReady as exc:
             log.warning("waiting for the store: %s; retrying in %.0f s", exc, delay)
             await sleep(delay)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, 5.0)
 
 
 def open_bus(settings: Settings, epoch: str, metrics: Metrics) -> Bus:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -19,6 +19,9 @@ from rich.logging import RichHandler
 from relay import __version__
 from relay.config import Settings
 from relay.errors import RelayError
+
+if TYPE_CHECKING:
+    from relay.app import Relay
 
 console = Console(stderr=True, soft_wrap=True)  # an error stays one line for log readers
 Command = Callable[[argparse.Namespace], int]
@@ -325,22 +328,23 @@ async def _run(settings: Settings, role: str, metrics_port: int | None = None) -
         loop.add_signal_handler(signum, stop.set)
     starting = asyncio.create_task(relay.start())
     stopped = asyncio.create_task(stop.wait())
+    listening = asyncio.create_task(relay.listening.wait())
+    # The URLs go out as soon as the port answers: a serving process waiting for its
+    # store already answers health checks (503 and why) there.
+    await asyncio.wait([starting, stopped, listening], return_when=asyncio.FIRST_COMPLETED)
+    printed = relay.listening.is_set()
+    if printed:
+        _print_urls(relay, settings)
     await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
+    listening.cancel()
     if not starting.done():  # stopped while waiting for the store: nothing to drain
         starting.cancel()
         await asyncio.gather(starting, return_exceptions=True)
         await relay.stop()
         return 0
     starting.result()  # a start that failed raises here: one line, exit 2
-    host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    if relay.serves:
-        base = f"http://{host}:{relay.port}"
-        # One plain line per URL on stdout, easy for people and scripts (port 0) to read.
-        print(f"relay: serving {base}/ (demo page)", flush=True)
-        print(f"relay: stream  ws://{host}:{relay.port}/v1/stream", flush=True)
-        print(f"relay: objects {base}/v1/objects/tweets  info {base}/v1/info", flush=True)
-    elif relay.ops is not None:
-        print(f"relay: metrics http://{host}:{relay.port}/metrics", flush=True)
+    if not printed and relay.listening.is_set():
+        _print_urls(relay, settings)
 
     waits = [stopped, asyncio.create_task(relay.failed.wait())]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -357,6 +361,18 @@ async def _run(settings: Settings, role: str, metrics_port: int | None = None) -
     if not relay.drained:
         return 1
     return 0
+
+
+def _print_urls(relay: Relay, settings: Settings) -> None:
+    """One plain line per URL on stdout, easy for people and scripts (port 0) to read."""
+    host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    if relay.serves:
+        base = f"http://{host}:{relay.port}"
+        print(f"relay: serving {base}/ (demo page)", flush=True)
+        print(f"relay: stream  ws://{host}:{relay.port}/v1/stream", flush=True)
+        print(f"relay: objects {base}/v1/objects/tweets  info {base}/v1/info", flush=True)
+    else:
+        print(f"relay: metrics http://{host}:{relay.port}/metrics", flush=True)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

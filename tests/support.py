@@ -127,14 +127,24 @@ class RunningRelay:
 
 
 class RelayProcess:
-    """``python -m relay run ...`` on a free port, its URLs read from its output."""
+    """``python -m relay run ...`` (or another role) on a free port, its URLs read from its
+    output. ``relay ingest`` prints a URL only with ``--metrics-port``."""
 
-    def __init__(self, log: Path, *args: str, port: int = 0) -> None:
+    def __init__(
+        self,
+        log: Path,
+        *args: str,
+        port: int = 0,
+        command: str = "run",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log = log.open("w")  # a file, not a pipe: a chatty relay must never block on it
+        self.log_path = log
+        port_args = ["--metrics-port" if command == "ingest" else "--port", str(port)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "run", "--port", str(port), *args],
+            [sys.executable, "-m", "relay", command, *port_args, *args],
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
