@@ -35,7 +35,16 @@ UNIT = 5.0  # as in tests/support.py; this file imports nothing of the relay: it
 LOCKFILE = [sys.executable, str(ROOT / "tools" / "lockfile.py"), "check"]
 STALE = "requirements.txt is out of date with pyproject.toml: run make lock"
 COPY_IGNORE = shutil.ignore_patterns(
-    ".git", ".venv", "tmp", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "*.db*"
+    ".git",
+    ".venv",
+    ".env",
+    "tmp",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+    "*.db*",
 )
 
 
@@ -70,22 +79,28 @@ def test_the_lock_file_is_current_with_pyproject() -> None:
 
 
 @pytest.mark.parametrize(
-    ("before", "after", "named"),
+    ("file", "before", "after", "named"),
     [
-        ('"orjson>=3.9",', '"orjson>=3.9", "six>=1",', "six>=1"),  # a new dependency
-        ('"orjson>=3.9"', '"orjson>=3.10"', "orjson>=3.10"),  # a changed specifier
-        ('requires-python = ">=3.11"', 'requires-python = ">=3.12"', ">=3.12"),
+        ("pyproject.toml", '"orjson>=3.9",', '"orjson>=3.9", "six>=1",', "six>=1"),  # added
+        ("pyproject.toml", '"orjson>=3.9"', '"orjson>=3.10"', "orjson>=3.10"),  # changed
+        ("pyproject.toml", 'requires-python = ">=3.11"', 'requires-python = ">=3.12"', ">=3.12"),
+        (".python-version", "3.11", "3.12", ".python-version 3.12"),  # the buildpack's Python
     ],
 )
-def test_the_lock_check_is_one_line_naming_make_lock_when_pyproject_changes(
-    tmp_path: Path, before: str, after: str, named: str
+def test_the_lock_check_is_one_line_naming_make_lock_when_an_input_changes(
+    tmp_path: Path, file: str, before: str, after: str, named: str
 ) -> None:
-    text = (ROOT / "pyproject.toml").read_text()
-    assert before in text
-    changed = tmp_path / "pyproject.toml"
-    changed.write_text(text.replace(before, after, 1))
+    for name in ("pyproject.toml", ".python-version"):
+        text = (ROOT / name).read_text()
+        if name == file:
+            assert before in text
+            text = text.replace(before, after, 1)
+        (tmp_path / name).write_text(text)
     result = subprocess.run(
-        [*LOCKFILE, "--pyproject", str(changed)], capture_output=True, text=True, timeout=4 * UNIT
+        [*LOCKFILE, "--pyproject", str(tmp_path / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        timeout=4 * UNIT,
     )
     assert result.returncode == 1
     assert result.stderr.startswith(STALE) and result.stderr.count("\n") == 1, result.stderr

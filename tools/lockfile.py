@@ -1,16 +1,19 @@
 """requirements.txt, the lock file a Python buildpack installs, generated from pyproject.toml.
 
 pyproject.toml stays the one source of truth: ``make lock`` runs ``write``, which resolves the
-runtime dependencies with ``uv pip compile`` (universal markers, Python 3.11, keeping the pins
-already in the file unless ``--upgrade`` is passed) and writes requirements.txt as
+runtime dependencies with ``uv pip compile`` (universal markers, for the Python version in
+``.python-version``, keeping the pins already in the file unless ``--upgrade`` is passed) and
+writes requirements.txt as
 
-    a header recording pyproject's requires-python and runtime dependencies, one a line;
+    a header recording its inputs, one a line: pyproject's requires-python and runtime
+    dependencies, and ``.python-version``;
     every package pinned;
     ``.``: the project itself, so ``pip install -r requirements.txt`` installs the app.
 
 ``make lock-check`` runs ``check``, which needs no network and no resolver: the header must
-list exactly pyproject's current requirements, and every direct dependency must be pinned to
-a version its specifier admits (a pin edited by hand is caught too). Resolving again at check
+list exactly the current inputs, ``.python-version`` must satisfy requires-python, and every
+direct dependency must be pinned to a version its specifier admits (a pin edited by hand is
+caught too). Resolving again at check
 time would need the registry and would call the file stale whenever anything new is
 released; comparing the recorded inputs answers the only question the check asks: was the
 lock generated from this pyproject.toml?
@@ -27,25 +30,32 @@ import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTHON = "3.11"  # the buildpack's Python, from .python-version
-HEADER = "# pyproject: "
+HEADER = "# input: "
 STALE = "requirements.txt is out of date with pyproject.toml: run make lock"
 
 
+def python_version(pyproject: Path) -> str:
+    """The buildpack's Python: ``.python-version`` beside pyproject.toml."""
+    return (pyproject.parent / ".python-version").read_text().strip()
+
+
 def inputs(pyproject: Path) -> list[str]:
-    """The lines the header records: requires-python, then each runtime dependency."""
+    """The lines the header records: requires-python, the buildpack's Python, then each
+    runtime dependency."""
     project = tomllib.loads(pyproject.read_text())["project"]
     requirements = sorted(
         (Requirement(text) for text in project.get("dependencies", [])),
         key=lambda r: canonicalize_name(r.name),
     )
-    return [f"requires-python {project.get('requires-python', '')}"] + [
-        str(r) for r in requirements
-    ]
+    return [
+        f"requires-python {project.get('requires-python', '')}",
+        f".python-version {python_version(pyproject)}",
+    ] + [str(r) for r in requirements]
 
 
 def pins(lock: str) -> dict[str, Version]:
@@ -70,8 +80,11 @@ def problems(pyproject: Path, lock_file: Path) -> list[str]:
     if recorded != wanted:
         changed = sorted(set(recorded) ^ set(wanted)) or ["their order"]
         found.append("recorded inputs differ: " + ", ".join(changed))
+    requires = SpecifierSet(wanted[0].split(" ", 1)[1])
+    if not requires.contains(python_version(pyproject)):
+        found.append(f".python-version {python_version(pyproject)} is outside {wanted[0]}")
     pinned = pins(lock)
-    for text in wanted[1:]:
+    for text in wanted[2:]:
         requirement = Requirement(text)
         version = pinned.get(canonicalize_name(requirement.name))
         if version is None:
@@ -90,14 +103,15 @@ def write(pyproject: Path, lock_file: Path, upgrade: bool) -> None:
         if lock_file.is_file():  # uv prefers the versions already pinned there
             shutil.copy(lock_file, resolved)
         command = [uv, "pip", "compile", str(pyproject), "--output-file", str(resolved)]
-        command += ["--universal", "--python-version", PYTHON, "--no-header", "--quiet"]
+        command += ["--universal", "--python-version", python_version(pyproject)]
+        command += ["--no-header", "--quiet"]
         command += ["--annotation-style", "line"] + (["--upgrade"] if upgrade else [])
         subprocess.run(command, check=True, cwd=pyproject.parent)
         body = [line for line in resolved.read_text().splitlines() if line.strip() != "."]
     header = [
         "# The lock file a Python buildpack installs: `pip install -r requirements.txt`.",
         "# Generated from pyproject.toml by `make lock`; do not edit. `make lock-check` (in",
-        "# `make lint`) compares the recorded inputs below with pyproject.toml.",
+        "# `make lint`) compares the inputs recorded below with pyproject.toml.",
     ] + [HEADER + line for line in inputs(pyproject)]
     lock_file.write_text("\n".join([*header, *body, "# the project itself", "."]) + "\n")
 
