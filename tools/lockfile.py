@@ -7,7 +7,7 @@ writes requirements.txt as
 
     a header recording its inputs, one a line: pyproject's requires-python and runtime
     dependencies, and ``.python-version``;
-    every package pinned;
+    every package pinned, but pip (the platform's own; pip-tools leaves it out too);
     ``.``: the project itself, so ``pip install -r requirements.txt`` installs the app.
 
 ``make lock-check`` runs ``check``, which needs no network and no resolver: the header must
@@ -104,7 +104,8 @@ def write(pyproject: Path, lock_file: Path, upgrade: bool) -> None:
             shutil.copy(lock_file, resolved)
         command = [uv, "pip", "compile", str(pyproject), "--output-file", str(resolved)]
         command += ["--universal", "--python-version", python_version(pyproject)]
-        command += ["--no-header", "--quiet"]
+        # pip is the platform's: sqlite-utils depends on it, and any version serves.
+        command += ["--no-header", "--quiet", "--no-emit-package", "pip"]
         command += ["--annotation-style", "line"] + (["--upgrade"] if upgrade else [])
         subprocess.run(command, check=True, cwd=pyproject.parent)
         body = [line for line in resolved.read_text().splitlines() if line.strip() != "."]
