@@ -201,7 +201,11 @@ def test_the_lock_file_alone_installs_the_app_and_its_entry_point(app: App) -> N
 # test) once they are merged.
 
 REDIS_SERVER = Path(shutil.which("redis-server") or "/usr/bin/redis-server")
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_BIN = max(  # Debian's layout: /usr/lib/postgresql/<major>/bin; the newest
+    Path("/usr/lib/postgresql").glob("[0-9]*/bin"),
+    key=lambda bin: int(bin.parent.name.split(".")[0]),
+    default=Path("/usr/lib/postgresql/15/bin"),
+)
 
 
 def _wait_port(port: int, what: str, proc: subprocess.Popen[bytes]) -> None:
