@@ -119,6 +119,18 @@ def test_the_lock_check_catches_a_pin_edited_by_hand(tmp_path: Path) -> None:
     assert result.stderr.startswith(STALE) and "websockets==16.0" in result.stderr
 
 
+def test_make_lock_rewrites_the_same_file_from_the_same_inputs(tmp_path: Path) -> None:
+    """Deterministic: regenerating changes nothing (uv keeps the pins; asks the registry)."""
+    for name in ("pyproject.toml", ".python-version", "requirements.txt"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    lock = tmp_path / "requirements.txt"
+    write = [sys.executable, str(ROOT / "tools" / "lockfile.py"), "write"]
+    write += ["--pyproject", str(tmp_path / "pyproject.toml"), "--lock", str(lock)]
+    done = subprocess.run(write, capture_output=True, text=True, timeout=12 * UNIT)
+    assert done.returncode == 0, done.stderr
+    assert lock.read_text() == (ROOT / "requirements.txt").read_text()
+
+
 # --- installed from the lock file alone -----------------------------------------------------
 
 

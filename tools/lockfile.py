@@ -97,7 +97,8 @@ def problems(pyproject: Path, lock_file: Path) -> list[str]:
 
 
 def write(pyproject: Path, lock_file: Path, upgrade: bool) -> None:
-    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    beside = Path(sys.executable).parent / "uv"  # the venv's, from the dev extra
+    uv = str(beside) if beside.is_file() else shutil.which("uv") or "uv"
     with tempfile.TemporaryDirectory() as tmp:
         resolved = Path(tmp) / "requirements.txt"
         if lock_file.is_file():  # uv prefers the versions already pinned there
