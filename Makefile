@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench soak clean
+.PHONY: run test lint lock lock-check bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +15,20 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/relay run $(ARGS)
 
-lint: $(STAMP)
-	$(BIN)/ruff check relay client_demo tests bench
-	$(BIN)/ruff format --check relay client_demo tests bench
+lint: lock-check
+	$(BIN)/ruff check relay client_demo tests bench tools
+	$(BIN)/ruff format --check relay client_demo tests bench tools
 	$(BIN)/mypy
+
+# requirements.txt (what a Python buildpack installs) from pyproject.toml, the one source of
+# truth. Keeps the versions already pinned; `make lock LOCK_ARGS=--upgrade` takes the newest.
+LOCK_ARGS ?=
+lock: $(STAMP)
+	$(BIN)/python tools/lockfile.py write $(LOCK_ARGS)
+
+# Offline and fast: the lock's recorded inputs against pyproject.toml (see tools/lockfile.py).
+lock-check: $(STAMP)
+	$(BIN)/python tools/lockfile.py check
 
 test: lint
 	$(BIN)/pytest -q
