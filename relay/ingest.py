@@ -215,8 +215,18 @@ class Ingest:
                     # Once ingest failed the publisher no longer awaits appends: their
                     # outcome is known, and asyncio must not log each as never retrieved.
                     append.add_done_callback(_consume)
+                    append.add_done_callback(self._timer(time.monotonic()))
                     await self._appends.put(append)
         await self._appends.put(None)
+
+    def _timer(self, started: float) -> Callable[[asyncio.Future[Any]], None]:
+        """Observe how long an append took to commit (``relay_store_commit_seconds``)."""
+
+        def done(future: asyncio.Future[Any]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                self.metrics.commit_seconds.observe(time.monotonic() - started)
+
+        return done
 
     def _parse(self, lines: list[RawLine]) -> tuple[list[Tweet], list[dict[str, Any]]]:
         tweets: list[Tweet] = []
