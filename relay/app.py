@@ -168,7 +168,7 @@ class Relay:
         self._waiting = "waiting for the store"
         store = self.store = await open_store(settings, writer=self.ingests, sleep=self.sleep)
         self.bus = open_bus(settings, store.epoch, self.metrics)
-        self._tasks.append(asyncio.create_task(self.bus.start(), name="bus-start"))
+        self._tasks.append(asyncio.create_task(self._start_bus(self.bus), name="bus-start"))
         if self.serves:
             await self._start_serving(store, self.bus, revoked)
         self._running = True
@@ -186,6 +186,14 @@ class Relay:
         )
         if self.serves:
             _announce_access(settings)
+
+    async def _start_bus(self, bus: Bus) -> None:
+        """Connect the bus in the background: until it is up, ingest still stores (the
+        store is the truth) and serving processes poll the store and answer 503."""
+        try:
+            await bus.start()
+        except Exception as exc:  # credentials or a certificate it refuses: waiting won't help
+            self._fail(exc)
 
     async def _start_serving(self, store: Store, bus: Bus, revoked: RevocationList | None) -> None:
         settings = self.settings
