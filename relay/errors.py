@@ -6,6 +6,7 @@
     ├── ConfigError            bad setting, missing credential; the process exits
     ├── MalformedPayload       a stream line that is not a usable X API payload
     ├── StoreError             the store cannot be opened or written
+    │   └── WriterFenced       another process took the writer lease: this one stops
     ├── SourceError            a source failed for good (bad token, unentitled)
     └── ClientError            a client asked for something it cannot have
         ├── BadRequest         bad query parameter or bad frame (HTTP 400, error frame)
@@ -62,6 +63,10 @@ class MalformedPayload(RelayError):
 
 class StoreError(RelayError):
     """The store failed; the message says how."""
+
+
+class WriterFenced(StoreError):
+    """Another process holds the writer lease now: this one must never write again."""
 
 
 class SourceError(RelayError):

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,3 +219,43 @@ def pg_url(pg_server: PostgresServer) -> str:
     if pg_server.process is None or pg_server.process.poll() is not None:
         pg_server.start()  # a test that stopped the server and failed before starting it
     return pg_server.create_database()
+
+
+class StoreMaker:
+    """Opens stores of one kind for a test: ``await make_store()`` gives an open store
+    ready to write (on PostgreSQL it has claimed the writer lease); the same ``name``
+    again opens the same database (a reopen)."""
+
+    def __init__(self, kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        self.kind = kind
+        self._tmp_path = tmp_path
+        self._request = request
+        self._urls: dict[str, str] = {}
+
+    def url(self, name: str = "s") -> str:
+        """The database's path (SQLite) or URL (PostgreSQL)."""
+        if self.kind == "sqlite":
+            return str(self._tmp_path / f"{name}.db")
+        if name not in self._urls:
+            server: PostgresServer = self._request.getfixturevalue("pg_server")
+            self._urls[name] = server.create_database()
+        return self._urls[name]
+
+    async def __call__(self, name: str = "s", **options: Any) -> Any:
+        if self.kind == "sqlite":
+            from relay.store.sqlite import SQLiteStore
+
+            return await SQLiteStore.open(self.url(name), **options)
+        from relay.store.postgres import PostgresStore
+
+        store = await PostgresStore.open(self.url(name), writer=True, **options)
+        await store.claim_writer()
+        return store
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
+    """Every store test runs on SQLite and on PostgreSQL (see :class:`StoreMaker`)."""
+    if request.param == "postgres":
+        request.getfixturevalue("pg_server")  # skips (or fails under CI) when not installed
+    return StoreMaker(request.param, tmp_path, request)
