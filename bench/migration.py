@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 import sqlite_utils
 
-from relay.store import postgres_schema, sqlite_schema
+from relay.store import sqlite_schema
 from relay.store.postgres import migrate
 
 FILL_PG = """
@@ -87,7 +87,7 @@ def bench_sqlite(path: Path, count: int) -> dict[str, float]:
                 "2026-01-01T00:00:00.000Z",
                 int(i % 7 == 0),
                 '["cats"]',
-                '{"id":"%d","objectType":"objects.tweets","pad":"%s"}' % (i, "x" * 400),
+                f'{{"id":"{i}","objectType":"objects.tweets","pad":"{"x" * 400}"}}',
             )
             for i in range(1, count + 1)
         ),

@@ -142,8 +142,8 @@ def test_writes_before_claiming_and_after_being_fenced_raise(pg_url: str) -> Non
             await old.append(parse_line(tweet_line(1)).tweets, [], 1.0)
         await old.claim_writer()
         assert old.is_writer and old.holder == "old"
-        assert old._renew_task is not None
-        old._renew_task.cancel()  # the old writer stops renewing: a freeze, in effect
+        assert old._writer._renew_task is not None
+        old._writer._renew_task.cancel()  # the old writer stops renewing: a freeze, in effect
         new = await PostgresStore.open(pg_url, writer=True, lease_ttl=0.5, holder="new")
         told: list[str] = []
         await asyncio.wait_for(new.claim_writer(told.append), 4 * UNIT)
@@ -225,7 +225,7 @@ def test_migrate_refuses_a_newer_schema_and_a_foreign_database(pg_url: str) -> N
 
 
 def test_a_reader_on_an_empty_database_asks_for_migrate(pg_url: str) -> None:
-    with pytest.raises(StoreError, match="no relay schema in .*run `relay migrate`"):
+    with pytest.raises(StoreError, match=r"no relay schema in .*run `relay migrate`"):
         asyncio.run(PostgresStore.open(pg_url, writer=False))
 
 
@@ -234,9 +234,7 @@ def test_urls_that_can_never_work_fail_at_once_without_the_password(
 ) -> None:
     with pytest.raises(StoreError, match="not a PostgreSQL URL"):
         asyncio.run(PostgresStore.open("mysql://x@127.0.0.1/db", writer=True))
-    missing = pg_server.url("no_such_db", password="s3cret").replace(
-        "postgresql://", "postgres://"
-    )
+    missing = pg_server.url("no_such_db", password="s3cret").replace("postgresql://", "postgres://")
     with pytest.raises(StoreError, match="does not exist") as caught:
         asyncio.run(PostgresStore.open(missing, writer=True))
     assert "s3cret" not in str(caught.value)

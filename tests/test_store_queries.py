@@ -19,7 +19,8 @@ from relay.tweets import parse_line
 from tests.pg_server import StoreMaker
 from tests.test_objects import TWEETS as OBJECT_TWEETS
 from tests.test_objects import q
-from tests.test_pinned_filters import CASES, TWEETS as FILTER_TWEETS, sentinel
+from tests.test_pinned_filters import CASES, sentinel
+from tests.test_pinned_filters import TWEETS as FILTER_TWEETS
 
 
 def _parse(*lines: bytes) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -125,9 +126,7 @@ def test_a_pinned_filter_reads_what_the_stream_predicate_passes(
         query = parse_tweet_query({"sort": ["seq"], "limit": ["100"]}).narrowed(conditions)
         listed, total = await store.query(query)
         found = [t.id for t in tweets if await store.tweet(t.id, conditions) is not None]
-        users_found = [
-            t.id for t in tweets if await store.user(f"u{t.id}", conditions) is not None
-        ]
+        users_found = [t.id for t in tweets if await store.user(f"u{t.id}", conditions) is not None]
         await store.close()
         assert sorted(users_found) == sorted(found)
         return read, ruled, _ids(listed), found, total
