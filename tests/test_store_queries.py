@@ -67,6 +67,9 @@ QUERIES: list[tuple[str, list[str]]] = [
     ("sort=seq&search=NEAR%20OR", ["104"]),
     ("sort=seq&search=%22cats", ["101"]),
     ("sort=seq&search=猫が好き", ["104"]),
+    ("sort=seq&search=los-gatos", ["102"]),  # a phrase of the words, on both stores
+    ("sort=seq&search=great.", ["101"]),
+    ("sort=seq&search=--", []),
     ("sort=seq&rule=cats", ["101", "102", "104"]),
     ("sort=seq&since_seq=2", ["103", "104"]),
     ("sort=seq&" + q({"lang": "x' OR '1'='1"}), []),

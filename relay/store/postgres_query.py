@@ -9,13 +9,16 @@ database's ``lower()`` follows its locale and differs from Python on letters suc
 ``İ``, and a pinned filter must mean here exactly what
 :meth:`relay.filters.TweetFilter.matches` means on the stream.
 
-Full-text search (``text search``) uses an expression GIN index on
-``to_tsvector('simple', text)``; each word is a ``phraseto_tsquery`` (a word the parser
-splits, ``foo-bar``, must occur as that phrase) and every word must occur, as in SQLite's
-FTS5. The tokenizers differ at the edges: FTS5's ``unicode61`` strips diacritics
-(``gruse`` finds ``grüße``) where PostgreSQL's ``simple`` configuration keeps them, and
-PostgreSQL's parser keeps host names, e-mail addresses and URLs as tokens of their own
-beside their parts. A word that holds no token (``--``) constrains nothing.
+Full-text search (``text search``) uses an expression GIN index on the text with its
+punctuation turned into spaces, through the ``simple`` configuration (lower case, no
+stemming, no stop words); each search word goes through the same two steps and must
+occur as a phrase (``los-gatos`` finds "los gatos", as in FTS5), and every word must
+occur. Taking punctuation out first makes PostgreSQL's parser split words where
+SQLite's FTS5 ``unicode61`` tokenizer does (runs of letters and digits) instead of
+keeping host names, e-mail addresses and URLs as tokens of their own. What still
+differs: FTS5 strips diacritics (``cafe`` finds ``café``), PostgreSQL keeps them; a
+word with no letter or digit (``--``) matches nothing on either, but on PostgreSQL it
+is ignored when other words are given.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 from relay.query import Condition, TweetQuery
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX
 
-SEARCH_VECTOR = "to_tsvector('simple'::regconfig, text)"
+SEARCH_VECTOR = "to_tsvector('simple'::regconfig, regexp_replace(text, '[[:punct:]]+', ' ', 'g'))"
 """The indexed expression (``tweets_search``); queries must spell it the same way."""
 
 COLUMNS = {
@@ -98,7 +101,8 @@ def _condition(condition: Condition, in_rules: str) -> tuple[str, list[Any]]:
     if field == "text" and op == "contains":
         return "strpos(text_fold, %s) > 0", values
     if field == "text" and op == "search":
-        words = " && ".join(["phraseto_tsquery('simple'::regconfig, %s)"] * len(values))
+        word = "phraseto_tsquery('simple'::regconfig, regexp_replace(%s, '[[:punct:]]+', ' ', 'g'))"
+        words = " && ".join([word] * len(values))
         return f"{SEARCH_VECTOR} @@ ({words})", values
     if field == "rules":
         if op == "in":

@@ -70,7 +70,8 @@ _MIGRATION_2 = [
 
 _MIGRATION_3 = [
     # Full-text search; queries spell the expression as postgres_query.SEARCH_VECTOR.
-    "CREATE INDEX tweets_search ON tweets USING gin (to_tsvector('simple'::regconfig, text))",
+    "CREATE INDEX tweets_search ON tweets USING gin "
+    "(to_tsvector('simple'::regconfig, regexp_replace(text, '[[:punct:]]+', ' ', 'g')))",
 ]
 
 MIGRATIONS: list[list[str]] = [_MIGRATION_1, _MIGRATION_2, _MIGRATION_3]
