@@ -102,13 +102,10 @@ def configure_types(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 async def connect(
-    url: str, *, wait: bool = True, what: str = "PostgreSQL", **settings: Any
+    url: str, *, wait: bool = True, what: str = "PostgreSQL"
 ) -> psycopg.AsyncConnection[Any]:
     """An autocommit connection; while the server is unreachable and ``wait`` is set,
-    retries with backoff (1 s doubling to 10 s), one log line per wait.
-
-    ``settings`` are session settings (``SET``) applied once connected.
-    """
+    retries with backoff (1 s doubling to 10 s), one log line per wait."""
     info = conninfo(url)
     delay = FIRST_WAIT
     while True:
@@ -127,6 +124,4 @@ async def connect(
             delay = min(delay * 2, LONGEST_WAIT)
             continue
         configure_types(conn)
-        for name, value in settings.items():
-            await conn.execute("SELECT set_config(%s, %s, false)", [name, str(value)])
         return conn

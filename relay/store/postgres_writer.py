@@ -90,12 +90,15 @@ class Writer:
     async def _writer_session(self, conn: psycopg.AsyncConnection[Any]) -> None:
         # A writer frozen in a transaction holds the lease row's lock: the server ends
         # its session after this long, so a standby's claim is not held up for long.
+        # The keepalives are the server's side of those the client sets: the server
+        # notices a dead writer's socket in seconds and frees what it held.
         idle_ms = max(1000, int(self.lease_ttl * 1000))
         await conn.execute(
             "SELECT set_config('idle_in_transaction_session_timeout', %s, false), "
             "set_config('tcp_keepalives_idle', '5', false), "
             "set_config('tcp_keepalives_interval', '2', false), "
-            "set_config('tcp_keepalives_count', '3', false)",
+            "set_config('tcp_keepalives_count', '3', false), "
+            "set_config('tcp_user_timeout', '15000', false)",
             [str(idle_ms)],
         )
 
