@@ -217,6 +217,8 @@ def test_migrate_refuses_a_newer_schema_and_a_foreign_database(pg_url: str) -> N
         conn.execute("CREATE TABLE tweets (handle text, body text)")
     with pytest.raises(StoreError, match="not a tweet-relay database"):
         asyncio.run(migrate(pg_url))
+    with pytest.raises(StoreError, match=r"^cannot open database 127\.0\.0\.1:\d+/\w+: not a"):
+        asyncio.run(PostgresStore.open(pg_url, writer=True))
     with psycopg.connect(pg_url) as conn:  # nothing was written into it
         tables = conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"

@@ -152,8 +152,10 @@ class PostgresStore:
             if row is None:
                 raise StoreError("not a tweet-relay database (it has no epoch)")
             self.epoch = str(row[0])
-        except psycopg.Error as exc:
+        except (psycopg.Error, StoreError) as exc:
             await conn.close()
+            if isinstance(exc, StoreError) and str(exc).startswith("no relay schema"):
+                raise  # the caller retries until the release phase has migrated
             raise StoreError(
                 f"cannot open database {self.where}: {redact(str(exc), self.url)}"
             ) from None
