@@ -39,7 +39,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from relay.errors import QueryTimeout, StoreError
 from relay.query import Condition, TweetQuery
-from relay.store import AppendResult, StoredTweet, postgres_query
+from relay.store import AppendResult, Store, StoredTweet, postgres_query
 from relay.store.postgres_conn import (
     LONGEST_WAIT,
     configure_types,
@@ -395,3 +395,7 @@ async def _one_text(cur: Cursor, sql: str, params: Sequence[Any]) -> str | None:
     await cur.execute(sql.encode(), params)
     row = await cur.fetchone()
     return str(row[0]) if row else None
+
+
+def _is_a_store(store: PostgresStore) -> Store:
+    return store  # mypy checks here that PostgresStore keeps the Store protocol

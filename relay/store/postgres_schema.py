@@ -126,6 +126,7 @@ async def migrate_connection(
     goal = len(MIGRATIONS) if target is None else target
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
+        await conn.execute("SET LOCAL synchronous_commit = on")  # the epoch must survive
         version = await schema_version(conn)
         assert version is not None
         check_version(version)

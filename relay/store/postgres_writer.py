@@ -91,10 +91,14 @@ class Writer:
         # A writer frozen in a transaction holds the lease row's lock: the server ends
         # its session after this long, so a standby's claim is not held up for long.
         # The keepalives are the server's side of those the client sets: the server
-        # notices a dead writer's socket in seconds and frees what it held.
+        # notices a dead writer's socket in seconds and frees what it held. A commit is
+        # durable before the writer hands its seqs out, whatever the server's default:
+        # with synchronous_commit off, a server crash loses the last commits, and their
+        # seqs would be given again to other tweets.
         idle_ms = max(1000, int(self.lease_ttl * 1000))
         await conn.execute(
-            "SELECT set_config('idle_in_transaction_session_timeout', %s, false), "
+            "SELECT set_config('synchronous_commit', 'on', false), "
+            "set_config('idle_in_transaction_session_timeout', %s, false), "
             "set_config('tcp_keepalives_idle', '5', false), "
             "set_config('tcp_keepalives_interval', '2', false), "
             "set_config('tcp_keepalives_count', '3', false), "

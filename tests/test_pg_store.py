@@ -1,6 +1,8 @@
-"""One active writer on PostgreSQL, with real processes: a standby waits, takes over
-after kill -9 or SIGSTOP of the writer, and the old writer is fenced; seqs never repeat.
-Also: a PostgreSQL restart during writes, and ``migrate``."""
+"""What only the PostgreSQL store has. One active writer, with real processes: a standby
+waits, takes over after kill -9 or SIGSTOP of the writer, and the old writer is fenced;
+seqs never repeat. A PostgreSQL restart (clean or a crash) during writes loses nothing
+and stores nothing twice. ``migrate``, URLs, waiting for the server, statement time
+limits. (What both stores do is in test_store.py and test_store_queries.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from relay.errors import StoreError, WriterFenced
+from relay.errors import QueryTimeout, StoreError, WriterFenced
+from relay.query import parse_tweet_query
 from relay.store.postgres import PostgresStore, migrate
 from relay.store.postgres_schema import MIGRATIONS
 from relay.tweets import parse_line
@@ -161,14 +164,15 @@ def test_writes_before_claiming_and_after_being_fenced_raise(pg_url: str) -> Non
     asyncio.run(run())
 
 
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_a_postgresql_restart_during_writes_loses_nothing_and_stores_nothing_twice(
-    pg_server: PostgresServer, pg_url: str, caplog: pytest.LogCaptureFixture
+    pg_server: PostgresServer, pg_url: str, caplog: pytest.LogCaptureFixture, mode: str
 ) -> None:
     async def run() -> list[int]:
         store = await PostgresStore.open(pg_url, writer=True, lease_ttl=TTL)
         await store.claim_writer()
         seqs: list[int] = []
-        restart = asyncio.create_task(asyncio.to_thread(pg_server.restart))
+        restart = asyncio.create_task(asyncio.to_thread(pg_server.restart, mode))
         number = 0
         while not restart.done() or number < 200:
             number += 1
@@ -270,3 +274,21 @@ def test_open_waits_for_a_server_that_is_not_up_yet(
     host = pg_url.split("@")[1]
     assert line.startswith(f"waiting for PostgreSQL at {host.split('/')[0]}/")
     assert "retrying in 1 s" in line
+
+
+def test_a_statement_past_the_query_time_limit_is_stopped_by_the_server(pg_url: str) -> None:
+    async def run() -> None:
+        store = await PostgresStore.open(pg_url, writer=True)
+
+        async def slow(cur: psycopg.AsyncCursor[object]) -> None:
+            await cur.execute("SELECT pg_sleep(30)")
+
+        started = time.monotonic()
+        with pytest.raises(QueryTimeout, match=r"ran longer than 0\.2 s"):
+            await store._query(slow, 0.2)
+        assert time.monotonic() - started < UNIT  # stopped, not waited out
+        # The pool's connection is fine afterwards: the next query runs.
+        assert (await store.query(parse_tweet_query({}), timeout=UNIT)) == ([], 0)
+        await store.close()
+
+    asyncio.run(run())
