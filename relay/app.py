@@ -363,19 +363,20 @@ class Relay:
 
 
 async def open_store(settings: Settings, *, writer: bool, sleep: Sleep = asyncio.sleep) -> Store:
-    """The store the settings name; waits with backoff (and says so) until it is there."""
-    if settings.database_url:
-        from relay.store.postgres import PostgresStore
-
-        return await PostgresStore.open(
-            settings.database_url,
-            writer=writer,
-            query_readers=settings.query_readers,
-            lease_ttl=settings.lease_ttl,
-        )
+    """The store the settings name; waits with backoff (and says so) until it is there:
+    a server not up yet, or (for a serving process) a schema not migrated yet."""
     delay = 1.0
     while True:
         try:
+            if settings.database_url:
+                from relay.store.postgres import PostgresStore
+
+                return await PostgresStore.open(
+                    settings.database_url,
+                    writer=writer,
+                    query_readers=settings.query_readers,
+                    lease_ttl=settings.lease_ttl,
+                )
             return await SQLiteStore.open(
                 settings.db, query_readers=settings.query_readers, writer=writer
             )

@@ -37,6 +37,7 @@ from relay.store import StoredTweet
 from relay.store.sqlite import SQLiteStore
 from relay.synth import write_stream
 from relay.tweets import format_time, normalise_time, parse_line, time_from_unix
+from tests.pg_server import StoreMaker
 from tests.support import (
     ROOT,
     UNIT,
@@ -577,7 +578,7 @@ def test_a_garbage_replay_logs_a_sample_and_a_count_not_a_line_each(
 
 
 def test_the_writer_leaves_out_only_the_tweet_it_cannot_bind_and_keeps_the_seq_dense(
-    tmp_path: Path,
+    make_store: StoreMaker,
 ) -> None:
     # Past the boundary on purpose (a Tweet built by hand): the writer's own defence.
     import dataclasses
@@ -588,7 +589,7 @@ def test_the_writer_leaves_out_only_the_tweet_it_cannot_bind_and_keeps_the_seq_d
     bad = dataclasses.replace(tweets(3)[0], lang=["en"])  # type: ignore[arg-type]
 
     async def run() -> tuple[list[Any], int, str | None]:
-        store = await SQLiteStore.open(tmp_path / "w.db")
+        store = await make_store("w")
         results = await asyncio.gather(
             store.append(tweets(1, 2), [], 1_700_000_000.0),
             store.append([bad, *tweets(4)], [], 1_700_000_000.0),
@@ -605,7 +606,7 @@ def test_the_writer_leaves_out_only_the_tweet_it_cannot_bind_and_keeps_the_seq_d
     assert (head, state) == (3, "42")
 
     async def reopen() -> int:
-        store = await SQLiteStore.open(tmp_path / "w.db")
+        store = await make_store("w")
         stored = await store.append(tweets(5), [], 1_700_000_000.0)
         await store.close()
         return stored.stored[0].seq

@@ -255,9 +255,7 @@ def test_a_redis_restart_loses_clients_nothing(deploy: Deployment, redis_server:
     assert reader.connections == 1
 
 
-def test_a_postgresql_restart_loses_and_doubles_nothing(
-    deploy: Deployment, pg_server: Any
-) -> None:
+def test_a_postgresql_restart_loses_and_doubles_nothing(deploy: Deployment, pg_server: Any) -> None:
     deploy.write_stream(1500)
     deploy.migrate()
     web = deploy.serve()

@@ -1,4 +1,5 @@
-"""The SQLite store on real files: seq, epoch, dedupe, group commit, migrations."""
+"""Both stores (SQLite and PostgreSQL, one fixture): seq, epoch, dedupe, group commit,
+reads; the SQLite file's migrations."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from relay.errors import StoreError
 from relay.store.sqlite import MIGRATIONS, SQLiteStore
 from relay.tweets import parse_line
+from tests.pg_server import StoreMaker
 from tests.support import stream_line
 
 
@@ -20,10 +22,10 @@ def _tweets(*ids: int, tags: tuple[str, ...] = ("cats",)) -> list:  # type: igno
 
 
 def test_seq_increases_ids_are_stored_once_and_the_epoch_survives_a_reopen(
-    tmp_path: Path,
+    make_store: StoreMaker,
 ) -> None:
     async def run() -> None:
-        store = await SQLiteStore.open(tmp_path / "s.db")
+        store = await make_store()
         epoch = store.epoch
         first = await store.append(_tweets(1, 2, 2, 3), [], 1.0)
         assert [t.seq for t in first.stored] == [1, 2, 3]
@@ -32,7 +34,7 @@ def test_seq_increases_ids_are_stored_once_and_the_epoch_survives_a_reopen(
         assert [t.seq for t in again.stored] == [4]
         await store.close()
 
-        reopened = await SQLiteStore.open(tmp_path / "s.db")
+        reopened = await make_store()
         assert reopened.epoch == epoch
         assert await reopened.head() == 4
         later = await reopened.append(_tweets(5), [], 3.0)
@@ -44,9 +46,9 @@ def test_seq_increases_ids_are_stored_once_and_the_epoch_survives_a_reopen(
     asyncio.run(run())
 
 
-def test_concurrent_appends_are_group_committed_in_order(tmp_path: Path) -> None:
+def test_concurrent_appends_are_group_committed_in_order(make_store: StoreMaker) -> None:
     async def run() -> None:
-        store = await SQLiteStore.open(tmp_path / "g.db")
+        store = await make_store()
         results = await asyncio.gather(
             *(store.append(_tweets(n * 10 + 1, n * 10 + 2), [], 1.0) for n in range(50))
         )
@@ -58,9 +60,9 @@ def test_concurrent_appends_are_group_committed_in_order(tmp_path: Path) -> None
     asyncio.run(run())
 
 
-def test_channel_reads_and_counts_follow_the_rules(tmp_path: Path) -> None:
+def test_channel_reads_and_counts_follow_the_rules(make_store: StoreMaker) -> None:
     async def run() -> None:
-        store = await SQLiteStore.open(tmp_path / "c.db")
+        store = await make_store()
         await store.append(
             _tweets(1, 2, tags=("cats",)) + _tweets(3, tags=("dogs", "cats")), [], 1.0
         )

@@ -41,10 +41,16 @@ class AppendResult:
 
 class Store(Protocol):
     epoch: str
-    holder: str
-    """Who this process is, as other processes see it (``process 12 on web.1``)."""
-    is_writer: bool
-    """Opened to write (the ingesting roles); a serving process opens to read only."""
+
+    @property
+    def holder(self) -> str:
+        """Who this process is, as other processes see it (``process 12 on web.1``)."""
+        ...
+
+    @property
+    def is_writer(self) -> bool:
+        """Opened to write (the ingesting roles); a serving process opens to read only."""
+        ...
 
     async def claim_writer(self, on_standby: Callable[[str], None]) -> None:
         """Return once this process is the one active writer; writes before raise.
