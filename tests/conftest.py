@@ -16,6 +16,8 @@ from relay.config import Settings  # noqa: E402
 from tests.fake_x import RULES_TOML, TOKEN, FakeTime, FakeX  # noqa: E402
 from tests.support import PushSource, RelayProcess, RunningRelay  # noqa: E402
 
+pytest_plugins = ["tests.redis_server"]
+
 CAPTURES = Path(os.environ.get("RELAY_CAPTURES") or ROOT.parent / "shared" / "data" / "twarc-csv")
 """The real X API captures; ``RELAY_CAPTURES`` points elsewhere (a worktree, a CI cache)."""
 

@@ -1,0 +1,162 @@
+"""A real ``redis-server`` for tests, on a free port of 127.0.0.1, without persistence.
+
+A pytest plugin (``pytest_plugins`` in conftest.py). Fixtures:
+
+- ``redis_server``: a started :class:`RedisServer`; ``url``, ``restart()`` (kill -9 and
+  start again empty on the same port: a Redis restarted without persistence), ``stop()``
+  (kill -9), ``start()``, ``client()`` (a redis-py client for looking inside);
+- ``make_redis_server(tls=False, password=None, start=True)``: more of them, or with TLS
+  (a self-signed certificate made by ``openssl``; ``url`` is then ``rediss://``) or a
+  password (in ``url``); every one is killed at the end of the test.
+
+Without ``redis-server`` the tests that use them skip, and fail under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+MISSING = "needs redis-server: apt-get install redis-server"
+START_TIMEOUT = 10.0
+
+
+def _unavailable(message: str) -> None:
+    if os.environ.get("CI") == "true":  # CI must run these tests, never skip them quietly
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for ``localhost`` that no CA signed, as PaaS Redis add-ons use."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        _unavailable("needs the openssl command to make a certificate: apt-get install openssl")
+    cert, key = directory / "redis.crt", directory / "redis.key"
+    subprocess.run(
+        [openssl or "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+class RedisServer:
+    def __init__(
+        self, directory: Path, *, tls: bool = False, password: str | None = None
+    ) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            _unavailable(MISSING)
+        self.binary = binary or "redis-server"
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self.tls = tls
+        self.password = password
+        self.logfile = directory / "redis.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._tls_files = _self_signed(directory) if tls else None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}localhost:{self.port}/0"
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def _command(self) -> list[str]:
+        command = [self.binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        command += ["--dir", str(self.directory), "--logfile", str(self.logfile)]
+        if self._tls_files:
+            cert, key = self._tls_files
+            command += ["--port", "0", "--tls-port", str(self.port)]
+            command += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+            command += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+        else:
+            command += ["--port", str(self.port)]
+        if self.password:
+            command += ["--requirepass", self.password]
+        return command
+
+    def client(self) -> redis.Redis:
+        """A client for looking inside (XLEN, INFO, XADD by hand)."""
+        if self.tls:
+            return redis.Redis.from_url(self.url, ssl_cert_reqs="none", ssl_check_hostname=False)
+        return redis.Redis.from_url(self.url)
+
+    def start(self) -> None:
+        """Start (empty) and wait until it answers PING."""
+        assert self.proc is None, "already running"
+        self.proc = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        client = self.client()
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.RedisError:
+                    pass
+                log = self.logfile.read_text() if self.logfile.exists() else ""
+                if self.proc.poll() is not None:
+                    self.proc = None
+                    if self.tls and "TLS" in log and "not" in log:
+                        pytest.skip(f"this redis-server has no TLS support: {log[-300:]}")
+                    raise AssertionError(f"redis-server exited: {log[-1000:]}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"redis-server did not answer: {log[-1000:]}")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """kill -9: nothing saved, clients see their connections drop."""
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(START_TIMEOUT)
+        self.proc = None
+
+    def restart(self) -> None:
+        """A Redis restarted without persistence: same port, every key gone."""
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def make_redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    started: list[RedisServer] = []
+
+    def make(*, tls: bool = False, password: str | None = None, start: bool = True) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis{len(started)}", tls=tls, password=password)
+        started.append(server)
+        if start:
+            server.start()
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(make_redis_server: Callable[..., RedisServer]) -> RedisServer:
+    return make_redis_server()
