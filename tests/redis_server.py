@@ -59,9 +59,7 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 class RedisServer:
-    def __init__(
-        self, directory: Path, *, tls: bool = False, password: str | None = None
-    ) -> None:
+    def __init__(self, directory: Path, *, tls: bool = False, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             _unavailable(MISSING)

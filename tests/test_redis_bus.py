@@ -46,6 +46,14 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
+def published(bus: RedisBus) -> float:
+    return sample(bus.metrics, "relay_bus_published_total", kind="tweet")
+
+
+def reconnects(bus: RedisBus, role: str) -> float:
+    return sample(bus.metrics, "relay_bus_reconnects_total", role=role)
+
+
 async def until(condition: Callable[[], bool], timeout: float = 4 * UNIT) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
@@ -94,9 +102,7 @@ def test_two_followers_get_the_same_tweets_in_seq_order(redis_server: RedisServe
         publisher, one, two = bus(redis_server), bus(redis_server), bus(redis_server)
         for b in (publisher, one, two):
             await b.start()
-        readers = [
-            asyncio.create_task(read_until(b.follow(0), has_seq(1200))) for b in (one, two)
-        ]
+        readers = [asyncio.create_task(read_until(b.follow(0), has_seq(1200))) for b in (one, two)]
         for start in range(0, 1200, 100):  # committed batches, in seq order
             publisher.publish(published[start : start + 100])
         first, second = await asyncio.gather(*readers)
@@ -114,7 +120,7 @@ def test_a_follower_from_a_seq_gets_only_later_entries(redis_server: RedisServer
         publisher, follower = bus(redis_server), bus(redis_server)
         await publisher.start()
         publisher.publish(tweets(1, 20))
-        await until(lambda: sample(publisher.metrics, "relay_bus_published_total", kind="tweet") == 20)
+        await until(lambda: published(publisher) == 20)
         got = await read_until(follower.follow(12), has_seq(20))
         assert seqs(got) == list(range(13, 21))
         await publisher.close()
@@ -223,7 +229,7 @@ def test_a_follower_above_a_lost_stream_follows_the_new_one(redis_server: RedisS
         next_read = asyncio.create_task(read_until(stream, has_seq(3), timeout=8 * UNIT))
         await publisher.close()
         redis_server.restart()
-        await until(lambda: sample(follower.metrics, "relay_bus_reconnects_total", role="follower") >= 1)
+        await until(lambda: reconnects(follower, "follower") >= 1)
         again = bus(redis_server)  # e.g. a store re-created under the same epoch name
         await again.start()
         again.publish(tweets(1, 3))
@@ -334,7 +340,7 @@ def test_a_malformed_entry_is_skipped_and_counted(
         publisher, follower = bus(redis_server), bus(redis_server)
         await publisher.start()
         publisher.publish(tweets(1, 2))
-        await until(lambda: sample(publisher.metrics, "relay_bus_published_total", kind="tweet") == 2)
+        await until(lambda: published(publisher) == 2)
         client = redis_server.client()
         client.xadd(key, {"foo": "bar"}, id="3-0")  # another writer
         client.xadd(key, {"body": b"{}", "meta": b"not json"}, id="4-0")
