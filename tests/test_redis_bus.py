@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from relay.bus import BusItem, Heartbeat
-from relay.bus.redis import RedisBus, decode_entry, encode_tweet, where
+from relay.bus.entries import decode_entry, encode_tweet
+from relay.bus.redis import RedisBus, where
 from relay.errors import ConfigError
 from relay.metrics import Metrics
 from relay.store import StoredTweet

@@ -17,11 +17,7 @@ Both sides reconnect by themselves, with backoff, and say so in the log. Nothing
 here raises to the caller once started: ``publish`` queues (bounded, the oldest
 dropped and counted), the sender retries, a follower waits.
 
-Entry layout (field names are bytes)::
-
-    tweet      id {seq}-0   body  the stored body, as the store encoded it
-                            meta  JSON {"channels", "lang", "author", "has_media", "text"}
-    heartbeat  id {head}-N  head  the head seq, in decimal
+The entries are laid out in :mod:`relay.bus.entries`.
 """
 
 from __future__ import annotations
@@ -36,13 +32,20 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
 
-from relay.bus import BusItem, Heartbeat
+from relay.bus import BusItem
+from relay.bus.entries import (
+    EntryId,
+    MalformedEntry,
+    decode_entry,
+    encode_heartbeat,
+    encode_tweet,
+    parse_id,
+)
 from relay.errors import ConfigError
 from relay.http import LogSampler
 from relay.metrics import Metrics
@@ -63,79 +66,6 @@ SOCKET_TIMEOUT = 5.0
 machine that vanished does not close its sockets."""
 
 _STALE_ID = "equal or smaller than the target stream top item"
-_Id = tuple[int, int]
-
-
-class MalformedEntry(ValueError):
-    """A stream entry that is not one of ours (another writer, another version)."""
-
-
-def encode_tweet(tweet: StoredTweet) -> dict[bytes, bytes]:
-    """The fields of a tweet's entry: the body as stored, and what filters look at."""
-    meta = {
-        "channels": tweet.channels,
-        "lang": tweet.lang,
-        "author": tweet.author,
-        "has_media": tweet.has_media,
-        "text": tweet.text,
-    }
-    return {b"body": tweet.body, b"meta": orjson.dumps(meta)}
-
-
-def _optional_str(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise MalformedEntry("lang and author must be strings or null")
-
-
-def decode_entry(entry_id: bytes, fields: dict[bytes, bytes] | None) -> BusItem:
-    """The tweet or heartbeat an entry holds; raises :class:`MalformedEntry` otherwise."""
-    ms, n = parse_id(entry_id)
-    if not isinstance(fields, dict):
-        raise MalformedEntry("no fields")
-    if b"head" in fields:
-        if len(fields) != 1:
-            raise MalformedEntry("a heartbeat holds only its head")
-        try:
-            head = int(fields[b"head"])
-        except ValueError:
-            raise MalformedEntry("the head is not a number") from None
-        if head != ms:
-            raise MalformedEntry(f"the head {head} is not the id's {ms}")
-        return Heartbeat(head)
-    if fields.keys() != {b"body", b"meta"}:
-        raise MalformedEntry(f"unknown fields {sorted(fields)[:4]}")
-    if n != 0 or ms <= 0:
-        raise MalformedEntry("a tweet's id is {seq}-0")
-    try:
-        meta = orjson.loads(fields[b"meta"])
-    except orjson.JSONDecodeError:
-        raise MalformedEntry("meta is not JSON") from None
-    if not isinstance(meta, dict):
-        raise MalformedEntry("meta is not an object")
-    channels = meta.get("channels")
-    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
-        raise MalformedEntry("channels must be a list of strings")
-    has_media, text = meta.get("has_media"), meta.get("text")
-    if not isinstance(has_media, bool) or not isinstance(text, str):
-        raise MalformedEntry("has_media must be a boolean and text a string")
-    return StoredTweet(
-        seq=ms,
-        channels=tuple(channels),
-        body=fields[b"body"],
-        lang=_optional_str(meta.get("lang")),
-        author=_optional_str(meta.get("author")),
-        has_media=has_media,
-        text=text,
-    )
-
-
-def parse_id(entry_id: bytes | str) -> _Id:
-    text = entry_id.decode("ascii", "replace") if isinstance(entry_id, bytes) else entry_id
-    ms, sep, n = text.partition("-")
-    if not (sep and ms.isdigit() and n.isdigit()):
-        raise MalformedEntry(f"bad entry id {text[:40]!r}")
-    return int(ms), int(n)
 
 
 def where(url: str) -> str:
@@ -384,7 +314,7 @@ class RedisBus:
                 self._next_heartbeat = time.monotonic() + self.heartbeat_interval
                 pipe.xadd(
                     self.key,
-                    {b"head": str(heartbeat).encode()},
+                    encode_heartbeat(heartbeat),  # type: ignore[arg-type]
                     id=f"{heartbeat}-*",
                     maxlen=self.maxlen,
                     approximate=True,
@@ -426,7 +356,7 @@ class RedisBus:
     async def follow(self, after: int) -> AsyncIterator[Sequence[BusItem]]:
         client = self._new_client()
         self._followers.add(client)
-        last: _Id = (after, 0)
+        last: EntryId = (after, 0)
         check_top = True
         backoff = _Backoff()
         failing = False
@@ -477,7 +407,7 @@ class RedisBus:
             self._followers.discard(client)
             await client.aclose()
 
-    async def _rewind(self, client: Redis, last: _Id) -> _Id:
+    async def _rewind(self, client: Redis, last: EntryId) -> EntryId:
         """Where to read from: ``last``, or the stream's top when that is below it.
 
         A Redis restarted without persistence starts the stream anew, lower than
