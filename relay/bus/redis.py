@@ -188,6 +188,8 @@ class RedisBus:
     async def start(self) -> None:
         """Wait until Redis answers PING; a refused password or certificate is a
         :class:`~relay.errors.ConfigError` (waiting would not help)."""
+        if urlsplit(self.url).scheme == "rediss" and not self.tls_verify:
+            log.info("the TLS certificate of Redis at %s is not verified", self.where)
         backoff = _Backoff()
         while True:
             try:
@@ -416,7 +418,13 @@ class RedisBus:
         it (seqs are the store's), so reading on from the top loses nothing.
         """
         top: Any = await client.xrevrange(self.key, "+", "-", count=1)
-        top_id = parse_id(top[0][0]) if top else (0, 0)
+        if not top:
+            if last > (0, 0):
+                log.info(
+                    "the stream %s at %s is empty: following from its start", self.key, self.where
+                )
+            return (0, 0)
+        top_id = parse_id(top[0][0])
         if top_id < last:
             log.info(
                 "the stream %s at %s ends at %d-%d, below %d-%d: following from there",
