@@ -4,7 +4,8 @@ A pytest plugin (``pytest_plugins`` in conftest.py). Fixtures:
 
 - ``redis_server``: a started :class:`RedisServer`; ``url``, ``restart()`` (kill -9 and
   start again empty on the same port: a Redis restarted without persistence), ``stop()``
-  (kill -9), ``start()``, ``client()`` (a redis-py client for looking inside);
+  (kill -9), ``start()``, ``freeze()``/``thaw()`` (SIGSTOP/SIGCONT), ``client()`` (a sync
+  redis-py client for looking inside), ``port``;
 - ``make_redis_server(tls=False, password=None, start=True)``: more of them, or with TLS
   (a self-signed certificate made by ``openssl``; ``url`` is then ``rediss://``) or a
   password (in ``url``); every one is killed at the end of the test.
@@ -141,9 +142,18 @@ class RedisServer:
         """kill -9: nothing saved, clients see their connections drop."""
         if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGKILL)
+        self.proc.send_signal(signal.SIGKILL)  # a frozen one too
         self.proc.wait(START_TIMEOUT)
         self.proc = None
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers (a machine that vanished)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         """A Redis restarted without persistence: same port, every key gone."""

@@ -166,6 +166,18 @@ def test_trimming_keeps_about_maxlen_entries(redis_server: RedisServer) -> None:
     assert top[0][0] == b"2000-0"
     client.close()
 
+    async def late() -> list[BusItem]:
+        follower = bus(redis_server)
+        try:
+            return await read_until(follower.follow(5), has_seq(2000))
+        finally:
+            await follower.close()
+
+    # A follower behind the trimmed part reads on from the oldest entry kept (a seq
+    # jump the follower fills from the store), never waits for what is gone.
+    got = seqs(asyncio.run(late()))
+    assert got == list(range(2001 - length, 2001))
+
 
 def test_heartbeats_carry_the_head_while_nothing_is_published(redis_server: RedisServer) -> None:
     async def main() -> None:
@@ -255,6 +267,46 @@ def test_publish_drops_the_oldest_when_the_queue_is_full(redis_server: RedisServ
         await follower.close()
 
     asyncio.run(main())
+
+
+def test_close_gives_up_on_a_redis_that_is_down(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        publisher = bus(redis_server)
+        await publisher.start()
+        redis_server.stop()
+        publisher.publish(tweets(1, 30))
+        await asyncio.wait_for(publisher.close(), 4 * UNIT)
+        assert sample(publisher.metrics, "relay_bus_dropped_total", reason="closed") == 30
+        assert not publisher.connected
+
+    asyncio.run(main())
+
+
+def test_a_frozen_redis_is_noticed_and_both_sides_go_on_when_it_wakes(
+    redis_server: RedisServer,
+) -> None:
+    """SIGSTOP: no connection is closed, nothing answers; the socket timeout finds it."""
+
+    async def main() -> None:
+        publisher, follower = bus(redis_server), bus(redis_server)
+        await publisher.start()
+        stream = follower.follow(0)
+        publisher.publish(tweets(1, 5))
+        await read_until(stream, has_seq(5))
+        next_read = asyncio.create_task(read_until(stream, has_seq(10), timeout=8 * UNIT))
+        redis_server.freeze()
+        publisher.publish(tweets(6, 8))
+        await until(lambda: not publisher.connected and not follower.connected)
+        redis_server.thaw()
+        publisher.publish(tweets(9, 10))
+        assert seqs(await next_read) == list(range(6, 11))
+        await publisher.close()
+        await follower.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        redis_server.thaw()
 
 
 def test_close_sends_what_is_queued(redis_server: RedisServer) -> None:

@@ -53,6 +53,11 @@ from relay.store import StoredTweet
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAXLEN = 2000
+"""Entries kept. Redis holds about 1.3 times the body per entry (bench/redis_bus.py: 2.3 KB
+for 1.5 KB bodies, 6.6 KB for the 5 KB of real X API tweets with expansions), so 2000
+real tweets take about 13 MB: room to spare on a 25 MB add-on. A follower further behind
+reads the rest from the store."""
 BACKOFF_START = 0.5
 BACKOFF_MAX = 5.0
 READ_BLOCK_MS = 1000
@@ -116,7 +121,7 @@ class RedisBus:
         url: str,
         *,
         epoch: str,
-        maxlen: int = 5000,
+        maxlen: int = DEFAULT_MAXLEN,
         heartbeat_interval: float = 2.0,
         tls_verify: bool = True,
         queue_limit: int = 10_000,
