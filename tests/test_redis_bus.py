@@ -269,17 +269,25 @@ def test_publish_drops_the_oldest_when_the_queue_is_full(redis_server: RedisServ
     asyncio.run(main())
 
 
-def test_close_gives_up_on_a_redis_that_is_down(redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("down", ["stopped", "frozen"])
+def test_close_gives_up_on_a_redis_that_is_down(redis_server: RedisServer, down: str) -> None:
     async def main() -> None:
         publisher = bus(redis_server)
         await publisher.start()
-        redis_server.stop()
+        if down == "stopped":
+            redis_server.stop()
+        else:
+            redis_server.freeze()
         publisher.publish(tweets(1, 30))
         await asyncio.wait_for(publisher.close(), 4 * UNIT)
         assert sample(publisher.metrics, "relay_bus_dropped_total", reason="closed") == 30
         assert not publisher.connected
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if down == "frozen":
+            redis_server.thaw()
 
 
 def test_a_frozen_redis_is_noticed_and_both_sides_go_on_when_it_wakes(
