@@ -94,6 +94,7 @@ def test_entries_round_trip_every_field() -> None:
 def test_where_never_shows_the_password() -> None:
     assert where("rediss://h:s3cret@redis.example:25061/0") == "redis.example:25061"
     assert where("redis://:s3cret@10.0.0.1") == "10.0.0.1:6379"
+    assert where("redis://[::1]:6380") == "[::1]:6380"
 
 
 def test_two_followers_get_the_same_tweets_in_seq_order(redis_server: RedisServer) -> None:

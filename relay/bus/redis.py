@@ -80,7 +80,8 @@ def where(url: str) -> str:
         port = parts.port or 6379
     except ValueError:
         port = 6379
-    return f"{parts.hostname or 'localhost'}:{port}"
+    host = parts.hostname or "localhost"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _reason(exc: BaseException, password: str | None) -> str:
