@@ -417,3 +417,25 @@ def test_a_malformed_entry_is_skipped_and_counted(
 
     asyncio.run(main())
     assert "skipped bus entry b'4-0'" in caplog.text
+
+
+def test_a_serving_process_holds_one_connection_per_follow(redis_server: RedisServer) -> None:
+    """Small add-ons allow few connections (Heroku's mini: 20)."""
+
+    async def main() -> None:
+        follower, publisher = bus(redis_server), bus(redis_server)
+        await follower.start()
+        reading = asyncio.create_task(read_until(follower.follow(0), has_seq(1)))
+        inspect = redis_server.client()
+
+        def others() -> list[str]:
+            return [c["cmd"] for c in inspect.client_list() if c["cmd"] != "client|list"]
+
+        await until(lambda: others() == ["xread"])  # start()'s connection is closed
+        publisher.publish(tweets(1, 1))
+        assert seqs(await reading) == [1]
+        inspect.close()
+        await publisher.close()
+        await follower.close()
+
+    asyncio.run(main())

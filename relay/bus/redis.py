@@ -196,11 +196,22 @@ class RedisBus:
         :class:`~relay.errors.ConfigError` (waiting would not help)."""
         if urlsplit(self.url).scheme == "rediss" and not self.tls_verify:
             log.info("the TLS certificate of Redis at %s is not verified", self.where)
+        # A connection of its own, closed after: a serving process only follows (one
+        # connection each) and a small add-on allows few (Heroku's mini: 20).
+        client = self._new_client()
+        try:
+            await self._wait_for_ping(client)
+        finally:
+            await client.aclose()
+        self._set_connected(True)
+        self._ensure_sender()
+
+    async def _wait_for_ping(self, client: Redis) -> None:
         backoff = _Backoff()
         while True:
             try:
-                await self._publisher().ping()
-                break
+                await client.ping()
+                return
             except (RedisError, OSError) as exc:
                 self._set_connected(False)
                 if isinstance(exc, AuthenticationError):
@@ -217,8 +228,6 @@ class RedisBus:
                 delay = backoff.next()
                 self._waiting(exc, delay)
                 await asyncio.sleep(delay)
-        self._set_connected(True)
-        self._ensure_sender()
 
     # -- publishing -------------------------------------------------------
 
@@ -400,8 +409,8 @@ class RedisBus:
                     check_top = True
                     continue
                 items: list[BusItem] = []
-                # RESP2 answers [[key, entries]], RESP3 {key: entries}
-                entries = reply[0][1] if isinstance(reply, list) else reply[self.key.encode()]
+                # RESP2 answers [[key, entries]], RESP3 {key: entries}: one key either way
+                entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))
                 for entry_id, fields in entries:
                     try:
                         last = parse_id(entry_id)
