@@ -201,10 +201,26 @@ class RedisBus:
         client = self._new_client()
         try:
             await self._wait_for_ping(client)
+            await self._check_version(client)
         finally:
             await client.aclose()
         self._set_connected(True)
         self._ensure_sender()
+
+    async def _check_version(self, client: Redis) -> None:
+        """Heartbeat ids ``{head}-*`` need Redis 7; an older one refuses them (tweets pass)."""
+        try:
+            version = str((await client.info("server")).get("redis_version", ""))
+        except (RedisError, OSError):  # some hosted Redis rename INFO: nothing to say
+            return
+        major = version.partition(".")[0]
+        if major.isdigit() and int(major) < 7:
+            log.warning(
+                "Redis at %s is %s: heartbeats need Redis 7, so serving processes notice "
+                "a lost tweet only at the next one",
+                self.where,
+                version,
+            )
 
     async def _wait_for_ping(self, client: Redis) -> None:
         backoff = _Backoff()
