@@ -91,9 +91,10 @@ class Settings:
     redis_tls_verify: bool = True
     """Verify the Redis server's TLS certificate; false for the self-signed certificates
     of PaaS add-ons (Heroku Redis), which still encrypts."""
-    bus_maxlen: int = 5000
-    """Entries (one a tweet) the Redis stream keeps, trimmed approximately; about 4 KB each
-    in Redis for 3 KB bodies, so the default fits a 25 MB add-on with room to spare."""
+    bus_maxlen: int = 2000
+    """Entries (one a tweet) the Redis stream keeps, trimmed approximately. Redis holds about
+    1.3x the body an entry: 6.6 KB for real tweets (5 KB bodies), so 2000 take about 13 MB
+    and fit a 25 MB add-on; a serving process further behind reads from the store."""
     heartbeat_interval: float = 2.0
     """Seconds between the ingester's heartbeats (its head seq) on the bus."""
     bus_check_interval: float = 5.0

@@ -83,6 +83,39 @@ class Metrics:
             ["route", "status"],
             registry=r,
         )
+        # The bus (relay/bus/redis.py); a tweet the bus misses is read from the store.
+        self.bus_published = Counter(
+            "relay_bus_published",
+            "Entries added to the bus, by kind (tweet, heartbeat)",
+            ["kind"],
+            registry=r,
+        )
+        self.bus_dropped = Counter(
+            "relay_bus_dropped",
+            "Tweets never added to the bus, by reason (queue_full: Redis down or slow for "
+            "too long; error: Redis refused the entry, e.g. out of memory; closed: at shutdown)",
+            ["reason"],
+            registry=r,
+        )
+        self.bus_refused = Counter(
+            "relay_bus_refused_ids",
+            "Tweets not added because the stream was already past their seq (a re-publish)",
+            registry=r,
+        )
+        self.bus_malformed = Counter(
+            "relay_bus_malformed_entries",
+            "Bus entries read that were not ours, skipped",
+            registry=r,
+        )
+        self.bus_reconnects = Counter(
+            "relay_bus_reconnects",
+            "Bus connections made again after a failure, by role",
+            ["role"],
+            registry=r,
+        )
+        self.bus_connected = Gauge(
+            "relay_bus_connected", "1 when the bus answered the last operation", registry=r
+        )
 
         # Scale-out: which process writes, how far a serving process trails the store.
         self.writer_active = Gauge(

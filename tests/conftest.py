@@ -16,7 +16,10 @@ from relay.config import Settings  # noqa: E402
 from tests.fake_x import RULES_TOML, TOKEN, FakeTime, FakeX  # noqa: E402
 from tests.support import PushSource, RelayProcess, RunningRelay  # noqa: E402
 
-pytest_plugins = ["tests.pg_server"]  # pg_server, pg_url: a real PostgreSQL
+pytest_plugins = [
+    "tests.pg_server",  # pg_server, pg_url, make_store: a real PostgreSQL
+    "tests.redis_server",  # redis_server, make_redis_server: a real redis-server
+]
 
 CAPTURES = Path(os.environ.get("RELAY_CAPTURES") or ROOT.parent / "shared" / "data" / "twarc-csv")
 """The real X API captures; ``RELAY_CAPTURES`` points elsewhere (a worktree, a CI cache)."""
