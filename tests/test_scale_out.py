@@ -74,10 +74,8 @@ class Reader:
                 if frame["type"] == "subscribed":
                     if not self.epoch:
                         self.epoch = frame["epoch"]
-                        if frame["seq"] > 0:  # started late: read from the start
-                            op["since"] = {"epoch": self.epoch, "seq": 0}
-                            ws.send(orjson.dumps({"op": "unsubscribe", "channel": "tweets"}))
-                            ws.send(orjson.dumps(op).decode())
+                        if frame["seq"] > 0:
+                            return  # started late: connect again, resuming from seq 0
                 elif frame["type"] == "tweet":
                     self.frames.append((frame["seq"], frame["tweet"]["id"]))
                     if frame["seq"] >= self.until:
@@ -274,9 +272,9 @@ def test_a_postgresql_restart_loses_and_doubles_nothing(deploy: Deployment, pg_s
 def test_processes_started_before_their_servers_wait_and_say_so(
     tmp_path: Path, pg_server: Any, make_redis_server: Callable[..., Any]
 ) -> None:
-    database = pg_server.create_database()
+    database_url = pg_server.create_database()
     redis_down = make_redis_server(start=False)
-    deployment = Deployment(tmp_path, pg_server.url(database), redis_down.url)
+    deployment = Deployment(tmp_path, database_url, redis_down.url)
     try:
         deployment.write_stream(300)
         deployment.migrate()
