@@ -8,7 +8,6 @@ WebSocket client on ``web`` receives live tweets that ``worker`` ingested.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -28,6 +27,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from websockets.sync.client import connect
+
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = 5.0  # as in tests/support.py; this file imports nothing of the relay: it runs installed
@@ -207,87 +208,6 @@ def test_the_lock_file_alone_installs_the_app_and_its_entry_point(app: App) -> N
             assert installed.get(canonicalize_name(pin.name)) in pin.specifier, text
 
 
-# --- TEMPORARY: local starters until the shared fixtures land ------------------------------
-# TEMPORARY: replace with the pytest plugins tests/redis_server.py (a redis-server on a free
-# port, ``.url``) and tests/pg_server.py (PostgreSQL on a free port, a fresh database URL per
-# test) once they are merged.
-
-REDIS_SERVER = Path(shutil.which("redis-server") or "/usr/bin/redis-server")
-PG_BIN = max(  # Debian's layout: /usr/lib/postgresql/<major>/bin; the newest
-    Path("/usr/lib/postgresql").glob("[0-9]*/bin"),
-    key=lambda bin: int(bin.parent.name.split(".")[0]),
-    default=Path("/usr/lib/postgresql/15/bin"),
-)
-
-
-def _wait_port(port: int, what: str, proc: subprocess.Popen[bytes]) -> None:
-    def up() -> bool:
-        assert proc.poll() is None, f"{what} exited with {proc.returncode}"
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", port)) == 0
-
-    wait_for(up, 4 * UNIT, f"{what} on port {port}")
-
-
-def _stop(proc: subprocess.Popen[bytes], sig: int) -> None:
-    proc.send_signal(sig)
-    try:
-        proc.wait(4 * UNIT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@contextlib.contextmanager
-def start_redis(folder: Path) -> Iterator[str]:
-    """TEMPORARY: a redis-server on a free port, no persistence; yields its URL."""
-    if not REDIS_SERVER.is_file():
-        _missing("redis-server", "apt-get install redis-server")
-    port = free_port()
-    args = f"--port {port} --bind 127.0.0.1 --appendonly no --dir {folder}".split()
-    proc = subprocess.Popen([str(REDIS_SERVER), *args, "--save", ""], stdout=subprocess.DEVNULL)
-    try:
-        _wait_port(port, "redis-server", proc)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        _stop(proc, signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def start_postgres() -> Iterator[str]:
-    """TEMPORARY: PostgreSQL on a free port in a temporary cluster; yields its URL.
-
-    PostgreSQL refuses to run as root: as root, initdb and the server run as ``postgres``.
-    """
-    if not (PG_BIN / "initdb").is_file():
-        _missing("PostgreSQL", "apt-get install postgresql")
-    user = "postgres" if os.geteuid() == 0 else None
-    # Not under pytest's tmp_path: its parents are private to root, and postgres must reach it.
-    data = Path(tempfile.mkdtemp(prefix="relay-pg-"))
-    if user:
-        shutil.chown(data, user, user)
-    port = free_port()
-    try:
-        initdb = f"-D {data}/db -U postgres -A trust --no-sync -E UTF8 --locale C".split()
-        subprocess.run(
-            [str(PG_BIN / "initdb"), *initdb], check=True, capture_output=True, user=user
-        )
-        server = f"-D {data}/db -p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
-        proc = subprocess.Popen(
-            [str(PG_BIN / "postgres"), *server.split()],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            user=user,
-        )
-        try:
-            _wait_port(port, "postgres", proc)
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        finally:
-            _stop(proc, signal.SIGINT)  # fast shutdown: does not wait for clients
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
-
-
 # --- the Procfile under honcho ---------------------------------------------------------------
 
 
@@ -413,7 +333,10 @@ def test_the_procfile_declares_the_three_process_types() -> None:
 
 
 def test_the_procfile_runs_release_worker_and_web_on_redis_and_postgresql(
-    app: App, honcho: Callable[[Path, dict[str, str]], Honcho], tmp_path: Path
+    app: App,
+    honcho: Callable[[Path, dict[str, str]], Honcho],
+    pg_url: str,
+    redis_server: RedisServer,
 ) -> None:
     assert app.install.returncode == 0, app.install.stderr
     serve = subprocess.run(
@@ -421,21 +344,18 @@ def test_the_procfile_runs_release_worker_and_web_on_redis_and_postgresql(
     )
     if serve.returncode != 0:
         pytest.skip("`relay serve` is not on this branch yet (relay ingest, serve, migrate)")
-    with contextlib.ExitStack() as servers:  # TEMPORARY: the shared fixtures, once merged
-        redis_url = servers.enter_context(start_redis(tmp_path))
-        database_url = servers.enter_context(start_postgres())
-        run = honcho(
-            app.dir / "Procfile",
-            {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "RELAY_SPEED": "20"},
-        )
-        for _ in range(2):  # the release phase, before each deploy: a second run is harmless
-            run.run("release")
-        run.start("web", "worker")
-        run.wait_ready()
-        seqs = _live_seqs(run.port, 20)  # stored by worker, carried by Redis, sent by web
-        assert seqs == list(range(seqs[0], seqs[0] + 20)), seqs
-        assert not list(app.dir.rglob("*.db")), "the store must be PostgreSQL, not SQLite"
-        run.stop("web", "worker")
+    run = honcho(
+        app.dir / "Procfile",
+        {"DATABASE_URL": pg_url, "REDIS_URL": redis_server.url, "RELAY_SPEED": "20"},
+    )
+    for _ in range(2):  # the release phase, before each deploy: a second run is harmless
+        run.run("release")
+    run.start("web", "worker")
+    run.wait_ready()
+    seqs = _live_seqs(run.port, 20)  # stored by worker, carried by Redis, sent by web
+    assert seqs == list(range(seqs[0], seqs[0] + 20)), seqs
+    assert not list(app.dir.rglob("*.db")), "the store must be PostgreSQL, not SQLite"
+    run.stop("web", "worker")
 
 
 def test_the_one_process_deploy_in_the_docs_runs_under_honcho(
