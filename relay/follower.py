@@ -126,6 +126,13 @@ class Follower:
                 await self._fill(item.seq - 1, "seq jump")
                 if item.seq <= self.hub.head:
                     continue
+                if item.seq > await self.store.head():
+                    # Not in the store: never from our ingester, which publishes after
+                    # commit (a foreign or stale writer on the bus). Publishing it would
+                    # move the head past tweets still to come and hide them.
+                    self.metrics.bus_foreign.inc()
+                    log.warning("dropped bus entry seq %d: not in the store", item.seq)
+                    continue
             run.append(item)
         self._publish(run)
         self.metrics.bus_lag.set(0)

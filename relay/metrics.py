@@ -135,6 +135,11 @@ class Metrics:
             "(or the ingester's last heartbeat)",
             registry=r,
         )
+        self.bus_foreign = Counter(
+            "relay_bus_foreign_entries",
+            "Bus entries dropped because the store does not hold their seq",
+            registry=r,
+        )
         self.bus_filled = Counter(
             "relay_bus_filled_tweets",
             "Tweets a serving process read from the store because the bus did not bring them",

@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
@@ -174,3 +175,34 @@ def test_the_query_cap_is_per_forwarded_client_only_behind_trusted_proxies(
         assert answers == {"203.0.113.1": 200, "203.0.113.2": 200}
     else:
         assert answers == {"203.0.113.1": 200, "203.0.113.2": 429}
+
+
+def info_urls(relay: RunningRelay, headers: dict[str, str]) -> tuple[str, str]:
+    request = urllib.request.Request(relay.url + "/v1/info", headers=headers)
+    with urllib.request.urlopen(request, timeout=UNIT) as response:
+        body = orjson.loads(response.read())
+    return body["stream_url"], body["objects_url"]
+
+
+FORGED = {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}
+
+
+def test_forwarded_host_and_proto_are_ignored_without_trusted_proxies(
+    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+) -> None:
+    relay = start_relay(make_settings(), PushSource())
+    stream, objects = info_urls(relay, FORGED)
+    assert stream == f"ws://127.0.0.1:{relay.port}/v1/stream"
+    assert objects.startswith(f"http://127.0.0.1:{relay.port}/")
+
+
+def test_forwarded_host_and_proto_are_used_behind_a_trusted_proxy(
+    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+) -> None:
+    relay = start_relay(make_settings(trusted_proxies=1), PushSource())
+    stream, objects = info_urls(relay, FORGED)
+    assert stream == "wss://evil.example/v1/stream"
+    assert objects == "https://evil.example/v1/objects/tweets"
+    # Even a trusted proxy's header must be a host: anything else falls back.
+    stream, _ = info_urls(relay, {"X-Forwarded-Host": "a b/<x>", "X-Forwarded-Proto": "gopher"})
+    assert stream == "ws://localhost/v1/stream"

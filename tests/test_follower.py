@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from relay.config import Settings
 from relay.tweets import ALL_CHANNEL, parse_line
-from tests.support import PushSource, RunningRelay, receive_tweets, stream_line, subscribe
+from tests.support import (
+    PushSource,
+    RunningRelay,
+    counted,
+    receive_tweets,
+    stream_line,
+    subscribe,
+)
 
 
 def commit_unpublished(relay: RunningRelay, ids: range) -> None:
@@ -77,4 +85,20 @@ def test_a_redelivered_batch_is_not_delivered_twice(make_settings, start_relay):
     relay.loop.call_soon_threadsafe(bus.publish, again)  # a new ingester re-publishes 1..3
     source.push(stream_line(4))
     assert [f["seq"] for f in receive_tweets(ws, 1)] == [4]
+    ws.close()
+
+
+def test_a_bus_entry_the_store_does_not_hold_is_dropped(make_settings, start_relay):
+    relay, source = start(make_settings, start_relay, bus_check_interval=3600)
+    ws, _ = subscribe(relay.ws_url)
+    source.push(*(stream_line(i) for i in range(1, 3)))
+    assert [f["seq"] for f in receive_tweets(ws, 2)] == [1, 2]
+    store, bus = relay.relay.store, relay.relay.bus
+    assert store is not None and bus is not None
+    (real,) = relay.call(store.read_after(ALL_CHANNEL, 1, 2, 10))
+    forged = replace(real, seq=10**12)  # a stale or foreign writer on the bus
+    relay.loop.call_soon_threadsafe(bus.publish, [forged])
+    source.push(stream_line(3))  # the next real tweet is still delivered, in order
+    assert [f["seq"] for f in receive_tweets(ws, 1)] == [3]
+    assert counted(relay.relay.metrics.bus_foreign) == 1
     ws.close()

@@ -309,3 +309,38 @@ def readiness(process: RelayProcess) -> tuple[int, object]:
 
 def ready(process: RelayProcess) -> bool:
     return readiness(process)[0] == 200
+
+
+def test_relay_run_stores_in_postgresql_and_an_explicit_db_wins(
+    tmp_path: Path, pg_url: str
+) -> None:
+    write_stream(tmp_path / "stream.jsonl", 200, 5)
+    replay = ("--replay", str(tmp_path / "stream.jsonl"), "--speed", "max", "--no-loop")
+    env = {"DATABASE_URL": pg_url}
+    embedded = RelayProcess(tmp_path / "run.log", *replay, env=env)
+    try:
+        wait_for(lambda: embedded.count() == 200, 4 * UNIT, "200 tweets in PostgreSQL")
+        metrics = urllib_text(embedded.url + "/metrics")
+        assert "relay_writer_active 1.0" in metrics
+        assert "relay_store_commit_seconds_count" in metrics
+        assert "relay_bus_lag_seqs" in metrics
+        assert embedded.stop() == 0
+    finally:
+        embedded.close()
+    assert not list(tmp_path.glob("*.db"))
+    db = tmp_path / "explicit.db"
+    explicit = RelayProcess(tmp_path / "explicit.log", *replay, "--db", str(db), env=env)
+    try:
+        wait_for(lambda: explicit.count() == 200, 4 * UNIT, "200 tweets in SQLite")
+        assert explicit.stop() == 0
+    finally:
+        explicit.close()
+    assert db.is_file()
+    assert "--db" in (tmp_path / "explicit.log").read_text()  # it says which store it took
+
+
+def urllib_text(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=UNIT) as response:
+        return str(response.read().decode())
