@@ -166,7 +166,9 @@ class Relay:
             await self.ops.start()
             self.listening.set()
         self._waiting = "waiting for the store"
-        store = self.store = await open_store(settings, writer=self.ingests, sleep=self.sleep)
+        store = self.store = await open_store(
+            settings, writer=self.ingests, serves=self.serves, sleep=self.sleep
+        )
         self.bus = open_bus(settings, store.epoch, self.metrics)
         self._tasks.append(asyncio.create_task(self._start_bus(self.bus), name="bus-start"))
         if self.serves:
@@ -362,7 +364,9 @@ class Relay:
         log.info("relay stopped")
 
 
-async def open_store(settings: Settings, *, writer: bool, sleep: Sleep = asyncio.sleep) -> Store:
+async def open_store(
+    settings: Settings, *, writer: bool, serves: bool = True, sleep: Sleep = asyncio.sleep
+) -> Store:
     """The store the settings name; waits with backoff (and says so) until it is there:
     a server not up yet, or (for a serving process) a schema not migrated yet."""
     delay = 1.0
@@ -371,10 +375,13 @@ async def open_store(settings: Settings, *, writer: bool, sleep: Sleep = asyncio
             if settings.database_url:
                 from relay.store.postgres import PostgresStore
 
+                # A worker serves no clients: one reader and one query connection
+                # (opened on demand) keep it to 3 of a small plan's ~20 connections.
                 return await PostgresStore.open(
                     settings.database_url,
                     writer=writer,
-                    query_readers=settings.query_readers,
+                    readers=3 if serves else 1,
+                    query_readers=settings.query_readers if serves else 1,
                     lease_ttl=settings.lease_ttl,
                 )
             return await SQLiteStore.open(
