@@ -290,6 +290,8 @@ class Relay:
             return False
         if self.ingests and (self.ingest is None or self.ingest.failed.is_set()):
             return False
+        if self.follower is not None and self.follower.store_error is not None:
+            return False
         return not (self.role == "serve" and self.bus is not None and not self.bus.connected)
 
     def readiness(self) -> Readiness:
@@ -304,6 +306,10 @@ class Relay:
             return READY
         if self._waiting:
             return Readiness("starting", self._waiting)
+        if self.follower is not None and self.follower.store_error is not None:
+            return Readiness(
+                "unavailable", f"the store is unreachable: {self.follower.store_error}"
+            )
         if self.role == "serve" and self.bus is not None and not self.bus.connected:
             return Readiness("starting", "waiting for the bus (Redis)")
         return Readiness("starting")

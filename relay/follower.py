@@ -55,6 +55,8 @@ class Follower:
         """Tweets read from the store because the bus did not bring them."""
         self.error: BaseException | None = None
         self.failed = asyncio.Event()
+        self.store_error: str | None = None
+        """Why the last check of the store's head failed, while it fails (``/readyz``)."""
 
     def start(self) -> None:
         # follow() now, not in the task: the bus registers this follower before the
@@ -100,8 +102,13 @@ class Follower:
             try:
                 head = await self.store.head()
             except Exception as exc:  # the store is down: the next check tries again
-                log.warning("cannot read the store's head: %s", exc)
+                if self.store_error is None:
+                    log.warning("cannot read the store's head: %s", exc)
+                self.store_error = str(exc)
                 continue
+            if self.store_error is not None:
+                log.info("the store answers again")
+                self.store_error = None
             self.metrics.bus_lag.set(max(0, head - self.hub.head))
             if head > self.hub.head:
                 async with self._lock:

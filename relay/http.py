@@ -29,7 +29,14 @@ from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 import orjson
 
 from relay import __version__
-from relay.errors import ClientError, MethodNotAllowed, NotFound, TooManyRequests, Unavailable
+from relay.errors import (
+    ClientError,
+    MethodNotAllowed,
+    NotFound,
+    StoreError,
+    TooManyRequests,
+    Unavailable,
+)
 from relay.protocol import PROTOCOL_VERSION
 from relay.query import Condition, QueryLimits, parse_tweet_query
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX
@@ -126,7 +133,8 @@ class LogSampler:
 
 @dataclass(frozen=True, slots=True)
 class Readiness:
-    """What ``/readyz`` says: ``starting``, ``ready``, ``stopping`` or ``failed`` (and why)."""
+    """What ``/readyz`` says: ``starting``, ``ready``, ``unavailable`` (a part it needs is
+    down for now), ``stopping`` or ``failed`` (and why)."""
 
     status: str
     error: str = ""
@@ -236,6 +244,10 @@ class HttpApi:
             if self._sampler.allow(self.clock()):
                 log.info("%.10s %s -> %d: %.200s", method, redact(target), exc.status, exc.message)
             reply = error_reply(exc)
+        except StoreError as exc:  # the database is down or restarting: not the client's fault
+            if self._sampler.allow(self.clock()):
+                log.warning("%.10s %s -> 503: %.200s", method, redact(target), exc)
+            reply = error_reply(Unavailable("the store is unavailable; ask again later"))
         except Exception:
             log.error("error answering %.10s %s", method, redact(target), exc_info=True)
             reply = json_reply(

@@ -292,8 +292,27 @@ def test_processes_started_before_their_servers_wait_and_say_so(
         reader = Reader(lambda: [web.ws_url], 300)
         assert_whole(reader.wait(8 * UNIT), 300)
         assert worker.proc.poll() is None
+        # Lost while running: /readyz says so, the object API answers 503, not 500.
+        pg_server.stop()
+        wait_for(lambda: "unreachable" in str(readiness(web)[1]), 4 * UNIT, "unreachable")
+        assert readiness(web)[0] == 503
+        assert status_of(web.url + "/v1/objects/tweets?count=1") == 503
+        pg_server.start()
+        wait_for(lambda: ready(web), 4 * UNIT, "ready again")
+        assert "Traceback" not in log_of(web)
     finally:
         deployment.close()
+
+
+def status_of(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=UNIT) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def readiness(process: RelayProcess) -> tuple[int, object]:

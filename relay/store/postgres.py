@@ -41,7 +41,6 @@ from relay.errors import QueryTimeout, StoreError, StoreNotReady
 from relay.query import Condition, TweetQuery
 from relay.store import AppendResult, Store, StoredTweet, postgres_query
 from relay.store.postgres_conn import (
-    LONGEST_WAIT,
     configure_types,
     connect,
     conninfo,
@@ -52,6 +51,11 @@ from relay.store.postgres_schema import check_version, migrate_connection, schem
 from relay.store.postgres_write import Batch, append_careful, append_fast
 from relay.store.postgres_writer import Writer
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX, Tweet, time_from_unix
+
+READ_WAIT = 3.0
+"""Longest wait for a stream-side reader: the catch-ups at once stay under the readers,
+so a longer wait means the database is down, and callers (a client's catch-up, /readyz,
+an object API request) should hear so while they still wait."""
 
 T = TypeVar("T")
 Cursor = psycopg.AsyncCursor[Any]
@@ -222,9 +226,10 @@ class PostgresStore:
     # -- reading -------------------------------------------------------------
 
     async def _read(self, run: Callable[[Cursor], Awaitable[T]]) -> T:
+        """A stream-side read; a database that is down fails it within ``READ_WAIT``."""
         assert self._pool is not None
         try:
-            async with self._pool.connection(timeout=LONGEST_WAIT) as conn, conn.cursor() as cur:
+            async with self._pool.connection(timeout=READ_WAIT) as conn, conn.cursor() as cur:
                 return await run(cur)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise StoreError(f"cannot read {self.where}: {redact(str(exc), self.url)}") from None
