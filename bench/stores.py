@@ -1,0 +1,70 @@
+"""Ingest into each store on the same work: ``python -m bench.stores --database-url URL``.
+
+A synthetic stream replayed at full speed through the embedded relay (parse, store,
+publish through the bus) into a fresh SQLite file and into a fresh PostgreSQL database,
+one after the other in the same run, so the two figures compare on one machine. The
+PostgreSQL database must be empty or a relay's (the run adds the same tweet ids: a
+second run stores only duplicates, so give a fresh database each time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from relay.app import Relay
+from relay.config import Settings
+from relay.synth import write_stream
+
+console = Console()
+
+
+async def ingest(settings: Settings, count: int) -> tuple[float, float]:
+    """Tweets a second from start to the last one published; p50 commit time in ms."""
+    relay = Relay(settings)
+    started = time.perf_counter()
+    await relay.start()
+    assert relay.ingest is not None
+    await relay.ingest.finished.wait()
+    elapsed = time.perf_counter() - started
+    stored = relay.metrics.stored._value.get()
+    histogram = relay.metrics.commit_seconds.collect()[0].samples
+    commits = next(s.value for s in histogram if s.name.endswith("_count"))
+    total = next(s.value for s in histogram if s.name.endswith("_sum"))
+    await relay.stop()
+    assert stored == count, f"stored {stored} of {count}"
+    return count / elapsed, 1000 * total / max(commits, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tweets", type=int, default=30_000)
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
+    args = parser.parse_args()
+    table = Table("store", "tweets/s", "mean commit (ms)")
+    with tempfile.TemporaryDirectory() as folder:
+        stream = Path(folder) / "stream.jsonl"
+        write_stream(stream, args.tweets, seed=1)
+        base = {"port": 0, "replay": str(stream), "speed": "max", "loop": False}
+        sqlite = Settings.from_mapping({**base, "db": str(Path(folder) / "bench.db")})
+        rate, commit = asyncio.run(ingest(sqlite, args.tweets))
+        table.add_row("SQLite", f"{rate:,.0f}", f"{commit:.1f}")
+        if args.database_url:
+            postgres = Settings.from_mapping({**base, "database_url": args.database_url})
+            rate, commit = asyncio.run(ingest(postgres, args.tweets))
+            table.add_row("PostgreSQL", f"{rate:,.0f}", f"{commit:.1f}")
+        else:
+            table.add_row("PostgreSQL", "skipped: pass --database-url", "")
+    console.print(f"ingest of {args.tweets:,} synthetic tweets at full speed, same run")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
