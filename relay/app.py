@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
 from relay.access import Access
@@ -133,6 +133,7 @@ class Relay:
         self._waiting = ""
         """What start is waiting for (the store, the writer lease), for ``/readyz``."""
         self._tasks: list[asyncio.Task[None]] = []
+        self._listener: socket.socket | None = None
         self.listening = asyncio.Event()
         """Set once :attr:`port` accepts connections (a serving process still waiting for
         its store already answers health checks there)."""
@@ -163,7 +164,13 @@ class Relay:
                 self.readiness,
                 self.metrics if self.role == "ingest" else None,
             )
-            await self.ops.start()
+            if self.role == "serve":
+                # One listening socket for the whole life of the process: the health
+                # server answers on a copy until the real server takes the socket over.
+                self._listener = listening_socket(settings.host, port or 0)
+                await self.ops.start(self._listener.dup())
+            else:
+                await self.ops.start()
             self.listening.set()
         self._waiting = "waiting for the store"
         store = self.store = await open_store(
@@ -223,14 +230,11 @@ class Relay:
             limits=api_limits(settings),
             trusted_proxies=settings.trusted_proxies,
         )
-        if self.ops is not None and self.role == "serve":
-            # Hand the port over: the same number, so port 0 keeps what was printed.
-            port = self.ops.port
-            await self.ops.stop()
-            self.ops = None
-            settings = replace(settings, port=port)
         self.server = StreamServer(settings, hub, api, self.metrics, clock=self.clock)
-        await self.server.start()
+        await self.server.start(self._listener)
+        if self.ops is not None and self.role == "serve":
+            await self.ops.stop()  # its copy of the socket only: the server listens on
+            self.ops = None
         self.listening.set()
         if revoked is not None:
             self._tasks.append(
@@ -362,6 +366,8 @@ class Relay:
             await self.server.wait_closed()
         if self.ops is not None:
             await self.ops.stop()
+        if self._listener is not None and self.server is None:
+            self._listener.close()  # stopped while waiting for the store: never handed over
         if self.bus is not None:
             await self.bus.close()
         if self.store is not None:
@@ -397,6 +403,23 @@ async def open_store(
             log.warning("waiting for the store: %s; retrying in %.0f s", exc, delay)
             await sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host`` (a name, IPv4 or IPv6; empty: every interface)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
 
 
 def open_bus(settings: Settings, epoch: str, metrics: Metrics) -> Bus:

@@ -284,13 +284,23 @@ async def _migrate(settings: Settings) -> int:
         version = await migrate(settings.database_url)
         where = "PostgreSQL"
     else:
-        from relay.store.sqlite import SQLiteStore
+        from relay.errors import WriterBusy
+        from relay.store.sqlite import MIGRATIONS, SQLiteStore
 
-        # Opening as the writer migrates (and refuses while another process writes).
-        store = await SQLiteStore.open(settings.db)
-        version = store.schema_version
-        await store.close()
         where = settings.db
+        try:  # opening as the writer migrates
+            store = await SQLiteStore.open(settings.db)
+        except WriterBusy as busy:
+            # A running writer migrated the file when it opened it: nothing to do when it
+            # is current; an older schema needs that writer stopped first.
+            reader = await SQLiteStore.open(settings.db, writer=False)
+            version = reader.schema_version
+            await reader.close()
+            if version < len(MIGRATIONS):
+                raise busy from None
+        else:
+            version = store.schema_version
+            await store.close()
     print(f"relay: {where} is at schema version {version}", flush=True)
     return 0
 

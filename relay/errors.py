@@ -7,6 +7,7 @@
     ├── MalformedPayload       a stream line that is not a usable X API payload
     ├── StoreError             the store cannot be opened or written
     │   ├── StoreNotReady      not there yet (no schema, server down): wait and retry
+    │   ├── WriterBusy         another process writes this SQLite file
     │   └── WriterFenced       another ingester took the writer lease: stop writing
     ├── SourceError            a source failed for good (bad token, unentitled)
     └── ClientError            a client asked for something it cannot have
@@ -68,6 +69,10 @@ class StoreError(RelayError):
 
 class StoreNotReady(StoreError):
     """The store is not there yet (a serving process started before any migration)."""
+
+
+class WriterBusy(StoreError):
+    """Another live process holds the SQLite file's writer lock."""
 
 
 class WriterFenced(StoreError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable
 
 import orjson
@@ -36,10 +37,20 @@ class OpsServer:
         self.metrics = metrics
         self._server: asyncio.Server | None = None
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle, self.host, self.requested_port, limit=REQUEST_LIMIT, reuse_address=True
-        )
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on host and port, or on ``sock`` (a copy of a socket the caller keeps
+        and hands to the real server later: connections waiting in its queue are then
+        answered by that server, none is refused in between)."""
+        if sock is not None:
+            self._server = await asyncio.start_server(self._handle, sock=sock, limit=REQUEST_LIMIT)
+        else:
+            self._server = await asyncio.start_server(
+                self._handle,
+                self.host,
+                self.requested_port,
+                limit=REQUEST_LIMIT,
+                reuse_address=True,
+            )
 
     @property
     def port(self) -> int:

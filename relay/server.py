@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Container
@@ -76,12 +77,18 @@ class StreamServer:
         # counted in a metric, but only a sample of them is logged.
         self._refusals_logged = LogSampler()
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on host and port, or on ``sock`` when given (a socket already
+        listening, taken over from the health server of a process that was starting)."""
         sample_accept_errors()
+        where: dict[str, Any] = (
+            {"sock": sock}
+            if sock is not None
+            else {"host": self.settings.host, "port": self.settings.port}
+        )
         self.server = await serve(
             self._handle,
-            self.settings.host,
-            self.settings.port,
+            **where,
             process_request=self._process_request,
             # Our bounds on every socket, frame and write; one plain HTTP request per connection.
             create_connection=StreamConnection.counted_by(self.sockets),

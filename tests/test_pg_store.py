@@ -7,6 +7,7 @@ limits. (What both stores do is in test_store.py and test_store_queries.py.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -160,6 +161,37 @@ def test_writes_before_claiming_and_after_being_fenced_raise(pg_url: str) -> Non
         assert [t.seq for t in stored.stored] == [1]
         await old.close()
         await new.close()
+
+    asyncio.run(run())
+
+
+def test_a_holder_frozen_in_the_middle_of_a_statement_does_not_block_the_takeover(
+    pg_url: str,
+) -> None:
+    """A writer frozen mid-COPY holds the lease row's lock in an *active* statement, which
+    neither idle_in_transaction_session_timeout nor statement_timeout ends while its client
+    sends nothing: the claimer ends that session once the lease has expired."""
+
+    async def run() -> None:
+        old = await PostgresStore.open(pg_url, writer=True, lease_ttl=0.5, holder="old")
+        await old.claim_writer()
+        await old.close()
+        frozen = psycopg.connect(pg_url, autocommit=True)
+        frozen.execute("CREATE TABLE frozen_rows (x text)")
+        frozen.execute("BEGIN")
+        frozen.execute("UPDATE writer_lease SET expires_at = now() WHERE name = 'writer'")
+        copying = frozen.cursor().copy("COPY frozen_rows (x) FROM STDIN")  # kept: no exit
+        copying.__enter__().write_row(["a row, then nothing"])  # the session waits for rows
+        new = await PostgresStore.open(pg_url, writer=True, lease_ttl=0.5, holder="new")
+        try:
+            await asyncio.wait_for(new.claim_writer(), 4 * UNIT)
+            assert new.is_writer
+            stored = await new.append(parse_line(tweet_line(1)).tweets, [], 1.0)
+            assert [t.seq for t in stored.stored] == [1]
+        finally:
+            await new.close()
+            with contextlib.suppress(Exception):
+                frozen.close()
 
     asyncio.run(run())
 

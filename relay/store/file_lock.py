@@ -17,7 +17,7 @@ import socket
 import time
 from pathlib import Path
 
-from relay.errors import StoreError
+from relay.errors import WriterBusy
 
 
 def describe_self() -> str:
@@ -31,14 +31,14 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock or raise :class:`StoreError` naming the file and its holder."""
+        """Take the lock or raise :class:`WriterBusy` naming the file and its holder."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise StoreError(
+            raise WriterBusy(
                 f"{self.database} is already written by {holder}: one writer per SQLite file "
                 "(stop it, give this one another --db, or read the same file with `relay serve`)"
             ) from None

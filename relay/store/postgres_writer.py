@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg import errors as pg_errors
 
 from relay.errors import StoreError, WriterFenced
 from relay.store.postgres_conn import FIRST_WAIT, LONGEST_WAIT, connect, redact
@@ -36,6 +37,10 @@ Cursor = psycopg.AsyncCursor[Any]
 
 TRANSIENT_STATES = ("08", "57P")
 """Connection exceptions and operator intervention (shutdown, restart): retried."""
+
+
+CLAIM_LOCK_WAIT_MS = 2000
+"""Longest wait of a claim for the lease row's lock; then it tries again later."""
 
 
 @dataclass
@@ -129,13 +134,34 @@ class Writer:
         self._renew_task = asyncio.create_task(self._renew(), name="store-lease")
 
     async def _try_claim(self, cur: Cursor) -> int | None:
+        # Expired on the database's clock? A plain read never waits for the row's lock.
+        await cur.execute("SELECT expires_at <= now() FROM writer_lease WHERE name = 'writer'")
+        expired = await cur.fetchone()
+        if expired is None or not expired[0]:
+            return None
+        # The expired holder may still hold the row's lock: frozen in the middle of a
+        # statement (a COPY waiting for its rows), which neither
+        # idle_in_transaction_session_timeout nor statement_timeout ends while the
+        # client sends nothing. End its session: its transaction rolls back, and when
+        # it wakes its next write finds the lease gone (fenced).
         await cur.execute(
-            "UPDATE writer_lease SET holder = %s, generation = generation + 1, "
-            "expires_at = now() + make_interval(secs => %s) "
-            "WHERE name = 'writer' AND expires_at <= now() RETURNING generation",
-            [self.holder, self.lease_ttl],
+            "SELECT pg_terminate_backend(pid) FROM pg_locks "
+            "WHERE locktype = 'relation' AND relation = 'writer_lease'::regclass "
+            "AND mode = 'RowExclusiveLock' AND granted AND pid <> pg_backend_pid()"
         )
-        row = await cur.fetchone()
+        await cur.execute("SELECT set_config('lock_timeout', %s, false)", [str(CLAIM_LOCK_WAIT_MS)])
+        try:
+            await cur.execute(
+                "UPDATE writer_lease SET holder = %s, generation = generation + 1, "
+                "expires_at = now() + make_interval(secs => %s) "
+                "WHERE name = 'writer' AND expires_at <= now() RETURNING generation",
+                [self.holder, self.lease_ttl],
+            )
+            row = await cur.fetchone()
+        except pg_errors.LockNotAvailable:
+            return None  # taken meanwhile, or a holder still ending: the next try sees
+        finally:
+            await cur.execute("SELECT set_config('lock_timeout', '0', false)")
         if row is None:
             return None
         self._generation = int(row[0])

@@ -144,6 +144,7 @@ class SQLiteStore:
         conn = self._connect()
         try:
             check_schema(conn)
+            self.schema_version = conn.execute("PRAGMA user_version").fetchone()[0]
             self.epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
         except StoreNotReady as exc:
             raise StoreNotReady(f"{self.path}: {exc}") from None
