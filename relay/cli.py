@@ -21,7 +21,7 @@ from relay.config import Settings
 from relay.errors import RelayError
 
 if TYPE_CHECKING:
-    from relay.app import Relay
+    pass
 
 console = Console(stderr=True, soft_wrap=True)  # an error stays one line for log readers
 Command = Callable[[argparse.Namespace], int]
@@ -241,13 +241,17 @@ def setup_logging(level: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from relay import launch
+
     settings = settings_from(args)
     setup_logging(settings.log_level)
-    raise_open_files_limit()
-    return asyncio.run(_run(settings, "run"))
+    launch.raise_open_files_limit()
+    return asyncio.run(launch.run(settings, "run"))
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from relay import launch
+
     settings = settings_from(args)
     setup_logging(settings.log_level)
     if not settings.redis_url:
@@ -256,133 +260,29 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             "the store (every %g s)",
             settings.bus_check_interval,
         )
-    return asyncio.run(_run(settings, "ingest", metrics_port=args.metrics_port))
+    return asyncio.run(launch.run(settings, "ingest", metrics_port=args.metrics_port))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from relay import launch
+
     settings = settings_from(args)
     setup_logging(settings.log_level)
-    raise_open_files_limit()
+    launch.raise_open_files_limit()
     if not settings.redis_url:
         logging.getLogger("relay").warning(
             "REDIS_URL is not set: live tweets come from polling the store every %g s",
             settings.bus_check_interval,
         )
-    return asyncio.run(_run(settings, "serve"))
+    return asyncio.run(launch.run(settings, "serve"))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from relay import launch
+
     settings = settings_from(args)
     setup_logging(settings.log_level)
-    return asyncio.run(_migrate(settings))
-
-
-async def _migrate(settings: Settings) -> int:
-    if settings.database_url:
-        from relay.store.postgres import migrate
-
-        version = await migrate(settings.database_url)
-        where = "PostgreSQL"
-    else:
-        from relay.errors import WriterBusy
-        from relay.store.sqlite import MIGRATIONS, SQLiteStore
-
-        where = settings.db
-        try:  # opening as the writer migrates
-            store = await SQLiteStore.open(settings.db)
-        except WriterBusy as busy:
-            # A running writer migrated the file when it opened it: nothing to do when it
-            # is current; an older schema needs that writer stopped first.
-            reader = await SQLiteStore.open(settings.db, writer=False)
-            version = reader.schema_version
-            await reader.close()
-            if version < len(MIGRATIONS):
-                raise busy from None
-        else:
-            version = store.schema_version
-            await store.close()
-    print(f"relay: {where} is at schema version {version}", flush=True)
-    return 0
-
-
-def raise_open_files_limit() -> None:
-    """Raise the soft limit of open files to the hard one (the operator's choice).
-
-    Every connection holds a descriptor, a half-sent HTTP request too, for up to the
-    handshake timeout. At the common soft default of 1024, one anonymous client holding
-    about a thousand idle sockets stopped the relay accepting anyone (/healthz 5 s, and a
-    traceback logged per failed accept); the hard limit is usually far higher.
-    """
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not a POSIX system
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
-        return  # unlimited: the kernel's own cap applies, nothing to raise to
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError) as exc:
-        logging.getLogger("relay").warning("cannot raise the open files limit: %s", exc)
-
-
-async def _run(settings: Settings, role: str, metrics_port: int | None = None) -> int:
-    from relay.app import Relay
-
-    relay = Relay(settings, role=role, metrics_port=metrics_port)
-    # Handlers first: a SIGTERM that comes as soon as the URLs are printed (a supervisor,
-    # a test reading them) must drain, not kill the process with the default action.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    starting = asyncio.create_task(relay.start())
-    stopped = asyncio.create_task(stop.wait())
-    listening = asyncio.create_task(relay.listening.wait())
-    # The URLs go out as soon as the port answers: a serving process waiting for its
-    # store already answers health checks (503 and why) there.
-    await asyncio.wait([starting, stopped, listening], return_when=asyncio.FIRST_COMPLETED)
-    printed = relay.listening.is_set()
-    if printed:
-        _print_urls(relay, settings)
-    await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
-    listening.cancel()
-    if not starting.done():  # stopped while waiting for the store: nothing to drain
-        starting.cancel()
-        await asyncio.gather(starting, return_exceptions=True)
-        await relay.stop()
-        return 0
-    starting.result()  # a start that failed raises here: one line, exit 2
-    if not printed and relay.listening.is_set():
-        _print_urls(relay, settings)
-
-    waits = [stopped, asyncio.create_task(relay.failed.wait())]
-    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    for wait in waits:
-        wait.cancel()
-    logging.getLogger("relay").info("shutting down")
-    await relay.stop()
-    # Exit 1 with one line when ingest stopped on its own: the source or the store
-    # failed for good, or a task of the data path died (never a silent stall).
-    if relay.error is not None:
-        what = "ingest" if relay.ingests else "serving"
-        console.print(f"[bold red]relay:[/] {what} stopped: {relay.error}", highlight=False)
-        return 1
-    if not relay.drained:
-        return 1
-    return 0
-
-
-def _print_urls(relay: Relay, settings: Settings) -> None:
-    """One plain line per URL on stdout, easy for people and scripts (port 0) to read."""
-    host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    if relay.serves:
-        base = f"http://{host}:{relay.port}"
-        print(f"relay: serving {base}/ (demo page)", flush=True)
-        print(f"relay: stream  ws://{host}:{relay.port}/v1/stream", flush=True)
-        print(f"relay: objects {base}/v1/objects/tweets  info {base}/v1/info", flush=True)
-    else:
-        print(f"relay: metrics http://{host}:{relay.port}/metrics", flush=True)
+    return asyncio.run(launch.migrate(settings))
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -38,34 +38,17 @@ from relay.query import Condition, TweetQuery
 from relay.store import AppendResult, StoredTweet, sqlite_query
 from relay.store.file_lock import WriterLock, describe_self
 from relay.store.sqlite_schema import MIGRATIONS as MIGRATIONS  # re-exported
-from relay.store.sqlite_schema import TWEET_COLUMNS, check_schema, migrate
+from relay.store.sqlite_schema import check_schema, migrate
+from relay.store.sqlite_write import DATA_ERRORS, Seq, append_rows
 from relay.tweets import (
     ALL_CHANNEL,
     RULE_PREFIX,
     Tweet,
-    display_name_of,
-    normalise_time,
-    stored_object,
     time_from_unix,
-    username_of,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-DATA_ERRORS: tuple[type[Exception], ...] = (
-    sqlite3.InterfaceError,
-    sqlite3.ProgrammingError,
-    sqlite3.DataError,
-    OverflowError,
-    ValueError,
-    TypeError,
-)
-"""What a statement of a job raises when a value cannot be bound or encoded: about
-the data, not the store. Any other error (disk full, I/O, corruption) is the store's.
-A constraint failure is not listed: with the types checked at parse, it would be a
-fault of the store's own state (a seq taken twice), and leaving out every tweet it
-hits would lose them quietly; it stops ingest instead."""
 
 
 @dataclass
@@ -110,7 +93,7 @@ class SQLiteStore:
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="store-read")
         self._query_readers = ThreadPoolExecutor(query_readers, thread_name_prefix="store-query")
         self._writer: threading.Thread | None = None
-        self._next_seq = 1
+        self._seq = Seq()
         self.commits = 0
         self.schema_version = 0
 
@@ -172,7 +155,7 @@ class SQLiteStore:
             # Reading the newest tweet touches the table's pages: a damaged file
             # fails here, in one line, rather than at the first read or commit.
             head = conn.execute("SELECT max(seq) FROM tweets").fetchone()[0] or 0
-            self._next_seq = max(row[0] if row else 0, head) + 1
+            self._seq.next = max(row[0] if row else 0, head) + 1
         except (sqlite3.DatabaseError, StoreError) as exc:
             if conn is not None:
                 conn.close()
@@ -258,11 +241,11 @@ class SQLiteStore:
     def _transaction(
         self, conn: sqlite3.Connection, runs: list[Callable[[sqlite3.Connection], Any]]
     ) -> list[Any]:
-        """Run ``runs`` in one transaction; all or nothing, ``_next_seq`` included.
+        """Run ``runs`` in one transaction; all or nothing, the next seq included.
 
         Raises :class:`_DataError` when a run failed on its data, else what failed.
         """
-        next_seq = self._next_seq
+        next_seq = self._seq.next
         conn.execute("BEGIN IMMEDIATE")
         try:
             try:
@@ -271,7 +254,7 @@ class SQLiteStore:
                 raise _DataError(str(exc)) from exc
             conn.execute("COMMIT")
         except BaseException:
-            self._next_seq = next_seq
+            self._seq.next = next_seq
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
@@ -296,121 +279,8 @@ class SQLiteStore:
     ) -> AppendResult:
         received = time_from_unix(received_at)
         return await self._write(
-            lambda conn: self._append_sync(conn, tweets, users, received),
-            lambda conn: self._append_sync(conn, tweets, users, received, careful=True),
-        )
-
-    def _append_sync(
-        self,
-        conn: sqlite3.Connection,
-        tweets: Sequence[Tweet],
-        users: Sequence[dict[str, Any]],
-        received: str,
-        *,
-        careful: bool = False,
-    ) -> AppendResult:
-        """Insert the tweets and upsert the users, in the writer's transaction.
-
-        ``careful`` puts each tweet and user in a savepoint and leaves out the
-        ones that fail on their data: the slow path, taken only after the fast
-        one failed.
-        """
-        stored: list[StoredTweet] = []
-        unstorable: list[tuple[str, str]] = []
-        duplicates = 0
-        for tweet in tweets:
-            if not careful:
-                new = self._insert_tweet(conn, tweet, received)
-            else:
-                seq = self._next_seq
-                conn.execute("SAVEPOINT tweet")
-                try:
-                    new = self._insert_tweet(conn, tweet, received)
-                except DATA_ERRORS as exc:
-                    conn.execute("ROLLBACK TO tweet")
-                    self._next_seq = seq
-                    unstorable.append((tweet.id, f"{type(exc).__name__}: {exc}"[:200]))
-                    continue
-                finally:
-                    conn.execute("RELEASE tweet")
-            if new is None:
-                duplicates += 1
-            else:
-                stored.append(new)
-        for user in users:
-            if not careful:
-                self._upsert_user(conn, user, received)
-                continue
-            conn.execute("SAVEPOINT user")
-            try:
-                self._upsert_user(conn, user, received)
-            except DATA_ERRORS as exc:
-                conn.execute("ROLLBACK TO user")
-                log.debug("left out user %.40r: %s", user.get("id"), exc)
-            finally:
-                conn.execute("RELEASE user")
-        return AppendResult(stored=stored, duplicates=duplicates, unstorable=tuple(unstorable))
-
-    def _insert_tweet(
-        self, conn: sqlite3.Connection, tweet: Tweet, received: str
-    ) -> StoredTweet | None:
-        """Store one tweet with the next seq; None when its id is already stored."""
-        seq = self._next_seq
-        body = orjson.dumps(stored_object(tweet.object, seq=seq, received_at=received))
-        keys = [rule.tag or rule.id for rule in tweet.rules]
-        cursor = conn.execute(
-            f"INSERT INTO tweets ({TWEET_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT (id) DO NOTHING",
-            (
-                seq,
-                tweet.id,
-                tweet.author_id,
-                tweet.author_username,
-                tweet.text,
-                tweet.lang,
-                tweet.created_at or received,
-                received,
-                int(tweet.has_media),
-                orjson.dumps(keys).decode(),
-                body.decode(),
-            ),
-        )
-        if cursor.rowcount == 0:
-            return None
-        self._next_seq = seq + 1
-        pairs = [(key, seq) for key in dict.fromkeys(keys)]
-        conn.executemany("INSERT OR IGNORE INTO tweet_rules (tag, seq) VALUES (?, ?)", pairs)
-        conn.executemany("INSERT OR IGNORE INTO rules (tag, first_seq) VALUES (?, ?)", pairs)
-        return StoredTweet(
-            seq=seq,
-            channels=tweet.channels,
-            body=body,
-            lang=tweet.lang,
-            author=tweet.author_username,
-            has_media=tweet.has_media,
-            text=tweet.text,
-        )
-
-    @staticmethod
-    def _upsert_user(conn: sqlite3.Connection, user: dict[str, Any], received: str) -> None:
-        user_id = user.get("id")
-        if not isinstance(user_id, str):  # parse gives ids as text; anything else is no user
-            return
-        obj = dict(user)
-        obj["objectType"] = "objects.users"
-        obj["createdAt"] = normalise_time(user.get("created_at")) or received
-        obj["updatedAt"] = received
-        conn.execute(
-            "INSERT INTO users (id, username, name, object, updated_at) VALUES (?,?,?,?,?) "
-            "ON CONFLICT (id) DO UPDATE SET username = excluded.username, "
-            "name = excluded.name, object = excluded.object, updated_at = excluded.updated_at",
-            (
-                user_id,
-                username_of(user),
-                display_name_of(user),
-                orjson.dumps(obj).decode(),
-                received,
-            ),
+            lambda conn: append_rows(conn, self._seq, tweets, users, received),
+            lambda conn: append_rows(conn, self._seq, tweets, users, received, careful=True),
         )
 
     async def set_state(self, key: str, value: str) -> None:

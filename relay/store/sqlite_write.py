@@ -1,0 +1,158 @@
+"""The SQLite store's rows of one append: tweets with their seqs, rule rows, users.
+
+Run by the store's writer thread inside its transaction. The writer is the only
+writer, so it keeps the next seq in a :class:`Seq` and builds each stored object
+complete with it; a rolled-back transaction puts the counter back.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relay.store import AppendResult, StoredTweet
+from relay.store.sqlite_schema import TWEET_COLUMNS
+from relay.tweets import Tweet, display_name_of, normalise_time, stored_object, username_of
+
+log = logging.getLogger(__name__)
+
+DATA_ERRORS: tuple[type[Exception], ...] = (
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
+"""What a statement of a job raises when a value cannot be bound or encoded: about
+the data, not the store. Any other error (disk full, I/O, corruption) is the store's.
+A constraint failure is not listed: with the types checked at parse, it would be a
+fault of the store's own state (a seq taken twice), and leaving out every tweet it
+hits would lose them quietly; it stops ingest instead."""
+
+
+@dataclass
+class Seq:
+    """The next seq the writer gives."""
+
+    next: int = 1
+
+
+def append_rows(
+    conn: sqlite3.Connection,
+    seq_counter: Seq,
+    tweets: Sequence[Tweet],
+    users: Sequence[dict[str, Any]],
+    received: str,
+    *,
+    careful: bool = False,
+) -> AppendResult:
+    """Insert the tweets and upsert the users, in the writer's transaction.
+
+    ``careful`` puts each tweet and user in a savepoint and leaves out the
+    ones that fail on their data: the slow path, taken only after the fast
+    one failed.
+    """
+    stored: list[StoredTweet] = []
+    unstorable: list[tuple[str, str]] = []
+    duplicates = 0
+    for tweet in tweets:
+        if not careful:
+            new = insert_tweet(conn, seq_counter, tweet, received)
+        else:
+            seq = seq_counter.next
+            conn.execute("SAVEPOINT tweet")
+            try:
+                new = insert_tweet(conn, seq_counter, tweet, received)
+            except DATA_ERRORS as exc:
+                conn.execute("ROLLBACK TO tweet")
+                seq_counter.next = seq
+                unstorable.append((tweet.id, f"{type(exc).__name__}: {exc}"[:200]))
+                continue
+            finally:
+                conn.execute("RELEASE tweet")
+        if new is None:
+            duplicates += 1
+        else:
+            stored.append(new)
+    for user in users:
+        if not careful:
+            upsert_user(conn, user, received)
+            continue
+        conn.execute("SAVEPOINT user")
+        try:
+            upsert_user(conn, user, received)
+        except DATA_ERRORS as exc:
+            conn.execute("ROLLBACK TO user")
+            log.debug("left out user %.40r: %s", user.get("id"), exc)
+        finally:
+            conn.execute("RELEASE user")
+    return AppendResult(stored=stored, duplicates=duplicates, unstorable=tuple(unstorable))
+
+
+def insert_tweet(
+    conn: sqlite3.Connection, seq_counter: Seq, tweet: Tweet, received: str
+) -> StoredTweet | None:
+    """Store one tweet with the next seq; None when its id is already stored."""
+    seq = seq_counter.next
+    body = orjson.dumps(stored_object(tweet.object, seq=seq, received_at=received))
+    keys = [rule.tag or rule.id for rule in tweet.rules]
+    cursor = conn.execute(
+        f"INSERT INTO tweets ({TWEET_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+        "ON CONFLICT (id) DO NOTHING",
+        (
+            seq,
+            tweet.id,
+            tweet.author_id,
+            tweet.author_username,
+            tweet.text,
+            tweet.lang,
+            tweet.created_at or received,
+            received,
+            int(tweet.has_media),
+            orjson.dumps(keys).decode(),
+            body.decode(),
+        ),
+    )
+    if cursor.rowcount == 0:
+        return None
+    seq_counter.next = seq + 1
+    pairs = [(key, seq) for key in dict.fromkeys(keys)]
+    conn.executemany("INSERT OR IGNORE INTO tweet_rules (tag, seq) VALUES (?, ?)", pairs)
+    conn.executemany("INSERT OR IGNORE INTO rules (tag, first_seq) VALUES (?, ?)", pairs)
+    return StoredTweet(
+        seq=seq,
+        channels=tweet.channels,
+        body=body,
+        lang=tweet.lang,
+        author=tweet.author_username,
+        has_media=tweet.has_media,
+        text=tweet.text,
+    )
+
+
+def upsert_user(conn: sqlite3.Connection, user: dict[str, Any], received: str) -> None:
+    user_id = user.get("id")
+    if not isinstance(user_id, str):  # parse gives ids as text; anything else is no user
+        return
+    obj = dict(user)
+    obj["objectType"] = "objects.users"
+    obj["createdAt"] = normalise_time(user.get("created_at")) or received
+    obj["updatedAt"] = received
+    conn.execute(
+        "INSERT INTO users (id, username, name, object, updated_at) VALUES (?,?,?,?,?) "
+        "ON CONFLICT (id) DO UPDATE SET username = excluded.username, "
+        "name = excluded.name, object = excluded.object, updated_at = excluded.updated_at",
+        (
+            user_id,
+            username_of(user),
+            display_name_of(user),
+            orjson.dumps(obj).decode(),
+            received,
+        ),
+    )
