@@ -1,155 +1,147 @@
-"""``make bench``: ingest throughput, fan-out throughput and end-to-end latency, printed.
+"""``make bench``: the relay against peers on the same frames, in one table.
 
-Everything is real: a relay on 127.0.0.1, a SQLite file in a temporary folder, a
-synthetic stream replayed at full speed, and WebSocket clients in this process.
-Run with ``python -m bench [--tweets N] [--clients K]``.
+Every server is a subprocess on 127.0.0.1 with a fresh store; the WebSocket clients run
+in two separate load-generator processes (bench/loadgen.py); server CPU comes from the
+server process's own /proc counters. Parts (``--only NAME``):
+
+- ``fanout``: a burst of tweets to many subscribers of ``tweets`` (relay serve, fed by
+  relay ingest through Redis), against a python-websockets ``broadcast()`` peer and
+  Node's ``ws`` sending the very same frame bytes;
+- ``latency``: tweets at a steady rate to N subscribers plus one client that never
+  reads; every frame checked, p50/p99 of line received -> frame at the client;
+- ``ingest``: a synthetic stream at max speed into a fresh SQLite store, beside a plain
+  bulk insert of the same stream (and PostgreSQL with DATABASE_URL);
+- ``catchup``: one client resuming from seq 0 over a filled store;
+- ``idle``: resident memory per idle subscriber.
+
+Run with ``python -m bench [--quick] [--only PART] [--idle 10000] [--subscribers 500]``.
+See docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import statistics
+import os
+import platform
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 
-import orjson
 from rich.console import Console
 from rich.table import Table
-from websockets.asyncio.client import connect
 
-from relay.app import Relay
-from relay.config import Settings
-from relay.synth import generate, write_stream
+from bench import parts
+from bench.procs import Redis
+from bench.loadgen import raise_open_files
 
-console = Console()
+PARTS = ("fanout", "latency", "ingest", "catchup", "idle")
+console = Console(width=200)
 
 
-async def ingest(folder: Path, count: int) -> tuple[float, int]:
-    """Replay ``count`` tweets at full speed into a fresh store; tweets a second."""
-    stream = folder / "ingest.jsonl"
-    write_stream(stream, count, seed=1)
-    settings = Settings.from_mapping(
-        {"port": 0, "db": str(folder / "ingest.db"), "replay": str(stream), "speed": "max"}
+def machine() -> str:
+    node = shutil.which("node")
+    node_version = (
+        subprocess.run([node, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+        if node
+        else "none"
     )
-    relay = Relay(settings)
-    started = time.perf_counter()
-    await relay.start()
-    assert relay.ingest is not None
-    await relay.ingest.finished.wait()
-    elapsed = time.perf_counter() - started
-    commits = getattr(relay.store, "commits", 0)
-    await relay.stop()
-    return count / elapsed, commits
-
-
-async def fan_out(
-    folder: Path, count: int, clients: int, rate: float = 0.0
-) -> tuple[float, list[float]]:
-    """``clients`` subscribers; delivered frames a second and per-tweet latencies (ms).
-
-    ``rate`` tweets a second paces the source (0: as fast as possible)."""
-    stream = folder / "fanout.jsonl"
-    stream.write_bytes(b"".join(line + b"\n" for line in generate(count, seed=2)))
-    settings = Settings.from_mapping(
-        {
-            "port": 0,
-            "db": str(folder / "fanout.db"),
-            "replay": str(stream),
-            "speed": "max",
-            "send_buffer": 64 << 20,
-        }
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0]
+    return (
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cores ({cpu or platform.machine()}), "
+        f"load {load:.1f} at start; Python {platform.python_version()}, websockets "
+        f"{version('websockets')}, orjson {version('orjson')}, sqlite-utils "
+        f"{version('sqlite-utils')}, SQLite {__import__('sqlite3').sqlite_version}; node "
+        f"{node_version}"
     )
-    source_started = asyncio.Event()
-    latencies: list[float] = []
-
-    async def client(url: str, ready: asyncio.Event, done: list[int]) -> None:
-        async with connect(url, max_size=None) as ws:
-            await ws.send('{"op":"subscribe","channel":"tweets"}')
-            await ws.recv()
-            ready.set()
-            await source_started.wait()
-            for _ in range(count):
-                frame = orjson.loads(await ws.recv())
-                received = time.time()
-                latencies.append(
-                    (received - frame["tweet"]["received_at_unix"]) * 1000
-                    if "received_at_unix" in frame["tweet"]
-                    else 0.0
-                )
-            done.append(1)
-
-    # The relay starts with a source that waits for the clients, so no tweet is missed.
-    relay = Relay(settings, source=_Gated(stream, source_started, rate))
-    await relay.start()
-    url = f"ws://127.0.0.1:{relay.port}/v1/stream"
-    readies = [asyncio.Event() for _ in range(clients)]
-    done: list[int] = []
-    tasks = [asyncio.create_task(client(url, ready, done)) for ready in readies]
-    await asyncio.gather(*(ready.wait() for ready in readies))
-    started = time.perf_counter()
-    source_started.set()
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - started
-    await relay.stop()
-    return count * clients / elapsed, latencies
 
 
-class _Gated:
-    """The replay source, held back until every client is subscribed; stamps send times."""
-
-    name = "bench"
-
-    def __init__(self, path: Path, gate: asyncio.Event, rate: float) -> None:
-        self.path = path
-        self.gate = gate
-        self.rate = rate
-
-    async def lines(self):  # type: ignore[no-untyped-def]
-        from relay.sources import RawLine
-
-        await self.gate.wait()
-        start = time.perf_counter()
-        for n, line in enumerate(self.path.read_bytes().splitlines()):
-            if self.rate:
-                await asyncio.sleep(max(0.0, start + n / self.rate - time.perf_counter()))
-            payload = orjson.loads(line)
-            payload["data"]["received_at_unix"] = time.time()
-            yield RawLine(orjson.dumps(payload), time.time())
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--tweets", type=int, default=20_000)
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--rate", type=float, default=200.0, help="paced rate for latency")
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (the smoke test)")
+    parser.add_argument("--only", choices=PARTS, action="append", help="run this part (repeatable)")
+    parser.add_argument("--subscribers", type=int, help="fan-out subscribers (1000)")
+    parser.add_argument("--burst", type=int, help="fan-out burst tweets (1000)")
+    parser.add_argument("--latency-subscribers", type=int, help="latency subscribers (500)")
+    parser.add_argument("--rate", type=float, default=250.0, help="latency tweets/s (250)")
+    parser.add_argument("--tweets", type=int, help="latency run tweets (2500)")
+    parser.add_argument("--ingest", type=int, help="ingest tweets (30000)")
+    parser.add_argument("--catchup", type=int, help="catch-up stored tweets (100000)")
+    parser.add_argument("--idle", type=int, help="idle connections (2000; 10000 for the target)")
+    parser.add_argument(
+        "--database-url", default=os.environ.get("DATABASE_URL", ""), help="PostgreSQL store"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    quick = args.quick
+    subscribers = args.subscribers or (50 if quick else 1000)
+    burst = args.burst or (100 if quick else 1000)
+    lat_subs = args.latency_subscribers or (20 if quick else 500)
+    lat_tweets = args.tweets or (100 if quick else 2500)
+    ingest = args.ingest or (1000 if quick else 30_000)
+    catchup = args.catchup or (2000 if quick else 100_000)
+    idle = args.idle or (100 if quick else 2000)
+    chosen = args.only or list(PARTS)
+    raise_open_files()
+    started = time.perf_counter()
+    header = machine()
+    console.print(f"tweet-relay benchmarks: {header}", highlight=False)
+    rows: list[parts.Row] = []
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         folder = Path(tmp)
-        rate, commits = asyncio.run(ingest(folder, args.tweets))
-        fan_count = max(1000, args.tweets // 10)
-        delivered, _ = asyncio.run(fan_out(folder, fan_count, args.clients))
-        _, latencies = asyncio.run(fan_out(folder, 1000, args.clients, rate=args.rate))
-    table = Table(title="tweet-relay benchmarks")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_row(f"ingest: {args.tweets} tweets replayed at max speed", f"{rate:,.0f} tweets/s")
-    table.add_row("ingest: store commits (group commit)", f"{commits:,}")
-    table.add_row(
-        f"fan-out: {fan_count} tweets to {args.clients} clients", f"{delivered:,.0f} frames/s"
-    )
-    if latencies:
-        ordered = sorted(latencies)
-        table.add_row(
-            f"latency at {args.rate:.0f} tweets/s, p50", f"{statistics.median(ordered):.1f} ms"
-        )
-        table.add_row(
-            f"latency at {args.rate:.0f} tweets/s, p99",
-            f"{ordered[int(len(ordered) * 0.99) - 1]:.1f} ms",
-        )
+        redis = Redis(folder)
+        bus = f"Redis bus ({redis.url})" if redis.url else "no redis-server: store polled every 50 ms"
+        runs: dict[str, Callable[[], list[parts.Row]]] = {
+            "fanout": lambda: parts.fan_out(folder, redis.url, subscribers, burst),
+            "latency": lambda: parts.latency(folder, redis.url, lat_subs, lat_tweets, args.rate),
+            "ingest": lambda: parts.ingest(folder, ingest, args.database_url),
+            "catchup": lambda: parts.catch_up(folder, catchup),
+            "idle": lambda: parts.idle(folder, idle),
+        }
+        try:
+            for name in chosen:
+                began = time.perf_counter()
+                try:
+                    rows += runs[name]()
+                except Exception as exc:  # one part failing still prints the others
+                    traceback.print_exc(file=sys.stderr)
+                    rows.append(parts.Row(name, "failed", f"{type(exc).__name__}: {exc}"[:150]))
+                console.print(f"  {name}: {time.perf_counter() - began:.0f} s", highlight=False)
+        finally:
+            redis.stop()
+    table = Table(title=f"tweet-relay vs peers, same run, same frames ({bus.split(' (')[0]})",
+                  show_lines=True)
+    table.add_column("part")
+    table.add_column("figure and conditions", max_width=60)
+    table.add_column("relay", max_width=34)
+    table.add_column("python-websockets peer", max_width=30)
+    table.add_column("Node ws peer", max_width=30)
+    table.add_column("target / note", max_width=34)
+    for row in rows:
+        table.add_row(row.part, row.figure, row.relay, row.python_peer, row.node_peer, row.note)
     console.print(table)
+    console.print(
+        f"machine: {header}; relay serve fed by relay ingest through the {bus}; clients in 2 "
+        f"load-generator processes; server CPU = utime+stime from /proc/PID/stat. "
+        f"Run took {time.perf_counter() - started:.0f} s.",
+        highlight=False,
+    )
+    failed = any(row.figure == "failed" for row in rows)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,464 @@
+"""The parts of ``make bench``, each a function returning table rows.
+
+A part starts its servers as subprocesses on 127.0.0.1 (a fresh store in its own
+folder), drives them from the load generator's worker processes, reads the servers'
+CPU time and memory from their own /proc counters, and ends everything it started.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from websockets.sync.client import connect
+
+from bench.procs import (
+    Generator,
+    Server,
+    end,
+    info,
+    node_peer,
+    python_peer,
+    relay_ingest,
+    relay_serve,
+)
+from relay.synth import generate, write_stream
+
+SUBSCRIBE = b'{"op":"subscribe","channel":"tweets"}'
+
+
+@dataclass
+class Row:
+    """One line of the table: the figure, its conditions, and the peers' beside it."""
+
+    part: str
+    figure: str
+    relay: str
+    python_peer: str = ""
+    node_peer: str = ""
+    note: str = ""
+
+
+@dataclass
+class Burst:
+    """What one server did while the generator received a burst."""
+
+    cpu: float
+    wall: float
+    frames: int
+    expected: int
+    gaps: int
+    gen_cpu: float
+    results: list[dict[str, Any]]
+
+    @property
+    def us_per_frame(self) -> float:
+        return 1e6 * self.cpu / max(self.frames, 1)
+
+    @property
+    def gen_load(self) -> float:
+        """The busiest generator worker's CPU share of the burst's wall time."""
+        return max((r.get("cpu", 0.0) for r in self.results), default=0.0) / max(self.wall, 1e-9)
+
+    def delivered(self) -> str:
+        return f"{self.frames:,}/{self.expected:,}" + (f", {self.gaps} gaps" if self.gaps else "")
+
+
+def burst(
+    server: Server,
+    clients: int,
+    expect: int,
+    trigger: Callable[[], Any] | None,
+    *,
+    subscribe: bytes = SUBSCRIBE,
+    timeout: float = 60.0,
+    **spec: Any,
+) -> Burst:
+    """Connect ``clients`` to ``server``, run ``trigger``, wait for ``expect`` frames each.
+
+    Without a trigger the frames start with the subscription (a catch-up): the server's
+    CPU is counted from before the clients connect."""
+    gen = Generator(processes=min(2, clients))
+    try:
+        if trigger is None:
+            cpu, gen_cpu = server.cpu(), 0.0
+            started = time.time()
+        ready = gen.connect(server.port, clients, subscribe, expect, timeout=timeout, **spec)
+        if ready < clients:
+            raise RuntimeError(f"only {ready} of {clients} clients subscribed")
+        gen.send("wait")
+        if trigger is not None:
+            time.sleep(0.2)  # the workers are in their wait (a pipe message away)
+            cpu, gen_cpu = server.cpu(), gen.cpu()
+            started = time.time()
+            trigger()
+        results = gen.results(timeout + 10)
+        cpu, gen_cpu = server.cpu() - cpu, gen.cpu() - gen_cpu
+    finally:
+        gen.close()
+    if any("error" in r for r in results):
+        raise RuntimeError(f"load generator: {results}")
+    last = max(r["last"] for r in results)
+    # A burst counts from its first frame; a catch-up from before the client connected.
+    first = started if trigger is None else min(
+        (r["first"] for r in results if r["first"]), default=started
+    )
+    return Burst(
+        cpu=cpu,
+        wall=max(last - first, 1e-9),
+        frames=sum(r["frames"] for r in results),
+        expected=expect * clients,
+        gaps=sum(r["gaps"] for r in results),
+        gen_cpu=gen_cpu,
+        results=results,
+    )
+
+
+def capture_frames(port: int, count: int, path: Path, timeout: float = 30.0) -> int:
+    """The relay's own ``tweets`` frames, exactly as sent, from a resume at seq 0."""
+    epoch = info(port).get("epoch")
+    since = {"op": "subscribe", "channel": "tweets", "since": {"epoch": epoch, "seq": 0}}
+    frames: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    with connect(
+        f"ws://127.0.0.1:{port}/v1/stream", compression=None, max_size=None, open_timeout=10
+    ) as ws:
+        ws.send(orjson.dumps(since).decode())
+        while len(frames) < count and time.monotonic() < deadline:
+            message = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
+            data = message.encode() if isinstance(message, str) else message
+            if data.startswith(b'{"type":"tweet"'):
+                frames.append(data)
+    path.write_bytes(b"".join(f + b"\n" for f in frames))
+    return len(frames)
+
+
+def _peer_bursts(
+    folder: Path,
+    frames: Path,
+    clients: int,
+    count: int,
+    mode: str = "broadcast",
+    subscribe: bytes = SUBSCRIBE,
+    **spec: Any,
+) -> tuple[Burst | str, Burst | str]:
+    """The python-websockets peer and Node's ``ws`` on the same frames and clients."""
+    out: list[Burst | str] = []
+    for start in (python_peer, node_peer):
+        try:
+            peer = start(folder, frames, mode)
+        except RuntimeError as exc:
+            out.append(f"failed: {exc}"[:80])
+            continue
+        if isinstance(peer, str):
+            out.append(peer)
+            continue
+        try:
+            go = (lambda p=peer: p.command("go")) if mode == "broadcast" else None
+            out.append(burst(peer, clients, count, go, subscribe=subscribe, **spec))  # type: ignore[misc]
+        except RuntimeError as exc:
+            out.append(f"failed: {exc}"[:80])
+        finally:
+            peer.stop()
+    return out[0], out[1]
+
+
+def _cell(result: Burst | str, show: Callable[[Burst], str]) -> str:
+    return result if isinstance(result, str) else show(result)
+
+
+def fan_out(folder: Path, redis_url: str, clients: int, count: int) -> list[Row]:
+    """1 part: a burst of ``count`` tweets to ``clients`` subscribers of ``tweets``."""
+    part = folder / "fanout"
+    part.mkdir()
+    stream, db = part / "burst.jsonl", part / "fanout.db"
+    write_stream(stream, count, seed=11)
+    serve = relay_serve(part, db, redis_url)
+    ingest = None
+    try:
+
+        def trigger() -> None:
+            nonlocal ingest
+            ingest = relay_ingest(part, db, stream, redis_url)
+
+        relay = burst(serve, clients, count, trigger)
+        frames = part / "frames.jsonl"
+        captured = capture_frames(serve.port, count, frames)
+    finally:
+        if ingest is not None:
+            end(ingest)
+        serve.stop()
+    size = frames.stat().st_size / max(captured, 1)
+    py, node = _peer_bursts(part, frames, clients, captured)
+    cond = f"{clients:,} subscribers x {count:,}-tweet burst, ~{size / 1024:.1f} KB frames"
+
+    def us(b: Burst) -> str:
+        return f"{b.us_per_frame:.1f} µs ({b.delivered()})"
+
+    def rate(b: Burst) -> str:
+        return f"{b.frames / b.wall / 1000:,.1f}k frames/s"
+
+    def gen(b: Burst) -> str:
+        return f"{100 * b.gen_load:.0f}% of a core"
+
+    peers = [p for p in (py, node) if isinstance(p, Burst)]
+    ratio = (
+        f"relay/best peer {relay.us_per_frame / min(p.us_per_frame for p in peers):.2f}x"
+        if peers
+        else ""
+    )
+    return [
+        Row("fan-out", f"server CPU per delivered frame; {cond}", us(relay), _cell(py, us),
+            _cell(node, us), f"target <= 3 µs and <= 0.4x peer; {ratio}"),
+        Row("fan-out", "delivered frames per second (wall, first frame to last at the clients)",
+            rate(relay), _cell(py, rate), _cell(node, rate)),
+        Row("fan-out", "load generator: busiest of 2 worker processes, CPU / burst wall time",
+            gen(relay), _cell(py, gen), _cell(node, gen),
+            "below 100% while a peer goes faster: the generator is not the bound"),
+    ]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def _latencies(b: Burst) -> list[float]:
+    out: list[float] = []
+    for r in b.results:
+        values = array("d")
+        values.frombytes(r["latencies"])
+        out.extend(values)
+    return out
+
+
+def _stream_at(path: Path, count: int, rate: float, seed: int) -> None:
+    """``count`` synthetic lines recorded exactly ``1/rate`` s apart."""
+    lines = []
+    for n, line in enumerate(generate(count, seed)):
+        payload = orjson.loads(line)
+        payload["__relay"] = {"received_at": 1_700_000_000 + n / rate}
+        lines.append(orjson.dumps(payload) + b"\n")
+    path.write_bytes(b"".join(lines))
+
+
+def latency(folder: Path, redis_url: str, clients: int, count: int, rate: float) -> list[Row]:
+    """2 part: ``count`` tweets at ``rate`` a second to ``clients``, one stuck client."""
+    part = folder / "latency"
+    part.mkdir()
+    stream, db = part / "paced.jsonl", part / "latency.db"
+    _stream_at(stream, count, rate, seed=12)
+    serve = relay_serve(part, db, redis_url)
+    ingest = None
+    try:
+
+        def trigger() -> None:
+            nonlocal ingest
+            # --loop stamps each line with the ingester's clock as it reads it (and gives
+            # fresh ids); the run ends once every client has its ``count`` frames.
+            ingest = relay_ingest(part, db, stream, redis_url, speed="1", loop=True)
+
+        relay = burst(serve, clients, count, trigger, latency=True, stuck=1,
+                      timeout=count / rate + 30)
+        frames = part / "frames.jsonl"
+        captured = capture_frames(serve.port, count, frames)
+    finally:
+        if ingest is not None:
+            end(ingest)
+        serve.stop()
+    peer: Burst | str
+    try:
+        server = python_peer(part, frames, "latency")
+        try:
+            peer = burst(server, clients, captured, lambda: server.command(f"rate {rate}"),
+                         latency=True, stuck=1, timeout=count / rate + 30)
+        finally:
+            server.stop()
+    except RuntimeError as exc:
+        peer = f"failed: {exc}"[:80]
+
+    def lat(b: Burst) -> str:
+        values = _latencies(b)
+        if not values:
+            return "no frames"
+        return (f"p50 {1000 * statistics.median(values):.1f} ms, "
+                f"p99 {1000 * percentile(values, 0.99):.1f} ms ({b.delivered()})")
+
+    def cpu(b: Burst) -> str:
+        return f"{100 * b.cpu / b.wall:.0f}% of a core, {b.us_per_frame:.1f} µs/frame"
+
+    def achieved(b: Burst) -> str:
+        return f"{b.frames / max(clients, 1) / b.wall:.0f} tweets/s"
+
+    cond = f"{rate:.0f} tweets/s to {clients:,} subscribers + 1 stuck client, {count:,} tweets"
+    return [
+        Row("latency", f"line received -> frame at client; {cond}", lat(relay),
+            _cell(peer, lat), "", "target: every frame, p99 <= 50 ms"),
+        Row("latency", "server CPU during the paced run; achieved rate", f"{cpu(relay)}; "
+            f"{achieved(relay)}", _cell(peer, lambda b: f"{cpu(b)}; {achieved(b)}"), ""),
+    ]
+
+
+def ingest(folder: Path, count: int, database_url: str) -> list[Row]:
+    """3 part: a synthetic stream at max speed into a fresh store, and the plain reference."""
+    import asyncio
+
+    from bench.stores import ingest as relay_ingest_in_process
+    from relay.config import Settings
+
+    part = folder / "ingest"
+    part.mkdir()
+    stream = part / "stream.jsonl"
+    write_stream(stream, count, seed=13)
+    base = {"port": 0, "replay": str(stream), "speed": "max", "loop": False}
+    sqlite = Settings.from_mapping({**base, "db": str(part / "relay.db")})
+    rate, commit = asyncio.run(relay_ingest_in_process(sqlite, count))
+    plain = plain_insert(stream, part / "plain.db")
+    postgres = "skipped: set DATABASE_URL (a fresh database)"
+    if database_url:
+        try:
+            settings = Settings.from_mapping({**base, "database_url": database_url})
+            pg_rate, pg_commit = asyncio.run(relay_ingest_in_process(settings, count))
+            postgres = f"PostgreSQL: {pg_rate:,.0f} tweets/s, mean commit {pg_commit:.1f} ms"
+        except Exception as exc:  # a reused database stores only duplicates: say so
+            postgres = f"PostgreSQL failed: {type(exc).__name__}: {exc}"[:100]
+    return [
+        Row("ingest", f"relay synth, {count:,} tweets at max speed into a fresh SQLite "
+            "store, first to last committed and published (in-process relay)",
+            f"{rate:,.0f} tweets/s (mean commit {commit:.1f} ms)",
+            f"plain bulk insert: {plain:,.0f} tweets/s", "",
+            f"target >= 50,000 tweets/s; relay/plain {rate / plain:.2f}x"),
+        Row("ingest", "PostgreSQL store, same stream (DATABASE_URL)", postgres),
+    ]
+
+
+def plain_insert(stream: Path, db: Path) -> float:
+    """The reference: orjson, sqlite-utils insert_all of id, text, object into a WAL table
+    with an FTS5 index on text, batches of 500; tweets a second."""
+    import sqlite_utils
+
+    started = time.perf_counter()
+    database = sqlite_utils.Database(db)
+    database.enable_wal()
+    table = database["tweets"]
+    table.create({"id": str, "text": str, "object": str}, pk="id")  # type: ignore[union-attr]
+    table.enable_fts(["text"], fts_version="FTS5", create_triggers=True)  # type: ignore[union-attr]
+    rows = []
+    with stream.open("rb") as handle:
+        for line in handle:
+            data = orjson.loads(line).get("data")
+            if isinstance(data, dict):
+                rows.append({"id": data["id"], "text": data.get("text", ""),
+                             "object": orjson.dumps(data).decode()})
+    table.insert_all(rows, batch_size=500)  # type: ignore[union-attr]
+    database.conn.close()
+    return len(rows) / (time.perf_counter() - started)
+
+
+def fill(folder: Path, count: int) -> Path:
+    """A store holding ``count`` synthetic tweets (the embedded relay at max speed)."""
+    import asyncio
+
+    from bench.stores import ingest as relay_ingest_in_process
+    from relay.config import Settings
+
+    stream, db = folder / "fill.jsonl", folder / "filled.db"
+    write_stream(stream, count, seed=14)
+    settings = Settings.from_mapping(
+        {"port": 0, "replay": str(stream), "speed": "max", "loop": False, "db": str(db)}
+    )
+    asyncio.run(relay_ingest_in_process(settings, count))
+    return db
+
+
+def catch_up(folder: Path, count: int) -> list[Row]:
+    """4 part: one client resumes from seq 0 over ``count`` stored tweets."""
+    part = folder / "catchup"
+    part.mkdir()
+    started = time.perf_counter()
+    db = fill(part, count)
+    filled = time.perf_counter() - started
+    serve = relay_serve(part, db, "")
+    try:
+        epoch = info(serve.port).get("epoch")
+        since = orjson.dumps(
+            {"op": "subscribe", "channel": "tweets", "since": {"epoch": epoch, "seq": 0}}
+        )
+        relay = burst(serve, 1, count, None, subscribe=since, timeout=60)
+        frames = part / "frames.jsonl"
+        captured = capture_frames(serve.port, count, frames, timeout=120)
+    finally:
+        serve.stop()
+    py, node = _peer_bursts(part, frames, 1, captured, "catchup", timeout=60)
+
+    def wall(b: Burst) -> str:
+        return f"{b.wall:.2f} s, {b.us_per_frame:.1f} µs/frame ({b.delivered()})"
+
+    return [
+        Row("catch-up", f"1 client resumes from seq 0 over {count:,} stored tweets: wall "
+            "(connect to last frame), server CPU a frame; peer: send() in a loop",
+            wall(relay), _cell(py, wall), _cell(node, wall),
+            f"target <= 1.5 s, <= 3 µs/frame (store filled in {filled:.0f} s)"),
+    ]
+
+
+def idle(folder: Path, clients: int) -> list[Row]:
+    """5 part: ``clients`` idle subscribers, each with a filter that never matches."""
+    part = folder / "idle"
+    part.mkdir()
+    subscribe = b'{"op":"subscribe","channel":"tweets","filters":{"lang":"xx"}}'
+    results: list[str] = []
+    frames = part / "none.jsonl"
+    frames.write_bytes(b"")
+
+    def measure(server: Server) -> str:
+        gen = Generator()
+        try:
+            time.sleep(0.5)
+            before = server.rss_kb()
+            ready = gen.connect(server.port, clients, subscribe, 0, timeout=60)
+            gen.send("hold")
+            time.sleep(1.0)  # whatever the server does after the last subscribe settles
+            after = server.rss_kb()
+            gen.release()
+            gen.results(30)
+        finally:
+            gen.close()
+        if ready < clients:
+            return f"only {ready} connected"
+        return f"{(after - before) / clients:.1f} KB each ({before / 1024:.0f} -> " \
+            f"{after / 1024:.0f} MB)"
+
+    serve = relay_serve(part, part / "idle.db", "")
+    try:
+        results.append(measure(serve))
+    except RuntimeError as exc:
+        results.append(f"failed: {exc}"[:80])
+    finally:
+        serve.stop()
+    for start in (python_peer, node_peer):
+        try:
+            peer = start(part, frames, "idle")
+        except RuntimeError as exc:
+            results.append(f"failed: {exc}"[:80])
+            continue
+        if isinstance(peer, str):
+            results.append(peer)
+            continue
+        try:
+            results.append(measure(peer))
+        except RuntimeError as exc:
+            results.append(f"failed: {exc}"[:80])
+        finally:
+            peer.stop()
+    return [
+        Row("idle", f"{clients:,} idle subscribers (filter lang=xx never matches), no "
+            "compression: server resident memory (VmRSS) per connection", *results,
+            "target <= 10 KB at 10,000"),
+    ]
