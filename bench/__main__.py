@@ -37,7 +37,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import parts
+from bench import parts, procs
 from bench.procs import Redis
 from bench.loadgen import raise_open_files
 
@@ -82,6 +82,7 @@ def main() -> int:
     parser.add_argument("--ingest", type=int, help="ingest tweets (30000)")
     parser.add_argument("--catchup", type=int, help="catch-up stored tweets (100000)")
     parser.add_argument("--idle", type=int, help="idle connections (2000; 10000 for the target)")
+    parser.add_argument("--no-node", action="store_true", help="skip the Node ws peer")
     parser.add_argument(
         "--database-url", default=os.environ.get("DATABASE_URL", ""), help="PostgreSQL store"
     )
@@ -96,6 +97,8 @@ def main() -> int:
     idle = args.idle or (100 if quick else 2000)
     chosen = args.only or list(PARTS)
     raise_open_files()
+    if args.no_node:
+        procs.NODE_ENABLED[0] = False
     started = time.perf_counter()
     header = machine()
     console.print(f"tweet-relay benchmarks: {header}", highlight=False)

@@ -196,20 +196,31 @@ def python_peer(folder: Path, frames: Path, mode: str) -> Server:
 NODE_CACHE = ROOT / "tmp" / "bench-node"
 
 
+NODE_ENABLED = [True]
+"""Cleared by ``--no-node``."""
+
+
 def node_peer(folder: Path, frames: Path, mode: str) -> Server | str:
     """Node's ``ws`` peer, or why it cannot run (no node, no npm, no ws)."""
     node, npm = shutil.which("node"), shutil.which("npm")
+    if not NODE_ENABLED[0]:
+        return "skipped: --no-node"
     if not node or not npm:
         return "skipped: node or npm not on PATH"
     if not (NODE_CACHE / "node_modules" / "ws").is_dir():
         NODE_CACHE.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            [npm, "install", "--prefix", str(NODE_CACHE), "--no-save", "--silent", "ws@8"],
-            capture_output=True,
-            timeout=180,
-        )
+        try:
+            done = subprocess.run(
+                [npm, "install", "--prefix", str(NODE_CACHE), "--no-save", "--silent", "ws@8"],
+                capture_output=True,
+                timeout=120,
+            )
+        except subprocess.TimeoutExpired:
+            NODE_ENABLED[0] = False
+            return "skipped: npm install ws took over 120 s"
         if done.returncode or not (NODE_CACHE / "node_modules" / "ws").is_dir():
-            return f"skipped: npm install ws failed: {done.stderr.decode()[-200:]}"
+            NODE_ENABLED[0] = False  # once is enough in a run
+            return f"skipped: npm install ws failed: {done.stderr.decode()[-120:]}"
     script = Path(__file__).with_name("peer_ws.js")
     env = clean_env(NODE_PATH=str(NODE_CACHE / "node_modules"))
     return Server(
