@@ -38,8 +38,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import parts, procs
-from bench.procs import Redis
 from bench.loadgen import raise_open_files
+from bench.procs import Redis
 
 PARTS = ("fanout", "latency", "ingest", "catchup", "idle")
 console = Console(width=200)
@@ -48,7 +48,9 @@ console = Console(width=200)
 def machine() -> str:
     node = shutil.which("node")
     node_version = (
-        subprocess.run([node, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+        subprocess.run(
+            [node, "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         if node
         else "none"
     )
@@ -62,7 +64,8 @@ def machine() -> str:
         pass
     load = os.getloadavg()[0]
     return (
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cores ({cpu or platform.machine()}), "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cores "
+        f"({cpu or platform.machine()}), "
         f"load {load:.1f} at start; Python {platform.python_version()}, websockets "
         f"{version('websockets')}, orjson {version('orjson')}, sqlite-utils "
         f"{version('sqlite-utils')}, SQLite {__import__('sqlite3').sqlite_version}; node "
@@ -106,7 +109,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         folder = Path(tmp)
         redis = Redis(folder)
-        bus = f"Redis bus ({redis.url})" if redis.url else "no redis-server: store polled every 50 ms"
+        bus = (
+            f"Redis bus ({redis.url})" if redis.url else "no redis-server: store polled every 50 ms"
+        )
         runs: dict[str, Callable[[], list[parts.Row]]] = {
             "fanout": lambda: parts.fan_out(folder, redis.url, subscribers, burst),
             "latency": lambda: parts.latency(folder, redis.url, lat_subs, lat_tweets, args.rate),
@@ -125,8 +130,9 @@ def main() -> int:
                 console.print(f"  {name}: {time.perf_counter() - began:.0f} s", highlight=False)
         finally:
             redis.stop()
-    table = Table(title=f"tweet-relay vs peers, same run, same frames ({bus.split(' (')[0]})",
-                  show_lines=True)
+    table = Table(
+        title=f"tweet-relay vs peers, same run, same frames ({bus.split(' (')[0]})", show_lines=True
+    )
     table.add_column("part")
     table.add_column("figure and conditions", max_width=60)
     table.add_column("relay", max_width=34)

@@ -14,7 +14,7 @@ Every wait has a timeout.
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import resource
 import struct
 import time
@@ -225,7 +225,7 @@ async def _serve(pipe: Connection, spec: dict[str, Any]) -> None:
             spec.get("stuck", 0),
             timeout,
         )
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         pipe.send({"error": f"{type(exc).__name__}: {exc}"})
         return
     pipe.send({"ready": len(clients)})
@@ -234,10 +234,8 @@ async def _serve(pipe: Connection, spec: dict[str, Any]) -> None:
     cpu = cpu_seconds()
     started = time.time()
     if command == "wait" and shared.expect:
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(shared.all_done.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
     elif command == "hold":
         await loop.run_in_executor(None, _recv, pipe, timeout * 4)
     result = {

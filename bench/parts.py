@@ -106,8 +106,10 @@ def burst(
         raise RuntimeError(f"load generator: {results}")
     last = max(r["last"] for r in results)
     # A burst counts from its first frame; a catch-up from before the client connected.
-    first = started if trigger is None else min(
-        (r["first"] for r in results if r["first"]), default=started
+    first = (
+        started
+        if trigger is None
+        else min((r["first"] for r in results if r["first"]), default=started)
     )
     return Burst(
         cpu=cpu,
@@ -161,7 +163,7 @@ def _peer_bursts(
             continue
         try:
             go = (lambda p=peer: p.command("go")) if mode == "broadcast" else None
-            out.append(burst(peer, clients, count, go, subscribe=subscribe, **spec))  # type: ignore[misc]
+            out.append(burst(peer, clients, count, go, subscribe=subscribe, **spec))
         except RuntimeError as exc:
             out.append(f"failed: {exc}"[:80])
         finally:
@@ -214,13 +216,29 @@ def fan_out(folder: Path, redis_url: str, clients: int, count: int) -> list[Row]
         else ""
     )
     return [
-        Row("fan-out", f"server CPU per delivered frame; {cond}", us(relay), _cell(py, us),
-            _cell(node, us), f"target <= 3 µs and <= 0.4x peer; {ratio}"),
-        Row("fan-out", "delivered frames per second (wall, first frame to last at the clients)",
-            rate(relay), _cell(py, rate), _cell(node, rate)),
-        Row("fan-out", "load generator: busiest of 2 worker processes, CPU / burst wall time",
-            gen(relay), _cell(py, gen), _cell(node, gen),
-            "below 100% while a peer goes faster: the generator is not the bound"),
+        Row(
+            "fan-out",
+            f"server CPU per delivered frame; {cond}",
+            us(relay),
+            _cell(py, us),
+            _cell(node, us),
+            f"target <= 3 µs and <= 0.4x peer; {ratio}",
+        ),
+        Row(
+            "fan-out",
+            "delivered frames per second (wall, first frame to last at the clients)",
+            rate(relay),
+            _cell(py, rate),
+            _cell(node, rate),
+        ),
+        Row(
+            "fan-out",
+            "load generator: busiest of 2 worker processes, CPU / burst wall time",
+            gen(relay),
+            _cell(py, gen),
+            _cell(node, gen),
+            "below 100% while a peer goes faster: the generator is not the bound",
+        ),
     ]
 
 
@@ -264,8 +282,9 @@ def latency(folder: Path, redis_url: str, clients: int, count: int, rate: float)
             # fresh ids); the run ends once every client has its ``count`` frames.
             ingest = relay_ingest(part, db, stream, redis_url, speed="1", loop=True)
 
-        relay = burst(serve, clients, count, trigger, latency=True, stuck=1,
-                      timeout=count / rate + 30)
+        relay = burst(
+            serve, clients, count, trigger, latency=True, stuck=1, timeout=count / rate + 30
+        )
         frames = part / "frames.jsonl"
         captured = capture_frames(serve.port, count, frames)
     finally:
@@ -276,8 +295,15 @@ def latency(folder: Path, redis_url: str, clients: int, count: int, rate: float)
     try:
         server = python_peer(part, frames, "latency")
         try:
-            peer = burst(server, clients, captured, lambda: server.command(f"rate {rate}"),
-                         latency=True, stuck=1, timeout=count / rate + 30)
+            peer = burst(
+                server,
+                clients,
+                captured,
+                lambda: server.command(f"rate {rate}"),
+                latency=True,
+                stuck=1,
+                timeout=count / rate + 30,
+            )
         finally:
             server.stop()
     except RuntimeError as exc:
@@ -287,8 +313,10 @@ def latency(folder: Path, redis_url: str, clients: int, count: int, rate: float)
         values = _latencies(b)
         if not values:
             return "no frames"
-        return (f"p50 {1000 * statistics.median(values):.1f} ms, "
-                f"p99 {1000 * percentile(values, 0.99):.1f} ms ({b.delivered()})")
+        return (
+            f"p50 {1000 * statistics.median(values):.1f} ms, "
+            f"p99 {1000 * percentile(values, 0.99):.1f} ms ({b.delivered()})"
+        )
 
     def cpu(b: Burst) -> str:
         return f"{100 * b.cpu / b.wall:.0f}% of a core, {b.us_per_frame:.1f} µs/frame"
@@ -298,10 +326,21 @@ def latency(folder: Path, redis_url: str, clients: int, count: int, rate: float)
 
     cond = f"{rate:.0f} tweets/s to {clients:,} subscribers + 1 stuck client, {count:,} tweets"
     return [
-        Row("latency", f"line received -> frame at client; {cond}", lat(relay),
-            _cell(peer, lat), "", "target: every frame, p99 <= 50 ms"),
-        Row("latency", "server CPU during the paced run; achieved rate", f"{cpu(relay)}; "
-            f"{achieved(relay)}", _cell(peer, lambda b: f"{cpu(b)}; {achieved(b)}"), ""),
+        Row(
+            "latency",
+            f"line received -> frame at client; {cond}",
+            lat(relay),
+            _cell(peer, lat),
+            "",
+            "target: every frame, p99 <= 50 ms",
+        ),
+        Row(
+            "latency",
+            "server CPU during the paced run; achieved rate",
+            f"{cpu(relay)}; {achieved(relay)}",
+            _cell(peer, lambda b: f"{cpu(b)}; {achieved(b)}"),
+            "",
+        ),
     ]
 
 
@@ -329,11 +368,15 @@ def ingest(folder: Path, count: int, database_url: str) -> list[Row]:
         except Exception as exc:  # a reused database stores only duplicates: say so
             postgres = f"PostgreSQL failed: {type(exc).__name__}: {exc}"[:100]
     return [
-        Row("ingest", f"relay synth, {count:,} tweets at max speed into a fresh SQLite "
+        Row(
+            "ingest",
+            f"relay synth, {count:,} tweets at max speed into a fresh SQLite "
             "store, first to last committed and published (in-process relay)",
             f"{rate:,.0f} tweets/s (mean commit {commit:.1f} ms)",
-            f"plain bulk insert: {plain:,.0f} tweets/s", "",
-            f"target >= 50,000 tweets/s; relay/plain {rate / plain:.2f}x"),
+            f"plain bulk insert: {plain:,.0f} tweets/s",
+            "",
+            f"target >= 50,000 tweets/s; relay/plain {rate / plain:.2f}x",
+        ),
         Row("ingest", "PostgreSQL store, same stream (DATABASE_URL)", postgres),
     ]
 
@@ -354,8 +397,13 @@ def plain_insert(stream: Path, db: Path) -> float:
         for line in handle:
             data = orjson.loads(line).get("data")
             if isinstance(data, dict):
-                rows.append({"id": data["id"], "text": data.get("text", ""),
-                             "object": orjson.dumps(data).decode()})
+                rows.append(
+                    {
+                        "id": data["id"],
+                        "text": data.get("text", ""),
+                        "object": orjson.dumps(data).decode(),
+                    }
+                )
     table.insert_all(rows, batch_size=500)  # type: ignore[union-attr]
     database.conn.close()
     return len(rows) / (time.perf_counter() - started)
@@ -401,10 +449,15 @@ def catch_up(folder: Path, count: int) -> list[Row]:
         return f"{b.wall:.2f} s, {b.us_per_frame:.1f} µs/frame ({b.delivered()})"
 
     return [
-        Row("catch-up", f"1 client resumes from seq 0 over {count:,} stored tweets: wall "
+        Row(
+            "catch-up",
+            f"1 client resumes from seq 0 over {count:,} stored tweets: wall "
             "(connect to last frame), server CPU a frame; peer: send() in a loop",
-            wall(relay), _cell(py, wall), _cell(node, wall),
-            f"target <= 1.5 s, <= 3 µs/frame (store filled in {filled:.0f} s)"),
+            wall(relay),
+            _cell(py, wall),
+            _cell(node, wall),
+            f"target <= 1.5 s, <= 3 µs/frame (store filled in {filled:.0f} s)",
+        ),
     ]
 
 
@@ -432,8 +485,10 @@ def idle(folder: Path, clients: int) -> list[Row]:
             gen.close()
         if ready < clients:
             return f"only {ready} connected"
-        return f"{(after - before) / clients:.1f} KB each ({before / 1024:.0f} -> " \
+        return (
+            f"{(after - before) / clients:.1f} KB each ({before / 1024:.0f} -> "
             f"{after / 1024:.0f} MB)"
+        )
 
     serve = relay_serve(part, part / "idle.db", "")
     try:
@@ -458,7 +513,13 @@ def idle(folder: Path, clients: int) -> list[Row]:
         finally:
             peer.stop()
     return [
-        Row("idle", f"{clients:,} idle subscribers (filter lang=xx never matches), no "
-            "compression: server resident memory (VmRSS) per connection", *results,
-            "target <= 10 KB at 10,000"),
+        Row(
+            "idle",
+            f"{clients:,} idle subscribers (filter lang=xx never matches), no "
+            "compression: server resident memory (VmRSS) per connection",
+            results[0],
+            results[1],
+            results[2],
+            "target <= 10 KB at 10,000",
+        ),
     ]

@@ -256,7 +256,7 @@ class Redis:
 
     def stop(self) -> None:
         if self.proc is not None:
-            end(self.proc, 5)  # type: ignore[arg-type]
+            end(self.proc, 5)
 
 
 class Generator:
@@ -268,11 +268,12 @@ class Generator:
         self.pipes: list[Connection] = []
         self.workers: list[Any] = []
 
-    def connect(
-        self, port: int, clients: int, subscribe: bytes, expect: int, **spec: Any
-    ) -> int:
+    def connect(self, port: int, clients: int, subscribe: bytes, expect: int, **spec: Any) -> int:
         """Open the clients; returns how many are subscribed (raises on failure)."""
-        share = [clients // self.processes + (n < clients % self.processes) for n in range(self.processes)]
+        share = [
+            clients // self.processes + (n < clients % self.processes)
+            for n in range(self.processes)
+        ]
         stuck = spec.pop("stuck", 0)
         for n, count in enumerate(share):
             parent, child = self.context.Pipe()
