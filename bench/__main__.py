@@ -110,7 +110,7 @@ def main() -> int:
     rows: list[parts.Row] = []
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         folder = Path(tmp)
-        redis = Redis(folder)
+        redis = Redis(folder, wanted={"fanout", "latency"} & set(chosen))
         bus = (
             f"Redis bus ({redis.url})" if redis.url else "no redis-server: store polled every 50 ms"
         )

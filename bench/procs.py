@@ -231,11 +231,11 @@ def node_peer(folder: Path, frames: Path, mode: str) -> Server | str:
 class Redis:
     """A throwaway redis-server on a free port, when there is one on PATH."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, wanted: object = True) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         binary = shutil.which("redis-server")
-        if not binary:
+        if not binary or not wanted:
             return
         port = free_port()
         self.proc = subprocess.Popen(
