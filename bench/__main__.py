@@ -37,9 +37,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench import ingest as bench_ingest
 from bench import parts, procs
 from bench.loadgen import raise_open_files
 from bench.procs import Redis
+from bench.table import Row
 
 PARTS = ("fanout", "latency", "ingest", "catchup", "idle")
 console = Console(width=200)
@@ -107,17 +109,17 @@ def main() -> int:
     started = time.perf_counter()
     header = machine()
     console.print(f"tweet-relay benchmarks: {header}", highlight=False)
-    rows: list[parts.Row] = []
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         folder = Path(tmp)
         redis = Redis(folder, wanted={"fanout", "latency"} & set(chosen))
         bus = (
             f"Redis bus ({redis.url})" if redis.url else "no redis-server: store polled every 50 ms"
         )
-        runs: dict[str, Callable[[], list[parts.Row]]] = {
+        runs: dict[str, Callable[[], list[Row]]] = {
             "fanout": lambda: parts.fan_out(folder, redis.url, subscribers, burst),
             "latency": lambda: parts.latency(folder, redis.url, lat_subs, lat_tweets, args.rate),
-            "ingest": lambda: parts.ingest(folder, ingest, args.database_url),
+            "ingest": lambda: bench_ingest.ingest(folder, ingest, args.database_url),
             "catchup": lambda: parts.catch_up(folder, catchup),
             "idle": lambda: parts.idle(folder, idle),
         }
@@ -128,7 +130,7 @@ def main() -> int:
                     rows += runs[name]()
                 except Exception as exc:  # one part failing still prints the others
                     traceback.print_exc(file=sys.stderr)
-                    rows.append(parts.Row(name, "failed", f"{type(exc).__name__}: {exc}"[:150]))
+                    rows.append(Row(name, "failed", f"{type(exc).__name__}: {exc}"[:150]))
                 console.print(f"  {name}: {time.perf_counter() - began:.0f} s", highlight=False)
         finally:
             redis.stop()
