@@ -44,7 +44,7 @@ from bench.procs import Redis
 from bench.table import Row
 
 PARTS = ("fanout", "latency", "ingest", "catchup", "idle")
-console = Console(width=200)
+console = Console(width=320)  # wide enough that no cell wraps: one row, one line
 
 
 def machine() -> str:
@@ -138,7 +138,7 @@ def main() -> int:
         title=f"tweet-relay vs peers, same run, same frames ({bus.split(' (')[0]})", show_lines=True
     )
     table.add_column("part")
-    table.add_column("figure and conditions", max_width=60)
+    table.add_column("figure and conditions", no_wrap=True)  # one line: greppable
     table.add_column("relay", max_width=34)
     table.add_column("python-websockets peer", max_width=30)
     table.add_column("Node ws peer", max_width=30)
