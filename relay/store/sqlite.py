@@ -255,6 +255,15 @@ class SQLiteStore:
             log.info("full-text indexing works again")
         self._index_failed = False
 
+    async def _search_ready(self) -> None:
+        """In the writing process, a search sees every tweet committed before it: the
+        writer indexes now rather than within SEARCH_LAG. Waiting stops after SEARCH_LAG
+        (a long commit ahead of it): the search then runs on what is indexed."""
+        if self._writer is None or self.search_indexed >= self._seq.next - 1:
+            return
+        with contextlib.suppress(TimeoutError, StoreError):
+            await asyncio.wait_for(asyncio.shield(self.search_caught_up()), SEARCH_LAG)
+
     async def search_caught_up(self) -> int:
         """Return once every tweet committed before this call is searchable; the mark.
 
@@ -449,13 +458,15 @@ class SQLiteStore:
     ) -> tuple[list[bytes], int]:
         count_sql, count_params = sqlite_query.count(query)
         select_sql, select_params = sqlite_query.select(query)
+        if any(c.field == "text" and c.op == "search" for c in query.conditions):
+            await self._search_ready()
 
         def run(conn: sqlite3.Connection) -> tuple[list[bytes], int]:
             # One read transaction: the page and its count see the same commits.
             conn.execute("BEGIN")
             total = int(conn.execute(count_sql, count_params).fetchone()[0])
             page: list[int] = []
-            found: dict[int, str] = {}
+            found: dict[int, str | bytes] = {}
             if not query.count_only:
                 page = [row[0] for row in conn.execute(select_sql, select_params)]
                 if page:
