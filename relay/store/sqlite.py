@@ -87,10 +87,10 @@ class _IndexNow:
 
 
 WRITER_CACHE_KIB = 65536
-"""The writer's page cache (``PRAGMA cache_size``). At SQLite's default of 2 MiB a group
-commit of a few thousand 2 KB tweets spills pages to the WAL before it commits, and
-index pages are read back again and again: 64 MiB holds a whole group and the hot
-index pages (measured: 4,445 -> see docs/benchmarks.md)."""
+"""The writer's page cache (``PRAGMA cache_size``, KiB). At SQLite's default of 2 MiB a
+group commit of a few thousand 2 KB tweets spills pages to the WAL before it commits
+(the profile of the old writer showed ``sqlite3PcacheFetchStress`` and ``pwrite``
+inside the inserts); 64 MiB holds a whole group and the hot index pages."""
 MMAP_BYTES = 256 * 2**20
 """Reads of the database file through a memory map (``PRAGMA mmap_size``): the
 id lookups of each append and the readers' pages, without a copy a page."""
