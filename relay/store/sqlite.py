@@ -91,6 +91,12 @@ WRITER_CACHE_KIB = 65536
 group commit of a few thousand 2 KB tweets spills pages to the WAL before it commits
 (the profile of the old writer showed ``sqlite3PcacheFetchStress`` and ``pwrite``
 inside the inserts); 64 MiB holds a whole group and the hot index pages."""
+WAL_CHECKPOINT_PAGES = 10_000
+"""Pages the WAL grows to before a commit copies them into the file (``PRAGMA
+wal_autocheckpoint``; SQLite's default is 1,000). The copy runs inside the committing
+append; fewer, larger ones write each hot index page once instead of ten times. At
+30,000 tweets appended alone: 15,000 -> 18,600 and 12,400 -> 17,300 tweets/s, 55-62 ->
+48 µs of CPU a tweet; the WAL file grows to about 40 MB."""
 MMAP_BYTES = 256 * 2**20
 """Reads of the database file through a memory map (``PRAGMA mmap_size``): the
 id lookups of each append and the readers' pages, without a copy a page."""
@@ -187,6 +193,7 @@ class SQLiteStore:
             self._seq.next = max(row[0] if row else 0, head) + 1
             self.search_indexed = indexed_seq(conn)
             conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB:d}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES:d}")
         except (sqlite3.DatabaseError, StoreError) as exc:
             if conn is not None:
                 conn.close()
