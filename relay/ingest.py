@@ -26,7 +26,7 @@ from relay.errors import MalformedPayload, RelayError
 from relay.metrics import Metrics
 from relay.sources import RawLine, Source
 from relay.store import AppendResult, Store, StoredTweet
-from relay.tweets import Tweet, parse_line, usable_unix
+from relay.tweets import Parsed, Tweet, parse_line, usable_unix
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +231,8 @@ class Ingest:
     def _parse(self, lines: list[RawLine]) -> tuple[list[Tweet], list[dict[str, Any]]]:
         tweets: list[Tweet] = []
         users: list[dict[str, Any]] = []
+        payloads = keepalives = 0
         for line in lines:
-            self.metrics.last_data.set(line.received_at)
             try:
                 parsed = parse_line(line.data)
             except MalformedPayload as exc:
@@ -242,18 +242,29 @@ class Ingest:
                 self._malformed("parse_error", f"{type(exc).__name__}: {exc}", line)
                 continue
             if parsed.keepalive:
-                self.metrics.lines.labels("keepalive").inc()
+                keepalives += 1
                 continue
-            self.metrics.lines.labels("payload").inc()
-            for skip in parsed.skipped:
-                self.metrics.skipped.labels(skip.reason).inc()
-                self.skipped_log("skipped a tweet (%s): %s", skip.reason, skip.detail)
-            for api_error in parsed.api_errors:
-                self.metrics.api_errors.inc()
-                self.api_errors_log("stream error message: %.300s", api_error)
+            payloads += 1
+            if parsed.skipped or parsed.api_errors:
+                self._report(parsed)
             tweets.extend(parsed.tweets)
             users.extend(parsed.users)
+        # Counted per slice, not per line: a labelled counter costs a lookup and a lock.
+        if lines:
+            self.metrics.last_data.set(lines[-1].received_at)
+        if payloads:
+            self.metrics.lines.labels("payload").inc(payloads)
+        if keepalives:
+            self.metrics.lines.labels("keepalive").inc(keepalives)
         return tweets, users
+
+    def _report(self, parsed: Parsed) -> None:
+        for skip in parsed.skipped:
+            self.metrics.skipped.labels(skip.reason).inc()
+            self.skipped_log("skipped a tweet (%s): %s", skip.reason, skip.detail)
+        for api_error in parsed.api_errors:
+            self.metrics.api_errors.inc()
+            self.api_errors_log("stream error message: %.300s", api_error)
 
     def _malformed(self, reason: str, detail: str, line: RawLine) -> None:
         self.metrics.lines.labels("malformed").inc()

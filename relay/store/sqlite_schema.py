@@ -63,7 +63,27 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS tweets_author_id ON tweets (author_id, seq)")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+def _migration_3(db: sqlite_utils.Database) -> None:
+    # Full-text indexing leaves the commit path: the writer indexes committed tweets in
+    # its own transactions, a little behind (see relay.store.sqlite_search), instead of
+    # a trigger doing it row by row inside every append. What the trigger indexed so
+    # far stays; the mark says where the indexing goes on from.
+    for trigger in ("tweets_ai", "tweets_ad", "tweets_au"):
+        db.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+    db.execute(
+        "INSERT INTO meta (key, value) SELECT ?, coalesce(max(seq), 0) FROM tweets",
+        [SEARCH_MARK],
+    )
+
+
+SEARCH_MARK = "search_indexed_seq"
+"""The ``meta`` key of the highest seq whose text the full-text index holds."""
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+]
 """Schema changes in order; ``PRAGMA user_version`` records how many have run."""
 
 SCHEMA: dict[str, set[str]] = {
