@@ -9,6 +9,7 @@ does the work. Exit codes: 0 after a clean stop, 1 when the process stopped on i
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -77,6 +78,7 @@ async def run(settings: Settings, role: str, metrics_port: int | None = None) ->
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    tune_gc()
     starting = asyncio.create_task(relay.start())
     stopped = asyncio.create_task(stop.wait())
     listening = asyncio.create_task(relay.listening.wait())
@@ -112,6 +114,19 @@ async def run(settings: Settings, role: str, metrics_port: int | None = None) ->
     if not relay.drained:
         return 1
     return 0
+
+
+def tune_gc() -> None:
+    """Fewer garbage collections on the hot path.
+
+    Every line parsed and every frame built makes short-lived dicts and lists without
+    cycles; the default threshold (700 allocations) runs a collection every few lines.
+    Freezing what start-up allocated keeps the long-lived objects out of every later
+    full collection. Measured with ``python -m bench.stores`` (30,000 tweets, 2 cores,
+    alternated): 6.9-7.5k tweets/s before, 8.2-8.7k after.
+    """
+    gc.set_threshold(50_000, 20, 100)
+    gc.freeze()
 
 
 def print_urls(relay: Relay, settings: Settings) -> None:
