@@ -1,10 +1,15 @@
 """The hub: who listens to which channel, and gap-free delivery to them.
 
-``publish`` runs on the event loop, never awaits, and encodes each tweet frame
-once per channel, however many sessions listen. It groups a whole batch per
-session and hands each session its part in one call: a batch, not a frame, is
-the unit of the slow-consumer rule (see :mod:`relay.session`). A failure for
-one session closes that session only; the others and the publisher go on.
+``publish`` runs on the event loop, never awaits, and builds each tweet frame
+once per channel as the exact WebSocket frame bytes, however many sessions
+listen. It groups a whole batch per session and hands each session its part in
+one call: a batch, not a frame, is the unit of the slow-consumer rule (see
+:mod:`relay.session`) and of the counters. The frames are then written, one
+write per session per publish (pieces of a quarter of the send buffer when it
+is large), round-robin over the sessions, in turns of ``FLUSH_BYTES_PER_TURN``
+with the loop free between turns: no task and no coroutine per client or per
+frame. A failure for one session closes that session only; the others and the
+publisher go on.
 
 Resume works without locks: a subscription registers and snapshots the last
 published seq in the same tick, so every tweet up to that seq is already in the
@@ -14,7 +19,8 @@ seq then gives no gap and no duplicate (invariant 3).
 
 Catch-ups are bounded: one at a time per connection (in the order asked), a
 fixed number of store reads at once overall, small pages read only when the
-client has taken most of what it was sent, and ``recovered`` counted up to a cap.
+client has taken most of what it was sent (the transport's buffer drained to a
+quarter of the send buffer), written coalesced, and ``recovered`` counted up to a cap.
 A subscription's filter is tested in the store, over windows of at most
 ``CATCH_UP_SCAN`` seqs: a filter that matches nothing reads no tweet out.
 """
@@ -23,12 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from relay import protocol
 from relay.protocol import Position
-from relay.session import Session, SessionClosed, Subscription, wanted
+from relay.session import Frame, Session, SessionClosed, Subscription, wanted
 from relay.store import Store, StoredTweet
 
 if TYPE_CHECKING:
@@ -37,8 +44,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CATCH_UP_PAGE = 64
-"""Most tweets one catch-up read takes from the store (also bounded in bytes)."""
+CATCH_UP_PAGE = 1000
+"""Most tweets one catch-up read takes from the store (also bounded in bytes: half
+the send buffer), written to the client in one write."""
+FLUSH_BYTES_PER_TURN = 2 << 20
+"""Bytes the hub writes to clients before it lets the other tasks of the loop run:
+about a millisecond of copying into socket buffers."""
 CATCH_UP_SCAN = 4096
 """Most seqs one filtered catch-up read looks through: a filter that matches little
 cannot hold a store reader for a whole scan of the store in one read."""
@@ -66,6 +77,9 @@ class Hub:
         self._listeners: dict[str, set[Session]] = {}
         self._reads = asyncio.Semaphore(catch_ups_at_once)
         """Store reads of catch-ups at once, over every connection."""
+        self._dirty: deque[Session] = deque()
+        """Sessions with frames of a publish still to write, in turn."""
+        self._flush_handle: asyncio.Handle | None = None
 
     @property
     def epoch(self) -> str:
@@ -85,7 +99,7 @@ class Hub:
 
     def publish(self, tweets: Sequence[StoredTweet]) -> None:
         """Fan new tweets out; they must come in seq order and be in the store already."""
-        batches: dict[Session, list[tuple[bytes, int]]] = {}
+        batches: dict[Session, list[Frame]] = {}
         failed: dict[Session, BaseException] = {}
         for tweet in tweets:
             if tweet.seq <= self.head:
@@ -96,7 +110,7 @@ class Hub:
                 if not listeners:
                     continue
                 try:
-                    frame = protocol.tweet(channel, tweet.seq, tweet.body)
+                    frame = protocol.text_frame(protocol.tweet(channel, tweet.seq, tweet.body))
                 except Exception:  # a bug for this tweet must not stop the publisher
                     log.exception("cannot encode seq %d for %s; not delivered", tweet.seq, channel)
                     self.metrics.refused.labels("delivery_failed").inc()
@@ -113,11 +127,42 @@ class Hub:
             if session in failed:
                 continue
             try:
-                session.deliver_batch(frames)
+                if session.deliver_batch(frames) and not session.scheduled:
+                    session.scheduled = True
+                    self._dirty.append(session)
             except Exception as exc:
                 failed[session] = exc
         if failed:
             self._isolate(failed)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write pending frames, a piece per session in turn, up to a turn's worth of bytes;
+        the rest goes on at the loop's next turn, so that nothing else waits long."""
+        self._flush_handle = None
+        dirty = self._dirty
+        frames = writes = written = 0
+        while dirty and written < FLUSH_BYTES_PER_TURN:
+            session = dirty.popleft()
+            try:
+                count, size = session.flush_piece()
+            except Exception:  # pragma: no cover - _write catches what the socket raises
+                log.exception("writing to %s failed; closing it (1011)", session.peer)
+                count = size = 0
+                session.failed()
+            if count:
+                frames += count
+                writes += 1
+                written += size
+            if session.pending and not session.closed:
+                dirty.append(session)
+            else:
+                session.scheduled = False
+        if frames:
+            self.metrics.frames_sent.inc(frames)
+            self.metrics.stream_writes.inc(writes)
+        if dirty and self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _isolate(self, failed: dict[Session, BaseException]) -> None:
         """Close each session whose delivery raised; one log line with the first cause."""
@@ -246,9 +291,9 @@ class Hub:
     async def _copy(self, session: Session, sub: Subscription, last: int, head: int) -> int:
         """Copy the channel's stored tweets ``last < seq <= head`` to the client, paced."""
         channel = sub.channel
-        # A page is at most a quarter of the buffer, read only once the client has taken
-        # all but half of it: a catch-up never holds more than the buffer's worth.
-        page_bytes = max(1, session.limit // 4)
+        # A page is at most half the buffer, read only once the client has taken all but a
+        # quarter of it: a catch-up never holds more than the buffer's worth.
+        page_bytes = max(1, session.limit // 2)
         while last < head:
             await session.wait_room()
             # The filter goes to the store, so tweets it refuses are never read out; taken
@@ -263,19 +308,20 @@ class Hub:
             for tweet in page:
                 last = tweet.seq
                 if wanted(sub, tweet):
-                    frames.append((protocol.tweet(channel, tweet.seq, tweet.body), tweet.seq))
+                    payload = protocol.tweet(channel, tweet.seq, tweet.body)
+                    frames.append((protocol.text_frame(payload), tweet.seq))
             if len(page) < CATCH_UP_PAGE and sum(len(t.body) for t in page) < page_bytes:
                 last = until  # a short page: no other match up to until (Store.read_after)
             if session.closed:
                 raise SessionClosed
-            session.enqueue_paced(frames)
+            session.send_now(frames)  # one write for the page
             self.metrics.recovered.inc(len(page))
         return last
 
     @staticmethod
     def _go_live(session: Session, sub: Subscription, after: int | None) -> None:
         held = session.release_held(sub)
-        session.enqueue_paced((frame, seq) for frame, seq in held if after is None or seq > after)
+        session.send_now([(frame, seq) for frame, seq in held if after is None or seq > after])
         sub.live = True
         sub.task = None
 
