@@ -28,6 +28,7 @@ A subscription's filter is tested in the store, over windows of at most
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -110,7 +111,7 @@ class Hub:
                 if not listeners:
                     continue
                 try:
-                    frame = protocol.text_frame(protocol.tweet(channel, tweet.seq, tweet.body))
+                    frame = protocol.tweet_frame(channel, tweet.seq, tweet.body)
                 except Exception:  # a bug for this tweet must not stop the publisher
                     log.exception("cannot encode seq %d for %s; not delivered", tweet.seq, channel)
                     self.metrics.refused.labels("delivery_failed").inc()
@@ -289,34 +290,57 @@ class Hub:
                 self._unlisten(channel, session)
 
     async def _copy(self, session: Session, sub: Subscription, last: int, head: int) -> int:
-        """Copy the channel's stored tweets ``last < seq <= head`` to the client, paced."""
+        """Copy the channel's stored tweets ``last < seq <= head`` to the client, paced.
+
+        Each page goes out in one write once the client has taken all but a quarter of
+        the buffer; the next page is read while the client takes this one, so the client
+        never waits for the store (one page ahead: at most the buffer's worth held).
+        """
         channel = sub.channel
-        # A page is at most half the buffer, read only once the client has taken all but a
-        # quarter of it: a catch-up never holds more than the buffer's worth.
         page_bytes = max(1, session.limit // 2)
-        while last < head:
-            await session.wait_room()
-            # The filter goes to the store, so tweets it refuses are never read out; taken
-            # afresh for each page, as a refresh may narrow it. wanted() still checks.
-            conditions = sub.filter.conditions() if sub.filter is not None else ()
-            until = min(head, last + self.catch_up_scan) if conditions else head
-            async with self._reads:
-                page = await self.store.read_after(
-                    channel, last, until, CATCH_UP_PAGE, max_bytes=page_bytes, conditions=conditions
-                )
-            frames = []
-            for tweet in page:
-                last = tweet.seq
-                if wanted(sub, tweet):
-                    payload = protocol.tweet(channel, tweet.seq, tweet.body)
-                    frames.append((protocol.text_frame(payload), tweet.seq))
-            if len(page) < CATCH_UP_PAGE and sum(len(t.body) for t in page) < page_bytes:
-                last = until  # a short page: no other match up to until (Store.read_after)
-            if session.closed:
-                raise SessionClosed
-            session.send_now(frames)  # one write for the page
-            self.metrics.recovered.inc(len(page))
+        ahead: asyncio.Future[tuple[list[StoredTweet], int]] | None = None
+        try:
+            while last < head:
+                if ahead is None:
+                    ahead = asyncio.ensure_future(self._page(sub, last, head, page_bytes))
+                page, until = await ahead
+                ahead = None
+                frames = []
+                for tweet in page:
+                    last = tweet.seq
+                    if wanted(sub, tweet):
+                        frames.append(
+                            (protocol.tweet_frame(channel, tweet.seq, tweet.body), tweet.seq)
+                        )
+                if len(page) < CATCH_UP_PAGE and sum(len(t.body) for t in page) < page_bytes:
+                    last = until  # a short page: no other match up to until (Store.read_after)
+                if last < head:
+                    ahead = asyncio.ensure_future(self._page(sub, last, head, page_bytes))
+                await session.wait_room()
+                if session.closed:
+                    raise SessionClosed
+                session.send_now(frames)  # one write for the page
+                self.metrics.recovered.inc(len(page))
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
         return last
+
+    async def _page(
+        self, sub: Subscription, last: int, head: int, page_bytes: int
+    ) -> tuple[list[StoredTweet], int]:
+        """One page of the channel's stored tweets after ``last``, and how far it looked."""
+        # The filter goes to the store, so tweets it refuses are never read out; taken
+        # afresh for each page, as a refresh may narrow it. wanted() still checks.
+        conditions = sub.filter.conditions() if sub.filter is not None else ()
+        until = min(head, last + self.catch_up_scan) if conditions else head
+        async with self._reads:
+            page = await self.store.read_after(
+                sub.channel, last, until, CATCH_UP_PAGE, max_bytes=page_bytes, conditions=conditions
+            )
+        return page, until
 
     @staticmethod
     def _go_live(session: Session, sub: Subscription, after: int | None) -> None:

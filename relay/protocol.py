@@ -221,6 +221,28 @@ def text_frame(payload: bytes) -> bytes:
     return head + payload
 
 
+def tweet_frame(channel: str, seq: int, body: bytes) -> bytes:
+    """:func:`tweet` as a complete text frame, built in one join (no copy of the payload)."""
+    parts = [
+        b'{"type":"tweet","channel":',
+        orjson.dumps(channel),
+        b',"seq":',
+        str(seq).encode(),
+        b',"tweet":',
+        body,
+        b"}",
+    ]
+    length = sum(map(len, parts))
+    if length < 126:
+        head = bytes((_FIN_TEXT, length))
+    elif length < 1 << 16:
+        head = bytes((_FIN_TEXT, 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((_FIN_TEXT, 127)) + length.to_bytes(8, "big")
+    parts.insert(0, head)
+    return b"".join(parts)
+
+
 def frame_payload(frame: bytes) -> bytes:
     """The payload of a frame built by :func:`text_frame` (for a connection that compresses)."""
     marker = frame[1] & 0x7F
