@@ -4,12 +4,12 @@
 once per channel as the exact WebSocket frame bytes, however many sessions
 listen. It groups a whole batch per session and hands each session its part in
 one call: a batch, not a frame, is the unit of the slow-consumer rule (see
-:mod:`relay.session`) and of the counters. The frames are then written, one
-write per session per publish (pieces of a quarter of the send buffer when it
-is large), round-robin over the sessions, in turns of ``FLUSH_BYTES_PER_TURN``
-with the loop free between turns: no task and no coroutine per client or per
-frame. A failure for one session closes that session only; the others and the
-publisher go on.
+:mod:`relay.session`) and of the counters. The frames are then written at the
+loop's next step, one write per session for everything published in a step
+(pieces of a quarter of the send buffer when it is large), round-robin over the
+sessions, in turns of ``FLUSH_BYTES_PER_TURN`` with the loop free between
+turns: no task and no coroutine per client or per frame. A failure for one
+session closes that session only; the others and the publisher go on.
 
 Resume works without locks: a subscription registers and snapshots the last
 published seq in the same tick, so every tweet up to that seq is already in the
@@ -135,7 +135,10 @@ class Hub:
                 failed[session] = exc
         if failed:
             self._isolate(failed)
-        self._flush()
+        if self._dirty and self._flush_handle is None:
+            # At the loop's next step, not now: publishes of the same step (a follower's
+            # runs, a standby's catching up) go out together, one write per client.
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         """Write pending frames, a piece per session in turn, up to a turn's worth of bytes;
