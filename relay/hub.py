@@ -28,7 +28,6 @@ A subscription's filter is tested in the store, over windows of at most
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -326,9 +325,7 @@ class Hub:
                 self.metrics.recovered.inc(len(page))
         finally:
             if ahead is not None:
-                ahead.cancel()
-                with contextlib.suppress(BaseException):
-                    await ahead
+                ahead.cancel()  # a read of a page nobody will send
         return last
 
     async def _page(
