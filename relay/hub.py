@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from relay import protocol
 from relay.protocol import Position
-from relay.session import Frame, Session, SessionClosed, Subscription, wanted
+from relay.session import ChannelBatch, Session, SessionClosed, Subscription, wanted
 from relay.store import Store, StoredTweet
 
 if TYPE_CHECKING:
@@ -99,15 +99,15 @@ class Hub:
 
     def publish(self, tweets: Sequence[StoredTweet]) -> None:
         """Fan new tweets out; they must come in seq order and be in the store already."""
-        batches: dict[Session, list[Frame]] = {}
-        failed: dict[Session, BaseException] = {}
+        # Each channel's frames once, in seq order; then one call per listening session,
+        # which takes the whole list as it is when its subscription is live and unfiltered.
+        per_channel: dict[str, ChannelBatch] = {}
         for tweet in tweets:
             if tweet.seq <= self.head:
                 continue  # a bus may redeliver after a reconnect
             self.head = tweet.seq
             for channel in tweet.channels:
-                listeners = self._listeners.get(channel)
-                if not listeners:
+                if channel not in self._listeners:
                     continue
                 try:
                     frame = protocol.tweet_frame(channel, tweet.seq, tweet.body)
@@ -115,19 +115,27 @@ class Hub:
                     log.exception("cannot encode seq %d for %s; not delivered", tweet.seq, channel)
                     self.metrics.refused.labels("delivery_failed").inc()
                     continue
-                for session in tuple(listeners):
-                    if session in failed:
-                        continue
-                    try:
-                        if session.take(channel, tweet, frame):
-                            batches.setdefault(session, []).append((frame, tweet.seq))
-                    except Exception as exc:  # one session's failure stays with it
-                        failed[session] = exc
-        for session, frames in batches.items():
+                batch = per_channel.get(channel)
+                if batch is None:
+                    batch = per_channel[channel] = ChannelBatch()
+                batch.add(tweet, frame)
+        parts: dict[Session, list[ChannelBatch]] = {}
+        failed: dict[Session, BaseException] = {}
+        for channel, batch in per_channel.items():
+            for session in tuple(self._listeners.get(channel, ())):
+                if session in failed:
+                    continue
+                try:
+                    part = session.take_batch(channel, batch)
+                    if part is not None:
+                        parts.setdefault(session, []).append(part)
+                except Exception as exc:  # one session's failure stays with it
+                    failed[session] = exc
+        for session, batches in parts.items():
             if session in failed:
                 continue
             try:
-                if session.deliver_batch(frames) and not session.scheduled:
+                if session.deliver_batch(batches) and not session.scheduled:
                     session.scheduled = True
                     self._dirty.append(session)
             except Exception as exc:

@@ -73,6 +73,24 @@ class Connection(Protocol):
     def transport(self) -> asyncio.Transport: ...
 
 
+class ChannelBatch:
+    """One channel's frames of one publish, in seq order, shared by every listener."""
+
+    __slots__ = ("frames", "seqs", "size", "tweets")
+
+    def __init__(self) -> None:
+        self.tweets: list[StoredTweet] = []
+        self.frames: list[bytes] = []
+        self.seqs: list[int] = []
+        self.size = 0
+
+    def add(self, tweet: StoredTweet, frame: bytes) -> None:
+        self.tweets.append(tweet)
+        self.frames.append(frame)
+        self.seqs.append(tweet.seq)
+        self.size += len(frame)
+
+
 class SessionClosed(Exception):
     """The session stopped accepting frames (slow consumer, shutdown, gone)."""
 
@@ -149,7 +167,23 @@ class Session:
         """Send one reply now (after anything still pending, so order holds)."""
         self.send_now(((protocol.text_frame(frame), seq),))
 
-    def deliver_batch(self, frames: Iterable[Frame]) -> bool:
+    def take_batch(self, channel: str, batch: ChannelBatch) -> ChannelBatch | None:
+        """What of a channel's publish goes out to this client now (the rest is held or
+        filtered out): the shared batch itself when the subscription is live and takes all."""
+        if self.closed:
+            return None
+        sub = self.subscriptions.get(channel)
+        if sub is None:
+            return None
+        if sub.live and sub.filter is None:
+            return batch
+        mine = ChannelBatch()
+        for tweet, frame in zip(batch.tweets, batch.frames, strict=True):
+            if self.take(channel, tweet, frame):
+                mine.add(tweet, frame)
+        return mine if mine.frames else None
+
+    def deliver_batch(self, batches: list[ChannelBatch]) -> bool:
         """Take what one publish has for this client; True when it waits to be written.
 
         The transport's buffer before this publish decides: past the limit the client
@@ -161,7 +195,18 @@ class Session:
         if buffered > self.limit or buffered + self._out_bytes > LAG_ALLOWANCE * self.limit:
             self.slow_consumer()
             return False
-        self._add(frames)
+        if len(batches) == 1:
+            (batch,) = batches
+            self._out.extend(batch.frames)
+            self._out_seq.extend(batch.seqs)
+            self._out_bytes += batch.size
+        else:
+            # Several channels: their frames interleaved back into seq order.
+            merged = sorted(
+                (pair for b in batches for pair in zip(b.frames, b.seqs, strict=True)),
+                key=lambda pair: pair[1],
+            )
+            self._add(merged)
         return bool(self._out)
 
     def _add(self, frames: Iterable[Frame]) -> None:
