@@ -35,7 +35,8 @@ class Settings:
     address. 0 ignores the header, which any client can forge.
     """
     send_buffer: int = 1 << 20
-    """Bytes a connection may have queued before it is closed as a slow consumer (4008)."""
+    """Bytes a connection may leave unsent from earlier publishes (the socket's write buffer)
+    when the next publish comes; past it the client is closed as a slow consumer (4008)."""
     max_frame: int = 64 * 1024
     """Largest inbound client frame in bytes; larger closes the connection with 1009."""
     ping_interval: float = 20.0

@@ -21,6 +21,7 @@ from websockets.frames import Frame, Opcode
 
 from relay.http import LogSampler
 from relay.http_wire import HttpWireConnection
+from relay.session import LAG_ALLOWANCE
 
 if TYPE_CHECKING:
     from relay.auth import Grant
@@ -180,10 +181,11 @@ class StreamConnection(HttpWireConnection):
         if (
             session is not None
             and not session.closed
-            and session.transport_backlog() > session.limit
+            and session.transport_backlog() > LAG_ALLOWANCE * session.limit
         ):
             # The library wrote pongs for the client's pings straight to the transport,
-            # past our queue; the writer itself never fills it beyond one frame.
+            # after our frames; a publish may leave up to its own size there, so only the
+            # connection's hard bound applies here (publishes check the send buffer).
             session.slow_consumer()
 
     def process_event(self, event: Any) -> None:

@@ -1,10 +1,15 @@
 """The hub: who listens to which channel, and gap-free delivery to them.
 
-``publish`` runs on the event loop, never awaits, and encodes each tweet frame
-once per channel, however many sessions listen. It groups a whole batch per
-session and hands each session its part in one call: a batch, not a frame, is
-the unit of the slow-consumer rule (see :mod:`relay.session`). A failure for
-one session closes that session only; the others and the publisher go on.
+``publish`` runs on the event loop, never awaits, and builds each tweet frame
+once per channel as the exact WebSocket frame bytes, however many sessions
+listen. It groups a whole batch per session and hands each session its part in
+one call: a batch, not a frame, is the unit of the slow-consumer rule (see
+:mod:`relay.session`) and of the counters. The frames are then written at the
+loop's next step, one write per session for everything published in a step
+(pieces of a quarter of the send buffer when it is large), round-robin over the
+sessions, in turns of ``FLUSH_BYTES_PER_TURN`` with the loop free between
+turns: no task and no coroutine per client or per frame. A failure for one
+session closes that session only; the others and the publisher go on.
 
 Resume works without locks: a subscription registers and snapshots the last
 published seq in the same tick, so every tweet up to that seq is already in the
@@ -14,7 +19,8 @@ seq then gives no gap and no duplicate (invariant 3).
 
 Catch-ups are bounded: one at a time per connection (in the order asked), a
 fixed number of store reads at once overall, small pages read only when the
-client has taken most of what it was sent, and ``recovered`` counted up to a cap.
+client has taken most of what it was sent (the transport's buffer drained to a
+quarter of the send buffer), written coalesced, and ``recovered`` counted up to a cap.
 A subscription's filter is tested in the store, over windows of at most
 ``CATCH_UP_SCAN`` seqs: a filter that matches nothing reads no tweet out.
 """
@@ -23,12 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from relay import protocol
 from relay.protocol import Position
-from relay.session import Session, SessionClosed, Subscription, wanted
+from relay.session import ChannelBatch, Session, SessionClosed, Subscription, wanted
 from relay.store import Store, StoredTweet
 
 if TYPE_CHECKING:
@@ -37,8 +44,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CATCH_UP_PAGE = 64
-"""Most tweets one catch-up read takes from the store (also bounded in bytes)."""
+CATCH_UP_PAGE = 1000
+"""Most tweets one catch-up read takes from the store (also bounded in bytes: half
+the send buffer), written to the client in one write."""
+FLUSH_BYTES_PER_TURN = 2 << 20
+"""Bytes the hub writes to clients before it lets the other tasks of the loop run:
+about a millisecond of copying into socket buffers."""
 CATCH_UP_SCAN = 4096
 """Most seqs one filtered catch-up read looks through: a filter that matches little
 cannot hold a store reader for a whole scan of the store in one read."""
@@ -66,6 +77,9 @@ class Hub:
         self._listeners: dict[str, set[Session]] = {}
         self._reads = asyncio.Semaphore(catch_ups_at_once)
         """Store reads of catch-ups at once, over every connection."""
+        self._dirty: deque[Session] = deque()
+        """Sessions with frames of a publish still to write, in turn."""
+        self._flush_handle: asyncio.Handle | None = None
 
     @property
     def epoch(self) -> str:
@@ -85,39 +99,81 @@ class Hub:
 
     def publish(self, tweets: Sequence[StoredTweet]) -> None:
         """Fan new tweets out; they must come in seq order and be in the store already."""
-        batches: dict[Session, list[tuple[bytes, int]]] = {}
-        failed: dict[Session, BaseException] = {}
+        # Each channel's frames once, in seq order; then one call per listening session,
+        # which takes the whole list as it is when its subscription is live and unfiltered.
+        per_channel: dict[str, ChannelBatch] = {}
         for tweet in tweets:
             if tweet.seq <= self.head:
                 continue  # a bus may redeliver after a reconnect
             self.head = tweet.seq
             for channel in tweet.channels:
-                listeners = self._listeners.get(channel)
-                if not listeners:
+                if channel not in self._listeners:
                     continue
                 try:
-                    frame = protocol.tweet(channel, tweet.seq, tweet.body)
+                    frame = protocol.tweet_frame(channel, tweet.seq, tweet.body)
                 except Exception:  # a bug for this tweet must not stop the publisher
                     log.exception("cannot encode seq %d for %s; not delivered", tweet.seq, channel)
                     self.metrics.refused.labels("delivery_failed").inc()
                     continue
-                for session in tuple(listeners):
-                    if session in failed:
-                        continue
-                    try:
-                        if session.take(channel, tweet, frame):
-                            batches.setdefault(session, []).append((frame, tweet.seq))
-                    except Exception as exc:  # one session's failure stays with it
-                        failed[session] = exc
-        for session, frames in batches.items():
+                batch = per_channel.get(channel)
+                if batch is None:
+                    batch = per_channel[channel] = ChannelBatch()
+                batch.add(tweet, frame)
+        parts: dict[Session, list[ChannelBatch]] = {}
+        failed: dict[Session, BaseException] = {}
+        for channel, batch in per_channel.items():
+            for session in tuple(self._listeners.get(channel, ())):
+                if session in failed:
+                    continue
+                try:
+                    part = session.take_batch(channel, batch)
+                    if part is not None:
+                        parts.setdefault(session, []).append(part)
+                except Exception as exc:  # one session's failure stays with it
+                    failed[session] = exc
+        for session, batches in parts.items():
             if session in failed:
                 continue
             try:
-                session.deliver_batch(frames)
+                if session.deliver_batch(batches) and not session.scheduled:
+                    session.scheduled = True
+                    self._dirty.append(session)
             except Exception as exc:
                 failed[session] = exc
         if failed:
             self._isolate(failed)
+        if self._dirty and self._flush_handle is None:
+            # At the loop's next step, not now: publishes of the same step (a follower's
+            # runs, a standby's catching up) go out together, one write per client.
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write pending frames, a piece per session in turn, up to a turn's worth of bytes;
+        the rest goes on at the loop's next turn, so that nothing else waits long."""
+        self._flush_handle = None
+        dirty = self._dirty
+        frames = writes = written = 0
+        while dirty and written < FLUSH_BYTES_PER_TURN:
+            session = dirty.popleft()
+            try:
+                count, size = session.flush_piece()
+            except Exception:  # pragma: no cover - _write catches what the socket raises
+                log.exception("writing to %s failed; closing it (1011)", session.peer)
+                count = size = 0
+                session.failed()
+            if count:
+                frames += count
+                writes += 1
+                written += size
+            if session.pending and not session.closed:
+                dirty.append(session)
+            else:
+                session.scheduled = False
+        if frames:
+            self.metrics.frames_sent.inc(frames)
+            self.metrics.stream_writes.inc(writes)
+        if dirty and self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _isolate(self, failed: dict[Session, BaseException]) -> None:
         """Close each session whose delivery raised; one log line with the first cause."""
@@ -244,38 +300,60 @@ class Hub:
                 self._unlisten(channel, session)
 
     async def _copy(self, session: Session, sub: Subscription, last: int, head: int) -> int:
-        """Copy the channel's stored tweets ``last < seq <= head`` to the client, paced."""
+        """Copy the channel's stored tweets ``last < seq <= head`` to the client, paced.
+
+        Each page goes out in one write once the client has taken all but a quarter of
+        the buffer; the next page is read while the client takes this one, so the client
+        never waits for the store (one page ahead: at most the buffer's worth held).
+        """
         channel = sub.channel
-        # A page is at most a quarter of the buffer, read only once the client has taken
-        # all but half of it: a catch-up never holds more than the buffer's worth.
-        page_bytes = max(1, session.limit // 4)
-        while last < head:
-            await session.wait_room()
-            # The filter goes to the store, so tweets it refuses are never read out; taken
-            # afresh for each page, as a refresh may narrow it. wanted() still checks.
-            conditions = sub.filter.conditions() if sub.filter is not None else ()
-            until = min(head, last + self.catch_up_scan) if conditions else head
-            async with self._reads:
-                page = await self.store.read_after(
-                    channel, last, until, CATCH_UP_PAGE, max_bytes=page_bytes, conditions=conditions
-                )
-            frames = []
-            for tweet in page:
-                last = tweet.seq
-                if wanted(sub, tweet):
-                    frames.append((protocol.tweet(channel, tweet.seq, tweet.body), tweet.seq))
-            if len(page) < CATCH_UP_PAGE and sum(len(t.body) for t in page) < page_bytes:
-                last = until  # a short page: no other match up to until (Store.read_after)
-            if session.closed:
-                raise SessionClosed
-            session.enqueue_paced(frames)
-            self.metrics.recovered.inc(len(page))
+        page_bytes = max(1, session.limit // 2)
+        ahead: asyncio.Future[tuple[list[StoredTweet], int]] | None = None
+        try:
+            while last < head:
+                if ahead is None:
+                    ahead = asyncio.ensure_future(self._page(sub, last, head, page_bytes))
+                page, until = await ahead
+                ahead = None
+                frames = []
+                for tweet in page:
+                    last = tweet.seq
+                    if wanted(sub, tweet):
+                        frames.append(
+                            (protocol.tweet_frame(channel, tweet.seq, tweet.body), tweet.seq)
+                        )
+                if len(page) < CATCH_UP_PAGE and sum(len(t.body) for t in page) < page_bytes:
+                    last = until  # a short page: no other match up to until (Store.read_after)
+                if last < head:
+                    ahead = asyncio.ensure_future(self._page(sub, last, head, page_bytes))
+                await session.wait_room()
+                if session.closed:
+                    raise SessionClosed
+                session.send_now(frames)  # one write for the page
+                self.metrics.recovered.inc(len(page))
+        finally:
+            if ahead is not None:
+                ahead.cancel()  # a read of a page nobody will send
         return last
+
+    async def _page(
+        self, sub: Subscription, last: int, head: int, page_bytes: int
+    ) -> tuple[list[StoredTweet], int]:
+        """One page of the channel's stored tweets after ``last``, and how far it looked."""
+        # The filter goes to the store, so tweets it refuses are never read out; taken
+        # afresh for each page, as a refresh may narrow it. wanted() still checks.
+        conditions = sub.filter.conditions() if sub.filter is not None else ()
+        until = min(head, last + self.catch_up_scan) if conditions else head
+        async with self._reads:
+            page = await self.store.read_after(
+                sub.channel, last, until, CATCH_UP_PAGE, max_bytes=page_bytes, conditions=conditions
+            )
+        return page, until
 
     @staticmethod
     def _go_live(session: Session, sub: Subscription, after: int | None) -> None:
         held = session.release_held(sub)
-        session.enqueue_paced((frame, seq) for frame, seq in held if after is None or seq > after)
+        session.send_now([(frame, seq) for frame, seq in held if after is None or seq > after])
         sub.live = True
         sub.task = None
 

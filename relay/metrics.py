@@ -38,6 +38,11 @@ class Metrics:
         self.head = Gauge("relay_head_seq", "The last seq published", registry=r)
         self.connections = Gauge("relay_connections", "Open WebSocket connections", registry=r)
         self.frames_sent = Counter("relay_frames_sent", "Frames sent to clients", registry=r)
+        self.stream_writes = Counter(
+            "relay_stream_writes",
+            "Socket writes to clients (each carries every frame one publish had for one client)",
+            registry=r,
+        )
         self.bad_frames = Counter(
             "relay_bad_client_frames", "Client frames answered with an error", ["code"], registry=r
         )

@@ -200,3 +200,50 @@ def tweet(channel: str, seq: int, body: bytes) -> bytes:
 def close_reason(reason: str, seq: int) -> str:
     """The close reason: compact JSON, well under the 123-byte limit."""
     return orjson.dumps({"reason": reason[:40], "seq": seq}).decode()
+
+
+# -- WebSocket framing ----------------------------------------------------------
+# Server frames are unmasked (RFC 6455 5.1), so one frame's bytes are the same for
+# every client: built once, written to each connection as they are.
+
+_FIN_TEXT = 0x81
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A complete, unmasked, uncompressed WebSocket text frame (FIN set) around ``payload``."""
+    length = len(payload)
+    if length < 126:
+        head = bytes((_FIN_TEXT, length))
+    elif length < 1 << 16:
+        head = bytes((_FIN_TEXT, 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((_FIN_TEXT, 127)) + length.to_bytes(8, "big")
+    return head + payload
+
+
+def tweet_frame(channel: str, seq: int, body: bytes) -> bytes:
+    """:func:`tweet` as a complete text frame, built in one join (no copy of the payload)."""
+    parts = [
+        b'{"type":"tweet","channel":',
+        orjson.dumps(channel),
+        b',"seq":',
+        str(seq).encode(),
+        b',"tweet":',
+        body,
+        b"}",
+    ]
+    length = sum(map(len, parts))
+    if length < 126:
+        head = bytes((_FIN_TEXT, length))
+    elif length < 1 << 16:
+        head = bytes((_FIN_TEXT, 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((_FIN_TEXT, 127)) + length.to_bytes(8, "big")
+    parts.insert(0, head)
+    return b"".join(parts)
+
+
+def frame_payload(frame: bytes) -> bytes:
+    """The payload of a frame built by :func:`text_frame` (for a connection that compresses)."""
+    marker = frame[1] & 0x7F
+    return frame[2 + (0 if marker < 126 else 2 if marker == 126 else 8) :]

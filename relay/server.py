@@ -42,7 +42,7 @@ from relay.http_wire import has_body
 from relay.hub import Hub
 from relay.metrics import Metrics
 from relay.protocol import ProtocolError
-from relay.session import Session
+from relay.session import LIBRARY_WRITE_LIMIT, Session
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,9 @@ class StreamServer:
             compression="deflate" if self.settings.compression else None,
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,
-            # Our own bounded buffer does the flow control; keep the library's small.
-            write_limit=64 * 1024,
+            # The transport's buffer is the send buffer (relay.session); the library's own
+            # sends (pings, close) wait above this mark.
+            write_limit=LIBRARY_WRITE_LIMIT,
             close_timeout=2,
         )
 
@@ -186,7 +187,6 @@ class StreamServer:
             conn.session = session
             conn.on_control_frame = lambda: self._take_op(session, "control frames")
         self.hub.add(session)
-        session.start()
         expiry = asyncio.create_task(self._watch_expiry(session), name=f"expiry {peer}")
         try:
             async for message in conn:

@@ -1,13 +1,23 @@
-"""One client connection's outbound side: a bounded send buffer and its writer.
+"""One client connection's outbound side: frames written straight to its transport.
 
-The hub never awaits a client. It hands a session everything one publish has for
-it in one call and returns; the session's writer task moves the frames to the
-socket, one at a time, at the client's pace. What is still unsent (our queue
-plus the transport's write buffer, pongs included) is the client's backlog. A
-client is slow when it has not taken what it was sent before: a backlog past
-``send_buffer`` when the next publish for it comes closes it with 4008 and its
-last seq, so it can resume from the store, and no other client waits for it
-(invariant 4). One large publish never makes a client slow by itself.
+No task per connection and no coroutine per frame: the hub gives a session
+everything one publish has for it (ready WebSocket frames, the same bytes for
+every client) and the session writes them to the socket in one write, or in a
+few pieces of at most a quarter of ``send_buffer`` when the publish is large
+(the hub interleaves those pieces with other clients' and yields between turns).
+
+The transport's own write buffer is the send buffer. A client is slow when it
+has not taken what it was sent before: more than ``send_buffer`` bytes from
+earlier publishes still unsent when the next publish for it comes closes it
+with 4008 and its last seq, so it can resume from the store, and no other
+client waits for it (invariant 4). The buffer is measured before this
+publish's bytes are written, so one large publish never makes a client slow by
+itself; ``LAG_ALLOWANCE`` buffers' worth bounds what one connection can hold
+while the relay itself lags behind.
+
+A connection that negotiated an extension (permessage-deflate, off by default)
+cannot take shared bytes: its frames go through websockets' own sans-I/O send
+path, still synchronously, still one publish at a time.
 """
 
 from __future__ import annotations
@@ -15,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+
+from websockets.protocol import Protocol as WsProtocol
+from websockets.protocol import State
 
 from relay import protocol
 from relay.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_SLOW_CONSUMER
@@ -31,26 +43,52 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LAG_ALLOWANCE = 8
-"""Send buffers' worth of frames a client may wait for while the relay itself lags."""
+"""Send buffers' worth a connection may hold (written and pending) while the relay lags."""
 
-FRAMES_PER_TURN = 32
-"""Frames a writer sends before it lets the other tasks of the loop run."""
+LIBRARY_WRITE_LIMIT = 64 * 1024
+"""The transport's high-water mark above which websockets' own sends wait (its drain)."""
 
 CLOSE_TIMEOUT = 2.0
 """Seconds a client gets to take the close frame before the connection is cut."""
-ROOM_POLL = 0.25
-"""Seconds between backlog checks of a waiting catch-up when the writer is idle."""
+ROOM_POLL = 0.005
+"""Seconds between backlog checks of a waiting catch-up when the transport is not paused."""
+
+Frame = tuple[bytes, int]
+"""A complete WebSocket frame ready for the wire and the seq it carries (0: a reply)."""
 
 
 class Connection(Protocol):
     """What a session needs of a WebSocket connection."""
 
-    async def send(self, message: bytes, *, text: bool | None = None) -> None: ...
-
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def send_data(self) -> None: ...
+
+    @property
+    def protocol(self) -> WsProtocol: ...
 
     @property
     def transport(self) -> asyncio.Transport: ...
+
+
+class ChannelBatch:
+    """One channel's frames of one publish, in seq order, shared by every listener."""
+
+    __slots__ = ("frames", "seqs", "size", "tweets")
+
+    def __init__(self) -> None:
+        self.tweets: list[StoredTweet] = []
+        self.frames: list[bytes] = []
+        self.seqs: list[int] = []
+        self.size = 0
+
+    def add(self, tweet: StoredTweet, frame: bytes) -> None:
+        self.tweets.append(tweet)
+        self.frames.append(frame)
+        self.seqs.append(tweet.seq)
+        self.size += len(frame)
 
 
 class SessionClosed(Exception):
@@ -66,7 +104,7 @@ class Subscription:
     requested: Any = None
     """The filters the client asked for at subscribe time (re-bounded on refresh)."""
     live: bool = False
-    held: list[tuple[bytes, int]] = field(default_factory=list)
+    held: list[Frame] = field(default_factory=list)
     held_bytes: int = 0
     overflowed: bool = False
     task: asyncio.Task[None] | None = None
@@ -79,41 +117,45 @@ class Session:
         self.conn = conn
         self.peer = peer
         self.limit = send_buffer
+        self.piece = max(1, send_buffer // 4)
+        """Most bytes of one write of a publish's frames (at least one frame)."""
         self.metrics = metrics
         self.subscriptions: dict[str, Subscription] = {}
         self.last_seq = 0
         self.closed = False
+        self.writes = 0
+        """Writes of frames to this connection's transport (coalesced: one per publish)."""
         self.state: dict[str, Any] = {}
         """Per-connection data of other layers (the token's grant, rate limits)."""
         self.catch_up_turn = asyncio.Lock()
         """One catch-up at a time per connection; the others wait their turn in order."""
-        self._queue: deque[tuple[bytes, int]] = deque()
-        self._queued = 0
+        self.scheduled = False
+        """The hub has this session in its list of sessions with frames to write."""
+        self._out: list[bytes] = []
+        self._out_seq: list[int] = []
+        self._out_bytes = 0
         self._held = 0
         """Bytes of live frames held for subscriptions still catching up."""
-        self._wakeup = asyncio.Event()
-        self._room = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
-        self._in_send = False
-        """The writer is blocked in a send: waiting for the client to take bytes."""
-        self._progress = True
-        """A frame went out since the last publish was queued."""
+        low = self.limit // 4
+        if low < LIBRARY_WRITE_LIMIT:
+            # Not paused must mean "at most a quarter of the send buffer unsent", so that a
+            # waiting catch-up can sleep in drain() instead of polling.
+            with contextlib.suppress(Exception):
+                conn.transport.set_write_buffer_limits(high=max(1, low))
 
     @property
     def queued_bytes(self) -> int:
-        return self._queued
+        """Bytes handed to this session and not yet written to its transport."""
+        return self._out_bytes
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._out)
 
     def backlog(self) -> int:
-        """Bytes sent to this client and not yet taken: our queue and the transport's."""
-        return self._queued + self.transport_backlog()
-
-    def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name=f"writer {self.peer}")
-
-    def push(self, frame: bytes, seq: int = 0) -> None:
-        """Queue one reply. Replies are small and come at the rate the client's ops may."""
-        self._enqueue(((frame, seq),))
+        """Bytes sent to this client and not yet taken: ours and the transport's."""
+        return self._out_bytes + self.transport_backlog()
 
     def transport_backlog(self) -> int:
         try:
@@ -121,51 +163,149 @@ class Session:
         except Exception:  # a transport already gone holds nothing
             return 0
 
-    def deliver_batch(self, frames: Iterable[tuple[bytes, int]]) -> None:
-        """Queue what one publish has for this client, after checking what came before.
+    def push(self, frame: bytes, seq: int = 0) -> None:
+        """Send one reply now (after anything still pending, so order holds)."""
+        self.send_now(((protocol.text_frame(frame), seq),))
 
-        The backlog from before this call decides: past the limit the client is
-        slow (4008). The new frames are queued whatever their size; the writer
-        sends them one by one.
+    def take_batch(self, channel: str, batch: ChannelBatch) -> ChannelBatch | None:
+        """What of a channel's publish goes out to this client now (the rest is held or
+        filtered out): the shared batch itself when the subscription is live and takes all."""
+        if self.closed:
+            return None
+        sub = self.subscriptions.get(channel)
+        if sub is None:
+            return None
+        if sub.live and sub.filter is None:
+            return batch
+        mine = ChannelBatch()
+        for tweet, frame in zip(batch.tweets, batch.frames, strict=True):
+            if self.take(channel, tweet, frame):
+                mine.add(tweet, frame)
+        return mine if mine.frames else None
+
+    def deliver_batch(self, batches: list[ChannelBatch]) -> bool:
+        """Take what one publish has for this client; True when it waits to be written.
+
+        The transport's buffer before this publish decides: past the limit the client
+        has not taken what earlier publishes sent, and it is slow (4008).
         """
         if self.closed:
-            return
-        # Slow: the writer waits on the client's socket and not one frame went out since
-        # the previous publish, with more than the limit unsent. A backlog that still moves
-        # is a burst or the relay's own lag: tolerated up to LAG_ALLOWANCE limits, which
-        # bounds what one connection can hold.
-        backlog = self.backlog()
-        stuck = self._in_send and not self._progress
-        if backlog > LAG_ALLOWANCE * self.limit or (backlog > self.limit and stuck):
+            return False
+        buffered = self.transport_backlog()
+        if buffered > self.limit or buffered + self._out_bytes > LAG_ALLOWANCE * self.limit:
             self.slow_consumer()
-            return
-        self._progress = False
-        self._enqueue(frames)
+            return False
+        if len(batches) == 1:
+            (batch,) = batches
+            self._out.extend(batch.frames)
+            self._out_seq.extend(batch.seqs)
+            self._out_bytes += batch.size
+        else:
+            # Several channels: their frames interleaved back into seq order.
+            merged = sorted(
+                (pair for b in batches for pair in zip(b.frames, b.seqs, strict=True)),
+                key=lambda pair: pair[1],
+            )
+            self._add(merged)
+        return bool(self._out)
 
-    def _enqueue(self, frames: Iterable[tuple[bytes, int]]) -> None:
-        if self.closed:
-            return
+    def _add(self, frames: Iterable[Frame]) -> None:
+        out, seqs = self._out, self._out_seq
+        size = 0
         for frame, seq in frames:
-            self._queue.append((frame, seq))
-            self._queued += len(frame)
-        self._wakeup.set()
+            out.append(frame)
+            seqs.append(seq)
+            size += len(frame)
+        self._out_bytes += size
 
-    def enqueue_paced(self, frames: Iterable[tuple[bytes, int]]) -> None:
-        """Queue frames read from the store after :meth:`wait_room` made room for them."""
-        self._enqueue(frames)
+    def send_now(self, frames: Iterable[Frame]) -> int:
+        """Write ``frames`` (and what is pending before them) in one write; frames written."""
+        if self.closed:
+            return 0
+        self._add(frames)
+        count = len(self._out)
+        if count and self._write(count):
+            self.metrics.frames_sent.inc(count)
+            self.metrics.stream_writes.inc()
+            return count
+        return 0
+
+    def flush_piece(self) -> tuple[int, int]:
+        """Write the next piece of pending frames (at most ``piece`` bytes, at least one
+        frame) in one write: how many frames and bytes went out."""
+        if self.closed or not self._out:
+            return 0, 0
+        out, size, count = self._out, 0, 0
+        for frame in out:
+            if count and size + len(frame) > self.piece:
+                break
+            size += len(frame)
+            count += 1
+        return (count, size) if self._write(count) else (0, 0)
+
+    def _write(self, count: int) -> bool:
+        """Write the first ``count`` pending frames to the transport, as one write."""
+        frames = self._out[:count]
+        last = max(self._out_seq[:count])
+        del self._out[:count]
+        del self._out_seq[:count]
+        size = sum(map(len, frames))
+        self._out_bytes -= size
+        conn = self.conn
+        ws = conn.protocol
+        try:
+            if ws.state is not State.OPEN:
+                # The library is closing this connection: the handler will clean up.
+                self._drop()
+                return False
+            if ws.expect_continuation_frame:  # pragma: no cover - the relay never fragments
+                raise RuntimeError("a fragmented message is being sent")
+            if ws.extensions:
+                # Compressed per connection: the library's own framing, still synchronous.
+                for frame in frames:
+                    ws.send_text(protocol.frame_payload(frame))
+                conn.send_data()
+            else:
+                # Whole frames only: the library's own writes (pongs, pings, close) land
+                # between ours, never inside one.
+                conn.transport.write(frames[0] if count == 1 else b"".join(frames))
+        except Exception as exc:  # the socket went away; the handler notices and cleans up
+            log.debug("writing to %s failed: %s", self.peer, exc)
+            self._drop()
+            return False
+        self.writes += 1
+        if last > self.last_seq:
+            self.last_seq = last
+        return True
+
+    def _drop(self) -> None:
+        self.closed = True
+        self._out.clear()
+        self._out_seq.clear()
+        self._out_bytes = 0
 
     async def wait_room(self) -> None:
-        """Wait until the backlog is at most half the limit: the client is reading."""
+        """Wait until at most a quarter of the send buffer is unsent: the client reads."""
+        low = self.limit // 4
         while True:
             if self.closed:
                 raise SessionClosed
-            if self.backlog() <= self.limit // 2:
+            if self._out:
+                self.send_now(())
+                continue
+            if self.transport_backlog() <= low:
                 return
-            self._room.clear()
-            # The writer wakes us after each frame; a poll covers a transport that drains
-            # while the writer is idle (nothing of ours queued, pongs in the buffer).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._room.wait(), ROOM_POLL)
+            if getattr(self.conn, "paused", True):
+                try:
+                    # Wakes when the transport drains below its low-water mark; bounded by
+                    # ping_timeout on our connections (a client that reads nothing).
+                    await self.conn.drain()
+                except Exception:
+                    self._drop()
+                    self.conn.transport.abort()
+                    raise SessionClosed from None
+            else:
+                await asyncio.sleep(ROOM_POLL)
 
     def take(self, channel: str, tweet: StoredTweet, frame: bytes) -> bool:
         """A live tweet of a channel: True if it goes out now; held while catching up."""
@@ -187,7 +327,7 @@ class Session:
                 sub.overflowed = True
         return False
 
-    def release_held(self, sub: Subscription) -> list[tuple[bytes, int]]:
+    def release_held(self, sub: Subscription) -> list[Frame]:
         """Take a subscription's held frames out of the connection's account."""
         held = sub.held
         self._held -= sub.held_bytes
@@ -213,16 +353,10 @@ class Session:
             self.abandon(CLOSE_INTERNAL_ERROR, "internal_error")
 
     def abandon(self, code: int, reason: str) -> None:
-        """Close with ``code`` and the last seq, from synchronous code; drop what is queued."""
+        """Close with ``code`` and the last seq, from synchronous code; drop what is pending."""
         if self.closed:
             return
-        self.closed = True
-        self._queue.clear()
-        self._queued = 0
-        self._room.set()
-        self._wakeup.set()
-        if self._writer is not None:
-            self._writer.cancel()
+        self._drop()
         self._closing = asyncio.create_task(self._close(code, reason, CLOSE_TIMEOUT))
         self._closing.add_done_callback(_ignore_result)
 
@@ -233,13 +367,8 @@ class Session:
                 await asyncio.shield(self._closing)
 
     async def close_now(self, code: int, reason: str) -> None:
-        """Close at once (policy, expiry): what is queued is dropped."""
-        self.closed = True
-        self._queue.clear()
-        self._queued = 0
-        self._room.set()
-        if self._writer is not None:
-            self._writer.cancel()
+        """Close at once (policy, expiry): what is pending is dropped."""
+        self._drop()
         await self._close(code, reason, CLOSE_TIMEOUT)
 
     async def _close(self, code: int, reason: str, timeout: float) -> None:
@@ -253,68 +382,22 @@ class Session:
             self.conn.transport.abort()
 
     async def shutdown(self, timeout: float) -> None:
-        """Send what is queued (within ``timeout``), then close with 1001 and the last seq."""
+        """Write what is pending, then close with 1001 and the last seq (within ``timeout``)."""
         if self.closed:
             return
+        self.send_now(())
         self.closed = True
-        self._room.set()
         for sub in self.subscriptions.values():
             if sub.task is not None:
                 sub.task.cancel()
-        self._wakeup.set()
-        if self._writer is not None:
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(self._writer), timeout)
-            self._writer.cancel()
         await self._close(CLOSE_GOING_AWAY, "shutdown", timeout)
 
     def stop(self) -> None:
-        """The connection is gone: stop the writer and every catch-up."""
-        self.closed = True
-        self._room.set()
+        """The connection is gone: drop what is pending and stop every catch-up."""
+        self._drop()
         for sub in self.subscriptions.values():
             if sub.task is not None:
                 sub.task.cancel()
-        if self._writer is not None:
-            self._writer.cancel()
-
-    async def _write_loop(self) -> None:
-        sent_this_turn = 0
-        try:
-            while True:
-                if not self._queue:
-                    if self.closed:
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    sent_this_turn = 0
-                    continue
-                # One frame at a time: a large publish goes out in pieces, and the
-                # connection's drain (bounded by ping_timeout) paces us.
-                frame, seq = self._queue.popleft()
-                self._queued -= len(frame)
-                self._in_send = True
-                try:
-                    await self.conn.send(frame, text=True)
-                finally:
-                    self._in_send = False
-                self._progress = True
-                self._room.set()
-                self.metrics.frames_sent.inc()
-                if seq > self.last_seq:
-                    self.last_seq = seq
-                sent_this_turn += 1
-                if sent_this_turn >= FRAMES_PER_TURN:
-                    # A send that needs no drain never suspends: without this, one fast
-                    # client's backlog held the event loop for up to 2 s under the soak.
-                    sent_this_turn = 0
-                    await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the socket went away; the handler notices and cleans up
-            log.debug("writer for %s stopped: %s", self.peer, exc)
-            self.closed = True
-            self._room.set()
 
 
 def wanted(sub: Subscription, tweet: StoredTweet) -> bool:

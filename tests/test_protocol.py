@@ -63,3 +63,16 @@ def test_close_reasons_fit_the_websocket_limit() -> None:
     reason = protocol.close_reason("slow_consumer", 2**63)
     assert reason == '{"reason":"slow_consumer","seq":9223372036854775808}'
     assert len(reason.encode()) <= 123
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70_000])
+def test_frames_are_built_as_the_library_serializes_them(size: int) -> None:
+    from websockets.frames import Frame, Opcode
+
+    payload = b"a" * size
+    expected = Frame(Opcode.TEXT, payload).serialize(mask=False)
+    assert protocol.text_frame(payload) == expected
+    assert protocol.frame_payload(expected) == payload
+    body = b'{"text":"' + b"b" * size + b'"}'
+    tweet = protocol.tweet("rule:cats", 42, body)
+    assert protocol.tweet_frame("rule:cats", 42, body) == protocol.text_frame(tweet)

@@ -1,0 +1,169 @@
+"""Fan-out by writes, not coroutines: one write per client per publish, the transport's
+buffer as the send buffer, large publishes in pieces with the loop free between them.
+
+Publishes here go straight to the relay's hub, in its own loop, so that the test
+decides what one publish holds (the ingest path batches as it commits); the
+clients are real WebSocket clients on real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from relay.config import Settings
+from relay.hub import Hub
+from relay.session import Session
+from relay.store import StoredTweet
+from tests.support import UNIT, PushSource, RunningRelay, receive_tweets, subscribe, wait_for
+from tests.test_connection_bounds import RawClient
+
+Start = Callable[..., RunningRelay]
+
+
+def _hub(relay: RunningRelay) -> Hub:
+    hub = relay.relay.hub
+    assert hub is not None
+    return hub
+
+
+def _tweets(hub: Hub, count: int, size: int) -> list[StoredTweet]:
+    first = hub.head + 1
+    return [
+        StoredTweet(seq, ("tweets",), orjson.dumps({"id": str(seq), "text": "x" * size}))
+        for seq in range(first, first + count)
+    ]
+
+
+def _publish(relay: RunningRelay, count: int, size: int) -> list[int]:
+    """One publish of ``count`` tweets of about ``size`` bytes; their seqs."""
+    hub = _hub(relay)
+
+    async def go() -> list[int]:
+        tweets = _tweets(hub, count, size)
+        hub.publish(tweets)
+        return [t.seq for t in tweets]
+
+    return relay.call(go())
+
+
+def _session_of(relay: RunningRelay, port: int) -> Session:
+    (session,) = [s for s in _hub(relay).sessions if s.peer.endswith(f":{port}")]
+    return session
+
+
+def _writes(relay: RunningRelay, sessions: list[Session]) -> list[int]:
+    """Each session's writes so far, read in the relay's loop (between its steps)."""
+
+    async def look() -> list[int]:
+        return [s.writes for s in sessions]
+
+    return relay.call(look())
+
+
+def _subscribers(relay: RunningRelay, count: int) -> None:
+    hub = _hub(relay)
+    wait_for(lambda: sum(len(s.subscriptions) for s in hub.sessions) == count, UNIT, "subscribers")
+
+
+def test_one_publish_reaches_each_client_in_order_in_one_write(
+    make_settings: Callable[..., Settings], start_relay: Start
+) -> None:
+    relay = start_relay(make_settings(), PushSource())
+    clients = [subscribe(relay.ws_url)[0] for _ in range(3)]
+    _subscribers(relay, 3)
+    sessions = [_session_of(relay, ws.socket.getsockname()[1]) for ws in clients]
+    writes = _writes(relay, sessions)
+    total = relay.relay.metrics.stream_writes._value.get()
+    seqs = _publish(relay, 40, 300)  # 40 frames, about 14 KB: well under a piece
+    for ws in clients:
+        assert [f["seq"] for f in receive_tweets(ws, 40)] == seqs
+    assert _writes(relay, sessions) == [w + 1 for w in writes]
+    assert relay.relay.metrics.stream_writes._value.get() == total + 3
+    assert all(s.last_seq == seqs[-1] for s in sessions)
+    for ws in clients:
+        ws.close()
+
+
+def test_a_publish_larger_than_a_piece_goes_out_in_pieces_and_the_loop_keeps_serving(
+    make_settings: Callable[..., Settings], start_relay: Start
+) -> None:
+    limit = 64 * 1024
+    relay = start_relay(make_settings(send_buffer=limit), PushSource())
+    hub = _hub(relay)
+    clients = [subscribe(relay.ws_url)[0] for _ in range(12)]
+    _subscribers(relay, 12)
+    sessions = [_session_of(relay, ws.socket.getsockname()[1]) for ws in clients]
+    writes = _writes(relay, sessions)
+    count = 120  # about 250 KB to each client, 3 MB in all: past one turn's worth of writes
+
+    async def publish_then_look() -> tuple[list[int], int]:
+        tweets = _tweets(hub, count, 2000)
+        pending: list[int] = []
+        # Runs at the loop's next turn: only if the hub let go of the loop mid-publish
+        # does it find frames still waiting to be written.
+        asyncio.get_running_loop().call_soon(
+            lambda: pending.append(sum(s.queued_bytes for s in sessions))
+        )
+        hub.publish(tweets)
+        await asyncio.sleep(0)
+        return [t.seq for t in tweets], pending[0]
+
+    seqs, pending_at_next_turn = relay.call(publish_then_look())
+    assert pending_at_next_turn > 0
+    assert relay.get("/healthz")[0] == 200
+    frame_bytes = sum(len(orjson.dumps({"id": str(s), "text": "x" * 2000})) for s in seqs)
+    for ws in clients:
+        assert [f["seq"] for f in receive_tweets(ws, count)] == seqs
+    # Pieces of at most a quarter of the send buffer: several writes, far fewer than frames.
+    for session, before, after in zip(sessions, writes, _writes(relay, sessions), strict=True):
+        assert frame_bytes // session.piece <= after - before < count // 4
+    assert relay.relay.metrics.slow_consumers._value.get() == 0
+    for ws in clients:
+        ws.close()
+
+
+def test_a_client_that_never_reads_is_closed_with_4008_once_earlier_bytes_pass_the_buffer(
+    make_settings: Callable[..., Settings], start_relay: Start
+) -> None:
+    limit = 64 * 1024
+    relay = start_relay(make_settings(send_buffer=limit), PushSource())
+    hub = _hub(relay)
+    reader, _ = subscribe(relay.ws_url)
+    stuck = RawClient(relay.ws_url, rcvbuf=4096)
+    stuck.send({"op": "subscribe", "channel": "tweets"})
+    _subscribers(relay, 2)
+    session = _session_of(relay, stuck.sock.getsockname()[1])
+
+    async def publish_and_look() -> tuple[int, bool, int]:
+        # In the loop: what the stuck client had unsent just before this publish.
+        before = session.transport_backlog()
+        tweets = _tweets(hub, 2, 10_000)  # about 20 KB: a third of the buffer
+        hub.publish(tweets)
+        return before, session.closed, tweets[-1].seq
+
+    history: list[tuple[int, bool, int]] = []
+    for _ in range(2000):  # at most 40 MB: far past any kernel buffer
+        history.append(relay.call(publish_and_look()))
+        assert len(receive_tweets(reader, 2, timeout=2 * UNIT)) == 2  # the reader keeps up
+        if history[-1][1]:
+            break
+    # Closed at the first publish that found more than the buffer unsent from before, and
+    # not at one that found less, even when that publish's own bytes took it past.
+    closed_at = next(i for i, (_, closed, _) in enumerate(history) if closed)
+    assert history[closed_at][0] > limit
+    assert all(before <= limit for before, _, _ in history[:closed_at])
+    assert any(before + 20_000 > limit for before, _, _ in history[:closed_at])
+    assert relay.relay.metrics.slow_consumers._value.get() == 1
+    close = stuck.close_code()
+    assert close is not None and close.code == 4008
+    reason: dict[str, Any] = orjson.loads(close.reason)
+    # The last seq written before the close: the previous publish's last one.
+    assert reason == {"reason": "slow_consumer", "seq": history[closed_at - 1][2]}
+    seqs = _publish(relay, 1, 10)
+    assert receive_tweets(reader, 1)[0]["seq"] == seqs[0]
+    reader.close()
+    stuck.close()
