@@ -363,13 +363,17 @@ class Relay:
         if self.hub is not None:
             await self.hub.close_all(timeout / 4)
         if self.server is not None:
-            await self.server.wait_closed()
+            try:  # clients got 1001 above; one that never answers the close is not waited for
+                await asyncio.wait_for(self.server.wait_closed(), timeout / 8)
+            except TimeoutError:
+                log.warning("some connections did not close in time; dropped")
         if self.ops is not None:
             await self.ops.stop()
         if self._listener is not None and self.server is None:
             self._listener.close()  # stopped while waiting for the store: never handed over
         if self.bus is not None:
-            await self.bus.close()
+            with contextlib.suppress(TimeoutError):  # the store has it all: no need to wait
+                await asyncio.wait_for(self.bus.close(), timeout / 8)
         if self.store is not None:
             await self.store.close()
         self.metrics.writer_active.set(0)
