@@ -125,7 +125,7 @@ def tune_gc() -> None:
     full collection. Measured with ``python -m bench.stores`` (30,000 tweets, 2 cores,
     alternated): 6.9-7.5k tweets/s before, 8.2-8.7k after.
     """
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(50_000, 20, 20)  # a full collection still every ~20M allocations
     gc.freeze()
 
 
