@@ -44,6 +44,25 @@ fault of the store's own state (a seq taken twice), and leaving out every tweet 
 hits would lose them quietly; it stops ingest instead."""
 
 
+def tweet_row(
+    seq: int, tweet: Tweet, received: str, keys: list[str], body: bytes
+) -> tuple[Any, ...]:
+    """The values of one ``tweets`` row, in the order of ``TWEET_COLUMNS``."""
+    return (
+        seq,
+        tweet.id,
+        tweet.author_id,
+        tweet.author_username,
+        tweet.text,
+        tweet.lang,
+        tweet.created_at or received,
+        received,
+        int(tweet.has_media),
+        orjson.dumps(keys).decode(),
+        body,  # bytes, bound as a BLOB: no decoding here, no encoding at each read
+    )
+
+
 @dataclass
 class Seq:
     """The next seq the writer gives."""
@@ -147,22 +166,7 @@ def _append_batch(
         body = orjson.dumps(stored_object(tweet.object, seq=seq, received_at=received))
         keys = [rule.tag or rule.id for rule in tweet.rules]
         unique = dict.fromkeys(keys)
-        rows.append(
-            (
-                seq,
-                tweet.id,
-                tweet.author_id,
-                tweet.author_username,
-                tweet.text,
-                tweet.lang,
-                tweet.created_at or received,
-                received,
-                int(tweet.has_media),
-                orjson.dumps(keys).decode(),
-                # Bytes, bound as a BLOB: no decoding here, no encoding at each read.
-                body,
-            )
-        )
+        rows.append(tweet_row(seq, tweet, received, keys, body))
         rule_rows.extend((key, seq) for key in unique)
         stored.append(
             StoredTweet(
@@ -198,19 +202,7 @@ def insert_tweet(
     keys = [rule.tag or rule.id for rule in tweet.rules]
     cursor = conn.execute(
         INSERT_TWEET + " ON CONFLICT (id) DO NOTHING",
-        (
-            seq,
-            tweet.id,
-            tweet.author_id,
-            tweet.author_username,
-            tweet.text,
-            tweet.lang,
-            tweet.created_at or received,
-            received,
-            int(tweet.has_media),
-            orjson.dumps(keys).decode(),
-            body,
-        ),
+        tweet_row(seq, tweet, received, keys, body),
     )
     if cursor.rowcount == 0:
         return None
