@@ -12,7 +12,6 @@ publish costs clients latency, never a tweet.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
@@ -70,9 +69,10 @@ class Follower:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            # Bounded: a bus client that is mid-reconnect may take a while to give up,
+            # and a stop must never wait on it (the platform kills a slow stop).
+            await asyncio.wait(self._tasks, timeout=1.0)
 
     async def _guard(self, step: Coroutine[Any, Any, None]) -> None:
         try:
