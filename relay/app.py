@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import time
@@ -172,6 +173,10 @@ class Relay:
             else:
                 await self.ops.start()
             self.listening.set()
+        if self.serves and self._listener is None:
+            # Bound before the store opens: a port in use is one line at once, not a
+            # traceback after the migrations.
+            self._listener = listening_socket(settings.host, settings.port)
         self._waiting = "waiting for the store"
         store = self.store = await open_store(
             settings, writer=self.ingests, serves=self.serves, sleep=self.sleep
@@ -422,6 +427,11 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host or 'every interface'} is in use (another relay?): "
+                "pick another with --port N or PORT=N (--port 0 picks a free one)"
+            ) from None
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
 
@@ -457,7 +467,10 @@ def api_limits(settings: Settings) -> ApiLimits:
 def _announce_access(settings: Settings) -> None:
     """Say at start who may read what, so an open relay is never open by surprise."""
     public = ", ".join(settings.public_channels)
-    if not settings.secret:
+    if not settings.secret and "*" in settings.public_channels:
+        # Nothing needs a token (the demo's case): a notice, not a warning at every start.
+        log.info("every channel is public; RELAY_SECRET is not set, so no tokens are issued")
+    elif not settings.secret:
         log.warning("RELAY_SECRET is not set: tokens are refused; public channels: %s", public)
     elif public:
         log.info("public channels (no token needed): %s; other channels need a token", public)

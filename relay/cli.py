@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.logging import RichHandler
 
 from relay import __version__
 from relay.config import Settings
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
 
 console = Console(stderr=True, soft_wrap=True)  # an error stays one line for log readers
 Command = Callable[[argparse.Namespace], int]
+LOG_LEVEL_HELP = "debug, info, warning, error or critical (info); also $RELAY_LOG_LEVEL"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("--config", metavar="FILE", help="TOML config file (see config/relay.toml)")
     ingest.add_argument("--db", help="SQLite database file, also $RELAY_DB (relay.db)")
-    ingest.add_argument("--log-level", dest="log_level", help="debug, info, warning (info)")
+    ingest.add_argument("--log-level", dest="log_level", help=LOG_LEVEL_HELP)
     ingest.add_argument(
         "--metrics-port",
         dest="metrics_port",
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("--config", metavar="FILE", help="TOML config file")
     migrate.add_argument("--db", help="SQLite database file, also $RELAY_DB (relay.db)")
-    migrate.add_argument("--log-level", dest="log_level", help="debug, info, warning (info)")
+    migrate.add_argument("--log-level", dest="log_level", help=LOG_LEVEL_HELP)
     migrate.set_defaults(command=cmd_migrate)
 
     synth = commands.add_parser(
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The stream rules on the X API, against config/rules.toml.",
         epilog="example: relay rules sync --dry-run",
     )
+    rules.set_defaults(command=lambda _args: _usage(rules))
     rules_commands = rules.add_subparsers(title="rules commands", metavar="ACTION")
     rules_list = rules_commands.add_parser("list", help="show the API's rules and the config's")
     rules_list.add_argument("--config", metavar="FILE", help="TOML config file")
@@ -189,12 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _usage(parser: argparse.ArgumentParser) -> int:
+    """A command group run without its action: its own usage on stderr, exit 2."""
+    parser.print_help(sys.stderr)
+    return 2
+
+
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML config file (see config/relay.toml)")
     parser.add_argument("--host", help="interface to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, help="port, also $PORT; 0 picks a free one (8080)")
     parser.add_argument("--db", help="SQLite database file, also $RELAY_DB (relay.db)")
-    parser.add_argument("--log-level", dest="log_level", help="debug, info, warning (info)")
+    parser.add_argument("--log-level", dest="log_level", help=LOG_LEVEL_HELP)
 
 
 def add_source_flags(parser: argparse.ArgumentParser) -> None:
@@ -228,23 +235,18 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     return settings
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
-    logging.getLogger("websockets").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+def setup_logging(settings: Settings) -> None:
+    from relay.logs import setup_logging as configure
+
+    secrets = (settings.secret, settings.previous_secret, settings.x_bearer_token)
+    configure(settings.log_level, settings.log_format, secrets=secrets)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from relay import launch
 
     settings = settings_from(args)
-    setup_logging(settings.log_level)
+    setup_logging(settings)
     launch.raise_open_files_limit()
     return asyncio.run(launch.run(settings, "run"))
 
@@ -253,7 +255,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from relay import launch
 
     settings = settings_from(args)
-    setup_logging(settings.log_level)
+    setup_logging(settings)
     if not settings.redis_url:
         logging.getLogger("relay").warning(
             "REDIS_URL is not set: `relay serve` processes see new tweets only by polling "
@@ -267,7 +269,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from relay import launch
 
     settings = settings_from(args)
-    setup_logging(settings.log_level)
+    setup_logging(settings)
     launch.raise_open_files_limit()
     if not settings.redis_url:
         logging.getLogger("relay").warning(
@@ -281,7 +283,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from relay import launch
 
     settings = settings_from(args)
-    setup_logging(settings.log_level)
+    setup_logging(settings)
     return asyncio.run(launch.migrate(settings))
 
 
@@ -309,7 +311,8 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
     wanted = {(r.value, r.tag) for r in load_rules(settings.rules_file)}
     api = stream_client(require_token(settings.x_bearer_token), settings.x_api_base_url)
     table = Table("id", "tag", "value", "in config")
-    for rule in _api_call(lambda: current_rules(api), "listing stream rules"):
+    listed = _api_call(lambda: current_rules(api), "listing stream rules", settings.x_api_base_url)
+    for rule in listed:
         table.add_row(
             rule.id,
             rule.tag,
@@ -333,12 +336,17 @@ def cmd_rules_sync(args: argparse.Namespace) -> int:
     settings = _x_settings(args)
     wanted = load_rules(settings.rules_file)
     api = stream_client(require_token(settings.x_bearer_token), settings.x_api_base_url)
-    plan = plan_sync(wanted, _api_call(lambda: current_rules(api), "listing stream rules"))
+    current = _api_call(lambda: current_rules(api), "listing stream rules", settings.x_api_base_url)
+    plan = plan_sync(wanted, current)
     out = Console()
     for verb, rules in (("add", plan.add), ("delete", plan.delete), ("keep", plan.keep)):
         for rule in rules:
             out.print(f"{verb:6} {rule.tag or rule.id}: {rule.value}", highlight=False)
-    _api_call(lambda: apply_sync(api, plan, dry_run=args.dry_run), "syncing stream rules")
+    _api_call(
+        lambda: apply_sync(api, plan, dry_run=args.dry_run),
+        "syncing stream rules",
+        settings.x_api_base_url,
+    )
     out.print(
         "dry run: the API accepted the new rules; nothing changed"
         if args.dry_run
@@ -347,20 +355,30 @@ def cmd_rules_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def _api_call(call: Callable[[], Any], action: str) -> Any:
+def _api_call(call: Callable[[], Any], action: str, base_url: str) -> Any:
+    import requests
     import tweepy
 
+    from relay.errors import ConfigError
     from relay.sources.xapi import api_error
 
     try:
         return call()
     except tweepy.TweepyException as exc:
         raise api_error(exc, action) from None
+    except requests.RequestException as exc:
+        # Unreachable (DNS, refused, TLS, timeout): the user changes the network or
+        # X_API_BASE_URL, so this is a setting's error, exit 2.
+        reason = type(exc).__name__
+        raise ConfigError(
+            f"{action}: cannot reach the X API at {base_url} ({reason}); check the network "
+            "or X_API_BASE_URL"
+        ) from None
 
 
 def cmd_record(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    setup_logging(settings.log_level)
+    setup_logging(settings)
     return asyncio.run(_record(settings, Path(args.out), args.max_tweets, args.duration))
 
 

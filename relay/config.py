@@ -16,6 +16,7 @@ from typing import Any
 
 from relay.auth import Policy, Secrets
 from relay.errors import ConfigError
+from relay.logs import check_format, check_level
 
 SPEED_MAX = 0.0
 """``speed`` value meaning "as fast as possible" (``--speed max``)."""
@@ -138,6 +139,9 @@ class Settings:
     poll_max_pages: int = 5
     # logging
     log_level: str = "info"
+    """debug, info, warning, error or critical."""
+    log_format: str = "auto"
+    """auto (rich on a terminal, plain otherwise), plain (one line an event), json, rich."""
 
     def secrets(self) -> Secrets:
         """The keys tokens are verified with (the previous one only with its end time)."""
@@ -243,6 +247,8 @@ class Settings:
         if self.revoked_tokens_interval <= 0:
             raise ConfigError("revoked_tokens_interval must be positive")
         self._validate_scale_out()
+        check_level(self.log_level)
+        check_format(self.log_format)
 
     def _validate_scale_out(self) -> None:
         if self.database_url and not self.database_url.startswith(("postgres://", "postgresql://")):
@@ -327,6 +333,7 @@ ENVIRONMENT = {
     "poll_interval": ("RELAY_POLL_INTERVAL",),
     "poll_max_pages": ("RELAY_POLL_MAX_PAGES",),
     "log_level": ("RELAY_LOG_LEVEL",),
+    "log_format": ("RELAY_LOG_FORMAT",),
 }
 
 

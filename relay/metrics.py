@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# A `_created` series per counter doubles what a scrape carries and no dashboard uses it.
+disable_created_metrics()
 
 
 class Metrics:
@@ -75,6 +85,12 @@ class Metrics:
         )
         self.poll_pages = Counter(
             "relay_poll_pages", "Recent-search pages fetched by the x-poll source", registry=r
+        )
+        self.poll_failures = Counter(
+            "relay_poll_failures",
+            "Recent searches of the x-poll source that failed and wait for the next interval",
+            ["cause"],
+            registry=r,
         )
         self.rate_limited = Counter(
             "relay_source_rate_limited", "Recent searches the X API answered 429", registry=r

@@ -143,3 +143,4 @@ def test_metrics_count_what_flowed(
     with urllib.request.urlopen(relay.url + "/metrics", timeout=5) as response:
         text = response.read().decode()
     assert f"relay_tweets_stored_total {COUNT}.0" in text
+    assert "_created" not in text  # one series a counter: no creation timestamps

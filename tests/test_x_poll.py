@@ -14,12 +14,13 @@ from typing import Any
 import orjson
 import pytest
 
+from relay.errors import ConfigError
 from relay.metrics import Metrics
 from relay.sources.x_poll import XPollSource
 from relay.sources.xapi import StreamRule
 from relay.store.sqlite import SQLiteStore
 from tests.fake_x import TOKEN, FakeTime, FakeX, x_lines
-from tests.support import UNIT, RunningRelay, wait_for
+from tests.support import UNIT, RunningRelay, counted, free_port, wait_for
 
 CATS, PYTHON = "cats OR kitten", "python"
 
@@ -127,3 +128,49 @@ def test_a_429_pauses_the_rule_until_the_rate_limit_resets(
 
     assert asyncio.run(asyncio.wait_for(scenario(), 4 * UNIT)) == [0, 0, 1, 0]
     assert len(searches(fake, CATS)) == 3  # the 429, and two after the reset
+
+
+def test_a_search_refused_for_good_stops_the_relay_once_instead_of_every_interval(
+    x_relay: Callable[..., RunningRelay], fake: FakeX
+) -> None:
+    relay = x_relay("x-poll", x_bearer_token="wrong-token")
+    ingest = relay.relay.ingest
+    assert ingest is not None
+    wait_for(ingest.failed.is_set, 4 * UNIT, "ingest to stop")
+    assert isinstance(ingest.error, ConfigError)
+    assert "X_BEARER_TOKEN" in str(ingest.error) and "401" in str(ingest.error)
+    assert relay.relay.failed.is_set()  # the process stops: exit 1 from the CLI
+
+
+def test_transient_search_failures_are_counted_and_retried_next_interval(
+    tmp_path: Path, fake: FakeX, messages: list[dict[str, Any]]
+) -> None:
+    fake.search = {CATS: messages[:3]}
+    fake.search_statuses.append((503, {}))
+    cats = StreamRule(value=CATS, tag="cats")
+
+    async def scenario() -> list[int]:
+        store = await SQLiteStore.open(tmp_path / "poll.db")
+        metrics = Metrics()
+
+        def source(base_url: str) -> XPollSource:
+            return XPollSource(
+                token=TOKEN,
+                base_url=base_url,
+                rules=[cats],
+                store=store,
+                metrics=metrics,
+                clock=FakeTime().clock,
+            )
+
+        try:
+            pages = [await source(fake.url).poll(cats)]  # 503: retried next interval
+            pages.append(await source(f"http://127.0.0.1:{free_port()}").poll(cats))  # refused
+            pages.append(await source(fake.url).poll(cats))  # up again
+            assert counted(metrics.poll_failures, cause="TwitterServerError") == 1
+            assert counted(metrics.poll_failures, cause="ConnectionError") == 1
+            return pages
+        finally:
+            await store.close()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 8 * UNIT)) == [0, 0, 1]

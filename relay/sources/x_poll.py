@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 
 import orjson
+import requests
 import tweepy
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -56,13 +57,13 @@ class XPollSource:
         self.paused_until: dict[str, float] = {}
         self.found: dict[str, str] = {}
         """rule key -> the newest tweet id its searches returned."""
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
 
     async def lines(self) -> AsyncIterator[RawLine]:
         scheduler = AsyncIOScheduler()
         for rule in self.rules:
             scheduler.add_job(
-                self.poll,
+                self._poll_job,
                 "interval",
                 args=[rule],
                 seconds=self.interval,
@@ -74,9 +75,23 @@ class XPollSource:
         scheduler.start()
         try:
             while True:
-                yield RawLine(await self._queue.get(), self.clock())
+                item = await self._queue.get()
+                if isinstance(item, BaseException):
+                    raise item  # the job failed for good: the source stops, exit 1
+                yield RawLine(item, self.clock())
         finally:
             scheduler.shutdown(wait=False)
+
+    async def _poll_job(self, rule: StreamRule) -> None:
+        """The scheduled job: a failure for good reaches the ingest loop through the queue.
+
+        Raised inside APScheduler it would only be logged, every interval, while the
+        relay kept running without a source.
+        """
+        try:
+            await self.poll(rule)
+        except Exception as exc:
+            await self._queue.put(exc)
 
     async def poll(self, rule: StreamRule) -> int:
         """Search one rule from its since_id; queue the pages; return how many."""
@@ -97,7 +112,16 @@ class XPollSource:
         except (tweepy.Unauthorized, tweepy.Forbidden) as exc:
             raise api_error(exc, "searching recent tweets") from None
         except tweepy.TweepyException as exc:
+            self.metrics.poll_failures.labels(type(exc).__name__).inc()
             log.warning("search for %r failed, retried next interval: %s", rule.value, exc)
+            return 0
+        except requests.RequestException as exc:  # DNS, refused, reset, timeout: transient
+            self.metrics.poll_failures.labels(type(exc).__name__).inc()
+            log.warning(
+                "search for %r could not reach the X API, retried next interval: %s",
+                rule.value,
+                type(exc).__name__,
+            )
             return 0
         for page in pages:
             await self._queue.put(page)

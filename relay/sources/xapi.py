@@ -96,12 +96,19 @@ class StreamRule:
         return self.tag or self.id
 
 
-class RebaseAdapter(HTTPAdapter):
-    """Sends requests for api.twitter.com to another base URL (a proxy, a local server)."""
+RULES_TIMEOUT = 15.0
+"""Seconds to connect or to wait for bytes on a rules request (tweepy sets none: an
+unreachable API would hang `relay rules` for ever)."""
 
-    def __init__(self, base_url: str) -> None:
+
+class RebaseAdapter(HTTPAdapter):
+    """Sends requests for api.twitter.com to another base URL (a proxy, a local server),
+    with a default timeout when one is given."""
+
+    def __init__(self, base_url: str, timeout: float | None = None) -> None:
         super().__init__()
         self.base = urlsplit(base_url.rstrip("/"))
+        self.timeout = timeout
 
     def send(
         self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
@@ -110,13 +117,15 @@ class RebaseAdapter(HTTPAdapter):
         request.url = urlunsplit(
             (self.base.scheme, self.base.netloc, self.base.path + parts.path, parts.query, "")
         )
+        if kwargs.get("timeout") is None and self.timeout is not None:
+            kwargs["timeout"] = self.timeout
         return super().send(request, *args, **kwargs)
 
 
-def route(session: requests.Session, base_url: str) -> None:
+def route(session: requests.Session, base_url: str, timeout: float | None = None) -> None:
     """Make ``session`` send api.twitter.com requests to ``base_url``."""
-    if base_url.rstrip("/") != X_HOST:
-        session.mount(X_HOST, RebaseAdapter(base_url))
+    if base_url.rstrip("/") != X_HOST or timeout is not None:
+        session.mount(X_HOST, RebaseAdapter(base_url, timeout))
 
 
 def client(bearer_token: str, base_url: str) -> tweepy.Client:
@@ -131,7 +140,7 @@ def client(bearer_token: str, base_url: str) -> tweepy.Client:
 def stream_client(bearer_token: str, base_url: str) -> tweepy.StreamingClient:
     """A StreamingClient for the rules endpoints."""
     api = tweepy.StreamingClient(bearer_token, wait_on_rate_limit=False)
-    route(api.session, base_url)
+    route(api.session, base_url, RULES_TIMEOUT)
     return api
 
 

@@ -1,0 +1,97 @@
+"""Log output: one line an event off a terminal, JSON for a drain, secrets never shown."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from relay.errors import ConfigError
+from relay.logs import REDACTED, setup_logging
+from tests.fake_x import TOKEN, FakeX, x_lines
+from tests.support import UNIT, RelayProcess, wait_for
+
+SECRET = "s" * 40
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+def emit(fmt: str) -> list[str]:
+    out = io.StringIO()
+    assert setup_logging("info", fmt, secrets=[SECRET], stream=out) in ("plain", "json")
+    log = logging.getLogger("relay.test")
+    log.info("closing %s:\nslow", "1.2.3.4:5", extra={"peer": "1.2.3.4:5", "code": 4008})
+    try:
+        raise ValueError("multi\nline")
+    except ValueError:
+        log.exception("it failed")
+    log.debug("not at info")
+    log.warning("token %s leaked", SECRET)
+    return out.getvalue().splitlines()
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_off_a_terminal_auto_is_one_plain_line_an_event_with_its_fields() -> None:
+    lines = emit("auto")  # a StringIO is not a terminal
+    assert len(lines) == 3
+    first, failure, leak = lines
+    assert " INFO relay.test: closing 1.2.3.4:5:\\nslow " in first
+    assert first.endswith("peer=1.2.3.4:5 code=4008")
+    assert " ERROR " in failure and "exc=" in failure and "ValueError: multi\\nline" in failure
+    assert SECRET not in leak and REDACTED in leak
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_json_is_one_object_a_line_with_time_level_logger_message_and_fields() -> None:
+    events = [orjson.loads(line) for line in emit("json")]
+    assert [e["level"] for e in events] == ["info", "error", "warning"]
+    assert events[0]["logger"] == "relay.test"
+    assert events[0]["message"] == "closing 1.2.3.4:5:\nslow"
+    assert (events[0]["peer"], events[0]["code"]) == ("1.2.3.4:5", 4008)
+    assert events[0]["time"].endswith("Z")
+    assert "ValueError: multi" in events[1]["exc"]
+    assert SECRET not in events[2]["message"]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_bad_level_or_format_is_a_config_error_naming_the_choices() -> None:
+    with pytest.raises(ConfigError, match="debug, info, warning, error, critical"):
+        setup_logging("loud", "plain", stream=io.StringIO())
+    with pytest.raises(ConfigError, match="auto, plain, json"):
+        setup_logging("info", "xml", stream=io.StringIO())
+
+
+def test_the_bearer_token_never_reaches_the_log_even_at_debug(
+    tmp_path: Path, fake: FakeX, rules_file: Path
+) -> None:
+    messages = [orjson.loads(line) for line in x_lines(5, seed=3)]
+    fake.search = {"python": messages}
+    log = tmp_path / "relay.log"
+    env = {
+        "X_BEARER_TOKEN": TOKEN,
+        "X_API_BASE_URL": fake.url,
+        "RELAY_RULES": str(rules_file),
+        "RELAY_LOG_FORMAT": "json",
+    }
+    relay = RelayProcess(
+        log, "--source", "x-poll", "--log-level", "debug", "--db", str(tmp_path / "x.db"), env=env
+    )
+    try:
+        wait_for(lambda: relay.count() == 5, 8 * UNIT, "the polled tweets")
+    finally:
+        assert relay.stop() == 0
+    events = [orjson.loads(line) for line in log.read_text().splitlines()]
+    requests = [e for e in events if e["message"].startswith("Making API request")]
+    assert requests, "tweepy's debug line is the one that carried the token"
+    assert all(f"Bearer {REDACTED}" in e["message"] for e in requests)
+    assert TOKEN not in log.read_text()
