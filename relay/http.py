@@ -13,6 +13,7 @@ most ``queries_waiting`` (503). Logs never carry a token: targets are redacted a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import mimetypes
 import re
@@ -37,6 +38,14 @@ from relay.errors import (
     TooManyRequests,
     Unavailable,
 )
+from relay.http_encoding import (
+    GZIP_IN_THREAD,
+    StaticFiles,
+    accepts_gzip,
+    compress,
+    matches,
+    worth_compressing,
+)
 from relay.protocol import PROTOCOL_VERSION
 from relay.query import Condition, QueryLimits, parse_tweet_query
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX
@@ -58,6 +67,7 @@ LOGGED_TARGET = 200
 """Characters of a request target a log line shows, after the token is redacted."""
 MAX_NAME = 100
 """Longest static file name looked up; longer is a 404 without asking the file system."""
+FAVICON = "favicon.svg"
 RULE_KEYS_TTL = 1.0
 """Seconds the rule keys are reused while no tweet was published."""
 
@@ -200,6 +210,7 @@ class HttpApi:
         self.public_url = public_url.rstrip("/")
         self.readiness = readiness
         self.web_root = web_root or Path(str(resources.files("client_demo") / "web"))
+        self._files = StaticFiles(self.web_root)
         self.limits = limits or ApiLimits()
         self.clock = clock
         self._in_flight: Counter[str] = Counter()
@@ -239,7 +250,7 @@ class HttpApi:
                 reply = await self._user(path, params, headers, client)
             else:
                 route = "static"
-                reply = self._static(path)
+                reply = self._static(path, headers)
         except ClientError as exc:
             if self._sampler.allow(self.clock()):
                 log.info("%.10s %s -> %d: %.200s", method, redact(target), exc.status, exc.message)
@@ -254,7 +265,7 @@ class HttpApi:
                 500, {"errors": [{"message": "internal error", "reason": "internal"}]}
             )
         self.metrics.http_requests.labels(route, str(reply.status)).inc()
-        return reply
+        return await self._encode(reply, headers)
 
     def base_urls(self, headers: Mapping[str, str]) -> tuple[str, str]:
         """The http(s) and ws(s) base URLs a client should use, behind a proxy too."""
@@ -405,19 +416,38 @@ class HttpApi:
     async def _metrics(self, params: Params, headers: Mapping[str, str], client: str) -> Reply:
         return Reply(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
 
-    def _static(self, path: str) -> Reply:
+    def _static(self, path: str, headers: Mapping[str, str]) -> Reply:
         name = "index.html" if path == "/" else path.lstrip("/")
+        if name == "favicon.ico":
+            name = FAVICON  # what browsers and tools ask for without reading the page
         # A flat folder: no sub-paths, so no way out of it.
         if "/" in name or "\\" in name or name.startswith(".") or len(name) > MAX_NAME:
             raise NotFound(f"no such path: {path[:100]}")
-        file = self.web_root / name
-        try:
-            found = file.is_file()
-        except (OSError, ValueError):  # a name the file system refuses (NUL, too long)
-            found = False
-        if not found:
+        found = self._files.read(name)
+        if found is None:
             raise NotFound(f"no such path: {path[:100]}")
+        body, etag = found
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if content_type.startswith("text/") or content_type.endswith("javascript"):
             content_type += "; charset=utf-8"
-        return Reply(200, file.read_bytes(), content_type, {"Cache-Control": "no-cache"})
+        # no-cache: the browser asks every time, and a matching ETag answers 304, no body.
+        cache = {"Cache-Control": "no-cache", "ETag": etag}
+        if matches(etag, headers):
+            return Reply(304, b"", content_type, cache)
+        return Reply(200, body, content_type, cache)
+
+    async def _encode(self, reply: Reply, headers: Mapping[str, str]) -> Reply:
+        """gzip the body when the client takes it and it is worth it."""
+        if not worth_compressing(reply.content_type, reply.body):
+            return reply
+        reply.headers["Vary"] = "Accept-Encoding"
+        if not accepts_gzip(headers):
+            return reply
+        body = reply.body
+        packed = (
+            await asyncio.to_thread(compress, body)
+            if len(body) > GZIP_IN_THREAD
+            else compress(body)
+        )
+        reply.headers["Content-Encoding"] = "gzip"
+        return Reply(reply.status, packed, reply.content_type, reply.headers)

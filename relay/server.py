@@ -386,7 +386,8 @@ def _response(reply: Reply, *, head: bool = False) -> Response:
     """The HTTP response; for HEAD the same headers (Content-Length too) and no body."""
     headers = Headers()
     headers["Content-Type"] = reply.content_type
-    headers["Content-Length"] = str(len(reply.body))
+    if reply.status != 304:  # a 304's length would be the 200's: none is simpler
+        headers["Content-Length"] = str(len(reply.body))
     headers["Access-Control-Allow-Origin"] = "*"
     # websockets closes the connection after any answer but 101: say so.
     headers["Connection"] = "close"
