@@ -105,7 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--config", metavar="FILE", help="TOML config file")
     migrate.add_argument("--db", help="SQLite database file, also $RELAY_DB (relay.db)")
     migrate.add_argument("--log-level", dest="log_level", help=LOG_LEVEL_HELP)
+    migrate.add_argument(
+        "--new-epoch",
+        dest="new_epoch",
+        action="store_true",
+        help="also give the store a new epoch (after restoring a backup; relays stopped)",
+    )
     migrate.set_defaults(command=cmd_migrate)
+
+    backup = commands.add_parser(
+        "backup",
+        help="copy the SQLite store while the relay runs (consistent, with a new epoch)",
+        description="Write a consistent copy of the SQLite store, as of one commit, while the "
+        "relay keeps writing. The copy has a new epoch, so clients of a relay restored from it "
+        "reset instead of resuming. PostgreSQL: use pg_dump (docs/deployment.md).",
+        epilog="example: relay backup backups/relay-$(date +%F).db",
+    )
+    backup.add_argument("out", metavar="OUT.db", help="the file to write (replaced when done)")
+    backup.add_argument("--db", help="the SQLite store, also $RELAY_DB (relay.db)")
+    backup.add_argument("--config", metavar="FILE", help="TOML config file")
+    backup.set_defaults(command=cmd_backup)
 
     synth = commands.add_parser(
         "synth",
@@ -284,7 +303,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     setup_logging(settings)
-    return asyncio.run(launch.migrate(settings))
+    return asyncio.run(launch.migrate(settings, new_epoch=args.new_epoch))
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from relay.errors import ConfigError
+    from relay.store.sqlite_backup import backup
+
+    settings = settings_from(args)
+    if settings.database_url:
+        raise ConfigError(
+            "DATABASE_URL is set: back up PostgreSQL with pg_dump (docs/deployment.md); "
+            "give --db to copy a SQLite store"
+        )
+    done = backup(settings.db, Path(args.out))
+    console.print(
+        f"relay: backed up {settings.db} to {done.path}: {done.tweets} tweets up to seq "
+        f"{done.head}; its epoch is {done.epoch} (new)",
+        highlight=False,
+    )
+    return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -21,11 +21,16 @@ from relay.config import Settings
 console = Console(stderr=True, soft_wrap=True)  # an error stays one line for log readers
 
 
-async def migrate(settings: Settings) -> int:
+async def migrate(settings: Settings, *, new_epoch: bool = False) -> int:
+    """Bring the schema up to date; with ``new_epoch`` also give the store a new epoch
+    (after a restore from a backup: clients reset instead of resuming)."""
+    epoch = ""
     if settings.database_url:
-        from relay.store.postgres import migrate
+        from relay.store.postgres import migrate, set_new_epoch
 
         version = await migrate(settings.database_url)
+        if new_epoch:
+            epoch = await set_new_epoch(settings.database_url)
         where = "PostgreSQL"
     else:
         from relay.errors import WriterBusy
@@ -40,12 +45,18 @@ async def migrate(settings: Settings) -> int:
             reader = await SQLiteStore.open(settings.db, writer=False)
             version = reader.schema_version
             await reader.close()
-            if version < len(MIGRATIONS):
+            if version < len(MIGRATIONS) or new_epoch:
                 raise busy from None
         else:
             version = store.schema_version
+            if new_epoch:  # while this process holds the writer lock: nobody serves it
+                from relay.store.sqlite_backup import new_epoch as new_sqlite_epoch
+
+                epoch = new_sqlite_epoch(settings.db)
             await store.close()
     print(f"relay: {where} is at schema version {version}", flush=True)
+    if epoch:
+        print(f"relay: new epoch {epoch}: clients reset and read the store again", flush=True)
     return 0
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -76,6 +77,20 @@ async def migrate(url: str, *, target: int | None = None, wait: bool = True) -> 
         raise StoreError(f"cannot migrate {describe(url)}: {redact(str(exc), url)}") from None
     finally:
         await conn.close()
+
+
+async def set_new_epoch(url: str) -> str:
+    """A new epoch for the database at ``url`` (after a restore); stop every relay first."""
+    epoch = secrets.token_hex(8)
+    conn = await connect(url, wait=False)
+    try:
+        await conn.execute("UPDATE meta SET value = %s WHERE key = 'epoch'", (epoch,))
+        await conn.commit()
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot set a new epoch in {describe(url)}: {exc}") from None
+    finally:
+        await conn.close()
+    return epoch
 
 
 class PostgresStore:
