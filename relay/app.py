@@ -24,6 +24,7 @@ from relay.bus.memory import MemoryBus
 from relay.config import Settings
 from relay.errors import ConfigError, RelayError, StoreNotReady
 from relay.follower import Follower
+from relay.housekeeping import Housekeeping
 from relay.http import READY, ApiLimits, HttpApi, Readiness
 from relay.hub import Hub
 from relay.ingest import Ingest
@@ -34,6 +35,7 @@ from relay.revocation import RevocationList
 from relay.server import StreamServer
 from relay.sources import Source
 from relay.sources.replay import ReplaySource
+from relay.stats import StatsSampler
 from relay.store import Store
 from relay.store.sqlite import SQLiteStore
 from relay.synth import sample_path
@@ -127,6 +129,8 @@ class Relay:
         self.server: StreamServer | None = None
         self.ops: OpsServer | None = None
         self.follower: Follower | None = None
+        self.stats: StatsSampler | None = None
+        self.housekeeping = Housekeeping(self.metrics, self._fail)
         self.ingest: Ingest | None = None
         self.failed = asyncio.Event()
         """Set when the process cannot go on: ingest, the lease or the follower failed."""
@@ -185,6 +189,7 @@ class Relay:
         self._tasks.append(asyncio.create_task(self._start_bus(self.bus), name="bus-start"))
         if self.serves:
             await self._start_serving(store, self.bus, revoked)
+        self.housekeeping.start()
         self._running = True
         if self.ingests:
             writing = asyncio.create_task(self._ingest_when_writer(store, self.bus))
@@ -225,6 +230,10 @@ class Relay:
             metrics=self.metrics,
             revoked=revoked if revoked is not None else frozenset(),
         )
+        self.stats = StatsSampler(
+            self.metrics, store, hub, role=self.role, process=store.holder, clock=self.clock
+        )
+        self.housekeeping.every(self.stats.interval, "stats", self.stats.sample, first=0)
         api = HttpApi(
             store,
             hub,
@@ -234,6 +243,7 @@ class Relay:
             readiness=self.readiness,
             limits=api_limits(settings),
             trusted_proxies=settings.trusted_proxies,
+            stats=self.stats,
         )
         self.server = StreamServer(settings, hub, api, self.metrics, clock=self.clock)
         await self.server.start(self._listener)
@@ -356,6 +366,7 @@ class Relay:
             except TimeoutError:
                 self.drained = False
                 log.error("ingest did not drain in time: tweets read but not stored are lost")
+        self.housekeeping.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from relay.auth import Grant
     from relay.hub import Hub
     from relay.metrics import Metrics
+    from relay.stats import StatsSampler
     from relay.store import Store
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,9 @@ class HttpApi:
         limits: ApiLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
         trusted_proxies: int = 0,
+        stats: StatsSampler | None = None,
     ) -> None:
+        self.stats = stats
         self.trusted_proxies = trusted_proxies
         """X-Forwarded-Proto and -Host are believed only behind trusted proxies."""
         self.store = store
@@ -224,6 +227,7 @@ class HttpApi:
             "/healthz": self._health,
             "/readyz": self._ready,
             "/metrics": self._metrics,
+            "/v1/stats": self._stats,
         }
 
     async def handle(
@@ -412,6 +416,14 @@ class HttpApi:
         if state.error:
             body["error"] = redact(state.error)  # public: never a token, whatever failed
         return json_reply(200 if state == READY else 503, body)
+
+    async def _stats(self, params: Params, headers: Mapping[str, str], client: str) -> Reply:
+        # Public like /v1/info: counts and sizes, never a tweet or a subject.
+        if self.stats is None:
+            raise NotFound("no stats in this process")
+        reply = json_reply(200, await self.stats.current())
+        reply.headers["Cache-Control"] = "no-store"
+        return reply
 
     async def _metrics(self, params: Params, headers: Mapping[str, str], client: str) -> Reply:
         return Reply(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")

@@ -97,6 +97,10 @@ class Hub:
         self.sessions.discard(session)
         self.metrics.connections.set(len(self.sessions))
 
+    def subscriber_counts(self) -> dict[str, int]:
+        """Subscribers per channel that has any (for the stats)."""
+        return {channel: len(sessions) for channel, sessions in self._listeners.items() if sessions}
+
     def publish(self, tweets: Sequence[StoredTweet]) -> None:
         """Fan new tweets out; they must come in seq order and be in the store already."""
         # Each channel's frames once, in seq order; then one call per listening session,

@@ -92,6 +92,12 @@ class Metrics:
             ["cause"],
             registry=r,
         )
+        self.job_failures = Counter(
+            "relay_job_failures",
+            "Periodic jobs (stats, retention) that failed, by job",
+            ["job"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "relay_source_rate_limited", "Recent searches the X API answered 429", registry=r
         )

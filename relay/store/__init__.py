@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -37,6 +38,23 @@ class AppendResult:
     duplicates: int
     unstorable: tuple[tuple[str, str], ...] = ()
     """``(tweet id, why)`` of each tweet the store could not hold (skipped, not retried)."""
+
+
+def parse_time(stored: str) -> float:
+    """A stored ``YYYY-MM-DDTHH:MM:SS.mmmZ`` time as unix seconds."""
+    return datetime.fromisoformat(stored.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """What /v1/stats and retention need to know of the store as a whole."""
+
+    size_bytes: int
+    """On disk: the SQLite file with its WAL, the PostgreSQL database."""
+    oldest_seq: int
+    """The seq of the oldest kept tweet, 0 when empty (history starts there)."""
+    oldest_received_at: float | None
+    """When the oldest kept tweet was received (unix seconds), None when empty."""
 
 
 class Store(Protocol):
@@ -139,6 +157,10 @@ class Store(Protocol):
 
     async def highest_tweet_id(self, rule_key: str | None = None) -> str | None:
         """The newest stored tweet id, of one rule when ``rule_key`` is given."""
+        ...
+
+    async def stats(self) -> StoreStats:
+        """Size on disk and the oldest kept tweet: cheap (an index lookup, a stat)."""
         ...
 
     async def get_state(self, key: str) -> str | None:

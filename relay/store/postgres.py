@@ -40,7 +40,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from relay.errors import QueryTimeout, StoreError, StoreNotReady
 from relay.query import Condition, TweetQuery
-from relay.store import AppendResult, Store, StoredTweet, postgres_query
+from relay.store import AppendResult, Store, StoredTweet, StoreStats, postgres_query
 from relay.store.postgres_conn import (
     configure_types,
     connect,
@@ -376,6 +376,17 @@ class PostgresStore:
             return bytes(row[0]) if row else None
 
         return await self._query(run, timeout)
+
+    async def stats(self) -> StoreStats:
+        async def run(cur: Cursor) -> tuple[int, int, float | None]:
+            await cur.execute("SELECT pg_database_size(current_database())")
+            size = await cur.fetchone()
+            await cur.execute("SELECT seq, received_at FROM tweets ORDER BY seq LIMIT 1")
+            found = await cur.fetchone()
+            oldest = (int(found[0]), found[1].timestamp()) if found else (0, None)
+            return (int(size[0]) if size else 0, *oldest)
+
+        return StoreStats(*await self._read(run))
 
     async def rule_keys(self) -> list[str]:
         async def run(cur: Cursor) -> list[str]:

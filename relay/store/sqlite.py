@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -35,7 +36,7 @@ import orjson
 
 from relay.errors import StoreError, StoreNotReady
 from relay.query import Condition, TweetQuery
-from relay.store import AppendResult, StoredTweet, sqlite_query
+from relay.store import AppendResult, StoredTweet, StoreStats, parse_time, sqlite_query
 from relay.store.file_lock import WriterLock, describe_self
 from relay.store.sqlite_schema import MIGRATIONS as MIGRATIONS  # re-exported
 from relay.store.sqlite_schema import check_schema, migrate
@@ -507,6 +508,19 @@ class SQLiteStore:
             return _bytes(row[0]) if row else None
 
         return await self._query(run, timeout)
+
+    async def stats(self) -> StoreStats:
+        def run(conn: sqlite3.Connection) -> tuple[int, str | None]:
+            row = conn.execute("SELECT seq, received_at FROM tweets ORDER BY seq LIMIT 1")
+            found = row.fetchone()
+            return (int(found[0]), found[1]) if found else (0, None)
+
+        oldest_seq, received = await self._read(run)
+        size = 0
+        for name in (self.path, self.path + "-wal"):
+            with contextlib.suppress(OSError):  # no WAL right after a checkpoint
+                size += os.stat(name).st_size
+        return StoreStats(size, oldest_seq, parse_time(received) if received else None)
 
     async def rule_keys(self) -> list[str]:
         def run(conn: sqlite3.Connection) -> list[str]:

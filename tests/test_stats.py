@@ -1,0 +1,84 @@
+"""`GET /v1/stats` and the periodic jobs that feed it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from relay.errors import StoreError
+from relay.housekeeping import Housekeeping
+from relay.metrics import Metrics
+from tests.support import (
+    UNIT,
+    PushSource,
+    RunningRelay,
+    counted,
+    receive_tweets,
+    stream_line,
+    subscribe,
+)
+
+
+def test_stats_report_rates_connections_subscribers_head_and_the_store(
+    pushed: tuple[RunningRelay, PushSource],
+) -> None:
+    relay, source = pushed
+    source.push(*(stream_line(i) for i in range(1, 11)))
+    relay.wait_stored(10)
+    sampler = relay.relay.stats
+    assert sampler is not None
+    first = relay.call(sampler.sample())
+    client, _ = subscribe(relay.ws_url, "tweets")
+    with client:
+        source.push(*(stream_line(i) for i in range(11, 111)))
+        relay.wait_stored(110)
+        assert len(receive_tweets(client, 100)) == 100
+        second = relay.call(sampler.sample())
+        status, stats = relay.get("/v1/stats")
+    assert status == 200
+    assert stats == second  # the latest sample, not a new one
+    window = second["time"] - first["time"]
+    assert second["tweets_in_per_second"] * window == pytest.approx(100, rel=0.02)
+    assert second["frames_out_per_second"] > 0
+    assert (second["connections"], second["subscribers"]) == (1, {"tweets": 1})
+    assert second["head_seq"] == 110
+    assert second["store"]["oldest_seq"] == 1
+    assert second["store"]["size_bytes"] > 0
+    assert 0 <= second["store"]["oldest_age_seconds"] < 60
+    assert second["process"] == relay.relay.store.holder  # type: ignore[union-attr]
+
+
+def test_a_job_that_may_pass_is_counted_and_one_that_fails_for_good_stops_the_relay() -> None:
+    async def scenario() -> tuple[Metrics, list[BaseException]]:
+        metrics = Metrics()
+        failures: list[BaseException] = []
+        stopped = asyncio.Event()
+        runs = {"flaky": 0}
+
+        async def flaky() -> None:
+            runs["flaky"] += 1
+            raise StoreError("the database is restarting")
+
+        async def broken() -> None:
+            raise ValueError("a bug")
+
+        def failed(exc: BaseException) -> None:
+            failures.append(exc)
+            stopped.set()
+
+        jobs = Housekeeping(metrics, failed)
+        jobs.every(0.05, "flaky", flaky, first=0)
+        jobs.every(60, "broken", broken, first=0.2)
+        jobs.start()
+        try:
+            await asyncio.wait_for(stopped.wait(), 4 * UNIT)
+        finally:
+            jobs.stop()
+        assert runs["flaky"] >= 2  # retried at its next run
+        return metrics, failures
+
+    metrics, failures = asyncio.run(scenario())
+    assert [type(exc) for exc in failures] == [ValueError]
+    assert counted(metrics.job_failures, job="flaky") >= 2
+    assert counted(metrics.job_failures, job="broken") == 1
