@@ -244,6 +244,7 @@ class Relay:
             limits=api_limits(settings),
             trusted_proxies=settings.trusted_proxies,
             stats=self.stats,
+            access_log=settings.access_log,
         )
         self.server = StreamServer(settings, hub, api, self.metrics, clock=self.clock)
         await self.server.start(self._listener)

@@ -142,6 +142,8 @@ class Settings:
     """debug, info, warning, error or critical."""
     log_format: str = "auto"
     """auto (rich on a terminal, plain otherwise), plain (one line an event), json, rich."""
+    access_log: bool = True
+    """A log line (logger ``relay.access``) per HTTP request and per WebSocket connection."""
 
     def secrets(self) -> Secrets:
         """The keys tokens are verified with (the previous one only with its end time)."""
@@ -334,6 +336,7 @@ ENVIRONMENT = {
     "poll_max_pages": ("RELAY_POLL_MAX_PAGES",),
     "log_level": ("RELAY_LOG_LEVEL",),
     "log_format": ("RELAY_LOG_FORMAT",),
+    "access_log": ("RELAY_ACCESS_LOG",),
 }
 
 
@@ -460,6 +463,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "max_offset": _int,
     "lease_ttl": float,
     "redis_tls_verify": parse_bool,
+    "access_log": parse_bool,
     "bus_maxlen": _int,
     "heartbeat_interval": float,
     "bus_check_interval": float,

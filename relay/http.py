@@ -59,6 +59,8 @@ if TYPE_CHECKING:
     from relay.store import Store
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("relay.access")
+"""One line per HTTP request and per WebSocket connection (RELAY_ACCESS_LOG)."""
 
 Params = dict[str, list[str]]
 STREAM_PATH = "/v1/stream"
@@ -202,8 +204,10 @@ class HttpApi:
         clock: Callable[[], float] = time.monotonic,
         trusted_proxies: int = 0,
         stats: StatsSampler | None = None,
+        access_log: bool = True,
     ) -> None:
         self.stats = stats
+        self.access_log = access_log
         self.trusted_proxies = trusted_proxies
         """X-Forwarded-Proto and -Host are believed only behind trusted proxies."""
         self.store = store
@@ -237,6 +241,7 @@ class HttpApi:
 
         HEAD is answered as GET; the caller sends the headers only.
         """
+        started = time.monotonic()
         parts = urlsplit(target)
         path = parts.path.rstrip("/") or "/"
         route = path if path in self._routes else "other"
@@ -269,7 +274,23 @@ class HttpApi:
                 500, {"errors": [{"message": "internal error", "reason": "internal"}]}
             )
         self.metrics.http_requests.labels(route, str(reply.status)).inc()
-        return await self._encode(reply, headers)
+        reply = await self._encode(reply, headers)
+        if self.access_log:
+            access_log.info(
+                "%.10s %s %d",
+                method,
+                redact(target),
+                reply.status,
+                extra={
+                    "client": client,
+                    "method": method[:10],
+                    "path": redact(target),
+                    "status": reply.status,
+                    "bytes": 0 if method == "HEAD" else len(reply.body),
+                    "duration_ms": round((time.monotonic() - started) * 1000, 2),
+                },
+            )
+        return reply
 
     def base_urls(self, headers: Mapping[str, str]) -> tuple[str, str]:
         """The http(s) and ws(s) base URLs a client should use, behind a proxy too."""

@@ -13,7 +13,7 @@ import pytest
 from relay.errors import ConfigError
 from relay.logs import REDACTED, setup_logging
 from tests.fake_x import TOKEN, FakeX, x_lines
-from tests.support import UNIT, RelayProcess, wait_for
+from tests.support import UNIT, PushSource, RelayProcess, RunningRelay, stream_line, wait_for
 
 SECRET = "s" * 40
 
@@ -95,3 +95,26 @@ def test_the_bearer_token_never_reaches_the_log_even_at_debug(
     assert requests, "tweepy's debug line is the one that carried the token"
     assert all(f"Bearer {REDACTED}" in e["message"] for e in requests)
     assert TOKEN not in log.read_text()
+
+
+def test_every_http_request_gets_an_access_line_without_its_token(
+    pushed: tuple[RunningRelay, PushSource], caplog: pytest.LogCaptureFixture
+) -> None:
+    relay, source = pushed
+    source.push(stream_line(1))
+    relay.wait_stored(1)
+    caplog.set_level(logging.INFO, logger="relay.access")
+    assert relay.get("/v1/objects/tweets?limit=1&token=abc.def.ghi")[0] == 401  # bad token
+    assert relay.get("/v1/objects/tweets?limit=1")[0] == 200
+    assert relay.get("/nope")[0] == 404
+    lines = [r for r in caplog.records if r.name == "relay.access"]
+    assert [(r.__dict__["method"], r.__dict__["status"]) for r in lines] == [
+        ("GET", 401),
+        ("GET", 200),
+        ("GET", 404),
+    ]
+    first = lines[0].__dict__
+    assert first["path"] == "/v1/objects/tweets?limit=1&token=[redacted]"
+    assert lines[1].__dict__["bytes"] > 0 and first["duration_ms"] >= 0
+    assert first["client"] == "127.0.0.1"
+    assert "abc.def.ghi" not in caplog.text
