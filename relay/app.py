@@ -31,6 +31,7 @@ from relay.ingest import Ingest
 from relay.metrics import Metrics
 from relay.ops_http import OpsServer
 from relay.query import QueryLimits
+from relay.retention import Retention, apply_retention
 from relay.revocation import RevocationList
 from relay.server import StreamServer
 from relay.sources import Source
@@ -293,10 +294,28 @@ class Relay:
             clock=self.clock,
         )
         self.ingest.start()
+        self._schedule_retention(store)
         self._waiting = ""
         await self.ingest.failed.wait()
         self.metrics.writer_active.set(0)
         self._fail(self.ingest.error or RelayError("ingest stopped"))
+
+    def _schedule_retention(self, store: Store) -> None:
+        """The writer's upkeep: only the active writer deletes (a standby never does)."""
+        retention = Retention.from_settings(self.settings)
+        if not retention.active:
+            return
+        bounds = [f"at most {retention.max_tweets:,} tweets"] if retention.max_tweets else []
+        if retention.max_age:
+            bounds.append(f"tweets received in the last {retention.max_age:g} s")
+        log.info("retention: keeping %s", " and ".join(bounds))
+
+        async def run() -> None:
+            self.metrics.retention_deleted.inc(
+                await apply_retention(store, retention, self.clock())
+            )
+
+        self.housekeeping.every(self.settings.retention_interval, "retention", run, first=1.0)
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:

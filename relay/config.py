@@ -18,6 +18,9 @@ from relay.auth import Policy, Secrets
 from relay.errors import ConfigError
 from relay.logs import check_format, check_level
 
+SAMPLE_RETENTION = 100_000
+"""Tweets the bundled looping sample keeps by default: about 380 MB of store."""
+
 SPEED_MAX = 0.0
 """``speed`` value meaning "as fast as possible" (``--speed max``)."""
 
@@ -137,6 +140,16 @@ class Settings:
     """Most recent-search pages per rule when filling a gap after a reconnect."""
     poll_interval: float = 60.0
     poll_max_pages: int = 5
+    # retention (run by the active writer only)
+    retention_max_tweets: int | None = None
+    """Keep at most this many tweets (the oldest go); 0 keeps all. Unset: 100,000 for the
+    bundled looping sample (a demo never fills a disk), all for every other source."""
+    retention_max_age: float = 0.0
+    """Delete tweets received longer ago than this (seconds, or 90s, 30m, 12h, 7d); 0 keeps."""
+    retention_interval: float = 60.0
+    """Seconds between retention runs."""
+    retention_batch: int = 1000
+    """Tweets deleted per transaction (each a few ms of the writer; appends go between)."""
     # logging
     log_level: str = "info"
     """debug, info, warning, error or critical."""
@@ -162,6 +175,14 @@ class Settings:
     @property
     def replay_loops(self) -> bool:
         return self.loop if self.loop is not None else not self.replay
+
+    @property
+    def kept_tweets(self) -> int:
+        """The retention bound on the count in force (0: none)."""
+        if self.retention_max_tweets is not None:
+            return self.retention_max_tweets
+        sample = self.source == "replay" and not self.replay and self.replay_loops
+        return SAMPLE_RETENTION if sample else 0
 
     @classmethod
     def load(
@@ -249,6 +270,10 @@ class Settings:
         if self.revoked_tokens_interval <= 0:
             raise ConfigError("revoked_tokens_interval must be positive")
         self._validate_scale_out()
+        if self.retention_max_tweets is not None and self.retention_max_tweets < 0:
+            raise ConfigError("retention_max_tweets must be 0 (keep all) or more")
+        if self.retention_interval <= 0 or self.retention_batch < 1:
+            raise ConfigError("retention_interval must be positive and retention_batch >= 1")
         check_level(self.log_level)
         check_format(self.log_format)
 
@@ -337,6 +362,10 @@ ENVIRONMENT = {
     "log_level": ("RELAY_LOG_LEVEL",),
     "log_format": ("RELAY_LOG_FORMAT",),
     "access_log": ("RELAY_ACCESS_LOG",),
+    "retention_max_tweets": ("RELAY_RETENTION_MAX_TWEETS",),
+    "retention_max_age": ("RELAY_RETENTION_MAX_AGE",),
+    "retention_interval": ("RELAY_RETENTION_INTERVAL",),
+    "retention_batch": ("RELAY_RETENTION_BATCH",),
 }
 
 
@@ -421,6 +450,21 @@ def parse_time(value: Any) -> float:
     return moment.timestamp()
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds, from a number or a string with a unit: ``90s``, ``30m``, ``12h``, ``7d``."""
+    if isinstance(value, bool):
+        raise ValueError("not a duration")
+    text = str(value).strip().lower()
+    factor = _DURATION_UNITS.get(text[-1:], 0.0)
+    seconds = float(text[:-1] if factor else text) * (factor or 1.0)
+    if not 0 <= seconds < float("inf"):
+        raise ValueError("a duration is 0 or more seconds")
+    return seconds
+
+
 def _int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("not an integer")
@@ -464,6 +508,10 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "lease_ttl": float,
     "redis_tls_verify": parse_bool,
     "access_log": parse_bool,
+    "retention_max_tweets": _int,
+    "retention_max_age": parse_duration,
+    "retention_interval": parse_duration,
+    "retention_batch": _int,
     "bus_maxlen": _int,
     "heartbeat_interval": float,
     "bus_check_interval": float,

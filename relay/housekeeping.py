@@ -60,8 +60,8 @@ class Housekeeping:
             self.on_failure(exc)
 
     def start(self) -> None:
-        if self.scheduler.get_jobs():
-            self.scheduler.start()
+        """Start running jobs (added before or after: the writer's come once it is one)."""
+        self.scheduler.start()
 
     def stop(self) -> None:
         if self.scheduler.running:

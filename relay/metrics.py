@@ -98,6 +98,9 @@ class Metrics:
             ["job"],
             registry=r,
         )
+        self.retention_deleted = Counter(
+            "relay_retention_deleted_tweets", "Tweets deleted by retention", registry=r
+        )
         self.rate_limited = Counter(
             "relay_source_rate_limited", "Recent searches the X API answered 429", registry=r
         )

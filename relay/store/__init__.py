@@ -57,6 +57,15 @@ class StoreStats:
     """When the oldest kept tweet was received (unix seconds), None when empty."""
 
 
+@dataclass(frozen=True, slots=True)
+class Trimmed:
+    """What one retention step deleted."""
+
+    deleted: int
+    oldest_seq: int
+    """The oldest kept seq afterwards (history starts there); 0 when empty."""
+
+
 class Store(Protocol):
     epoch: str
 
@@ -161,6 +170,18 @@ class Store(Protocol):
 
     async def stats(self) -> StoreStats:
         """Size on disk and the oldest kept tweet: cheap (an index lookup, a stat)."""
+        ...
+
+    async def trim(self, *, through_seq: int, received_before: float | None, limit: int) -> Trimmed:
+        """Delete at most ``limit`` of the oldest tweets with ``seq <= through_seq`` or
+        received before ``received_before`` (unix seconds), oldest first, stopping at the
+        first one kept; never the newest. Their search entries, rule memberships and
+        authors no kept tweet has go too. One short write transaction (the writer's)."""
+        ...
+
+    async def checkpoint(self) -> None:
+        """Give back what large deletes left behind (SQLite: the WAL; PostgreSQL: its
+        autovacuum does, nothing to do)."""
         ...
 
     async def get_state(self, key: str) -> str | None:

@@ -40,7 +40,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from relay.errors import QueryTimeout, StoreError, StoreNotReady
 from relay.query import Condition, TweetQuery
-from relay.store import AppendResult, Store, StoredTweet, StoreStats, postgres_query
+from relay.store import AppendResult, Store, StoredTweet, StoreStats, Trimmed, postgres_query
 from relay.store.postgres_conn import (
     configure_types,
     connect,
@@ -48,6 +48,7 @@ from relay.store.postgres_conn import (
     describe,
     redact,
 )
+from relay.store.postgres_retention import trim_oldest
 from relay.store.postgres_schema import check_version, migrate_connection, schema_version
 from relay.store.postgres_write import Batch, append_careful, append_fast
 from relay.store.postgres_writer import Writer
@@ -225,6 +226,18 @@ class PostgresStore:
             lambda cur: append_fast(cur, writer, batch),
             lambda cur: append_careful(cur, writer, batch),
         )
+
+    async def trim(self, *, through_seq: int, received_before: float | None, limit: int) -> Trimmed:
+        if not self._writer_mode:
+            raise StoreError("not the active writer: opened as a reader")
+        return await self._writer.write(
+            lambda cur: trim_oldest(
+                cur, through_seq=through_seq, received_before=received_before, limit=limit
+            )
+        )
+
+    async def checkpoint(self) -> None:
+        """Nothing: PostgreSQL's autovacuum reclaims deleted rows by itself."""
 
     async def set_state(self, key: str, value: str) -> None:
         async def run(cur: Cursor) -> None:

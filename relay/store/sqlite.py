@@ -36,8 +36,9 @@ import orjson
 
 from relay.errors import StoreError, StoreNotReady
 from relay.query import Condition, TweetQuery
-from relay.store import AppendResult, StoredTweet, StoreStats, parse_time, sqlite_query
+from relay.store import AppendResult, StoredTweet, StoreStats, Trimmed, parse_time, sqlite_query
 from relay.store.file_lock import WriterLock, describe_self
+from relay.store.sqlite_retention import checkpoint, trim_oldest
 from relay.store.sqlite_schema import MIGRATIONS as MIGRATIONS  # re-exported
 from relay.store.sqlite_schema import check_schema, migrate
 from relay.store.sqlite_search import SEARCH_LAG, index_committed, indexed_seq
@@ -367,6 +368,22 @@ class SQLiteStore:
             lambda conn: append_rows(conn, self._seq, tweets, users, received),
             lambda conn: append_rows(conn, self._seq, tweets, users, received, careful=True),
         )
+
+    async def trim(self, *, through_seq: int, received_before: float | None, limit: int) -> Trimmed:
+        before = time_from_unix(received_before) if received_before is not None else None
+        return await self._write(
+            lambda conn: trim_oldest(
+                conn,
+                through_seq=through_seq,
+                received_before=before,
+                limit=limit,
+                indexed=self.search_indexed,
+            )
+        )
+
+    async def checkpoint(self) -> None:
+        if self.path != ":memory:":
+            await asyncio.to_thread(checkpoint, self.path)
 
     async def set_state(self, key: str, value: str) -> None:
         await self._write(
