@@ -265,9 +265,13 @@ class Hub:
         try:
             async with session.catch_up_turn:
                 async with self._reads:
+                    oldest = await self.store.oldest_seq()
                     counted = await self.store.count_after(
                         channel, after, head, cap=self.recovered_cap
                     )
+                if oldest > after + 1:  # retention deleted some of what the client missed
+                    session.push(protocol.history_start(channel, self.epoch, oldest))
+                    self.metrics.history_gone.inc()
                 capped = counted > self.recovered_cap
                 session.push(
                     protocol.subscribed(

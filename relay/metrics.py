@@ -101,6 +101,11 @@ class Metrics:
         self.retention_deleted = Counter(
             "relay_retention_deleted_tweets", "Tweets deleted by retention", registry=r
         )
+        self.history_gone = Counter(
+            "relay_history_start_frames",
+            "Resumes from before the oldest kept tweet (told where history starts)",
+            registry=r,
+        )
         self.rate_limited = Counter(
             "relay_source_rate_limited", "Recent searches the X API answered 429", registry=r
         )

@@ -156,6 +156,11 @@ def reset(channel: str, epoch: str, seq: int) -> bytes:
     return _frame({"type": "reset", "channel": channel, "epoch": epoch, "seq": seq})
 
 
+def history_start(channel: str, epoch: str, seq: int) -> bytes:
+    """Kept history starts at ``seq``: retention deleted the older tweets a resume asked for."""
+    return _frame({"type": "history_start", "channel": channel, "epoch": epoch, "seq": seq})
+
+
 def refresh_required(expires_at: float, deadline: float) -> bytes:
     """The token expires at ``expires_at``; send ``refresh`` before ``deadline``."""
     return _frame(

@@ -14,7 +14,16 @@ from relay.query import parse_tweet_query
 from relay.retention import Retention, apply_retention
 from relay.tweets import parse_line
 from tests.pg_server import StoreMaker
-from tests.support import UNIT, PushSource, RunningRelay, counted, stream_line, wait_for
+from tests.support import (
+    UNIT,
+    PushSource,
+    RunningRelay,
+    counted,
+    receive_tweets,
+    stream_line,
+    subscribe,
+    wait_for,
+)
 
 T0 = 1_700_000_000.0
 
@@ -147,3 +156,28 @@ def test_the_active_writer_applies_retention_on_its_schedule(
     wait_for(lambda: counted(metrics.retention_deleted) == 150, 4 * UNIT, "retention")
     status, body = relay.get("/v1/objects/tweets?count=1")
     assert (status, body["count"]) == (200, 50)
+
+
+def test_a_resume_from_before_the_kept_history_is_told_where_it_starts(
+    pushed: tuple[RunningRelay, PushSource],
+) -> None:
+    relay, source = pushed
+    source.push(*(stream_line(i) for i in range(1, 101)))
+    relay.wait_stored(100)
+    store = relay.relay.store
+    assert store is not None
+    relay.call(apply_retention(store, Retention(max_tweets=50), T0))
+    epoch = store.epoch
+
+    ws, subscribed = subscribe(relay.ws_url, "tweets", since={"epoch": epoch, "seq": 10})
+    with ws:
+        assert subscribed["_before"] == [
+            {"type": "history_start", "channel": "tweets", "epoch": epoch, "seq": 51}
+        ]
+        assert [t["seq"] for t in receive_tweets(ws, 50)] == list(range(51, 101))
+    # Within the kept history: a plain resume, no notice.
+    ws, subscribed = subscribe(relay.ws_url, "tweets", since={"epoch": epoch, "seq": 60})
+    with ws:
+        assert "_before" not in subscribed
+        assert [t["seq"] for t in receive_tweets(ws, 40)] == list(range(61, 101))
+    assert counted(relay.relay.metrics.history_gone) == 1

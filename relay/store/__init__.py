@@ -168,6 +168,10 @@ class Store(Protocol):
         """The newest stored tweet id, of one rule when ``rule_key`` is given."""
         ...
 
+    async def oldest_seq(self) -> int:
+        """The seq of the oldest kept tweet, 0 when empty (one index lookup)."""
+        ...
+
     async def stats(self) -> StoreStats:
         """Size on disk and the oldest kept tweet: cheap (an index lookup, a stat)."""
         ...

@@ -390,6 +390,14 @@ class PostgresStore:
 
         return await self._query(run, timeout)
 
+    async def oldest_seq(self) -> int:
+        async def run(cur: Cursor) -> int:
+            await cur.execute("SELECT coalesce(min(seq), 0) FROM tweets")
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._read(run)
+
     async def stats(self) -> StoreStats:
         async def run(cur: Cursor) -> tuple[int, int, float | None]:
             await cur.execute("SELECT pg_database_size(current_database())")

@@ -526,6 +526,12 @@ class SQLiteStore:
 
         return await self._query(run, timeout)
 
+    async def oldest_seq(self) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT min(seq) FROM tweets").fetchone()[0] or 0)
+
+        return await self._read(run)
+
     async def stats(self) -> StoreStats:
         def run(conn: sqlite3.Connection) -> tuple[int, str | None]:
             row = conn.execute("SELECT seq, received_at FROM tweets ORDER BY seq LIMIT 1")
