@@ -171,6 +171,14 @@ class ResumingStream:
         if kind == "reset":
             self.positions[channel] = Position(frame["epoch"], frame["seq"])
             return Event("reset", channel, frame["seq"], message="the relay's store changed")
+        if kind == "history_start":
+            # Retention deleted part of what we missed: say so; what we hold stays valid.
+            return Event(
+                "status",
+                channel,
+                frame["seq"],
+                message=f"history now starts at seq {frame['seq']}: older tweets were deleted",
+            )
         if kind == "error":
             return Event("error", channel, message=f"{frame['code']}: {frame['message']}")
         return None

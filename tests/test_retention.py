@@ -181,3 +181,29 @@ def test_a_resume_from_before_the_kept_history_is_told_where_it_starts(
         assert "_before" not in subscribed
         assert [t["seq"] for t in receive_tweets(ws, 40)] == list(range(61, 101))
     assert counted(relay.relay.metrics.history_gone) == 1
+
+
+def test_the_terminal_client_says_where_history_starts(
+    pushed: tuple[RunningRelay, PushSource],
+) -> None:
+    from client_demo.stream import ResumingStream
+
+    relay, source = pushed
+    source.push(*(stream_line(i) for i in range(1, 31)))
+    relay.wait_stored(30)
+    assert relay.relay.store is not None
+    relay.call(apply_retention(relay.relay.store, Retention(max_tweets=10), T0))
+
+    async def first_events() -> list[tuple[str, str, int | None]]:
+        stream = ResumingStream(relay.url, ["tweets"], since=5)
+        seen: list[tuple[str, str, int | None]] = []
+        async for event in stream.events():
+            seen.append((event.kind, event.message, event.seq))
+            if event.kind == "tweet":
+                return seen
+        return seen
+
+    events = asyncio.run(asyncio.wait_for(first_events(), 4 * UNIT))
+    notices = [message for kind, message, _ in events if "history" in message]
+    assert notices == ["history now starts at seq 21: older tweets were deleted"]
+    assert events[-1][0] == "tweet" and events[-1][2] == 21

@@ -160,6 +160,11 @@ function handleFrame(frame) {
       state.epoch = frame.epoch;
       state.seq = frame.seq;
       break;
+    case "history_start":
+      // Retention deleted some of what we missed; what we show stays valid.
+      window.relayDemo.historyStart = frame.seq;
+      showError("History now starts at seq " + frame.seq + ": older tweets were deleted.");
+      break;
     case "error":
       showError("Relay error: " + frame.message);
       break;
