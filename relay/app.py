@@ -22,6 +22,7 @@ from relay.access import Access
 from relay.bus import Bus
 from relay.bus.memory import MemoryBus
 from relay.config import Settings
+from relay.deletions import DELETIONS_INTERVAL, DeletionAnnouncer, apply_deletions
 from relay.errors import ConfigError, RelayError, StoreNotReady
 from relay.follower import Follower
 from relay.housekeeping import Housekeeping
@@ -235,6 +236,8 @@ class Relay:
             self.metrics, store, hub, role=self.role, process=store.holder, clock=self.clock
         )
         self.housekeeping.every(self.stats.interval, "stats", self.stats.sample, first=0)
+        announcer = DeletionAnnouncer(store, hub)
+        self.housekeeping.every(DELETIONS_INTERVAL, "deleted frames", announcer.run, first=0)
         api = HttpApi(
             store,
             hub,
@@ -294,14 +297,20 @@ class Relay:
             clock=self.clock,
         )
         self.ingest.start()
-        self._schedule_retention(store)
+        self._schedule_writer_jobs(store)
         self._waiting = ""
         await self.ingest.failed.wait()
         self.metrics.writer_active.set(0)
         self._fail(self.ingest.error or RelayError("ingest stopped"))
 
-    def _schedule_retention(self, store: Store) -> None:
+    def _schedule_writer_jobs(self, store: Store) -> None:
         """The writer's upkeep: only the active writer deletes (a standby never does)."""
+        self.housekeeping.every(
+            DELETIONS_INTERVAL,
+            "deletions",
+            lambda: apply_deletions(store, self.metrics),
+            first=0.5,
+        )
         retention = Retention.from_settings(self.settings)
         if not retention.active:
             return

@@ -113,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.set_defaults(command=cmd_migrate)
 
+    delete = commands.add_parser(
+        "delete",
+        help="delete tweets from the store and tell clients (X compliance)",
+        description="Queue tweet ids for deletion. The active writer removes each tweet from "
+        "the store and search within a few seconds and every serving process sends a "
+        "`deleted` frame on its channels. Requests made while no relay runs are applied when "
+        "one starts. --from-file reads one id a line or X compliance output (JSON lines).",
+        epilog="example: relay delete 1500000000000000001 --from-file compliance.jsonl",
+    )
+    delete.add_argument("ids", nargs="*", metavar="ID", help="tweet ids")
+    delete.add_argument(
+        "--from-file", dest="from_file", metavar="FILE", help="ids, or compliance JSON lines"
+    )
+    delete.add_argument("--db", help="the SQLite store, also $RELAY_DB (relay.db)")
+    delete.add_argument("--config", metavar="FILE", help="TOML config file")
+    delete.set_defaults(command=cmd_delete)
+
     backup = commands.add_parser(
         "backup",
         help="copy the SQLite store while the relay runs (consistent, with a new epoch)",
@@ -304,6 +321,42 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     setup_logging(settings)
     return asyncio.run(launch.migrate(settings, new_epoch=args.new_epoch))
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from relay.deletions import check_ids, ids_from_lines
+    from relay.errors import ConfigError
+
+    settings = settings_from(args)
+    try:
+        ids = check_ids(args.ids)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    bad: list[str] = []
+    if args.from_file:
+        try:
+            with open(args.from_file, encoding="utf-8", errors="replace") as lines:
+                found, bad = ids_from_lines(lines)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.from_file}: {exc.strerror or exc}") from None
+        ids = list(dict.fromkeys([*ids, *found]))
+    if not ids:
+        raise ConfigError("no tweet ids given: name them, or give --from-file FILE")
+    if settings.database_url:
+        from relay.store.postgres_deletions import queue_deletions as queue_pg
+
+        queued = asyncio.run(queue_pg(settings.database_url, ids))
+    else:
+        from relay.store.sqlite_deletions import queue_deletions
+
+        queued = queue_deletions(settings.db, ids)
+    skipped = f"; {len(bad)} lines skipped (not an id), first: {bad[0]!r}" if bad else ""
+    console.print(
+        f"relay: queued {queued} deletions; the active writer applies them within a few "
+        f"seconds{skipped}",
+        highlight=False,
+    )
+    return 0
 
 
 def cmd_backup(args: argparse.Namespace) -> int:

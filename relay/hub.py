@@ -97,6 +97,13 @@ class Hub:
         self.sessions.discard(session)
         self.metrics.connections.set(len(self.sessions))
 
+    def announce(self, channel: str, frame: bytes) -> int:
+        """Send one control frame to every subscriber of ``channel``; how many got it."""
+        sessions = list(self._listeners.get(channel, ()))
+        for session in sessions:
+            session.push(frame)
+        return len(sessions)
+
     def subscriber_counts(self) -> dict[str, int]:
         """Subscribers per channel that has any (for the stats)."""
         return {channel: len(sessions) for channel, sessions in self._listeners.items() if sessions}

@@ -106,6 +106,12 @@ class Metrics:
             "Resumes from before the oldest kept tweet (told where history starts)",
             registry=r,
         )
+        self.deleted = Counter(
+            "relay_deletion_requests",
+            "Deletion requests applied, by outcome (deleted, not_stored)",
+            ["outcome"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "relay_source_rate_limited", "Recent searches the X API answered 429", registry=r
         )

@@ -161,6 +161,11 @@ def history_start(channel: str, epoch: str, seq: int) -> bytes:
     return _frame({"type": "history_start", "channel": channel, "epoch": epoch, "seq": seq})
 
 
+def deleted(channel: str, tweet_id: str, seq: int) -> bytes:
+    """The tweet ``tweet_id`` (``seq``) was deleted: a client drops its copy."""
+    return _frame({"type": "deleted", "channel": channel, "id": tweet_id, "seq": seq})
+
+
 def refresh_required(expires_at: float, deadline: float) -> bytes:
     """The token expires at ``expires_at``; send ``refresh`` before ``deadline``."""
     return _frame(

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from relay.deletions import Deleted
     from relay.query import Condition, TweetQuery
     from relay.tweets import Tweet
 
@@ -186,6 +187,20 @@ class Store(Protocol):
     async def checkpoint(self) -> None:
         """Give back what large deletes left behind (SQLite: the WAL; PostgreSQL: its
         autovacuum does, nothing to do)."""
+        ...
+
+    async def apply_deletions(self, limit: int) -> list[Deleted]:
+        """Apply up to ``limit`` queued deletion requests in one write transaction (the
+        writer's): each tweet goes with its search entry, rule memberships and lone
+        author; each request is added to the record, found or not."""
+        ...
+
+    async def deletions_after(self, after: int, limit: int) -> list[Deleted]:
+        """The record of applied requests past ``after``, in the writer's order."""
+        ...
+
+    async def last_deletion(self) -> int:
+        """The newest entry of the record (0 when none)."""
         ...
 
     async def get_state(self, key: str) -> str | None:

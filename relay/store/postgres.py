@@ -38,9 +38,18 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from relay.deletions import Deleted
 from relay.errors import QueryTimeout, StoreError, StoreNotReady
 from relay.query import Condition, TweetQuery
-from relay.store import AppendResult, Store, StoredTweet, StoreStats, Trimmed, postgres_query
+from relay.store import (
+    AppendResult,
+    Store,
+    StoredTweet,
+    StoreStats,
+    Trimmed,
+    postgres_deletions,
+    postgres_query,
+)
 from relay.store.postgres_conn import (
     configure_types,
     connect,
@@ -235,6 +244,17 @@ class PostgresStore:
                 cur, through_seq=through_seq, received_before=received_before, limit=limit
             )
         )
+
+    async def apply_deletions(self, limit: int) -> list[Deleted]:
+        if not self._writer_mode:
+            raise StoreError("not the active writer: opened as a reader")
+        return await self._writer.write(lambda cur: postgres_deletions.apply_pending(cur, limit))
+
+    async def deletions_after(self, after: int, limit: int) -> list[Deleted]:
+        return await self._read(lambda cur: postgres_deletions.deletions_after(cur, after, limit))
+
+    async def last_deletion(self) -> int:
+        return await self._read(postgres_deletions.last_deletion)
 
     async def checkpoint(self) -> None:
         """Nothing: PostgreSQL's autovacuum reclaims deleted rows by itself."""

@@ -74,7 +74,20 @@ _MIGRATION_3 = [
     "(to_tsvector('simple'::regconfig, regexp_replace(text, '[[:punct:]]+', ' ', 'g')))",
 ]
 
-MIGRATIONS: list[list[str]] = [_MIGRATION_1, _MIGRATION_2, _MIGRATION_3]
+_MIGRATION_4 = [
+    # Deletion requests (relay delete) and the record of what they removed.
+    """CREATE TABLE deletions (
+        n bigserial PRIMARY KEY,
+        tweet_id text NOT NULL,
+        requested_at timestamptz NOT NULL DEFAULT now(),
+        applied_n bigint UNIQUE,
+        applied_at timestamptz,
+        seq bigint,
+        channels text[])""",
+    "CREATE INDEX deletions_pending ON deletions (n) WHERE applied_n IS NULL",
+]
+
+MIGRATIONS: list[list[str]] = [_MIGRATION_1, _MIGRATION_2, _MIGRATION_3, _MIGRATION_4]
 """Schema changes in order; the ``schema_version`` row records how many have run."""
 
 SCHEMA: dict[str, set[str]] = {
@@ -85,6 +98,7 @@ SCHEMA: dict[str, set[str]] = {
     "source_state": {"key", "value"},
     "rules": {"tag", "first_seq"},
     "writer_lease": {"name", "holder", "generation", "expires_at"},
+    "deletions": {"n", "tweet_id", "requested_at", "applied_n", "applied_at", "seq", "channels"},
 }
 """The tables and columns the relay reads and writes: checked after migrating."""
 

@@ -34,10 +34,12 @@ from typing import Any, TypeVar
 
 import orjson
 
+from relay.deletions import Deleted
 from relay.errors import StoreError, StoreNotReady
 from relay.query import Condition, TweetQuery
 from relay.store import AppendResult, StoredTweet, StoreStats, Trimmed, parse_time, sqlite_query
 from relay.store.file_lock import WriterLock, describe_self
+from relay.store.sqlite_deletions import apply_pending, deletions_after, last_deletion
 from relay.store.sqlite_retention import checkpoint, trim_oldest
 from relay.store.sqlite_schema import MIGRATIONS as MIGRATIONS  # re-exported
 from relay.store.sqlite_schema import check_schema, migrate
@@ -380,6 +382,16 @@ class SQLiteStore:
                 indexed=self.search_indexed,
             )
         )
+
+    async def apply_deletions(self, limit: int) -> list[Deleted]:
+        now = time_from_unix(time.time())
+        return await self._write(lambda conn: apply_pending(conn, limit, self.search_indexed, now))
+
+    async def deletions_after(self, after: int, limit: int) -> list[Deleted]:
+        return await self._read(lambda conn: deletions_after(conn, after, limit))
+
+    async def last_deletion(self) -> int:
+        return await self._read(last_deletion)
 
     async def checkpoint(self) -> None:
         if self.path != ":memory:":

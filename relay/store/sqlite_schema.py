@@ -76,6 +76,24 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_4(db: sqlite_utils.Database) -> None:
+    # Deletion requests (relay delete) and the record of what they removed: the queue is
+    # written by any process, applied by the writer, read by the serving processes.
+    db.execute(
+        """CREATE TABLE deletions (
+            n INTEGER PRIMARY KEY AUTOINCREMENT,
+            tweet_id TEXT NOT NULL,
+            requested_at TEXT NOT NULL,
+            applied_n INTEGER UNIQUE,
+            applied_at TEXT,
+            seq INTEGER,
+            channels TEXT)"""
+    )
+    # applied_n numbers what the writer applied in its commit order (the record serving
+    # processes read); a request's own n may commit out of order on PostgreSQL.
+    db.execute("CREATE INDEX deletions_pending ON deletions (n) WHERE applied_n IS NULL")
+
+
 SEARCH_MARK = "search_indexed_seq"
 """The ``meta`` key of the highest seq whose text the full-text index holds."""
 
@@ -83,6 +101,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
+    _migration_4,
 ]
 """Schema changes in order; ``PRAGMA user_version`` records how many have run."""
 
@@ -93,6 +112,7 @@ SCHEMA: dict[str, set[str]] = {
     "users": {"id", "username", "name", "object", "updated_at"},
     "source_state": {"key", "value"},
     "rules": {"tag", "first_seq"},
+    "deletions": {"n", "tweet_id", "requested_at", "applied_n", "applied_at", "seq", "channels"},
 }
 """The tables and columns the relay reads and writes: checked at open, so another
 application's database is refused in one line instead of failing later."""
