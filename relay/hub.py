@@ -80,6 +80,8 @@ class Hub:
         self._dirty: deque[Session] = deque()
         """Sessions with frames of a publish still to write, in turn."""
         self._flush_handle: asyncio.Handle | None = None
+        self.latest_stats: bytes | None = None
+        """The last ``$stats`` frame, sent at once to a new subscriber."""
 
     @property
     def epoch(self) -> str:
@@ -103,6 +105,10 @@ class Hub:
         for session in sessions:
             session.push(frame)
         return len(sessions)
+
+    def publish_stats(self, sample: dict[str, Any]) -> None:
+        self.latest_stats = protocol.stats(sample)
+        self.announce(protocol.STATS_CHANNEL, self.latest_stats)
 
     def subscriber_counts(self) -> dict[str, int]:
         """Subscribers per channel that has any (for the stats)."""
@@ -218,6 +224,20 @@ class Hub:
                     "already_subscribed", f"already subscribed to {channel}", "subscribe", ref
                 )
             )
+            return
+        if channel == protocol.STATS_CHANNEL:
+            if requested is not None or since is not None:
+                session.push(
+                    protocol.error(
+                        "bad_request", "$stats takes no filters and no since", "subscribe", ref
+                    )
+                )
+                return
+            session.subscriptions[channel] = Subscription(channel, None, None)
+            self._listeners.setdefault(channel, set()).add(session)
+            session.push(protocol.subscribed(channel, self.epoch, self.head, 0, ref))
+            if self.latest_stats is not None:
+                session.push(self.latest_stats)
             return
         sub = Subscription(channel, tweet_filter, requested)
         session.subscriptions[channel] = sub

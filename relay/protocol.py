@@ -85,17 +85,21 @@ def decode(frame: str | bytes) -> Op:
     return Op(op, channel=channel, since=since, ref=ref, extra=extra)
 
 
+STATS_CHANNEL = "$stats"
+"""The process's stats every few seconds (public like /v1/info; no tweets, no resume)."""
+
+
 def channel_name(value: Any, op: str | None = None, ref: Any = None) -> str:
-    """Check a channel name: ``tweets`` or ``rule:<key>``."""
+    """Check a channel name: ``tweets``, ``rule:<key>`` or ``$stats``."""
     if not isinstance(value, str):
         raise ProtocolError("bad_request", "channel must be a string", op=op, ref=ref)
-    if value == ALL_CHANNEL:
+    if value in (ALL_CHANNEL, STATS_CHANNEL):
         return value
     if value.startswith(RULE_PREFIX) and _RULE_KEY.fullmatch(value[len(RULE_PREFIX) :]):
         return value
     raise ProtocolError(
         "unknown_channel",
-        f"unknown channel {value[:64]!r}: use 'tweets' or 'rule:<tag>'",
+        f"unknown channel {value[:64]!r}: use 'tweets', 'rule:<tag>' or '$stats'",
         op=op,
         ref=ref,
     )
@@ -159,6 +163,10 @@ def reset(channel: str, epoch: str, seq: int) -> bytes:
 def history_start(channel: str, epoch: str, seq: int) -> bytes:
     """Kept history starts at ``seq``: retention deleted the older tweets a resume asked for."""
     return _frame({"type": "history_start", "channel": channel, "epoch": epoch, "seq": seq})
+
+
+def stats(sample: dict[str, Any]) -> bytes:
+    return _frame({**sample, "type": "stats", "channel": STATS_CHANNEL})
 
 
 def deleted(channel: str, tweet_id: str, seq: int) -> bytes:

@@ -269,7 +269,8 @@ class StreamServer:
     def _subscribe(self, session: Session, op: protocol.Op) -> None:
         assert op.channel is not None
         grant: Grant | None = session.state["grant"]
-        self.policy.check_read(grant, op.channel)
+        if op.channel != protocol.STATS_CHANNEL:  # public, like /v1/info
+            self.policy.check_read(grant, op.channel)
         if op.channel not in session.subscriptions and len(session.subscriptions) >= (
             self.policy.limit(grant, "max_subscriptions")
         ):

@@ -83,6 +83,8 @@ class StatsSampler:
                 ),
             },
         }
+        if hub is not None:
+            hub.publish_stats(self.latest)
         return self.latest
 
     async def current(self) -> dict[str, Any]:

@@ -235,3 +235,19 @@ def test_the_terminal_client_prints_every_tweet_of_its_channel_in_order_across_a
     expected = [t["seq"] for t in stored["results"]]  # type: ignore[union-attr]
     assert got == expected[: len(got)], "the client missed or repeated a tweet of its channel"
     assert all("cats" in t["rules"] for t in lines)
+
+
+def test_the_stats_panel_shows_the_relay_stats_live(
+    page: Any, tmp_path: Path, recording: Path, processes: list[RelayProcess]
+) -> None:
+    relay = start(tmp_path, recording, processes, 0)
+    page.goto(relay.url + "/")
+    # The first frame is the last sample (taken before the page came); the next counts it.
+    page.wait_for_function(
+        "window.relayDemo.stats && window.relayDemo.stats.connections >= 1",
+        timeout=12 * UNIT * 1000,
+    )
+    assert page.locator("#stats").is_visible()
+    assert int(page.locator("#stats-connections").inner_text()) >= 1
+    assert int(page.locator("#stats-head").inner_text()) >= 1
+    assert page.locator("#stats-size").inner_text().endswith(("KB", "MB"))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
+import orjson
 import pytest
 
+from relay.config import Settings
 from relay.errors import StoreError
 from relay.housekeeping import Housekeeping
 from relay.metrics import Metrics
@@ -17,6 +21,7 @@ from tests.support import (
     receive_tweets,
     stream_line,
     subscribe,
+    ws_connect,
 )
 
 
@@ -82,3 +87,33 @@ def test_a_job_that_may_pass_is_counted_and_one_that_fails_for_good_stops_the_re
     assert [type(exc) for exc in failures] == [ValueError]
     assert counted(metrics.job_failures, job="flaky") >= 2
     assert counted(metrics.job_failures, job="broken") == 1
+
+
+def test_the_stats_channel_is_public_and_gets_every_sample(
+    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+) -> None:
+    settings = make_settings(public_channels=["rule:cats"], secret="s" * 32)
+    relay = start_relay(settings, source=PushSource())
+    sampler = relay.relay.stats
+    assert sampler is not None
+    relay.call(sampler.sample())
+    ws, subscribed = subscribe(relay.ws_url, "$stats")  # no grant needed, like /v1/info
+    with ws:
+        assert subscribed["channel"] == "$stats"
+        latest = orjson.loads(ws.recv(timeout=UNIT))  # the last sample at once
+        assert (latest["type"], latest["channel"]) == ("stats", "$stats")
+        sample = relay.call(sampler.sample())
+        frame = orjson.loads(ws.recv(timeout=UNIT))
+        assert frame == {**sample, "type": "stats", "channel": "$stats"}
+        assert frame["subscribers"] == {"$stats": 1} and frame["connections"] == 1
+        ws.send(orjson.dumps({"op": "subscribe", "channel": "tweets"}).decode())
+        refused = orjson.loads(ws.recv(timeout=UNIT))
+        assert (refused["type"], refused["code"]) == ("error", "unauthorized")
+
+
+def test_the_stats_channel_takes_no_filters_or_since(pushed: tuple[RunningRelay, Any]) -> None:
+    relay, _ = pushed
+    with ws_connect(relay.ws_url) as ws:
+        ws.send(orjson.dumps({"op": "subscribe", "channel": "$stats", "filters": {}}).decode())
+        frame = orjson.loads(ws.recv(timeout=UNIT))
+        assert (frame["type"], frame["code"]) == ("error", "bad_request")

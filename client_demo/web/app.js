@@ -104,6 +104,7 @@ async function connect() {
       op.since = { epoch: state.epoch, seq: state.seq };
     }
     ws.send(JSON.stringify(op));
+    ws.send(JSON.stringify({ op: "subscribe", channel: "$stats" }));
   };
   ws.onmessage = (message) => {
     if (ws !== state.ws) return;
@@ -131,7 +132,38 @@ function retry(why) {
   state.retryTimer = setTimeout(connect, delay);
 }
 
+function humanBytes(n) {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return (i ? n.toFixed(1) : n) + " " + units[i];
+}
+
+function humanAge(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 120) return Math.round(seconds) + " s";
+  if (seconds < 7200) return Math.round(seconds / 60) + " min";
+  if (seconds < 172800) return Math.round(seconds / 3600) + " h";
+  return Math.round(seconds / 86400) + " d";
+}
+
+function showStats(stats) {
+  // The serving process's own figures (several processes: each reports its own).
+  $("stats").hidden = false;
+  $("stats-in").textContent = stats.tweets_in_per_second.toFixed(1);
+  $("stats-out").textContent = stats.frames_out_per_second.toFixed(1);
+  $("stats-connections").textContent = stats.connections;
+  $("stats-head").textContent = stats.head_seq;
+  $("stats-size").textContent = humanBytes(stats.store.size_bytes);
+  $("stats-oldest").textContent = humanAge(stats.store.oldest_age_seconds);
+  window.relayDemo.stats = stats;
+}
+
 function handleFrame(frame) {
+  if (frame.channel === "$stats") {
+    if (frame.type === "stats") showStats(frame);
+    return;
+  }
   switch (frame.type) {
     case "subscribed":
       state.attempt = 0;
