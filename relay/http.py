@@ -242,6 +242,7 @@ class HttpApi:
         HEAD is answered as GET; the caller sends the headers only.
         """
         started = time.monotonic()
+        refusal = ""
         parts = urlsplit(target)
         path = parts.path.rstrip("/") or "/"
         route = path if path in self._routes else "other"
@@ -261,7 +262,9 @@ class HttpApi:
                 route = "static"
                 reply = self._static(path, headers)
         except ClientError as exc:
-            if self._sampler.allow(self.clock()):
+            refusal = exc.message[:200]
+            # With the access log on, its line says why: one line a refused request.
+            if not self.access_log and self._sampler.allow(self.clock()):
                 log.info("%.10s %s -> %d: %.200s", method, redact(target), exc.status, exc.message)
             reply = error_reply(exc)
         except StoreError as exc:  # the database is down or restarting: not the client's fault
@@ -277,10 +280,11 @@ class HttpApi:
         reply = await self._encode(reply, headers)
         if self.access_log:
             access_log.info(
-                "%.10s %s %d",
+                "%.10s %s %d%s",
                 method,
                 redact(target),
                 reply.status,
+                f": {refusal}" if refusal else "",
                 extra={
                     "client": client,
                     "method": method[:10],
