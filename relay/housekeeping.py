@@ -10,6 +10,7 @@ traceback every interval.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ class Housekeeping:
         self.on_failure = on_failure
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self._logged = LogSampler(what="failed housekeeping runs")
+        self._stopped = False
 
     def every(self, seconds: float, name: str, job: Job, *, first: float | None = None) -> None:
         """Run ``job`` every ``seconds`` (first after ``first`` seconds, default one period)."""
@@ -48,13 +50,21 @@ class Housekeeping:
         )
 
     async def _run(self, name: str, job: Job) -> None:
+        if self._stopped:
+            return
         try:
             await job()
+        except asyncio.CancelledError:
+            return  # the relay is stopping: the store cancelled what was in flight
         except StoreError as exc:
+            if self._stopped:
+                return
             self.metrics.job_failures.labels(name).inc()
             if self._logged.allow(time.monotonic()):
                 log.warning("%s failed, retried at its next run: %s", name, exc)
         except Exception as exc:
+            if self._stopped:
+                return
             self.metrics.job_failures.labels(name).inc()
             log.error("%s failed for good: %s", name, exc, exc_info=True)
             self.on_failure(exc)
@@ -64,5 +74,6 @@ class Housekeeping:
         self.scheduler.start()
 
     def stop(self) -> None:
+        self._stopped = True
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
