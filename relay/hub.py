@@ -31,18 +31,23 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from relay import protocol
 from relay.protocol import Position
-from relay.session import ChannelBatch, Session, SessionClosed, Subscription, wanted
-from relay.store import Store, StoredTweet
+from relay.session import ChannelBatch, Session, SessionClosed, Subscription
+from relay.store import Store, StoredBody, StoredTweet
 
 if TYPE_CHECKING:
     from relay.filters import TweetFilter
     from relay.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+_Page = tuple[list[StoredBody], int, "TweetFilter | None"]
+"""A catch-up page: its rows, the seq the read looked up to, the filter it was read with."""
+_body = itemgetter(1)
 
 CATCH_UP_PAGE = 1000
 """Most tweets one catch-up read takes from the store (also bounded in bytes: half
@@ -308,47 +313,52 @@ class Hub:
         """
         channel = sub.channel
         page_bytes = max(1, session.limit // 2)
-        ahead: asyncio.Future[tuple[list[StoredTweet], int]] | None = None
+        ahead: asyncio.Future[_Page] | None = None
         try:
             while last < head:
                 if ahead is None:
                     ahead = asyncio.ensure_future(self._page(sub, last, head, page_bytes))
-                page, until = await ahead
+                rows, until, read_with = await ahead
                 ahead = None
-                frames = []
-                for tweet in page:
-                    last = tweet.seq
-                    if wanted(sub, tweet):
-                        frames.append(
-                            (protocol.tweet_frame(channel, tweet.seq, tweet.body), tweet.seq)
-                        )
-                if len(page) < CATCH_UP_PAGE and sum(len(t.body) for t in page) < page_bytes:
-                    last = until  # a short page: no other match up to until (Store.read_after)
-                if last < head:
-                    ahead = asyncio.ensure_future(self._page(sub, last, head, page_bytes))
+                # The store applied the filter (Store.read_bodies): every row is wanted.
+                frames = protocol.tweet_frames(channel, rows)
+                seqs = [seq for seq, _ in rows]
+                after = seqs[-1] if seqs else last
+                if len(rows) < CATCH_UP_PAGE and sum(map(len, map(_body, rows))) < page_bytes:
+                    after = until  # a short page: no other match up to until (Store.read_after)
+                if after < head:
+                    ahead = asyncio.ensure_future(self._page(sub, after, head, page_bytes))
                 await session.wait_room()
                 if session.closed:
                     raise SessionClosed
-                session.send_now(frames)  # one write for the page
-                self.metrics.recovered.inc(len(page))
+                if read_with is not sub.filter:
+                    # A refresh changed the filter while this page was read or waited for
+                    # room: read it again under the filter now in force.
+                    if ahead is not None:
+                        ahead.cancel()
+                        ahead = None
+                    continue
+                session.send_now(zip(frames, seqs, strict=True))  # one write for the page
+                last = after
+                self.metrics.recovered.inc(len(rows))
         finally:
             if ahead is not None:
                 ahead.cancel()  # a read of a page nobody will send
         return last
 
-    async def _page(
-        self, sub: Subscription, last: int, head: int, page_bytes: int
-    ) -> tuple[list[StoredTweet], int]:
-        """One page of the channel's stored tweets after ``last``, and how far it looked."""
+    async def _page(self, sub: Subscription, last: int, head: int, page_bytes: int) -> _Page:
+        """One page of the channel's stored tweets after ``last``, how far it looked, and
+        the filter it was read with."""
         # The filter goes to the store, so tweets it refuses are never read out; taken
-        # afresh for each page, as a refresh may narrow it. wanted() still checks.
-        conditions = sub.filter.conditions() if sub.filter is not None else ()
+        # afresh for each page, as a refresh may narrow it.
+        read_with = sub.filter
+        conditions = read_with.conditions() if read_with is not None else ()
         until = min(head, last + self.catch_up_scan) if conditions else head
         async with self._reads:
-            page = await self.store.read_after(
+            rows = await self.store.read_bodies(
                 sub.channel, last, until, CATCH_UP_PAGE, max_bytes=page_bytes, conditions=conditions
             )
-        return page, until
+        return rows, until, read_with
 
     @staticmethod
     def _go_live(session: Session, sub: Subscription, after: int | None) -> None:

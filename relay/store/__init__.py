@@ -31,6 +31,11 @@ class StoredTweet:
     text: str = ""
 
 
+StoredBody = tuple[int, bytes]
+"""A stored tweet's seq and its served object: all a catch-up sends (a plain tuple, the
+row as the database gives it, so a page of them costs no object a tweet)."""
+
+
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     stored: list[StoredTweet]
@@ -97,6 +102,20 @@ class Store(Protocol):
         add up to less than ``max_bytes`` holds every match up to ``until``: the next
         read may start at ``until``.
         """
+        ...
+
+    async def read_bodies(
+        self,
+        channel: str,
+        after: int,
+        until: int,
+        limit: int,
+        *,
+        max_bytes: int | None = None,
+        conditions: Sequence[Condition] = (),
+    ) -> list[StoredBody]:
+        """What :meth:`read_after` reads, as ``(seq, body)`` only: the same rows, the same
+        limits and the same promise about a short page; no channels and no filter fields."""
         ...
 
     async def count_after(

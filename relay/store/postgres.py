@@ -39,7 +39,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from relay.errors import QueryTimeout, StoreError, StoreNotReady
 from relay.query import Condition, TweetQuery
-from relay.store import AppendResult, Store, StoredTweet, postgres_query
+from relay.store import AppendResult, Store, StoredBody, StoredTweet, postgres_query
 from relay.store.postgres_conn import (
     configure_types,
     connect,
@@ -306,6 +306,34 @@ class PostgresStore:
                 if max_bytes is not None and size >= max_bytes:
                     break
             return page
+
+        return await self._read(run)
+
+    async def read_bodies(
+        self,
+        channel: str,
+        after: int,
+        until: int,
+        limit: int,
+        *,
+        max_bytes: int | None = None,
+        conditions: Sequence[Condition] = (),
+    ) -> list[StoredBody]:
+        sql, params = postgres_query.channel_range(channel, "seq, object", after, until, conditions)
+        query = (sql + " ORDER BY seq LIMIT %s").encode()
+
+        async def run(cur: Cursor) -> list[StoredBody]:
+            await cur.execute(query, [*params, limit])
+            # The whole result is on the client already: one call, not an await a row.
+            rows: list[StoredBody] = await cur.fetchall()
+            if max_bytes is None:
+                return rows
+            size = 0
+            for count, (_, body) in enumerate(rows, 1):
+                size += len(body)
+                if size >= max_bytes:
+                    return rows[:count]
+            return rows
 
         return await self._read(run)
 

@@ -35,7 +35,7 @@ import orjson
 
 from relay.errors import StoreError, StoreNotReady
 from relay.query import Condition, TweetQuery
-from relay.store import AppendResult, StoredTweet, sqlite_query
+from relay.store import AppendResult, StoredBody, StoredTweet, sqlite_query
 from relay.store.file_lock import WriterLock, describe_self
 from relay.store.sqlite_schema import MIGRATIONS as MIGRATIONS  # re-exported
 from relay.store.sqlite_schema import check_schema, migrate
@@ -446,6 +446,42 @@ class SQLiteStore:
                 )
                 size += len(encoded)
                 if max_bytes is not None and size >= max_bytes:
+                    break
+            return page
+
+        return await self._read(run)
+
+    async def read_bodies(
+        self,
+        channel: str,
+        after: int,
+        until: int,
+        limit: int,
+        *,
+        max_bytes: int | None = None,
+        conditions: Sequence[Condition] = (),
+    ) -> list[StoredBody]:
+        # Two columns, and the rows kept as the cursor makes them: a catch-up page costs
+        # a tuple, an int and one copy of the body a tweet (1.3 µs against 4.3-5.4 µs for
+        # read_after's decoded rules and StoredTweet). CAST: bodies written before schema
+        # version 3 are TEXT; as BLOB they come out as bytes too, without a Python test.
+        sql, params = sqlite_query.channel_range(
+            channel, "seq, CAST(object AS BLOB)", after, until, conditions
+        )
+        sql += " ORDER BY seq LIMIT ?"
+        params = (*params, limit)
+
+        def run(conn: sqlite3.Connection) -> list[StoredBody]:
+            cursor = conn.execute(sql, params)
+            if max_bytes is None:
+                return cursor.fetchall()
+            page: list[StoredBody] = []
+            append = page.append
+            size = 0
+            for row in cursor:  # a byte budget stops the read early
+                append(row)
+                size += len(row[1])
+                if size >= max_bytes:
                     break
             return page
 
