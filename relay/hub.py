@@ -31,13 +31,13 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
-from operator import itemgetter
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from relay import protocol
 from relay.protocol import Position
 from relay.session import ChannelBatch, Session, SessionClosed, Subscription
-from relay.store import Store, StoredBody, StoredTweet
+from relay.store import BodyPage, Store, StoredTweet
 
 if TYPE_CHECKING:
     from relay.filters import TweetFilter
@@ -45,9 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_Page = tuple[list[StoredBody], int, "TweetFilter | None"]
-"""A catch-up page: its rows, the seq the read looked up to, the filter it was read with."""
-_body = itemgetter(1)
+_Page = tuple[BodyPage[bytes], int, "TweetFilter | None"]
+"""A catch-up page: its frames, the seq the read looked up to, the filter it was read with."""
 
 CATCH_UP_PAGE = 1000
 """Most tweets one catch-up read takes from the store (also bounded in bytes: half
@@ -311,20 +310,16 @@ class Hub:
         the buffer; the next page is read while the client takes this one, so the client
         never waits for the store (one page ahead: at most the buffer's worth held).
         """
-        channel = sub.channel
         page_bytes = max(1, session.limit // 2)
         ahead: asyncio.Future[_Page] | None = None
         try:
             while last < head:
                 if ahead is None:
                     ahead = asyncio.ensure_future(self._page(sub, last, head, page_bytes))
-                rows, until, read_with = await ahead
+                page, until, read_with = await ahead
                 ahead = None
-                # The store applied the filter (Store.read_bodies): every row is wanted.
-                page = protocol.tweet_page(channel, rows)
-                after = rows[-1][0] if rows else last
-                if len(rows) < CATCH_UP_PAGE and sum(map(len, map(_body, rows))) < page_bytes:
-                    after = until  # a short page: no other match up to until (Store.read_after)
+                # A complete page holds every match up to until (Store.read_bodies).
+                after = until if page.complete else page.last
                 if after < head:
                     ahead = asyncio.ensure_future(self._page(sub, after, head, page_bytes))
                 await session.wait_room()
@@ -337,28 +332,37 @@ class Hub:
                         ahead.cancel()
                         ahead = None
                     continue
-                if rows:
-                    session.send_page(page, len(rows), after)  # one write for the page
+                if page.count:
+                    # The frames of the page, built by the store's reader, in one write.
+                    session.send_page(page.built, page.count, page.last)
+                    self.metrics.recovered.inc(page.count)
                 last = after
-                self.metrics.recovered.inc(len(rows))
         finally:
             if ahead is not None:
                 ahead.cancel()  # a read of a page nobody will send
         return last
 
     async def _page(self, sub: Subscription, last: int, head: int, page_bytes: int) -> _Page:
-        """One page of the channel's stored tweets after ``last``, how far it looked, and
-        the filter it was read with."""
-        # The filter goes to the store, so tweets it refuses are never read out; taken
-        # afresh for each page, as a refresh may narrow it.
+        """One page of the channel's stored tweets after ``last`` as frames, how far it
+        looked, and the filter it was read with."""
+        # The filter goes to the store, so tweets it refuses are never read out (the
+        # store's conditions mean what TweetFilter.matches means); taken afresh for each
+        # page, as a refresh may narrow it.
         read_with = sub.filter
         conditions = read_with.conditions() if read_with is not None else ()
         until = min(head, last + self.catch_up_scan) if conditions else head
+        channel = sub.channel
         async with self._reads:
-            rows = await self.store.read_bodies(
-                sub.channel, last, until, CATCH_UP_PAGE, max_bytes=page_bytes, conditions=conditions
+            page = await self.store.read_bodies(
+                channel,
+                last,
+                until,
+                CATCH_UP_PAGE,
+                partial(protocol.tweet_page, channel),
+                max_bytes=page_bytes,
+                conditions=conditions,
             )
-        return rows, until, read_with
+        return page, until, read_with
 
     @staticmethod
     def _go_live(session: Session, sub: Subscription, after: int | None) -> None:

@@ -39,7 +39,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from relay.errors import QueryTimeout, StoreError, StoreNotReady
 from relay.query import Condition, TweetQuery
-from relay.store import AppendResult, Store, StoredBody, StoredTweet, postgres_query
+from relay.store import AppendResult, BodyPage, Store, StoredBody, StoredTweet, postgres_query
 from relay.store.postgres_conn import (
     configure_types,
     connect,
@@ -315,10 +315,11 @@ class PostgresStore:
         after: int,
         until: int,
         limit: int,
+        build: Callable[[list[StoredBody]], T],
         *,
         max_bytes: int | None = None,
         conditions: Sequence[Condition] = (),
-    ) -> list[StoredBody]:
+    ) -> BodyPage[T]:
         sql, params = postgres_query.channel_range(channel, "seq, object", after, until, conditions)
         query = (sql + " ORDER BY seq LIMIT %s").encode()
 
@@ -326,16 +327,21 @@ class PostgresStore:
             await cur.execute(query, [*params, limit])
             # The whole result is on the client already: one call, not an await a row.
             rows: list[StoredBody] = await cur.fetchall()
-            if max_bytes is None:
-                return rows
+            return rows
+
+        rows = await self._read(run)
+        cut = False
+        if max_bytes is not None:
             size = 0
             for count, (_, body) in enumerate(rows, 1):
                 size += len(body)
                 if size >= max_bytes:
-                    return rows[:count]
-            return rows
-
-        return await self._read(run)
+                    cut = True
+                    del rows[count:]
+                    break
+        count = len(rows)
+        last = rows[-1][0] if rows else 0
+        return BodyPage(build(rows), count, last, not cut and count < limit)
 
     async def count_after(
         self, channel: str, after: int, until: int, *, cap: int | None = None
