@@ -21,8 +21,11 @@ Catch-ups are bounded: one at a time per connection (in the order asked), a
 fixed number of store reads at once overall, small pages read only when the
 client has taken most of what it was sent (the transport's buffer drained to a
 quarter of the send buffer), written coalesced, and ``recovered`` counted up to a cap.
-A subscription's filter is tested in the store, over windows of at most
-``CATCH_UP_SCAN`` seqs: a filter that matches nothing reads no tweet out.
+A page is read as ``(seq, body)`` rows and turned into its frames, end to end in one
+bytes object, where the store reads it (:meth:`Store.read_bodies`): the loop only
+writes it. A subscription's filter is tested in the store, over windows of at most
+``CATCH_UP_SCAN`` seqs: a filter that matches nothing reads no tweet out; a page read
+under a filter that a refresh has since replaced is read again.
 """
 
 from __future__ import annotations
