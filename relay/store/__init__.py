@@ -132,8 +132,8 @@ class Store(Protocol):
         conditions: Sequence[Condition] = (),
     ) -> BodyPage[T]:
         """The rows :meth:`read_after` reads, as ``(seq, body)`` only, handed to ``build``
-        where the store reads them (a reader thread: a catch-up's frames are built off the
-        event loop); ``build`` must be pure and must not keep the list."""
+        where the store reads them (SQLite: in its reader thread, so a catch-up's frames
+        are built off the event loop); ``build`` must be pure and must not keep the list."""
         ...
 
     async def count_after(
