@@ -21,8 +21,11 @@ Catch-ups are bounded: one at a time per connection (in the order asked), a
 fixed number of store reads at once overall, small pages read only when the
 client has taken most of what it was sent (the transport's buffer drained to a
 quarter of the send buffer), written coalesced, and ``recovered`` counted up to a cap.
-A subscription's filter is tested in the store, over windows of at most
-``CATCH_UP_SCAN`` seqs: a filter that matches nothing reads no tweet out.
+A page is read as ``(seq, body)`` rows and turned into its frames, end to end in one
+bytes object, where the store reads it (:meth:`Store.read_bodies`): the loop only
+writes it. A subscription's filter is tested in the store, over windows of at most
+``CATCH_UP_SCAN`` seqs: a filter that matches nothing reads no tweet out; a page read
+under a filter that a refresh has since replaced is read again.
 """
 
 from __future__ import annotations
@@ -31,18 +34,22 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from relay import protocol
 from relay.protocol import Position
-from relay.session import ChannelBatch, Session, SessionClosed, Subscription, wanted
-from relay.store import Store, StoredTweet
+from relay.session import ChannelBatch, Session, SessionClosed, Subscription
+from relay.store import BodyPage, Store, StoredTweet
 
 if TYPE_CHECKING:
     from relay.filters import TweetFilter
     from relay.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+_Page = tuple[BodyPage[bytes], int, "TweetFilter | None"]
+"""A catch-up page: its frames, the seq the read looked up to, the filter it was read with."""
 
 CATCH_UP_PAGE = 1000
 """Most tweets one catch-up read takes from the store (also bounded in bytes: half
@@ -341,49 +348,59 @@ class Hub:
         the buffer; the next page is read while the client takes this one, so the client
         never waits for the store (one page ahead: at most the buffer's worth held).
         """
-        channel = sub.channel
         page_bytes = max(1, session.limit // 2)
-        ahead: asyncio.Future[tuple[list[StoredTweet], int]] | None = None
+        ahead: asyncio.Future[_Page] | None = None
         try:
             while last < head:
                 if ahead is None:
                     ahead = asyncio.ensure_future(self._page(sub, last, head, page_bytes))
-                page, until = await ahead
+                page, until, read_with = await ahead
                 ahead = None
-                frames = []
-                for tweet in page:
-                    last = tweet.seq
-                    if wanted(sub, tweet):
-                        frames.append(
-                            (protocol.tweet_frame(channel, tweet.seq, tweet.body), tweet.seq)
-                        )
-                if len(page) < CATCH_UP_PAGE and sum(len(t.body) for t in page) < page_bytes:
-                    last = until  # a short page: no other match up to until (Store.read_after)
-                if last < head:
-                    ahead = asyncio.ensure_future(self._page(sub, last, head, page_bytes))
+                # A complete page holds every match up to until (Store.read_bodies).
+                after = until if page.complete else page.last
+                if after < head:
+                    ahead = asyncio.ensure_future(self._page(sub, after, head, page_bytes))
                 await session.wait_room()
                 if session.closed:
                     raise SessionClosed
-                session.send_now(frames)  # one write for the page
-                self.metrics.recovered.inc(len(page))
+                if read_with is not sub.filter:
+                    # A refresh changed the filter while this page was read or waited for
+                    # room: read it again under the filter now in force.
+                    if ahead is not None:
+                        ahead.cancel()
+                        ahead = None
+                    continue
+                if page.count:
+                    # The frames of the page, built by the store's reader, in one write.
+                    session.send_page(page.built, page.count, page.last)
+                    self.metrics.recovered.inc(page.count)
+                last = after
         finally:
             if ahead is not None:
                 ahead.cancel()  # a read of a page nobody will send
         return last
 
-    async def _page(
-        self, sub: Subscription, last: int, head: int, page_bytes: int
-    ) -> tuple[list[StoredTweet], int]:
-        """One page of the channel's stored tweets after ``last``, and how far it looked."""
-        # The filter goes to the store, so tweets it refuses are never read out; taken
-        # afresh for each page, as a refresh may narrow it. wanted() still checks.
-        conditions = sub.filter.conditions() if sub.filter is not None else ()
+    async def _page(self, sub: Subscription, last: int, head: int, page_bytes: int) -> _Page:
+        """One page of the channel's stored tweets after ``last`` as frames, how far it
+        looked, and the filter it was read with."""
+        # The filter goes to the store, so tweets it refuses are never read out (the
+        # store's conditions mean what TweetFilter.matches means); taken afresh for each
+        # page, as a refresh may narrow it.
+        read_with = sub.filter
+        conditions = read_with.conditions() if read_with is not None else ()
         until = min(head, last + self.catch_up_scan) if conditions else head
+        channel = sub.channel
         async with self._reads:
-            page = await self.store.read_after(
-                sub.channel, last, until, CATCH_UP_PAGE, max_bytes=page_bytes, conditions=conditions
+            page = await self.store.read_bodies(
+                channel,
+                last,
+                until,
+                CATCH_UP_PAGE,
+                partial(protocol.tweet_page, channel),
+                max_bytes=page_bytes,
+                conditions=conditions,
             )
-        return page, until
+        return page, until, read_with
 
     @staticmethod
     def _go_live(session: Session, sub: Subscription, after: int | None) -> None:

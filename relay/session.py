@@ -230,6 +230,19 @@ class Session:
             return count
         return 0
 
+    def send_page(self, page: bytes, count: int, last: int) -> None:
+        """Write ``count`` complete frames put end to end in ``page`` (a catch-up page,
+        seqs up to ``last``) after what is pending, in one write."""
+        if self.closed:
+            return
+        self._out.append(page)
+        self._out_seq.append(last)
+        self._out_bytes += len(page)
+        written = len(self._out)
+        if self._write(written):
+            self.metrics.frames_sent.inc(count + written - 1)
+            self.metrics.stream_writes.inc()
+
     def flush_piece(self) -> tuple[int, int]:
         """Write the next piece of pending frames (at most ``piece`` bytes, at least one
         frame) in one write: how many frames and bytes went out."""
@@ -262,8 +275,9 @@ class Session:
                 raise RuntimeError("a fragmented message is being sent")
             if ws.extensions:
                 # Compressed per connection: the library's own framing, still synchronous.
-                for frame in frames:
-                    ws.send_text(protocol.frame_payload(frame))
+                for frame in frames:  # a catch-up page holds several frames
+                    for payload in protocol.frame_payloads(frame):
+                        ws.send_text(payload)
                 conn.send_data()
             else:
                 # Whole frames only: the library's own writes (pongs, pings, close) land

@@ -7,6 +7,8 @@ in the store it equals the tweets the filter passes.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -117,3 +119,55 @@ def test_a_filtered_catch_up_delivers_exactly_what_the_object_api_lists(
     assert 0 < len(listed) < COUNT
     assert resume_until_needle(relay, channel, auth, live)[:-1] == listed
     assert counted(relay.relay.metrics.recovered) == len(listed)  # only matches were read
+
+
+def test_a_page_read_before_a_refresh_narrowed_the_filter_is_read_again(
+    relay: RunningRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first page is read under the first token's filter (en and ja) and held back
+    # until a refresh has pinned ja alone: what the client gets is read under ja.
+    store = relay.relay.store
+    real = store.read_bodies
+    held = threading.Event()
+    gate: asyncio.Event = relay.call(_event())
+    calls = 0
+
+    async def held_first(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        page = await real(*args, **kwargs)
+        calls += 1
+        if calls == 1:
+            held.set()
+            await gate.wait()
+        return page
+
+    monkeypatch.setattr(store, "read_bodies", held_first)
+    wide = token(["tweets"], {"lang": ["en", "ja"]})
+    narrow = token(["tweets"], {"lang": "ja"})
+    secret = narrow["additional_headers"]["Authorization"].removeprefix("Bearer ")
+    listed = [int(t["id"]) for t in relay.all_tweets(token=secret)]
+    ws, _ = subscribe(relay.ws_url, "tweets", since={"epoch": store.epoch, "seq": 0}, **wide)
+    try:
+        assert held.wait(2 * UNIT), "the first page was never read"
+        ws.send(orjson.dumps({"op": "refresh", "token": secret, "id": 1}).decode())
+        assert orjson.loads(ws.recv(timeout=UNIT))["type"] == "refreshed"
+        relay.call(_set(gate))
+        relay.source.push(needle(lang="ja"))  # type: ignore[attr-defined]
+        seqs: list[int] = []
+        deadline = time.monotonic() + 4 * UNIT
+        while not seqs or seqs[-1] != NEEDLE:
+            frame = orjson.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+            if frame["type"] == "tweet":
+                seqs.append(frame["seq"])
+    finally:
+        ws.close()
+    assert seqs[:-1] == listed  # not one en tweet of the page read under the wide filter
+    assert calls > 1
+
+
+async def _event() -> asyncio.Event:
+    return asyncio.Event()
+
+
+async def _set(event: asyncio.Event) -> None:
+    event.set()

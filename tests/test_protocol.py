@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from relay import protocol
@@ -76,3 +77,26 @@ def test_frames_are_built_as_the_library_serializes_them(size: int) -> None:
     body = b'{"text":"' + b"b" * size + b'"}'
     tweet = protocol.tweet("rule:cats", 42, body)
     assert protocol.tweet_frame("rule:cats", 42, body) == protocol.text_frame(tweet)
+
+
+def test_a_catch_up_page_is_the_tweet_frames_end_to_end_and_splits_back() -> None:
+    from websockets.frames import Frame, Opcode
+
+    # Bodies on both sides of each header size (7-bit, 16-bit, 64-bit lengths), seqs of
+    # different widths, and a channel whose name needs JSON escaping.
+    rows = [
+        (seq, b'{"text":"' + b"c" * size + b'"}')
+        for seq, size in [(1, 0), (9, 60), (10, 80), (99_999, 65_400), (2**40, 65_535), (7, 70_000)]
+    ]
+    channel = 'rule:a"b\\é'
+    page = protocol.tweet_page(channel, rows)
+    frames = [protocol.tweet_frame(channel, seq, body) for seq, body in rows]
+    assert page == b"".join(frames)
+    assert frames[0] == Frame(Opcode.TEXT, protocol.tweet(channel, 1, rows[0][1])).serialize(
+        mask=False
+    )
+    payloads = list(protocol.frame_payloads(page))
+    assert payloads == [protocol.tweet(channel, seq, body) for seq, body in rows]
+    assert [orjson.loads(p)["seq"] for p in payloads] == [seq for seq, _ in rows]
+    assert protocol.tweet_page(channel, []) == b""
+    assert list(protocol.frame_payloads(b"")) == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from functools import partial
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ import pytest
 
 from relay.errors import QueryTimeout
 from relay.filters import parse_filter
+from relay.protocol import tweet_frame, tweet_page
 from relay.query import Condition, parse_tweet_query
 from relay.tweets import parse_line
 from tests.pg_server import StoreMaker
@@ -126,6 +128,9 @@ def test_a_pinned_filter_reads_what_the_stream_predicate_passes(
             orjson.loads(t.body)["id"]
             for t in await store.read_after("rule:all", 0, head, 100, conditions=conditions)
         ]
+        # A catch-up's read: the same rows, bodies only.
+        bodies = await store.read_bodies("tweets", 0, head, 100, list, conditions=conditions)
+        assert [orjson.loads(body)["id"] for _, body in bodies.built] == read
         query = parse_tweet_query({"sort": ["seq"], "limit": ["100"]}).narrowed(conditions)
         listed, total = await store.query(query)
         found = [t.id for t in tweets if await store.tweet(t.id, conditions) is not None]
@@ -154,6 +159,39 @@ def test_read_after_stops_at_the_byte_budget_and_counts_stop_past_the_cap(
         assert await store.count_after("rule:python", 0, 4) == 2
         assert await store.highest_tweet_id("python") == "104"
         assert await store.highest_tweet_id("none") is None
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_read_bodies_reads_the_rows_of_read_after_and_says_where_it_stopped(
+    make_store: StoreMaker,
+) -> None:
+    async def run() -> None:
+        store = await make_store()
+        await store.append(*_parse(*OBJECT_TWEETS), 1_700_000_000.0)
+        stored = [(t.seq, t.body) for t in await store.read_after("tweets", 0, 4, 10)]
+        whole = await store.read_bodies("tweets", 0, 4, 10, list)
+        assert whole.built == stored
+        assert all(type(body) is bytes for _, body in whole.built)
+        assert (whole.count, whole.last, whole.complete) == (4, 4, True)
+        # A rule channel, a range, the limit and the byte budget: the same rows as
+        # read_after, and a read that was cut is not complete.
+        ruled = await store.read_bodies("rule:cats", 0, 4, 10, list)
+        assert [seq for seq, _ in ruled.built] == [1, 2, 4] and ruled.complete
+        ranged = await store.read_bodies("rule:cats", 1, 3, 10, list)
+        assert [seq for seq, _ in ranged.built] == [2] and ranged.complete
+        limited = await store.read_bodies("tweets", 0, 4, 2, list)
+        assert (limited.count, limited.last, limited.complete) == (2, 2, False)
+        budget = await store.read_bodies("tweets", 0, 4, 10, list, max_bytes=1)
+        assert (budget.count, budget.last, budget.complete) == (1, 1, False)
+        roomy = await store.read_bodies("tweets", 0, 4, 10, list, max_bytes=10**6)
+        assert roomy.built == stored and roomy.complete
+        empty = await store.read_bodies("tweets", 4, 4, 10, list)
+        assert (empty.built, empty.count, empty.last, empty.complete) == ([], 0, 0, True)
+        # What a catch-up builds: the frames of the page, end to end.
+        framed = await store.read_bodies("tweets", 0, 4, 10, partial(tweet_page, "tweets"))
+        assert framed.built == b"".join(tweet_frame("tweets", seq, b) for seq, b in stored)
         await store.close()
 
     asyncio.run(run())

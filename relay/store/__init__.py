@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from relay.deletions import Deleted
     from relay.query import Condition, TweetQuery
     from relay.tweets import Tweet
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,25 @@ class StoredTweet:
     author: str | None = None
     has_media: bool = False
     text: str = ""
+
+
+StoredBody = tuple[int, bytes]
+"""A stored tweet's seq and its served object: all a catch-up sends (a plain tuple, the
+row as the database gives it, so a page of them costs no object a tweet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BodyPage(Generic[T]):
+    """One :meth:`Store.read_bodies` read: what its ``build`` made of the rows, and where
+    the read stopped."""
+
+    built: T
+    count: int
+    """Rows read."""
+    last: int
+    """The seq of the last row read; 0 when none."""
+    complete: bool
+    """Neither ``limit`` nor ``max_bytes`` cut the read: no match is left up to ``until``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +146,22 @@ class Store(Protocol):
         add up to less than ``max_bytes`` holds every match up to ``until``: the next
         read may start at ``until``.
         """
+        ...
+
+    async def read_bodies(
+        self,
+        channel: str,
+        after: int,
+        until: int,
+        limit: int,
+        build: Callable[[list[StoredBody]], T],
+        *,
+        max_bytes: int | None = None,
+        conditions: Sequence[Condition] = (),
+    ) -> BodyPage[T]:
+        """The rows :meth:`read_after` reads, as ``(seq, body)`` only, handed to ``build``
+        where the store reads them (SQLite: in its reader thread, so a catch-up's frames
+        are built off the event loop); ``build`` must be pure and must not keep the list."""
         ...
 
     async def count_after(

@@ -43,7 +43,9 @@ from relay.errors import QueryTimeout, StoreError, StoreNotReady
 from relay.query import Condition, TweetQuery
 from relay.store import (
     AppendResult,
+    BodyPage,
     Store,
+    StoredBody,
     StoredTweet,
     StoreStats,
     Trimmed,
@@ -356,6 +358,40 @@ class PostgresStore:
             return page
 
         return await self._read(run)
+
+    async def read_bodies(
+        self,
+        channel: str,
+        after: int,
+        until: int,
+        limit: int,
+        build: Callable[[list[StoredBody]], T],
+        *,
+        max_bytes: int | None = None,
+        conditions: Sequence[Condition] = (),
+    ) -> BodyPage[T]:
+        sql, params = postgres_query.channel_range(channel, "seq, object", after, until, conditions)
+        query = (sql + " ORDER BY seq LIMIT %s").encode()
+
+        async def run(cur: Cursor) -> list[StoredBody]:
+            await cur.execute(query, [*params, limit])
+            # The whole result is on the client already: one call, not an await a row.
+            rows: list[StoredBody] = await cur.fetchall()
+            return rows
+
+        rows = await self._read(run)
+        cut = False
+        if max_bytes is not None:
+            size = 0
+            for count, (_, body) in enumerate(rows, 1):
+                size += len(body)
+                if size >= max_bytes:
+                    cut = True
+                    del rows[count:]
+                    break
+        count = len(rows)
+        last = rows[-1][0] if rows else 0
+        return BodyPage(build(rows), count, last, not cut and count < limit)
 
     async def count_after(
         self, channel: str, after: int, until: int, *, cap: int | None = None

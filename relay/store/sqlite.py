@@ -37,7 +37,16 @@ import orjson
 from relay.deletions import Deleted
 from relay.errors import StoreError, StoreNotReady
 from relay.query import Condition, TweetQuery
-from relay.store import AppendResult, StoredTweet, StoreStats, Trimmed, parse_time, sqlite_query
+from relay.store import (
+    AppendResult,
+    BodyPage,
+    StoredBody,
+    StoredTweet,
+    StoreStats,
+    Trimmed,
+    parse_time,
+    sqlite_query,
+)
 from relay.store.file_lock import WriterLock, describe_self
 from relay.store.sqlite_deletions import apply_pending, deletions_after, last_deletion
 from relay.store.sqlite_retention import checkpoint, trim_oldest
@@ -478,6 +487,46 @@ class SQLiteStore:
                 if max_bytes is not None and size >= max_bytes:
                     break
             return page
+
+        return await self._read(run)
+
+    async def read_bodies(
+        self,
+        channel: str,
+        after: int,
+        until: int,
+        limit: int,
+        build: Callable[[list[StoredBody]], T],
+        *,
+        max_bytes: int | None = None,
+        conditions: Sequence[Condition] = (),
+    ) -> BodyPage[T]:
+        # Two columns, and the rows kept as the cursor makes them: a catch-up page costs
+        # a tuple, an int and one copy of the body a tweet (1.3 µs against 4.3-5.4 µs for
+        # read_after's decoded rules and StoredTweet). CAST: bodies written before schema
+        # version 3 are TEXT; as BLOB they come out as bytes too, without a Python test.
+        sql, params = sqlite_query.channel_range(
+            channel, "seq, CAST(object AS BLOB)", after, until, conditions
+        )
+        sql += " ORDER BY seq LIMIT ?"
+        params = (*params, limit)
+        budget = max_bytes if max_bytes is not None else -1
+
+        def run(conn: sqlite3.Connection) -> BodyPage[T]:
+            page: list[StoredBody] = []
+            append = page.append
+            size = 0
+            cut = False
+            for row in conn.execute(sql, params):  # a byte budget stops the read early
+                append(row)
+                size += len(row[1])
+                if size >= budget >= 0:
+                    cut = True
+                    break
+            count = len(page)
+            last = page[-1][0] if page else 0
+            # Built here, in the reader thread: the loop only writes the result.
+            return BodyPage(build(page), count, last, not cut and count < limit)
 
         return await self._read(run)
 
