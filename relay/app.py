@@ -22,6 +22,7 @@ from relay.bus import Bus
 from relay.bus.memory import MemoryBus
 from relay.config import Settings
 from relay.errors import ConfigError, RelayError, StoreNotReady
+from relay.finished import ReplaySummary, summary_of
 from relay.follower import Follower
 from relay.http import READY, ApiLimits, HttpApi, Readiness
 from relay.hub import Hub
@@ -134,6 +135,10 @@ class Relay:
         """What start is waiting for (the store, the writer lease), for ``/readyz``."""
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: socket.socket | None = None
+        self.finished = asyncio.Event()
+        """Set once a source that ends (a replay without loop) has ended and everything it
+        sent is stored and published; :attr:`summary` then says what it did."""
+        self.summary: ReplaySummary | None = None
         self.listening = asyncio.Event()
         """Set once :attr:`port` accepts connections (a serving process still waiting for
         its store already answers health checks there)."""
@@ -277,10 +282,24 @@ class Relay:
             clock=self.clock,
         )
         self.ingest.start()
+        self._tasks.append(asyncio.create_task(self._when_finished(self.ingest), name="finished"))
         self._waiting = ""
         await self.ingest.failed.wait()
         self.metrics.writer_active.set(0)
         self._fail(self.ingest.error or RelayError("ingest stopped"))
+
+    async def _when_finished(self, ingest: Ingest) -> None:
+        """Log the summary once the source ended and all it sent reached the hub."""
+        await ingest.finished.wait()
+        if ingest.failed.is_set() or self._stopping:
+            return
+        if self.follower is not None:
+            await self.follower.catch_up()  # published: the hub holds the store's head
+        if self._stopping:
+            return
+        self.summary = summary_of(self.metrics)
+        log.info("%s", self.summary)
+        self.finished.set()
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
