@@ -46,9 +46,10 @@ class RelayClient:
         self.ws_url = ws_url
         self.timeout = timeout
         headers = {"Authorization": f"Bearer {token}"} if token else None
+        # ``__enter__``: the way in that websockets does not deprecate; :meth:`close` exits.
         self.ws: ClientConnection = connect(
             ws_url, open_timeout=timeout, additional_headers=headers, **connect_args
-        )
+        ).__enter__()
         self.frames: list[Frame] = []
         """Every frame received, in order."""
         self.subscribed: dict[str, Frame] = {}

@@ -171,7 +171,8 @@ class RelayServer:
     def _start_process(self, settings: Settings) -> None:
         import relay
 
-        env = {**os.environ, **_environment(settings)}
+        # Rich wraps log lines at 80 columns when stderr is a file: wide enough for one line.
+        env = {"COLUMNS": "200", **os.environ, **_environment(settings)}
         # The relay this process imported, not whatever else is on the path.
         package_root = str(Path(relay.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(
