@@ -50,6 +50,23 @@ OPERATIONAL_DISCONNECT = orjson.dumps(
 """What X sends before it closes a stream for its own reasons."""
 
 
+STEPS = (
+    "lines",
+    "raw",
+    "malformed",
+    "split",
+    "cut",
+    "redeliver",
+    "keepalive",
+    "stall",
+    "disconnect",
+    "drop",
+    "hold",
+    "status",
+)
+"""The steps of a fault script (``docs/testing.md``)."""
+
+
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
@@ -93,7 +110,12 @@ class FakeXApi:
         self.stop()
 
     def script(self, *steps: Step) -> None:
-        """Queue one stream connection's script."""
+        """Queue one stream connection's script; a step it does not know is refused here."""
+        for index, step in enumerate(steps):
+            if not step or step[0] not in STEPS:
+                raise ValueError(f"unknown fake X step {step!r}: use one of {', '.join(STEPS)}")
+            if step[0] == "status" and index:
+                raise ValueError("a status step answers the connection: it comes first")
         self.scripts.append(list(steps))
 
     def play(self, lines: Iterable[bytes | str], *, then: Step = ("hold",)) -> None:

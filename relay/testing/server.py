@@ -67,6 +67,8 @@ class RelayServer:
     - ``keep_open``: keep the source open after the recording so the test can push more;
       default: open when there is no recording.
     - ``subprocess``: run ``python -m relay run`` instead (no stepping, no push).
+    - ``source="x-stream"`` or ``"x-poll"`` (with ``x_api_base_url`` a
+      :class:`~relay.testing.FakeXApi`'s URL) reads the X API instead of a recording.
     - ``settings``: any :class:`relay.config.Settings` field (``secret``,
       ``public_channels``...).
     """
@@ -156,14 +158,16 @@ class RelayServer:
             target=self.loop.run_forever, name="relay-server", daemon=True
         )
         self._thread.start()
-        self.source = ControlledSource(
-            self.replay,
-            loop=self.loop,
-            speed=self.speed,
-            stepped=self.stepped,
-            keep_open=self.keep_open,
-            clock=self.clock,
-        )
+        if settings.source == "replay":
+            self.source = ControlledSource(
+                self.replay,
+                loop=self.loop,
+                speed=self.speed,
+                stepped=self.stepped,
+                keep_open=self.keep_open,
+                clock=self.clock,
+            )
+        # Another source (x-stream against a FakeXApi, say) is built from the settings.
         self.relay = Relay(settings, source=self.source)
         self.call(self.relay.start())
         self.port = self.relay.port
