@@ -135,6 +135,7 @@ class Relay:
         """What start is waiting for (the store, the writer lease), for ``/readyz``."""
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: socket.socket | None = None
+        self._ingesting = asyncio.Event()
         self.finished = asyncio.Event()
         """Set once a source that ends (a replay without loop) has ended and everything it
         sent is stored and published; :attr:`summary` then says what it did."""
@@ -189,7 +190,13 @@ class Relay:
         if self.ingests:
             writing = asyncio.create_task(self._ingest_when_writer(store, self.bus))
             self._tasks.append(writing)
-            await asyncio.wait([writing], timeout=CLAIM_GRACE)
+            # Until ingest runs (at once when the lease is free: no need to wait the grace
+            # out) or the grace is over and this process stands by.
+            ingesting = asyncio.create_task(self._ingesting.wait())
+            await asyncio.wait(
+                [writing, ingesting], timeout=CLAIM_GRACE, return_when=asyncio.FIRST_COMPLETED
+            )
+            ingesting.cancel()
         else:
             self._waiting = ""
         log.info(
@@ -284,6 +291,7 @@ class Relay:
         self.ingest.start()
         self._tasks.append(asyncio.create_task(self._when_finished(self.ingest), name="finished"))
         self._waiting = ""
+        self._ingesting.set()
         await self.ingest.failed.wait()
         self.metrics.writer_active.set(0)
         self._fail(self.ingest.error or RelayError("ingest stopped"))

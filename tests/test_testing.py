@@ -27,6 +27,8 @@ from relay.testing.source import FIXED_START
 from relay.tweets import time_from_unix
 from tests.support import ROOT, UNIT
 
+Frame = dict[str, Any]
+
 RELAY_RUN = [sys.executable, "-m", "relay", "run", "--port", "0"]
 PACED = ["--speed", "30", "--no-loop", "--exit-when-done"]
 
@@ -43,21 +45,35 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def replay_frames(recording: Path, **options: Any) -> list[dict[str, Any]]:
-    with RelayServer(recording, **options) as server, RelayClient(server.ws_url) as client:
-        client.subscribe(since=(server.epoch, 0))
-        server.wait_replayed()
-        client.until_seq(server.head)
+def replay_frames(recording: Path, *, stepped: bool = False, **options: Any) -> list[Frame]:
+    """Every frame a client gets: subscribed before the first step, or after the replay."""
+    speed = "step" if stepped else "max"
+    server = RelayServer(recording, speed=speed, **options)
+    with server, RelayClient(server.ws_url) as client:
+        if stepped:
+            client.subscribe(since=(server.epoch, 0))
+            server.step(204)
+        else:
+            server.wait_replayed()
+            client.subscribe(since=(server.epoch, 0))
+        client.until_seq(201)
+        if stepped:
+            server.wait_replayed()
         return client.frames
 
 
-def test_the_same_recording_replayed_twice_gives_identical_frames(recording: Path) -> None:
-    first = replay_frames(recording)
-    second = replay_frames(recording)
+@pytest.mark.parametrize("stepped", [False, True], ids=["max", "step"])
+def test_the_same_recording_replayed_twice_gives_identical_frames(
+    recording: Path, stepped: bool
+) -> None:
+    first = replay_frames(recording, stepped=stepped)
+    second = replay_frames(recording, stepped=stepped)
     assert len(tweets_of(first)) == 201  # 200 + the line without a time; not the duplicate
     assert first == second
     assert first[0]["epoch"] == TEST_EPOCH
     assert [f["seq"] for f in first if f["type"] == "tweet"] == list(range(1, 202))
+    # Live (stepped) or from the store: the same tweets, byte for byte.
+    assert tweets_of(first) == tweets_of(replay_frames(recording, stepped=not stepped))
 
 
 def test_a_line_without_a_recorded_time_gets_the_test_clocks(recording: Path) -> None:
@@ -230,3 +246,16 @@ def test_exit_when_done_refuses_a_replay_that_never_ends() -> None:
     )
     assert proc.returncode == 2
     assert "--exit-when-done needs a replay that ends" in proc.stderr
+
+
+def test_relay_testing_needs_no_pytest_outside_its_plugin() -> None:
+    code = "import sys, relay.testing; print('pytest' in sys.modules, '_pytest' in sys.modules)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=4 * UNIT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.stdout.split() == ["False", "False"], proc.stderr

@@ -8,7 +8,10 @@ Determinism: a stepped or ``max`` replay gives the same seqs, ids and frames on 
 run. The store's epoch is fixed (:data:`TEST_EPOCH` unless told otherwise), recorded
 times are kept, a line without one gets its time from a :class:`ReplayClock`, and the
 relay commits one line at a time (``batch_size=1``), so no tweet takes the receive time
-of a neighbour that happened to share its batch.
+of a neighbour that happened to share its batch. Frames are the same when the client
+subscribes at the same point: before the first :meth:`RelayServer.step`, or after
+:meth:`RelayServer.wait_replayed` (a client that subscribes while a ``max`` replay runs
+gets the same tweets, but its ``subscribed`` frame depends on when it came).
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ T = TypeVar("T")
 
 TEST_EPOCH = "7e57000000000001"
 """The store epoch a :class:`RelayServer` gives a new SQLite store unless told otherwise."""
+
+TEST_SEND_BUFFER = 256 * 1024 * 1024
+"""Bytes a relay of :class:`RelayServer` queues for one client (production: 1 MiB)."""
 
 _SUMMARY = re.compile(
     r"replay finished: (\d+) lines, (\d+) stored, (\d+) duplicates, (\d+) malformed"
@@ -121,7 +127,14 @@ class RelayServer:
 
     def settings(self) -> Settings:
         """The settings the relay runs with."""
-        values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "batch_size": 1}
+        values: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "batch_size": 1,
+            # A test that subscribes, then waits for the replay before reading, is not a
+            # slow consumer to close with 4008: the whole recording fits in its buffer.
+            "send_buffer": TEST_SEND_BUFFER,
+        }
         values.update(self._extra)
         store = str(self._store) if self._store is not None else ""
         if store.startswith(("postgres://", "postgresql://")):
