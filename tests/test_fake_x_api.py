@@ -113,3 +113,14 @@ def test_served_from_a_recording_to_a_relay_on_the_x_stream(tmp_path: Path) -> N
         with server:
             server.wait_seq(40)
             assert server.head == 40
+
+
+@pytest.mark.fake_x_api(recording="sample", token="mine")
+def test_the_plugin_fixture_serves_a_marked_recording(fake_x_api: FakeXApi) -> None:
+    url = fake_x_api.url + "/2/tweets/search/recent"
+    page = requests.get(
+        url, params={"query": "any"}, headers={"Authorization": "Bearer mine"}, timeout=UNIT
+    ).json()
+    assert len(page["data"]) == 10 and page["meta"]["next_token"] == "10"
+    assert len(fake_x_api.scripts) == 1  # the recording, for the first stream connection
+    assert fake_x_api.scripts[0][0][0] == "lines" and len(fake_x_api.scripts[0][0][1]) == 3000
