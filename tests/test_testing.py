@@ -259,3 +259,13 @@ def test_relay_testing_needs_no_pytest_outside_its_plugin() -> None:
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )
     assert proc.stdout.split() == ["False", "False"], proc.stderr
+
+
+def test_pushed_lines_go_out_while_a_stepped_replay_waits(recording: Path) -> None:
+    with RelayServer(recording, speed="step") as server, RelayClient(server.ws_url) as client:
+        client.subscribe()
+        server.push(stream_line(1, "pushed"))
+        assert [t["text"] for t in tweets_of(client.tweets(1))] == ["pushed"]
+        server.step(1)
+        (recorded,) = tweets_of(client.tweets(1))
+        assert recorded["seq"] == 2 and recorded["text"] != "pushed"

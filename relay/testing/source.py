@@ -58,7 +58,7 @@ class ControlledSource:
 
     ``speed`` 0 replays as fast as the relay stores; N paces at N times the recorded
     pace. ``stepped`` holds each recorded line until :meth:`step` releases it. Pushed
-    lines go out as soon as the source is reading, between recorded lines. Without
+    lines go out as soon as the source is reading, between recorded lines (stepped or not). Without
     ``keep_open`` the source ends after the recording (and any line pushed before), which
     is what makes the relay log ``replay finished``; with it, the source waits for
     pushes until the relay stops.
@@ -84,7 +84,8 @@ class ControlledSource:
         self._loop = loop
         self._pushed: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._budget = 0
-        self._released = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        """Set when a line is pushed or released."""
         self.recorded_lines = 0
         """Recorded lines handed to ingest so far."""
         self.ended = threading.Event()
@@ -96,7 +97,7 @@ class ControlledSource:
                 "the source has ended (the recording was fully read): start the server "
                 "with keep_open=True to push lines after it"
             )
-        self._loop.call_soon_threadsafe(self._pushed.put_nowait, as_line(payload))
+        self._loop.call_soon_threadsafe(self._put, as_line(payload))
 
     def step(self, count: int = 1) -> None:
         if not self.stepped:
@@ -107,17 +108,16 @@ class ControlledSource:
 
     def end(self) -> None:
         """End a source kept open: what was pushed before still goes through."""
-        self._loop.call_soon_threadsafe(self._pushed.put_nowait, None)
+        self._loop.call_soon_threadsafe(self._put, None)
+
+    # On the relay's loop.
+    def _put(self, data: bytes | None) -> None:
+        self._pushed.put_nowait(data)
+        self._wakeup.set()
 
     def _release(self, count: int) -> None:
         self._budget += count
-        self._released.set()
-
-    async def _take_step(self) -> None:
-        while self._budget == 0:
-            self._released.clear()
-            await self._released.wait()
-        self._budget -= 1
+        self._wakeup.set()
 
     def _pending(self) -> list[bytes | None]:
         out: list[bytes | None] = []
@@ -130,12 +130,17 @@ class ControlledSource:
             if self.replay is not None:
                 replay = ReplaySource(self.replay, speed=self.speed, loop=False, clock=self.clock)
                 async for line in replay.lines():
+                    while True:  # pushed lines go out at once, a stepped line when released
+                        for data in self._pending():
+                            if data is None:
+                                return
+                            yield RawLine(data, self.clock())
+                        if not self.stepped or self._budget:
+                            break
+                        self._wakeup.clear()
+                        await self._wakeup.wait()
                     if self.stepped:
-                        await self._take_step()
-                    for data in self._pending():
-                        if data is None:
-                            return
-                        yield RawLine(data, self.clock())
+                        self._budget -= 1
                     self.recorded_lines += 1
                     yield line
             if not self.keep_open:
