@@ -16,8 +16,8 @@ run: $(STAMP)
 	$(BIN)/relay run $(ARGS)
 
 lint: lock-check
-	$(BIN)/ruff check relay client_demo tests bench tools
-	$(BIN)/ruff format --check relay client_demo tests bench tools
+	$(BIN)/ruff check relay client_demo tests bench tools examples conftest.py
+	$(BIN)/ruff format --check relay client_demo tests bench tools examples conftest.py
 	$(BIN)/mypy
 
 # requirements.txt (what a Python buildpack installs) from pyproject.toml, the one source of

@@ -24,6 +24,7 @@ from relay.bus.memory import MemoryBus
 from relay.config import Settings
 from relay.deletions import DELETIONS_INTERVAL, DeletionAnnouncer, apply_deletions
 from relay.errors import ConfigError, RelayError, StoreNotReady
+from relay.finished import ReplaySummary, summary_of
 from relay.follower import Follower
 from relay.housekeeping import Housekeeping
 from relay.http import READY, ApiLimits, HttpApi, Readiness
@@ -141,6 +142,11 @@ class Relay:
         """What start is waiting for (the store, the writer lease), for ``/readyz``."""
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: socket.socket | None = None
+        self._ingesting = asyncio.Event()
+        self.finished = asyncio.Event()
+        """Set once a source that ends (a replay without loop) has ended and everything it
+        sent is stored and published; :attr:`summary` then says what it did."""
+        self.summary: ReplaySummary | None = None
         self.listening = asyncio.Event()
         """Set once :attr:`port` accepts connections (a serving process still waiting for
         its store already answers health checks there)."""
@@ -196,7 +202,13 @@ class Relay:
         if self.ingests:
             writing = asyncio.create_task(self._ingest_when_writer(store, self.bus))
             self._tasks.append(writing)
-            await asyncio.wait([writing], timeout=CLAIM_GRACE)
+            # Until ingest runs (at once when the lease is free: no need to wait the grace
+            # out) or the grace is over and this process stands by.
+            ingesting = asyncio.create_task(self._ingesting.wait())
+            await asyncio.wait(
+                [writing, ingesting], timeout=CLAIM_GRACE, return_when=asyncio.FIRST_COMPLETED
+            )
+            ingesting.cancel()
         else:
             self._waiting = ""
         log.info(
@@ -298,7 +310,9 @@ class Relay:
         )
         self.ingest.start()
         self._schedule_writer_jobs(store)
+        self._tasks.append(asyncio.create_task(self._when_finished(self.ingest), name="finished"))
         self._waiting = ""
+        self._ingesting.set()
         await self.ingest.failed.wait()
         self.metrics.writer_active.set(0)
         self._fail(self.ingest.error or RelayError("ingest stopped"))
@@ -325,6 +339,19 @@ class Relay:
             )
 
         self.housekeeping.every(self.settings.retention_interval, "retention", run, first=1.0)
+
+    async def _when_finished(self, ingest: Ingest) -> None:
+        """Log the summary once the source ended and all it sent reached the hub."""
+        await ingest.finished.wait()
+        if ingest.failed.is_set() or self._stopping:
+            return
+        if self.follower is not None:
+            await self.follower.catch_up()  # published: the hub holds the store's head
+        if self._stopping:
+            return
+        self.summary = summary_of(self.metrics)
+        log.info("%s", self.summary)
+        self.finished.set()
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:

@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_server_flags(run)
     add_source_flags(run)
+    run.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        dest="exit_when_done",
+        help="with a replay that ends (--no-loop): once it is stored and published, drain "
+        "clients and exit 0",
+    )
     run.set_defaults(command=cmd_run)
 
     ingest = commands.add_parser(
@@ -282,9 +289,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from relay import launch
 
     settings = settings_from(args)
+    if args.exit_when_done and (settings.source != "replay" or settings.replay_loops):
+        from relay.errors import ConfigError
+
+        raise ConfigError("--exit-when-done needs a replay that ends: --replay FILE --no-loop")
     setup_logging(settings)
     launch.raise_open_files_limit()
-    return asyncio.run(launch.run(settings, "run"))
+    return asyncio.run(launch.run(settings, "run", exit_when_done=args.exit_when_done))
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

@@ -81,7 +81,11 @@ def raise_open_files_limit() -> None:
         logging.getLogger("relay").warning("cannot raise the open files limit: %s", exc)
 
 
-async def run(settings: Settings, role: str, metrics_port: int | None = None) -> int:
+async def run(
+    settings: Settings, role: str, metrics_port: int | None = None, exit_when_done: bool = False
+) -> int:
+    """Run until SIGTERM/SIGINT, a failure, or (``exit_when_done``) the source ended and
+    everything it sent is stored and published."""
     relay = Relay(settings, role=role, metrics_port=metrics_port)
     # Handlers first: a SIGTERM that comes as soon as the URLs are printed (a supervisor,
     # a test reading them) must drain, not kill the process with the default action.
@@ -111,6 +115,8 @@ async def run(settings: Settings, role: str, metrics_port: int | None = None) ->
         print_urls(relay, settings)
 
     waits = [stopped, asyncio.create_task(relay.failed.wait())]
+    if exit_when_done:
+        waits.append(asyncio.create_task(relay.finished.wait()))
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for wait in waits:
         wait.cancel()

@@ -1,0 +1,271 @@
+"""relay.testing: the shipped RelayServer, client, pytest plugin, and the CLI's end of replay."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from relay.synth import sample_path, write_stream
+from relay.testing import (
+    TEST_EPOCH,
+    RelayClient,
+    RelayClientError,
+    RelayServer,
+    ReplayClock,
+    stream_line,
+    tweets_of,
+)
+from relay.testing.source import FIXED_START
+from relay.tweets import time_from_unix
+from tests.support import ROOT, UNIT
+
+Frame = dict[str, Any]
+
+RELAY_RUN = [sys.executable, "-m", "relay", "run", "--port", "0"]
+PACED = ["--speed", "30", "--no-loop", "--exit-when-done"]
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic recording (with recorded times), plus a duplicate, a malformed line and
+    a line without a recorded time."""
+    path = tmp_path_factory.mktemp("rec") / "stream.jsonl"
+    write_stream(path, 200, 5)
+    lines = path.read_bytes().splitlines()
+    extra = [lines[10], b"{not json", stream_line(9_000_000_000_000_000_001, "no time"), b""]
+    path.write_bytes(b"\n".join(lines + extra) + b"\n")
+    return path
+
+
+def replay_frames(recording: Path, *, stepped: bool = False, **options: Any) -> list[Frame]:
+    """Every frame a client gets: subscribed before the first step, or after the replay."""
+    speed = "step" if stepped else "max"
+    server = RelayServer(recording, speed=speed, **options)
+    with server, RelayClient(server.ws_url) as client:
+        if stepped:
+            client.subscribe(since=(server.epoch, 0))
+            server.step(204)
+        else:
+            server.wait_replayed()
+            client.subscribe(since=(server.epoch, 0))
+        client.until_seq(201)
+        if stepped:
+            server.wait_replayed()
+        return client.frames
+
+
+@pytest.mark.parametrize("stepped", [False, True], ids=["max", "step"])
+def test_the_same_recording_replayed_twice_gives_identical_frames(
+    recording: Path, stepped: bool
+) -> None:
+    first = replay_frames(recording, stepped=stepped)
+    second = replay_frames(recording, stepped=stepped)
+    assert len(tweets_of(first)) == 201  # 200 + the line without a time; not the duplicate
+    assert first == second
+    assert first[0]["epoch"] == TEST_EPOCH
+    assert [f["seq"] for f in first if f["type"] == "tweet"] == list(range(1, 202))
+    # Live (stepped) or from the store: the same tweets, byte for byte.
+    assert tweets_of(first) == tweets_of(replay_frames(recording, stepped=not stepped))
+
+
+def test_a_line_without_a_recorded_time_gets_the_test_clocks(recording: Path) -> None:
+    frames = tweets_of(replay_frames(recording, clock=ReplayClock(start=FIXED_START)))
+    untimed = frames[-1]
+    assert untimed["text"] == "no time"
+    # The clock's second reading: the malformed line before it has no time either.
+    assert untimed["received_at"] == time_from_unix(FIXED_START + 0.001)
+    recorded = orjson.loads(recording.read_bytes().splitlines()[0])["__relay"]["received_at"]
+    assert frames[0]["received_at"] == time_from_unix(recorded)
+
+
+def test_wait_replayed_says_what_the_replay_did(recording: Path) -> None:
+    with RelayServer(recording) as server:
+        summary = server.wait_replayed()
+        assert (summary.lines, summary.stored, summary.duplicates, summary.malformed) == (
+            204,
+            201,
+            1,
+            1,
+        )
+        assert str(summary) == "replay finished: 204 lines, 201 stored, 1 duplicates, 1 malformed"
+        assert server.head == 201
+
+
+def test_a_stepped_replay_releases_recorded_lines_only_when_told(recording: Path) -> None:
+    with RelayServer(recording, speed="step") as server, RelayClient(server.ws_url) as client:
+        client.subscribe()
+        server.step(3)
+        assert [f["seq"] for f in client.tweets(3)] == [1, 2, 3]
+        with pytest.raises(RelayClientError, match="got 0 of 1"):
+            client.tweets(1, timeout=0.3)  # nothing more was released
+        server.step(2)
+        assert [f["seq"] for f in client.tweets(2)] == [4, 5]
+        assert server.head == 5
+
+
+def test_pushed_lines_reach_clients_and_the_store(tmp_path: Path) -> None:
+    with RelayServer(store=tmp_path / "mine.db") as server, RelayClient(server.ws_url) as client:
+        client.subscribe()
+        server.push(stream_line(1, "one"))
+        server.push({"data": {"id": "2", "text": "two", "edit_history_tweet_ids": ["2"]}})
+        server.wait_seq(2)
+        assert [t["text"] for t in tweets_of(client.tweets(2))] == ["one", "two"]
+        server.end()
+        assert server.wait_replayed().stored == 2
+    assert (tmp_path / "mine.db").exists()
+
+
+def test_the_epoch_can_be_random_or_chosen(recording: Path) -> None:
+    with RelayServer(recording, epoch="0123456789abcdef") as server:
+        assert server.epoch == "0123456789abcdef"
+    with RelayServer(recording, epoch=None) as server:
+        assert re.fullmatch(r"[0-9a-f]{16}", server.epoch) and server.epoch != TEST_EPOCH
+
+
+def test_the_client_reports_a_reset_and_error_frames(recording: Path) -> None:
+    with RelayServer(recording) as server, RelayClient(server.ws_url) as client:
+        server.wait_replayed()
+        subscribed = client.subscribe(since=("another-epoch", 5))
+        assert client.resets == [
+            {"type": "reset", "channel": "tweets", "epoch": TEST_EPOCH, "seq": 201}
+        ]
+        assert subscribed["seq"] == 201
+        with pytest.raises(RelayClientError, match="unknown_channel") as error:
+            client.subscribe("nope")
+        assert error.value.frame is not None and error.value.frame["code"] == "unknown_channel"
+
+
+def test_access_control_settings_and_tokens(recording: Path) -> None:
+    from relay.auth import issue_token
+
+    secret = "s" * 32
+    with RelayServer(recording, secret=secret, public_channels=[]) as server:
+        server.wait_replayed()
+        with pytest.raises(Exception, match="401"):
+            RelayClient(server.ws_url)
+        token = issue_token(secret, subject="t", channels=["tweets"], ttl=600, now=_now())
+        with RelayClient(server.ws_url, token=token) as client:
+            client.subscribe(since=(server.epoch, 0))
+            assert len(client.until_seq(201)) == 201
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+def test_the_async_context_manager(recording: Path) -> None:
+    async def main() -> int:
+        async with RelayServer(recording) as server:
+            summary = await server.wait_replayed_async()
+            await server.wait_seq_async(summary.stored)
+            return server.head
+
+    assert asyncio.run(main()) == 201
+
+
+def test_a_subprocess_relay_runs_the_real_cli(recording: Path) -> None:
+    server = RelayServer(recording, subprocess=True)
+    with server:
+        summary = server.wait_replayed()
+        assert (summary.lines, summary.stored) == (204, 201)
+        assert server.head == 201 and server.epoch == TEST_EPOCH
+    assert server.stop() == 0  # the clean exit of SIGTERM, asked again: harmless
+
+
+@pytest.mark.relay(replay="sample")
+def test_the_plugin_fixtures_start_the_marked_relay(
+    relay_server: RelayServer, relay_client: RelayClient
+) -> None:
+    relay_client.subscribe(since=(relay_server.epoch, 0))
+    summary = relay_server.wait_replayed()
+    assert summary.stored == summary.lines == 3000
+    assert relay_client.until_seq(3000)[-1]["seq"] == 3000
+    assert relay_server.replay == Path(sample_path())
+
+
+def test_run_no_loop_exit_when_done_exits_0_after_the_last_tweet(
+    recording: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "relay.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            # Paced (about 2 s) so that the client below is connected before the end.
+            [*RELAY_RUN, "--db", str(tmp_path / "r.db"), "--replay", str(recording), *PACED],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            # Rich wraps log lines at 80 columns when stderr is a file.
+            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            match = re.search(r"http://[\w.]+:(\d+)/", line)
+            assert match, log.read_text()
+            base = f"127.0.0.1:{match.group(1)}"
+            with urllib.request.urlopen(f"http://{base}/v1/info", timeout=UNIT) as response:
+                epoch = orjson.loads(response.read())["epoch"]
+            tweets: list[dict[str, Any]] = []
+            client = RelayClient(f"ws://{base}/v1/stream")
+            client.subscribe(since=(epoch, 0))
+            with pytest.raises(RelayClientError) as closed:
+                while True:  # every tweet, then 1001 as the relay exits on its own
+                    tweets += tweets_of([client.next_frame(timeout=4 * UNIT)])
+            assert closed.value.code == 1001, closed.value
+            assert proc.wait(4 * UNIT) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            assert proc.stdout is not None
+            proc.stdout.close()
+    text = log.read_text()
+    assert "replay finished: 204 lines, 201 stored, 1 duplicates, 1 malformed" in text
+    assert text.index("replay finished") < text.index("shutting down")
+    assert [t["seq"] for t in tweets] == list(range(1, 202))
+
+
+def test_exit_when_done_refuses_a_replay_that_never_ends() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay", "run", "--port", "0", "--exit-when-done"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=4 * UNIT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 2
+    assert "--exit-when-done needs a replay that ends" in proc.stderr
+
+
+def test_relay_testing_needs_no_pytest_outside_its_plugin() -> None:
+    code = "import sys, relay.testing; print('pytest' in sys.modules, '_pytest' in sys.modules)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=4 * UNIT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.stdout.split() == ["False", "False"], proc.stderr
+
+
+def test_pushed_lines_go_out_while_a_stepped_replay_waits(recording: Path) -> None:
+    with RelayServer(recording, speed="step") as server, RelayClient(server.ws_url) as client:
+        client.subscribe()
+        server.push(stream_line(1, "pushed"))
+        assert [t["text"] for t in tweets_of(client.tweets(1))] == ["pushed"]
+        server.step(1)
+        (recorded,) = tweets_of(client.tweets(1))
+        assert recorded["seq"] == 2 and recorded["text"] != "pushed"
