@@ -12,6 +12,7 @@ import pytest
 from relay.config import SAMPLE_RETENTION, Settings, parse_duration
 from relay.query import parse_tweet_query
 from relay.retention import Retention, apply_retention
+from relay.testing import RelayClient
 from relay.tweets import parse_line
 from tests.pg_server import StoreMaker
 from tests.support import (
@@ -180,7 +181,12 @@ def test_a_resume_from_before_the_kept_history_is_told_where_it_starts(
     with ws:
         assert "_before" not in subscribed
         assert [t["seq"] for t in receive_tweets(ws, 40)] == list(range(61, 101))
-    assert counted(relay.relay.metrics.history_gone) == 1
+    # The shipped test client keeps it for a user's assertions.
+    with RelayClient(relay.ws_url) as client:
+        client.subscribe("tweets", since=(epoch, 5))
+        assert client.history_starts == {"tweets": 51}
+        assert [t["seq"] for t in client.tweets(50)] == list(range(51, 101))
+    assert counted(relay.relay.metrics.history_gone) == 2
 
 
 def test_the_terminal_client_says_where_history_starts(

@@ -58,6 +58,11 @@ class RelayClient:
         """``reset`` frames: the store was replaced, or ``since`` was ahead of it."""
         self.last_seq: dict[str, int] = {}
         """The last tweet seq received on each channel (what to resume ``since``)."""
+        self.history_starts: dict[str, int] = {}
+        """Per channel, where kept history starts when a resume asked for older seqs
+        (``history_start``: retention deleted them)."""
+        self.deleted: list[Frame] = []
+        """``deleted`` frames: tweets removed on request (``relay delete``)."""
 
     # -- operations
 
@@ -179,6 +184,10 @@ class RelayClient:
         elif kind == "reset":
             self.resets.append(frame)
             self.last_seq.pop(frame["channel"], None)
+        elif kind == "history_start":
+            self.history_starts[frame["channel"]] = frame["seq"]
+        elif kind == "deleted":
+            self.deleted.append(frame)
         elif kind == "error":
             raise RelayClientError(
                 f"error frame {frame.get('code')}: {frame.get('message')}", frame=frame
