@@ -106,7 +106,8 @@ class Listener:
         """Stop listening; close every connection with 1001 (aborted past ``timeout``)."""
         self.stop_accepting()
         for conn in tuple(self.connections):
-            conn.begin_close(GOING_AWAY)
+            if conn.opened:  # the others finish their answer (an upgrade gets 503)
+                conn.begin_close(GOING_AWAY)
         waiting = [asyncio.ensure_future(c.wait_lost()) for c in tuple(self.connections)]
         if waiting:
             _, late = await asyncio.wait(waiting, timeout=timeout)
