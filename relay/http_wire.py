@@ -81,7 +81,11 @@ def parse_request(protocol: ServerProtocol) -> Generator[None]:
         return
     protocol.events.append(request)
     if is_upgrade(request):
-        yield from Protocol.parse(protocol)  # the library's frame parser
+        # The library's frame parser in place of this one (as the library itself swaps
+        # parsers): nothing of the request stays referenced by a suspended frame.
+        protocol.parser = Protocol.parse(protocol)
+        next(protocol.parser)
+        yield
         return
     # One answer, then the connection closes: a body or a pipelined request is not read.
     while not (yield from protocol.reader.at_eof()):
