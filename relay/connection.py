@@ -131,6 +131,7 @@ class Handler(Protocol):
     def closed(self, conn: StreamConnection) -> None: ...
 
 
+_NEVER = float("inf")
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 _CONTROL = (Opcode.PING, Opcode.PONG)
 
@@ -154,16 +155,17 @@ class StreamConnection(asyncio.Protocol):
         "counted_as",
         "deadline",
         "discarding",
+        "due",
         "grant",
         "listener",
         "opened",
         "paused",
+        "paused_at",
         "ping_at",
         "pong_due",
         "protocol",
         "remote_address",
         "session",
-        "stalled_at",
         "transport",
         "unsent",
     )
@@ -185,11 +187,13 @@ class StreamConnection(asyncio.Protocol):
         self.discarding = False
         """Input is dropped (a flooding client is being cut off)."""
         self.paused = False
+        self.paused_at = 0.0
         self.unsent = 0
-        self.stalled_at = 0.0
-        """Loop time since which unsent bytes have not gone down (0: they move)."""
+        """Bytes of an answer still unsent at its close deadline (to tell they move)."""
         self.deadline = 0.0
         """Loop time past which the connection is cut (opening or closing); 0: none."""
+        self.due = _NEVER
+        """The earliest loop time at which :meth:`tick` has something to do."""
         self.ping_at = 0.0
         self.pong_due = 0.0
         self._text = False
@@ -212,7 +216,7 @@ class StreamConnection(asyncio.Protocol):
             return
         self.counted_as = address
         listener.connections.add(self)
-        self.deadline = listener.now() + listener.open_timeout
+        self._close_by(listener.now() + listener.open_timeout)
         self.protocol = ServerProtocol(
             extensions=listener.extensions, max_size=listener.max_size, logger=listener.ws_logger
         )
@@ -265,6 +269,10 @@ class StreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        listener = self.listener
+        self.paused_at = listener.now()
+        if listener.ping_timeout:
+            self.due = min(self.due, self.paused_at + listener.ping_timeout)
 
     def resume_writing(self) -> None:
         self.paused = False
@@ -315,7 +323,7 @@ class StreamConnection(asyncio.Protocol):
             except InvalidState:  # pragma: no cover - checked just above
                 return
             self.send_data()
-            self.deadline = self.listener.now() + CLOSE_TIMEOUT
+            self._close_by(self.listener.now() + CLOSE_TIMEOUT)
         elif ws.state is State.CONNECTING:
             self.transport.abort()
 
@@ -344,22 +352,26 @@ class StreamConnection(asyncio.Protocol):
         self.transport.abort()
 
     def tick(self, now: float) -> None:
-        """The listener's sweep: deadlines, keepalive pings, writes that do not move."""
+        """The listener's sweep, once ``due`` is past: deadlines, keepalive pings, writes
+        that do not move."""
+        self._check(now)
+        self._reschedule()
+
+    def _check(self, now: float) -> None:
         listener = self.listener
-        unsent = self.transport.get_write_buffer_size()
-        if not unsent or unsent < self.unsent:
-            self.stalled_at = 0.0
-        elif not self.stalled_at:
-            self.stalled_at = now
-        elif listener.ping_timeout and now - self.stalled_at >= listener.ping_timeout:
-            self.write_timed_out()  # nothing of it taken for ping_timeout: reads nothing
+        if self.paused and listener.ping_timeout and now - self.paused_at >= listener.ping_timeout:
+            self.write_timed_out()  # the client took too little to unpause us: reads nothing
             return
-        self.unsent = unsent
         if self.deadline and now >= self.deadline:
-            if unsent:
-                # An answer is still going out (the stall check bounds it): the client
-                # has the close timeout from when it has everything.
+            unsent = self.transport.get_write_buffer_size()
+            if unsent and (not self.unsent or unsent < self.unsent):
+                # An answer is still going out: the client has the close timeout from when
+                # it has everything, as long as it takes some of it each close timeout.
+                self.unsent = unsent
                 self.deadline = now + CLOSE_TIMEOUT
+                return
+            if unsent:
+                self.write_timed_out()
                 return
             ws = self.protocol
             if not self.opened and ws.state is State.CONNECTING and not ws.eof_sent:
@@ -371,7 +383,7 @@ class StreamConnection(asyncio.Protocol):
             return
         if self.pong_due:
             if now >= self.pong_due:
-                if unsent:
+                if self.transport.get_write_buffer_size():
                     # The ping itself is not out yet: the client reads nothing.
                     self.write_timed_out()
                 else:
@@ -390,7 +402,7 @@ class StreamConnection(asyncio.Protocol):
         events = ws.events_received()
         self.send_data()
         if ws.state is not State.CONNECTING and not self.deadline and ws.close_expected():
-            self.deadline = self.listener.now() + CLOSE_TIMEOUT
+            self._close_by(self.listener.now() + CLOSE_TIMEOUT)
         for event in events:
             if isinstance(event, Request):
                 self._handshake = asyncio.get_running_loop().create_task(self._answer(event))
@@ -426,11 +438,12 @@ class StreamConnection(asyncio.Protocol):
         self.send_data()
         if response.status_code != 101:
             # Answered and half-closed: the client has the close timeout to hang up.
-            self.deadline = listener.now() + CLOSE_TIMEOUT
+            self._close_by(listener.now() + CLOSE_TIMEOUT)
             return
         self.deadline = 0.0
         if listener.ping_interval:
             self.ping_at = listener.now() + listener.ping_interval
+        self._reschedule()
         self.opened = True
         listener.handler.opened(self)
         early, self._early = self._early, None
@@ -476,4 +489,18 @@ class StreamConnection(asyncio.Protocol):
     def _fail(self, code: int, reason: str) -> None:
         self.protocol.fail(code, reason)
         self.send_data()
-        self.deadline = self.listener.now() + CLOSE_TIMEOUT
+        self._close_by(self.listener.now() + CLOSE_TIMEOUT)
+
+    def _close_by(self, when: float) -> None:
+        self.deadline = when
+        self.due = min(self.due, when)
+
+    def _reschedule(self) -> None:
+        due = self.deadline or _NEVER
+        if self.pong_due:
+            due = min(due, self.pong_due)
+        elif self.ping_at:
+            due = min(due, self.ping_at)
+        if self.paused and self.listener.ping_timeout:
+            due = min(due, self.paused_at + self.listener.ping_timeout)
+        self.due = due
