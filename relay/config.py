@@ -208,6 +208,8 @@ class Settings:
             )
         if self.query_timeout <= 0:
             raise ConfigError("query_timeout must be positive")
+        if self.open_timeout <= 0:
+            raise ConfigError("open_timeout must be positive")
         if not 1 <= self.max_sort_terms <= 3:
             raise ConfigError("max_sort_terms must be 1..3 (createdAt, seq, id)")
         if self.max_offset < 0:

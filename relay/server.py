@@ -1,8 +1,11 @@
 """The WebSocket server: one port, upgrade on ``/v1/stream``, plain GET for the rest.
 
-It only moves data between the socket and the sans-I/O parts: frames go through
-:mod:`relay.protocol`, subscriptions through the hub, outbound frames through
-each connection's :class:`~relay.session.Session`.
+It only moves data between the connections and the sans-I/O parts: frames go
+through :mod:`relay.protocol`, subscriptions through the hub, outbound frames
+through each connection's :class:`~relay.session.Session`. It is the
+:class:`~relay.connection.Handler` of the relay's own WebSocket layer
+(:mod:`relay.listener`, :mod:`relay.connection`): it answers each opening request
+(a plain route, a refusal, or None to upgrade) and sees whole messages and the end.
 """
 
 from __future__ import annotations
