@@ -157,6 +157,7 @@ class StreamConnection(asyncio.Protocol):
         "discarding",
         "due",
         "grant",
+        "latency",
         "listener",
         "opened",
         "paused",
@@ -196,6 +197,8 @@ class StreamConnection(asyncio.Protocol):
         """The earliest loop time at which :meth:`tick` has something to do."""
         self.ping_at = 0.0
         self.pong_due = 0.0
+        self.latency = 0.0
+        """Seconds of the last keepalive ping's round trip (0: none yet)."""
         self._text = False
         self._parts: list[bytes] | None = None
         self._early: list[Frame] | None = None
@@ -392,7 +395,10 @@ class StreamConnection(asyncio.Protocol):
         elif self.ping_at and now >= self.ping_at:
             self.protocol.send_ping(b"")
             self.send_data()
-            self.pong_due = now + (listener.ping_timeout or listener.ping_interval)
+            self.pong_due = now + self._pong_wait()
+
+    def _pong_wait(self) -> float:
+        return self.listener.ping_timeout or self.listener.ping_interval
 
     # -- inside ------------------------------------------------------------------
 
@@ -478,10 +484,13 @@ class StreamConnection(asyncio.Protocol):
                     return
             self.listener.handler.received(self, message)
         elif opcode in _CONTROL:
-            if opcode is Opcode.PONG:
+            if opcode is Opcode.PONG and self.pong_due:
+                listener = self.listener
+                now = listener.now()
+                self.latency = max(0.0, now - self.pong_due + self._pong_wait())
                 self.pong_due = 0.0
-                if self.listener.ping_interval:
-                    self.ping_at = self.listener.now() + self.listener.ping_interval
+                if listener.ping_interval:
+                    self.ping_at = now + listener.ping_interval
             if not self.listener.handler.control(self):
                 self.discarding = True
         # A close frame: the protocol answered it; connection_lost ends the rest.
