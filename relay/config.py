@@ -45,6 +45,9 @@ class Settings:
     """Largest inbound client frame in bytes; larger closes the connection with 1009."""
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
+    open_timeout: float = 10.0
+    """Seconds a new connection has to send its request (and be answered) before it is
+    cut; the timeout websockets' own server used."""
     compression: bool = False
     """Offer permessage-deflate to clients that ask. Off: compressing costs CPU and zlib
     memory per connection (every browser asks), and frames are built once for everyone."""
@@ -232,6 +235,8 @@ class Settings:
             )
         if self.query_timeout <= 0:
             raise ConfigError("query_timeout must be positive")
+        if self.open_timeout <= 0:
+            raise ConfigError("open_timeout must be positive")
         if not 1 <= self.max_sort_terms <= 3:
             raise ConfigError("max_sort_terms must be 1..3 (createdAt, seq, id)")
         if self.max_offset < 0:
@@ -316,6 +321,7 @@ ENVIRONMENT = {
     "max_frame": ("RELAY_MAX_FRAME",),
     "ping_interval": ("RELAY_PING_INTERVAL",),
     "ping_timeout": ("RELAY_PING_TIMEOUT",),
+    "open_timeout": ("RELAY_OPEN_TIMEOUT",),
     "compression": ("RELAY_COMPRESSION",),
     "catch_ups_at_once": ("RELAY_CATCH_UPS_AT_ONCE",),
     "recovered_cap": ("RELAY_RECOVERED_CAP",),
@@ -479,6 +485,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "batch_size": _int,
     "ping_interval": float,
     "ping_timeout": float,
+    "open_timeout": float,
     "compression": parse_bool,
     "catch_ups_at_once": _int,
     "recovered_cap": _int,

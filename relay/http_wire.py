@@ -11,18 +11,15 @@ parser: it reads the request line and headers as the library does, and then
 - for anything else, reads nothing more: the request is answered (``server.py`` adds
   ``Connection: close``) and the connection closes, whatever bytes came after it.
 
-:class:`HttpWireConnection` installs it; pass it to ``serve(create_connection=...)``.
-Another ServerConnection subclass combines with it by inheriting from it (or by calling
-:func:`install` in its own ``__init__``).
+:func:`install` puts it in a new ``ServerProtocol`` (``relay.connection`` does, for
+every connection).
 """
 
 from __future__ import annotations
 
 import http
 from collections.abc import Generator
-from typing import Any
 
-from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import (
     HeaderLineTooLong,
     InvalidMessage,
@@ -84,7 +81,11 @@ def parse_request(protocol: ServerProtocol) -> Generator[None]:
         return
     protocol.events.append(request)
     if is_upgrade(request):
-        yield from Protocol.parse(protocol)  # the library's frame parser
+        # The library's frame parser in place of this one (as the library itself swaps
+        # parsers): nothing of the request stays referenced by a suspended frame.
+        protocol.parser = Protocol.parse(protocol)
+        next(protocol.parser)
+        yield
         return
     # One answer, then the connection closes: a body or a pipelined request is not read.
     while not (yield from protocol.reader.at_eof()):
@@ -103,11 +104,3 @@ def install(protocol: ServerProtocol) -> None:
     """Make ``protocol`` read its request with :func:`parse_request` (before any data)."""
     protocol.parser = parse_request(protocol)
     next(protocol.parser)
-
-
-class HttpWireConnection(ServerConnection):
-    """A ServerConnection whose protocol reads requests with :func:`parse_request`."""
-
-    def __init__(self, protocol: ServerProtocol, server: Server, **kwargs: Any) -> None:
-        super().__init__(protocol, server, **kwargs)
-        install(protocol)

@@ -1,8 +1,11 @@
 """The WebSocket server: one port, upgrade on ``/v1/stream``, plain GET for the rest.
 
-It only moves data between the socket and the sans-I/O parts: frames go through
-:mod:`relay.protocol`, subscriptions through the hub, outbound frames through
-each connection's :class:`~relay.session.Session`.
+It only moves data between the connections and the sans-I/O parts: frames go
+through :mod:`relay.protocol`, subscriptions through the hub, outbound frames
+through each connection's :class:`~relay.session.Session`. It is the
+:class:`~relay.connection.Handler` of the relay's own WebSocket layer
+(:mod:`relay.listener`, :mod:`relay.connection`): it answers each opening request
+(a plain route, a refusal, or None to upgrade) and sees whole messages and the end.
 """
 
 from __future__ import annotations
@@ -17,9 +20,7 @@ from collections.abc import Callable, Container
 from typing import Any
 from urllib.parse import parse_qs
 
-from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from relay import protocol
@@ -40,9 +41,10 @@ from relay.forwarded import FORWARDED_FOR, BadForwardedFor, client_address
 from relay.http import STREAM_PATH, HttpApi, LogSampler, Reply, error_reply
 from relay.http_wire import has_body
 from relay.hub import Hub
+from relay.listener import Listener
 from relay.metrics import Metrics
 from relay.protocol import ProtocolError
-from relay.session import LIBRARY_WRITE_LIMIT, Session
+from relay.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class StreamServer:
         self.clock = clock
         self.access = api.access
         self.policy = self.access.policy
-        self.server: Server | None = None
+        self.server: Listener | None = None
         self._per_address: Counter[str] = Counter()
         self._per_subject: Counter[str] = Counter()
         # Every socket per address, from the accept. Behind trusted proxies every client
@@ -81,50 +83,39 @@ class StreamServer:
         """Listen on host and port, or on ``sock`` when given (a socket already
         listening, taken over from the health server of a process that was starting)."""
         sample_accept_errors()
-        where: dict[str, Any] = (
-            {"sock": sock}
-            if sock is not None
-            else {"host": self.settings.host, "port": self.settings.port}
-        )
-        self.server = await serve(
-            self._handle,
-            **where,
-            process_request=self._process_request,
-            # Our bounds on every socket, frame and write; one plain HTTP request per connection.
-            create_connection=StreamConnection.counted_by(self.sockets),
+        self.server = Listener(
+            self,
+            sockets=self.sockets,
+            metrics=self.metrics,
             max_size=self.settings.max_frame,
             # Deflate per client costs about 40% of the event loop under load (profiled in
             # the soak) and zlib state per connection: off unless the operator wants it.
-            compression="deflate" if self.settings.compression else None,
+            compression=self.settings.compression,
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,
-            # The transport's buffer is the send buffer (relay.session); the library's own
-            # sends (pings, close) wait above this mark.
-            write_limit=LIBRARY_WRITE_LIMIT,
-            close_timeout=2,
+            open_timeout=self.settings.open_timeout,
         )
+        await self.server.start(sock, self.settings.host, self.settings.port)
 
     @property
     def port(self) -> int:
         assert self.server is not None
-        sockname: tuple[Any, ...] = next(iter(self.server.sockets)).getsockname()
-        return int(sockname[1])
+        return self.server.port
 
     async def stop_accepting(self) -> None:
         if self.server is not None:
-            self.server.close(close_connections=False)
+            self.server.stop_accepting()
 
     async def wait_closed(self) -> None:
         if self.server is not None:
-            self.server.close(close_connections=True)
-            await self.server.wait_closed()
+            await self.server.close()
 
-    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    async def process_request(self, conn: StreamConnection, request: Request) -> Response | None:
+        """The opening request: an answer for a plain route or a refusal; None upgrades."""
         path, _, query = request.path.partition("?")
         headers = _plain_headers(request.headers)
         client = self._client_address(conn, request)
-        if isinstance(conn, StreamConnection):
-            conn.client = client
+        conn.client = client
         if path != STREAM_PATH or request.method != "GET":
             reply = await self.api.handle(
                 request.path, headers, method=request.method, client=client
@@ -145,11 +136,10 @@ class StreamServer:
             )
             return _response(error_reply(exc))
         # On the connection itself: a failed handshake leaves nothing behind.
-        if isinstance(conn, StreamConnection):
-            conn.grant = grant
+        conn.grant = grant
         return None
 
-    def _client_address(self, conn: ServerConnection, request: Request) -> str:
+    def _client_address(self, conn: StreamConnection, request: Request) -> str:
         """The client's address, through the trusted proxies' X-Forwarded-For (one place)."""
         try:
             return client_address(
@@ -163,54 +153,58 @@ class StreamServer:
                 log.info("%s from %s; counted by that address", exc, _peer(conn))
             return _address(conn)
 
-    async def _handle(self, conn: ServerConnection) -> None:
-        grant, address = None, _address(conn)
-        if isinstance(conn, StreamConnection):
-            grant, address = conn.grant, conn.client or address
+    def opened(self, conn: StreamConnection) -> None:
+        """The upgrade is done: a session, unless the connection limits refuse it."""
+        grant, address = conn.grant, conn.client or _address(conn)
         peer = _peer(conn, address)
         refusal = self._over_connection_limit(address, grant)
         if refusal:
             self.metrics.refused.labels("connection_limit").inc()
             self._log_refusal("refused %s: %s", peer, refusal)
-            await conn.close(CLOSE_POLICY, refusal)
+            conn.begin_close(CLOSE_POLICY, refusal)
             return
         self._per_address[address] += 1
         session = Session(
             conn, send_buffer=self.settings.send_buffer, metrics=self.metrics, peer=peer
         )
-        session.state["grant"] = grant
-        session.state["bucket"] = TokenBucket(
+        session.address = address
+        session.grant = grant
+        session.bucket = TokenBucket(
             self.policy.limit(grant, "ops_per_second"), self.policy.ops_burst, self.clock()
         )
         self._count_subject(session, grant)
-        if isinstance(conn, StreamConnection):
-            conn.session = session
-            conn.on_control_frame = lambda: self._take_op(session, "control frames")
+        conn.session = session
         self.hub.add(session)
-        expiry = asyncio.create_task(self._watch_expiry(session), name=f"expiry {peer}")
-        try:
-            async for message in conn:
-                if not self._take_op(session, "operations"):
-                    break
-                self._on_frame(session, message)
-        except ConnectionClosed:
-            pass
-        finally:
-            expiry.cancel()
-            self.hub.remove(session)
-            self._per_address[address] -= 1
-            if not self._per_address[address]:
-                del self._per_address[address]
-            self._count_subject(session, None)
-            if isinstance(conn, StreamConnection):
-                conn.session = None
-                conn.on_control_frame = None
-            # Leaving the handler makes the library close with 1000: our code goes first.
-            await session.wait_abandoned()
+        if grant is not None:
+            session.expiry = asyncio.create_task(self._watch_expiry(session), name=f"expiry {peer}")
+
+    def received(self, conn: StreamConnection, message: str | bytes) -> None:
+        session = conn.session
+        if session is None or session.closed:
+            return  # refused, or being closed: nothing more is read from it
+        if self._take_op(session, "operations"):
+            self._on_frame(session, message)
+
+    def control(self, conn: StreamConnection) -> bool:
+        session = conn.session
+        return session is None or self._take_op(session, "control frames")
+
+    def closed(self, conn: StreamConnection) -> None:
+        session, conn.session = conn.session, None
+        if session is None:
+            return
+        if session.expiry is not None:
+            session.expiry.cancel()
+        self.hub.remove(session)
+        address = session.address
+        self._per_address[address] -= 1
+        if not self._per_address[address]:
+            del self._per_address[address]
+        self._count_subject(session, None)
 
     def _take_op(self, session: Session, what: str) -> bool:
         """Count one client frame against the connection's rate; over it, close with 4029."""
-        if session.state["bucket"].take(self.clock()):
+        if session.bucket is None or session.bucket.take(self.clock()):
             return True
         if not session.closed:
             self.metrics.refused.labels("rate_limited").inc()
@@ -224,14 +218,14 @@ class StreamServer:
 
     def _count_subject(self, session: Session, grant: Grant | None) -> None:
         """Move the connection's count to ``grant``'s subject (None: uncount it)."""
-        old = session.state.pop("counted_subject", None)
+        old, session.counted_subject = session.counted_subject, None
         if old is not None:
             self._per_subject[old] -= 1
             if not self._per_subject[old]:
                 del self._per_subject[old]
         if grant is not None:
             self._per_subject[grant.subject] += 1
-            session.state["counted_subject"] = grant.subject
+            session.counted_subject = grant.subject
 
     def _over_connection_limit(self, address: str, grant: Grant | None) -> str:
         if self._per_address[address] >= self.policy.max_connections_per_address:
@@ -268,7 +262,7 @@ class StreamServer:
 
     def _subscribe(self, session: Session, op: protocol.Op) -> None:
         assert op.channel is not None
-        grant: Grant | None = session.state["grant"]
+        grant = session.grant
         if op.channel != protocol.STATS_CHANNEL:  # public, like /v1/info
             self.policy.check_read(grant, op.channel)
         if op.channel not in session.subscriptions and len(session.subscriptions) >= (
@@ -282,7 +276,7 @@ class StreamServer:
         self.hub.subscribe(session, op.channel, op.since, op.ref, tweet_filter, requested)
 
     def _refresh(self, session: Session, op: protocol.Op) -> None:
-        old: Grant | None = session.state["grant"]
+        old = session.grant
         grant = self.access.verify((op.extra or {})["token"])
         if old is not None and grant.subject != old.subject:
             raise Forbidden("a refresh must keep the token's subject")
@@ -292,16 +286,20 @@ class StreamServer:
             # A tokenless connection taking a subject's token counts as that subject's.
             self.metrics.refused.labels("connection_limit").inc()
             raise Forbidden(f"too many connections for {grant.subject}"[:120])
-        session.state["grant"] = grant
+        session.grant = grant
         if old is None:
             self._count_subject(session, grant)
+            if session.expiry is None:  # a token now: it expires
+                session.expiry = asyncio.create_task(
+                    self._watch_expiry(session), name=f"expiry {session.peer}"
+                )
         # The new token's limits from now on: its rate here, its subscription limit at the
         # next subscribe (subscriptions past a lower limit stay; new ones are refused).
-        session.state["bucket"].set_rate(
+        assert session.bucket is not None
+        session.bucket.set_rate(
             self.policy.limit(grant, "ops_per_second"), self.policy.ops_burst, self.clock()
         )
         session.push(protocol.refreshed(grant.expires_at, op.ref))
-        session.state.pop("expiry_notice", None)
         for channel, sub in list(session.subscriptions.items()):
             reason = ""
             if not self.policy.can_read(grant, channel):
@@ -317,15 +315,18 @@ class StreamServer:
             if reason:
                 self.hub.unsubscribe(session, channel)
                 self._refuse(session, "forbidden", reason, "refresh", op.ref)
-        session.state.setdefault("refreshed", asyncio.Event()).set()
+        if session.refreshed is not None:
+            session.refreshed.set()
 
     async def _watch_expiry(self, session: Session) -> None:
         """At expiry ask for a fresh token; close with 4001 when none came in the grace time."""
         while True:
-            grant: Grant | None = session.state["grant"]
+            grant = session.grant
             if grant is None:
                 return
-            refreshed: asyncio.Event = session.state.setdefault("refreshed", asyncio.Event())
+            refreshed = session.refreshed
+            if refreshed is None:
+                refreshed = session.refreshed = asyncio.Event()
             refreshed.clear()
             if await _wait(refreshed, grant.expires_at - self.clock()):
                 continue
@@ -343,14 +344,15 @@ class StreamServer:
             session
             for session in list(self.hub.sessions)
             if not session.closed
-            and (grant := session.state.get("grant")) is not None
+            and (grant := session.grant) is not None
             and grant.jti is not None
             and grant.jti in revoked
         ]
         for session in doomed:
             self.metrics.refused.labels("revoked").inc()
             # The jti names the token without being one: safe to log, useful to audit.
-            log.info("closing %s: token %s revoked", session.peer, session.state["grant"].jti)
+            jti = session.grant.jti if session.grant is not None else None
+            log.info("closing %s: token %s revoked", session.peer, jti)
         await asyncio.gather(
             *(s.close_now(CLOSE_UNAUTHORIZED, "token revoked") for s in doomed),
             return_exceptions=True,
@@ -367,7 +369,7 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-def _peer(conn: ServerConnection, client: str = "") -> str:
+def _peer(conn: StreamConnection, client: str = "") -> str:
     """The connection for a log line: ``host:port``, and the client behind a proxy."""
     socket = socket_name(conn.remote_address)
     if client and client != socket.rsplit(":", 1)[0]:
@@ -375,7 +377,7 @@ def _peer(conn: ServerConnection, client: str = "") -> str:
     return socket
 
 
-def _address(conn: ServerConnection) -> str:
+def _address(conn: StreamConnection) -> str:
     return _peer(conn).rsplit(":", 1)[0]
 
 

@@ -36,6 +36,7 @@ from relay import protocol
 from relay.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_SLOW_CONSUMER
 
 if TYPE_CHECKING:
+    from relay.auth import Grant, TokenBucket
     from relay.filters import TweetFilter
     from relay.metrics import Metrics
     from relay.store import StoredTweet
@@ -46,7 +47,7 @@ LAG_ALLOWANCE = 8
 """Send buffers' worth a connection may hold (written and pending) while the relay lags."""
 
 LIBRARY_WRITE_LIMIT = 64 * 1024
-"""The transport's high-water mark above which websockets' own sends wait (its drain)."""
+"""The transport's default high-water mark (asyncio's), above which it pauses our writes."""
 
 CLOSE_TIMEOUT = 2.0
 """Seconds a client gets to take the close frame before the connection is cut."""
@@ -95,7 +96,7 @@ class SessionClosed(Exception):
     """The session stopped accepting frames (slow consumer, shutdown, gone)."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Subscription:
     """A session's interest in one channel; held frames wait while it catches up."""
 
@@ -111,6 +112,31 @@ class Subscription:
 
 
 class Session:
+    __slots__ = (
+        "_catch_up_turn",
+        "_closing",
+        "_held",
+        "_out",
+        "_out_bytes",
+        "_out_seq",
+        "address",
+        "bucket",
+        "closed",
+        "conn",
+        "counted_subject",
+        "expiry",
+        "grant",
+        "last_seq",
+        "limit",
+        "metrics",
+        "peer",
+        "piece",
+        "refreshed",
+        "scheduled",
+        "subscriptions",
+        "writes",
+    )
+
     def __init__(
         self, conn: Connection, *, send_buffer: int, metrics: Metrics, peer: str = ""
     ) -> None:
@@ -125,10 +151,15 @@ class Session:
         self.closed = False
         self.writes = 0
         """Writes of frames to this connection's transport (coalesced: one per publish)."""
-        self.state: dict[str, Any] = {}
-        """Per-connection data of other layers (the token's grant, rate limits)."""
-        self.catch_up_turn = asyncio.Lock()
-        """One catch-up at a time per connection; the others wait their turn in order."""
+        # The server's per-connection state: the client's address, the token's grant,
+        # the frame rate, the subject it is counted under, the token's expiry watch.
+        self.address = ""
+        self.grant: Grant | None = None
+        self.bucket: TokenBucket | None = None
+        self.counted_subject: str | None = None
+        self.refreshed: asyncio.Event | None = None
+        self.expiry: asyncio.Task[None] | None = None
+        self._catch_up_turn: asyncio.Lock | None = None
         self.scheduled = False
         """The hub has this session in its list of sessions with frames to write."""
         self._out: list[bytes] = []
@@ -143,6 +174,13 @@ class Session:
             # waiting catch-up can sleep in drain() instead of polling.
             with contextlib.suppress(Exception):
                 conn.transport.set_write_buffer_limits(high=max(1, low))
+
+    @property
+    def catch_up_turn(self) -> asyncio.Lock:
+        """One catch-up at a time per connection; the others wait their turn in order."""
+        if self._catch_up_turn is None:
+            self._catch_up_turn = asyncio.Lock()
+        return self._catch_up_turn
 
     @property
     def queued_bytes(self) -> int:

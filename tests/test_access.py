@@ -201,7 +201,9 @@ def test_the_subscription_limit_answers_an_error_frame(private: Start) -> None:
 
 def test_an_expiring_token_is_refreshed_on_the_open_connection(private: Start) -> None:
     relay, source = private(refresh_grace=2 * UNIT)
-    short = token(["tweets"], ttl=1)
+    # exp is whole seconds: ttl=1 may expire at once, before the subscribe is answered,
+    # and subscribe() would swallow the notice; 2 leaves at least a second.
+    short = token(["tweets"], ttl=2)
     ws, _ = subscribe(relay.ws_url, additional_headers={"Authorization": f"Bearer {short}"})
     notice = orjson.loads(ws.recv(timeout=2 * UNIT))
     assert notice["type"] == "refresh_required" and notice["deadline"] > notice["expires_at"]

@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 import pytest
-from websockets.asyncio.server import ServerConnection
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close, Frame, Opcode
@@ -26,6 +25,7 @@ from websockets.uri import parse_uri
 
 from relay.auth import issue_token
 from relay.config import Settings
+from relay.connection import StreamConnection
 from relay.filters import TweetFilter
 from tests.fake_x import FakeTime
 from tests.support import (
@@ -134,7 +134,7 @@ def _failed_handshake(port: int, query: str = "") -> bytes:
 
 def _live_connections() -> int:
     gc.collect()
-    return sum(isinstance(o, ServerConnection) for o in gc.get_objects())
+    return sum(isinstance(o, StreamConnection) for o in gc.get_objects())
 
 
 @pytest.mark.parametrize("private", [False, True], ids=["open", "private-with-token"])
