@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 # RFC 6455 codes.
+CLOSE_ABNORMAL = 1006  # never sent: a connection that ended without a close frame
 CLOSE_GOING_AWAY = 1001  # shutdown: reconnect and resume from the last seq
 CLOSE_POLICY = 1008  # a policy refused the connection (limits per subject or address)
 CLOSE_TOO_BIG = 1009  # an inbound frame was larger than the limit

@@ -112,6 +112,13 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.closes = Counter(
+            "relay_closes",
+            "WebSocket connections ended, by close code and by who closed first (server, "
+            "client, lost: no close frame)",
+            ["code", "by"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "relay_source_rate_limited", "Recent searches the X API answered 429", registry=r
         )

@@ -28,6 +28,7 @@ from relay.auth import Grant, TokenBucket
 from relay.config import Settings
 from relay.connection import SocketCount, StreamConnection, sample_accept_errors, socket_name
 from relay.errors import (
+    CLOSE_ABNORMAL,
     CLOSE_POLICY,
     CLOSE_RATE_LIMITED,
     CLOSE_UNAUTHORIZED,
@@ -38,7 +39,7 @@ from relay.errors import (
     Unauthorized,
 )
 from relay.forwarded import FORWARDED_FOR, BadForwardedFor, client_address
-from relay.http import STREAM_PATH, HttpApi, LogSampler, Reply, error_reply
+from relay.http import STREAM_PATH, HttpApi, LogSampler, Reply, access_log, error_reply
 from relay.http_wire import has_body
 from relay.hub import Hub
 from relay.listener import Listener
@@ -193,6 +194,7 @@ class StreamServer:
         session, conn.session = conn.session, None
         if session is None:
             return
+        self._log_close(conn, session)
         if session.expiry is not None:
             session.expiry.cancel()
         self.hub.remove(session)
@@ -201,6 +203,35 @@ class StreamServer:
         if not self._per_address[address]:
             del self._per_address[address]
         self._count_subject(session, None)
+
+    def _log_close(self, conn: StreamConnection, session: Session) -> None:
+        """Count the close by code and side; the access line of a WebSocket connection."""
+        ws = conn.protocol
+        if ws.close_rcvd is not None and ws.close_rcvd_then_sent is not False:
+            code, by = ws.close_rcvd.code, "client"  # it closed first (or alone)
+        elif ws.close_sent is not None:
+            code, by = ws.close_sent.code, "server"
+        else:
+            code, by = CLOSE_ABNORMAL, "lost"  # no close frame either way
+        self.metrics.closes.labels(str(code), by).inc()
+        if not self.settings.access_log:
+            return
+        access_log.info(
+            "WS %s %d",
+            STREAM_PATH,
+            code,
+            extra={
+                "client": session.address,
+                "method": "WS",
+                "path": STREAM_PATH,
+                "status": code,
+                "closed_by": by,
+                "subject": session.grant.subject if session.grant is not None else "",
+                "bytes": session.sent_bytes,
+                "last_seq": session.last_seq,
+                "duration_ms": round((time.monotonic() - session.started) * 1000, 2),
+            },
+        )
 
     def _take_op(self, session: Session, what: str) -> bool:
         """Count one client frame against the connection's rate; over it, close with 4029."""

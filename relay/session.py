@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -133,6 +134,8 @@ class Session:
         "piece",
         "refreshed",
         "scheduled",
+        "sent_bytes",
+        "started",
         "subscriptions",
         "writes",
     )
@@ -151,6 +154,9 @@ class Session:
         self.closed = False
         self.writes = 0
         """Writes of frames to this connection's transport (coalesced: one per publish)."""
+        self.sent_bytes = 0
+        """Bytes of frames written (before compression), for the access log."""
+        self.started = time.monotonic()
         # The server's per-connection state: the client's address, the token's grant,
         # the frame rate, the subject it is counted under, the token's expiry watch.
         self.address = ""
@@ -326,6 +332,7 @@ class Session:
             self._drop()
             return False
         self.writes += 1
+        self.sent_bytes += size
         if last > self.last_seq:
             self.last_seq = last
         return True

@@ -13,7 +13,17 @@ import pytest
 from relay.errors import ConfigError
 from relay.logs import REDACTED, setup_logging
 from tests.fake_x import TOKEN, FakeX, x_lines
-from tests.support import UNIT, PushSource, RelayProcess, RunningRelay, stream_line, wait_for
+from tests.support import (
+    UNIT,
+    PushSource,
+    RelayProcess,
+    RunningRelay,
+    counted,
+    receive_tweets,
+    stream_line,
+    subscribe,
+    wait_for,
+)
 
 SECRET = "s" * 40
 
@@ -118,3 +128,30 @@ def test_every_http_request_gets_an_access_line_without_its_token(
     assert lines[1].__dict__["bytes"] > 0 and first["duration_ms"] >= 0
     assert first["client"] == "127.0.0.1"
     assert "abc.def.ghi" not in caplog.text
+
+
+def test_every_websocket_connection_gets_an_access_line_and_its_close_is_counted(
+    pushed: tuple[RunningRelay, PushSource], caplog: pytest.LogCaptureFixture
+) -> None:
+    relay, source = pushed
+    caplog.set_level(logging.INFO, logger="relay.access")
+    ws, _ = subscribe(relay.ws_url, "tweets")
+    source.push(stream_line(1), stream_line(2))
+    assert len(receive_tweets(ws, 2)) == 2
+    ws.close(1000)
+    # A client that closes with another code, and a server close: each counted by code.
+    other, _ = subscribe(relay.ws_url, "tweets")
+    other.close(4321)
+    wait_for(
+        lambda: len([r for r in caplog.records if r.name == "relay.access"]) == 2,
+        UNIT,
+        "two access lines",
+    )
+    first, second = (r.__dict__ for r in caplog.records if r.name == "relay.access")
+    assert (first["method"], first["path"], first["status"]) == ("WS", "/v1/stream", 1000)
+    assert first["closed_by"] == "client" and first["last_seq"] == 2
+    assert first["bytes"] > 0 and first["duration_ms"] > 0 and first["client"] == "127.0.0.1"
+    assert second["status"] == 4321 and second["last_seq"] == 0
+    metrics = relay.relay.metrics
+    assert counted(metrics.closes, code="1000", by="client") == 1
+    assert counted(metrics.closes, code="4321", by="client") == 1
