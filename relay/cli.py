@@ -282,7 +282,7 @@ def setup_logging(settings: Settings) -> None:
     from relay.logs import setup_logging as configure
 
     secrets = (settings.secret, settings.previous_secret, settings.x_bearer_token)
-    configure(settings.log_level, settings.log_format, secrets=secrets)
+    configure(settings.log_level, settings.log_format, secrets=secrets, background=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

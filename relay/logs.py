@@ -13,11 +13,16 @@ and what libraries print at debug, such as tweepy's ``Authorization: Bearer ...`
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import copy
 import logging
+import queue
 import re
 import sys
 import time
 from collections.abc import Iterable
+from logging.handlers import QueueHandler, QueueListener
 from typing import IO, Any
 
 import orjson
@@ -155,6 +160,76 @@ class RichFieldsFormatter(logging.Formatter):
         return f"{message} {extra}" if extra else message
 
 
+QUEUED_RECORDS = 10_000
+"""Log records waiting for the writer thread at most; past it new ones are dropped and
+counted (a line says how many once the writer catches up)."""
+
+
+class _Writer(QueueListener):
+    def enqueue_sentinel(self) -> None:
+        # The queue may be full when the process stops: wait a little for room, then
+        # give up on the rest (the writer thread is a daemon: it never holds up the exit).
+        with contextlib.suppress(queue.Full):
+            self.queue.put(self._sentinel, timeout=2.0)  # type: ignore[attr-defined]
+
+
+class QueueFront(QueueHandler):
+    """Log records go to a queue that one thread writes out.
+
+    A handler writing to stderr blocks the event loop whenever stderr does: a log drain
+    or a terminal that reads slowly, while a flood of requests each logs an access line.
+    The queue is bounded: when the writer falls behind, records are dropped and counted
+    instead of stalling the relay or growing without end.
+    """
+
+    def __init__(self, handler: logging.Handler, size: int = QUEUED_RECORDS) -> None:
+        super().__init__(queue.Queue(size))
+        self.dropped = 0
+        self.listener = _Writer(self.queue, handler, respect_handler_level=True)
+        self.listener.start()
+        self._running = True
+        atexit.register(self.close)
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The message merged and the traceback as text (the writer thread formats the
+        # rest), fields kept: unlike QueueHandler's, which formats everything into msg.
+        record = copy.copy(record)
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record.exc_text = record.exc_text or logging.Formatter().formatException(
+                record.exc_info
+            )
+            record.exc_info = None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            if self.dropped:
+                note = logging.makeLogRecord(
+                    {
+                        "name": "relay.logs",
+                        "levelno": logging.WARNING,
+                        "levelname": "WARNING",
+                        "msg": f"{self.dropped} log records dropped: the log output is too slow",
+                    }
+                )
+                self.queue.put_nowait(note)
+                self.dropped = 0
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self) -> None:
+        if self._running:  # what is queued is written out before the process ends
+            self._running = False
+            self.listener.enqueue_sentinel()
+            thread = self.listener._thread
+            if thread is not None:
+                thread.join(5.0)
+            self.listener._thread = None
+        super().close()
+
+
 def resolve_format(fmt: str, stream: IO[str]) -> str:
     fmt = check_format(fmt)
     if fmt != "auto":
@@ -169,8 +244,12 @@ def setup_logging(
     *,
     secrets: Iterable[str] = (),
     stream: IO[str] | None = None,
+    background: bool = False,
 ) -> str:
-    """Configure the root logger; returns the format chosen. Raises ConfigError."""
+    """Configure the root logger; returns the format chosen. Raises ConfigError.
+
+    ``background``: lines are written by a thread of their own (see :class:`QueueFront`),
+    as the long-running commands want."""
     level = check_level(level)
     out = stream if stream is not None else sys.stderr
     chosen = resolve_format(fmt, out)
@@ -189,8 +268,9 @@ def setup_logging(
     else:
         handler = logging.StreamHandler(out)
         handler.setFormatter(JsonFormatter() if chosen == "json" else PlainFormatter())
-    handler.addFilter(Redactor(secrets))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    front = QueueFront(handler) if background else handler
+    front.addFilter(Redactor(secrets))  # before a record is queued or written
+    logging.basicConfig(level=level.upper(), handlers=[front], force=True)
     # A line per frame and per job run: too much even at debug. tweepy and requests do
     # log at debug (their request headers: redacted above).
     for name in ("websockets", "apscheduler"):

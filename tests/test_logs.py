@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import orjson
 import pytest
 
 from relay.errors import ConfigError
-from relay.logs import REDACTED, setup_logging
+from relay.logs import REDACTED, QueueFront, setup_logging
 from tests.fake_x import TOKEN, FakeX, x_lines
 from tests.support import (
     UNIT,
@@ -155,3 +157,41 @@ def test_every_websocket_connection_gets_an_access_line_and_its_close_is_counted
     metrics = relay.relay.metrics
     assert counted(metrics.closes, code="1000", by="client") == 1
     assert counted(metrics.closes, code="4321", by="client") == 1
+
+
+class BlockedHandler(logging.Handler):
+    """An output that does not take anything until released (a stuck log drain)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.released.wait(4 * UNIT)
+        self.lines.append(record.getMessage())
+
+
+def test_a_stuck_log_output_never_blocks_the_caller_and_drops_are_counted() -> None:
+    output = BlockedHandler()
+    front = QueueFront(output, size=5)
+    log = logging.getLogger("relay.test.queue")
+    log.addHandler(front)
+    log.propagate = False
+    try:
+        started = time.monotonic()
+        for n in range(50):
+            log.warning("line %d", n)
+        assert time.monotonic() - started < UNIT  # nothing waited for the stuck output
+        assert front.dropped > 0
+        output.released.set()
+        wait_for(front.queue.empty, UNIT, "the writer to catch up")
+        log.warning("after")
+    finally:
+        front.close()
+        log.removeHandler(front)
+        log.propagate = True
+    assert output.lines[0] == "line 0"
+    assert any("log records dropped" in line for line in output.lines)
+    assert output.lines[-1] == "after"
+    assert len(output.lines) < 50
