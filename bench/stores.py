@@ -21,6 +21,7 @@ from rich.table import Table
 
 from relay.app import Relay
 from relay.config import Settings
+from relay.launch import tune_gc
 from relay.synth import write_stream
 
 console = Console()
@@ -28,6 +29,7 @@ console = Console()
 
 async def ingest(settings: Settings, count: int) -> tuple[float, float]:
     """Tweets a second from start to the last one published; p50 commit time in ms."""
+    tune_gc()  # what `relay run` does at start
     relay = Relay(settings)
     started = time.perf_counter()
     await relay.start()

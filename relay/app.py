@@ -274,6 +274,7 @@ class Relay:
             bus.publish,
             self.metrics,
             batch_size=self.settings.batch_size,
+            parse_processes=self.settings.parse_processes,
             clock=self.clock,
         )
         self.ingest.start()

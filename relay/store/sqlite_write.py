@@ -23,7 +23,7 @@ from relay.tweets import (
     Tweet,
     display_name_of,
     normalise_time,
-    stored_object,
+    stored_body,
     username_of,
 )
 
@@ -163,7 +163,7 @@ def _append_batch(
         if tweet.id in known:
             continue
         known.add(tweet.id)  # a repeat later in the same batch is a duplicate too
-        body = orjson.dumps(stored_object(tweet.object, seq=seq, received_at=received))
+        body = stored_body(tweet, seq=seq, received_at=received)
         keys = [rule.tag or rule.id for rule in tweet.rules]
         unique = dict.fromkeys(keys)
         rows.append(tweet_row(seq, tweet, received, keys, body))
@@ -183,7 +183,11 @@ def _append_batch(
         seq += 1
     conn.executemany(INSERT_TWEET, rows)
     conn.executemany(INSERT_TWEET_RULE, rule_rows)
-    conn.executemany(INSERT_RULE, rule_rows)
+    # A rule's first seq is the first of its rows: one row per rule key, not per tweet.
+    firsts: dict[str, int] = {}
+    for key, first in rule_rows:
+        firsts.setdefault(key, first)
+    conn.executemany(INSERT_RULE, firsts.items())
     # An author of many tweets of the batch comes once per tweet: the last one stands.
     latest = {uid: user for user in users if isinstance(uid := user.get("id"), str)}
     conn.executemany(
@@ -198,7 +202,7 @@ def insert_tweet(
 ) -> StoredTweet | None:
     """Store one tweet with the next seq; None when its id is already stored."""
     seq = seq_counter.next
-    body = orjson.dumps(stored_object(tweet.object, seq=seq, received_at=received))
+    body = stored_body(tweet, seq=seq, received_at=received)
     keys = [rule.tag or rule.id for rule in tweet.rules]
     cursor = conn.execute(
         INSERT_TWEET + " ON CONFLICT (id) DO NOTHING",
