@@ -150,13 +150,28 @@ def _tweet_from_fields(
         author,
         lang,
         created_at,
-        tuple([Rule(rule_id, tag) for rule_id, tag in rules]),
+        _rules_of(rules),
         has_media,
         encoded,
         author_username,
         appendable,
         decoded,
     )
+
+
+_RULES: dict[tuple[tuple[str, str], ...], tuple[Rule, ...]] = {}
+_MAX_RULE_SETS = 4096
+
+
+def _rules_of(pairs: tuple[tuple[str, str], ...]) -> tuple[Rule, ...]:
+    """The rules of a tweet that crossed from a parser process: a stream has few
+    distinct sets of matching rules, so each set is built once (Rules are immutable)."""
+    rules = _RULES.get(pairs)
+    if rules is None:
+        if len(_RULES) >= _MAX_RULE_SETS:  # a stream of ever new rules: start over
+            _RULES.clear()
+        rules = _RULES[pairs] = tuple([Rule(rule_id, tag) for rule_id, tag in pairs])
+    return rules
 
 
 STORE_KEYS = frozenset({"objectType", "seq", "createdAt", "updatedAt", "received_at"})

@@ -7,6 +7,7 @@ complete with it; a rolled-back transaction puts the counter back.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from relay.store import AppendResult, StoredTweet
 from relay.store.sqlite_schema import TWEET_COLUMNS
 from relay.tweets import (
     ALL_CHANNEL,
+    MAX_TIME_LENGTH,
     RULE_PREFIX,
     Tweet,
     display_name_of,
@@ -231,12 +233,25 @@ def upsert_user(conn: sqlite3.Connection, user: dict[str, Any], received: str) -
         conn.execute(UPSERT_USER, row)
 
 
+@functools.lru_cache(maxsize=8192)
+def _normalised(value: str) -> str | None:
+    """normalise_time for a user's created_at: the same few authors come back batch
+    after batch, and checking a time is a third of building their row."""
+    return normalise_time(value)
+
+
 def _user_row(user: dict[str, Any], received: str) -> tuple[Any, ...] | None:
     user_id = user.get("id")
     if not isinstance(user_id, str):  # parse gives ids as text; anything else is no user
         return None
     obj = dict(user)
     obj["objectType"] = "objects.users"
-    obj["createdAt"] = normalise_time(user.get("created_at")) or received
+    created = user.get("created_at")
+    obj["createdAt"] = (
+        # Only short text is remembered: a hostile megabyte "time" is not kept.
+        _normalised(created)
+        if isinstance(created, str) and len(created) <= MAX_TIME_LENGTH
+        else normalise_time(created)
+    ) or received
     obj["updatedAt"] = received
     return (user_id, username_of(user), display_name_of(user), orjson.dumps(obj).decode(), received)
