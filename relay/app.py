@@ -306,6 +306,7 @@ class Relay:
             bus.publish,
             self.metrics,
             batch_size=self.settings.batch_size,
+            parse_processes=self.settings.parse_processes,
             clock=self.clock,
         )
         self.ingest.start()

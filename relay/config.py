@@ -133,6 +133,10 @@ class Settings:
     loop: bool | None = None
     """Replay the file again and again with fresh ids; default: on for the bundled sample only."""
     batch_size: int = 500
+    parse_processes: int = 1
+    """Worker processes that parse large batches (a replay at full speed, a backfill) on
+    another core; 0 parses everything on the event loop. Batches of a few lines (a live
+    stream) always parse in the relay's own process."""
     # the X API (live sources)
     x_bearer_token: str = field(default="", repr=False)
     x_api_base_url: str = "https://api.twitter.com"
@@ -225,6 +229,8 @@ class Settings:
             raise ConfigError("max_frame must be at least 256 bytes")
         if self.batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
+        if self.parse_processes < 0:
+            raise ConfigError("parse_processes must be 0 or more")
         if self.secret and len(self.secret.encode()) < 32:
             raise ConfigError("RELAY_SECRET must be at least 32 bytes (HS256 wants a long key)")
         self._validate_secrets()
@@ -358,6 +364,7 @@ ENVIRONMENT = {
     "speed": ("RELAY_SPEED",),
     "loop": ("RELAY_LOOP",),
     "batch_size": ("RELAY_BATCH_SIZE",),
+    "parse_processes": ("RELAY_PARSE_PROCESSES",),
     "x_bearer_token": ("X_BEARER_TOKEN",),
     "x_api_base_url": ("X_API_BASE_URL",),
     "rules_file": ("RELAY_RULES",),
@@ -483,6 +490,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "send_buffer": _int,
     "max_frame": _int,
     "batch_size": _int,
+    "parse_processes": _int,
     "ping_interval": float,
     "ping_timeout": float,
     "open_timeout": float,

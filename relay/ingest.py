@@ -22,11 +22,12 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from relay.errors import MalformedPayload, RelayError
+from relay.errors import RelayError
 from relay.metrics import Metrics
+from relay.parse_pool import ParsedChunk, ParserPool, parse_chunk
 from relay.sources import RawLine, Source
 from relay.store import AppendResult, Store, StoredTweet
-from relay.tweets import Parsed, Tweet, parse_line, usable_unix
+from relay.tweets import usable_unix
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class Ingest:
         metrics: Metrics,
         *,
         batch_size: int = 500,
+        parse_processes: int = 0,
         clock: Clock = time.time,
     ) -> None:
         self.source = source
@@ -110,6 +112,11 @@ class Ingest:
         self.finished = asyncio.Event()
         """Set when the source ended and everything it sent is stored and published."""
         self._lines: asyncio.Queue[RawLine | None] = asyncio.Queue(maxsize=4 * batch_size)
+        self.parser = ParserPool(parse_processes)
+        # Batches in a parser process at once: enough to keep every worker busy.
+        self._parsed: asyncio.Queue[tuple[asyncio.Future[ParsedChunk], list[RawLine]] | None] = (
+            asyncio.Queue(2 * parse_processes + 1)
+        )
         self._appends: asyncio.Queue[asyncio.Future[AppendResult] | None] = asyncio.Queue(8)
         self._tasks: list[asyncio.Task[None]] = []
         self.error: BaseException | None = None
@@ -128,6 +135,7 @@ class Ingest:
         self._tasks = [
             asyncio.create_task(self._guard("source reader", self._read()), name="ingest-read"),
             asyncio.create_task(self._guard("batcher", self._batch()), name="ingest-batch"),
+            asyncio.create_task(self._guard("store step", self._store()), name="ingest-store"),
             asyncio.create_task(self._guard("publisher", self._publish()), name="ingest-publish"),
         ]
 
@@ -156,6 +164,11 @@ class Ingest:
             for task in self._tasks:
                 task.cancel()
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+        await self.parser.close()
+        while not self._parsed.empty():  # batches the store step will never take
+            parsed = self._parsed.get_nowait()
+            if parsed is not None:
+                parsed[0].cancel()
         while not self._appends.empty():  # appends the publisher will never await
             append = self._appends.get_nowait()
             if append is not None:
@@ -190,6 +203,8 @@ class Ingest:
         await self._lines.put(None)
 
     async def _batch(self) -> None:
+        """Cut the lines into batches and start parsing each; the store step takes
+        the parsed batches in order."""
         done = False
         while not done:
             batch = [await self._lines.get()]
@@ -198,25 +213,57 @@ class Ingest:
             if batch[-1] is None:
                 done = True
             lines = [line for line in batch if line is not None]
-            if lines and not self.failed.is_set():
-                tweets, users = [], []
-                for start in range(0, len(lines), LINES_PER_TURN):
-                    if start:
-                        await asyncio.sleep(0)  # a batch parses in slices, between clients
-                    more_tweets, more_users = self._parse(lines[start : start + LINES_PER_TURN])
-                    tweets += more_tweets
-                    users += more_users
-                if tweets:
-                    # The receive time is the source's; a nonsense one falls back to now.
-                    received = usable_unix(lines[-1].received_at)
-                    if received is None:
-                        received = self.clock()
-                    append = asyncio.ensure_future(self.store.append(tweets, users, received))
-                    # Once ingest failed the publisher no longer awaits appends: their
-                    # outcome is known, and asyncio must not log each as never retrieved.
-                    append.add_done_callback(_consume)
-                    append.add_done_callback(self._timer(time.monotonic()))
-                    await self._appends.put(append)
+            if not lines or self.failed.is_set():
+                continue
+            if self.parser.takes(len(lines)):
+                parse: asyncio.Future[ParsedChunk] = asyncio.ensure_future(
+                    self.parser.parse([line.data for line in lines])
+                )
+            else:
+                parse = asyncio.get_running_loop().create_future()
+                parse.set_result(await self._parse_here(lines))
+            await self._parsed.put((parse, lines))
+        await self._parsed.put(None)
+
+    async def _parse_here(self, lines: list[RawLine]) -> ParsedChunk:
+        """Parse on the event loop, in slices, letting clients be served in between."""
+        chunk = ParsedChunk()
+        for start in range(0, len(lines), LINES_PER_TURN):
+            if start:
+                await asyncio.sleep(0)
+            part = parse_chunk([line.data for line in lines[start : start + LINES_PER_TURN]])
+            chunk.tweets += part.tweets
+            chunk.users += part.users  # the store keeps the last of each id
+            chunk.payloads += part.payloads
+            chunk.keepalives += part.keepalives
+            chunk.malformed += [(start + i, why, detail) for i, why, detail in part.malformed]
+            chunk.skipped += part.skipped
+            chunk.api_errors += part.api_errors
+        return chunk
+
+    async def _store(self) -> None:
+        """Hand each parsed batch to the store, in the order the lines came."""
+        while (item := await self._parsed.get()) is not None:
+            parse, lines = item
+            try:
+                chunk = await parse
+            finally:
+                if self.failed.is_set():
+                    parse.cancel()
+            self._account(chunk, lines)
+            if chunk.tweets and not self.failed.is_set():
+                # The receive time is the source's; a nonsense one falls back to now.
+                received = usable_unix(lines[-1].received_at)
+                if received is None:
+                    received = self.clock()
+                append = asyncio.ensure_future(
+                    self.store.append(chunk.tweets, chunk.users, received)
+                )
+                # Once ingest failed the publisher no longer awaits appends: their
+                # outcome is known, and asyncio must not log each as never retrieved.
+                append.add_done_callback(_consume)
+                append.add_done_callback(self._timer(time.monotonic()))
+                await self._appends.put(append)
         await self._appends.put(None)
 
     def _timer(self, started: float) -> Callable[[asyncio.Future[Any]], None]:
@@ -228,43 +275,22 @@ class Ingest:
 
         return done
 
-    def _parse(self, lines: list[RawLine]) -> tuple[list[Tweet], list[dict[str, Any]]]:
-        tweets: list[Tweet] = []
-        users: list[dict[str, Any]] = []
-        payloads = keepalives = 0
-        for line in lines:
-            try:
-                parsed = parse_line(line.data)
-            except MalformedPayload as exc:
-                self._malformed(exc.reason, str(exc), line)
-                continue
-            except Exception as exc:  # a parser bug must cost one line, not the batch
-                self._malformed("parse_error", f"{type(exc).__name__}: {exc}", line)
-                continue
-            if parsed.keepalive:
-                keepalives += 1
-                continue
-            payloads += 1
-            if parsed.skipped or parsed.api_errors:
-                self._report(parsed)
-            tweets.extend(parsed.tweets)
-            users.extend(parsed.users)
-        # Counted per slice, not per line: a labelled counter costs a lookup and a lock.
-        if lines:
-            self.metrics.last_data.set(lines[-1].received_at)
-        if payloads:
-            self.metrics.lines.labels("payload").inc(payloads)
-        if keepalives:
-            self.metrics.lines.labels("keepalive").inc(keepalives)
-        return tweets, users
-
-    def _report(self, parsed: Parsed) -> None:
-        for skip in parsed.skipped:
+    def _account(self, chunk: ParsedChunk, lines: list[RawLine]) -> None:
+        """Count and log what a parsed batch held, per batch (a labelled counter costs
+        a lookup and a lock)."""
+        for index, reason, detail in chunk.malformed:
+            self._malformed(reason, detail, lines[index])
+        for skip in chunk.skipped:
             self.metrics.skipped.labels(skip.reason).inc()
             self.skipped_log("skipped a tweet (%s): %s", skip.reason, skip.detail)
-        for api_error in parsed.api_errors:
+        for api_error in chunk.api_errors:
             self.metrics.api_errors.inc()
             self.api_errors_log("stream error message: %.300s", api_error)
+        self.metrics.last_data.set(lines[-1].received_at)
+        if chunk.payloads:
+            self.metrics.lines.labels("payload").inc(chunk.payloads)
+        if chunk.keepalives:
+            self.metrics.lines.labels("keepalive").inc(chunk.keepalives)
 
     def _malformed(self, reason: str, detail: str, line: RawLine) -> None:
         self.metrics.lines.labels("malformed").inc()

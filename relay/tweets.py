@@ -85,16 +85,116 @@ class Tweet:
     created_at: str | None
     rules: tuple[Rule, ...]
     has_media: bool
-    object: JSON = field(repr=False)
-    """The tweet as served: X's own fields, expanded, without store fields."""
+    encoded: bytes = field(repr=False)
+    """The tweet as served (X's own fields, expanded, without store fields), as orjson
+    encodes it: the parser encodes it once, the store only appends its own fields."""
     author_username: str | None = None
     """The author's handle when it is a usable name: what is indexed and filtered on."""
+    appendable: bool = True
+    """Whether the object holds none of the store's fields, so that they can be
+    appended to ``encoded`` as they are (else the stored object is built again)."""
+    decoded: JSON | None = field(default=None, repr=False, compare=False)
+    """The object as a dict when the parser still has it (not after a process hop)."""
+
+    @property
+    def object(self) -> JSON:
+        """The tweet as served: X's own fields, expanded, without store fields."""
+        if self.decoded is not None:
+            return self.decoded
+        decoded: JSON = orjson.loads(self.encoded)
+        return decoded
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Across a process boundary (the parser process) a plain tuple, and without
+        # the dict: the encoded bytes hold it, and decoding is the receiver's to skip.
+        return _tweet_from_fields, (
+            self.id,
+            self.text,
+            self.author_id,
+            self.author,
+            self.lang,
+            self.created_at,
+            tuple([(rule.id, rule.tag) for rule in self.rules]),
+            self.has_media,
+            self.encoded,
+            self.author_username,
+            self.appendable,
+            None if self.encoded else self.decoded,
+        )
 
     @property
     def channels(self) -> tuple[str, ...]:
         """Every channel this tweet is published on, ``tweets`` first."""
         seen = dict.fromkeys([ALL_CHANNEL, *(rule.channel for rule in self.rules)])
         return tuple(seen)
+
+
+def _tweet_from_fields(
+    tweet_id: str,
+    text: str,
+    author_id: str | None,
+    author: JSON | None,
+    lang: str | None,
+    created_at: str | None,
+    rules: tuple[tuple[str, str], ...],
+    has_media: bool,
+    encoded: bytes,
+    author_username: str | None,
+    appendable: bool,
+    decoded: JSON | None,
+) -> Tweet:
+    return Tweet(
+        tweet_id,
+        text,
+        author_id,
+        author,
+        lang,
+        created_at,
+        _rules_of(rules),
+        has_media,
+        encoded,
+        author_username,
+        appendable,
+        decoded,
+    )
+
+
+_RULES: dict[tuple[tuple[str, str], ...], tuple[Rule, ...]] = {}
+_MAX_RULE_SETS = 4096
+
+
+def _rules_of(pairs: tuple[tuple[str, str], ...]) -> tuple[Rule, ...]:
+    """The rules of a tweet that crossed from a parser process: a stream has few
+    distinct sets of matching rules, so each set is built once (Rules are immutable)."""
+    rules = _RULES.get(pairs)
+    if rules is None:
+        if len(_RULES) >= _MAX_RULE_SETS:  # a stream of ever new rules: start over
+            _RULES.clear()
+        rules = _RULES[pairs] = tuple([Rule(rule_id, tag) for rule_id, tag in pairs])
+    return rules
+
+
+STORE_KEYS = frozenset({"objectType", "seq", "createdAt", "updatedAt", "received_at"})
+"""The fields the store adds to a tweet object (see :func:`stored_object`)."""
+
+
+def stored_body(tweet: Tweet, *, seq: int, received_at: str) -> bytes:
+    """``orjson.dumps(stored_object(tweet.object, ...))``, byte for byte, without
+    decoding or encoding the object again when its fields can simply be appended."""
+    if not tweet.appendable:
+        return orjson.dumps(stored_object(tweet.object, seq=seq, received_at=received_at))
+    # Times are ASCII digits and punctuation (normalise_time, time_from_unix): no escaping.
+    return b'%s,%s%d,"createdAt":"%s","updatedAt":"%s","received_at":"%s"}' % (
+        tweet.encoded[:-1],
+        _STORE_HEAD,
+        seq,
+        (tweet.created_at or received_at).encode(),
+        received_at.encode(),
+        received_at.encode(),
+    )
+
+
+_STORE_HEAD = b'"objectType":"%s","seq":' % OBJECT_TYPE.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +476,10 @@ def _tweet(item: Any, index: _Includes, rules: tuple[Rule, ...]) -> Tweet | Skip
     created_at = normalise_time(item.get("created_at"))
     obj["created_at"] = created_at
     lang = item.get("lang")
+    try:
+        encoded = orjson.dumps(obj)
+    except orjson.JSONEncodeError:  # nested past the encoder's depth, say
+        encoded = b""  # the store tries once more, and leaves out only this tweet
     return Tweet(
         id=tweet_id,
         text=text,
@@ -385,8 +489,10 @@ def _tweet(item: Any, index: _Includes, rules: tuple[Rule, ...]) -> Tweet | Skip
         created_at=created_at,
         rules=rules,
         has_media=bool(media),
-        object=obj,
+        encoded=encoded,
         author_username=username_of(author),
+        appendable=bool(encoded) and STORE_KEYS.isdisjoint(obj),
+        decoded=obj,
     )
 
 

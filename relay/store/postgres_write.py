@@ -24,7 +24,7 @@ import psycopg.errors
 from relay.filters import fold
 from relay.store import AppendResult, StoredTweet
 from relay.store.postgres_schema import TWEET_COLUMNS
-from relay.tweets import Tweet, display_name_of, normalise_time, stored_object, username_of
+from relay.tweets import Tweet, display_name_of, normalise_time, stored_body, username_of
 
 Cursor = psycopg.AsyncCursor[Any]
 
@@ -85,7 +85,7 @@ def _key(value: Any) -> str:
 
 
 def _row(tweet: Tweet, seq: int, received: str) -> tuple[tuple[Any, ...], StoredTweet, list[str]]:
-    body = orjson.dumps(stored_object(tweet.object, seq=seq, received_at=received))
+    body = stored_body(tweet, seq=seq, received_at=received)
     keys = list(dict.fromkeys(_key(rule.tag or rule.id) for rule in tweet.rules))
     username = _text(tweet.author_username)
     text = _text(tweet.text) or ""

@@ -7,6 +7,7 @@ complete with it; a rolled-back transaction puts the counter back.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections.abc import Sequence
@@ -19,11 +20,12 @@ from relay.store import AppendResult, StoredTweet
 from relay.store.sqlite_schema import TWEET_COLUMNS
 from relay.tweets import (
     ALL_CHANNEL,
+    MAX_TIME_LENGTH,
     RULE_PREFIX,
     Tweet,
     display_name_of,
     normalise_time,
-    stored_object,
+    stored_body,
     username_of,
 )
 
@@ -163,7 +165,7 @@ def _append_batch(
         if tweet.id in known:
             continue
         known.add(tweet.id)  # a repeat later in the same batch is a duplicate too
-        body = orjson.dumps(stored_object(tweet.object, seq=seq, received_at=received))
+        body = stored_body(tweet, seq=seq, received_at=received)
         keys = [rule.tag or rule.id for rule in tweet.rules]
         unique = dict.fromkeys(keys)
         rows.append(tweet_row(seq, tweet, received, keys, body))
@@ -183,7 +185,11 @@ def _append_batch(
         seq += 1
     conn.executemany(INSERT_TWEET, rows)
     conn.executemany(INSERT_TWEET_RULE, rule_rows)
-    conn.executemany(INSERT_RULE, rule_rows)
+    # A rule's first seq is the first of its rows: one row per rule key, not per tweet.
+    firsts: dict[str, int] = {}
+    for key, first in rule_rows:
+        firsts.setdefault(key, first)
+    conn.executemany(INSERT_RULE, firsts.items())
     # An author of many tweets of the batch comes once per tweet: the last one stands.
     latest = {uid: user for user in users if isinstance(uid := user.get("id"), str)}
     conn.executemany(
@@ -198,7 +204,7 @@ def insert_tweet(
 ) -> StoredTweet | None:
     """Store one tweet with the next seq; None when its id is already stored."""
     seq = seq_counter.next
-    body = orjson.dumps(stored_object(tweet.object, seq=seq, received_at=received))
+    body = stored_body(tweet, seq=seq, received_at=received)
     keys = [rule.tag or rule.id for rule in tweet.rules]
     cursor = conn.execute(
         INSERT_TWEET + " ON CONFLICT (id) DO NOTHING",
@@ -227,12 +233,25 @@ def upsert_user(conn: sqlite3.Connection, user: dict[str, Any], received: str) -
         conn.execute(UPSERT_USER, row)
 
 
+@functools.lru_cache(maxsize=8192)
+def _normalised(value: str) -> str | None:
+    """normalise_time for a user's created_at: the same few authors come back batch
+    after batch, and checking a time is a third of building their row."""
+    return normalise_time(value)
+
+
 def _user_row(user: dict[str, Any], received: str) -> tuple[Any, ...] | None:
     user_id = user.get("id")
     if not isinstance(user_id, str):  # parse gives ids as text; anything else is no user
         return None
     obj = dict(user)
     obj["objectType"] = "objects.users"
-    obj["createdAt"] = normalise_time(user.get("created_at")) or received
+    created = user.get("created_at")
+    obj["createdAt"] = (
+        # Only short text is remembered: a hostile megabyte "time" is not kept.
+        _normalised(created)
+        if isinstance(created, str) and len(created) <= MAX_TIME_LENGTH
+        else normalise_time(created)
+    ) or received
     obj["updatedAt"] = received
     return (user_id, username_of(user), display_name_of(user), orjson.dumps(obj).decode(), received)

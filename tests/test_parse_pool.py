@@ -1,0 +1,144 @@
+"""Parsing in a parser process, and the stored object built from the parser's bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from relay.config import Settings
+from relay.parse_pool import PROCESS_MIN_LINES, ParsedChunk, ParserPool, parse_chunk
+from relay.synth import write_stream
+from relay.tweets import parse_line, stored_body, stored_object
+from tests.support import UNIT, RunningRelay, counted, stream_line
+
+RECEIVED = "2026-01-02T03:04:05.000Z"
+
+LINES = [
+    stream_line(1, "plain", tags=("cats",)),
+    orjson.dumps({"data": {"id": "2", "text": "no time", "author_id": "u1"}}),
+    # Store fields inside the object as sent: the store's own values must win, as before.
+    orjson.dumps({"data": {"id": "3", "text": "t", "seq": 99, "createdAt": "x", "objectType": 1}}),
+    orjson.dumps({"data": {"id": 4, "text": "numeric id, odd time", "created_at": "2026-01-02"}}),
+    orjson.dumps({"data": {"id": "5", "text": "ünï ☃ \u2028", "lang": "de"}}),
+]
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_the_stored_body_is_the_stored_object_byte_for_byte(line: bytes) -> None:
+    (tweet,) = parse_line(line).tweets
+    for seq in (1, 12345678901):
+        expected = orjson.dumps(stored_object(tweet.object, seq=seq, received_at=RECEIVED))
+        assert stored_body(tweet, seq=seq, received_at=RECEIVED) == expected
+        # The same after the hop from a parser process, which leaves the dict behind.
+        moved = pickle.loads(pickle.dumps(tweet))
+        assert moved.decoded is None
+        assert moved == tweet
+        assert stored_body(moved, seq=seq, received_at=RECEIVED) == expected
+
+
+def test_a_tweet_the_encoder_refuses_keeps_its_object_across_the_hop() -> None:
+    deep = b"[" * 300 + b"1" + b"]" * 300
+    (tweet,) = parse_line(b'{"data": {"id": "1", "text": "a", "deep": ' + deep + b"}}").tweets
+    moved = pickle.loads(pickle.dumps(tweet))
+    assert moved.object == tweet.object
+    with pytest.raises(TypeError):  # the store's writer leaves it out, saying why
+        stored_body(moved, seq=1, received_at=RECEIVED)
+
+
+def _batch(count: int) -> list[bytes]:
+    lines = [stream_line(n, f"tweet {n}", author=f"u{n % 3}") for n in range(1, count + 1)]
+    lines[5] = b"{not json"
+    lines[6] = b""  # a keep-alive
+    lines[7] = b"[1, 2]"
+    return lines
+
+
+def _summary(chunk: ParsedChunk) -> tuple[object, ...]:
+    return (
+        [tweet.id for tweet in chunk.tweets],
+        [stored_body(tweet, seq=1, received_at=RECEIVED) for tweet in chunk.tweets],
+        chunk.users,
+        chunk.payloads,
+        chunk.keepalives,
+        chunk.malformed,
+    )
+
+
+async def _started(pool: ParserPool, lines: int) -> None:
+    assert not pool.takes(lines)  # the first large batch starts the workers, parses here
+    await asyncio.wait_for(pool.started(), 4 * UNIT)
+    assert pool.takes(lines)
+
+
+def test_a_parser_process_gives_what_parsing_here_gives_in_order() -> None:
+    batches = [_batch(PROCESS_MIN_LINES + n) for n in range(3)]
+
+    async def run() -> list[ParsedChunk]:
+        pool = ParserPool(2)
+        assert not pool.takes(PROCESS_MIN_LINES - 1)  # small batches never leave
+        try:
+            await _started(pool, PROCESS_MIN_LINES)
+            return list(await asyncio.gather(*[pool.parse(batch) for batch in batches]))
+        finally:
+            await pool.close()
+
+    chunks = asyncio.run(run())
+    assert [_summary(chunk) for chunk in chunks] == [
+        _summary(parse_chunk(batch)) for batch in batches
+    ]
+    first = chunks[0]
+    assert [index for index, _, _ in first.malformed] == [5, 7]
+    assert (first.keepalives, len(first.users)) == (1, 3)  # one user object per id
+
+
+def test_a_dead_parser_process_costs_nothing_but_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    batch = _batch(PROCESS_MIN_LINES)
+
+    async def run() -> ParsedChunk:
+        pool = ParserPool(1)
+        try:
+            await _started(pool, len(batch))
+            worker = pool._workers[0]
+            worker.process.kill()
+            await worker.process.wait()
+            chunk = await pool.parse(batch)  # parsed here instead
+            assert not pool.takes(len(batch))
+            return chunk
+        finally:
+            await pool.close()
+
+    chunk = asyncio.run(run())
+    assert _summary(chunk) == _summary(parse_chunk(batch))
+    assert "parser processes failed" in caplog.text
+
+
+def test_a_replay_at_full_speed_through_a_parser_process_is_stored_in_order(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    start_relay: Callable[..., RunningRelay],
+) -> None:
+    path = tmp_path / "stream.jsonl"
+    write_stream(path, 2000, seed=5)
+    lines = path.read_bytes().splitlines()
+    lines.insert(700, b"{broken")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    expected = [t.id for line in lines if line != b"{broken" for t in parse_line(line).tweets]
+
+    relay = start_relay(
+        make_settings(replay=str(path), speed="max", loop=False, parse_processes=1, batch_size=500)
+    )
+    relay.wait_stored(len(expected), timeout=40 * UNIT)
+    stored = relay.all_tweets()
+    # Every tweet once, seqs dense and in the order of the file.
+    assert [tweet["id"] for tweet in stored] == expected
+    assert [tweet["seq"] for tweet in stored] == list(range(1, len(expected) + 1))
+    assert counted(relay.relay.metrics.malformed, reason="not_json") == 1
+    assert relay.relay.ingest is not None
+    assert relay.relay.ingest.parser._workers, "no batch went to a parser process"
