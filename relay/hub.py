@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from functools import partial
@@ -87,6 +88,8 @@ class Hub:
         self._dirty: deque[Session] = deque()
         """Sessions with frames of a publish still to write, in turn."""
         self._flush_handle: asyncio.Handle | None = None
+        self._oldest_unwritten = 0.0
+        """Receive time of the oldest tweet whose frames are not all written yet."""
         self.latest_stats: bytes | None = None
         """The last ``$stats`` frame, sent at once to a new subscriber."""
 
@@ -166,6 +169,12 @@ class Hub:
                 failed[session] = exc
         if failed:
             self._isolate(failed)
+        if not self._dirty:
+            self._oldest_unwritten = 0.0  # no frame to write: nothing to measure
+        elif per_channel:
+            received = min((t.received for t in tweets if t.received), default=0.0)
+            if received and (not self._oldest_unwritten or received < self._oldest_unwritten):
+                self._oldest_unwritten = received
         if self._dirty and self._flush_handle is None:
             # At the loop's next step, not now: publishes of the same step (a follower's
             # runs, a standby's catching up) go out together, one write per client.
@@ -196,6 +205,10 @@ class Hub:
         if frames:
             self.metrics.frames_sent.inc(frames)
             self.metrics.stream_writes.inc(writes)
+        if not dirty and self._oldest_unwritten:
+            # Every frame of the publishes so far is with the sockets: line to socket.
+            self.metrics.delivery_latency.observe(max(0.0, time.time() - self._oldest_unwritten))
+            self._oldest_unwritten = 0.0
         if dirty and self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 

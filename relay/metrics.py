@@ -119,6 +119,13 @@ class Metrics:
             ["code", "by"],
             registry=r,
         )
+        self.delivery_latency = Histogram(
+            "relay_delivery_latency_seconds",
+            "From a line received to its tweet's frames handed to the client sockets, for the "
+            "oldest tweet of each publish (clocks of two machines when ingest runs apart)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=r,
+        )
         self.rate_limited = Counter(
             "relay_source_rate_limited", "Recent searches the X API answered 429", registry=r
         )

@@ -21,6 +21,7 @@ from tests.support import (
     receive_tweets,
     stream_line,
     subscribe,
+    wait_for,
     ws_connect,
 )
 
@@ -117,3 +118,35 @@ def test_the_stats_channel_takes_no_filters_or_since(pushed: tuple[RunningRelay,
         ws.send(orjson.dumps({"op": "subscribe", "channel": "$stats", "filters": {}}).decode())
         frame = orjson.loads(ws.recv(timeout=UNIT))
         assert (frame["type"], frame["code"]) == ("error", "bad_request")
+
+
+def test_delivery_latency_is_measured_from_the_line_to_the_sockets(
+    pushed: tuple[RunningRelay, PushSource],
+) -> None:
+    relay, source = pushed
+    client, _ = subscribe(relay.ws_url, "tweets")
+    with client:
+        source.push(*(stream_line(i) for i in range(1, 21)))
+        assert len(receive_tweets(client, 20)) == 20
+    histogram = relay.relay.metrics.registry
+    wait_for(
+        lambda: (histogram.get_sample_value("relay_delivery_latency_seconds_count") or 0) >= 1,
+        UNIT,
+        "a latency sample",
+    )
+    total = histogram.get_sample_value("relay_delivery_latency_seconds_sum") or 0.0
+    count = histogram.get_sample_value("relay_delivery_latency_seconds_count") or 0.0
+    assert 0 <= total / count < UNIT  # seconds, from the receive time the store was given
+
+
+def test_the_receive_time_travels_on_the_bus_and_a_bad_one_reads_as_unknown() -> None:
+    from relay.bus.entries import decode_entry, encode_tweet
+    from relay.store import StoredTweet
+
+    tweet = StoredTweet(seq=7, channels=("tweets",), body=b"{}", received=1_700_000_000.5)
+    fields = encode_tweet(tweet)
+    assert decode_entry(b"7-0", fields).received == 1_700_000_000.5  # type: ignore[union-attr]
+    meta = orjson.loads(fields[b"meta"])
+    for bad in ("soon", None, True, float("nan")):
+        fields[b"meta"] = orjson.dumps({**meta, "received": bad})
+        assert decode_entry(b"7-0", fields).received == 0.0  # type: ignore[union-attr]

@@ -3,7 +3,8 @@
 ::
 
     tweet      id {seq}-0   body  the stored body, as the store encoded it
-                            meta  JSON {"channels", "lang", "author", "has_media", "text"}
+                            meta  JSON {"channels", "lang", "author", "has_media", "text",
+                                  "received"}
     heartbeat  id {head}-N  head  the head seq, in decimal (N: Redis numbers
                                   heartbeats of one head 0, 1, 2...)
 
@@ -42,6 +43,7 @@ def encode_tweet(tweet: StoredTweet) -> dict[bytes, bytes]:
         "author": tweet.author,
         "has_media": tweet.has_media,
         "text": tweet.text,
+        "received": tweet.received,
     }
     return {b"body": tweet.body, b"meta": orjson.dumps(meta)}
 
@@ -91,7 +93,15 @@ def decode_entry(entry_id: bytes, fields: dict[bytes, bytes] | None) -> BusItem:
         author=_optional_str(meta.get("author")),
         has_media=has_media,
         text=text,
+        received=_received(meta.get("received", 0.0)),
     )
+
+
+def _received(value: Any) -> float:
+    """The receive time is for the latency metric only: a bad one is 0 (unknown)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        return float(value)
+    return 0.0
 
 
 def parse_id(entry_id: bytes | str) -> EntryId:

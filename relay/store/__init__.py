@@ -33,6 +33,9 @@ class StoredTweet:
     author: str | None = None
     has_media: bool = False
     text: str = ""
+    received: float = 0.0
+    """When its line was received (unix seconds; 0 when not known): the delivery latency
+    metric measures from here."""
 
 
 StoredBody = tuple[int, bytes]

@@ -229,7 +229,7 @@ class PostgresStore:
     async def append(
         self, tweets: Sequence[Tweet], users: Sequence[dict[str, Any]], received_at: float
     ) -> AppendResult:
-        batch = Batch(tweets, users, time_from_unix(received_at))
+        batch = Batch(tweets, users, time_from_unix(received_at), received_at)
         if not self._writer_mode:
             raise StoreError("not the active writer: opened as a reader")
         writer = self._writer

@@ -65,6 +65,7 @@ class Batch:
     tweets: Sequence[Tweet]
     users: Sequence[dict[str, Any]]
     received: str
+    received_at: float = 0.0
 
 
 def _text(value: Any) -> str | None:
@@ -84,7 +85,9 @@ def _key(value: Any) -> str:
     return value
 
 
-def _row(tweet: Tweet, seq: int, received: str) -> tuple[tuple[Any, ...], StoredTweet, list[str]]:
+def _row(
+    tweet: Tweet, seq: int, received: str, received_at: float = 0.0
+) -> tuple[tuple[Any, ...], StoredTweet, list[str]]:
     body = stored_body(tweet, seq=seq, received_at=received)
     keys = list(dict.fromkeys(_key(rule.tag or rule.id) for rule in tweet.rules))
     username = _text(tweet.author_username)
@@ -112,6 +115,7 @@ def _row(tweet: Tweet, seq: int, received: str) -> tuple[tuple[Any, ...], Stored
         author=tweet.author_username,
         has_media=tweet.has_media,
         text=tweet.text,
+        received=received_at,
     )
     return row, stored, keys
 
@@ -135,7 +139,7 @@ async def append_fast(cur: Cursor, seqs: Seqs, batch: Batch) -> AppendResult:
             duplicates += 1
             continue
         known.add(tweet.id)
-        row, new, keys = _row(tweet, seqs.next_seq, batch.received)
+        row, new, keys = _row(tweet, seqs.next_seq, batch.received, batch.received_at)
         seqs.next_seq += 1
         rows.append(row)
         stored.append(new)
@@ -168,7 +172,7 @@ async def append_careful(cur: Cursor, seqs: Seqs, batch: Batch) -> AppendResult:
                 if await _known_ids(cur, [_key(tweet.id)]):
                     duplicates += 1
                     continue
-                row, new, keys = _row(tweet, seq, batch.received)
+                row, new, keys = _row(tweet, seq, batch.received, batch.received_at)
                 await cur.execute(INSERT_TWEET, row)
                 if keys:
                     await cur.execute(INSERT_TWEET_RULES, [keys, [seq] * len(keys)])

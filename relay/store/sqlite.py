@@ -376,8 +376,12 @@ class SQLiteStore:
     ) -> AppendResult:
         received = time_from_unix(received_at)
         return await self._write(
-            lambda conn: append_rows(conn, self._seq, tweets, users, received),
-            lambda conn: append_rows(conn, self._seq, tweets, users, received, careful=True),
+            lambda conn: append_rows(
+                conn, self._seq, tweets, users, received, received_at=received_at
+            ),
+            lambda conn: append_rows(
+                conn, self._seq, tweets, users, received, careful=True, received_at=received_at
+            ),
         )
 
     async def trim(self, *, through_seq: int, received_before: float | None, limit: int) -> Trimmed:

@@ -80,6 +80,7 @@ def append_rows(
     received: str,
     *,
     careful: bool = False,
+    received_at: float = 0.0,
 ) -> AppendResult:
     """Insert the tweets and upsert the users, in the writer's transaction.
 
@@ -88,18 +89,18 @@ def append_rows(
     one failed.
     """
     if not careful:
-        return _append_batch(conn, seq_counter, tweets, users, received)
+        return _append_batch(conn, seq_counter, tweets, users, received, received_at)
     stored: list[StoredTweet] = []
     unstorable: list[tuple[str, str]] = []
     duplicates = 0
     for tweet in tweets:
         if not careful:
-            new = insert_tweet(conn, seq_counter, tweet, received)
+            new = insert_tweet(conn, seq_counter, tweet, received, received_at)
         else:
             seq = seq_counter.next
             conn.execute("SAVEPOINT tweet")
             try:
-                new = insert_tweet(conn, seq_counter, tweet, received)
+                new = insert_tweet(conn, seq_counter, tweet, received, received_at)
             except DATA_ERRORS as exc:
                 conn.execute("ROLLBACK TO tweet")
                 seq_counter.next = seq
@@ -142,6 +143,7 @@ def _append_batch(
     tweets: Sequence[Tweet],
     users: Sequence[dict[str, Any]],
     received: str,
+    received_at: float = 0.0,
 ) -> AppendResult:
     """The fast path: one statement per table for the whole batch.
 
@@ -180,6 +182,7 @@ def _append_batch(
                 author=tweet.author_username,
                 has_media=tweet.has_media,
                 text=tweet.text,
+                received=received_at,
             )
         )
         seq += 1
@@ -200,7 +203,11 @@ def _append_batch(
 
 
 def insert_tweet(
-    conn: sqlite3.Connection, seq_counter: Seq, tweet: Tweet, received: str
+    conn: sqlite3.Connection,
+    seq_counter: Seq,
+    tweet: Tweet,
+    received: str,
+    received_at: float = 0.0,
 ) -> StoredTweet | None:
     """Store one tweet with the next seq; None when its id is already stored."""
     seq = seq_counter.next
@@ -224,6 +231,7 @@ def insert_tweet(
         author=tweet.author_username,
         has_media=tweet.has_media,
         text=tweet.text,
+        received=received_at,
     )
 
 
