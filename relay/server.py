@@ -332,6 +332,8 @@ class StreamServer:
         )
         session.push(protocol.refreshed(grant.expires_at, op.ref))
         for channel, sub in list(session.subscriptions.items()):
+            if channel == protocol.STATS_CHANNEL:
+                continue  # no grant needed, no filter to narrow
             reason = ""
             if not self.policy.can_read(grant, channel):
                 reason = f"the new token does not grant {channel}"

@@ -318,3 +318,21 @@ def test_fuzzed_frames_never_crash_the_server_or_leak_a_channel(
     assert not problems, [r.getMessage() for r in problems]
     state["ws"].close()
     watcher.close()
+
+
+def test_a_refresh_keeps_the_stats_channel_which_needs_no_grant(private: Start) -> None:
+    relay, _ = private()
+    ws, _ = subscribe(
+        relay.ws_url, "$stats", additional_headers={"Authorization": "Bearer " + token(["tweets"])}
+    )
+    ws.send(orjson.dumps({"op": "refresh", "token": token(["rule:cats"]), "id": 1}).decode())
+    frames = []
+    while not frames or frames[-1]["type"] != "refreshed":
+        frames.append(orjson.loads(ws.recv(timeout=UNIT)))
+    assert relay.relay.stats is not None
+    sample = relay.call(relay.relay.stats.sample())
+    frame = orjson.loads(ws.recv(timeout=UNIT))
+    while frame["type"] != "stats" or frame["time"] != sample["time"]:
+        frame = orjson.loads(ws.recv(timeout=UNIT))
+    assert not [f for f in frames if f["type"] == "error"]
+    ws.close()
