@@ -21,6 +21,7 @@ holding a lone character of these scripts is matched as a substring by a scan in
 
 from __future__ import annotations
 
+import operator
 import re
 
 RANGES: tuple[tuple[int, int], ...] = (
@@ -62,7 +63,7 @@ _RUN = re.compile(f"[{_python_class()}]+")
 def _bigrams(run: str) -> str:
     if len(run) == 1:
         return f" {run} "
-    return " " + " ".join(run[i : i + 2] for i in range(len(run) - 1)) + " "
+    return " " + " ".join(map(operator.add, run, run[1:])) + " "
 
 
 def index_form(text: str) -> str:
