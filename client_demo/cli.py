@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.live import Live
 
 from client_demo.stream import DemoError, ResumingStream
-from client_demo.view import LiveView
+from client_demo.view import NO_WRAP, WRAP, FitScreen, LiveView, plain_line
 from relay import __version__
 
 TOKEN_ENV = "RELAY_DEMO_TOKEN"
@@ -104,20 +105,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _print_json(stream: ResumingStream) -> None:
     out = sys.stdout.buffer
-    async for event in stream.events():
-        if event.kind == "tweet":
-            out.write(orjson.dumps(event.tweet) + b"\n")
-            out.flush()
-        elif event.kind in ("status", "reset", "error"):
-            say(event.message)
+    async with contextlib.aclosing(stream.events()) as events:
+        async for event in events:
+            if event.kind == "tweet":
+                out.write(orjson.dumps(event.tweet) + b"\n")
+                out.flush()
+            elif event.kind in ("status", "reset", "error"):
+                say(event.message)
 
 
 async def _show(stream: ResumingStream) -> None:
     view = LiveView()
-    with Live(view.render(), console=Console(), refresh_per_second=8, screen=False) as live:
-        async for event in stream.events():
-            view.update(event)
-            live.update(view.render())
+    console = Console()
+    if not console.is_terminal:  # not a terminal: one line a tweet, as it comes
+        async with contextlib.aclosing(stream.events()) as events:
+            async for event in events:
+                if event.kind == "tweet":
+                    console.print(plain_line(event.seq, event.tweet), soft_wrap=True)
+                elif event.kind in ("status", "reset", "error"):
+                    say(event.message)
+        return
+    console.file.write(NO_WRAP)
+    try:
+        with Live(
+            FitScreen(view), console=console, refresh_per_second=8, screen=True, transient=True
+        ):
+            async with contextlib.aclosing(stream.events()) as events:
+                async for event in events:
+                    view.update(event)
+    finally:
+        console.file.write(WRAP)
+        console.file.flush()
 
 
 if __name__ == "__main__":

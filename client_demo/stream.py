@@ -16,12 +16,13 @@ are ignored (the protocol grows by adding them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import shlex
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -158,25 +159,31 @@ class ResumingStream:
         """Exponential from 0.25 s, capped, with full jitter so clients do not stampede."""
         return self.rng.uniform(0, min(self.max_delay, 0.25 * 2**attempt))
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         attempt = 0
         while True:
             try:
-                async for event in self._session():
-                    attempt = 0
-                    yield event
+                # Closed with this generator: a reader that stops (a closed pipe, Ctrl-C)
+                # closes the connection at once, not when the garbage is collected.
+                async with contextlib.aclosing(self._session()) as session:
+                    async for event in session:
+                        attempt = 0
+                        yield event
                 reason = "the relay closed the stream"
             except _Retry as exc:
                 reason = str(exc)
-            if not self.connected_once and attempt + 1 >= self.first_tries:
-                raise DemoError(f"{reason} (gave up after {attempt + 1} tries)")
-            yield Event("status", message=f"disconnected ({reason})")
             delay = self.backoff(attempt)
             attempt += 1
-            yield Event("status", message=f"reconnecting in {delay:.1f} s")
+            if not self.connected_once:
+                # Quiet until it is known whether the address is right at all.
+                if attempt >= self.first_tries:
+                    raise DemoError(f"{reason} (gave up after {attempt} tries)")
+            else:
+                yield Event("status", message=f"disconnected ({reason})")
+                yield Event("status", message=f"reconnecting in {delay:.1f} s")
             await asyncio.sleep(delay)
 
-    async def _session(self) -> AsyncIterator[Event]:
+    async def _session(self) -> AsyncGenerator[Event, None]:
         """One connection: its events; :class:`_Retry` when it fails in a way another try
         may fix, :class:`DemoError` when it cannot."""
         info = await asyncio.to_thread(self._info, self.base, self.token)
