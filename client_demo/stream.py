@@ -233,7 +233,7 @@ class ResumingStream:
             )
         self.token = await asyncio.to_thread(run_token_command, self.token_command)
         await ws.send(orjson.dumps({"op": "refresh", "token": self.token}).decode())
-        return Event("status", message="token refreshed")
+        return Event("status", message="refreshing the token")
 
     def _subscribe(self, channel: str) -> dict[str, Any]:
         op: dict[str, Any] = {"op": "subscribe", "channel": channel}

@@ -271,3 +271,57 @@ def test_an_unknown_or_forbidden_channel_is_one_line_and_exit_2(
 def test_version() -> None:
     done = _demo("--version")
     assert done.returncode == 0 and re.fullmatch(r"relay-demo \S+\n", done.stdout)
+
+
+@pytest.fixture
+def expiring_relay(
+    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+) -> Callable[[float], tuple[RunningRelay, PushSource]]:
+    def start(grace: float) -> tuple[RunningRelay, PushSource]:
+        source = PushSource()
+        settings = make_settings(secret=SECRET, public_channels=[], refresh_grace=grace)
+        return start_relay(settings, source), source
+
+    return start
+
+
+def test_refresh_required_runs_the_token_command_and_the_stream_goes_on(
+    expiring_relay: Callable[[float], tuple[RunningRelay, PushSource]], tmp_path: Path
+) -> None:
+    relay, source = expiring_relay(2 * UNIT)
+    fresh = tmp_path / "token"
+    fresh.write_text(_token(["tweets"]) + "\n")
+    short = issue_token(SECRET, subject="alice", channels=["tweets"], ttl=1, now=time.time())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client_demo.cli", "--json", "--token-command",
+         f"cat {fresh}", relay.url],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RELAY_DEMO_TOKEN": short},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    with proc.stdout, proc.stderr:
+        try:
+            seen: list[str] = []
+            while "token refreshed" not in "".join(seen):
+                seen.append(proc.stderr.readline())
+                assert proc.poll() is None, seen
+            # The stream goes on after the refresh, on the same connection.
+            source.push(stream_line(7, "after the refresh"))
+            assert '"after the refresh"' in proc.stdout.readline()
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_without_a_token_command_an_expired_token_is_one_clear_exit(
+    expiring_relay: Callable[[float], tuple[RunningRelay, PushSource]],
+) -> None:
+    relay, _ = expiring_relay(0.5)
+    short = issue_token(SECRET, subject="alice", channels=["tweets"], ttl=1, now=time.time())
+    done = _demo("--json", relay.url, env={"RELAY_DEMO_TOKEN": short})
+    assert done.returncode == 1
+    assert "token expired" in done.stderr.splitlines()[-1]
+    assert "--token-command" in done.stderr.splitlines()[-1]
