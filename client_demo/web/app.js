@@ -3,6 +3,7 @@
 "use strict";
 
 const KEEP = 300;             // tweets kept on the page
+const HISTORY = 20;           // stored tweets shown at once when a channel opens
 const PAGE_SIZE = 20;         // search results a page
 const MAX_DELAY = 10000;      // reconnect backoff cap, ms
 
@@ -32,6 +33,20 @@ function setState(name, text) {
   const el = $("state");
   el.dataset.state = name;
   el.textContent = text || name;
+  document.body.dataset.state = name;  // the live dot is green only while live
+}
+
+// Access stopped: no retry helps until the person gives another token or channel.
+function lock(text, message) {
+  clearTimeout(state.retryTimer);
+  if (state.ws) {
+    const old = state.ws;
+    state.ws = null;
+    old.close(1000);
+  }
+  $("token-form").hidden = false;
+  setState("locked", text);
+  showError(message);
 }
 
 function authHeaders() {
@@ -89,12 +104,26 @@ async function connect() {
     await loadInfo();
   } catch (error) {
     if (error.status === 401 || error.status === 403) {
-      $("token-form").hidden = false;
-      setState("locked", "token needed");
-      showError("This relay needs an access token: " + error.message);
-      return;
+      return lock(state.token ? "token refused" : "token needed", state.token
+        ? "The relay refused this token: " + error.message
+        : "This relay needs an access token: " + error.message);
     }
     return retry("relay unreachable");
+  }
+  if (state.info.public === false && !state.token) {
+    // A private relay refuses the upgrade without a token: say so instead of retrying.
+    return lock("token needed", "This relay is private: enter an access token to watch it.");
+  }
+  if (state.seq === null) {
+    try {
+      await showHistory();
+    } catch (error) {
+      if (error.status === 401 || error.status === 403) {
+        return lock("token refused", "The relay refused this token for "
+          + state.channel + ": " + error.message);
+      }
+      return retry("relay unreachable");
+    }
   }
   const ws = new WebSocket(streamURL());
   state.ws = ws;
@@ -113,12 +142,17 @@ async function connect() {
   ws.onclose = (event) => {
     if (ws !== state.ws) return;
     state.ws = null;
-    if (event.code === 4001 || event.code === 4003 || event.code === 1008) {
-      $("token-form").hidden = false;
-      setState("locked", "refused");
-      showError("The relay refused the connection (" + event.code + "): "
+    if (event.code === 4001) {
+      return lock("token expired", "The token expired: enter a new one to continue "
+        + "from where the page stopped.");
+    }
+    if (event.code === 4003 || event.code === 1008) {
+      return lock("refused", "The relay refused the connection (" + event.code + "): "
         + (event.reason || "check the token"));
-      return;
+    }
+    if (event.code === 1006 && state.attempt === 0 && state.info.public === false) {
+      // A refused upgrade shows up as 1006: the token may be bad. Still retried.
+      showError("Cannot open the stream: the relay may refuse this token.");
     }
     retry("disconnected (" + event.code + ")");
   };
@@ -168,7 +202,7 @@ function handleFrame(frame) {
     case "subscribed":
       state.attempt = 0;
       showError("");
-      if (state.epoch === null) {
+      if (state.epoch === null || state.seq === null) {
         state.epoch = frame.epoch;
         state.seq = frame.seq;
       }
@@ -198,9 +232,46 @@ function handleFrame(frame) {
       showError("History now starts at seq " + frame.seq + ": older tweets were deleted.");
       break;
     case "error":
+      if (frame.op === "subscribe" && ["unauthorized", "forbidden", "unknown_channel"]
+        .includes(frame.code)) {
+        const why = frame.code === "unknown_channel" ? "no such channel"
+          : state.token ? "token refused" : "token needed";
+        return lock(why, "The relay refused " + state.channel + ": " + frame.message);
+      }
       showError("Relay error: " + frame.message);
       break;
+    case "refresh_required":
+      // Ask for a new token; the connection (and the position) stay until the deadline.
+      state.refreshPending = true;
+      $("token-form").hidden = false;
+      showError("The token expires soon: enter a new one to stay connected.");
+      break;
+    case "refreshed":
+      state.refreshPending = false;
+      showError("");
+      break;
   }
+}
+
+// The channel's newest stored tweets, shown at once; the stream then resumes from the
+// newest of them, so nothing is missing between the two and nothing comes twice.
+async function showHistory() {
+  const params = new URLSearchParams({ limit: HISTORY });
+  if (state.channel.startsWith("rule:")) params.set("rule", state.channel.slice(5));
+  else if (state.channel !== "tweets") return;
+  const body = await getJSON("/v1/objects/tweets?" + params);
+  const tweets = body.results.slice().reverse();  // oldest first
+  const list = $("tweets");
+  list.replaceChildren();
+  window.relayDemo.seqs = [];
+  for (const tweet of tweets) {
+    window.relayDemo.seqs.push(tweet.seq);
+    addTweet(list, tweet, tweet.seq, true);
+  }
+  state.epoch = state.info.epoch;
+  state.seq = tweets.length ? tweets[tweets.length - 1].seq : null;
+  if (state.seq !== null) $("seq").textContent = state.seq;
+  window.relayDemo.history = tweets.map((tweet) => tweet.seq);
 }
 
 function switchChannel(channel) {
@@ -402,7 +473,14 @@ $("token-form").addEventListener("submit", (event) => {
   state.token = $("token").value.trim();
   sessionStorage.setItem("relay-token", state.token);
   showError("");
-  switchChannel(state.channel);
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+    // Refresh on the open connection: the subscriptions and the position stay.
+    state.ws.send(JSON.stringify({ op: "refresh", token: state.token }));
+    return;
+  }
+  // Reconnect with the new token from where the page stopped (same channel, same seq).
+  state.attempt = 0;
+  connect();
 });
 
 $("channel-name").textContent = state.channel;

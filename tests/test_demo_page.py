@@ -1,0 +1,106 @@
+"""The demo page in a real Chromium: access it explains, and history on a channel switch."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from relay.auth import issue_token
+from tests.support import UNIT, RelayProcess, wait_for
+from tests.test_auth import SECRET
+from tests.test_demo import browser, page, recording, seqs, start  # noqa: F401
+
+WAIT = 6 * UNIT * 1000
+
+
+def _private(tmp_path: Path, replay: Path, processes: list[RelayProcess]) -> RelayProcess:
+    relay = RelayProcess(
+        tmp_path / "private.log",
+        "--db",
+        str(tmp_path / "private.db"),
+        "--replay",
+        str(replay),
+        "--speed",
+        "20",
+        "--loop",
+        env={"RELAY_SECRET": SECRET, "RELAY_PUBLIC_CHANNELS": ""},
+    )
+    processes.append(relay)
+    return relay
+
+
+def _token(channels: list[str]) -> str:
+    return issue_token(SECRET, subject="page", channels=channels, ttl=600, now=time.time())
+
+
+def test_a_private_relay_asks_for_a_token_and_a_good_one_goes_live(
+    page: Any,  # noqa: F811
+    tmp_path: Path,
+    recording: Path,  # noqa: F811
+    processes: list[RelayProcess],
+) -> None:
+    relay = _private(tmp_path, recording, processes)
+    page.goto(relay.url + "/")
+    page.wait_for_function("document.body.dataset.state === 'locked'", timeout=WAIT)
+    assert page.locator("#state").inner_text() == "token needed"
+    assert page.locator("#token-form").is_visible()
+    assert "private" in page.locator("#error").inner_text()
+    page.fill("#token", _token(["tweets"]))
+    page.click("#token-form button")
+    page.wait_for_function("window.relayDemo.seqs.length >= 3", timeout=WAIT)
+    page.wait_for_function("document.body.dataset.state === 'live'", timeout=WAIT)
+
+
+def test_a_token_that_does_not_grant_the_channel_is_a_message_and_not_live(
+    page: Any,  # noqa: F811
+    tmp_path: Path,
+    recording: Path,  # noqa: F811
+    processes: list[RelayProcess],
+) -> None:
+    relay = _private(tmp_path, recording, processes)
+    page.goto(relay.url + "/?channel=rule:cats")
+    page.wait_for_function("document.body.dataset.state === 'locked'", timeout=WAIT)
+    page.fill("#token", _token(["rule:dogs"]))
+    page.click("#token-form button")
+    page.wait_for_function(
+        "document.body.dataset.state === 'locked' && "
+        "document.getElementById('state').textContent === 'token refused'",
+        timeout=WAIT,
+    )
+    assert "rule:cats" in page.locator("#error").inner_text()
+    dot = page.evaluate("getComputedStyle(document.querySelector('.live-dot')).backgroundColor")
+    good = page.evaluate(
+        "(() => { const e = document.createElement('i'); e.style.color = 'var(--good)';"
+        " document.body.append(e); return getComputedStyle(e).color; })()"
+    )
+    assert dot != good
+
+
+def test_a_channel_switch_shows_its_latest_tweets_at_once_and_goes_on_without_gap(
+    page: Any,  # noqa: F811
+    tmp_path: Path,
+    recording: Path,  # noqa: F811
+    processes: list[RelayProcess],
+) -> None:
+    relay = start(tmp_path, recording, processes, 0)
+    wait_for(
+        lambda: relay.get("/v1/objects/tweets?rule=cats&count=1")["count"] >= 25,
+        10 * UNIT,
+        "25 stored cats tweets",
+    )
+    page.goto(relay.url + "/")
+    page.wait_for_function("window.relayDemo.seqs.length >= 1", timeout=WAIT)
+    page.evaluate("window.relayDemo.history = null")  # the first channel's history
+    page.select_option("#channel", "rule:cats")
+    page.wait_for_function("(window.relayDemo.history || []).length === 20", timeout=WAIT)
+    history = list(page.evaluate("window.relayDemo.history"))
+    page.wait_for_function(f"window.relayDemo.seqs.length >= {len(history) + 5}", timeout=WAIT)
+    shown = seqs(page)
+    assert shown[: len(history)] == history
+    stored = relay.get(f"/v1/objects/tweets?sort=seq&limit=1000&rule=cats&since_seq={shown[0] - 1}")
+    expected = [tweet["seq"] for tweet in stored["results"]]
+    # The history and what came live after it: the channel's tweets, none missing, none twice.
+    assert shown == expected[: len(shown)], (shown, expected)
+    rules = page.eval_on_selector_all("#tweets li.tweet", "els => els.map(e => e.dataset.rules)")
+    assert all("cats" in r.split() for r in rules)
