@@ -65,7 +65,8 @@ class Position:
 
 @dataclass(frozen=True)
 class Event:
-    """What the stream reports: ``tweet``, ``status``, ``reset`` or ``error``."""
+    """What the stream reports: ``tweet``, ``status``, ``reset``, ``deleted`` (the tweet's
+    id in ``message``) or ``error``."""
 
     kind: str
     channel: str = ""
@@ -282,6 +283,10 @@ class ResumingStream:
                 if code in ("unknown_channel", "forbidden"):
                     raise DemoError(f"{code}: {message}", code=2)
             return Event("error", channel, message=f"{code}: {message}")
+        if kind == "deleted":  # the relay deleted a tweet: the view drops its copy
+            return Event(
+                "deleted", channel, int(frame.get("seq") or 0), message=str(frame.get("id"))
+            )
         if kind == "refreshed":
             return Event("status", channel, message="token refreshed")
         return None  # a frame type this client does not know: ignored

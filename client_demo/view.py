@@ -50,6 +50,10 @@ class LiveView:
             self.seq = max(self.seq, event.seq)
             self.count += 1
             self._arrivals.append(time.monotonic())
+        elif event.kind == "deleted":
+            kept = [row for row in self.tweets if str(row[2].get("id")) != event.message]
+            self.tweets.clear()
+            self.tweets.extend(kept)
         elif event.kind == "reset":
             self.tweets.clear()
             self.status = f"reset: {event.message}"

@@ -325,3 +325,22 @@ def test_without_a_token_command_an_expired_token_is_one_clear_exit(
     assert done.returncode == 1
     assert "token expired" in done.stderr.splitlines()[-1]
     assert "--token-command" in done.stderr.splitlines()[-1]
+
+
+def test_the_view_drops_a_deleted_tweet_and_ignores_frames_it_does_not_know() -> None:
+    from client_demo.stream import ResumingStream
+    from client_demo.view import LiveView
+
+    stream = ResumingStream("http://127.0.0.1:1", ["tweets"])
+    view = LiveView()
+    for seq in (1, 2):
+        frame = {"type": "tweet", "channel": "tweets", "seq": seq, "tweet": {"id": str(seq)}}
+        event = stream._read(frame)
+        assert event is not None
+        view.update(event)
+    deleted = stream._read({"type": "deleted", "channel": "tweets", "id": "1", "seq": 1})
+    assert deleted is not None and deleted.kind == "deleted"
+    view.update(deleted)
+    assert [row[0] for row in view.tweets] == [2]
+    # The protocol grows by adding: a frame type or field it does not know is no error.
+    assert stream._read({"type": "from_the_future", "channel": "tweets", "x": 1}) is None

@@ -226,6 +226,12 @@ function handleFrame(frame) {
       state.epoch = frame.epoch;
       state.seq = frame.seq;
       break;
+    case "deleted":
+      // The relay deleted a tweet: drop the page's copy of it.
+      for (const item of document.querySelectorAll("li.tweet")) {
+        if (item.dataset.id === String(frame.id)) item.remove();
+      }
+      break;
     case "history_start":
       // Retention deleted some of what we missed; what we show stays valid.
       window.relayDemo.historyStart = frame.seq;
