@@ -104,3 +104,45 @@ def test_a_channel_switch_shows_its_latest_tweets_at_once_and_goes_on_without_ga
     assert shown == expected[: len(shown)], (shown, expected)
     rules = page.eval_on_selector_all("#tweets li.tweet", "els => els.map(e => e.dataset.rules)")
     assert all("cats" in r.split() for r in rules)
+
+
+CLIENT_SCRIPT = """async ([since, epoch]) => {
+  const { RelayClient } = await import("/relay-client.js");
+  const stream = new URL("/v1/stream", location.href);
+  stream.protocol = "ws:";
+  const client = new RelayClient(stream.toString(), { maxDelay: 200 });
+  const got = { seqs: [], refused: [], states: [] };
+  client.addEventListener("tweet", (e) => got.seqs.push(e.detail.seq));
+  client.addEventListener("refused", (e) => got.refused.push(e.detail));
+  client.addEventListener("state", (e) => got.states.push(e.detail.state));
+  client.subscribe("tweets", { since: { epoch, seq: since } });
+  client.subscribe("nope");
+  client.connect();
+  const until = (test) => new Promise((resolve) => {
+    const timer = setInterval(() => { if (test()) { clearInterval(timer); resolve(); } }, 20);
+  });
+  await until(() => got.seqs.length >= 10);
+  client.ws.close(4000);  // a disconnection the client did not ask for: it must resume
+  await until(() => got.seqs.length >= 30);
+  client.close();
+  return got;
+}"""
+
+
+def test_the_reusable_client_resumes_across_a_disconnection_and_reports_refusals(
+    page: Any,  # noqa: F811
+    tmp_path: Path,
+    recording: Path,  # noqa: F811
+    processes: list[RelayProcess],
+) -> None:
+    relay = start(tmp_path, recording, processes, 0)
+    wait_for(lambda: relay.get("/v1/objects/tweets?count=1")["count"] >= 5, 10 * UNIT, "5 tweets")
+    page.goto(relay.url + "/favicon.svg")  # any page of the relay's origin, no app on it
+    epoch = relay.get("/v1/info")["epoch"]
+    got = page.evaluate(CLIENT_SCRIPT, [3, epoch])
+    # From exactly after the given position, across the reconnect: no gap, no duplicate.
+    assert got["seqs"] == list(range(4, 4 + len(got["seqs"])))
+    assert got["refused"] == [
+        {"channel": "nope", "code": "unknown_channel", "message": got["refused"][0]["message"]}
+    ]
+    assert "reconnecting" in got["states"] and got["states"].count("open") >= 2

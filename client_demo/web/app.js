@@ -1,6 +1,7 @@
 // tweet-relay demo page: a live, resuming view of one channel, and search over the store.
-// Plain JavaScript, no build step. Text from tweets is only ever set with textContent.
-"use strict";
+// Plain JavaScript modules, no build step. Text from tweets is only ever set with
+// textContent. The stream itself goes through relay-client.js, the reusable client.
+import { RelayClient } from "./relay-client.js";
 
 const KEEP = 300;             // tweets kept on the page
 const HISTORY = 20;           // stored tweets shown at once when a channel opens
@@ -14,8 +15,8 @@ const state = {
   token: sessionStorage.getItem("relay-token") || "",
   epoch: null,
   seq: null,                  // last seq shown for the current channel
-  ws: null,
-  attempt: 0,
+  client: null,               // the RelayClient of the current channel
+  attempt: 0,                 // tries of /v1/info (the client counts its own)
   arrivals: [],
   history: new Array(30).fill(0),
   search: { text: "", offset: 0, count: 0 },
@@ -39,11 +40,7 @@ function setState(name, text) {
 // Access stopped: no retry helps until the person gives another token or channel.
 function lock(text, message) {
   clearTimeout(state.retryTimer);
-  if (state.ws) {
-    const old = state.ws;
-    state.ws = null;
-    old.close(1000);
-  }
+  stopClient();
   $("token-form").hidden = false;
   setState("locked", text);
   showError(message);
@@ -125,41 +122,55 @@ async function connect() {
       return retry("relay unreachable");
     }
   }
-  const ws = new WebSocket(streamURL());
-  state.ws = ws;
-  ws.onopen = () => {
-    const op = { op: "subscribe", channel: state.channel };
-    if (state.epoch !== null && state.seq !== null) {
-      op.since = { epoch: state.epoch, seq: state.seq };
-    }
-    ws.send(JSON.stringify(op));
-    ws.send(JSON.stringify({ op: "subscribe", channel: "$stats" }));
-  };
-  ws.onmessage = (message) => {
-    if (ws !== state.ws) return;
-    handleFrame(JSON.parse(message.data));
-  };
-  ws.onclose = (event) => {
-    if (ws !== state.ws) return;
-    state.ws = null;
-    if (event.code === 4001) {
-      return lock("token expired", "The token expired: enter a new one to continue "
+  const client = new RelayClient(streamURL(), { token: state.token });
+  state.client = client;
+  const since = state.seq !== null ? { epoch: state.epoch, seq: state.seq } : null;
+  client.subscribe(state.channel, { since });
+  client.subscribe("$stats");
+  const on = (type, handler) => client.addEventListener(type, (event) => {
+    if (client === state.client) handler(event.detail);
+  });
+  on("state", clientState);
+  on("refused", (refusal) => {
+    if (refusal.channel === "$stats") return;
+    const why = refusal.code === "unknown_channel" ? "no such channel"
+      : state.token ? "token refused" : "token needed";
+    lock(why, "The relay refused " + state.channel + ": " + refusal.message);
+  });
+  for (const type of ["subscribed", "tweet", "reset", "deleted", "history_start", "stats",
+    "error", "refresh_required", "refreshed"]) {
+    on(type, handleFrame);
+  }
+  client.connect();
+}
+
+function stopClient() {
+  if (state.client) {
+    const old = state.client;
+    state.client = null;
+    old.close();
+  }
+}
+
+function clientState(change) {
+  if (change.state === "reconnecting") {
+    setState("reconnecting", "disconnected (" + change.code + "), retrying in "
+      + (change.delay / 1000).toFixed(1) + " s");
+  } else if (change.state === "connecting" && $("state").dataset.state !== "reconnecting") {
+    setState("connecting");
+  } else if (change.state === "closed" && change.final) {
+    if (change.code === 4001) {
+      lock("token expired", "The token expired: enter a new one to continue "
         + "from where the page stopped.");
+    } else {
+      lock("refused", "The relay refused the connection (" + change.code + "): "
+        + (change.reason || "check the token"));
     }
-    if (event.code === 4003 || event.code === 1008) {
-      return lock("refused", "The relay refused the connection (" + event.code + "): "
-        + (event.reason || "check the token"));
-    }
-    if (event.code === 1006 && state.attempt === 0 && state.info.public === false) {
-      // A refused upgrade shows up as 1006: the token may be bad. Still retried.
-      showError("Cannot open the stream: the relay may refuse this token.");
-    }
-    retry("disconnected (" + event.code + ")");
-  };
+  }
 }
 
 function retry(why) {
-  // Exponential backoff with full jitter: a restarted relay is not stampeded.
+  // /v1/info failed: exponential backoff with full jitter, as the client does.
   const delay = Math.random() * Math.min(MAX_DELAY, 250 * 2 ** state.attempt);
   state.attempt += 1;
   setState("reconnecting", why + ", retrying in " + (delay / 1000).toFixed(1) + " s");
@@ -200,6 +211,7 @@ function handleFrame(frame) {
   }
   switch (frame.type) {
     case "subscribed":
+      if (frame.channel !== state.channel) return;
       state.attempt = 0;
       showError("");
       if (state.epoch === null || state.seq === null) {
@@ -219,6 +231,7 @@ function handleFrame(frame) {
       state.arrivals.push(performance.now());
       break;
     case "reset":
+      if (frame.channel !== state.channel) return;
       // The relay's store changed: what we hold belongs to another history.
       window.relayDemo.resets += 1;
       window.relayDemo.seqs = [];
@@ -290,11 +303,7 @@ function switchChannel(channel) {
   const url = new URL(location.href);
   url.searchParams.set("channel", channel);
   history.replaceState(null, "", url);
-  if (state.ws) {
-    const old = state.ws;
-    state.ws = null;
-    old.close(1000);
-  }
+  stopClient();
   state.attempt = 0;
   connect();
 }
@@ -479,11 +488,12 @@ $("token-form").addEventListener("submit", (event) => {
   state.token = $("token").value.trim();
   sessionStorage.setItem("relay-token", state.token);
   showError("");
-  if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+  if (state.client && state.client.isOpen()) {
     // Refresh on the open connection: the subscriptions and the position stay.
-    state.ws.send(JSON.stringify({ op: "refresh", token: state.token }));
+    state.client.setToken(state.token);
     return;
   }
+  stopClient();
   // Reconnect with the new token from where the page stopped (same channel, same seq).
   state.attempt = 0;
   connect();
@@ -492,5 +502,5 @@ $("token-form").addEventListener("submit", (event) => {
 $("channel-name").textContent = state.channel;
 setInterval(tick, 1000);
 // New rules show up as tweets match them: refresh the channel list now and then.
-setInterval(() => { if (state.ws) loadInfo().catch(() => {}); }, 15000);
+setInterval(() => { if (state.client) loadInfo().catch(() => {}); }, 15000);
 connect();
