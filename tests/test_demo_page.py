@@ -14,7 +14,9 @@ from tests.test_demo import browser, page, recording, seqs, start  # noqa: F401
 WAIT = 6 * UNIT * 1000
 
 
-def _private(tmp_path: Path, replay: Path, processes: list[RelayProcess]) -> RelayProcess:
+def _private(
+    tmp_path: Path, replay: Path, processes: list[RelayProcess], **env: str
+) -> RelayProcess:
     relay = RelayProcess(
         tmp_path / "private.log",
         "--db",
@@ -24,7 +26,7 @@ def _private(tmp_path: Path, replay: Path, processes: list[RelayProcess]) -> Rel
         "--speed",
         "20",
         "--loop",
-        env={"RELAY_SECRET": SECRET, "RELAY_PUBLIC_CHANNELS": ""},
+        env={"RELAY_SECRET": SECRET, "RELAY_PUBLIC_CHANNELS": "", **env},
     )
     processes.append(relay)
     return relay
@@ -146,3 +148,30 @@ def test_the_reusable_client_resumes_across_a_disconnection_and_reports_refusals
         {"channel": "nope", "code": "unknown_channel", "message": got["refused"][0]["message"]}
     ]
     assert "reconnecting" in got["states"] and got["states"].count("open") >= 2
+
+
+def test_refresh_required_asks_for_a_token_and_the_stream_goes_on_from_its_position(
+    page: Any,  # noqa: F811
+    tmp_path: Path,
+    recording: Path,  # noqa: F811
+    processes: list[RelayProcess],
+) -> None:
+    relay = _private(tmp_path, recording, processes, RELAY_REFRESH_GRACE=str(4 * UNIT))
+    short = issue_token(SECRET, subject="page", channels=["tweets"], ttl=2, now=time.time())
+    page.goto(relay.url + "/")
+    page.fill("#token", short)
+    page.click("#token-form button")
+    page.wait_for_function("window.relayDemo.seqs.length >= 3", timeout=WAIT)
+    page.wait_for_function(
+        "document.getElementById('error').textContent.includes('expires soon')", timeout=WAIT
+    )
+    assert page.locator("#token-form").is_visible()
+    before = len(seqs(page))
+    page.fill("#token", _token(["tweets"]))
+    page.click("#token-form button")
+    page.wait_for_function("document.getElementById('error').hidden", timeout=WAIT)
+    # Still live after the refresh, the position kept: the seqs run on without a gap.
+    page.wait_for_function(f"window.relayDemo.seqs.length >= {before + 40}", timeout=WAIT * 2)
+    assert page.locator("#state").get_attribute("data-state") == "live"
+    shown = seqs(page)
+    assert shown == list(range(shown[0], shown[0] + len(shown)))  # no gap, no duplicate

@@ -257,6 +257,10 @@ function handleFrame(frame) {
           : state.token ? "token refused" : "token needed";
         return lock(why, "The relay refused " + state.channel + ": " + frame.message);
       }
+      if (frame.op === "refresh" && /\$stats\b/.test(frame.message || "")) {
+        $("stats").hidden = true;  // the new token does not grant the stats: only they stop
+        break;
+      }
       showError("Relay error: " + frame.message);
       break;
     case "refresh_required":

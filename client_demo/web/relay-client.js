@@ -163,10 +163,14 @@ export class RelayClient extends EventTarget {
         return this._emit("reset", frame);
       case "error":
         if (["unauthorized", "forbidden", "unknown_channel"].includes(frame.code)) {
+          // A refused subscribe names its channel through the id it echoes; a refusal
+          // after a refresh (the new token grants less) names it only in its message.
           const id = typeof frame.id === "string" ? frame.id : "";
-          const channel = id.startsWith(SUBSCRIBE) ? id.slice(SUBSCRIBE.length) : "";
-          this.channels.delete(channel);
-          return this._emit("refused", { channel, code: frame.code, message: frame.message });
+          if (id.startsWith(SUBSCRIBE)) {
+            const channel = id.slice(SUBSCRIBE.length);
+            this.channels.delete(channel);
+            return this._emit("refused", { channel, code: frame.code, message: frame.message });
+          }
         }
         return this._emit("error", frame);
       case "refresh_required":
