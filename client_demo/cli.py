@@ -1,9 +1,16 @@
-"""``relay-demo``: watch a relay's stream live in the terminal, or pipe it as JSON lines."""
+"""``relay-demo``: watch a relay's stream live in the terminal, or pipe it as JSON lines.
+
+Exit status: 0 when stopped (Ctrl-C, or the reader of ``--json`` closed the pipe), 1 when
+the relay cannot be reached or refuses the token, 2 for a usage error or a channel that
+does not exist or is not granted. Every error is one line on stderr, never wrapped.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -12,9 +19,21 @@ from rich.console import Console
 from rich.live import Live
 
 from client_demo.stream import DemoError, ResumingStream
-from client_demo.view import LiveView
+from client_demo.view import NO_WRAP, WRAP, FitScreen, LiveView, plain_line
+from relay import __version__
 
-console = Console(stderr=True)
+TOKEN_ENV = "RELAY_DEMO_TOKEN"
+"""The client's own name for its token (the server's settings are ``RELAY_*`` too, but
+none is named so)."""
+
+
+def say(message: str) -> None:
+    """One line on stderr, whatever the terminal width (never wrapped, no markup)."""
+    try:
+        sys.stderr.write(f"relay-demo: {' '.join(message.split())}\n")
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="C",
         help="channel to follow, repeatable (default: tweets)",
     )
-    parser.add_argument("--token", help="access token, when the relay is not public")
+    parser.add_argument(
+        "--token", help=f"access token, when the relay is not public (or set {TOKEN_ENV})"
+    )
+    parser.add_argument(
+        "--token-command",
+        metavar="CMD",
+        help="command that prints a fresh token; run when the relay asks for a refresh",
+    )
+    parser.add_argument("--version", action="version", version=f"relay-demo {__version__}")
     parser.add_argument(
         "--since", type=int, metavar="SEQ", help="start after this seq of the relay's current epoch"
     )
@@ -50,37 +77,65 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.since is not None and args.since < 0:
-        console.print("[bold red]relay-demo:[/] --since must be 0 or more")
+        say("--since must be 0 or more")
         return 2
-    stream = ResumingStream(
-        args.url, args.channels or ["tweets"], token=args.token, since=args.since
-    )
+    token = args.token or os.environ.get(TOKEN_ENV) or None
     try:
+        stream = ResumingStream(
+            args.url,
+            args.channels or ["tweets"],
+            token=token,
+            token_command=args.token_command,
+            since=args.since,
+        )
         asyncio.run(_print_json(stream) if args.json else _show(stream))
     except DemoError as exc:
-        console.print(f"[bold red]relay-demo:[/] {exc}", highlight=False)
-        return 1
+        say(str(exc))
+        return exc.code
     except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # The reader went away (``relay-demo --json | head``): a normal end. Point stdout
+        # at /dev/null so that the interpreter's last flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 0
     return 0
 
 
 async def _print_json(stream: ResumingStream) -> None:
     out = sys.stdout.buffer
-    async for event in stream.events():
-        if event.kind == "tweet":
-            out.write(orjson.dumps(event.tweet) + b"\n")
-            out.flush()
-        elif event.kind in ("status", "reset", "error"):
-            console.print(f"[dim]relay-demo: {event.message}[/]", highlight=False)
+    async with contextlib.aclosing(stream.events()) as events:
+        async for event in events:
+            if event.kind == "tweet":
+                out.write(orjson.dumps(event.tweet) + b"\n")
+                out.flush()
+            elif event.kind in ("status", "reset", "error"):
+                say(event.message)
 
 
 async def _show(stream: ResumingStream) -> None:
     view = LiveView()
-    with Live(view.render(), console=Console(), refresh_per_second=8, screen=False) as live:
-        async for event in stream.events():
-            view.update(event)
-            live.update(view.render())
+    console = Console()
+    if not console.is_terminal:  # not a terminal: one line a tweet, as it comes
+        async with contextlib.aclosing(stream.events()) as events:
+            async for event in events:
+                if event.kind == "tweet":
+                    console.print(plain_line(event.seq, event.tweet), soft_wrap=True)
+                elif event.kind in ("status", "reset", "error"):
+                    say(event.message)
+        return
+    console.file.write(NO_WRAP)
+    try:
+        with Live(
+            FitScreen(view), console=console, refresh_per_second=8, screen=True, transient=True
+        ):
+            async with contextlib.aclosing(stream.events()) as events:
+                async for event in events:
+                    view.update(event)
+    finally:
+        console.file.write(WRAP)
+        console.file.flush()
 
 
 if __name__ == "__main__":

@@ -1,16 +1,37 @@
-"""The terminal view of the demo client: a live table of the newest tweets and a status line."""
+"""The terminal view of the demo client: a live table of the newest tweets and a status line.
+
+Terminals and rich do not always agree on how wide a character is (joined emoji, skin
+tones, flags, Indic vowel signs): a line rich thinks fits may wrap in the terminal and
+push every line below it down, or end short of the right edge and leave what the last
+frame had there. So the view never relies on the two agreeing: it is drawn on the
+alternate screen, one tweet a line (newlines and control characters out), at most as
+many lines as the terminal has, each line is erased before it is drawn, and line
+wrapping is off while it runs (:data:`NO_WRAP`): a line the terminal finds too long
+is cut at the edge instead of wrapping.
+"""
 
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType
+from rich.control import Control
+from rich.segment import ControlType, Segment
 from rich.table import Table
 from rich.text import Text
 
 from client_demo.stream import Event
+
+NO_WRAP = "\x1b[?7l"
+"""DECAWM off: a line too long for the terminal is cut at the edge, never wrapped."""
+WRAP = "\x1b[?7h"
+"""DECAWM back on, as the terminal had it."""
+CHROME_LINES = 5
+"""Lines of the view that are not tweets: the status line and the table's borders and header."""
 
 
 class LiveView:
@@ -29,6 +50,10 @@ class LiveView:
             self.seq = max(self.seq, event.seq)
             self.count += 1
             self._arrivals.append(time.monotonic())
+        elif event.kind == "deleted":
+            kept = [row for row in self.tweets if str(row[2].get("id")) != event.message]
+            self.tweets.clear()
+            self.tweets.extend(kept)
         elif event.kind == "reset":
             self.tweets.clear()
             self.status = f"reset: {event.message}"
@@ -40,28 +65,104 @@ class LiveView:
         recent = [t for t in self._arrivals if now - t <= 5]
         return len(recent) / 5
 
-    def render(self) -> RenderableType:
+    def render(self, height: int | None = None, width: int = 120) -> RenderableType:
+        """The status line and the table, with as many tweets as ``height`` lines hold;
+        on a narrow terminal the author column shrinks and the rules go, so the text
+        keeps room."""
         table = Table(expand=True, show_lines=False, header_style="bold cyan")
-        table.add_column("seq", justify="right", width=7)
-        table.add_column("author", width=18, overflow="ellipsis", no_wrap=True)
-        table.add_column("tweet", ratio=1, overflow="fold")
-        table.add_column("rules", width=14, overflow="ellipsis", no_wrap=True)
-        for seq, _, tweet in self.tweets:
-            author = (tweet.get("author") or {}).get("username") or tweet.get("author_id") or "?"
-            table.add_row(
-                str(seq), "@" + author, tweet_text(tweet), ", ".join(tweet.get("rules") or [])
-            )
+        table.add_column("seq", justify="right", width=7, no_wrap=True)
+        table.add_column(
+            "author", width=18 if width >= 90 else 10, overflow="ellipsis", no_wrap=True
+        )
+        table.add_column("tweet", ratio=1, overflow="ellipsis", no_wrap=True)
+        with_rules = width >= 70
+        if with_rules:
+            table.add_column("rules", width=14, overflow="ellipsis", no_wrap=True)
+        rows = list(self.tweets)
+        if height is not None:
+            rows = rows[: max(0, height - CHROME_LINES)]
+        for seq, _, tweet in rows:
+            author = author_of(tweet)
+            cells: list[RenderableType] = [
+                str(seq),
+                "@" + one_line(str(author)),
+                tweet_text(tweet),
+            ]
+            if with_rules:
+                cells.append(one_line(", ".join(str(rule) for rule in tweet.get("rules") or [])))
+            table.add_row(*cells)
+        # The numbers first: on a narrow terminal the status text is what gets cut.
         status = Text.assemble(
             ("● ", "green" if self.status.startswith("subscribed") else "yellow"),
-            (self.status, "bold"),
-            f"   seq {self.seq}   {self.count} received   {self.rate():.1f} tweets/s",
+            f"seq {self.seq}  {self.count} received  {self.rate():.1f}/s  ",
+            (one_line(self.status), "bold"),
+            no_wrap=True,
+            overflow="ellipsis",
         )
         return Group(status, table)
 
 
+class FitScreen:
+    """The view cut to the screen: at most its height in lines, each line padded to the
+    width and erased before it is drawn (see the module's docstring)."""
+
+    def __init__(self, view: LiveView) -> None:
+        self.view = view
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Segment]:
+        height = options.height or console.size.height
+        lines = console.render_lines(
+            self.view.render(height, options.max_width), options.update(height=None), pad=True
+        )[:height]
+        # Erase the whole line before drawing it, not after: with wrapping off, the cursor
+        # stays on the last column after a full line, and erasing from there would take
+        # that column's character away.
+        erase = Control((ControlType.ERASE_IN_LINE, 2)).segment
+        for number, line in enumerate(lines):
+            yield erase
+            yield from line
+            if number < len(lines) - 1:
+                yield Segment.line()
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line without characters that move the cursor or change how the
+    terminal draws what follows: line breaks and tabs become spaces; other control and
+    format characters (bidi overrides, zero-width joiners) and variation selectors go."""
+    out: list[str] = []
+    for char in text:
+        if char in "\n\r\t\v\f\u2028\u2029":
+            out.append(" ")
+        elif unicodedata.category(char) in ("Cc", "Cf") or "\ufe00" <= char <= "\ufe0f":
+            continue
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def plain_line(seq: int, tweet: dict[str, Any]) -> Text:
+    """One tweet on one line, for output that is not a terminal."""
+    line = Text(f"{seq}  @{one_line(str(author_of(tweet)))}  ")
+    return line.append_text(tweet_text(tweet))
+
+
+def author_of(tweet: dict[str, Any]) -> Any:
+    return (tweet.get("author") or {}).get("username") or tweet.get("author_id") or "?"
+
+
 def tweet_text(tweet: dict[str, Any]) -> Text:
     """The text with hashtags, mentions and links highlighted (as markup-free rich Text)."""
-    text = Text(str(tweet.get("text", "")))
+    raw = str(tweet.get("text", ""))
+    # Where each character of the text lands once cleaned (entities give offsets in it).
+    where: list[int] = []
+    pieces: list[str] = []
+    offset = 0
+    for char in raw:
+        where.append(offset)
+        pieces.append(one_line(char))
+        offset += len(pieces[-1])
+    where.append(offset)
+    text = Text("".join(pieces))
     entities = tweet.get("entities") or {}
     styles = {
         "hashtags": "magenta",
@@ -72,8 +173,8 @@ def tweet_text(tweet: dict[str, Any]) -> Text:
     for kind, style in styles.items():
         for entity in entities.get(kind) or []:
             start, end = entity.get("start"), entity.get("end")
-            if isinstance(start, int) and isinstance(end, int):
-                text.stylize(style, start, end)
+            if isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= len(raw):
+                text.stylize(style, where[start], where[end])
     if tweet.get("media"):
         text.append(f"  [{len(tweet['media'])} media]", style="dim")
     return text

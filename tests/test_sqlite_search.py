@@ -11,7 +11,8 @@ import sqlite_utils
 
 from relay.query import Condition, TweetQuery
 from relay.store.sqlite import SQLiteStore
-from relay.store.sqlite_schema import MIGRATIONS, SEARCH_MARK, TWEET_COLUMNS
+from relay.store.sqlite_schema import MIGRATIONS, TWEET_COLUMNS
+from relay.store.sqlite_search import SEARCH_MARK
 from relay.tweets import Tweet, parse_line
 from tests.support import UNIT, stream_line, wait_for
 
@@ -89,7 +90,7 @@ def _old_store(path: Path, count: int) -> None:
                 str(seq),
                 "1",
                 "ann",
-                f"old tweet {seq} about penguins",
+                f"old tweet {seq} about penguins みんな見て",
                 "en",
                 "2026-01-01T00:00:00.000Z",
                 "2026-01-01T00:00:00.000Z",
@@ -109,9 +110,11 @@ def test_a_store_of_the_old_schema_migrates_and_stays_searchable(tmp_path: Path)
 
     async def run() -> None:
         store = await SQLiteStore.open(path)
-        assert store.schema_version == len(MIGRATIONS) == 4
+        assert store.schema_version == len(MIGRATIONS) == 5
         assert store.search_indexed == 5  # what the trigger indexed counts as indexed
         assert await _found(store, "penguins") == [1, 2, 3, 4, 5]
+        # Schema 5 indexed it again in bigrams: a substring of the Japanese run is found.
+        assert await _found(store, "見て") == [1, 2, 3, 4, 5]
         result = await store.append(_tweets(6, 7, text="penguins too"), [], 1.0)
         assert [t.seq for t in result.stored] == [6, 7]
         await store.search_caught_up()

@@ -1,8 +1,10 @@
 // tweet-relay demo page: a live, resuming view of one channel, and search over the store.
-// Plain JavaScript, no build step. Text from tweets is only ever set with textContent.
-"use strict";
+// Plain JavaScript modules, no build step. Text from tweets is only ever set with
+// textContent. The stream itself goes through relay-client.js, the reusable client.
+import { RelayClient } from "./relay-client.js";
 
 const KEEP = 300;             // tweets kept on the page
+const HISTORY = 20;           // stored tweets shown at once when a channel opens
 const PAGE_SIZE = 20;         // search results a page
 const MAX_DELAY = 10000;      // reconnect backoff cap, ms
 
@@ -13,8 +15,8 @@ const state = {
   token: sessionStorage.getItem("relay-token") || "",
   epoch: null,
   seq: null,                  // last seq shown for the current channel
-  ws: null,
-  attempt: 0,
+  client: null,               // the RelayClient of the current channel
+  attempt: 0,                 // tries of /v1/info (the client counts its own)
   arrivals: [],
   history: new Array(30).fill(0),
   search: { text: "", offset: 0, count: 0 },
@@ -32,6 +34,16 @@ function setState(name, text) {
   const el = $("state");
   el.dataset.state = name;
   el.textContent = text || name;
+  document.body.dataset.state = name;  // the live dot is green only while live
+}
+
+// Access stopped: no retry helps until the person gives another token or channel.
+function lock(text, message) {
+  clearTimeout(state.retryTimer);
+  stopClient();
+  $("token-form").hidden = false;
+  setState("locked", text);
+  showError(message);
 }
 
 function authHeaders() {
@@ -89,43 +101,76 @@ async function connect() {
     await loadInfo();
   } catch (error) {
     if (error.status === 401 || error.status === 403) {
-      $("token-form").hidden = false;
-      setState("locked", "token needed");
-      showError("This relay needs an access token: " + error.message);
-      return;
+      return lock(state.token ? "token refused" : "token needed", state.token
+        ? "The relay refused this token: " + error.message
+        : "This relay needs an access token: " + error.message);
     }
     return retry("relay unreachable");
   }
-  const ws = new WebSocket(streamURL());
-  state.ws = ws;
-  ws.onopen = () => {
-    const op = { op: "subscribe", channel: state.channel };
-    if (state.epoch !== null && state.seq !== null) {
-      op.since = { epoch: state.epoch, seq: state.seq };
+  if (state.info.public === false && !state.token) {
+    // A private relay refuses the upgrade without a token: say so instead of retrying.
+    return lock("token needed", "This relay is private: enter an access token to watch it.");
+  }
+  if (state.seq === null) {
+    try {
+      await showHistory();
+    } catch (error) {
+      if (error.status === 401 || error.status === 403) {
+        return lock("token refused", "The relay refused this token for "
+          + state.channel + ": " + error.message);
+      }
+      return retry("relay unreachable");
     }
-    ws.send(JSON.stringify(op));
-    ws.send(JSON.stringify({ op: "subscribe", channel: "$stats" }));
-  };
-  ws.onmessage = (message) => {
-    if (ws !== state.ws) return;
-    handleFrame(JSON.parse(message.data));
-  };
-  ws.onclose = (event) => {
-    if (ws !== state.ws) return;
-    state.ws = null;
-    if (event.code === 4001 || event.code === 4003 || event.code === 1008) {
-      $("token-form").hidden = false;
-      setState("locked", "refused");
-      showError("The relay refused the connection (" + event.code + "): "
-        + (event.reason || "check the token"));
-      return;
+  }
+  const client = new RelayClient(streamURL(), { token: state.token });
+  state.client = client;
+  const since = state.seq !== null ? { epoch: state.epoch, seq: state.seq } : null;
+  client.subscribe(state.channel, { since });
+  client.subscribe("$stats");
+  const on = (type, handler) => client.addEventListener(type, (event) => {
+    if (client === state.client) handler(event.detail);
+  });
+  on("state", clientState);
+  on("refused", (refusal) => {
+    if (refusal.channel === "$stats") return;
+    const why = refusal.code === "unknown_channel" ? "no such channel"
+      : state.token ? "token refused" : "token needed";
+    lock(why, "The relay refused " + state.channel + ": " + refusal.message);
+  });
+  for (const type of ["subscribed", "tweet", "reset", "deleted", "history_start", "stats",
+    "error", "refresh_required", "refreshed"]) {
+    on(type, handleFrame);
+  }
+  client.connect();
+}
+
+function stopClient() {
+  if (state.client) {
+    const old = state.client;
+    state.client = null;
+    old.close();
+  }
+}
+
+function clientState(change) {
+  if (change.state === "reconnecting") {
+    setState("reconnecting", "disconnected (" + change.code + "), retrying in "
+      + (change.delay / 1000).toFixed(1) + " s");
+  } else if (change.state === "connecting" && $("state").dataset.state !== "reconnecting") {
+    setState("connecting");
+  } else if (change.state === "closed" && change.final) {
+    if (change.code === 4001) {
+      lock("token expired", "The token expired: enter a new one to continue "
+        + "from where the page stopped.");
+    } else {
+      lock("refused", "The relay refused the connection (" + change.code + "): "
+        + (change.reason || "check the token"));
     }
-    retry("disconnected (" + event.code + ")");
-  };
+  }
 }
 
 function retry(why) {
-  // Exponential backoff with full jitter: a restarted relay is not stampeded.
+  // /v1/info failed: exponential backoff with full jitter, as the client does.
   const delay = Math.random() * Math.min(MAX_DELAY, 250 * 2 ** state.attempt);
   state.attempt += 1;
   setState("reconnecting", why + ", retrying in " + (delay / 1000).toFixed(1) + " s");
@@ -166,9 +211,10 @@ function handleFrame(frame) {
   }
   switch (frame.type) {
     case "subscribed":
+      if (frame.channel !== state.channel) return;
       state.attempt = 0;
       showError("");
-      if (state.epoch === null) {
+      if (state.epoch === null || state.seq === null) {
         state.epoch = frame.epoch;
         state.seq = frame.seq;
       }
@@ -185,6 +231,7 @@ function handleFrame(frame) {
       state.arrivals.push(performance.now());
       break;
     case "reset":
+      if (frame.channel !== state.channel) return;
       // The relay's store changed: what we hold belongs to another history.
       window.relayDemo.resets += 1;
       window.relayDemo.seqs = [];
@@ -192,15 +239,62 @@ function handleFrame(frame) {
       state.epoch = frame.epoch;
       state.seq = frame.seq;
       break;
+    case "deleted":
+      // The relay deleted a tweet: drop the page's copy of it.
+      for (const item of document.querySelectorAll("li.tweet")) {
+        if (item.dataset.id === String(frame.id)) item.remove();
+      }
+      break;
     case "history_start":
       // Retention deleted some of what we missed; what we show stays valid.
       window.relayDemo.historyStart = frame.seq;
       showError("History now starts at seq " + frame.seq + ": older tweets were deleted.");
       break;
     case "error":
+      if (frame.op === "subscribe" && ["unauthorized", "forbidden", "unknown_channel"]
+        .includes(frame.code)) {
+        const why = frame.code === "unknown_channel" ? "no such channel"
+          : state.token ? "token refused" : "token needed";
+        return lock(why, "The relay refused " + state.channel + ": " + frame.message);
+      }
+      if (frame.op === "refresh" && /\$stats\b/.test(frame.message || "")) {
+        $("stats").hidden = true;  // the new token does not grant the stats: only they stop
+        break;
+      }
       showError("Relay error: " + frame.message);
       break;
+    case "refresh_required":
+      // Ask for a new token; the connection (and the position) stay until the deadline.
+      state.refreshPending = true;
+      $("token-form").hidden = false;
+      showError("The token expires soon: enter a new one to stay connected.");
+      break;
+    case "refreshed":
+      state.refreshPending = false;
+      showError("");
+      break;
   }
+}
+
+// The channel's newest stored tweets, shown at once; the stream then resumes from the
+// newest of them, so nothing is missing between the two and nothing comes twice.
+async function showHistory() {
+  const params = new URLSearchParams({ limit: HISTORY });
+  if (state.channel.startsWith("rule:")) params.set("rule", state.channel.slice(5));
+  else if (state.channel !== "tweets") return;
+  const body = await getJSON("/v1/objects/tweets?" + params);
+  const tweets = body.results.slice().reverse();  // oldest first
+  const list = $("tweets");
+  list.replaceChildren();
+  window.relayDemo.seqs = [];
+  for (const tweet of tweets) {
+    window.relayDemo.seqs.push(tweet.seq);
+    addTweet(list, tweet, tweet.seq, true);
+  }
+  state.epoch = state.info.epoch;
+  state.seq = tweets.length ? tweets[tweets.length - 1].seq : null;
+  if (state.seq !== null) $("seq").textContent = state.seq;
+  window.relayDemo.history = tweets.map((tweet) => tweet.seq);
 }
 
 function switchChannel(channel) {
@@ -213,11 +307,7 @@ function switchChannel(channel) {
   const url = new URL(location.href);
   url.searchParams.set("channel", channel);
   history.replaceState(null, "", url);
-  if (state.ws) {
-    const old = state.ws;
-    state.ws = null;
-    old.close(1000);
-  }
+  stopClient();
   state.attempt = 0;
   connect();
 }
@@ -402,11 +492,19 @@ $("token-form").addEventListener("submit", (event) => {
   state.token = $("token").value.trim();
   sessionStorage.setItem("relay-token", state.token);
   showError("");
-  switchChannel(state.channel);
+  if (state.client && state.client.isOpen()) {
+    // Refresh on the open connection: the subscriptions and the position stay.
+    state.client.setToken(state.token);
+    return;
+  }
+  stopClient();
+  // Reconnect with the new token from where the page stopped (same channel, same seq).
+  state.attempt = 0;
+  connect();
 });
 
 $("channel-name").textContent = state.channel;
 setInterval(tick, 1000);
 // New rules show up as tweets match them: refresh the channel list now and then.
-setInterval(() => { if (state.ws) loadInfo().catch(() => {}); }, 15000);
+setInterval(() => { if (state.client) loadInfo().catch(() => {}); }, 15000);
 connect();

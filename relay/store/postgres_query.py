@@ -26,10 +26,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from relay.filters import fold
 from relay.query import Condition, TweetQuery
+from relay.segment import index_form, needs_scan
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX
 
-SEARCH_VECTOR = "to_tsvector('simple'::regconfig, regexp_replace(text, '[[:punct:]]+', ' ', 'g'))"
+SEARCH_VECTOR = (
+    "to_tsvector('simple'::regconfig, "
+    "regexp_replace(relay_index_form(text), '[[:punct:]]+', ' ', 'g'))"
+)
 """The indexed expression (``tweets_search``); queries must spell it the same way."""
 
 COLUMNS = {
@@ -101,9 +106,7 @@ def _condition(condition: Condition, in_rules: str) -> tuple[str, list[Any]]:
     if field == "text" and op == "contains":
         return "strpos(text_fold, %s) > 0", values
     if field == "text" and op == "search":
-        word = "phraseto_tsquery('simple'::regconfig, regexp_replace(%s, '[[:punct:]]+', ' ', 'g'))"
-        words = " && ".join([word] * len(values))
-        return f"{SEARCH_VECTOR} @@ ({words})", values
+        return _search(values)
     if field == "rules":
         if op == "in":
             if not values:
@@ -123,6 +126,19 @@ def _condition(condition: Condition, in_rules: str) -> tuple[str, list[Any]]:
         if op in COMPARISONS:
             return f"{column} {COMPARISONS[op]} %s{cast}", values
     raise ValueError(f"cannot compile {field} {op}")
+
+
+def _search(words: Sequence[str]) -> tuple[str, list[Any]]:
+    """As on SQLite: each word in its index form (Python's, the same the index's SQL
+    function gives) as a phrase; a word holding a lone character of the scripts cut
+    into bigrams is a substring of the folded text instead (a scan)."""
+    phrase = "phraseto_tsquery('simple'::regconfig, regexp_replace(%s, '[[:punct:]]+', ' ', 'g'))"
+    indexed = [index_form(word) for word in words if not needs_scan(word)]
+    scanned = [fold(word) for word in words if needs_scan(word)]
+    parts = ["strpos(text_fold, %s) > 0"] * len(scanned)
+    if indexed:
+        parts.insert(0, f"{SEARCH_VECTOR} @@ ({' && '.join([phrase] * len(indexed))})")
+    return "(" + " AND ".join(parts) + ")", [*indexed, *scanned]
 
 
 def channel_range(

@@ -17,6 +17,10 @@ from typing import Any
 import psycopg
 
 from relay.errors import StoreError
+from relay.segment import postgres_function
+
+INDEX_FORM = "relay_index_form"
+"""The SQL function giving a text's indexed form (:func:`relay.segment.index_form`)."""
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +91,24 @@ _MIGRATION_4 = [
     "CREATE INDEX deletions_pending ON deletions (n) WHERE applied_n IS NULL",
 ]
 
-MIGRATIONS: list[list[str]] = [_MIGRATION_1, _MIGRATION_2, _MIGRATION_3, _MIGRATION_4]
+_MIGRATION_5 = [
+    # Search in every script: the index holds each text's index form (runs of scripts
+    # without spaces cut into bigrams, relay.segment), computed by an SQL function built
+    # from the same ranges as the Python one; the index is built again over every row.
+    postgres_function(INDEX_FORM),
+    "DROP INDEX tweets_search",
+    "CREATE INDEX tweets_search ON tweets USING gin "
+    "(to_tsvector('simple'::regconfig, "
+    f"regexp_replace({INDEX_FORM}(text), '[[:punct:]]+', ' ', 'g')))",
+]
+
+MIGRATIONS: list[list[str]] = [
+    _MIGRATION_1,
+    _MIGRATION_2,
+    _MIGRATION_3,
+    _MIGRATION_4,
+    _MIGRATION_5,
+]
 """Schema changes in order; the ``schema_version`` row records how many have run."""
 
 SCHEMA: dict[str, set[str]] = {

@@ -12,6 +12,7 @@ import orjson
 from relay.deletions import Deleted
 from relay.errors import StoreError
 from relay.store.sqlite_schema import check_schema
+from relay.store.sqlite_search import INDEXED_TEXT
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX, time_from_unix
 
 
@@ -56,7 +57,7 @@ def apply_pending(conn: sqlite3.Connection, limit: int, indexed: int, now: str) 
             if seq <= indexed:  # the index holds a copy of the text: removed with it
                 conn.execute(
                     "INSERT INTO tweets_fts (tweets_fts, rowid, text) "
-                    "SELECT 'delete', seq, text FROM tweets WHERE seq = ?",
+                    f"SELECT 'delete', seq, {INDEXED_TEXT} FROM tweets WHERE seq = ?",
                     (seq,),
                 )
             conn.executemany(

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from relay.errors import BadRequest, QueryTimeout
 from relay.filters import fold
 from relay.query import Condition, TweetQuery
+from relay.segment import index_form, needs_scan
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX
 
 T = TypeVar("T")
@@ -94,9 +95,7 @@ def _condition(condition: Condition, in_rules: str) -> tuple[str, list[Any]]:
         # Python's str.lower() on the text, as the stream's keyword filter does.
         return "instr(relay_fold(text), ?) > 0", values
     if field == "text" and op == "search":
-        return "seq IN (SELECT rowid FROM tweets_fts WHERE tweets_fts MATCH ?)", [
-            _fts_expression(values)
-        ]
+        return _search(values)
     if field == "rules":
         if op == "in":
             if not values:
@@ -117,9 +116,24 @@ def _condition(condition: Condition, in_rules: str) -> tuple[str, list[Any]]:
     raise ValueError(f"cannot compile {field} {op}")
 
 
+def _search(words: Sequence[str]) -> tuple[str, list[Any]]:
+    """Every word must occur: looked up in the index in its index form (a phrase of
+    bigrams for scripts without spaces), or, holding a lone character of those scripts
+    that no bigram holds alone, found as a substring of the folded text by a scan."""
+    indexed = [word for word in words if not needs_scan(word)]
+    scanned = [fold(word) for word in words if needs_scan(word)]
+    parts = ["instr(relay_fold(text), ?) > 0"] * len(scanned)
+    params: list[Any] = list(scanned)
+    if indexed:
+        parts.insert(0, "seq IN (SELECT rowid FROM tweets_fts WHERE tweets_fts MATCH ?)")
+        params.insert(0, _fts_expression(indexed))
+    return "(" + " AND ".join(parts) + ")", params
+
+
 def _fts_expression(words: Sequence[str]) -> str:
-    # Each word quoted: FTS5 syntax (OR, NEAR, *, -, ") in user text stays plain text.
-    return " ".join('"' + word.replace('"', '""') + '"' for word in words)
+    # Each word quoted, as a phrase of its index form's tokens: FTS5 syntax (OR, NEAR,
+    # *, -, ") in user text stays plain text.
+    return " ".join('"' + index_form(word).replace('"', '""') + '"' for word in words)
 
 
 PROGRESS_STEPS = 1000

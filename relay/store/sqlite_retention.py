@@ -13,6 +13,7 @@ import sqlite3
 import orjson
 
 from relay.store import Trimmed
+from relay.store.sqlite_search import INDEXED_TEXT
 
 
 def trim_oldest(
@@ -42,7 +43,7 @@ def trim_oldest(
     # very text it indexed, before the row goes.
     conn.execute(
         "INSERT INTO tweets_fts (tweets_fts, rowid, text) "
-        "SELECT 'delete', seq, text FROM tweets WHERE seq <= ? AND seq <= ?",
+        f"SELECT 'delete', seq, {INDEXED_TEXT} FROM tweets WHERE seq <= ? AND seq <= ?",
         (last, indexed),
     )
     authors = [

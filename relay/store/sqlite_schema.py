@@ -15,6 +15,7 @@ from collections.abc import Callable
 import sqlite_utils
 
 from relay.errors import StoreError, StoreNotReady
+from relay.store.sqlite_search import INDEXED_TEXT, SEARCH_MARK, register
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,24 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX deletions_pending ON deletions (n) WHERE applied_n IS NULL")
 
 
-SEARCH_MARK = "search_indexed_seq"
-"""The ``meta`` key of the highest seq whose text the full-text index holds."""
+def _migration_5(db: sqlite_utils.Database) -> None:
+    # Search in every script: the index holds each text's index form (runs of scripts
+    # without spaces cut into bigrams, relay.segment), no longer the text itself. The
+    # old entries are dropped and what was indexed is indexed again in the new form.
+    db.execute("INSERT INTO tweets_fts (tweets_fts) VALUES ('delete-all')")
+    db.execute(
+        f"INSERT INTO tweets_fts (rowid, text) SELECT seq, {INDEXED_TEXT} FROM tweets "
+        "WHERE seq <= (SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?)",
+        [SEARCH_MARK],
+    )
+
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
+    _migration_5,
 ]
 """Schema changes in order; ``PRAGMA user_version`` records how many have run."""
 
@@ -121,6 +132,7 @@ application's database is refused in one line instead of failing later."""
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring the schema up to date; refuse a database that is not a relay's."""
     db = sqlite_utils.Database(conn)
+    register(conn)  # the connection that migrates is the one that writes the index
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
         raise StoreError(

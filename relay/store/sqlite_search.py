@@ -7,15 +7,30 @@ last time, with one ``INSERT ... SELECT`` in a transaction of its own, whenever 
 no append waiting or :data:`SEARCH_LAG` seconds have passed. ``search`` may so miss
 the newest tweets for a moment; nothing else depends on the index (resume, the stream
 and every other query read ``tweets`` itself). The mark (``meta``, key
-:data:`~relay.store.sqlite_schema.SEARCH_MARK`) commits with the index rows, so a
+:data:`SEARCH_MARK`) commits with the index rows, so a
 crash never indexes a tweet twice nor skips one.
+
+The index holds :func:`relay.segment.index_form` of each text (scripts without spaces
+cut into bigrams), through the SQL function :data:`INDEX_FORM` that :func:`register`
+adds to the writer connection. It is external-content FTS5: removing an entry needs the
+very text that was indexed, so every statement that adds or removes entries spells it
+:data:`INDEXED_TEXT` (here, in retention, in deletions and in the migration).
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-from relay.store.sqlite_schema import SEARCH_MARK
+from relay.segment import index_form
+
+INDEX_FORM = "relay_index_form"
+"""The SQL function (on the writer connection) that gives the indexed form of a text."""
+
+INDEXED_TEXT = f"{INDEX_FORM}(text)"
+"""The expression, over a ``tweets`` row, of what the full-text index holds for it."""
+
+SEARCH_MARK = "search_indexed_seq"
+"""The ``meta`` key of the highest seq whose text the full-text index holds."""
 
 SEARCH_LAG = 0.5
 """Seconds the writer lets pass at most between two indexing steps while appends keep
@@ -23,6 +38,11 @@ coming (when none waits it indexes at once). Indexing is cheap once it is one st
 30,000 committed tweets index in 0.09 s here (320,000 a second), so a step over 0.5 s
 of tweets at 50,000 a second takes under 0.1 s and search trails the last commit by
 well under a second."""
+
+
+def register(conn: sqlite3.Connection) -> None:
+    """Add :data:`INDEX_FORM` to a connection that writes the index (deterministic)."""
+    conn.create_function(INDEX_FORM, 1, index_form, deterministic=True)
 
 
 def indexed_seq(conn: sqlite3.Connection) -> int:
@@ -39,8 +59,8 @@ def index_committed(conn: sqlite3.Connection, indexed: int, head: int) -> int:
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(
-            "INSERT INTO tweets_fts (rowid, text) "
-            "SELECT seq, text FROM tweets WHERE seq > ? AND seq <= ?",
+            f"INSERT INTO tweets_fts (rowid, text) "
+            f"SELECT seq, {INDEXED_TEXT} FROM tweets WHERE seq > ? AND seq <= ?",
             (indexed, head),
         )
         conn.execute("UPDATE meta SET value = ? WHERE key = ?", (str(head), SEARCH_MARK))
