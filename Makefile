@@ -31,6 +31,7 @@ lock-check: $(STAMP)
 	$(BIN)/python tools/lockfile.py check
 
 test: lint
+	tools/system-deps
 	$(BIN)/pytest -q
 
 # The relay against peers on the same frames, one table (docs/benchmarks.md): about 5 min.
