@@ -47,8 +47,13 @@ class PushSource:
     def push(self, *lines: bytes) -> None:
         assert self._ready.wait(UNIT), "the relay never started reading its source"
         assert self._loop is not None and self._queue is not None
-        for line in lines:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, line)
+        queue = self._queue
+
+        def arrive() -> None:  # the lines of one push arrive together: one batch
+            for line in lines:
+                queue.put_nowait(line)
+
+        self._loop.call_soon_threadsafe(arrive)
 
     def end(self) -> None:
         assert self._loop is not None and self._queue is not None
