@@ -198,19 +198,25 @@ class ResumingStream:
         try:
             async with connect(url, open_timeout=10, max_size=None) as ws:
                 self.connected_once = True
-                yield Event("status", message="connected")
-                for channel in self.channels:
-                    await ws.send(orjson.dumps(self._subscribe(channel)).decode())
-                async for message in ws:
-                    frame = orjson.loads(message)
-                    if not isinstance(frame, dict):
-                        continue
-                    if frame.get("type") == "refresh_required":
-                        yield await self._refresh(ws, frame)
-                        continue
-                    event = self._read(frame)
-                    if event is not None:
-                        yield event
+                try:
+                    yield Event("status", message="connected")
+                    for channel in self.channels:
+                        await ws.send(orjson.dumps(self._subscribe(channel)).decode())
+                    async for message in ws:
+                        frame = orjson.loads(message)
+                        if not isinstance(frame, dict):
+                            continue
+                        if frame.get("type") == "refresh_required":
+                            yield await self._refresh(ws, frame)
+                            continue
+                        event = self._read(frame)
+                        if event is not None:
+                            yield event
+                except (DemoError, GeneratorExit):
+                    # Giving up, or the reader is done (a closed pipe): a normal close
+                    # (1000), not the 1011 the library sends when its block raises.
+                    await ws.close()
+                    raise
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):

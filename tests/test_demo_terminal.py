@@ -22,7 +22,16 @@ import pytest
 
 from relay.auth import issue_token
 from relay.config import Settings
-from tests.support import ROOT, UNIT, PushSource, RelayProcess, RunningRelay, stream_line, wait_for
+from tests.support import (
+    ROOT,
+    UNIT,
+    PushSource,
+    RelayProcess,
+    RunningRelay,
+    counted,
+    stream_line,
+    wait_for,
+)
 from tests.test_auth import SECRET
 
 TEXTS = [
@@ -266,6 +275,10 @@ def test_an_unknown_or_forbidden_channel_is_one_line_and_exit_2(
     )
     assert done.returncode == 2
     assert code in _one_line(done.stderr.replace("relay-demo: connected\n", ""))
+    # It gives up with a normal close, not the 1011 (internal error) of a failing client.
+    closes = private_relay.relay.metrics.closes
+    wait_for(lambda: counted(closes, code="1000", by="client") == 1, UNIT, "the close")
+    assert counted(closes, code="1011") == 0
 
 
 def test_version() -> None:
