@@ -241,7 +241,11 @@ class Hub:
         if channel in session.subscriptions:
             session.push(
                 protocol.error(
-                    "already_subscribed", f"already subscribed to {channel}", "subscribe", ref
+                    "already_subscribed",
+                    f"already subscribed to {channel}",
+                    "subscribe",
+                    ref,
+                    channel,
                 )
             )
             return
@@ -249,7 +253,11 @@ class Hub:
             if requested is not None or since is not None:
                 session.push(
                     protocol.error(
-                        "bad_request", "$stats takes no filters and no since", "subscribe", ref
+                        "bad_request",
+                        "$stats takes no filters and no since",
+                        "subscribe",
+                        ref,
+                        channel,
                     )
                 )
                 return
@@ -281,7 +289,9 @@ class Hub:
         sub = session.subscriptions.pop(channel, None)
         if sub is None:
             session.push(
-                protocol.error("not_subscribed", f"not subscribed to {channel}", "unsubscribe", ref)
+                protocol.error(
+                    "not_subscribed", f"not subscribed to {channel}", "unsubscribe", ref, channel
+                )
             )
             return
         if sub.task is not None:
@@ -347,7 +357,9 @@ class Hub:
         except Exception:
             log.exception("catch-up of %s for %s failed", channel, session.peer)
             session.push(
-                protocol.error("internal", "catch-up failed; resubscribe", "subscribe", ref)
+                protocol.error(
+                    "internal", "catch-up failed; resubscribe", "subscribe", ref, channel
+                )
             )
             if session.subscriptions.get(channel) is sub:
                 del session.subscriptions[channel]

@@ -26,11 +26,20 @@ _RULE_KEY = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 class ProtocolError(BadRequest):
     """A client frame the server cannot act on; answered with an ``error`` frame."""
 
-    def __init__(self, code: str, message: str, op: str | None = None, ref: Any = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        op: str | None = None,
+        ref: Any = None,
+        channel: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.op = op
         self.ref = ref
+        self.channel = channel
+        """The channel the refused op named (a string, cut to 64 characters), if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +113,7 @@ def channel_name(value: Any, op: str | None = None, ref: Any = None) -> str:
         f"unknown channel {value[:64]!r}: use 'tweets', 'rule:<tag>' or '$stats'",
         op=op,
         ref=ref,
+        channel=value[:64],
     )
 
 
@@ -191,15 +201,21 @@ def pong(ref: Any = None) -> bytes:
     return _frame({"type": "pong"}, ref)
 
 
-def error(code: str, message: str, op: str | None = None, ref: Any = None) -> bytes:
+def error(
+    code: str, message: str, op: str | None = None, ref: Any = None, channel: str | None = None
+) -> bytes:
+    """``channel``: the channel the refused op named, so a client knows which one failed
+    without tracking ids (an added field: older clients ignore it)."""
     fields: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if op is not None:
         fields["op"] = op
+    if channel is not None:
+        fields["channel"] = channel
     return _frame(fields, ref)
 
 
 def error_for(exc: ProtocolError) -> bytes:
-    return error(exc.code, exc.message, exc.op, exc.ref)
+    return error(exc.code, exc.message, exc.op, exc.ref, exc.channel)
 
 
 def tweet(channel: str, seq: int, body: bytes) -> bytes:

@@ -281,15 +281,24 @@ class StreamServer:
             elif op.op == "refresh":
                 self._refresh(session, op)
         except ProtocolError as exc:
-            self._refuse(session, exc.code, exc.message, exc.op, exc.ref)
+            channel = exc.channel if exc.channel is not None else (op.channel if op else None)
+            self._refuse(session, exc.code, exc.message, exc.op, exc.ref, channel)
         except ClientError as exc:
             assert op is not None  # decode raises only ProtocolError
-            self._refuse(session, exc.code, exc.message, op.op, op.ref)
+            self._refuse(session, exc.code, exc.message, op.op, op.ref, op.channel)
 
-    def _refuse(self, session: Session, code: str, message: str, op: str | None, ref: Any) -> None:
+    def _refuse(
+        self,
+        session: Session,
+        code: str,
+        message: str,
+        op: str | None,
+        ref: Any,
+        channel: str | None = None,
+    ) -> None:
         self.metrics.bad_frames.labels(code).inc()
         self._log_refusal("refused a frame from %s: %s", session.peer, message)
-        session.push(protocol.error(code, message, op, ref))
+        session.push(protocol.error(code, message, op, ref, channel))
 
     def _subscribe(self, session: Session, op: protocol.Op) -> None:
         assert op.channel is not None
@@ -347,7 +356,7 @@ class StreamServer:
                     sub.filter = narrowed
             if reason:
                 self.hub.unsubscribe(session, channel)
-                self._refuse(session, "forbidden", reason, "refresh", op.ref)
+                self._refuse(session, "forbidden", reason, "refresh", op.ref, channel)
         if session.refreshed is not None:
             session.refreshed.set()
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
 from relay import protocol
 from relay.protocol import Op, Position, ProtocolError
+from tests.support import UNIT, PushSource, RunningRelay, ws_connect
 
 BAD_FRAMES = [
     ("not json", "bad_request"),
@@ -100,3 +103,22 @@ def test_a_catch_up_page_is_the_tweet_frames_end_to_end_and_splits_back() -> Non
     assert [orjson.loads(p)["seq"] for p in payloads] == [seq for seq, _ in rows]
     assert protocol.tweet_page(channel, []) == b""
     assert list(protocol.frame_payloads(b"")) == []
+
+
+def test_an_error_frame_names_the_channel_its_op_named(
+    pushed: tuple[RunningRelay, PushSource],
+) -> None:
+    relay, _ = pushed
+    with ws_connect(relay.ws_url) as ws:
+
+        def answer(op: str) -> dict[str, Any]:
+            ws.send(op)
+            frame: dict[str, Any] = orjson.loads(ws.recv(timeout=UNIT))
+            return frame
+
+        assert answer('{"op":"subscribe","channel":"nope","id":1}')["channel"] == "nope"
+        assert answer('{"op":"unsubscribe","channel":"tweets"}')["channel"] == "tweets"
+        assert answer('{"op":"subscribe","channel":"tweets"}')["type"] == "subscribed"
+        again = answer('{"op":"subscribe","channel":"tweets"}')
+        assert (again["code"], again["channel"]) == ("already_subscribed", "tweets")
+        assert "channel" not in answer("not json")
