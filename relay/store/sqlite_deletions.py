@@ -11,8 +11,8 @@ import orjson
 
 from relay.deletions import Deleted
 from relay.errors import StoreError
+from relay.store.sqlite_retention import remove_tweets
 from relay.store.sqlite_schema import check_schema
-from relay.store.sqlite_search import INDEXED_TEXT
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX, time_from_unix
 
 
@@ -46,30 +46,12 @@ def apply_pending(conn: sqlite3.Connection, limit: int, indexed: int, now: str) 
     number = int(conn.execute("SELECT coalesce(max(applied_n), 0) FROM deletions").fetchone()[0])
     applied: list[Deleted] = []
     for n, tweet_id in pending:
-        row = conn.execute(
-            "SELECT seq, rules, author_id FROM tweets WHERE id = ?", (tweet_id,)
-        ).fetchone()
+        row = conn.execute("SELECT seq, rules FROM tweets WHERE id = ?", (tweet_id,)).fetchone()
         seq, channels = 0, ()
         if row is not None:
-            seq, rules, author = row
-            keys = list(dict.fromkeys(orjson.loads(rules)))
+            seq, keys = row[0], list(dict.fromkeys(orjson.loads(row[1])))
             channels = (ALL_CHANNEL, *(RULE_PREFIX + key for key in keys))
-            if seq <= indexed:  # the index holds a copy of the text: removed with it
-                conn.execute(
-                    "INSERT INTO tweets_fts (tweets_fts, rowid, text) "
-                    f"SELECT 'delete', seq, {INDEXED_TEXT} FROM tweets WHERE seq = ?",
-                    (seq,),
-                )
-            conn.executemany(
-                "DELETE FROM tweet_rules WHERE tag = ? AND seq = ?", [(k, seq) for k in keys]
-            )
-            conn.execute("DELETE FROM tweets WHERE seq = ?", (seq,))
-            if author is not None:
-                conn.execute(
-                    "DELETE FROM users WHERE id = ? AND NOT EXISTS "
-                    "(SELECT 1 FROM tweets WHERE author_id = ?)",
-                    (author, author),
-                )
+            remove_tweets(conn, seq, seq, keys, indexed)
         number += 1
         conn.execute(
             "UPDATE deletions SET applied_n = ?, applied_at = ?, seq = ?, channels = ? WHERE n = ?",

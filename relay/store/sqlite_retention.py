@@ -39,32 +39,45 @@ def trim_oldest(
         last = seq
     if last == 0:
         return Trimmed(0, _oldest(conn))
+    tags = [row[0] for row in conn.execute("SELECT tag FROM rules")]
+    deleted = remove_tweets(conn, 1, last, tags, indexed)
+    return Trimmed(deleted, _oldest(conn))
+
+
+def remove_tweets(
+    conn: sqlite3.Connection, first: int, last: int, tags: list[str], indexed: int
+) -> int:
+    """Delete the tweets with ``first <= seq <= last`` and what they brought: their
+    full-text entries (``indexed``: the highest seq the index holds), their rows of
+    ``tweet_rules`` under ``tags``, and authors no kept tweet has. How many went.
+    Retention removes a range, a deletion request one tweet: the same steps."""
     # The index holds a copy of the text (external content): it is removed with the
     # very text it indexed, before the row goes.
     conn.execute(
         "INSERT INTO tweets_fts (tweets_fts, rowid, text) "
-        f"SELECT 'delete', seq, {INDEXED_TEXT} FROM tweets WHERE seq <= ? AND seq <= ?",
-        (last, indexed),
+        f"SELECT 'delete', seq, {INDEXED_TEXT} FROM tweets WHERE seq BETWEEN ? AND ?",
+        (first, min(last, indexed)),
     )
     authors = [
         row[0]
         for row in conn.execute(
-            "SELECT DISTINCT author_id FROM tweets WHERE seq <= ? AND author_id IS NOT NULL",
-            (last,),
+            "SELECT DISTINCT author_id FROM tweets "
+            "WHERE seq BETWEEN ? AND ? AND author_id IS NOT NULL",
+            (first, last),
         )
     ]
     # tweet_rules is keyed by (tag, seq): one range per tag, never a scan of the table.
-    tags = [row[0] for row in conn.execute("SELECT tag FROM rules")]
     conn.executemany(
-        "DELETE FROM tweet_rules WHERE tag = ? AND seq <= ?", [(tag, last) for tag in tags]
+        "DELETE FROM tweet_rules WHERE tag = ? AND seq BETWEEN ? AND ?",
+        [(tag, first, last) for tag in tags],
     )
-    deleted = conn.execute("DELETE FROM tweets WHERE seq <= ?", (last,)).rowcount
+    deleted = conn.execute("DELETE FROM tweets WHERE seq BETWEEN ? AND ?", (first, last)).rowcount
     conn.execute(
         "DELETE FROM users WHERE id IN (SELECT value FROM json_each(?)) "
         "AND NOT EXISTS (SELECT 1 FROM tweets WHERE tweets.author_id = users.id)",
         (orjson.dumps(authors),),
     )
-    return Trimmed(deleted, _oldest(conn))
+    return int(deleted)
 
 
 def _oldest(conn: sqlite3.Connection) -> int:
