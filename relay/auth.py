@@ -172,6 +172,8 @@ def verify_token(secret: str | Secrets, token: str, *, now: float) -> Grant:
         header = jwt.get_unverified_header(token)
     except jwt.DecodeError:
         raise Unauthorized("the token is not a JWT") from None
+    except jwt.PyJWTError as exc:  # a header PyJWT refuses (crit, kid...): whatever it raises
+        raise Unauthorized(f"the token's header is not valid: {exc}") from None
     if header.get("alg") != ALGORITHM:
         raise Unauthorized(f"the token's algorithm {header.get('alg')!r} is not accepted")
     try:
@@ -208,7 +210,7 @@ def _decode(token: str, secret: str) -> dict[str, Any]:
         raise Unauthorized(f"the token lacks the {exc.claim!r} claim") from None
     except jwt.InvalidSignatureError:
         raise
-    except jwt.InvalidTokenError as exc:
+    except jwt.PyJWTError as exc:  # the whole family: a new kind of refusal is still a 401
         raise Unauthorized(f"the token is not valid: {exc}") from None
     return claims
 

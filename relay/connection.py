@@ -427,7 +427,8 @@ class StreamConnection(asyncio.Protocol):
             response = await listener.handler.process_request(self, request)
         except Exception as exc:
             ws.handshake_exc = exc
-            log.error("answering a request failed", exc_info=True)
+            if listener.failures.allow(time.monotonic()):  # anyone can repeat the request
+                log.error("answering a request failed", exc_info=True)
             response = ws.reject(
                 500, "Failed to open a WebSocket connection.\nSee the server log.\n"
             )

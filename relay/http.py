@@ -224,6 +224,9 @@ class HttpApi:
         self._queries = 0
         """Object API requests in flight, all clients together."""
         self._sampler = LogSampler()
+        # A request that fails the same way each time must not write a traceback each
+        # time: anyone can send it as often as they like.
+        self._failures = LogSampler(what="failed requests")
         self._keys: tuple[int, float, list[str]] | None = None
         self._routes: dict[str, Callable[[Params, Mapping[str, str], str], Awaitable[Reply]]] = {
             "/v1/info": self._info,
@@ -272,7 +275,8 @@ class HttpApi:
                 log.warning("%.10s %s -> 503: %.200s", method, redact(target), exc)
             reply = error_reply(Unavailable("the store is unavailable; ask again later"))
         except Exception:
-            log.error("error answering %.10s %s", method, redact(target), exc_info=True)
+            if self._failures.allow(self.clock()):
+                log.error("error answering %.10s %s", method, redact(target), exc_info=True)
             reply = json_reply(
                 500, {"errors": [{"message": "internal error", "reason": "internal"}]}
             )

@@ -58,6 +58,7 @@ class Listener:
         self.open_timeout = open_timeout
         self.ws_logger = logging.getLogger("websockets.server")
         self.logged = LogSampler(what="connections timed out")
+        self.failures = LogSampler(what="failed answers")
         self.connections: set[StreamConnection] = set()
         self.serving = False
         self.server: asyncio.Server | None = None

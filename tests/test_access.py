@@ -81,6 +81,11 @@ BAD_TOKENS = {
     ),
     "missing exp": lambda: jwt.encode({"sub": "x", "channels": ["tweets"]}, SECRET, "HS256"),
     "garbage": lambda: "garbage",
+    # Headers PyJWT itself refuses, unsigned: anyone can send them.
+    "crit naming a claim": lambda: _forge({"alg": "HS256", "crit": ["exp"]}, now_claims()),
+    "crit empty": lambda: _forge({"alg": "HS256", "crit": []}, now_claims()),
+    "crit not a list": lambda: _forge({"alg": "HS256", "crit": "x"}, now_claims()),
+    "kid not a string": lambda: _forge({"alg": "HS256", "kid": 5}, now_claims(), SECRET.encode()),
 }
 
 
@@ -96,6 +101,27 @@ def test_a_bad_token_is_refused_with_401_before_the_upgrade_and_on_the_object_ap
     )
     status, body = relay.get("/v1/objects/tweets?token=" + bad)
     assert status == 401 and body["errors"][0]["reason"] == "unauthorized"
+
+
+@pytest.mark.parametrize("crit", [["exp"], [], "x"])
+def test_a_refresh_with_a_header_the_jwt_library_refuses_is_an_unauthorized_frame(
+    private: Start, crit: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay, source = private()
+    caplog.set_level(logging.INFO)
+    ws, _ = subscribe(
+        relay.ws_url, additional_headers={"Authorization": "Bearer " + token(["tweets"])}
+    )
+    bad = _forge({"alg": "HS256", "crit": crit}, now_claims(), SECRET.encode())
+    ws.send(orjson.dumps({"op": "refresh", "token": bad, "id": 7}).decode())
+    refused = orjson.loads(ws.recv(timeout=UNIT))
+    assert (refused["type"], refused["code"], refused["id"]) == ("error", "unauthorized", 7)
+    # The connection goes on with its old token.
+    source.push(stream_line(3))
+    assert receive_tweets(ws, 1)[0]["seq"] == 3
+    ws.close()
+    problems = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not problems, [r.getMessage() for r in problems]
 
 
 def test_no_token_on_a_private_relay_is_401_never_an_empty_200(private: Start) -> None:

@@ -9,8 +9,10 @@ import hmac
 import jwt
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from relay.auth import TokenBucket, issue_token, verify_token
+from relay.auth import Secrets, TokenBucket, issue_token, verify_token
 from relay.config import Settings
 from relay.errors import BadRequest, Forbidden, Unauthorized
 from relay.filters import TweetFilter, parse_filter
@@ -135,3 +137,71 @@ def test_filters_match_and_a_client_can_only_narrow_pinned_ones() -> None:
         pinned.narrowed_by(parse_filter({"lang": "ja"}))
     with pytest.raises(Forbidden):
         parse_filter({"has_media": True}).narrowed_by(parse_filter({"has_media": False}))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"alg": "HS256", "crit": ["exp"]},
+        {"alg": "HS256", "crit": []},
+        {"alg": "HS256", "crit": "x"},
+        {"alg": "HS256", "crit": [5]},
+        {"alg": "HS256", "kid": 5},
+    ],
+)
+def test_a_header_the_jwt_library_refuses_is_unauthorized_signed_or_not(
+    header: dict[str, object],
+) -> None:
+    for key in (SECRET.encode(), b"some-other-key-of-enough-length!!"):
+        with pytest.raises(Unauthorized, match="not valid"):
+            verify_token(SECRET, _forge(header, GOOD_CLAIMS, key), now=NOW)
+
+
+JSON_LEAVES = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=6,
+)
+HEADER_KEYS = st.sampled_from(["alg", "typ", "kid", "crit", "b64", "cty", "jku", "x5u", "zip"])
+CLAIM_KEYS = st.sampled_from(
+    ["sub", "exp", "nbf", "iat", "channels", "filters", "limits", "jti", "aud", "iss"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    header=st.dictionaries(HEADER_KEYS | st.text(max_size=4), JSON_VALUES, max_size=4),
+    alg=st.sampled_from(["HS256", "HS512", "none", None]),
+    claims=st.dictionaries(CLAIM_KEYS | st.text(max_size=4), JSON_VALUES, max_size=6),
+    signed=st.booleans(),
+    rotating=st.booleans(),
+)
+def test_fuzzed_token_headers_and_claims_are_a_grant_or_unauthorized(
+    header: dict[str, object],
+    alg: str | None,
+    claims: dict[str, object],
+    signed: bool,
+    rotating: bool,
+) -> None:
+    if alg is not None:
+        header = {**header, "alg": alg}
+    try:
+        token = _forge(header, claims, SECRET.encode() if signed else b"x" * 32)
+    except (TypeError, orjson.JSONEncodeError):  # not JSON (an integer past 64 bits)
+        return
+    keys = Secrets(SECRET, "p" * 40, NOW + 60) if rotating else SECRET
+    try:
+        grant = verify_token(keys, token, now=NOW)
+    except Unauthorized as refused:
+        assert refused.status == 401 and refused.message
+    else:  # only a token signed with the secret, with the claims a grant needs
+        assert signed and isinstance(claims.get("sub"), str) and "channels" in claims
+        assert grant.subject == claims["sub"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(token=st.text() | st.from_regex(r"\AeyJ[A-Za-z0-9_.-]{0,80}\Z"))
+def test_any_text_as_a_token_is_refused_as_unauthorized(token: str) -> None:
+    with pytest.raises(Unauthorized):
+        verify_token(SECRET, token, now=NOW)
