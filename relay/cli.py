@@ -279,10 +279,17 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
 
 
 def setup_logging(settings: Settings) -> None:
+    from relay.logs import resolve_timestamps
     from relay.logs import setup_logging as configure
 
     secrets = (settings.secret, settings.previous_secret, settings.x_bearer_token)
-    configure(settings.log_level, settings.log_format, secrets=secrets, background=True)
+    configure(
+        settings.log_level,
+        settings.log_format,
+        secrets=secrets,
+        background=True,
+        timestamps=resolve_timestamps(settings.log_timestamps, os.environ),
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:

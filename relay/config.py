@@ -16,7 +16,7 @@ from typing import Any
 
 from relay.auth import Policy, Secrets
 from relay.errors import ConfigError
-from relay.logs import check_format, check_level
+from relay.logs import check_format, check_level, check_timestamps
 
 SAMPLE_RETENTION = 100_000
 """Tweets the bundled looping sample keeps by default: about 380 MB of store."""
@@ -164,6 +164,8 @@ class Settings:
     """auto (rich on a terminal, plain otherwise), plain (one line an event), json, rich."""
     access_log: bool = True
     """A log line (logger ``relay.access``) per HTTP request and per WebSocket connection."""
+    log_timestamps: str = "auto"
+    """on, off, or auto: off where the platform stamps each line itself (``DYNO`` is set)."""
 
     def secrets(self) -> Secrets:
         """The keys tokens are verified with (the previous one only with its end time)."""
@@ -287,6 +289,7 @@ class Settings:
             raise ConfigError("retention_interval must be positive and retention_batch >= 1")
         check_level(self.log_level)
         check_format(self.log_format)
+        check_timestamps(self.log_timestamps)
 
     def _validate_scale_out(self) -> None:
         if self.database_url and not self.database_url.startswith(("postgres://", "postgresql://")):
@@ -375,6 +378,7 @@ ENVIRONMENT = {
     "log_level": ("RELAY_LOG_LEVEL",),
     "log_format": ("RELAY_LOG_FORMAT",),
     "access_log": ("RELAY_ACCESS_LOG",),
+    "log_timestamps": ("RELAY_LOG_TIMESTAMPS",),
     "retention_max_tweets": ("RELAY_RETENTION_MAX_TWEETS",),
     "retention_max_age": ("RELAY_RETENTION_MAX_AGE",),
     "retention_interval": ("RELAY_RETENTION_INTERVAL",),

@@ -122,6 +122,10 @@ class Handler(Protocol):
 
     def opened(self, conn: StreamConnection) -> None: ...
 
+    def malformed(self, conn: StreamConnection, refusal: http_wire.Refusal) -> None:
+        """A request that was not HTTP/1.x was answered (400, 414, 431, 505) at the wire."""
+        ...
+
     def received(self, conn: StreamConnection, message: str | bytes) -> None: ...
 
     def control(self, conn: StreamConnection) -> bool:
@@ -223,7 +227,7 @@ class StreamConnection(asyncio.Protocol):
         self.protocol = ServerProtocol(
             extensions=listener.extensions, max_size=listener.max_size, logger=listener.ws_logger
         )
-        http_wire.install(self.protocol)
+        http_wire.install(self.protocol, self._malformed)
 
     def data_received(self, data: bytes) -> None:
         session = self.session
@@ -457,6 +461,11 @@ class StreamConnection(asyncio.Protocol):
         for frame in early or ():
             if self.opened:
                 self._frame(frame)
+
+    def _malformed(self, refusal: http_wire.Refusal) -> None:
+        # Answered and half-closed by the parser: the client has the close timeout to hang up.
+        self._close_by(self.listener.now() + CLOSE_TIMEOUT)
+        self.listener.handler.malformed(self, refusal)
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode

@@ -31,6 +31,7 @@ import orjson
 
 from relay import __version__
 from relay.errors import (
+    BadRequest,
     ClientError,
     MethodNotAllowed,
     NotFound,
@@ -46,6 +47,7 @@ from relay.http_encoding import (
     matches,
     worth_compressing,
 )
+from relay.logs import JWT_SHAPE, REDACTED
 from relay.protocol import PROTOCOL_VERSION
 from relay.query import Condition, QueryLimits, parse_tweet_query
 from relay.tweets import ALL_CHANNEL, RULE_PREFIX
@@ -68,6 +70,9 @@ JSON_TYPE = "application/json"
 METHODS = ("GET", "HEAD")
 LOGGED_TARGET = 200
 """Characters of a request target a log line shows, after the token is redacted."""
+POLLED = frozenset({"/healthz", "/readyz", "/v1/info", "/metrics"})
+"""Paths that probes, scrapers and every open page ask every few seconds: a successful
+answer is access-logged at debug, so they do not drown the requests worth reading."""
 MAX_NAME = 100
 """Longest static file name looked up; longer is a 404 without asking the file system."""
 FAVICON = "favicon.svg"
@@ -97,9 +102,6 @@ def check_method(method: str, path: str) -> None:
         )
 
 
-_JWT = re.compile(r"eyJ[\w-]*\.[\w-]*\.?[\w-]*")
-
-
 def redact(target: str, limit: int = LOGGED_TARGET) -> str:
     """``target`` fit for a log line: every token value hidden, at most ``limit`` chars.
 
@@ -112,11 +114,42 @@ def redact(target: str, limit: int = LOGGED_TARGET) -> str:
         for piece in query.split("&"):
             name, equals, _ = piece.partition("=")
             if equals and unquote_plus(name).strip().lower() == "token":
-                piece = name + "=[redacted]"
+                piece = f"{name}={REDACTED}"
             pieces.append(piece)
         target = path + "?" + "&".join(pieces)
-    target = _JWT.sub("[redacted]", target)
+    target = JWT_SHAPE.sub(REDACTED, target)
     return target if len(target) <= limit else target[:limit] + "..."
+
+
+def log_request(
+    method: str,
+    target: str,
+    status: int,
+    *,
+    client: str,
+    size: int,
+    started: float,
+    path: str = "",
+    reason: str = "",
+) -> None:
+    """The access line of one HTTP request (logger ``relay.access``): its fields say it all.
+
+    ``path`` is the route's path (no query), to tell a probe; ``reason`` why it was refused.
+    """
+    level = logging.DEBUG if path in POLLED and status < 400 else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
+    fields: dict[str, Any] = {
+        "client": client,
+        "method": method[:10],
+        "path": redact(target),
+        "status": status,
+        "bytes": size,
+        "duration_ms": round((time.monotonic() - started) * 1000, 2),
+    }
+    if reason:
+        fields["reason"] = reason[:200]
+    access_log.log(level, "request", extra=fields)
 
 
 class LogSampler:
@@ -246,10 +279,14 @@ class HttpApi:
         """
         started = time.monotonic()
         refusal = ""
-        parts = urlsplit(target)
-        path = parts.path.rstrip("/") or "/"
-        route = path if path in self._routes else "other"
+        path, route = "", "other"
         try:
+            try:
+                parts = urlsplit(target)
+            except ValueError:  # "//[x": what urlsplit takes for a broken IPv6 host
+                raise BadRequest("the request target is not a URL path") from None
+            path = parts.path.rstrip("/") or "/"
+            route = path if path in self._routes else "other"
             check_method(method, path)
             params = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
             handler = self._routes.get(path)
@@ -283,20 +320,15 @@ class HttpApi:
         self.metrics.http_requests.labels(route, str(reply.status)).inc()
         reply = await self._encode(reply, headers)
         if self.access_log:
-            access_log.info(
-                "%.10s %s %d%s",
+            log_request(
                 method,
-                redact(target),
+                target,
                 reply.status,
-                f": {refusal}" if refusal else "",
-                extra={
-                    "client": client,
-                    "method": method[:10],
-                    "path": redact(target),
-                    "status": reply.status,
-                    "bytes": 0 if method == "HEAD" else len(reply.body),
-                    "duration_ms": round((time.monotonic() - started) * 1000, 2),
-                },
+                client=client,
+                size=0 if method == "HEAD" else len(reply.body),
+                started=started,
+                path=path,
+                reason=refusal,
             )
         return reply
 

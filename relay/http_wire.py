@@ -13,12 +13,24 @@ parser: it reads the request line and headers as the library does, and then
 
 :func:`install` puts it in a new ``ServerProtocol`` (``relay.connection`` does, for
 every connection).
+
+A request that is not HTTP/1.x as RFC 9112 writes it is answered at once, as servers of
+record do, with ``Connection: close``: 505 for a well-formed version other than 1.x, 414
+for a request line past 8 KiB, 431 for a header line past it or too many headers, and 400
+for the rest (no version, as HTTP/0.9 sends; a line ending in LF alone; a header without
+a colon or folded onto the next line; a method that is no token; a target with a space,
+a control character or a byte past ASCII; an empty line for a request line; a request
+cut short). A connection closed before its first byte gets nothing: there is no request
+to answer. Each refusal is handed to the connection (a :class:`Refusal`) to be counted
+and logged like any answered request.
 """
 
 from __future__ import annotations
 
 import http
-from collections.abc import Generator
+import re
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 
 from websockets.exceptions import (
     HeaderLineTooLong,
@@ -26,10 +38,38 @@ from websockets.exceptions import (
     RequestLineTooLong,
     TooManyHeaders,
 )
-from websockets.http11 import Request, parse_headers, parse_line
+from websockets.http11 import MAX_LINE_LENGTH, Request, parse_headers
 from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
+
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+"""A method (RFC 9110 5.6.2)."""
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+"""A request target: visible ASCII only (a URI has no space, control or raw byte past it)."""
+_VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request answered at the wire, before any route: the status, why (fixed text, never
+    the client's bytes), and what of the request line could be read, for the log."""
+
+    status: int
+    reason: str
+    method: str = ""
+    target: str = ""
+
+    def body(self) -> str:
+        return f"{http.HTTPStatus(self.status).phrase}: {self.reason}.\n"
+
+
+class Malformed(ValueError):
+    """The request is not HTTP/1.x: what to answer."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
 
 
 def has_body(request: Request) -> bool:
@@ -43,41 +83,90 @@ def is_upgrade(request: Request) -> bool:
     return request.method == "GET" and "websocket" in upgrade.lower() and not has_body(request)
 
 
+def _text(raw: bytes) -> str:
+    """Bytes of the request line for a log line (the log escapes what is not printable)."""
+    return raw[:1024].decode("utf-8", "backslashreplace")
+
+
+def _crlf_lines(
+    reader: StreamReader,
+) -> Callable[[int, type[Exception]], Generator[None, None, bytes]]:
+    """The library's ``read_line``, refusing a line that ends in LF without CR."""
+
+    def read_line(limit: int, too_long: type[Exception]) -> Generator[None, None, bytes]:
+        line = yield from reader.read_line(limit, too_long)
+        if not line.endswith(b"\r\n"):
+            raise Malformed(Refusal(400, "a line ends in LF without CR"))
+        return bytes(line)
+
+    return read_line
+
+
 def read_request(reader: StreamReader) -> Generator[None, None, Request]:
-    """``Request.parse`` without its refusal of bodies: the request line and the headers."""
+    """The request line and the headers; a body is left unread (``Request.parse`` refuses
+    one). Raises :class:`Malformed` for what is not HTTP/1.x, EOFError when the connection
+    closed before sending anything."""
+    read_line = _crlf_lines(reader)
     try:
-        line = yield from parse_line(reader.read_line, RequestLineTooLong)
-    except EOFError as exc:
-        raise EOFError("connection closed while reading HTTP request line") from exc
+        line = (yield from read_line(MAX_LINE_LENGTH, RequestLineTooLong))[:-2]
+    except EOFError:
+        if not reader.buffer:
+            raise EOFError("connection closed before a request") from None
+        raise Malformed(Refusal(400, "the request ends before its line does")) from None
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        raise Malformed(Refusal(400, "the request line is not: method, target, HTTP version"))
+    raw_method, raw_target, raw_version = parts
+    method, target = _text(raw_method), _text(raw_target)
+    version = _VERSION.fullmatch(raw_version)
+    if version is None:
+        raise Malformed(Refusal(400, "the request line has no HTTP version", method, target))
+    if version.group(1) != b"1":
+        raise Malformed(Refusal(505, "only HTTP/1.0 and HTTP/1.1 are served", method, target))
+    if not _TOKEN.fullmatch(raw_method):
+        raise Malformed(Refusal(400, "the method is not a token", method, target))
+    if not _TARGET.fullmatch(raw_target):
+        reason = "the request target has a control character or a byte past ASCII"
+        raise Malformed(Refusal(400, reason, method, target))
     try:
-        raw_method, raw_path, raw_protocol = line.split(b" ", 2)
-    except ValueError:
-        raise ValueError("invalid HTTP request line") from None
-    if raw_protocol not in (b"HTTP/1.1", b"HTTP/1.0"):
-        raise ValueError("unsupported protocol; expected HTTP/1.1 or HTTP/1.0")
-    method = raw_method.decode("ascii")
-    path = raw_path.decode("ascii")
-    headers = yield from parse_headers(reader.read_line)
-    return Request(path, headers, method, raw_protocol.decode("ascii"))
+        headers = yield from parse_headers(read_line)
+    except (HeaderLineTooLong, TooManyHeaders):
+        reason = "a header line is too long, or too many"
+        raise Malformed(Refusal(431, reason, method, target)) from None
+    except Malformed as exc:
+        raise Malformed(Refusal(400, exc.refusal.reason, method, target)) from None
+    except EOFError:
+        raise Malformed(Refusal(400, "the request ends in its headers", method, target)) from None
+    except ValueError:  # no colon, folded, a bad name or value: the library says which
+        raise Malformed(Refusal(400, "a header line is not valid", method, target)) from None
+    # HTTP/1.x past 1.1 is read as 1.1 (RFC 9110 2.5).
+    protocol = "HTTP/1.0" if raw_version == b"HTTP/1.0" else "HTTP/1.1"
+    return Request(raw_target.decode("ascii"), headers, raw_method.decode("ascii"), protocol)
 
 
-def parse_request(protocol: ServerProtocol) -> Generator[None]:
+Refused = Callable[[Refusal], None]
+
+
+def parse_request(protocol: ServerProtocol, refused: Refused) -> Generator[None]:
     """The parser of a server connection: its opening request, then frames or nothing."""
     try:
         request = yield from read_request(protocol.reader)
-    except RequestLineTooLong as exc:
-        yield from _refuse(protocol, exc, http.HTTPStatus.REQUEST_URI_TOO_LONG)
-        return
-    except (HeaderLineTooLong, TooManyHeaders) as exc:
-        yield from _refuse(protocol, exc, http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
-        return
-    except Exception as exc:  # not HTTP at all: close without an answer, as the library does
+    except EOFError as exc:  # not a byte came: no request to answer
         protocol.handshake_exc = InvalidMessage("did not receive a valid HTTP request")
         protocol.handshake_exc.__cause__ = exc
         protocol.send_eof()
         protocol.parser = protocol.discard()
         next(protocol.parser)
         yield
+        return
+    except RequestLineTooLong as exc:
+        yield from _refuse(protocol, refused, Refusal(414, "the request line is too long"), exc)
+        return
+    except Malformed as exc:
+        yield from _refuse(protocol, refused, exc.refusal, exc)
+        return
+    except Exception as exc:  # what else the library raises: still no valid request
+        yield from _refuse(protocol, refused, Refusal(400, "not an HTTP/1.x request"), exc)
         return
     protocol.events.append(request)
     if is_upgrade(request):
@@ -94,13 +183,18 @@ def parse_request(protocol: ServerProtocol) -> Generator[None]:
         yield
 
 
-def _refuse(protocol: ServerProtocol, exc: Exception, status: http.HTTPStatus) -> Generator[None]:
+def _refuse(
+    protocol: ServerProtocol, refused: Refused, refusal: Refusal, exc: Exception
+) -> Generator[None]:
     protocol.handshake_exc = exc
-    protocol.send_response(protocol.reject(status, f"{status.phrase}.\n"))
+    # reject() says Connection: close; sending it half-closes and discards what follows.
+    protocol.send_response(protocol.reject(refusal.status, refusal.body()))
+    refused(refusal)
     yield
 
 
-def install(protocol: ServerProtocol) -> None:
-    """Make ``protocol`` read its request with :func:`parse_request` (before any data)."""
-    protocol.parser = parse_request(protocol)
+def install(protocol: ServerProtocol, refused: Refused = lambda refusal: None) -> None:
+    """Make ``protocol`` read its request with :func:`parse_request` (before any data);
+    ``refused`` hears of each request answered here."""
+    protocol.parser = parse_request(protocol, refused)
     next(protocol.parser)

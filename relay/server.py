@@ -39,8 +39,16 @@ from relay.errors import (
     Unauthorized,
 )
 from relay.forwarded import FORWARDED_FOR, BadForwardedFor, client_address
-from relay.http import STREAM_PATH, HttpApi, LogSampler, Reply, access_log, error_reply
-from relay.http_wire import has_body
+from relay.http import (
+    STREAM_PATH,
+    HttpApi,
+    LogSampler,
+    Reply,
+    access_log,
+    error_reply,
+    log_request,
+)
+from relay.http_wire import Refusal, has_body
 from relay.hub import Hub
 from relay.listener import Listener
 from relay.metrics import Metrics
@@ -140,6 +148,22 @@ class StreamServer:
         conn.grant = grant
         return None
 
+    def malformed(self, conn: StreamConnection, refusal: Refusal) -> None:
+        """Count and log a request answered at the wire, like one answered by a route."""
+        self.metrics.http_requests.labels("malformed", str(refusal.status)).inc()
+        if self.settings.access_log:
+            log_request(
+                refusal.method,
+                refusal.target,
+                refusal.status,
+                client=_address(conn),
+                size=len(refusal.body().encode()),
+                started=time.monotonic(),
+                reason=refusal.reason,
+            )
+        else:
+            self._log_refusal("refused a request from %s: %s", _peer(conn), refusal.reason)
+
     def _client_address(self, conn: StreamConnection, request: Request) -> str:
         """The client's address, through the trusted proxies' X-Forwarded-For (one place)."""
         try:
@@ -217,9 +241,7 @@ class StreamServer:
         if not self.settings.access_log:
             return
         access_log.info(
-            "WS %s %d",
-            STREAM_PATH,
-            code,
+            "websocket",
             extra={
                 "client": session.address,
                 "method": "WS",

@@ -3,6 +3,7 @@ token in the log, no oracle, a time limit, a fair share of readers, HTTP methods
 
 from __future__ import annotations
 
+import http
 import json
 import logging
 import socket
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 from relay.auth import issue_token
 from relay.config import Settings
 from relay.http import LogSampler, redact
-from tests.support import UNIT, PushSource, RunningRelay, stream_line, wait_for
+from tests.support import UNIT, PushSource, RunningRelay, counted, stream_line, wait_for
 from tests.test_auth import SECRET
 
 Start = Callable[..., tuple[RunningRelay, PushSource]]
@@ -350,3 +351,88 @@ def test_client_error_lines_are_sampled() -> None:
     sampler = LogSampler(burst=3, window=10.0)
     assert [sampler.allow(t) for t in (0, 1, 2, 3, 4)] == [True, True, True, False, False]
     assert sampler.allow(10.5) and sampler._skipped == 0
+
+
+# -- requests that are not HTTP/1.x: an answer, never 0 bytes -------------------------
+
+MALFORMED = {
+    "HTTP/0.9 (no version)": (b"GET /healthz\r\n", 400),
+    "an unknown version": (b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", 505),
+    "HTTP/2 as text": (b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    "not a version": (b"GET /healthz HTTQ/1.1\r\nHost: x\r\n\r\n", 400),
+    "bare LF line endings": (b"GET /healthz HTTP/1.1\nHost: x\n\n", 400),
+    "a bare LF after the headers": (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\n", 400),
+    "a header without a colon": (b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n", 400),
+    "obs-fold": (b"GET /healthz HTTP/1.1\r\nX-A: b\r\n  c\r\nHost: x\r\n\r\n", 400),
+    "a raw 0xFF in the target": (b"GET /heal\xffthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "an escape in the target": (b"GET /\x1b[2J HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "two spaces": (b"GET  /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "a method that is no token": (b"G(T /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "a blank line for a request": (b"\r\n", 400),
+    "a request cut in its line": (b"GET /healthz HT", 400),
+    "a request cut in its headers": (b"GET /healthz HTTP/1.1\r\nHost: x\r\n", 400),
+    "a request line past 8 KiB": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
+    "a header past 8 KiB": (b"GET / HTTP/1.1\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n", 431),
+}
+
+
+def raw_eof(relay: RunningRelay, data: bytes) -> bytes:
+    """Send raw bytes, then end our side; everything the relay sends until it closes."""
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=2 * UNIT) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_request_that_is_not_http_gets_a_400_or_505_that_closes(
+    relay_with: Start, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay, _ = relay_with(count=1)
+    caplog.set_level(logging.INFO)
+    data, expected = MALFORMED[case]
+    answer = raw_eof(relay, data)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *headers = head.decode("latin-1").split("\r\n")
+    assert status.startswith(f"HTTP/1.1 {expected} "), answer[:200]
+    assert "Connection: close" in headers
+    assert body.startswith(http.HTTPStatus(expected).phrase.encode() + b": ")
+    # Counted and logged like any answered request, never as a failure of the relay.
+    assert counted(relay.relay.metrics.http_requests, route="malformed", status=str(expected)) == 1
+    lines = [r for r in caplog.records if r.name == "relay.access"]
+    assert [r.__dict__["status"] for r in lines] == [expected]
+    assert lines[0].__dict__["reason"] in body.decode()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    # And the relay goes on answering.
+    assert relay.get("/healthz") == (200, {"status": "ok"})
+
+
+def test_a_connection_closed_before_its_first_byte_gets_nothing_and_no_line(
+    relay_with: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay, _ = relay_with(count=1)
+    caplog.set_level(logging.INFO)
+    assert raw_eof(relay, b"") == b""
+    assert relay.get("/v1/objects/tweets?count=1")[0] == 200  # the line of this one only
+    lines = [r.__dict__["path"] for r in caplog.records if r.name == "relay.access"]
+    assert lines == ["/v1/objects/tweets?count=1"]
+
+
+def test_http_1_0_and_a_later_http_1_minor_are_served(relay_with: Start) -> None:
+    relay, _ = relay_with(count=1)
+    for version in (b"HTTP/1.0", b"HTTP/1.2"):
+        answer = raw_eof(relay, b"GET /healthz " + version + b"\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"status":"ok"}')
+
+
+@pytest.mark.parametrize("target", [b"//[x", b"http://[/v1/info", b"//[::1/healthz"])
+def test_a_target_the_url_parser_refuses_is_a_400_never_a_500(
+    relay_with: Start, target: bytes
+) -> None:
+    relay, _ = relay_with(count=1)
+    status, headers, body = raw(relay, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status.startswith("HTTP/1.1 400") and headers["connection"] == "close"
+    assert orjson.loads(body)["errors"][0]["reason"] == "badRequest"
