@@ -358,6 +358,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigError(f"cannot read {args.from_file}: {exc.strerror or exc}") from None
         ids = list(dict.fromkeys([*ids, *found]))
+    skipped = f"{len(bad)} lines skipped (not an id), first: {bad[0]!r}" if bad else ""
+    if not ids and bad:
+        raise ConfigError(f"no tweet id in {args.from_file}: {skipped}")
     if not ids:
         raise ConfigError("no tweet ids given: name them, or give --from-file FILE")
     if settings.database_url:
@@ -368,10 +371,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
         from relay.store.sqlite_deletions import queue_deletions
 
         queued = queue_deletions(settings.db, ids)
-    skipped = f"; {len(bad)} lines skipped (not an id), first: {bad[0]!r}" if bad else ""
     console.print(
         f"relay: queued {queued} deletions; the active writer applies them within a few "
-        f"seconds{skipped}",
+        f"seconds{'; ' + skipped if skipped else ''}",
         highlight=False,
     )
     return 0

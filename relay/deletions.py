@@ -12,7 +12,6 @@ are applied when one starts.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from relay import protocol
+from relay.tweets import tweet_id_of
 
 if TYPE_CHECKING:
     from relay.hub import Hub
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TWEET_ID = re.compile(r"[0-9]{1,25}", re.ASCII)
 APPLY_BATCH = 500
 """Requests applied per write transaction."""
 DELETIONS_INTERVAL = 2.0
@@ -67,8 +66,8 @@ def ids_from_lines(lines: Iterable[str]) -> tuple[list[str], list[str]]:
 
 def _id_of(line: str) -> str | None:
     """The id a line asks to delete; "" for a valid line that asks for no deletion."""
-    if TWEET_ID.fullmatch(line):
-        return line
+    if line.isdigit():
+        return tweet_id_of(line)
     if not line.startswith("{"):
         return None
     try:
@@ -86,15 +85,18 @@ def _id_of(line: str) -> str | None:
         value = tweet.get("id") if isinstance(tweet, dict) else None
     else:  # a batch compliance job: every action (deleted, suspended, protected...) removes
         value = event.get("id")
-    return value if isinstance(value, str) and TWEET_ID.fullmatch(value) else None
+    return tweet_id_of(value) if isinstance(value, str) else None
 
 
 def check_ids(ids: Iterable[str]) -> list[str]:
-    """The ids given on the command line, or ValueError naming the first bad one."""
+    """The ids given on the command line, canonical (as the store keeps them), or
+    ValueError naming the first bad one. An id is 64 bits: a longer one matches no tweet
+    and would only sit in the queue."""
     checked: list[str] = []
-    for tweet_id in ids:
-        if not TWEET_ID.fullmatch(tweet_id):
-            raise ValueError(f"{tweet_id[:40]!r} is not a tweet id (decimal digits)")
+    for given in ids:
+        tweet_id = tweet_id_of(given)
+        if tweet_id is None:
+            raise ValueError(f"{given[:40]!r} is not a tweet id (decimal digits, at most 2^64-1)")
         checked.append(tweet_id)
     return list(dict.fromkeys(checked))
 

@@ -142,6 +142,13 @@ def test_relay_delete_reaches_every_subscriber_of_the_tweets_channels(
         (['{"data": {"delete": {"tweet": {"id": "8", "author_id": "1"}}}}'], ["8"], 0),
         (['{"data": {"user_suspend": {"user": {"id": "9"}}}}'], [], 0),  # not a tweet
         (["12a", "{not json", '{"id": 5}', "[1]", "9" * 26], [], 5),
+        # 64 bits at most: 2^64-1 is an id, 2^64 and a 23-digit number are not.
+        (
+            [str(2**64 - 1), str(2**64), "1" * 23, '{"id": "18446744073709551616"}'],
+            [str(2**64 - 1)],
+            3,
+        ),
+        (["007", '{"id": "0042"}', "\u0661\u0662"], ["7", "42"], 1),  # as the store keeps them
     ],
 )
 def test_ids_are_read_from_plain_lines_and_compliance_output(
@@ -156,11 +163,18 @@ def test_ids_are_read_from_plain_lines_and_compliance_output(
     [
         ([], "no tweet ids given"),
         (["12x"], "'12x' is not a tweet id"),
+        (["1" * 23], f"'{'1' * 23}' is not a tweet id (decimal digits, at most 2^64-1)"),
+        ([str(2**64)], f"'{2**64}' is not a tweet id"),
+        (
+            ["--from-file", "bad.txt"],
+            "no tweet id in bad.txt: 2 lines skipped (not an id), first: 'nope'",
+        ),
         (["--from-file", "nope.txt"], "cannot read nope.txt"),
         (["1", "--db", "nope.db"], "no database at nope.db"),
     ],
 )
 def test_a_bad_delete_is_one_line_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
+    (tmp_path / "bad.txt").write_text("nope\n# a comment\n\n99999999999999999999999\n")
     result = subprocess.run(
         [sys.executable, "-m", "relay", "delete", *args],
         cwd=tmp_path,
