@@ -125,7 +125,9 @@ class ParserPool:
 
     def _give_up(self, exc: BaseException) -> None:
         if not self._failed:
-            log.warning("parser processes failed (%s): parsing goes on in the relay", exc)
+            # The reason as text: the exception itself would keep what it met alive.
+            reason = str(exc) or type(exc).__name__
+            log.warning("parser processes failed (%s): parsing goes on in the relay", reason)
         self._failed = True
         for worker in self._workers:
             worker.close()
@@ -227,9 +229,15 @@ class _Worker:
         request = pickle.dumps(list(lines), protocol=pickle.HIGHEST_PROTOCOL)
         future: asyncio.Future[ParsedChunk] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
-        self._stdin.write(HEADER.pack(len(request)))
-        self._stdin.write(request)
-        await self._stdin.drain()
+        try:
+            self._stdin.write(HEADER.pack(len(request)))
+            self._stdin.write(request)
+            await self._stdin.drain()
+        except BaseException:
+            # Its answer will not be awaited: cancelled, the reader skips it, and asyncio
+            # does not report the failure the reader gives the others as never retrieved.
+            future.cancel()
+            raise
         return await future
 
     def close(self) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import pickle
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -142,3 +145,37 @@ def test_a_replay_at_full_speed_through_a_parser_process_is_stored_in_order(
     assert counted(relay.relay.metrics.malformed, reason="not_json") == 1
     assert relay.relay.ingest is not None
     assert relay.relay.ingest.parser._workers, "no batch went to a parser process"
+
+
+def test_a_parser_process_killed_mid_batch_leaves_no_never_retrieved_future(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # More than the pipe and the transport hold: the batch waits in our write buffer.
+    batch = [stream_line(n, "x" * 1000) for n in range(1, 4001)]
+    unhandled: list[str] = []
+
+    async def run() -> ParsedChunk:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: unhandled.append(context["message"]))
+        pool = ParserPool(1)
+        try:
+            await _started(pool, len(batch))
+            process = pool._workers[0].process
+            os.kill(process.pid, signal.SIGSTOP)  # reads nothing more: the pipe fills
+            parse = asyncio.ensure_future(pool.parse(batch))
+            await asyncio.sleep(0)  # one step: the batch is written as far as it goes
+            assert not parse.done()
+            process.kill()  # mid-batch, its answer owed
+            del process  # what it holds must be free to go, as in a relay
+            chunk = await asyncio.wait_for(parse, 4 * UNIT)  # parsed here instead
+        finally:
+            await pool.close()
+        assert "parser processes failed" in caplog.text
+        caplog.clear()  # its records hold the failure, and through it what it met
+        gc.collect()  # an unretrieved future says so when it is collected
+        await asyncio.sleep(0)
+        return chunk
+
+    chunk = asyncio.run(run())
+    assert _summary(chunk) == _summary(parse_chunk(batch))
+    assert unhandled == []
