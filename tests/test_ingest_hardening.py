@@ -507,10 +507,13 @@ def test_a_database_the_relay_cannot_use_is_one_line_and_exit_2(
     db = tmp_path / "other.db"
     make(db)
     before = db.read_bytes()
+    files = sorted(path.name for path in tmp_path.iterdir())
     result = run_to_exit("--db", str(db), "--speed", "max")
     assert result.returncode == 2, result.stderr
     assert_one_line_why(result.stderr, "cannot open database")
     assert db.read_bytes() == before, "the relay wrote into a database it cannot use"
+    # Issue 19 point 7: nothing left beside it either (other.db-writer.lock).
+    assert sorted(path.name for path in tmp_path.iterdir()) == files
 
 
 def test_a_cut_gzip_replay_stops_the_relay_with_one_line_and_exit_1(tmp_path: Path) -> None:

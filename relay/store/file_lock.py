@@ -11,6 +11,7 @@ the refusal names who holds it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -29,10 +30,15 @@ class WriterLock:
         self.path = Path(f"{database}-writer.lock")
         self.database = database
         self._fd: int | None = None
+        self._created = False
 
     def acquire(self) -> None:
         """Take the lock or raise :class:`WriterBusy` naming the file and its holder."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            self._created = True
+        except FileExistsError:
+            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -51,3 +57,16 @@ class WriterLock:
         if self._fd is not None:
             os.close(self._fd)  # the kernel drops the lock with the descriptor
             self._fd = None
+
+    def abandon(self) -> None:
+        """Release the lock of a database refused at open, and remove the lock file if
+        this process created it: a file it could not use gets nothing beside it.
+
+        Removed while still held, so no other process locks it in between; one that
+        opened it before waits on nothing (its lock is not blocking) and would find the
+        same database refused."""
+        if self._fd is not None and self._created:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        self._created = False
+        self.release()

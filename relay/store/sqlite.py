@@ -211,7 +211,7 @@ class SQLiteStore:
             if conn is not None:
                 conn.close()
             if self._lock is not None:
-                self._lock.release()
+                self._lock.abandon()
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         self._writer = threading.Thread(
             target=self._write_loop, args=(conn,), name="store-writer", daemon=True
