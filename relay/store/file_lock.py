@@ -34,11 +34,7 @@ class WriterLock:
 
     def acquire(self) -> None:
         """Take the lock or raise :class:`WriterBusy` naming the file and its holder."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            self._created = True
-        except FileExistsError:
-            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -52,6 +48,21 @@ class WriterLock:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         os.pwrite(fd, f"{describe_self()} since {stamp}\n".encode(), 0)
         self._fd = fd
+
+    def _open(self) -> int:
+        """The lock file's descriptor, noting whether this process created the file."""
+        while True:  # until one of the two opens wins (the file may come and go between)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except FileExistsError:
+                pass
+            else:
+                self._created = True
+                return fd
+            try:
+                return os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
 
     def release(self) -> None:
         if self._fd is not None:
