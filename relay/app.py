@@ -368,6 +368,8 @@ class Relay:
             # Before the first tweet and before ready: serving processes check
             # subscriptions against the set as soon as clients come.
             await self.ingest.record_rule_set()
+            if self.hub is not None:  # this process serves too: it knows the set at once
+                await self.hub.refresh_channels()
         except Exception as exc:
             self.metrics.writer_active.set(0)
             self._fail(exc)
