@@ -82,6 +82,8 @@ class StoreStats:
     """The seq of the oldest kept tweet, 0 when empty (history starts there)."""
     oldest_received_at: float | None
     """When the oldest kept tweet was received (unix seconds), None when empty."""
+    wal_bytes: int = 0
+    """Of ``size_bytes``, the SQLite write-ahead log (kept small when idle); 0 elsewhere."""
 
 
 @dataclass(frozen=True, slots=True)
