@@ -297,12 +297,15 @@ class ResumingStream:
             position = self.positions[channel]
             if position.epoch is None or position.seq is None:
                 position.epoch, position.seq = frame["epoch"], frame["seq"]
-            return Event(
-                "status",
-                channel,
-                frame["seq"],
-                message=f"subscribed to {channel}, {frame['recovered']} to recover",
-            )
+            message = f"subscribed to {channel}, {frame['recovered']} to recover"
+            if frame.get("known") is False:
+                # The relay's rules are still open and none of its tweets matched this one:
+                # a typo looks the same, so say it instead of waiting in silence.
+                message = (
+                    f"subscribed to {channel}, but no tweet has matched that rule yet "
+                    "(check the name: the relay lists its channels at /v1/info)"
+                )
+            return Event("status", channel, frame["seq"], message=message)
         if kind == "reset":
             self.positions[channel] = Position(frame["epoch"], frame["seq"])
             return Event("reset", channel, frame["seq"], message="the relay's store changed")

@@ -16,6 +16,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from relay.access import Access
@@ -41,7 +42,7 @@ from relay.sources.replay import ReplaySource
 from relay.stats import StatsSampler
 from relay.store import Store
 from relay.store.sqlite import SQLiteStore
-from relay.synth import sample_path
+from relay.synth import sample_path, sample_rules
 from relay.waits import Outage
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,11 @@ def build_source(
     """The source ``settings.source`` names; ``clock`` and ``sleep`` pace its waits."""
     if settings.source == "replay":
         path = settings.replay or str(sample_path())
-        return ReplaySource(path, speed=settings.speed, loop=settings.replay_loops, clock=clock)
+        # The bundled sample declares its rules; another recording's are read on the way.
+        declared = sample_rules() if _same_file(path, sample_path()) else None
+        return ReplaySource(
+            path, speed=settings.speed, loop=settings.replay_loops, clock=clock, declared=declared
+        )
     if settings.source in ("x-stream", "x-poll"):
         from relay.sources.x_poll import XPollSource
         from relay.sources.x_stream import XStreamSource
@@ -70,6 +75,7 @@ def build_source(
             "token": require_token(settings.x_bearer_token),
             "base_url": settings.x_api_base_url,
             "rules": load_rules(settings.rules_file),
+            "rules_origin": f"the rules file {settings.rules_file}",
             "store": store,
             "metrics": metrics,
             "clock": clock,
@@ -85,6 +91,13 @@ def build_source(
             **common, interval=settings.poll_interval, max_pages=settings.poll_max_pages
         )
     raise ConfigError(f"unknown source {settings.source!r}")
+
+
+def _same_file(path: str, other: Path) -> bool:
+    try:
+        return Path(path).resolve() == other.resolve()
+    except OSError:
+        return False
 
 
 ROLES = ("run", "ingest", "serve")
@@ -246,6 +259,10 @@ class Relay:
             catch_ups_at_once=settings.catch_ups_at_once,
             recovered_cap=settings.recovered_cap,
         )
+        # Which channels exist: known before the first client, read again now and then
+        # (and whenever a client names a channel missing from this copy).
+        await hub.refresh_channels()
+        self.housekeeping.every(settings.bus_check_interval, "known channels", hub.refresh_channels)
         access = Access(
             settings.policy(),
             settings.secrets(),
@@ -347,6 +364,16 @@ class Relay:
             parse_processes=self.settings.parse_processes,
             clock=self.clock,
         )
+        try:
+            # Before the first tweet and before ready: serving processes check
+            # subscriptions against the set as soon as clients come.
+            await self.ingest.record_rule_set()
+            if self.hub is not None:  # this process serves too: it knows the set at once
+                await self.hub.refresh_channels()
+        except Exception as exc:
+            self.metrics.writer_active.set(0)
+            self._fail(exc)
+            return
         self.ingest.start()
         self._schedule_writer_jobs(store)
         self._tasks.append(asyncio.create_task(self._when_finished(self.ingest), name="finished"))

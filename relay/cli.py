@@ -20,7 +20,7 @@ from relay.config import Settings
 from relay.errors import RelayError
 
 if TYPE_CHECKING:
-    pass
+    from relay.rule_set import Channels
 
 console = Console(stderr=True, soft_wrap=True)  # an error stays one line for log readers
 Command = Callable[[argparse.Namespace], int]
@@ -242,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=N",
         help="per-token limit: max_connections, max_subscriptions, ops_per_second",
+    )
+    token.add_argument(
+        "--db", help="the SQLite store whose channels the patterns are checked against (relay.db)"
+    )
+    token.add_argument(
+        "--force",
+        action="store_true",
+        help="issue the token although a --channel pattern matches no channel of the relay",
     )
     token.set_defaults(command=cmd_token)
     return parser
@@ -582,9 +590,11 @@ def cmd_token(args: argparse.Namespace) -> int:
     from relay.errors import ConfigError
     from relay.filters import parse_filter
 
-    settings = Settings.load(file=args.config, environ=dict(os.environ))
+    flags = {"db": args.db} if args.db else None
+    settings = Settings.load(file=args.config, environ=dict(os.environ), flags=flags)
     if not settings.secret:
         raise ConfigError("relay token needs RELAY_SECRET (the key the relay verifies with)")
+    check_channels(settings, args.channel, force=args.force)
     filters: dict[str, Any] = {}
     for item in args.filter:
         key, _, value = item.partition("=")
@@ -614,6 +624,74 @@ def cmd_token(args: argparse.Namespace) -> int:
     # stdout is the token only (scripts capture it); the id to revoke it by goes beside.
     print(f"jti: {token_id}", file=sys.stderr)
     return 0
+
+
+def check_channels(settings: Settings, patterns: Sequence[str], *, force: bool) -> None:
+    """Refuse (:class:`ConfigError`, exit 2) channel patterns that match no channel of the
+    relay today, unless ``force``: one that can name no channel at all, and one outside
+    a closed rule set. While the set is still open a rule pattern matching nothing yet
+    is only warned about, and so is every pattern when the store cannot be read."""
+    from relay.errors import ConfigError
+    from relay.rule_set import could_name_a_channel, listing
+
+    channels, unread = asyncio.run(_known_channels(settings))
+    refused: list[str] = []
+    warned: list[str] = []
+    for pattern in patterns:
+        if not could_name_a_channel(pattern):
+            refused.append(
+                f"--channel {pattern!r} can match no channel (channels are tweets, $stats "
+                "and rule:<tag>)"
+            )
+        elif channels is not None and not channels.matching(pattern):
+            origin = channels.declared.origin if channels.declared else "the relay's source"
+            if channels.closed:
+                refused.append(
+                    f"--channel {pattern!r} matches no channel of the relay (rules of "
+                    f"{origin}: {listing(channels.keys())})"
+                )
+            else:
+                warned.append(
+                    f"--channel {pattern!r} matches no channel yet: no tweet has matched "
+                    f"such a rule so far ({origin} may still bring one)"
+                )
+    if refused and not force:
+        raise ConfigError(f"{refused[0]}; give --force to issue the token anyway")
+    for line in [*refused, *warned]:
+        console.print(f"relay: warning: {line}", highlight=False)
+    if channels is None and not refused:
+        console.print(
+            f"relay: warning: cannot check the channels against the store ({unread})",
+            highlight=False,
+        )
+
+
+async def _known_channels(settings: Settings) -> tuple[Channels | None, str]:
+    """The store's known channels, or None and why they cannot be read (no store yet)."""
+    from relay.errors import StoreError
+    from relay.store import Store, read_channels
+
+    try:
+        async with asyncio.timeout(10):
+            store: Store
+            if settings.database_url:
+                from relay.store.postgres import PostgresStore
+
+                store = await PostgresStore.open(
+                    settings.database_url, writer=False, readers=1, query_readers=1, wait=False
+                )
+            else:
+                from relay.store.sqlite import SQLiteStore
+
+                store = await SQLiteStore.open(settings.db, writer=False, query_readers=1)
+            try:
+                return await read_channels(store), ""
+            finally:
+                await store.close()
+    except (StoreError, OSError) as exc:
+        return None, str(exc)
+    except TimeoutError:
+        return None, "the store did not answer within 10 s"
 
 
 if __name__ == "__main__":

@@ -354,7 +354,9 @@ class HttpApi:
 
     async def _info(self, params: Params, headers: Mapping[str, str], client: str) -> Reply:
         http, ws = self.base_urls(headers)
-        keys = await self._rule_keys()
+        # The rule channels of the ingester's rule set too: the bundled sample's and a
+        # rules file's exist before any tweet has matched them.
+        keys = sorted({*await self._rule_keys(), *self.hub.known.keys()})
         return json_reply(
             200,
             {

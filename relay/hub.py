@@ -26,6 +26,10 @@ bytes object, where the store reads it (:meth:`Store.read_bodies`): the loop onl
 writes it. A subscription's filter is tested in the store, over windows of at most
 ``CATCH_UP_SCAN`` seqs: a filter that matches nothing reads no tweet out; a page read
 under a filter that a refresh has since replaced is read again.
+
+A rule channel this process does not know (:mod:`relay.rule_set`) is checked against
+the store before the reply: refused with ``unknown_channel`` when the ingester's rule
+set is closed and does not name it, else answered with ``"known": false``.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ from typing import TYPE_CHECKING, Any
 
 from relay import protocol
 from relay.protocol import Position
+from relay.rule_set import Channels
 from relay.session import ChannelBatch, Session, SessionClosed, Subscription
-from relay.store import BodyPage, Store, StoredTweet
+from relay.store import BodyPage, Store, StoredTweet, read_channels
 
 if TYPE_CHECKING:
     from relay.filters import TweetFilter
@@ -92,6 +97,8 @@ class Hub:
         """Receive time of the oldest tweet whose frames are not all written yet."""
         self.latest_stats: bytes | None = None
         """The last ``$stats`` frame, sent at once to a new subscriber."""
+        self.known = Channels()
+        """The channels known when last read from the store (:meth:`refresh_channels`)."""
 
     @property
     def epoch(self) -> str:
@@ -267,24 +274,91 @@ class Hub:
             if self.latest_stats is not None:
                 session.push(self.latest_stats)
             return
-        sub = Subscription(channel, tweet_filter, requested)
+        sub = Subscription(channel, tweet_filter, requested, ref=ref)
         session.subscriptions[channel] = sub
         filters = tweet_filter.as_dict() if tweet_filter else None
         self._listeners.setdefault(channel, set()).add(session)
         head = self.head  # same tick as registration: see the module docstring
-        if since is None:
-            session.push(protocol.subscribed(channel, self.epoch, head, 0, ref, filters))
-            self._go_live(session, sub, after=None)
-        elif since.epoch != self.epoch or since.seq > head:
-            session.push(protocol.reset(channel, self.epoch, head))
-            session.push(protocol.subscribed(channel, self.epoch, head, 0, ref, filters))
-            self._go_live(session, sub, after=None)
-        else:
+        if not self.known.knows(channel):
+            # Not known here: the store may know more than this process's copy (an
+            # ingester that just started, a tweet of a new rule). The reply waits for its
+            # answer; live frames are held meanwhile, as during a catch-up.
             sub.ref, sub.replied = ref, False
             sub.task = asyncio.create_task(
-                self._catch_up(session, sub, since.seq, head, ref, filters),
-                name=f"catch-up {channel}",
+                self._check_channel(session, sub, since, head, filters),
+                name=f"check {channel[:64]}",
             )
+            return
+        self._start(session, sub, since, head, filters)
+
+    def _start(
+        self,
+        session: Session,
+        sub: Subscription,
+        since: Position | None,
+        head: int,
+        filters: dict[str, Any] | None,
+    ) -> None:
+        """Answer a subscription registered at ``head``: live at once, or a catch-up."""
+        channel, ref, known = sub.channel, sub.ref, sub.known
+        if since is None:
+            sub.replied = True
+            session.push(
+                protocol.subscribed(channel, self.epoch, head, 0, ref, filters, known=known)
+            )
+            self._go_live(session, sub, after=None)
+        elif since.epoch != self.epoch or since.seq > head:
+            sub.replied = True
+            session.push(protocol.reset(channel, self.epoch, head))
+            session.push(
+                protocol.subscribed(channel, self.epoch, head, 0, ref, filters, known=known)
+            )
+            self._go_live(session, sub, after=None)
+        else:
+            sub.replied = False
+            sub.task = asyncio.create_task(
+                self._catch_up(session, sub, since.seq, head, ref, filters),
+                name=f"catch-up {channel[:64]}",
+            )
+
+    async def refresh_channels(self) -> Channels:
+        """Read the known channels from the store afresh, and keep them for the next
+        subscriptions (a subscription to a channel they miss reads them again)."""
+        self.known = await read_channels(self.store)
+        return self.known
+
+    async def _check_channel(
+        self,
+        session: Session,
+        sub: Subscription,
+        since: Position | None,
+        head: int,
+        filters: dict[str, Any] | None,
+    ) -> None:
+        """A subscription to a channel this process does not know: refused as
+        ``unknown_channel`` when the store's rule set is closed and does not name it,
+        else started, ``known`` False while no tweet has matched it."""
+        channel = sub.channel
+        try:
+            channels = await self.refresh_channels()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store cannot say now: go by what this process knows
+            log.warning("cannot read the known channels for %s: %s", channel[:64], exc)
+            channels = self.known
+        if session.closed or session.subscriptions.get(channel) is not sub:
+            return
+        sub.task = None
+        sub.known = channels.knows(channel)
+        if not sub.known and channels.closed:
+            del session.subscriptions[channel]
+            session.release_held(sub)
+            self._unlisten(channel, session)
+            self.metrics.bad_frames.labels("unknown_channel").inc()
+            message = channels.unknown_message(channel)
+            session.push(protocol.error("unknown_channel", message, "subscribe", sub.ref, channel))
+            return
+        self._start(session, sub, since, head, filters)
 
     def reset_epoch(self, head: int) -> int:
         """The store's epoch changed under this process (``relay migrate --new-epoch``):
@@ -304,7 +378,9 @@ class Hub:
                 if not sub.replied:  # the resume had not answered yet: answer it now
                     filters = sub.filter.as_dict() if sub.filter else None
                     session.push(
-                        protocol.subscribed(channel, self.epoch, head, 0, sub.ref, filters)
+                        protocol.subscribed(
+                            channel, self.epoch, head, 0, sub.ref, filters, known=sub.known
+                        )
                     )
                     sub.replied = True
                 sub.live = True
@@ -368,6 +444,7 @@ class Hub:
                         ref,
                         filters,
                         capped=capped,
+                        known=sub.known,
                     )
                 )
                 last = after

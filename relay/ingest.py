@@ -25,6 +25,7 @@ from typing import Any
 from relay.errors import RelayError
 from relay.metrics import Metrics
 from relay.parse_pool import ParsedChunk, ParserPool, parse_chunk
+from relay.rule_set import STATE_KEY, RuleSet, listing
 from relay.sources import RawLine, Source
 from relay.store import AppendResult, Store, StoredTweet
 from relay.tweets import usable_unix
@@ -125,6 +126,8 @@ class Ingest:
         self.malformed_log = LogSample("malformed lines")
         self.skipped_log = LogSample("skipped tweets")
         self.api_errors_log = LogSample("stream error messages", level=logging.INFO)
+        self._declared: RuleSet | None = None
+        """The source's rule set as last recorded in the store."""
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -176,18 +179,40 @@ class Ingest:
         for sample in (self.malformed_log, self.skipped_log, self.api_errors_log):
             sample.flush()
 
+    async def record_rule_set(self) -> None:
+        """Record in the store which rule channels the source produces (an open set when
+        it declares none), so that serving processes can tell a mistyped channel from
+        one no tweet has matched yet. Called before the first line; again by the reader
+        whenever the source's set changes (a replay's first pass ends)."""
+        declared = self._declared = getattr(self.source, "rule_set", None)
+        rule_set = declared or RuleSet(frozenset(), False, f"the {self.source.name} source")
+        await self.store.set_state(STATE_KEY, rule_set.encode())
+        if rule_set.closed:
+            log.info(
+                "rule channels of %s: %s; other rule channels are refused",
+                rule_set.origin,
+                listing(sorted(rule_set.keys)),
+            )
+        else:
+            log.info("rule channels of %s: open until its tweets have been read", rule_set.origin)
+
     async def _read(self) -> None:
         lines = self.source.lines()
+        source = self.source
         read = 0
         try:
             async for line in lines:
                 await self._lines.put(line)
                 read += 1
+                if getattr(source, "rule_set", None) is not self._declared:
+                    await self.record_rule_set()
                 if read % LINES_PER_TURN == 0 and self._lines.qsize() >= self.batch_size:
                     # A source that never waits (a replay at full speed) and a queue with
                     # room never suspend: once a full batch waits, let the loop serve
                     # clients in between (earlier would cut batches short).
                     await asyncio.sleep(0)
+            if getattr(source, "rule_set", None) is not self._declared:
+                await self.record_rule_set()  # a replay that ended: its set is complete
         except asyncio.CancelledError:
             raise
         except RelayError as exc:  # a source that cannot go on says why in one line

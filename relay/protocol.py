@@ -148,8 +148,11 @@ def subscribed(
     filters: dict[str, Any] | None = None,
     *,
     capped: bool = False,
+    known: bool = True,
 ) -> bytes:
-    """``capped``: more than ``recovered`` tweets come from the store (the count stops)."""
+    """``capped``: more than ``recovered`` tweets come from the store (the count stops).
+    ``known`` False: a rule channel no tweet has matched yet, while the relay's rule set
+    is still open (``"known": false``; absent when the channel is known)."""
     fields: dict[str, Any] = {
         "type": "subscribed",
         "channel": channel,
@@ -159,6 +162,8 @@ def subscribed(
     }
     if capped:
         fields["recovered_capped"] = True
+    if not known:
+        fields["known"] = False
     if filters:
         fields["filters"] = filters
     return _frame(fields, ref)

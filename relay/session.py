@@ -114,6 +114,9 @@ class Subscription:
     """The subscribe's ``id``, for a reply the catch-up has not sent yet."""
     replied: bool = True
     """``subscribed`` went out (a resume sends it once the store has counted)."""
+    known: bool = True
+    """The channel is one the relay knows (False: a rule no tweet matched yet, the rule
+    set still open)."""
 
 
 class Session:

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from relay.rule_set import RuleSet
 from relay.tweets import time_from_unix
 
 SAMPLE_SEED = 2026
@@ -350,6 +351,12 @@ def write_stream(path: Path, count: int, seed: int) -> int:
     else:
         path.write_bytes(body)
     return count
+
+
+def sample_rules() -> RuleSet:
+    """The rules the bundled sample declares: every tweet of it matched some of these, and
+    no other (a closed set, so a mistyped ``rule:`` channel is refused from the start)."""
+    return RuleSet(frozenset(tag for _, tag, _ in RULES), True, "the bundled sample")
 
 
 def sample_path() -> Path:

@@ -496,6 +496,11 @@ def _tweet(item: Any, index: _Includes, rules: tuple[Rule, ...]) -> Tweet | Skip
     )
 
 
+def rule_keys(value: Any) -> tuple[str, ...]:
+    """The channel keys of a payload's ``matching_rules`` value, as the parser reads them."""
+    return tuple([rule.tag or rule.id for rule in _rules(value)])
+
+
 def _rules(value: Any) -> Iterable[Rule]:
     # Schema drift seen in real captures: ids as numbers, tags null or missing.
     for entry in _dicts(value):

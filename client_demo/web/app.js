@@ -247,8 +247,12 @@ function handleFrame(frame) {
         state.seq = frame.seq;
       }
       showPending();  // granted: the stored tweets it resumes after can show now
+      // "known": false: the relay's rules are not all known yet (a recording it is still
+      // reading) and no tweet has matched this one so far. Live, but say it: a typo'd
+      // rule would otherwise look like a quiet one.
       setState("live", "live on " + frame.channel
-        + (frame.recovered ? " · recovered " + frame.recovered : ""));
+        + (frame.recovered ? " · recovered " + frame.recovered : "")
+        + (frame.known === false ? " · no tweet has matched this rule yet" : ""));
       break;
     case "tweet":
       if (frame.channel !== state.channel) return;

@@ -4,6 +4,10 @@ A source is anything with an async ``lines()`` iterator of :class:`RawLine`. It
 yields each payload line exactly as received (a blank line is a keep-alive) and
 knows nothing of parsing or storage; the ingest pipeline does the rest. A source
 stops when its iterator is closed or its task cancelled.
+
+A source may also say which rule channels it produces: a ``rule_set`` attribute
+(:class:`relay.rule_set.RuleSet`), read by ingest after every line and recorded in the
+store when it changes. A source without one declares nothing: its set stays open.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ usable Unix time (a string, NaN, 1e20, negative) is ignored and the source's
 clock stands in. Files ending in ``.gz`` are read through gzip; a file that cannot
 be read to its end (a cut ``.gz``) stops the source with one line.
 
+A recording declares its rules by what its lines matched: until the first pass has read
+every line, :attr:`ReplaySource.rule_set` is open (more keys may come); after it, closed
+over the keys seen. The bundled sample declares its rules up front (``declared``).
+
 Without ``loop`` each line is yielded verbatim, so replaying a file twice stores
 nothing new. With ``loop`` every pass rewrites each tweet's id (a fresh
 snowflake), its edit history and its ``created_at`` (now), so a demo never runs
@@ -30,8 +34,9 @@ from typing import IO, Any
 import orjson
 
 from relay.errors import SourceError
+from relay.rule_set import RuleSet
 from relay.sources import RawLine
-from relay.tweets import normalise_time, time_from_unix, usable_unix
+from relay.tweets import normalise_time, rule_keys, time_from_unix, usable_unix
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,7 @@ class ReplaySource:
         loop: bool = False,
         clock: Clock,
         sleep: Sleep = asyncio.sleep,
+        declared: RuleSet | None = None,
     ) -> None:
         self.path = Path(path)
         self.speed = speed
@@ -79,11 +85,18 @@ class ReplaySource:
         self.sleep = sleep
         self.ids = SnowflakeIds(clock)
         self.passes = 0
+        self._declared = declared is not None
+        self.rule_set = declared or RuleSet(frozenset(), False, f"the recording {self.path.name}")
+        """The rule keys this replay produces (ingest records them in the store)."""
 
     async def lines(self) -> AsyncIterator[RawLine]:
         while True:
             previous: float | None = None
+            # The first pass reads which rules the recording's tweets matched.
+            seen: RuleKeys | None = None if self._declared or self.passes else RuleKeys()
             for data in _read(self.path):
+                if seen is not None:
+                    seen.add(data)
                 recorded_at = _recorded_at(data)
                 if self.speed and recorded_at is not None:
                     if previous is not None and recorded_at > previous:
@@ -95,6 +108,8 @@ class ReplaySource:
                 else:  # verbatim: the recorded time too, so a replay rebuilds the same store
                     received = recorded_at or self.clock()
                 yield RawLine(data, received)
+            if seen is not None:
+                self.rule_set = RuleSet(frozenset(seen.keys), True, self.rule_set.origin)
             self.passes += 1
             if not self.loop:
                 return
@@ -127,6 +142,44 @@ class ReplaySource:
         payload.pop("__relay", None)
         payload.pop("__twarc", None)
         return orjson.dumps(payload)
+
+
+_MATCHING_RULES = re.compile(rb'"matching_rules"\s*:\s*(\[[^\]]*\])')
+
+
+class RuleKeys:
+    """The rule keys the lines of a recording matched, read cheaply: the
+    ``matching_rules`` array is cut out of the line, and each distinct array is decoded
+    once (a stream has few); only a line whose array the cut cannot find is decoded whole."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self._arrays: dict[bytes, tuple[str, ...]] = {}
+
+    def add(self, line: bytes) -> None:
+        at = line.rfind(b'"matching_rules"')
+        if at < 0:
+            return
+        match = _MATCHING_RULES.match(line, at)
+        array = match.group(1) if match is not None else None
+        if array is not None and array in self._arrays:
+            return  # its keys are in already
+        try:
+            if array is not None:
+                value: Any = orjson.loads(array)
+            else:
+                payload = orjson.loads(line)
+                value = payload.get("matching_rules") if isinstance(payload, dict) else None
+        except orjson.JSONDecodeError:  # a "]" inside a tag: the whole line, once
+            try:
+                payload = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                return  # not JSON: the parser counts it as malformed
+            value = payload.get("matching_rules") if isinstance(payload, dict) else None
+        keys = rule_keys(value)
+        self.keys.update(keys)
+        if array is not None and len(self._arrays) < 4096:
+            self._arrays[array] = keys
 
 
 def _read(path: Path) -> Iterator[bytes]:

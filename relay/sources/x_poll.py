@@ -22,6 +22,7 @@ import tweepy
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from relay.metrics import Metrics
+from relay.rule_set import RuleSet
 from relay.sources import RawLine
 from relay.sources.xapi import StreamRule, api_error, client, newest_id, search_pages
 from relay.store import Store
@@ -40,6 +41,7 @@ class XPollSource:
         token: str,
         base_url: str,
         rules: Sequence[StreamRule],
+        rules_origin: str = "the stream rules",
         store: Store,
         metrics: Metrics,
         clock: Clock,
@@ -49,6 +51,8 @@ class XPollSource:
         self.token = token
         self.base_url = base_url
         self.rules = list(rules)
+        self.rule_set = RuleSet(frozenset(rule.key for rule in self.rules), True, rules_origin)
+        """Its channels: the rules' keys and no other (ingest records them in the store)."""
         self.store = store
         self.metrics = metrics
         self.clock = clock

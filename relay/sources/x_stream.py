@@ -31,6 +31,7 @@ import tweepy
 
 from relay.errors import ConfigError, SourceError
 from relay.metrics import Metrics
+from relay.rule_set import RuleSet
 from relay.sources import RawLine
 from relay.sources.backoff import Cause, ReconnectSchedule
 from relay.sources.xapi import (
@@ -128,6 +129,7 @@ class XStreamSource:
         token: str,
         base_url: str,
         rules: Sequence[StreamRule],
+        rules_origin: str = "the stream rules",
         store: Store,
         metrics: Metrics,
         clock: Clock,
@@ -139,6 +141,8 @@ class XStreamSource:
         self.token = token
         self.base_url = base_url
         self.rules = list(rules)
+        self.rule_set = RuleSet(frozenset(rule.key for rule in self.rules), True, rules_origin)
+        """Its channels: the rules' keys and no other (ingest records them in the store)."""
         self.store = store
         self.metrics = metrics
         self.clock = clock

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from relay.rule_set import STATE_KEY, Channels, RuleSet
+
 if TYPE_CHECKING:
     from relay.deletions import Deleted
     from relay.query import Condition, TweetQuery
@@ -252,9 +254,18 @@ class Store(Protocol):
         ...
 
     async def get_state(self, key: str) -> str | None:
-        """Small durable values for sources (``since_id``, offsets)."""
+        """Small durable values for sources (``since_id``, offsets) and the ingester's
+        rule set (:mod:`relay.rule_set`); readable by every process, written by the
+        writer only."""
         ...
 
     async def set_state(self, key: str, value: str) -> None: ...
 
     async def close(self) -> None: ...
+
+
+async def read_channels(store: Store) -> Channels:
+    """The channels known now: the rule set the ingester recorded, and every rule key a
+    stored tweet matched (two small stream-side reads)."""
+    declared = RuleSet.decode(await store.get_state(STATE_KEY))
+    return Channels(declared, frozenset(await store.rule_keys()))
