@@ -110,6 +110,10 @@ class Subscription:
     held_bytes: int = 0
     overflowed: bool = False
     task: asyncio.Task[None] | None = None
+    ref: Any = None
+    """The subscribe's ``id``, for a reply the catch-up has not sent yet."""
+    replied: bool = True
+    """``subscribed`` went out (a resume sends it once the store has counted)."""
 
 
 class Session:

@@ -207,6 +207,12 @@ class Store(Protocol):
         """Every rule key that some stored tweet matched."""
         ...
 
+    async def current_epoch(self) -> str:
+        """The epoch as the store holds it now, read afresh: ``relay migrate --new-epoch``
+        changes it under running processes, whose ``epoch`` attribute says what they
+        opened (a stream-side read, cheap enough for every few seconds)."""
+        ...
+
     async def highest_tweet_id(self, rule_key: str | None = None) -> str | None:
         """The newest stored tweet id, of one rule when ``rule_key`` is given."""
         ...

@@ -698,6 +698,12 @@ class SQLiteStore:
     async def get_state(self, key: str) -> str | None:
         return await self._one_text("SELECT value FROM source_state WHERE key = ?", key)
 
+    async def current_epoch(self) -> str:
+        epoch = await self._one_text("SELECT value FROM meta WHERE key = ?", "epoch")
+        if epoch is None:
+            raise StoreError(f"{self.path} lost its epoch: not a tweet-relay database now")
+        return epoch
+
     async def _one_text(self, sql: str, value: str) -> str | None:
         def run(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(sql, (value,)).fetchone()
