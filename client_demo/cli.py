@@ -1,8 +1,14 @@
 """``relay-demo``: watch a relay's stream live in the terminal, or pipe it as JSON lines.
 
-Exit status: 0 when stopped (Ctrl-C, or the reader of ``--json`` closed the pipe), 1 when
-the relay cannot be reached or refuses the token, 2 for a usage error or a channel that
-does not exist or is not granted. Every error is one line on stderr, never wrapped.
+Exit status: 0 when stopped (Ctrl-C, or the reader of its output went away), 1 when the
+relay cannot be reached or refuses the token, 2 for a usage error or a channel that does
+not exist or is not granted. Every error is one line on stderr, never wrapped.
+
+Off a terminal, what it writes is made for the reader: ``--json`` writes each tweet
+object exactly as the relay sent it, and plain lines keep every character of the text but
+line breaks and control characters. A reader that goes away ends it, even while no tweet
+comes: as ``tail -f`` does, it checks every :data:`OUTPUT_CHECK` seconds whether its
+output is still read.
 """
 
 from __future__ import annotations
@@ -11,20 +17,26 @@ import argparse
 import asyncio
 import contextlib
 import os
+import select
+import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import orjson
 from rich.console import Console
 from rich.live import Live
 
-from client_demo.stream import DemoError, ResumingStream
+from client_demo.stream import DemoError, ResumingStream, member_text
 from client_demo.view import NO_WRAP, WRAP, FitScreen, LiveView, plain_line
 from relay import __version__
 
 TOKEN_ENV = "RELAY_DEMO_TOKEN"
 """The client's own name for its token (the server's settings are ``RELAY_*`` too, but
 none is named so)."""
+OUTPUT_CHECK = 0.5
+"""Seconds between two checks that the output is still read (a closed pipe ends the client
+when no tweet comes to find it out)."""
 
 
 def say(message: str) -> None:
@@ -89,26 +101,75 @@ def main(argv: Sequence[str] | None = None) -> int:
             since=args.since,
         )
         asyncio.run(_print_json(stream) if args.json else _show(stream))
+    except _OutputClosed:
+        return _reader_gone()
     except DemoError as exc:
         say(str(exc))
         return exc.code
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:
-        # The reader went away (``relay-demo --json | head``): a normal end. Point stdout
-        # at /dev/null so that the interpreter's last flush does not fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        return _reader_gone()
     return 0
 
 
+class _OutputClosed(Exception):
+    """The reader of stdout went away while nothing was written."""
+
+
+def _reader_gone() -> int:
+    """The reader went away (``relay-demo | head``): a normal end. Point stdout at
+    /dev/null so that the interpreter's last flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
+async def _output_closed(fd: int, every: float) -> None:
+    """Returns once ``fd`` reports an error or a hang-up (the read end of a pipe closed, a
+    socket shut, a terminal gone), checked every ``every`` seconds; never for a file."""
+    if not hasattr(select, "poll") or stat.S_ISREG(os.fstat(fd).st_mode):
+        await asyncio.Event().wait()  # nothing to watch: a file is never closed by a reader
+        return
+    poller = select.poll()
+    poller.register(fd, 0)  # no event asked: only what poll always reports (ERR, HUP, NVAL)
+    while not poller.poll(0):
+        await asyncio.sleep(every)
+
+
+async def _while_read(job: Coroutine[Any, Any, None]) -> None:
+    """Runs ``job`` until it ends or the output's reader goes away (:class:`_OutputClosed`)."""
+    work = asyncio.create_task(job)
+    watch = asyncio.create_task(_output_closed(sys.stdout.fileno(), OUTPUT_CHECK))
+    try:
+        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work  # its result, or its error
+    if watch.done() and not watch.cancelled():
+        raise _OutputClosed
+
+
 async def _print_json(stream: ResumingStream) -> None:
+    await _while_read(_write_lines(stream, json=True))
+
+
+async def _write_lines(stream: ResumingStream, *, json: bool) -> None:
+    """One line a tweet on stdout, as it comes: the object as the relay sent it
+    (``json``), or :func:`plain_line`; what else happens, on stderr."""
     out = sys.stdout.buffer
     async with contextlib.aclosing(stream.events()) as events:
         async for event in events:
             if event.kind == "tweet":
-                out.write(orjson.dumps(event.tweet) + b"\n")
+                if json:
+                    text = member_text(event.frame, "tweet") if event.frame else None
+                    line = text.encode() if text is not None else orjson.dumps(event.tweet)
+                else:
+                    line = plain_line(event.seq, event.tweet).encode(errors="replace")
+                out.write(line + b"\n")
                 out.flush()
             elif event.kind in ("status", "reset", "error"):
                 say(event.message)
@@ -118,12 +179,7 @@ async def _show(stream: ResumingStream) -> None:
     view = LiveView()
     console = Console()
     if not console.is_terminal:  # not a terminal: one line a tweet, as it comes
-        async with contextlib.aclosing(stream.events()) as events:
-            async for event in events:
-                if event.kind == "tweet":
-                    console.print(plain_line(event.seq, event.tweet), soft_wrap=True)
-                elif event.kind in ("status", "reset", "error"):
-                    say(event.message)
+        await _while_read(_write_lines(stream, json=False))
         return
     console.file.write(NO_WRAP)
     try:

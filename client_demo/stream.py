@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
+import re
 import shlex
 import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -67,6 +69,8 @@ class _Retry(Exception):
 class Position:
     epoch: str | None = None
     seq: int | None = None
+    asked: bool = False
+    """``seq`` is the ``--since`` of the command line: no tweet has come since."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,42 @@ class Event:
     seq: int = 0
     tweet: dict[str, Any] = field(default_factory=dict)
     message: str = ""
+    frame: str = ""
+    """The frame as the relay sent it (``tweet`` events): :func:`member_text` finds the
+    tweet object's own text in it, byte for byte."""
+
+
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def member_text(document: str, key: str) -> str | None:
+    """The exact text of the value of ``key`` in the JSON object ``document`` (the last
+    one when the key repeats), or None when the object has no such member or is not an
+    object. ``--json`` writes the tweet this way, as the relay encoded it, instead of
+    decoding and encoding it again."""
+    try:
+        at = _SPACE.match(document).end()  # type: ignore[union-attr]
+        if document[at : at + 1] != "{":
+            return None
+        at = _SPACE.match(document, at + 1).end()  # type: ignore[union-attr]
+        found = None
+        while document[at : at + 1] == '"':
+            name, at = _DECODER.raw_decode(document, at)
+            at = _SPACE.match(document, at).end()  # type: ignore[union-attr]
+            if document[at : at + 1] != ":":
+                return None
+            start = _SPACE.match(document, at + 1).end()  # type: ignore[union-attr]
+            _, end = _DECODER.raw_decode(document, start)
+            if name == key:
+                found = document[start:end]
+            at = _SPACE.match(document, end).end()  # type: ignore[union-attr]
+            if document[at : at + 1] != ",":
+                break
+            at = _SPACE.match(document, at + 1).end()  # type: ignore[union-attr]
+        return found
+    except json.JSONDecodeError:
+        return None
 
 
 def http_base(url: str) -> str:
@@ -182,7 +222,7 @@ class ResumingStream:
         self.max_delay = max_delay
         self.first_tries = first_tries
         self._info = info
-        self.positions = {c: Position(seq=since) for c in channels}
+        self.positions = {c: Position(seq=since, asked=since is not None) for c in channels}
         self._first_since = since is not None
         self.connected_once = False
 
@@ -241,8 +281,11 @@ class ResumingStream:
                             continue
                         event = self._read(frame)
                         if event is not None:
+                            if event.kind == "tweet":
+                                text = message if isinstance(message, str) else message.decode()
+                                event = replace(event, frame=text)
                             yield event
-                except (DemoError, GeneratorExit):
+                except (DemoError, GeneratorExit, asyncio.CancelledError):
                     # Giving up, or the reader is done (a closed pipe): a normal close
                     # (1000), not the 1011 the library sends when its block raises.
                     await ws.close()
@@ -275,6 +318,24 @@ class ResumingStream:
         await ws.send(orjson.dumps({"op": "refresh", "token": self.token}).decode())
         return Event("status", message="refreshing the token")
 
+    def _reset_reason(self, held: Position, frame: dict[str, Any]) -> str:
+        """Why the relay reset a channel: the same epoch means the position asked for is
+        past its newest tweet (``--since`` too high, or a store put back from an older
+        copy); another epoch, that the store was replaced."""
+        head = frame["seq"]
+        if held.epoch != frame["epoch"] or held.seq is None or held.seq <= head:
+            return "the relay's store changed: showing new tweets from here"
+        if held.asked:
+            return (
+                f"--since {held.seq} is past the relay's newest tweet (seq {head}): "
+                "showing new tweets from here"
+            )
+        return (
+            f"the relay's newest tweet (seq {head}) is older than the last one shown "
+            f"(seq {held.seq}): its store was put back from an older copy; "
+            "showing new tweets from here"
+        )
+
     def _subscribe(self, channel: str) -> dict[str, Any]:
         op: dict[str, Any] = {"op": "subscribe", "channel": channel}
         position = self.positions[channel]
@@ -292,6 +353,7 @@ class ResumingStream:
             if position.seq is not None and frame["seq"] <= position.seq:
                 return None  # never show a tweet twice, whatever happens
             position.seq = frame["seq"]
+            position.asked = False
             return Event("tweet", channel, frame["seq"], frame["tweet"])
         if kind == "subscribed":
             position = self.positions[channel]
@@ -307,8 +369,9 @@ class ResumingStream:
                 )
             return Event("status", channel, frame["seq"], message=message)
         if kind == "reset":
+            held = self.positions.get(channel) or Position()
             self.positions[channel] = Position(frame["epoch"], frame["seq"])
-            return Event("reset", channel, frame["seq"], message="the relay's store changed")
+            return Event("reset", channel, frame["seq"], message=self._reset_reason(held, frame))
         if kind == "history_start":
             # Retention deleted part of what we missed: say so; what we hold stays valid.
             return Event(

@@ -1,13 +1,17 @@
 """The terminal view of the demo client: a live table of the newest tweets and a status line.
 
 Terminals and rich do not always agree on how wide a character is (joined emoji, skin
-tones, flags, Indic vowel signs): a line rich thinks fits may wrap in the terminal and
-push every line below it down, or end short of the right edge and leave what the last
-frame had there. So the view never relies on the two agreeing: it is drawn on the
-alternate screen, one tweet a line (newlines and control characters out), at most as
-many lines as the terminal has, each line is erased before it is drawn, and line
-wrapping is off while it runs (:data:`NO_WRAP`): a line the terminal finds too long
-is cut at the edge instead of wrapping.
+tones, flags, Indic vowel signs: rich draws a Devanagari vowel sign in no cell of its
+own, tmux, xterm and VTE give it one): a line rich thinks fits may wrap in the terminal
+and push every line below it down, or end short of the right edge and leave what the
+last frame had there. So the view never relies on the two agreeing: it is drawn on the
+alternate screen, one tweet a line (line breaks and control characters out), as many
+lines as the terminal has, each line is erased before it is drawn, line wrapping is off
+while it runs (:data:`NO_WRAP`): a line the terminal finds too long is cut at the edge
+instead of wrapping, and every column border is drawn at the column rich chose for it
+(the cursor is moved there first), so a cell the terminal draws wider or narrower than
+rich measured it never moves the borders after it: its text is cut at the border, or
+ends short of it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from rich.box import HEAVY_HEAD
 from rich.console import Console, ConsoleOptions, Group, RenderableType
 from rich.control import Control
 from rich.segment import ControlType, Segment
@@ -32,12 +37,29 @@ WRAP = "\x1b[?7h"
 """DECAWM back on, as the terminal had it."""
 CHROME_LINES = 5
 """Lines of the view that are not tweets: the status line and the table's borders and header."""
+KEEP = 1000
+"""Tweets the view keeps: more than any terminal has lines; what the screen shows is cut
+to its height at each frame."""
+BOX = HEAVY_HEAD
+BORDERS = frozenset(
+    (BOX.head_left, BOX.head_vertical, BOX.head_right, BOX.mid_left, BOX.mid_vertical,
+     BOX.mid_right)
+)  # fmt: skip
+"""The characters of the table's vertical borders, as rich emits them (one a segment)."""
+# Escapes, not the characters: invisible ones in the source would hide what is there.
+LINE_BREAKS = frozenset("\n\r\t\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+"""Characters that end a line or move to a tab stop: each becomes a space."""
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+"""Marks, embeddings, overrides and isolates: a terminal that applies them would reorder
+the rest of the table's line, so the live view leaves them out (piped output keeps them)."""
 
 
 class LiveView:
     """Keeps the newest tweets and renders them with rich."""
 
-    def __init__(self, keep: int = 15) -> None:
+    def __init__(self, keep: int = KEEP) -> None:
         self.tweets: deque[tuple[int, str, dict[str, Any]]] = deque(maxlen=keep)
         self.status = "connecting"
         self.seq = 0
@@ -69,7 +91,7 @@ class LiveView:
         """The status line and the table, with as many tweets as ``height`` lines hold;
         on a narrow terminal the author column shrinks and the rules go, so the text
         keeps room."""
-        table = Table(expand=True, show_lines=False, header_style="bold cyan")
+        table = Table(box=BOX, expand=True, show_lines=False, header_style="bold cyan")
         table.add_column("seq", justify="right", width=7, no_wrap=True)
         table.add_column(
             "author", width=18 if width >= 90 else 10, overflow="ellipsis", no_wrap=True
@@ -120,30 +142,42 @@ class FitScreen:
         erase = Control((ControlType.ERASE_IN_LINE, 2)).segment
         for number, line in enumerate(lines):
             yield erase
-            yield from line
+            column = 0
+            for segment in line:
+                if segment.text in BORDERS and not segment.control:
+                    yield Control.move_to_column(column).segment
+                yield segment
+                column += segment.cell_length
             if number < len(lines) - 1:
                 yield Segment.line()
 
 
-def one_line(text: str) -> str:
-    """``text`` on one line without characters that move the cursor or change how the
-    terminal draws what follows: line breaks and tabs become spaces; other control and
-    format characters (bidi overrides, zero-width joiners) and variation selectors go."""
+def plain_text(text: str) -> str:
+    """``text`` on one line, every character kept but these: line breaks and tabs become
+    spaces, other C0 and C1 control characters (escape sequences start with one) go.
+    Zero-width joiners, variation selectors and bidi marks stay: ``👩🏽‍💻`` stays one
+    person at a laptop."""
     out: list[str] = []
     for char in text:
-        if char in "\n\r\t\v\f\u2028\u2029":
+        if char in LINE_BREAKS:
             out.append(" ")
-        elif unicodedata.category(char) in ("Cc", "Cf") or "\ufe00" <= char <= "\ufe0f":
-            continue
-        else:
+        elif unicodedata.category(char) != "Cc":
             out.append(char)
     return "".join(out)
 
 
-def plain_line(seq: int, tweet: dict[str, Any]) -> Text:
-    """One tweet on one line, for output that is not a terminal."""
-    line = Text(f"{seq}  @{one_line(str(author_of(tweet)))}  ")
-    return line.append_text(tweet_text(tweet))
+def one_line(text: str) -> str:
+    """``text`` for the live view: :func:`plain_text` without bidi controls (see
+    :data:`BIDI_CONTROLS`). Joined emoji stay joined: rich measures a grapheme as one."""
+    return "".join(char for char in plain_text(text) if char not in BIDI_CONTROLS)
+
+
+def plain_line(seq: int, tweet: dict[str, Any]) -> str:
+    """One tweet on one line, for output that is not a terminal: seq, author, text."""
+    line = f"{seq}  @{plain_text(str(author_of(tweet)))}  {plain_text(str(tweet.get('text', '')))}"
+    if tweet.get("media"):
+        line += f"  [{len(tweet['media'])} media]"
+    return line
 
 
 def author_of(tweet: dict[str, Any]) -> Any:

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from relay import __version__
 from relay.config import Settings
-from relay.errors import RelayError
+from relay.errors import ConfigError, RelayError
 
 if TYPE_CHECKING:
     from relay.rule_set import Channels
@@ -444,8 +444,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.count < 1:
         console.print("[bold red]relay:[/] --count must be at least 1")
         return 2
-    written = write_stream(Path(args.out), args.count, args.seed)
-    console.print(f"wrote {written} tweets to {args.out}")
+    try:
+        written = write_stream(Path(args.out), args.count, args.seed)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    console.print(f"wrote {written} tweets to {args.out}", highlight=False)
     return 0
 
 
@@ -461,8 +464,16 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
     settings = _x_settings(args)
     wanted = {(r.value, r.tag) for r in load_rules(settings.rules_file)}
     api = stream_client(require_token(settings.x_bearer_token), settings.x_api_base_url)
-    table = Table("id", "tag", "value", "in config")
     listed = _api_call(lambda: current_rules(api), "listing stream rules", settings.x_api_base_url)
+    if not listed:  # one line, not the borders of an empty table
+        hint = (
+            f"; `relay rules sync` adds the {len(wanted)} rule(s) of {settings.rules_file}"
+            if wanted
+            else ""
+        )
+        print(f"the X API holds no stream rules{hint}")
+        return 0
+    table = Table("id", "tag", "value", "in config")
     for rule in listed:
         table.add_row(
             rule.id,
@@ -528,6 +539,11 @@ def _api_call(call: Callable[[], Any], action: str, base_url: str) -> Any:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
+    # A limit that stops before the first tweet is a mistake, not a recording of nothing.
+    if args.max_tweets is not None and args.max_tweets < 1:
+        raise ConfigError("--max-tweets must be at least 1")
+    if args.duration is not None and not args.duration > 0:
+        raise ConfigError("--duration must be more than 0 seconds")
     settings = settings_from(args)
     setup_logging(settings)
     return asyncio.run(_record(settings, Path(args.out), args.max_tweets, args.duration))
@@ -545,11 +561,16 @@ async def _record(
     from relay.sources.record import Recorded, record
     from relay.store.sqlite import SQLiteStore
 
+    try:
+        out.open("ab").close()  # the folder and the rights, before a source is started
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from None
     store = await SQLiteStore.open(settings.db)
     source = build_source(settings, store, Metrics(), time.time)
     started = time.monotonic()
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    # The spinner only where someone watches it: in a log or a pipe, the last line says it all.
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task(f"recording to {out}")
 
         def show(done: Recorded) -> None:
@@ -578,7 +599,8 @@ async def _record(
             done = None
     await store.close()
     console.print(
-        f"recorded {out}" + (f": {done.tweets} tweets in {done.lines} lines" if done else "")
+        f"recorded {out}" + (f": {done.tweets} tweets in {done.lines} lines" if done else ""),
+        highlight=False,
     )
     return 0
 

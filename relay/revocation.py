@@ -1,11 +1,14 @@
 """The revocation list: token ids (``jti``) the relay refuses, read from a file it watches.
 
 The file holds one ``jti`` a line; ``#`` starts a comment, blank lines are ignored. It is
-read at start (a configured file that cannot be read stops the start with one line) and
-read again whenever its size, modification time or inode changes, checked every
-``revoked_tokens_interval`` seconds. A file that goes missing or unreadable later keeps the
-last good list, with one warning until it is readable again: a half-written or deleted file
-must never un-revoke a token.
+read at start and read again whenever its size, modification time or inode changes,
+checked every ``revoked_tokens_interval`` seconds. A file that does not exist yet is an
+empty list, watched like any other: the first revocation may create it (``echo ID >>
+revoked.txt``). A file that exists but cannot be read, or a folder that does not exist (a
+typo would otherwise be a list that never revokes anything), stops the start with one
+line. A file that goes missing or unreadable later keeps the last good list, with one
+warning until it is readable again: a half-written or deleted file must never un-revoke a
+token.
 """
 
 from __future__ import annotations
@@ -41,10 +44,18 @@ class RevocationList:
 
     @classmethod
     def open(cls, path: str | Path) -> RevocationList:
-        """Read the list at start; ConfigError (one line, exit 2) when it cannot be read."""
+        """Read the list at start; ConfigError (one line, exit 2) when it cannot be read.
+        A file not there yet in a folder that is reads as an empty list."""
         revocations = cls(path)
         try:
             revocations._read()
+        except FileNotFoundError:
+            if not revocations.path.parent.is_dir():
+                raise ConfigError(
+                    f"cannot read the revocation list {path}: its folder does not exist"
+                ) from None
+            log.info("revocation list %s does not exist yet: no token id revoked", path)
+            return revocations
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ConfigError(f"cannot read the revocation list {path}: {_why(exc)}") from None
         log.info("revocation list %s: %d token id(s)", path, len(revocations.ids))
@@ -63,22 +74,30 @@ class RevocationList:
         try:
             before = self.ids
             self._read()
+        except FileNotFoundError as exc:
+            if self._seen is None:
+                return False  # not created yet: the empty list it was stays right
+            return self._unreadable(exc)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            if not self._warned:
-                log.warning(
-                    "revocation list %s unreadable (%s): keeping the last %d id(s)",
-                    self.path,
-                    _why(exc),
-                    len(self.ids),
-                )
-                self._warned = True
-            return False
+            return self._unreadable(exc)
         if self._warned:
             log.info("revocation list %s readable again", self.path)
             self._warned = False
         if self.ids != before:
             log.info("revocation list %s: %d token id(s)", self.path, len(self.ids))
             return True
+        return False
+
+    def _unreadable(self, exc: Exception) -> bool:
+        """Keep the last good list; warn once until the file is readable again."""
+        if not self._warned:
+            log.warning(
+                "revocation list %s unreadable (%s): keeping the last %d id(s)",
+                self.path,
+                _why(exc),
+                len(self.ids),
+            )
+            self._warned = True
         return False
 
     async def watch(

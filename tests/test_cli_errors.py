@@ -68,13 +68,25 @@ MISTAKES: dict[str, tuple[list[str], dict[str, str], str]] = {
     "rules file missing": (["rules", "list"], {"RELAY_RULES": "nope.toml"}, "nope.toml"),
     "token without a secret": (["token", "--sub", "a", "--channel", "tweets"], {}, "RELAY_SECRET"),
     "synth count": (["synth", "--count", "0", "--out", "x.jsonl"], {}, "--count"),
+    "synth into a missing folder": (
+        ["synth", "--out", "no-such-folder/x.jsonl"],
+        {},
+        "cannot write no-such-folder/x.jsonl: No such file or directory",
+    ),
+    "record no tweet": (["record", "x.jsonl", "--max-tweets", "0"], {}, "--max-tweets"),
+    "record no time": (["record", "x.jsonl", "--duration", "0"], {}, "--duration"),
+    "record into a missing folder": (
+        ["record", "no-such-folder/x.jsonl"],
+        {},
+        "cannot write no-such-folder/x.jsonl: No such file or directory",
+    ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(MISTAKES))
 def test_a_mistake_before_running_is_one_line_and_exit_2(name: str, tmp_path: Path) -> None:
     args, env, names = MISTAKES[name]
-    if args[0] in ("run", "serve"):
+    if args[0] in ("run", "serve", "record"):
         args = [*args, "--db", str(tmp_path / "x.db")]
     result = relay(*args, env=env, cwd=tmp_path)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -82,6 +94,8 @@ def test_a_mistake_before_running_is_one_line_and_exit_2(name: str, tmp_path: Pa
     assert "Traceback" not in result.stderr
     assert len(lines) == 1, result.stderr
     assert names in lines[0]
+    if args[0] == "record":  # refused before anything was written
+        assert not (tmp_path / "x.jsonl").exists() and not (tmp_path / "x.db").exists()
 
 
 def test_a_port_in_use_names_the_port_and_how_to_pick_another(

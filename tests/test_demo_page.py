@@ -238,10 +238,10 @@ def _with_entities(line: bytes, entities: dict[str, Any]) -> bytes:
     return orjson.dumps(message)
 
 
-def _glyph_left(page: Any, selector: str, index: int) -> float:
+def _glyph_left(tab: Any, selector: str, index: int) -> float:
     """Where the ``index``-th character of the element's text is drawn, from the left."""
     return float(
-        page.evaluate(
+        tab.evaluate(
             """([selector, index]) => {
                 const node = document.querySelector(selector).firstChild;
                 const range = document.createRange();
@@ -273,8 +273,8 @@ def test_hashtags_and_mentions_in_right_to_left_tweets_read_the_right_way_round(
                 found[kind].append({"start": start, "end": start + len(word), "username": word[1:]})
         return found
 
-    recording = tmp_path / "rtl.jsonl"
-    recording.write_bytes(
+    rtl = tmp_path / "rtl.jsonl"
+    rtl.write_bytes(
         _with_entities(stream_line(1, arabic, lang="ar"), spans(arabic))
         + b"\n"
         + _with_entities(stream_line(2, hebrew, lang="iw"), spans(hebrew))
@@ -285,7 +285,7 @@ def test_hashtags_and_mentions_in_right_to_left_tweets_read_the_right_way_round(
         "--db",
         str(tmp_path / "rtl.db"),
         "--replay",
-        str(recording),
+        str(rtl),
         "--speed",
         "max",
         "--no-loop",
@@ -293,11 +293,14 @@ def test_hashtags_and_mentions_in_right_to_left_tweets_read_the_right_way_round(
     processes.append(relay)
     wait_for(lambda: relay.count() == 2, 6 * UNIT, "the two tweets stored")
     page.goto(relay.url + "/")
-    page.wait_for_function("document.querySelectorAll('#tweets li.tweet').length === 2", timeout=WAIT)
+    page.wait_for_function(
+        "document.querySelectorAll('#tweets li.tweet').length === 2", timeout=WAIT
+    )
     for tweet_id in ("1", "2"):
         item = f'#tweets li[data-id="{tweet_id}"]'
         # The tweet reads right to left as a whole...
-        assert page.evaluate(f"getComputedStyle(document.querySelector('{item} .text')).direction") == "rtl"
+        text = f"document.querySelector('{item} .text')"
+        assert page.evaluate(f"getComputedStyle({text}).direction") == "rtl"
         # ...and each Latin entity left to right inside it: '#' and '@' before the name.
         for entity in (f"{item} a.hashtag", f"{item} a.mention"):
             assert _glyph_left(page, entity, 0) < _glyph_left(page, entity, 1), entity
@@ -352,13 +355,13 @@ def test_the_store_size_tells_the_database_from_its_write_ahead_log(
 ) -> None:
     from relay.synth import write_stream
 
-    recording = tmp_path / "short.jsonl"
-    write_stream(recording, 300, seed=5)
+    short = tmp_path / "short.jsonl"
+    write_stream(short, 300, seed=5)
     db = tmp_path / "quiet.db"
     # About 20 tweets a second for 15 s, a commit a tweet or so: the trickle that grew the
     # WAL to tens of MB, and long enough for samples (every 5 s) to catch it.
     relay = RelayProcess(
-        tmp_path / "quiet.log", "--db", str(db), "--replay", str(recording), "--speed", "5",
+        tmp_path / "quiet.log", "--db", str(db), "--replay", str(short), "--speed", "5",
         "--no-loop",
     )  # fmt: skip
     processes.append(relay)

@@ -7,11 +7,13 @@ and fail under CI, where it must be installed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,6 +32,7 @@ from tests.support import (
     RunningRelay,
     counted,
     stream_line,
+    subscribe,
     wait_for,
 )
 from tests.test_auth import SECRET
@@ -137,9 +140,11 @@ def _received(lines: list[str]) -> int:
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40), (52, 14)])
-def test_the_live_view_leaves_nothing_behind_at_any_size(
+def test_the_live_view_fills_the_terminal_keeps_its_borders_and_leaves_nothing_behind(
     tmux: Callable[..., str], multilingual: RelayProcess, size: tuple[int, int]
 ) -> None:
+    from client_demo.view import CHROME_LINES
+
     width, height = size
     target = tmux([sys.executable, "-m", "client_demo.cli", multilingual.url], width, height)
     lines: list[str] = []
@@ -147,7 +152,7 @@ def test_the_live_view_leaves_nothing_behind_at_any_size(
     def redrawn_many_times() -> bool:
         nonlocal lines
         lines = _capture(target)
-        return _received(lines) >= 3 * len(TEXTS)
+        return _received(lines) >= max(3 * len(TEXTS), height)
 
     wait_for(redrawn_many_times, 10 * UNIT, "the view to show several rounds of tweets")
     # Stop the tweets, then take a frame the terminal shows twice in a row: a capture
@@ -169,11 +174,19 @@ def test_the_live_view_leaves_nothing_behind_at_any_size(
     assert len(lines) <= height
     body = lines[lines.index(headers[0]) + 2 :]
     rows = [line for line in body if line.startswith("│")]
-    assert len(rows) >= min(height - 6, 5), "\n".join(lines)
+    # As many tweets as the terminal has lines for, not a fixed number.
+    assert len(rows) == height - CHROME_LINES, "\n".join(lines)
     for line in rows:
         # Each row still ends at the right border: nothing pushed past it, nothing left
         # of an older, longer line after it.
         assert line.rstrip().endswith("│"), "\n".join(lines)
+    if width >= 70:
+        # The rules column is plain ASCII, counted from the right edge: its left border
+        # stands where the header's does in every row, whatever script the tweet before
+        # it is in (tmux gives a Devanagari vowel sign a cell, rich does not).
+        rules = len(headers[0].rstrip().rsplit("┃", 2)[1])
+        for line in rows:
+            assert len(line.rstrip().rsplit("│", 2)[1]) == rules, "\n".join(lines)
     seqs = [int(line.split("│")[1]) for line in rows]
     assert seqs == sorted(set(seqs), reverse=True), "\n".join(lines)
     # What follows the table is blank: no stale copy of an older frame under it.
@@ -184,9 +197,12 @@ def test_the_live_view_leaves_nothing_behind_at_any_size(
 # -- pipes, addresses, exit codes -----------------------------------------------------
 
 
-def test_json_into_a_closed_pipe_ends_quietly_with_0(multilingual: RelayProcess) -> None:
+@pytest.mark.parametrize("mode", ["--json", "--since=0"])
+def test_output_into_a_closed_pipe_ends_quietly_with_0(
+    multilingual: RelayProcess, mode: str
+) -> None:
     done = subprocess.run(
-        ["bash", "-c", f"{sys.executable} -m client_demo.cli --json {multilingual.url} "
+        ["bash", "-c", f"{sys.executable} -m client_demo.cli {mode} {multilingual.url} "
          "| head -3; echo \"status=${PIPESTATUS[0]}\" >&2"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -399,3 +415,172 @@ def test_a_revoked_token_is_told_apart_from_an_expired_one(
     last = err.splitlines()[-1]
     assert "revoked" in last, err
     assert "expired" not in last and "--token-command" not in last, err
+
+
+# -- what goes down a pipe ------------------------------------------------------------
+
+PIPED = [
+    *TEXTS,
+    "at work 👩🏽‍💻 and 🏳️‍🌈, ZWNJ in می‌خواهم",  # joiners and variation selectors
+    "escapes \x1b[31mred\x1b[0m, C1 \x9b2J, NEL\x85here, DEL\x7f, LS\u2028PS\u2029end",
+]
+
+
+@pytest.fixture
+def pushed_relay(
+    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+) -> tuple[RunningRelay, PushSource]:
+    source = PushSource()
+    relay = start_relay(make_settings(), source)
+    return relay, source
+
+
+def _piped(text: str) -> str:
+    """The rule for piped text, stated again: line breaks and tabs are spaces, every other
+    C0 or C1 control character goes, everything else stays."""
+    spaced = re.sub("[\n\r\t\v\f\x1c-\x1e\x85\u2028\u2029]", " ", text)
+    return re.sub("[\x00-\x1f\x7f-\x9f]", "", spaced)
+
+
+def _lines_of(proc: subprocess.Popen[bytes], count: int) -> list[bytes]:
+    assert proc.stdout is not None
+    return [proc.stdout.readline() for _ in range(count)]
+
+
+@contextlib.contextmanager
+def _demo_process(*args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``relay-demo`` with its output and errors on pipes; killed (if still running) and
+    its pipes closed at the end of the block."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "client_demo.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        try:
+            yield proc
+        finally:
+            proc.kill()
+
+
+def test_piped_lines_keep_every_character_but_line_breaks_and_controls(
+    pushed_relay: tuple[RunningRelay, PushSource],
+) -> None:
+    relay, source = pushed_relay
+    source.push(*(stream_line(i + 1, text, author=f"a{i}") for i, text in enumerate(PIPED)))
+    relay.wait_stored(len(PIPED))
+    with _demo_process("--since", "0", relay.url) as proc:
+        lines = [line.decode() for line in _lines_of(proc, len(PIPED))]
+    expected = [f"{i + 1}  @user_a{i}  {_piped(text)}\n" for i, text in enumerate(PIPED)]
+    assert lines == expected
+    assert "👩🏽\u200d💻" in lines[-2] and "👨\u200d👩\u200d👧\u200d👦" in lines[4]
+    assert "\u202eRTL override\u202c" in lines[6]  # a bidi override is a character, kept
+    assert "\x1b" not in lines[-1] and "[31mred" in lines[-1] and "NEL here" in lines[-1]
+
+
+def test_json_writes_each_tweet_object_as_the_relay_sent_it(
+    pushed_relay: tuple[RunningRelay, PushSource],
+) -> None:
+    relay, source = pushed_relay
+    source.push(*(stream_line(i + 1, text, author=f"a{i}") for i, text in enumerate(PIPED)))
+    relay.wait_stored(len(PIPED))
+    assert relay.relay.hub is not None
+    ws, _ = subscribe(relay.ws_url, since={"epoch": relay.relay.hub.epoch, "seq": 0})
+    sent: list[bytes] = []
+    with ws:
+        while len(sent) < len(PIPED):
+            frame = ws.recv(timeout=UNIT, decode=False)
+            if frame.startswith(b'{"type":"tweet"'):
+                sent.append(frame[frame.index(b',"tweet":') + len(b',"tweet":') : -1] + b"\n")
+    with _demo_process("--json", "--since", "0", relay.url) as proc:
+        assert _lines_of(proc, len(PIPED)) == sent
+
+
+@pytest.fixture
+def other_relay() -> Iterator[str]:
+    """A relay of another make: the same protocol, its JSON written with spaces, escapes
+    and number forms this relay never uses. A real WebSocket server on a free port."""
+    from websockets.datastructures import Headers
+    from websockets.http11 import Response
+    from websockets.sync.server import ServerConnection, serve
+
+    def process_request(connection: ServerConnection, request: Any) -> Response | None:
+        if request.path != "/v1/info":
+            return None
+        port = connection.local_address[1]
+        body = (
+            b'{"stream_url": "ws://127.0.0.1:%d/v1/stream", "epoch": "e1", "channels": []}' % port
+        )
+        headers = Headers(
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
+        return Response(200, "OK", headers, body)
+
+    def handler(connection: ServerConnection) -> None:
+        connection.recv()  # the subscribe
+        connection.send('{"type": "subscribed", "channel": "tweets", "epoch": "e1", '
+                        '"seq": 0, "recovered": 1}')  # fmt: skip
+        connection.send(OTHER_FRAME)
+        with contextlib.suppress(Exception):
+            connection.recv()  # until the client goes
+
+    with serve(handler, "127.0.0.1", 0, process_request=process_request) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.socket.getsockname()[1]}"
+        server.shutdown()
+        thread.join(UNIT)
+
+
+OTHER_TWEET = '{ "id" : "7", "text": "caf\\u00e9 \\/ 👩🏽‍💻", "n": 1.50, "big": 1E3 }'
+OTHER_FRAME = '{"type": "tweet", "channel": "tweets", "seq": 1, "tweet": ' + OTHER_TWEET + "}"
+
+
+def test_json_passes_the_tweet_through_byte_for_byte_whatever_its_encoding(
+    other_relay: str,
+) -> None:
+    with _demo_process("--json", other_relay) as proc:
+        assert _lines_of(proc, 1) == [OTHER_TWEET.encode() + b"\n"]
+
+
+@pytest.mark.parametrize("mode", ["--json", "--since=0"])
+def test_a_reader_that_goes_away_ends_it_even_when_no_tweet_comes(
+    pushed_relay: tuple[RunningRelay, PushSource], mode: str
+) -> None:
+    relay, source = pushed_relay
+    source.push(*(stream_line(i, f"tweet {i}") for i in range(1, 4)))
+    relay.wait_stored(3)
+    with _demo_process(mode, "--since", "0", relay.url) as proc:
+        assert all(b"tweet " in line for line in _lines_of(proc, 3))
+        assert proc.stdout is not None
+        proc.stdout.close()  # the reader goes; no tweet comes after it
+        assert proc.wait(timeout=3 * UNIT) == 0
+        assert proc.stderr is not None
+        assert b"Traceback" not in proc.stderr.read()
+    # It closed the connection as a client that is done does: 1000.
+    wait_for(
+        lambda: counted(relay.relay.metrics.closes, code="1000", by="client") == 1,
+        UNIT,
+        "the close",
+    )
+
+
+def test_since_past_the_newest_tweet_says_so_and_goes_on_live(
+    pushed_relay: tuple[RunningRelay, PushSource],
+) -> None:
+    relay, source = pushed_relay
+    source.push(*(stream_line(i, f"tweet {i}") for i in range(1, 6)))
+    relay.wait_stored(5)
+    with _demo_process("--json", "--since", "1000", relay.url) as proc:
+        assert proc.stderr is not None
+        said: list[str] = []
+        while not any("subscribed" in line for line in said):
+            said.append(proc.stderr.readline().decode())
+            assert said[-1], said  # not the end of its output
+        source.push(stream_line(6, "after"))
+        assert b'"after"' in _lines_of(proc, 1)[0]  # live from the head, not from seq 1000
+    reset = [line for line in said if "1000" in line]
+    assert reset == ["relay-demo: --since 1000 is past the relay's newest tweet (seq 5): "
+                     "showing new tweets from here\n"], said  # fmt: skip
+    assert not any("store changed" in line for line in said), said

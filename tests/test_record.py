@@ -104,3 +104,25 @@ def test_stamp_keeps_the_payload_bytes_and_replay_reads_the_time_back() -> None:
     assert stamped.startswith(line[:-1])
     assert _recorded_at(stamped) == 1700000000.25
     assert stamp(RawLine(BROKEN, 1.0)) == BROKEN  # not an object: written unchanged
+
+
+def test_off_a_terminal_it_draws_no_spinner_and_ends_with_one_summary_line(
+    tmp_path: Path,
+) -> None:
+    from relay.synth import write_stream
+
+    stream = tmp_path / "stream.jsonl"
+    write_stream(stream, 20, seed=3)
+    out = tmp_path / "session.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "record", str(out), "--replay", str(stream),
+         "--speed", "max", "--max-tweets", "5", "--db", str(tmp_path / "record.db")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RELAY_LOG_LEVEL": "warning"},
+        capture_output=True,
+        text=True,
+        timeout=6 * UNIT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"recorded {out}: 5 tweets in 5 lines\n"
+    assert len(out.read_bytes().splitlines()) == 5

@@ -173,13 +173,13 @@ def test_a_vanished_list_keeps_the_last_good_ids_and_warns_once(
     assert revoked.check() and "def" in revoked
 
 
-def test_a_configured_but_missing_list_stops_the_start_with_one_line_and_exit_2(
+def test_a_list_in_a_folder_that_does_not_exist_stops_the_start_with_one_line_and_exit_2(
     tmp_path: Path,
 ) -> None:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "RELAY_REVOKED_TOKENS": str(tmp_path / "missing.txt"),
+        "RELAY_REVOKED_TOKENS": str(tmp_path / "no-such-folder" / "revoked.txt"),
         "RELAY_DB": str(tmp_path / "relay.db"),
     }
     done = subprocess.run(
@@ -193,7 +193,24 @@ def test_a_configured_but_missing_list_stops_the_start_with_one_line_and_exit_2(
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "revocation list" in lines[0], done.stderr
+    assert "folder does not exist" in lines[0]
     assert not (tmp_path / "relay.db").exists()  # refused before anything was created
+
+
+def test_a_list_not_created_yet_is_empty_and_read_once_it_appears(
+    private: Callable[..., tuple[RunningRelay, PushSource]], tmp_path: Path
+) -> None:
+    listing = tmp_path / "revoked.txt"  # not there: the first revocation will create it
+    time = FakeTime()
+    relay, _ = private(time, revoked_tokens_file=str(listing), revoked_tokens_interval=0.05)
+    lost = make_token(NEW, time.now, token_id="lost-laptop")
+    doomed, _ = subscribe(relay.ws_url, **bearer(lost))
+    with listing.open("a") as handle:  # echo lost-laptop >> revoked.txt
+        handle.write("lost-laptop\n")
+    code, reason = close_code(doomed)
+    assert code == 4001 and orjson.loads(reason)["reason"] == "revoked"
+    assert refused(relay.ws_url, lost) == 401
+    assert not _checked_missing(relay)  # never "unreadable": it was not there, then it was
 
 
 def test_relay_token_prints_the_token_alone_on_stdout_and_its_jti_on_stderr(

@@ -99,6 +99,17 @@ def test_list_shows_the_api_rules_and_which_sync_would_delete(
     assert "yes" in rows["cats"] and "sync deletes" in rows["old"]
 
 
+@pytest.mark.usefixtures("x_env")
+def test_list_with_no_rules_on_the_api_is_one_line_naming_sync(
+    fake: FakeX, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert not fake.rules
+    assert main(["rules", "list"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1, out
+    assert "no stream rules" in out and "relay rules sync" in out and "2 rule(s)" in out
+
+
 @pytest.mark.parametrize(
     "command", [["rules", "list"], ["rules", "sync"], ["run", "--source", "x-poll"]]
 )

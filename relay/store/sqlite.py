@@ -270,9 +270,9 @@ class SQLiteStore:
             # seconds while they keep coming.
             if self._jobs.empty() or time.monotonic() - self._indexed_at >= SEARCH_LAG:
                 self._index(conn)
-            if self._wal_dirty and self._jobs.empty():
-                if time.monotonic() - self._checkpointed_at >= self.checkpoint_every:
-                    self._checkpoint(conn)
+            due = time.monotonic() - self._checkpointed_at >= self.checkpoint_every
+            if self._wal_dirty and self._jobs.empty() and due:
+                self._checkpoint(conn)
             try:
                 # With commits not yet checkpointed, wait only as long as idle lasts.
                 jobs = [self._jobs.get(timeout=self.idle_checkpoint if self._wal_dirty else None)]
