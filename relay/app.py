@@ -344,7 +344,17 @@ class Relay:
     async def _when_finished(self, ingest: Ingest) -> None:
         """Log the summary once the source ended and all it sent reached the hub."""
         await ingest.finished.wait()
-        if ingest.failed.is_set() or self._stopping:
+        if self._stopping:
+            return
+        cut = ingest.source_error
+        if cut is not None and ingest.error is cut:
+            # The source stopped on an error after every line it gave was stored and
+            # published (a cut recording): say what was read, and that it was cut. The
+            # relay then stops with the error (exit 1); clients get what was published.
+            self.summary = summary_of(self.metrics, cut=str(cut))
+            log.warning("%s", self.summary)
+            return
+        if ingest.failed.is_set():
             return
         if self.follower is not None:
             await self.follower.catch_up()  # published: the hub holds the store's head
