@@ -23,7 +23,7 @@ from relay.bus import Bus
 from relay.bus.memory import MemoryBus
 from relay.config import Settings
 from relay.deletions import DELETIONS_INTERVAL, DeletionAnnouncer, apply_deletions
-from relay.errors import ConfigError, RelayError, StoreNotReady
+from relay.errors import ConfigError, RelayError, StoreCorrupt, StoreNotReady
 from relay.finished import ReplaySummary, summary_of
 from relay.follower import Follower
 from relay.housekeeping import Housekeeping
@@ -193,6 +193,7 @@ class Relay:
         store = self.store = await open_store(
             settings, writer=self.ingests, serves=self.serves, sleep=self.sleep
         )
+        store.on_damage = self._store_damaged
         self.bus = open_bus(settings, store.epoch, self.metrics)
         self._tasks.append(asyncio.create_task(self._start_bus(self.bus), name="bus-start"))
         if self.serves:
@@ -363,6 +364,15 @@ class Relay:
         self.summary = summary_of(self.metrics)
         log.info("%s", self.summary)
         self.finished.set()
+
+    def _store_damaged(self, exc: StoreCorrupt) -> None:
+        """A read or commit found the store damaged: nothing it reads can be trusted, so
+        the process stops (``/readyz`` 503, exit 1) rather than serve less than it holds;
+        clients resume from another replica or after a restore."""
+        self.metrics.store_damaged.inc()
+        if self._error is None:
+            log.error("%s: stopping", exc)
+        self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:

@@ -7,6 +7,7 @@
     ├── MalformedPayload       a stream line that is not a usable X API payload
     ├── StoreError             the store cannot be opened or written
     │   ├── StoreNotReady      not there yet (no schema, server down): wait and retry
+    │   ├── StoreCorrupt       the file is damaged: reads cannot be trusted; the process stops
     │   ├── WriterBusy         another process writes this SQLite file
     │   └── WriterFenced       another ingester took the writer lease: stop writing
     ├── SourceError            a source failed for good (bad token, unentitled)
@@ -70,6 +71,12 @@ class StoreError(RelayError):
 
 class StoreNotReady(StoreError):
     """The store is not there yet (a serving process started before any migration)."""
+
+
+class StoreCorrupt(StoreError):
+    """The store's file is damaged (SQLite said so, or a read found rows out of order or
+    missing): what it reads cannot be trusted, so a read never passes for the end of the
+    data. The relay counts it (``relay_store_damaged_total``), answers 503 and exits 1."""
 
 
 class WriterBusy(StoreError):

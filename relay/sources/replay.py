@@ -152,7 +152,12 @@ def _read(path: Path) -> Iterator[bytes]:
             if rest.rstrip(b"\r"):
                 count += 1
                 yield rest.rstrip(b"\r")
-    except (OSError, EOFError, zlib.error) as exc:  # missing, unreadable, cut, damaged
+    except zlib.error as exc:  # zlib's words ("incorrect header check") name no format
+        raise SourceError(
+            f"cannot read replay file {path} past line {count:,}: not gzip data, or damaged "
+            f"gzip data ({exc})"
+        ) from None
+    except (OSError, EOFError) as exc:  # missing, unreadable, cut
         raise SourceError(f"cannot read replay file {path} past line {count:,}: {exc}") from None
 
 
