@@ -175,8 +175,9 @@ _STOP = object()
 
 
 def _bytes(body: str | bytes) -> bytes:
-    """A stored object as bytes: written as bytes (a BLOB of UTF-8 JSON) since schema
-    version 3, as text before; both read back as the same bytes."""
+    """A stored object as bytes. Reads ask for ``CAST(object AS BLOB)``, which hands
+    SQLite's UTF-8 text over as bytes (no decoding, no encoding back): stored as TEXT
+    since schema version 6, and any value that is not reads back the same."""
     return body if isinstance(body, bytes) else body.encode()
 
 
@@ -581,7 +582,7 @@ class SQLiteStore:
         max_bytes: int | None = None,
         conditions: Sequence[Condition] = (),
     ) -> list[StoredTweet]:
-        columns = "seq, rules, object, lang, author_username, has_media, text"
+        columns = "seq, rules, CAST(object AS BLOB), lang, author_username, has_media, text"
         sql, params = sqlite_query.channel_range(channel, columns, after, until, conditions)
         # Two rows more than the page: the one the range ends at, and the one after it
         # (see _range_end).
@@ -634,8 +635,8 @@ class SQLiteStore:
     ) -> BodyPage[T]:
         # Two columns, and the rows kept as the cursor makes them: a catch-up page costs
         # a tuple, an int and one copy of the body a tweet (1.3 µs against 4.3-5.4 µs for
-        # read_after's decoded rules and StoredTweet). CAST: bodies written before schema
-        # version 3 are TEXT; as BLOB they come out as bytes too, without a Python test.
+        # read_after's decoded rules and StoredTweet). CAST: the stored TEXT comes out as
+        # the bytes the frame needs, without a decode and an encode in Python.
         sql, params = sqlite_query.channel_range(
             channel, "seq, CAST(object AS BLOB)", after, until, conditions
         )
@@ -720,13 +721,15 @@ class SQLiteStore:
         self, tweet_id: str, scope: Sequence[Condition] = (), *, timeout: float | None = None
     ) -> bytes | None:
         clause, params = sqlite_query.where(scope, per_row=True)
-        sql = "SELECT object FROM tweets WHERE id = ?" + clause.replace(" WHERE ", " AND ", 1)
+        sql = "SELECT CAST(object AS BLOB) FROM tweets WHERE id = ?" + clause.replace(
+            " WHERE ", " AND ", 1
+        )
         return await self._one(sql, [tweet_id, *params], timeout)
 
     async def user(
         self, user_id: str, scope: Sequence[Condition] = (), *, timeout: float | None = None
     ) -> bytes | None:
-        sql = "SELECT object FROM users WHERE id = ?"
+        sql = "SELECT CAST(object AS BLOB) FROM users WHERE id = ?"
         params: list[Any] = [user_id]
         if scope:
             clause, scope_params = sqlite_query.where(scope, per_row=True)

@@ -79,7 +79,7 @@ def select(query: TweetQuery) -> tuple[str, list[Any]]:
 
 def objects(count: int) -> str:
     """The objects of ``count`` seqs (bound as parameters), with their seq."""
-    return f"SELECT seq, object FROM tweets WHERE seq IN ({','.join('?' * count)})"
+    return f"SELECT seq, CAST(object AS BLOB) FROM tweets WHERE seq IN ({','.join('?' * count)})"
 
 
 def count(query: TweetQuery) -> tuple[str, list[Any]]:
