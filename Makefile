@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint lock lock-check bench soak clean
+.PHONY: run migrate test lint lock lock-check bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/relay run $(ARGS)
+
+# The release phase from the virtual environment, with the variables of .env when there
+# is one (what `honcho run relay migrate` does, without needing .venv/bin on PATH).
+migrate: $(STAMP)
+	set -a; [ ! -f .env ] || . ./.env; set +a; $(BIN)/relay migrate $(ARGS)
 
 lint: lock-check
 	$(BIN)/ruff check relay client_demo tests bench tools examples conftest.py

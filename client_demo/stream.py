@@ -37,8 +37,14 @@ FIRST_TRIES = 4
 # Close codes after which reconnecting cannot help without a change by the person.
 TERMINAL_CLOSES = {
     1008: "refused by policy (too many connections)",
-    4001: "the token expired and was not refreshed (give --token-command to refresh it)",
+    4001: "the token is no longer accepted",
     4003: "forbidden",
+}
+# What a 4001 means, by the word in its JSON reason (docs/protocol.md, close codes).
+UNAUTHORIZED_CLOSES = {
+    "expired": "the token expired and was not refreshed (give --token-command to refresh it)",
+    "revoked": "the token was revoked: ask for a new one",
+    "invalid": "the token is no longer valid",
 }
 SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 NO_TOKEN = "the relay needs a token: give --token or set RELAY_DEMO_TOKEN"
@@ -92,6 +98,30 @@ def refused(token: str | None, status: int | str) -> DemoError:
     if not token:
         return DemoError(NO_TOKEN)
     return DemoError(f"the relay refused the token ({status})")
+
+
+def unauthorized(reason: str) -> str:
+    """What a 4001 close says, from its reason: JSON naming why (``expired``, ``revoked``,
+    ``invalid``) with a message; a reason this client cannot read is shown as it came."""
+    try:
+        fields = orjson.loads(reason)
+    except orjson.JSONDecodeError:
+        fields = None
+    if not isinstance(fields, dict):
+        return f"{TERMINAL_CLOSES[4001]} ({one_line(reason) or 'no reason given'})"
+    why = str(fields.get("reason", ""))
+    message = one_line(str(fields.get("message") or ""))
+    said = UNAUTHORIZED_CLOSES.get(why)
+    if said is None:  # a reason added after this client: the relay's words, as they are
+        return f"{TERMINAL_CLOSES[4001]} ({message or one_line(why) or 'no reason given'})"
+    if why == "invalid" and message:
+        return f"{said}: {message}"
+    return said
+
+
+def one_line(text: str) -> str:
+    """``text`` cut to 200 characters, on one line, without control characters."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text[:200]).split())
 
 
 def fetch_info(base: str, token: str | None, timeout: float = 5.0) -> dict[str, Any]:
@@ -226,6 +256,9 @@ class ResumingStream:
             raise DemoError(f"the relay gave an unusable stream URL: {url[:100]!r}") from None
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd else None
+            if code == 4001 and exc.rcvd is not None:
+                why = unauthorized(exc.rcvd.reason)
+                raise DemoError(f"the relay closed the stream: {why}") from None
             if code in TERMINAL_CLOSES:
                 raise DemoError(f"the relay closed the stream: {TERMINAL_CLOSES[code]}") from None
             raise _Retry(f"close code {code or 'none'}") from None

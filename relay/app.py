@@ -23,7 +23,7 @@ from relay.bus import Bus
 from relay.bus.memory import MemoryBus
 from relay.config import Settings
 from relay.deletions import DELETIONS_INTERVAL, DeletionAnnouncer, apply_deletions
-from relay.errors import ConfigError, RelayError, StoreCorrupt, StoreNotReady
+from relay.errors import ConfigError, RelayError, StoreCorrupt, StoreError, StoreNotReady
 from relay.finished import ReplaySummary, summary_of
 from relay.follower import Follower
 from relay.housekeeping import Housekeeping
@@ -42,6 +42,7 @@ from relay.stats import StatsSampler
 from relay.store import Store
 from relay.store.sqlite import SQLiteStore
 from relay.synth import sample_path
+from relay.waits import Outage
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +199,16 @@ class Relay:
         self._tasks.append(asyncio.create_task(self._start_bus(self.bus), name="bus-start"))
         if self.serves:
             await self._start_serving(store, self.bus, revoked)
+        self.housekeeping.every(
+            settings.bus_check_interval,
+            "store check",
+            self._check_store,
+            first=settings.bus_check_interval,
+        )
         self.housekeeping.start()
         self._running = True
         if self.ingests:
-            writing = asyncio.create_task(self._ingest_when_writer(store, self.bus))
+            writing = asyncio.create_task(self._ingest_when_writer(store))
             self._tasks.append(writing)
             # Until ingest runs (at once when the lease is free: no need to wait the grace
             # out) or the grace is over and this process stands by.
@@ -212,9 +219,11 @@ class Relay:
             ingesting.cancel()
         else:
             self._waiting = ""
+        standing_by = self.ingests and not self._ingesting.is_set() and not self.failed.is_set()
         log.info(
-            "relay %s started: store epoch %s, head seq %d",
+            "relay %s started%s: store epoch %s, head seq %d",
             self.role,
+            ", standing by for the writer lease (not writing)" if standing_by else "",
             store.epoch,
             self.hub.head if self.hub is not None else await store.head(),
         )
@@ -276,8 +285,18 @@ class Relay:
                 )
             )
         # Following starts before ingest does: the first batch already finds it.
+        self._follow(store, bus, hub)
+
+    def _follow(self, store: Store, bus: Bus, hub: Hub) -> None:
+        settings = self.settings
         self.follower = Follower(
-            bus, store, hub, self.metrics, check_interval=settings.bus_check_interval
+            bus,
+            store,
+            hub,
+            self.metrics,
+            check_interval=settings.bus_check_interval,
+            # Only a bus across processes carries the writer's heartbeats to watch for.
+            writer_silence=writer_silence(settings) if settings.redis_url else None,
         )
         self.follower.start()
         self._tasks.append(asyncio.create_task(self._fail_with_follower(self.follower)))
@@ -286,17 +305,36 @@ class Relay:
         await follower.failed.wait()
         self._fail(follower.error or RelayError("the bus follower stopped"))
 
-    async def _ingest_when_writer(self, store: Store, bus: Bus) -> None:
+    async def _ingest_when_writer(self, store: Store) -> None:
         """Wait for the writer's turn (a standby waits here), then ingest until stopped."""
         self._waiting = "standing by for the writer lease"
+        waited_since = time.monotonic()
+        stood_by = False
+
+        def standing_by(line: str) -> None:
+            nonlocal stood_by
+            stood_by = True
+            log.info("%s", line)
+
         try:
-            await store.claim_writer(lambda line: log.info("%s", line))
+            await store.claim_writer(standing_by)
         except Exception as exc:
             self._fail(exc)
             return
+        bus = self.bus  # the bus of the epoch now (a standby may have seen it change)
+        assert bus is not None
         self.metrics.writer_active.set(1)
         head = await store.head()
-        log.info("active ingester (%s): continuing after seq %d", store.holder, head)
+        if stood_by:
+            # The line an operator watching a failover looks for: this process writes now.
+            log.warning(
+                "became the active writer after %.0f s standing by, at seq %d (%s)",
+                time.monotonic() - waited_since,
+                head,
+                store.holder,
+            )
+        else:
+            log.info("active ingester (%s): continuing after seq %d", store.holder, head)
         bus.announce(head)
         source = self._source or build_source(
             self.settings, store, self.metrics, self.clock, self.sleep
@@ -318,6 +356,53 @@ class Relay:
         await self.ingest.failed.wait()
         self.metrics.writer_active.set(0)
         self._fail(self.ingest.error or RelayError("ingest stopped"))
+
+    async def _check_store(self) -> None:
+        """Every ``bus_check_interval``: has the store's epoch changed under this process?"""
+        store = self.store
+        if store is None or self._stopping:
+            return
+        epoch = await store.current_epoch()
+        if epoch != store.epoch:
+            await self._adopt_epoch(store, epoch)
+
+    async def _adopt_epoch(self, store: Store, epoch: str) -> None:
+        """``relay migrate --new-epoch`` ran while this process ran: its seqs name another
+        history now. A serving process resets its clients and follows the new epoch's
+        bus; an active writer cannot go on writing seqs of the old one and stops."""
+        old = store.epoch
+        if self.ingest is not None:
+            self._fail(
+                StoreError(
+                    f"the store's epoch changed from {old} to {epoch} under the active writer "
+                    "(relay migrate --new-epoch --force while it ran): restart it"
+                )
+            )
+            return
+        store.epoch = epoch
+        head = await store.head()
+        if self.follower is not None:
+            await self.follower.stop()
+        old_bus = self.bus
+        self.bus = open_bus(self.settings, epoch, self.metrics)
+        if old_bus is not None:
+            with contextlib.suppress(Exception, TimeoutError):
+                await asyncio.wait_for(old_bus.close(), 2.0)
+        self._tasks.append(asyncio.create_task(self._start_bus(self.bus), name="bus-start"))
+        reset = 0
+        if self.hub is not None:
+            reset = self.hub.reset_epoch(head)
+            self.metrics.head.set(head)
+            self._follow(store, self.bus, self.hub)
+        log.warning(
+            "the store's epoch changed from %s to %s (relay migrate --new-epoch): %d "
+            "subscriptions of %d clients reset, going on from seq %d",
+            old,
+            epoch,
+            reset,
+            len(self.hub.sessions) if self.hub is not None else 0,
+            head,
+        )
 
     def _schedule_writer_jobs(self, store: Store) -> None:
         """The writer's upkeep: only the active writer deletes (a standby never does)."""
@@ -476,9 +561,11 @@ class Relay:
 async def open_store(
     settings: Settings, *, writer: bool, serves: bool = True, sleep: Sleep = asyncio.sleep
 ) -> Store:
-    """The store the settings name; waits with backoff (and says so) until it is there:
-    a server not up yet, or (for a serving process) a schema not migrated yet."""
+    """The store the settings name; waits with backoff until it is there (a server not up
+    yet, or, for a serving process, a schema not migrated yet): one line when the wait
+    starts and one when it ends, each try at debug level."""
     delay = 1.0
+    outage = Outage(log, "the store")
     while True:
         try:
             if settings.database_url:
@@ -486,20 +573,24 @@ async def open_store(
 
                 # A worker serves no clients: one reader and one query connection
                 # (opened on demand) keep it to 3 of a small plan's ~20 connections.
-                return await PostgresStore.open(
+                store: Store = await PostgresStore.open(
                     settings.database_url,
                     writer=writer,
                     readers=3 if serves else 1,
                     query_readers=settings.query_readers if serves else 1,
                     lease_ttl=settings.lease_ttl,
                 )
-            return await SQLiteStore.open(
-                settings.db, query_readers=settings.query_readers, writer=writer
-            )
+            else:
+                store = await SQLiteStore.open(
+                    settings.db, query_readers=settings.query_readers, writer=writer
+                )
         except StoreNotReady as exc:
-            log.warning("waiting for the store: %s; retrying in %.0f s", exc, delay)
+            outage.failed(str(exc), delay)
             await sleep(delay)
             delay = min(delay * 2, 5.0)
+            continue
+        outage.answered()
+        return store
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -537,6 +628,12 @@ def open_bus(settings: Settings, epoch: str, metrics: Metrics) -> Bus:
             metrics=metrics,
         )
     return MemoryBus()
+
+
+def writer_silence(settings: Settings) -> float:
+    """Seconds without a heartbeat from the writer after which a serving process says
+    that no writer publishes: a few heartbeats missed, and at least one store check."""
+    return max(5 * settings.heartbeat_interval, settings.bus_check_interval)
 
 
 def api_limits(settings: Settings) -> ApiLimits:

@@ -118,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also give the store a new epoch (after restoring a backup; relays stopped)",
     )
+    migrate.add_argument(
+        "--wait",
+        type=_duration,
+        default=MIGRATE_WAIT,
+        metavar="DURATION",
+        help="how long to wait for a PostgreSQL server that does not answer before giving "
+        f"up with exit 1 (30s, 2m; {MIGRATE_WAIT:g}s)",
+    )
+    migrate.add_argument(
+        "--force",
+        action="store_true",
+        help="with --new-epoch: go on although the writer lease names a holder (only when "
+        "that process is known to be dead)",
+    )
     migrate.set_defaults(command=cmd_migrate)
 
     delete = commands.add_parser(
@@ -251,6 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MIGRATE_WAIT = 30.0
+"""Seconds ``relay migrate`` waits for a PostgreSQL server that does not answer: a release
+phase on a mistyped host fails the deploy instead of stalling it."""
+
+
+def _duration(text: str) -> float:
+    from relay.config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (seconds, or 30s, 2m, 1h)"
+        ) from None
+
+
 def _usage(parser: argparse.ArgumentParser) -> int:
     """A command group run without its action: its own usage on stderr, exit 2."""
     parser.print_help(sys.stderr)
@@ -349,7 +379,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     setup_logging(settings)
-    return asyncio.run(launch.migrate(settings, new_epoch=args.new_epoch))
+    return asyncio.run(
+        launch.migrate(settings, new_epoch=args.new_epoch, wait=args.wait, force=args.force)
+    )
 
 
 def cmd_delete(args: argparse.Namespace) -> int:

@@ -8,7 +8,8 @@
     ├── StoreError             the store cannot be opened or written
     │   ├── StoreNotReady      not there yet (no schema, server down): wait and retry
     │   ├── StoreCorrupt       the file is damaged: reads cannot be trusted; the process stops
-    │   ├── WriterBusy         another process writes this SQLite file
+    │   ├── StoreUnreachable   no answer within the wait a command allows (migrate --wait)
+    │   ├── WriterBusy         another live process is the writer (SQLite lock, PG lease)
     │   └── WriterFenced       another ingester took the writer lease: stop writing
     ├── SourceError            a source failed for good (bad token, unentitled)
     └── ClientError            a client asked for something it cannot have
@@ -79,8 +80,14 @@ class StoreCorrupt(StoreError):
     data. The relay counts it (``relay_store_damaged_total``), answers 503 and exits 1."""
 
 
+class StoreUnreachable(StoreError):
+    """The store's server did not answer within the wait the command allows (``relay
+    migrate --wait``): a release phase fails instead of stalling a deploy."""
+
+
 class WriterBusy(StoreError):
-    """Another live process holds the SQLite file's writer lock."""
+    """Another live process is the store's writer: it holds the SQLite file's writer lock,
+    or PostgreSQL's writer lease (refused: ``relay migrate --new-epoch`` beside it)."""
 
 
 class WriterFenced(StoreError):

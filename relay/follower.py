@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 from relay.bus import Bus, BusItem, Heartbeat
@@ -42,8 +42,19 @@ class Follower:
         metrics: Metrics,
         *,
         check_interval: float = 5.0,
+        writer_silence: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.bus = bus
+        self.writer_silence = writer_silence
+        """Seconds without anything from the writer on the bus (a tweet or a heartbeat)
+        after which one line says so, and one more when it is heard again; None: no
+        watch (an in-process bus, whose writer is this process)."""
+        self.clock = clock
+        self._heard = clock()
+        """When the bus last brought something from the writer."""
+        self._silent = False
+        """The silence was logged and nothing came since."""
         self.store = store
         self.hub = hub
         self.metrics = metrics
@@ -90,8 +101,39 @@ class Follower:
 
     async def _consume(self, items: AsyncIterator[Sequence[BusItem]]) -> None:
         async for batch in items:
+            self._heard_from_writer(batch)
             async with self._lock:
                 await self._deliver(batch)
+
+    def _heard_from_writer(self, batch: Sequence[BusItem]) -> None:
+        now = self.clock()
+        if self._silent:
+            self._silent = False
+            last = batch[-1]
+            log.info(
+                "the writer is heard on the bus again after %.0f s of silence (seq %d)",
+                now - self._heard,
+                last.head if isinstance(last, Heartbeat) else last.seq,
+            )
+        self._heard = now
+
+    def _check_writer_heard(self, store_head: int) -> None:
+        """Say once that no writer publishes: a standby about to take over, a worker not
+        running or not reaching Redis. Nothing is lost meanwhile (the store is read)."""
+        if self.writer_silence is None or self._silent:
+            return
+        if not self.bus.connected:  # the bus is down, not the writer: that is said apart
+            self._heard = self.clock()
+            return
+        silent_for = self.clock() - self._heard
+        if silent_for >= self.writer_silence:
+            self._silent = True
+            log.warning(
+                "no heartbeat from the writer for %.0f s (store head seq %d): is a `relay "
+                "ingest` running and reaching Redis? One line when it is heard again",
+                silent_for,
+                store_head,
+            )
 
     async def catch_up(self) -> None:
         """Deliver everything the store holds now (a drain at stop, before 1001)."""
@@ -114,6 +156,7 @@ class Follower:
                 log.info("the store answers again")
                 self.store_error = None
             self.metrics.bus_lag.set(max(0, head - self.hub.head))
+            self._check_writer_heard(head)
             if head > self.hub.head:
                 async with self._lock:
                     await self._fill(head, "store head")

@@ -281,10 +281,38 @@ class Hub:
             session.push(protocol.subscribed(channel, self.epoch, head, 0, ref, filters))
             self._go_live(session, sub, after=None)
         else:
+            sub.ref, sub.replied = ref, False
             sub.task = asyncio.create_task(
                 self._catch_up(session, sub, since.seq, head, ref, filters),
                 name=f"catch-up {channel}",
             )
+
+    def reset_epoch(self, head: int) -> int:
+        """The store's epoch changed under this process (``relay migrate --new-epoch``):
+        its seqs now name another history. Every subscription gets ``reset`` with the new
+        epoch and ``head`` (the new store's last seq) and goes on live from there; a
+        catch-up of the old history stops. How many subscriptions were reset."""
+        self.head = head
+        count = 0
+        for session in list(self.sessions):
+            for channel, sub in list(session.subscriptions.items()):
+                if channel == protocol.STATS_CHANNEL:
+                    continue
+                if sub.task is not None:
+                    sub.task.cancel()
+                session.release_held(sub)  # frames of the old history
+                session.push(protocol.reset(channel, self.epoch, head))
+                if not sub.replied:  # the resume had not answered yet: answer it now
+                    filters = sub.filter.as_dict() if sub.filter else None
+                    session.push(
+                        protocol.subscribed(channel, self.epoch, head, 0, sub.ref, filters)
+                    )
+                    sub.replied = True
+                sub.live = True
+                sub.task = None
+                sub.overflowed = False
+                count += 1
+        return count
 
     def unsubscribe(self, session: Session, channel: str, ref: object = None) -> None:
         sub = session.subscriptions.pop(channel, None)
@@ -331,6 +359,7 @@ class Hub:
                     session.push(protocol.history_start(channel, self.epoch, oldest))
                     self.metrics.history_gone.inc()
                 capped = counted > self.recovered_cap
+                sub.replied = True
                 session.push(
                     protocol.subscribed(
                         channel,

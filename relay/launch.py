@@ -22,16 +22,28 @@ from relay.errors import StoreCorrupt
 console = Console(stderr=True, soft_wrap=True)  # an error stays one line for log readers
 
 
-async def migrate(settings: Settings, *, new_epoch: bool = False) -> int:
+async def migrate(
+    settings: Settings, *, new_epoch: bool = False, wait: float | None = None, force: bool = False
+) -> int:
     """Bring the schema up to date; with ``new_epoch`` also give the store a new epoch
-    (after a restore from a backup: clients reset instead of resuming)."""
+    (after a restore from a backup: clients reset instead of resuming).
+
+    ``wait``: seconds to wait for a PostgreSQL server that does not answer; then one
+    line and exit 1, so that a release phase fails the deploy instead of stalling it.
+    ``force``: a new epoch although the writer lease names a live holder (a dead one)."""
+    from relay.errors import StoreUnreachable
+
     epoch = ""
     if settings.database_url:
         from relay.store.postgres import migrate, set_new_epoch
 
-        version = await migrate(settings.database_url)
+        try:
+            version = await migrate(settings.database_url, give_up_after=wait)
+        except StoreUnreachable as exc:
+            console.print(f"[bold red]relay:[/] migrate: {exc}", highlight=False)
+            return 1
         if new_epoch:
-            epoch = await set_new_epoch(settings.database_url)
+            epoch = await set_new_epoch(settings.database_url, force=force)
         where = "PostgreSQL"
     else:
         from relay.errors import WriterBusy
@@ -42,7 +54,8 @@ async def migrate(settings: Settings, *, new_epoch: bool = False) -> int:
             store = await SQLiteStore.open(settings.db)
         except WriterBusy as busy:
             # A running writer migrated the file when it opened it: nothing to do when it
-            # is current; an older schema needs that writer stopped first.
+            # is current; an older schema needs that writer stopped first. (The file lock
+            # dies with its process: no --force can be needed here.)
             reader = await SQLiteStore.open(settings.db, writer=False)
             version = reader.schema_version
             await reader.close()
@@ -50,14 +63,18 @@ async def migrate(settings: Settings, *, new_epoch: bool = False) -> int:
                 raise busy from None
         else:
             version = store.schema_version
-            if new_epoch:  # while this process holds the writer lock: nobody serves it
+            if new_epoch:  # while this process holds the writer lock: nobody writes it
                 from relay.store.sqlite_backup import new_epoch as new_sqlite_epoch
 
                 epoch = new_sqlite_epoch(settings.db)
             await store.close()
     print(f"relay: {where} is at schema version {version}", flush=True)
     if epoch:
-        print(f"relay: new epoch {epoch}: clients reset and read the store again", flush=True)
+        print(
+            f"relay: new epoch {epoch}: clients reset and read the store again "
+            "(running serving processes notice within RELAY_BUS_CHECK_INTERVAL)",
+            flush=True,
+        )
     return 0
 
 

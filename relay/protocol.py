@@ -233,9 +233,28 @@ def tweet(channel: str, seq: int, body: bytes) -> bytes:
     )
 
 
-def close_reason(reason: str, seq: int) -> str:
-    """The close reason: compact JSON, well under the 123-byte limit."""
-    return orjson.dumps({"reason": reason[:40], "seq": seq}).decode()
+CLOSE_REASON_BYTES = 123
+"""The most a close frame's reason may hold (RFC 6455 5.5: 125 bytes of payload, 2 of code)."""
+
+# Why a connection was closed with 4001: a word a client can act on.
+TOKEN_EXPIRED = "expired"  # no refresh came by the deadline: get a fresh token
+TOKEN_REVOKED = "revoked"  # on the revocation list: this token will never work again
+TOKEN_INVALID = "invalid"  # no longer verifiable (signed with a retired secret)
+
+
+def close_reason(reason: str, seq: int, message: str = "") -> str:
+    """The close reason: compact JSON with a reason word, the last seq sent and, when
+    given, a message for people; the message is cut so that the whole stays within
+    :data:`CLOSE_REASON_BYTES`."""
+    fields: dict[str, Any] = {"reason": reason[:40], "seq": seq}
+    if message:
+        fields["message"] = message
+    text = orjson.dumps(fields).decode()
+    while (excess := len(text.encode()) - CLOSE_REASON_BYTES) > 0 and fields.get("message"):
+        # Cut the excess in bytes (a character cut in half goes); escapes may need another turn.
+        fields["message"] = fields["message"].encode()[:-excess].decode(errors="ignore")
+        text = orjson.dumps(fields).decode()
+    return text
 
 
 # -- WebSocket framing ----------------------------------------------------------

@@ -376,8 +376,23 @@ class StreamServer:
             session.push(protocol.refresh_required(grant.expires_at, deadline))
             if await _wait(refreshed, deadline - self.clock()):
                 continue
-            log.info("closing %s: token expired without refresh", session.peer)
-            await session.close_now(CLOSE_UNAUTHORIZED, "token expired")
+            retires_at = self.settings.previous_secret_until
+            retired = grant.retiring and retires_at is not None and grant.expires_at >= retires_at
+            if retired:
+                # Its own lifetime is not over: the secret it is signed with is.
+                log.info("closing %s: token signed with a retired secret", session.peer)
+                await session.close_now(
+                    CLOSE_UNAUTHORIZED,
+                    protocol.TOKEN_INVALID,
+                    "the token is signed with a retired secret: get a new token",
+                )
+            else:
+                log.info("closing %s: token expired without refresh", session.peer)
+                await session.close_now(
+                    CLOSE_UNAUTHORIZED,
+                    protocol.TOKEN_EXPIRED,
+                    "the token expired and no refresh came in time",
+                )
             return
 
     async def close_revoked(self, revoked: Container[str]) -> int:
@@ -396,7 +411,10 @@ class StreamServer:
             jti = session.grant.jti if session.grant is not None else None
             log.info("closing %s: token %s revoked", session.peer, jti)
         await asyncio.gather(
-            *(s.close_now(CLOSE_UNAUTHORIZED, "token revoked") for s in doomed),
+            *(
+                s.close_now(CLOSE_UNAUTHORIZED, protocol.TOKEN_REVOKED, "the token was revoked")
+                for s in doomed
+            ),
             return_exceptions=True,
         )
         return len(doomed)

@@ -110,6 +110,10 @@ class Subscription:
     held_bytes: int = 0
     overflowed: bool = False
     task: asyncio.Task[None] | None = None
+    ref: Any = None
+    """The subscribe's ``id``, for a reply the catch-up has not sent yet."""
+    replied: bool = True
+    """``subscribed`` went out (a resume sends it once the store has counted)."""
 
 
 class Session:
@@ -425,16 +429,17 @@ class Session:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._closing)
 
-    async def close_now(self, code: int, reason: str) -> None:
+    async def close_now(self, code: int, reason: str, message: str = "") -> None:
         """Close at once (policy, expiry): what is pending is dropped."""
         self._drop()
-        await self._close(code, reason, CLOSE_TIMEOUT)
+        await self._close(code, reason, CLOSE_TIMEOUT, message)
 
-    async def _close(self, code: int, reason: str, timeout: float) -> None:
+    async def _close(self, code: int, reason: str, timeout: float, message: str = "") -> None:
         """Close with a code and the last seq; abort if the client does not take the frame."""
         try:
             await asyncio.wait_for(
-                self.conn.close(code, protocol.close_reason(reason, self.last_seq)), timeout
+                self.conn.close(code, protocol.close_reason(reason, self.last_seq, message)),
+                timeout,
             )
         except Exception:
             # A client that reads nothing never lets the close frame out: cut it off.

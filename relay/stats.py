@@ -75,6 +75,7 @@ class StatsSampler:
             "head_seq": hub.head if hub is not None else await self.store.head(),
             "store": {
                 "size_bytes": store.size_bytes,
+                "wal_bytes": store.wal_bytes,
                 "oldest_seq": store.oldest_seq,
                 "oldest_age_seconds": (
                     round(now - store.oldest_received_at, 1)

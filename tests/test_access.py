@@ -222,6 +222,9 @@ def test_without_a_refresh_the_connection_closes_with_4001(private: Start) -> No
         while True:
             ws.recv(timeout=3 * UNIT)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+    # The reason is JSON a client can act on: this token expired (not revoked, not invalid).
+    reason = orjson.loads(closed.value.rcvd.reason)
+    assert reason["reason"] == "expired" and "no refresh" in reason["message"]
 
 
 def test_a_refresh_cannot_switch_to_another_subject(private: Start) -> None:

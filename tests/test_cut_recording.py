@@ -104,8 +104,14 @@ def test_a_cut_gzip_run_stores_every_readable_line_says_so_and_exits_1(tmp_path:
     ids = cut_recording(path, 6000, lambda size: size * 9 // 10)
     db = tmp_path / "cut.db"
     result = subprocess.run(
-        [sys.executable, "-m", "relay", "run", "--port", "0", "--db", str(db)]
-        + ["--replay", str(path), "--speed", "max", "--no-loop"],
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "run",
+            *("--port", "0", "--db", str(db)),
+            *("--replay", str(path), "--speed", "max", "--no-loop"),
+        ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from relay.auth import issue_token
-from tests.support import UNIT, RelayProcess, wait_for
+from tests.support import UNIT, RelayProcess, stream_line, wait_for
 from tests.test_auth import SECRET
 from tests.test_demo import browser, page, recording, seqs, start  # noqa: F401
 
@@ -71,6 +74,9 @@ def test_a_token_that_does_not_grant_the_channel_is_a_message_and_not_live(
         timeout=WAIT,
     )
     assert "rule:cats" in page.locator("#error").inner_text()
+    # Nothing under "Live": the stored tweets of a channel show only once it is granted.
+    assert page.locator("#tweets li").count() == 0
+    assert page.evaluate("window.relayDemo.seqs.length") == 0
     dot = page.evaluate("getComputedStyle(document.querySelector('.live-dot')).backgroundColor")
     good = page.evaluate(
         "(() => { const e = document.createElement('i'); e.style.color = 'var(--good)';"
@@ -175,3 +181,199 @@ def test_refresh_required_asks_for_a_token_and_the_stream_goes_on_from_its_posit
     assert page.locator("#state").get_attribute("data-state") == "live"
     shown = seqs(page)
     assert shown == list(range(shown[0], shown[0] + len(shown)))  # no gap, no duplicate
+
+
+def test_a_revoked_token_says_revoked_not_expired(
+    page: Any,  # noqa: F811
+    tmp_path: Path,
+    recording: Path,  # noqa: F811
+    processes: list[RelayProcess],
+) -> None:
+    listing = tmp_path / "revoked.txt"
+    listing.write_text("")
+    relay = _private(
+        tmp_path,
+        recording,
+        processes,
+        RELAY_REVOKED_TOKENS=str(listing),
+        RELAY_REVOKED_TOKENS_INTERVAL="0.1",
+    )
+    token = issue_token(
+        SECRET, subject="page", channels=["tweets"], ttl=600, now=time.time(), token_id="lost"
+    )
+    page.goto(relay.url + "/")
+    page.fill("#token", token)
+    page.click("#token-form button")
+    page.wait_for_function("window.relayDemo.seqs.length >= 3", timeout=WAIT)
+    listing.write_text("lost\n")
+    page.wait_for_function("document.body.dataset.state === 'locked'", timeout=WAIT)
+    assert page.locator("#state").inner_text() == "token revoked"
+    error = page.locator("#error").inner_text()
+    assert "revoked" in error and "expired" not in error
+    assert page.locator("#token-form").is_visible()
+
+
+def test_a_relay_that_stops_shows_the_close_it_sent_while_the_page_retries(
+    page: Any,  # noqa: F811
+    tmp_path: Path,
+    recording: Path,  # noqa: F811
+    processes: list[RelayProcess],
+) -> None:
+    relay = start(tmp_path, recording, processes, 0)
+    page.goto(relay.url + "/")
+    page.wait_for_function("document.body.dataset.state === 'live'", timeout=WAIT)
+    assert relay.stop() == 0
+    # Past the first failed try: the reconnects fail with 1006, the relay had sent 1001.
+    page.wait_for_function(
+        "document.getElementById('state').textContent.includes('relay unreachable')",
+        timeout=WAIT,
+    )
+    state = page.locator("#state").inner_text()
+    assert "1001 shutdown" in state and "1006" not in state, state
+
+
+def _with_entities(line: bytes, entities: dict[str, Any]) -> bytes:
+    message = orjson.loads(line)
+    message["data"]["entities"] = entities
+    return orjson.dumps(message)
+
+
+def _glyph_left(page: Any, selector: str, index: int) -> float:
+    """Where the ``index``-th character of the element's text is drawn, from the left."""
+    return float(
+        page.evaluate(
+            """([selector, index]) => {
+                const node = document.querySelector(selector).firstChild;
+                const range = document.createRange();
+                range.setStart(node, index);
+                range.setEnd(node, index + 1);
+                return range.getBoundingClientRect().left;
+            }""",
+            [selector, index],
+        )
+    )
+
+
+def test_hashtags_and_mentions_in_right_to_left_tweets_read_the_right_way_round(
+    page: Any,  # noqa: F811
+    tmp_path: Path,
+    processes: list[RelayProcess],
+) -> None:
+    arabic = "حفلة رائعة الليلة #concert مع @elirossi39 و #موسيقى"
+    hebrew = "הופעה מעולה הערב #concert עם @elirossi39"
+
+    def spans(text: str) -> dict[str, Any]:
+        found: dict[str, Any] = {"hashtags": [], "mentions": []}
+        for word in text.split():
+            start = text.index(word)
+            kind = {"#": "hashtags", "@": "mentions"}.get(word[0])
+            if kind == "hashtags":
+                found[kind].append({"start": start, "end": start + len(word), "tag": word[1:]})
+            elif kind == "mentions":
+                found[kind].append({"start": start, "end": start + len(word), "username": word[1:]})
+        return found
+
+    recording = tmp_path / "rtl.jsonl"
+    recording.write_bytes(
+        _with_entities(stream_line(1, arabic, lang="ar"), spans(arabic))
+        + b"\n"
+        + _with_entities(stream_line(2, hebrew, lang="iw"), spans(hebrew))
+        + b"\n"
+    )
+    relay = RelayProcess(
+        tmp_path / "rtl.log",
+        "--db",
+        str(tmp_path / "rtl.db"),
+        "--replay",
+        str(recording),
+        "--speed",
+        "max",
+        "--no-loop",
+    )
+    processes.append(relay)
+    wait_for(lambda: relay.count() == 2, 6 * UNIT, "the two tweets stored")
+    page.goto(relay.url + "/")
+    page.wait_for_function("document.querySelectorAll('#tweets li.tweet').length === 2", timeout=WAIT)
+    for tweet_id in ("1", "2"):
+        item = f'#tweets li[data-id="{tweet_id}"]'
+        # The tweet reads right to left as a whole...
+        assert page.evaluate(f"getComputedStyle(document.querySelector('{item} .text')).direction") == "rtl"
+        # ...and each Latin entity left to right inside it: '#' and '@' before the name.
+        for entity in (f"{item} a.hashtag", f"{item} a.mention"):
+            assert _glyph_left(page, entity, 0) < _glyph_left(page, entity, 1), entity
+    # An Arabic hashtag stays right to left: its '#' is drawn on the right of the word.
+    arabic_tag = '#tweets li[data-id="1"] a.hashtag:last-of-type'
+    assert page.locator(arabic_tag).inner_text() == "#موسيقى"
+    assert _glyph_left(page, arabic_tag, 0) > _glyph_left(page, arabic_tag, 1)
+
+
+def test_a_search_says_which_channel_it_covers_and_can_cover_all(
+    page: Any,  # noqa: F811
+    tmp_path: Path,
+    recording: Path,  # noqa: F811
+    processes: list[RelayProcess],
+) -> None:
+    relay = RelayProcess(
+        tmp_path / "r.log",
+        "--db",
+        str(tmp_path / "s.db"),
+        "--replay",
+        str(recording),
+        "--speed",
+        "max",
+        "--no-loop",
+    )
+    processes.append(relay)
+    wait_for(lambda: relay.count() == 2000, 12 * UNIT, "the replay to finish")
+    in_cats = relay.get("/v1/objects/tweets?search=amazing&rule=cats&count=1")["count"]
+    everywhere = relay.get("/v1/objects/tweets?search=amazing&count=1")["count"]
+    assert 0 < in_cats < everywhere  # type: ignore[operator]
+    page.goto(relay.url + "/?channel=rule:cats")
+    page.wait_for_function("document.body.dataset.state === 'live'", timeout=WAIT)
+    assert "rule:cats" in (page.get_attribute("#search", "placeholder") or "")
+    page.fill("#search", "amazing")
+    page.click("#search-form button")
+    page.wait_for_function(
+        "document.getElementById('search-count').textContent.includes('found')", timeout=WAIT
+    )
+    assert page.locator("#search-count").inner_text() == f"{in_cats} found in rule:cats"
+    page.check("#search-all")
+    page.wait_for_function(
+        "document.getElementById('search-count').textContent.includes('all channels')",
+        timeout=WAIT,
+    )
+    assert page.locator("#search-count").inner_text() == f"{everywhere} found in all channels"
+
+
+def test_the_store_size_tells_the_database_from_its_write_ahead_log(
+    page: Any,  # noqa: F811
+    tmp_path: Path,
+    processes: list[RelayProcess],
+) -> None:
+    from relay.synth import write_stream
+
+    recording = tmp_path / "short.jsonl"
+    write_stream(recording, 300, seed=5)
+    db = tmp_path / "quiet.db"
+    # About 20 tweets a second for 15 s, a commit a tweet or so: the trickle that grew the
+    # WAL to tens of MB, and long enough for samples (every 5 s) to catch it.
+    relay = RelayProcess(
+        tmp_path / "quiet.log", "--db", str(db), "--replay", str(recording), "--speed", "5",
+        "--no-loop",
+    )  # fmt: skip
+    processes.append(relay)
+    page.goto(relay.url + "/")
+    page.wait_for_function(
+        "document.getElementById('stats-size').textContent.includes('WAL')", timeout=WAIT * 2
+    )
+    assert "write-ahead log" in (page.get_attribute("#stats-size", "title") or "")
+    wait_for(lambda: relay.count() == 300, 20 * UNIT, "the replay to finish")
+    # Idle: the WAL goes back into the database file and the size is the file's.
+    page.wait_for_function(
+        "window.relayDemo.stats && window.relayDemo.stats.store.wal_bytes === 0 && "
+        "!document.getElementById('stats-size').textContent.includes('WAL')",
+        timeout=WAIT * 3,
+    )
+    store = page.evaluate("window.relayDemo.stats.store")
+    assert store["size_bytes"] == os.stat(db).st_size
+    assert not os.path.exists(str(db) + "-wal") or os.stat(str(db) + "-wal").st_size == 0

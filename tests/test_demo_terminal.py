@@ -357,3 +357,45 @@ def test_the_view_drops_a_deleted_tweet_and_ignores_frames_it_does_not_know() ->
     assert [row[0] for row in view.tweets] == [2]
     # The protocol grows by adding: a frame type or field it does not know is no error.
     assert stream._read({"type": "from_the_future", "channel": "tweets", "x": 1}) is None
+
+
+def test_a_revoked_token_is_told_apart_from_an_expired_one(
+    make_settings: Callable[..., Settings],
+    start_relay: Callable[..., RunningRelay],
+    tmp_path: Path,
+) -> None:
+    listing = tmp_path / "revoked.txt"
+    listing.write_text("")
+    source = PushSource()
+    settings = make_settings(
+        secret=SECRET,
+        public_channels=[],
+        revoked_tokens_file=str(listing),
+        revoked_tokens_interval=0.05,
+    )
+    relay = start_relay(settings, source)
+    source.push(stream_line(1, "before the revocation"))
+    relay.wait_stored(1)
+    token = issue_token(
+        SECRET, subject="alice", channels=["tweets"], ttl=600, now=time.time(), token_id="lost"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client_demo.cli", "--json", "--since", "0", relay.url],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RELAY_DEMO_TOKEN": token},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert '"before the revocation"' in proc.stdout.readline()
+        listing.write_text("lost\n")
+        _, err = proc.communicate(timeout=10 * UNIT)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 1
+    last = err.splitlines()[-1]
+    assert "revoked" in last, err
+    assert "expired" not in last and "--token-command" not in last, err

@@ -69,6 +69,16 @@ def test_close_reasons_fit_the_websocket_limit() -> None:
     assert len(reason.encode()) <= 123
 
 
+def test_a_4001_reason_names_why_and_its_message_is_cut_to_fit() -> None:
+    reason = protocol.close_reason(protocol.TOKEN_REVOKED, 7, "the token was revoked")
+    assert reason == '{"reason":"revoked","seq":7,"message":"the token was revoked"}'
+    long = protocol.close_reason(protocol.TOKEN_EXPIRED, 2**63, "é" * 200)
+    assert len(long.encode()) <= 123
+    fields = orjson.loads(long)
+    assert fields["reason"] == "expired" and fields["seq"] == 2**63
+    assert fields["message"] == "é" * len(fields["message"]) and len(fields["message"]) > 10
+
+
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70_000])
 def test_frames_are_built_as_the_library_serializes_them(size: int) -> None:
     from websockets.frames import Frame, Opcode

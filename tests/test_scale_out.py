@@ -214,7 +214,7 @@ def test_the_standby_ingester_takes_over_from_a_killed_one(deploy: Deployment) -
     wait_for(lambda: "standing by" in log_of(standby), 4 * UNIT, "the standby line")
     active.proc.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
-    wait_for(lambda: "active ingester" in log_of(standby), 8 * UNIT, "the takeover")
+    wait_for(lambda: "became the active writer" in log_of(standby), 8 * UNIT, "the takeover")
     assert time.monotonic() - killed_at < 30
     frames = reader.wait(16 * UNIT)
     assert_whole(frames, 1500)  # the replay starts again: known ids are duplicates
@@ -231,7 +231,7 @@ def test_a_frozen_ingester_is_fenced_and_the_standby_goes_on(deploy: Deployment)
     standby = deploy.ingest(speed="30")
     wait_for(lambda: "standing by" in log_of(standby), 4 * UNIT, "the standby line")
     active.proc.send_signal(signal.SIGSTOP)
-    wait_for(lambda: "active ingester" in log_of(standby), 8 * UNIT, "the takeover")
+    wait_for(lambda: "became the active writer" in log_of(standby), 8 * UNIT, "the takeover")
     active.proc.send_signal(signal.SIGCONT)
     assert active.proc.wait(4 * UNIT) == 1  # it can no longer commit: one line, exit 1
     assert "writer lease" in log_of(active)

@@ -266,7 +266,15 @@ def test_open_connections_on_the_previous_secret_must_refresh_when_it_retires(
     assert notice["type"] == "refresh_required" and notice["expires_at"] == int(until)
     refreshing.send(orjson.dumps({"op": "refresh", "token": make_token(NEW, time.now)}).decode())
     assert orjson.loads(refreshing.recv(timeout=UNIT))["type"] == "refreshed"
-    assert close_code(idle)[0] == 4001
+    code, reason = close_code(idle)
+    # Not "expired": the token's own lifetime is not over; its secret is retired.
+    assert code == 4001
+    fields = orjson.loads(reason)
+    assert isinstance(fields.pop("seq"), int)
+    assert fields == {
+        "reason": "invalid",
+        "message": "the token is signed with a retired secret: get a new token",
+    }
     source.push(stream_line(2))
     assert receive_tweets(refreshing, 1)[0]["seq"] == 2
     refreshing.close()
@@ -287,7 +295,10 @@ def test_a_revoked_token_is_refused_everywhere_and_its_connections_close_with_40
     staged.write_text("# lost on the train\nlost-laptop\n")
     staged.replace(listing)  # how an operator should write it: whole, at once
     code, reason = close_code(doomed)
-    assert code == 4001 and "token revoked" in reason
+    assert code == 4001
+    fields = orjson.loads(reason)
+    assert isinstance(fields.pop("seq"), int)
+    assert fields == {"reason": "revoked", "message": "the token was revoked"}
     assert refused(relay.ws_url, lost) == 401
     status, body = relay.get(f"/v1/objects/tweets?token={lost}")
     assert status == 401 and "revoked" in body["errors"][0]["message"]

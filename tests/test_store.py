@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -14,7 +15,7 @@ from relay.errors import StoreError
 from relay.store.sqlite import MIGRATIONS, SQLiteStore
 from relay.tweets import parse_line
 from tests.pg_server import StoreMaker
-from tests.support import stream_line
+from tests.support import UNIT, stream_line
 
 
 def _tweets(*ids: int, tags: tuple[str, ...] = ("cats",)) -> list:  # type: ignore[type-arg]
@@ -92,3 +93,61 @@ def test_a_database_from_a_newer_relay_is_refused(tmp_path: Path) -> None:
 def test_a_missing_folder_is_a_clear_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         asyncio.run(SQLiteStore.open(tmp_path / "no" / "such" / "r.db"))
+
+
+async def _wal_size(path: Path, until: Callable[[int], bool], timeout: float) -> int:
+    """The WAL file's size once ``until`` holds for it (0 without a file), or at the timeout."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        size = path.stat().st_size if path.exists() else 0
+        if until(size) or asyncio.get_running_loop().time() > deadline:
+            return size
+        await asyncio.sleep(0.02)
+
+
+def test_the_wal_is_truncated_once_writes_pause_and_stats_tell_it_from_the_database(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "r.db"
+    wal = tmp_path / "r.db-wal"
+
+    async def run() -> None:
+        store = await SQLiteStore.open(db)
+        try:
+            for i in range(1, 201):  # a commit a tweet, as a trickle of tweets makes them
+                await store.append(_tweets(i), [], float(i))
+            stats = await store.stats()
+            assert stats.wal_bytes > 0
+            assert stats.size_bytes == db.stat().st_size + stats.wal_bytes
+            # Idle now: the WAL goes back into the file, and the file to nothing.
+            assert await _wal_size(wal, lambda size: size == 0, 5 * UNIT) == 0
+            stats = await store.stats()
+            assert stats.wal_bytes == 0 and stats.size_bytes == db.stat().st_size
+            assert await store.head() == 200
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def test_a_steady_trickle_of_writes_still_truncates_the_wal_now_and_then(tmp_path: Path) -> None:
+    wal = tmp_path / "r.db-wal"
+
+    async def run() -> None:
+        # Never idle long enough for the idle checkpoint: only the periodic one can act.
+        store = await SQLiteStore.open(
+            tmp_path / "r.db", idle_checkpoint=60.0, checkpoint_every=0.2
+        )
+        sizes: list[int] = []
+        try:
+            for i in range(1, 1001):
+                await store.append(_tweets(i), [], float(i))
+                sizes.append(wal.stat().st_size if wal.exists() else 0)
+                if len(sizes) > 1 and sizes[-1] < sizes[-2]:
+                    break  # truncated while writes went on
+                await asyncio.sleep(0.005)
+        finally:
+            await store.close()
+        assert len(sizes) > 1 and sizes[-1] < sizes[-2], max(sizes)
+
+    asyncio.run(run())

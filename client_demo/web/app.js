@@ -19,7 +19,9 @@ const state = {
   attempt: 0,                 // tries of /v1/info (the client counts its own)
   arrivals: [],
   history: new Array(30).fill(0),
-  search: { text: "", offset: 0, count: 0 },
+  search: { text: "", offset: 0, count: 0, scope: "tweets" },
+  pending: null,              // stored tweets shown once the channel is granted
+  lastClose: null,            // how the last open connection ended, while retrying
 };
 // Hooks for tests and the curious: every seq shown, in order.
 window.relayDemo = { seqs: [], resets: 0, state: () => $("state").dataset.state };
@@ -41,6 +43,7 @@ function setState(name, text) {
 function lock(text, message) {
   clearTimeout(state.retryTimer);
   stopClient();
+  state.pending = null;
   $("token-form").hidden = false;
   setState("locked", text);
   showError(message);
@@ -113,7 +116,7 @@ async function connect() {
   }
   if (state.seq === null) {
     try {
-      await showHistory();
+      await loadHistory();
     } catch (error) {
       if (error.status === 401 || error.status === 403) {
         return lock("token refused", "The relay refused this token for "
@@ -154,14 +157,33 @@ function stopClient() {
 
 function clientState(change) {
   if (change.state === "reconnecting") {
-    setState("reconnecting", "disconnected (" + change.code + "), retrying in "
+    // Say how the connection ended (1001 shutdown, 4008 slow_consumer...), not the 1006
+    // of each try that fails while the relay is away.
+    if (change.opened || !state.lastClose) state.lastClose = change;
+    const last = state.lastClose;
+    const how = last.code + (last.why ? " " + last.why : "");
+    setState("reconnecting", "disconnected (" + how + ")"
+      + (change.opened ? "" : ", relay unreachable") + ", retrying in "
       + (change.delay / 1000).toFixed(1) + " s");
+  } else if (change.state === "open") {
+    state.lastClose = null;
   } else if (change.state === "connecting" && $("state").dataset.state !== "reconnecting") {
     setState("connecting");
   } else if (change.state === "closed" && change.final) {
     if (change.code === 4001) {
-      lock("token expired", "The token expired: enter a new one to continue "
-        + "from where the page stopped.");
+      // The close reason says why (docs/protocol.md): each asks the person for another thing.
+      const again = " Enter a new one to continue from where the page stopped.";
+      if (change.why === "revoked") {
+        lock("token revoked", "The token was revoked." + again);
+      } else if (change.why === "invalid") {
+        lock("token invalid", "The token is no longer valid"
+          + (change.message ? " (" + change.message + ")." : ".") + again);
+      } else if (change.why === "expired") {
+        lock("token expired", "The token expired and was not refreshed in time." + again);
+      } else {
+        lock("token refused", "The relay closed the connection (4001): "
+          + (change.message || change.reason || "unauthorized") + "." + again);
+      }
     } else {
       lock("refused", "The relay refused the connection (" + change.code + "): "
         + (change.reason || "check the token"));
@@ -199,7 +221,13 @@ function showStats(stats) {
   $("stats-out").textContent = stats.frames_out_per_second.toFixed(1);
   $("stats-connections").textContent = stats.connections;
   $("stats-head").textContent = stats.head_seq;
-  $("stats-size").textContent = humanBytes(stats.store.size_bytes);
+  // On SQLite the size is the database file plus its write-ahead log: say which is which.
+  const wal = stats.store.wal_bytes || 0;
+  $("stats-size").textContent = humanBytes(stats.store.size_bytes - wal)
+    + (wal ? " + " + humanBytes(wal) + " WAL" : "");
+  $("stats-size").title = wal
+    ? "database file + write-ahead log (copied into the file when writes pause)"
+    : "on disk";
   $("stats-oldest").textContent = humanAge(stats.store.oldest_age_seconds);
   window.relayDemo.stats = stats;
 }
@@ -218,6 +246,7 @@ function handleFrame(frame) {
         state.epoch = frame.epoch;
         state.seq = frame.seq;
       }
+      showPending();  // granted: the stored tweets it resumes after can show now
       setState("live", "live on " + frame.channel
         + (frame.recovered ? " · recovered " + frame.recovered : ""));
       break;
@@ -276,14 +305,24 @@ function handleFrame(frame) {
   }
 }
 
-// The channel's newest stored tweets, shown at once; the stream then resumes from the
-// newest of them, so nothing is missing between the two and nothing comes twice.
-async function showHistory() {
+// The channel's newest stored tweets; the stream then resumes from the newest of them,
+// so nothing is missing between the two and nothing comes twice. They are shown when the
+// relay grants the subscription (showPending), never under "Live" for a refused token.
+async function loadHistory() {
   const params = new URLSearchParams({ limit: HISTORY });
   if (state.channel.startsWith("rule:")) params.set("rule", state.channel.slice(5));
   else if (state.channel !== "tweets") return;
   const body = await getJSON("/v1/objects/tweets?" + params);
   const tweets = body.results.slice().reverse();  // oldest first
+  state.pending = tweets;
+  state.epoch = state.info.epoch;
+  state.seq = tweets.length ? tweets[tweets.length - 1].seq : null;
+}
+
+function showPending() {
+  const tweets = state.pending;
+  if (!tweets) return;
+  state.pending = null;
   const list = $("tweets");
   list.replaceChildren();
   window.relayDemo.seqs = [];
@@ -291,9 +330,7 @@ async function showHistory() {
     window.relayDemo.seqs.push(tweet.seq);
     addTweet(list, tweet, tweet.seq, true);
   }
-  state.epoch = state.info.epoch;
-  state.seq = tweets.length ? tweets[tweets.length - 1].seq : null;
-  if (state.seq !== null) $("seq").textContent = state.seq;
+  if (tweets.length) $("seq").textContent = tweets[tweets.length - 1].seq;
   window.relayDemo.history = tweets.map((tweet) => tweet.seq);
 }
 
@@ -301,9 +338,10 @@ function switchChannel(channel) {
   state.channel = channel;
   state.epoch = null;
   state.seq = null;
+  state.pending = null;
   window.relayDemo.seqs = [];
   $("tweets").replaceChildren();
-  $("channel-name").textContent = channel;
+  showChannel();
   const url = new URL(location.href);
   url.searchParams.set("channel", channel);
   history.replaceState(null, "", url);
@@ -325,9 +363,11 @@ function addTweet(list, tweet, seq, newestFirst) {
   head.className = "head";
   const author = tweet.author || {};
   const name = document.createElement("b");
+  name.dir = "auto";  // an Arabic or Hebrew name does not reorder what follows it
   name.textContent = author.name || author.username || tweet.author_id || "unknown";
   const handle = document.createElement("span");
   handle.className = "handle";
+  handle.dir = "ltr";
   handle.textContent = author.username ? "@" + author.username : "";
   const time = document.createElement("time");
   time.dateTime = tweet.createdAt;
@@ -336,7 +376,7 @@ function addTweet(list, tweet, seq, newestFirst) {
 
   const body = document.createElement("p");
   body.className = "text";
-  body.dir = "auto";  // right-to-left scripts render the right way round
+  body.dir = "auto";  // each tweet takes the direction of its own text
   renderText(body, tweet);
 
   const meta = document.createElement("div");
@@ -387,6 +427,9 @@ function renderText(container, tweet) {
     container.append(chars.slice(at, e.start).join(""));
     const shown = chars.slice(e.start, e.end).join("");
     const link = document.createElement("a");
+    // Each entity is isolated with its own direction: in a right-to-left tweet, an
+    // inherited direction would draw "#concert" as "concert#" and "@name" as "name@".
+    link.dir = "auto";
     link.rel = "noopener noreferrer";
     link.target = "_blank";
     link.className = e.kind;
@@ -446,17 +489,33 @@ function tick() {
 
 // -- search --------------------------------------------------------------------------------
 
+// The channel a search covers: the one watched, unless "all channels" is ticked.
+function searchScope() {
+  return $("search-all").checked || !state.channel.startsWith("rule:") ? "tweets"
+    : state.channel;
+}
+
+// The channel shown in the headings and the search box, so a search says what it covers.
+function showChannel() {
+  $("channel-name").textContent = state.channel;
+  const scoped = state.channel.startsWith("rule:");
+  $("search-all-label").hidden = !scoped;
+  $("search").placeholder = scoped && !$("search-all").checked
+    ? "Search stored tweets of " + state.channel : "Search all stored tweets";
+}
+
 async function runSearch() {
-  const { text, offset } = state.search;
+  const { text, offset, scope } = state.search;
   const params = new URLSearchParams({ search: text, limit: PAGE_SIZE, offset });
-  if (state.channel.startsWith("rule:")) params.set("rule", state.channel.slice(5));
+  if (scope.startsWith("rule:")) params.set("rule", scope.slice(5));
   try {
     const body = await getJSON("/v1/objects/tweets?" + params);
     state.search.count = body.count;
     const list = $("results");
     list.replaceChildren();
     body.results.forEach((tweet) => addTweet(list, tweet, tweet.seq, false));
-    $("search-count").textContent = body.count + " found";
+    $("search-count").textContent = body.count + " found "
+      + (scope === "tweets" ? "in all channels" : "in " + scope);
     const pages = Math.max(1, Math.ceil(body.count / PAGE_SIZE));
     $("page").textContent = "page " + (offset / PAGE_SIZE + 1) + " of " + pages;
     $("prev").disabled = offset === 0;
@@ -475,8 +534,16 @@ $("search-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const text = $("search").value.trim();
   if (!text) return;
-  state.search = { text, offset: 0, count: 0 };
+  state.search = { text, offset: 0, count: 0, scope: searchScope() };
   runSearch();
+});
+$("search-all").addEventListener("change", () => {
+  showChannel();
+  // A search on screen follows the choice at once.
+  if (state.search.text && !$("search-panel").hidden) {
+    state.search = { ...state.search, offset: 0, scope: searchScope() };
+    runSearch();
+  }
 });
 $("prev").addEventListener("click", () => {
   state.search.offset = Math.max(0, state.search.offset - PAGE_SIZE);
@@ -503,7 +570,7 @@ $("token-form").addEventListener("submit", (event) => {
   connect();
 });
 
-$("channel-name").textContent = state.channel;
+showChannel();
 setInterval(tick, 1000);
 // New rules show up as tweets match them: refresh the channel list now and then.
 setInterval(() => { if (state.client) loadInfo().catch(() => {}); }, 15000);

@@ -15,7 +15,12 @@
 // events and otherwise ignored: the protocol grows by adding (docs/protocol.md).
 //
 // Events (CustomEvent, the frame or a small object in `detail`):
-//   state            {state: "connecting" | "open" | "reconnecting" | "closed", code, reason, delay}
+//   state            {state: "connecting" | "open" | "reconnecting" | "closed", code, reason,
+//                    why, message, opened, delay}: `reason` as the relay sent it; `opened`
+//                    whether the connection that closed had opened (a failed try had not);
+//                    `why` and
+//                    `message` read from it when it is JSON (a 4001's `why` is "expired",
+//                    "revoked" or "invalid"; 1001, 1011, 4008 and 4029 carry the last seq)
 //   subscribed, tweet, reset, deleted, history_start, stats, refreshed   the frame
 //   refresh_required the frame; call setToken(newToken) before its deadline, or give
 //                    `getToken` (an async function) to the constructor to have it done
@@ -76,8 +81,10 @@ export class RelayClient extends EventTarget {
     if (this.token) url.searchParams.set("token", this.token);
     const ws = new WebSocket(url.toString());
     this.ws = ws;
+    let opened = false;
     ws.onopen = () => {
       if (ws !== this.ws) return;
+      opened = true;
       this._state("open");
       for (const [channel, position] of this.channels) {
         this._send(this._subscribeOp(channel, position));
@@ -92,13 +99,15 @@ export class RelayClient extends EventTarget {
     ws.onclose = (event) => {
       if (ws !== this.ws) return;
       this.ws = null;
-      if (this.stopped) return this._state("closed", { code: event.code, reason: event.reason });
+      const close = { code: event.code, reason: event.reason, opened, ...readReason(event.reason) };
+      if (this.stopped) return this._state("closed", close);
       if (event.code === 4001 || event.code === 4003 || event.code === 1008) {
-        // The token expired unrefreshed, or the relay refused: a retry cannot help.
+        // The token expired unrefreshed, was revoked or is no longer valid, or the relay
+        // refused: a retry cannot help.
         this.stopped = true;
-        return this._state("closed", { code: event.code, reason: event.reason, final: true });
+        return this._state("closed", { ...close, final: true });
       }
-      this._retry(event.code, event.reason);
+      this._retry(close);
     };
   }
 
@@ -108,11 +117,11 @@ export class RelayClient extends EventTarget {
     if (this.ws) this.ws.close(1000);
   }
 
-  _retry(code, reason) {
+  _retry(close) {
     // Exponential backoff with full jitter: a restarted relay is not stampeded.
     const delay = this.random() * Math.min(this.maxDelay, 250 * 2 ** this.attempt);
     this.attempt += 1;
-    this._state("reconnecting", { code, reason, delay });
+    this._state("reconnecting", { ...close, delay });
     this.timer = setTimeout(() => this.connect(), delay);
   }
 
@@ -187,4 +196,17 @@ export class RelayClient extends EventTarget {
         }
     }
   }
+}
+
+// A close reason the relay sent as JSON ({"reason": "revoked", "message": ..., "seq": 12}):
+// {why, message, seq}; nothing for a reason that is not (another server, or none at all).
+function readReason(reason) {
+  let fields = null;
+  try { fields = JSON.parse(reason); } catch (e) { return {}; }
+  if (!fields || typeof fields !== "object") return {};
+  const read = {};
+  if (typeof fields.reason === "string") read.why = fields.reason;
+  if (typeof fields.message === "string") read.message = fields.message;
+  if (Number.isInteger(fields.seq)) read.seq = fields.seq;
+  return read;
 }

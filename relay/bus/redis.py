@@ -50,6 +50,7 @@ from relay.errors import ConfigError
 from relay.http import LogSampler
 from relay.metrics import Metrics
 from relay.store import StoredTweet
+from relay.waits import Outage
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class RedisBus:
         self._closed = False
         self._malformed_log = LogSampler(burst=5, window=60.0, what="malformed bus entries")
         self._error_log = LogSampler(burst=5, window=60.0, what="refused bus entries")
+        self._outage = Outage(log, f"Redis at {self.where}")
 
     # -- connections ------------------------------------------------------
 
@@ -182,14 +184,13 @@ class RedisBus:
     def _set_connected(self, value: bool) -> None:
         self._connected = value
         self.metrics.bus_connected.set(1 if value else 0)
+        if value:
+            self._outage.answered()
 
     def _waiting(self, exc: BaseException, delay: float) -> None:
-        log.warning(
-            "waiting for Redis at %s: %s; retrying in %.1f s",
-            self.where,
-            _reason(exc, self._password),
-            delay,
-        )
+        # One line when Redis goes away, whichever loop (start, sender, follower) saw it
+        # first, and one when it answers again: not a line a try and a loop.
+        self._outage.failed(_reason(exc, self._password), delay)
 
     async def start(self) -> None:
         """Wait until Redis answers PING; a refused password or certificate is a

@@ -81,6 +81,8 @@ class StoreStats:
     """The seq of the oldest kept tweet, 0 when empty (history starts there)."""
     oldest_received_at: float | None
     """When the oldest kept tweet was received (unix seconds), None when empty."""
+    wal_bytes: int = 0
+    """Of ``size_bytes``, the SQLite write-ahead log (kept small when idle); 0 elsewhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +212,12 @@ class Store(Protocol):
 
     async def rule_keys(self) -> list[str]:
         """Every rule key that some stored tweet matched."""
+        ...
+
+    async def current_epoch(self) -> str:
+        """The epoch as the store holds it now, read afresh: ``relay migrate --new-epoch``
+        changes it under running processes, whose ``epoch`` attribute says what they
+        opened (a stream-side read, cheap enough for every few seconds)."""
         ...
 
     async def highest_tweet_id(self, rule_key: str | None = None) -> str | None:

@@ -39,7 +39,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from relay.deletions import Deleted
-from relay.errors import QueryTimeout, StoreCorrupt, StoreError, StoreNotReady
+from relay.errors import QueryTimeout, StoreCorrupt, StoreError, StoreNotReady, WriterBusy
 from relay.query import Condition, TweetQuery
 from relay.store import (
     AppendResult,
@@ -78,11 +78,15 @@ def default_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-async def migrate(url: str, *, target: int | None = None, wait: bool = True) -> int:
+async def migrate(
+    url: str, *, target: int | None = None, wait: bool = True, give_up_after: float | None = None
+) -> int:
     """Create or update the schema of the database at ``url``; the schema version.
 
-    Safe to run from several processes at once (an advisory lock orders them)."""
-    conn = await connect(url, wait=wait)
+    Safe to run from several processes at once (an advisory lock orders them). With
+    ``give_up_after``, a server that does not answer within that many seconds raises
+    :class:`~relay.errors.StoreUnreachable`."""
+    conn = await connect(url, wait=wait, give_up_after=give_up_after)
     try:
         return await migrate_connection(conn, target=target)
     except psycopg.Error as exc:
@@ -91,15 +95,35 @@ async def migrate(url: str, *, target: int | None = None, wait: bool = True) -> 
         await conn.close()
 
 
-async def set_new_epoch(url: str) -> str:
-    """A new epoch for the database at ``url`` (after a restore); stop every relay first."""
+async def set_new_epoch(url: str, *, force: bool = False) -> str:
+    """A new epoch for the database at ``url`` (after a restore); returns it.
+
+    Refused with :class:`~relay.errors.WriterBusy`, naming the holder, while the writer
+    lease is live: an ingester still writes the old history, and serving processes
+    would mix the two. ``force`` goes on anyway (a holder known to be dead, whose lease
+    has not run out yet)."""
     epoch = secrets.token_hex(8)
     conn = await connect(url, wait=False)
     try:
-        await conn.execute("UPDATE meta SET value = %s WHERE key = 'epoch'", (epoch,))
-        await conn.commit()
+        async with conn.transaction():
+            # The lease row locked until commit: no ingester claims it meanwhile.
+            cur = await conn.execute(
+                "SELECT holder, to_char(expires_at AT TIME ZONE 'UTC', "
+                '\'YYYY-MM-DD"T"HH24:MI:SS"Z"\'), expires_at > now() '
+                "FROM writer_lease WHERE name = 'writer' FOR UPDATE"
+            )
+            lease = await cur.fetchone()
+            if lease is not None and lease[2] and not force:
+                raise WriterBusy(
+                    f"the writer lease of {describe(url)} is held by {lease[0]} until "
+                    f"{lease[1]}: stop `relay ingest` first (--force only when that "
+                    "process is dead)"
+                )
+            await conn.execute("UPDATE meta SET value = %s WHERE key = 'epoch'", (epoch,))
     except psycopg.Error as exc:
-        raise StoreError(f"cannot set a new epoch in {describe(url)}: {exc}") from None
+        raise StoreError(
+            f"cannot set a new epoch in {describe(url)}: {redact(str(exc), url)}"
+        ) from None
     finally:
         await conn.close()
     return epoch
@@ -488,6 +512,13 @@ class PostgresStore:
     async def get_state(self, key: str) -> str | None:
         sql = "SELECT value FROM source_state WHERE key = %s"
         return await self._read(lambda cur: _one_text(cur, sql, [key]))
+
+    async def current_epoch(self) -> str:
+        sql = "SELECT value FROM meta WHERE key = 'epoch'"
+        epoch = await self._read(lambda cur: _one_text(cur, sql, []))
+        if epoch is None:
+            raise StoreError(f"{self.where} lost its epoch: not a tweet-relay database now")
+        return epoch
 
     async def close(self) -> None:
         await self._writer.close()

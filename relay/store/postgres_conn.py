@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import psycopg
 from psycopg.adapt import Loader
 from psycopg.conninfo import conninfo_to_dict
 
-from relay.errors import StoreError
+from relay.errors import StoreError, StoreUnreachable
+from relay.waits import Outage
 
 log = logging.getLogger(__name__)
 
@@ -102,26 +104,50 @@ def configure_types(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 async def connect(
-    url: str, *, wait: bool = True, what: str = "PostgreSQL"
+    url: str,
+    *,
+    wait: bool = True,
+    what: str = "PostgreSQL",
+    give_up_after: float | None = None,
+    outage: Outage | None = None,
 ) -> psycopg.AsyncConnection[Any]:
     """An autocommit connection; while the server is unreachable and ``wait`` is set,
-    retries with backoff (1 s doubling to 10 s), one log line per wait."""
+    retries with backoff (1 s doubling to 10 s): one log line when the wait starts and
+    one when it ends (``outage``, shared with the caller's other waits, when given).
+
+    With ``give_up_after`` (seconds) a wait that long raises
+    :class:`~relay.errors.StoreUnreachable` with one line instead of trying again.
+    """
     info = conninfo(url)
+    where = describe(url)
+    outage = outage or Outage(log, f"{what} at {where}")
     delay = FIRST_WAIT
+    started = time.monotonic()
     while True:
+        options: dict[str, Any] = {}
+        if give_up_after is not None:  # one try must not outlast the whole wait either
+            left = give_up_after - (time.monotonic() - started)
+            options["connect_timeout"] = max(2, min(10, int(left) + 1))
         try:
-            conn = await psycopg.AsyncConnection.connect(info, autocommit=True)
+            conn = await psycopg.AsyncConnection.connect(info, autocommit=True, **options)
         except psycopg.OperationalError as exc:
             reason = redact(str(exc), url)
             if is_permanent(exc):
-                raise StoreError(f"cannot use {what} at {describe(url)}: {reason}") from None
+                raise StoreError(f"cannot use {what} at {where}: {reason}") from None
             if not wait:
-                raise StoreError(f"cannot reach {what} at {describe(url)}: {reason}") from None
-            log.warning(
-                "waiting for %s at %s: %s; retrying in %g s", what, describe(url), reason, delay
-            )
+                raise StoreError(f"cannot reach {what} at {where}: {reason}") from None
+            if give_up_after is not None:
+                waited = time.monotonic() - started
+                if waited >= give_up_after:
+                    raise StoreUnreachable(
+                        f"{what} at {where} did not answer within {give_up_after:g} s "
+                        f"(--wait): {reason}"
+                    ) from None
+                delay = min(delay, max(0.1, give_up_after - waited))
+            outage.failed(reason, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, LONGEST_WAIT)
             continue
+        outage.answered()
         configure_types(conn)
         return conn

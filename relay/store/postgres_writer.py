@@ -30,6 +30,7 @@ from psycopg import errors as pg_errors
 from relay.errors import StoreError, WriterFenced
 from relay.store.postgres_conn import FIRST_WAIT, LONGEST_WAIT, connect, redact
 from relay.store.postgres_write import DATA_ERRORS
+from relay.waits import Outage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,6 +81,8 @@ class Writer:
         self._jobs: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
+        self._outage = Outage(log, f"PostgreSQL at {where}")
+        """The writer's waits for a lost server: one line when lost, one when back."""
 
     @property
     def is_writer(self) -> bool:
@@ -283,14 +286,12 @@ class Writer:
         while jobs:
             try:
                 await run(jobs)
+                self._outage.answered()
                 return
             except _Lost as exc:
                 jobs = [job for job in jobs if not job.future.done()]
-                log.warning(
-                    "lost PostgreSQL at %s while writing: %s; retrying in %g s",
-                    self.where,
-                    redact(str(exc.__cause__), self.url),
-                    delay,
+                self._outage.failed(
+                    f"lost while writing: {redact(str(exc.__cause__), self.url)}", delay
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LONGEST_WAIT)
@@ -307,7 +308,7 @@ class Writer:
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
-        conn = await connect(self.url, wait=True)
+        conn = await connect(self.url, wait=True, outage=self._outage)
         await self._writer_session(conn)
         self._conn = conn
         if self._generation is not None:

@@ -199,6 +199,17 @@ wal_autocheckpoint``; SQLite's default is 1,000). The copy runs inside the commi
 append; fewer, larger ones write each hot index page once instead of ten times. At
 30,000 tweets appended alone: 15,000 -> 18,600 and 12,400 -> 17,300 tweets/s, 55-62 ->
 48 µs of CPU a tweet; the WAL file grows to about 40 MB."""
+BUSY_TIMEOUT_MS = 5000
+"""How long a connection waits for a lock another one holds."""
+IDLE_CHECKPOINT = 1.0
+"""Seconds without a write after which the writer copies the WAL into the database file
+and truncates it (``wal_checkpoint(TRUNCATE)``). The automatic checkpoint copies but
+never shrinks the file: a trickle of small commits (a demo, a quiet rule) would leave a
+WAL of tens of MB beside a database of a few hundred KB."""
+CHECKPOINT_EVERY = 5.0
+"""Seconds after which the writer truncates the WAL even while writes keep coming, at the
+first moment no job waits: a steady trickle is never idle for long. Under load the
+automatic checkpoint copies as much in between, so this costs little."""
 MMAP_BYTES = 256 * 2**20
 """Reads of the database file through a memory map (``PRAGMA mmap_size``): the
 id lookups of each append and the readers' pages, without a copy a page."""
@@ -208,9 +219,21 @@ class SQLiteStore:
     """A :class:`relay.store.Store` on one SQLite file."""
 
     def __init__(
-        self, path: str | Path, *, readers: int = 3, query_readers: int = 2, writer: bool = True
+        self,
+        path: str | Path,
+        *,
+        readers: int = 3,
+        query_readers: int = 2,
+        writer: bool = True,
+        idle_checkpoint: float = IDLE_CHECKPOINT,
+        checkpoint_every: float = CHECKPOINT_EVERY,
     ) -> None:
         self.path = str(path)
+        self.idle_checkpoint = idle_checkpoint
+        self.checkpoint_every = checkpoint_every
+        self._wal_dirty = False
+        """Commits since the last checkpoint that truncated the WAL."""
+        self._checkpointed_at = time.monotonic()
         self.epoch = ""
         self.is_writer = writer
         """Whether this store writes (``claim_writer`` has nothing more to do for SQLite)."""
@@ -239,7 +262,13 @@ class SQLiteStore:
 
     @classmethod
     async def open(
-        cls, path: str | Path, *, query_readers: int = 2, writer: bool = True
+        cls,
+        path: str | Path,
+        *,
+        query_readers: int = 2,
+        writer: bool = True,
+        idle_checkpoint: float = IDLE_CHECKPOINT,
+        checkpoint_every: float = CHECKPOINT_EVERY,
     ) -> SQLiteStore:
         """Open (and as the writer, create and migrate) the file.
 
@@ -247,7 +276,13 @@ class SQLiteStore:
         a reader never writes and raises :class:`StoreNotReady` while the file or
         its schema is not there yet.
         """
-        store = cls(path, query_readers=query_readers, writer=writer)
+        store = cls(
+            path,
+            query_readers=query_readers,
+            writer=writer,
+            idle_checkpoint=idle_checkpoint,
+            checkpoint_every=checkpoint_every,
+        )
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, store._open_sync if writer else store._open_reader)
         return store
@@ -310,7 +345,7 @@ class SQLiteStore:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
         # NORMAL in WAL mode survives a crash of the process (kill -9); only an OS
         # crash can lose the last commits, and the source redelivers those.
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -325,7 +360,18 @@ class SQLiteStore:
             # seconds while they keep coming.
             if self._jobs.empty() or time.monotonic() - self._indexed_at >= SEARCH_LAG:
                 self._index(conn)
-            jobs = [self._jobs.get()]
+            if (
+                self._wal_dirty
+                and self._jobs.empty()
+                and time.monotonic() - self._checkpointed_at >= self.checkpoint_every
+            ):
+                self._checkpoint(conn)
+            try:
+                # With commits not yet checkpointed, wait only as long as idle lasts.
+                jobs = [self._jobs.get(timeout=self.idle_checkpoint if self._wal_dirty else None)]
+            except queue.Empty:
+                self._checkpoint(conn)
+                continue
             while True:  # group commit: take whatever else is already waiting
                 try:
                     jobs.append(self._jobs.get_nowait())
@@ -342,6 +388,7 @@ class SQLiteStore:
             ]
             if jobs:
                 self._commit(conn, jobs)
+                self._wal_dirty = self.path != ":memory:"
             if flushes or stop:
                 self._index(conn)
                 for flush in flushes:
@@ -350,6 +397,22 @@ class SQLiteStore:
             if stop:
                 conn.close()
                 return
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL into the database file and truncate it, if no reader holds an
+        older snapshot now; else try again at the next idle moment. Never waits: the
+        writer must not stall behind a long query."""
+        self._checkpointed_at = time.monotonic()
+        busy = 1
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.debug("checkpoint of %s failed, tried again later: %s", self.path, exc)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+        self._wal_dirty = bool(busy)
 
     def _index(self, conn: sqlite3.Connection) -> None:
         """Index what was committed since the last step; a failure is logged, retried later."""
@@ -757,11 +820,14 @@ class SQLiteStore:
             return (int(found[0]), found[1]) if found else (0, None)
 
         oldest_seq, received = await self._read(run)
-        size = 0
-        for name in (self.path, self.path + "-wal"):
-            with contextlib.suppress(OSError):  # no WAL right after a checkpoint
-                size += os.stat(name).st_size
-        return StoreStats(size, oldest_seq, parse_time(received) if received else None)
+        sizes = [0, 0]
+        for number, name in enumerate((self.path, self.path + "-wal")):
+            with contextlib.suppress(OSError):  # no WAL file after a clean close
+                sizes[number] = os.stat(name).st_size
+        database, wal = sizes
+        return StoreStats(
+            database + wal, oldest_seq, parse_time(received) if received else None, wal_bytes=wal
+        )
 
     async def rule_keys(self) -> list[str]:
         def run(conn: sqlite3.Connection) -> list[str]:
@@ -787,6 +853,12 @@ class SQLiteStore:
 
     async def get_state(self, key: str) -> str | None:
         return await self._one_text("SELECT value FROM source_state WHERE key = ?", key)
+
+    async def current_epoch(self) -> str:
+        epoch = await self._one_text("SELECT value FROM meta WHERE key = ?", "epoch")
+        if epoch is None:
+            raise StoreError(f"{self.path} lost its epoch: not a tweet-relay database now")
+        return epoch
 
     async def _one_text(self, sql: str, value: str) -> str | None:
         def run(conn: sqlite3.Connection) -> str | None:

@@ -130,9 +130,7 @@ def append_rows(
 # The object is bound as bytes and stored as TEXT (schema version 6): SQLite takes the
 # UTF-8 bytes as they are (no decoding in Python), and its JSON functions and datasette
 # read the column as JSON, where a BLOB showed as <Binary> and json_extract refused it.
-INSERT_TWEET = (
-    f"INSERT INTO tweets ({TWEET_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,CAST(? AS TEXT))"
-)
+INSERT_TWEET = f"INSERT INTO tweets ({TWEET_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,CAST(? AS TEXT))"
 INSERT_TWEET_RULE = "INSERT OR IGNORE INTO tweet_rules (tag, seq) VALUES (?, ?)"
 INSERT_RULE = "INSERT OR IGNORE INTO rules (tag, first_seq) VALUES (?, ?)"
 UPSERT_USER = (
