@@ -24,7 +24,7 @@ from relay.bus import Bus
 from relay.bus.memory import MemoryBus
 from relay.config import Settings
 from relay.deletions import DELETIONS_INTERVAL, DeletionAnnouncer, apply_deletions
-from relay.errors import ConfigError, RelayError, StoreError, StoreNotReady
+from relay.errors import ConfigError, RelayError, StoreCorrupt, StoreError, StoreNotReady
 from relay.finished import ReplaySummary, summary_of
 from relay.follower import Follower
 from relay.housekeeping import Housekeeping
@@ -207,6 +207,7 @@ class Relay:
         store = self.store = await open_store(
             settings, writer=self.ingests, serves=self.serves, sleep=self.sleep
         )
+        store.on_damage = self._store_damaged
         self.bus = open_bus(settings, store.epoch, self.metrics)
         self._tasks.append(asyncio.create_task(self._start_bus(self.bus), name="bus-start"))
         if self.serves:
@@ -456,7 +457,17 @@ class Relay:
     async def _when_finished(self, ingest: Ingest) -> None:
         """Log the summary once the source ended and all it sent reached the hub."""
         await ingest.finished.wait()
-        if ingest.failed.is_set() or self._stopping:
+        if self._stopping:
+            return
+        cut = ingest.source_error
+        if cut is not None and ingest.error is cut:
+            # The source stopped on an error after every line it gave was stored and
+            # published (a cut recording): say what was read, and that it was cut. The
+            # relay then stops with the error (exit 1); clients get what was published.
+            self.summary = summary_of(self.metrics, cut=str(cut))
+            log.warning("%s", self.summary)
+            return
+        if ingest.failed.is_set():
             return
         if self.follower is not None:
             await self.follower.catch_up()  # published: the hub holds the store's head
@@ -465,6 +476,15 @@ class Relay:
         self.summary = summary_of(self.metrics)
         log.info("%s", self.summary)
         self.finished.set()
+
+    def _store_damaged(self, exc: StoreCorrupt) -> None:
+        """A read or commit found the store damaged: nothing it reads can be trusted, so
+        the process stops (``/readyz`` 503, exit 1) rather than serve less than it holds;
+        clients resume from another replica or after a restore."""
+        self.metrics.store_damaged.inc()
+        if self._error is None:
+            log.error("%s: stopping", exc)
+        self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:

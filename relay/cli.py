@@ -164,6 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--config", metavar="FILE", help="TOML config file")
     backup.set_defaults(command=cmd_backup)
 
+    check = commands.add_parser(
+        "check",
+        help="read every page of the SQLite store and report damage (integrity check)",
+        description="Run SQLite's full integrity check (every page, every index against its "
+        "table) on the store, beside a running relay or not; nothing is written. Exit 0 when "
+        "it is intact, 1 with SQLite's lines when it is damaged (restore a backup). A start "
+        "checks only the schema and the newest tweet (docs/security.md).",
+        epilog="example: relay check --db relay.db",
+    )
+    check.add_argument("--db", help="the SQLite store, also $RELAY_DB (relay.db)")
+    check.add_argument("--config", metavar="FILE", help="TOML config file")
+    check.add_argument(
+        "--quick",
+        action="store_true",
+        help="PRAGMA quick_check: no index comparison, a few times faster",
+    )
+    check.set_defaults(command=cmd_check)
+
     synth = commands.add_parser(
         "synth",
         help="write a deterministic synthetic stream (JSONL)",
@@ -436,6 +454,30 @@ def cmd_backup(args: argparse.Namespace) -> int:
         highlight=False,
     )
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from relay.errors import ConfigError
+    from relay.store.sqlite_check import integrity_check
+
+    settings = settings_from(args)
+    if settings.database_url:
+        raise ConfigError(
+            "DATABASE_URL is set: check PostgreSQL with pg_amcheck; give --db to check a "
+            "SQLite store"
+        )
+    checked = integrity_check(settings.db, quick=args.quick)
+    if not checked.problems:
+        print(f"relay: {settings.db} is intact: ok ({checked.pages:,} pages read)", flush=True)
+        return 0
+    for problem in checked.problems:
+        print(problem, flush=True)
+    console.print(
+        f"[bold red]relay:[/] {settings.db} is damaged ({len(checked.problems)} problems "
+        "above): stop the relays on it and restore a backup (docs/deployment.md)",
+        highlight=False,
+    )
+    return 1
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@
     ├── MalformedPayload       a stream line that is not a usable X API payload
     ├── StoreError             the store cannot be opened or written
     │   ├── StoreNotReady      not there yet (no schema, server down): wait and retry
+    │   ├── StoreCorrupt       the file is damaged: reads cannot be trusted; the process stops
     │   ├── StoreUnreachable   no answer within the wait a command allows (migrate --wait)
     │   ├── WriterBusy         another live process is the writer (SQLite lock, PG lease)
     │   └── WriterFenced       another ingester took the writer lease: stop writing
@@ -71,6 +72,12 @@ class StoreError(RelayError):
 
 class StoreNotReady(StoreError):
     """The store is not there yet (a serving process started before any migration)."""
+
+
+class StoreCorrupt(StoreError):
+    """The store's file is damaged (SQLite said so, or a read found rows out of order or
+    missing): what it reads cannot be trusted, so a read never passes for the end of the
+    data. The relay counts it (``relay_store_damaged_total``), answers 503 and exits 1."""
 
 
 class StoreUnreachable(StoreError):

@@ -21,15 +21,20 @@ class ReplaySummary:
     stored: int
     duplicates: int
     malformed: int
+    cut: str = ""
+    """Why the source stopped before its end (a cut recording), or "" when it ended."""
 
     def __str__(self) -> str:
-        return (
-            f"replay finished: {self.lines} lines, {self.stored} stored, "
+        counts = (
+            f"{self.lines} lines, {self.stored} stored, "
             f"{self.duplicates} duplicates, {self.malformed} malformed"
         )
+        if self.cut:
+            return f"replay cut short: {counts} before the cut ({self.cut})"
+        return f"replay finished: {counts}"
 
 
-def summary_of(metrics: Metrics) -> ReplaySummary:
+def summary_of(metrics: Metrics, *, cut: str = "") -> ReplaySummary:
     registry = metrics.registry
 
     def value(name: str, **labels: str) -> int:
@@ -41,4 +46,5 @@ def summary_of(metrics: Metrics) -> ReplaySummary:
         stored=value("relay_tweets_stored_total"),
         duplicates=value("relay_duplicates_dropped_total"),
         malformed=value("relay_lines_total", kind="malformed"),
+        cut=cut,
     )

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 from relay.bus import Bus, BusItem, Heartbeat
+from relay.errors import StoreCorrupt
 from relay.hub import Hub
 from relay.metrics import Metrics
 from relay.store import Store, StoredTweet
@@ -90,6 +91,9 @@ class Follower:
             await step
         except asyncio.CancelledError:
             raise
+        except StoreCorrupt as exc:  # the store told the relay, which logs it and stops
+            self.error = exc
+            self.failed.set()
         except Exception as exc:  # a bug: clients would silently stop getting tweets
             log.exception("the bus follower failed")
             self.error = exc

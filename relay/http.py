@@ -35,6 +35,7 @@ from relay.errors import (
     ClientError,
     MethodNotAllowed,
     NotFound,
+    StoreCorrupt,
     StoreError,
     TooManyRequests,
     Unavailable,
@@ -310,7 +311,13 @@ class HttpApi:
         except StoreError as exc:  # the database is down or restarting: not the client's fault
             if self._sampler.allow(self.clock()):
                 log.warning("%.10s %s -> 503: %.200s", method, redact(target), exc)
-            reply = error_reply(Unavailable("the store is unavailable; ask again later"))
+            # A damaged store stops this process (the store told the relay): elsewhere.
+            message = (
+                "the store is damaged; ask another relay or again later"
+                if isinstance(exc, StoreCorrupt)
+                else "the store is unavailable; ask again later"
+            )
+            reply = error_reply(Unavailable(message))
         except Exception:
             if self._failures.allow(self.clock()):
                 log.error("error answering %.10s %s", method, redact(target), exc_info=True)

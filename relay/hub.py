@@ -43,6 +43,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from relay import protocol
+from relay.errors import StoreCorrupt
 from relay.protocol import Position
 from relay.rule_set import Channels
 from relay.session import ChannelBatch, Session, SessionClosed, Subscription
@@ -460,6 +461,20 @@ class Hub:
             pass
         except asyncio.CancelledError:
             raise
+        except StoreCorrupt:
+            # What was sent is good; what follows cannot be read from this store. The
+            # client hears it and goes (1011 with its last seq) to resume elsewhere or
+            # later: never a quiet end of the catch-up. The relay stops (the store told it).
+            session.push(
+                protocol.error(
+                    "internal",
+                    "the store is damaged; resume from another relay or later",
+                    "subscribe",
+                    ref,
+                    channel,
+                )
+            )
+            session.failed()
         except Exception:
             log.exception("catch-up of %s for %s failed", channel, session.peer)
             session.push(

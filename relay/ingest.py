@@ -122,6 +122,9 @@ class Ingest:
         self._tasks: list[asyncio.Task[None]] = []
         self.error: BaseException | None = None
         """Why ingest stopped early (the source or the store failed, or a bug), if it did."""
+        self.source_error: RelayError | None = None
+        """Why the source could not go on (a cut recording, a refused token), if it
+        could not: ingest stores and publishes every line it gave first, then fails."""
         self.failed = asyncio.Event()
         self.malformed_log = LogSample("malformed lines")
         self.skipped_log = LogSample("skipped tweets")
@@ -216,7 +219,9 @@ class Ingest:
         except asyncio.CancelledError:
             raise
         except RelayError as exc:  # a source that cannot go on says why in one line
-            self._fail(exc)
+            # The lines it gave before are good: they go through the whole path (the
+            # publisher fails ingest with this once they are published), not dropped.
+            self.source_error = exc
         except Exception as exc:
             log.exception("source %s failed", self.source.name)
             self._fail(RelayError(f"source {self.source.name} failed: {exc}"))
@@ -348,6 +353,8 @@ class Ingest:
                         return
                     self.metrics.head.set(result.stored[-1].seq)
         finally:
+            if self.source_error is not None:
+                self._fail(self.source_error)
             self.finished.set()
 
 

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from relay.app import Relay
 from relay.config import Settings
+from relay.errors import StoreCorrupt
 
 console = Console(stderr=True, soft_wrap=True)  # an error stays one line for log readers
 
@@ -143,6 +144,8 @@ async def run(
     # failed for good, or a task of the data path died (never a silent stall).
     if relay.error is not None:
         what = "ingest" if relay.ingests else "serving"
+        if isinstance(relay.error, StoreCorrupt):
+            what = "the relay"  # whatever read or wrote it: every role stops on it
         console.print(f"[bold red]relay:[/] {what} stopped: {relay.error}", highlight=False)
         return 1
     if not relay.drained:

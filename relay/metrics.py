@@ -98,6 +98,12 @@ class Metrics:
             ["job"],
             registry=r,
         )
+        self.store_damaged = Counter(
+            "relay_store_damaged",
+            "Store reads and commits that found the store damaged (the process then stops: "
+            "/readyz 503, exit 1)",
+            registry=r,
+        )
         self.retention_deleted = Counter(
             "relay_retention_deleted_tweets", "Tweets deleted by retention", registry=r
         )

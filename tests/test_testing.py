@@ -20,6 +20,7 @@ from relay.testing import (
     RelayClientError,
     RelayServer,
     ReplayClock,
+    Response,
     stream_line,
     tweets_of,
 )
@@ -121,6 +122,19 @@ def test_pushed_lines_reach_clients_and_the_store(tmp_path: Path) -> None:
         server.end()
         assert server.wait_replayed().stored == 2
     assert (tmp_path / "mine.db").exists()
+
+
+def test_get_returns_a_named_status_and_body_that_still_unpacks(recording: Path) -> None:
+    # fcb6446: a bare (status, body) tuple, undocumented.
+    with RelayServer(recording) as server:
+        server.wait_replayed()
+        found = server.get("/v1/objects/tweets?sort=seq&limit=2")
+        assert isinstance(found, Response)
+        assert found.status == 200 and [t["seq"] for t in found.body["results"]] == [1, 2]
+        status, body = found  # as before it had names
+        assert (status, body) == (found.status, found.body)
+        missing = server.get("/v1/objects/tweets/nope")
+        assert missing.status == 404 and missing.body["errors"][0]["reason"]
 
 
 def test_the_epoch_can_be_random_or_chosen(recording: Path) -> None:

@@ -66,3 +66,27 @@ def test_the_example_tests_pass_against_the_installed_wheel_alone(tmp_path: Path
     assert where.startswith(purelib), where  # the installed package, not the checkout
     out = run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", ".", cwd=example, env=env)
     assert "3 passed" in out, out
+
+
+def test_the_example_tests_pass_inside_the_checkout_without_pytest_timeout() -> None:
+    # With only the [testing] extra there is no pytest-timeout; `-p no:timeout` stands in
+    # for its absence. fcb6446: "INTERNALERROR ... Unknown config option: timeout" (the
+    # pyproject's setting of it, under filterwarnings = error), no test run.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            *("-p", "no:timeout", "-p", "no:cacheprovider"),
+            "examples/keyword_alert",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=24 * UNIT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "3 passed" in proc.stdout and "Unknown config option" not in proc.stdout + proc.stderr

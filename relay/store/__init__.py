@@ -16,6 +16,7 @@ from relay.rule_set import STATE_KEY, Channels, RuleSet
 
 if TYPE_CHECKING:
     from relay.deletions import Deleted
+    from relay.errors import StoreCorrupt
     from relay.query import Condition, TweetQuery
     from relay.tweets import Tweet
 
@@ -97,6 +98,12 @@ class Trimmed:
 
 class Store(Protocol):
     epoch: str
+
+    on_damage: Callable[[StoreCorrupt], None] | None
+    """Called on the event loop each time a read or a write finds the store damaged,
+    before it raises :class:`~relay.errors.StoreCorrupt` to its caller: the relay counts
+    it and stops (``/readyz`` 503, exit 1). A damaged store never answers a read with
+    less than it holds: a read that cannot be trusted raises."""
 
     @property
     def holder(self) -> str:

@@ -39,7 +39,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from relay.deletions import Deleted
-from relay.errors import QueryTimeout, StoreError, StoreNotReady, WriterBusy
+from relay.errors import QueryTimeout, StoreCorrupt, StoreError, StoreNotReady, WriterBusy
 from relay.query import Condition, TweetQuery
 from relay.store import (
     AppendResult,
@@ -146,6 +146,9 @@ class PostgresStore:
         """Set once another process took the writer lease: this one never writes again."""
         self._pool: AsyncConnectionPool | None = None
         self._query_pool: AsyncConnectionPool | None = None
+        self.on_damage: Callable[[StoreCorrupt], None] | None = None
+        """Not called yet: PostgreSQL's own damage errors (XX001, XX002) are not told
+        apart from other failures."""
 
     @property
     def is_writer(self) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -35,7 +36,7 @@ from typing import Any, TypeVar
 import orjson
 
 from relay.deletions import Deleted
-from relay.errors import StoreError, StoreNotReady
+from relay.errors import StoreCorrupt, StoreError, StoreNotReady
 from relay.query import Condition, TweetQuery
 from relay.store import (
     AppendResult,
@@ -49,6 +50,7 @@ from relay.store import (
 )
 from relay.store.file_lock import WriterLock, describe_self
 from relay.store.sqlite_deletions import apply_pending, deletions_after, last_deletion
+from relay.store.sqlite_query import check_order
 from relay.store.sqlite_retention import checkpoint, trim_oldest
 from relay.store.sqlite_schema import MIGRATIONS as MIGRATIONS  # re-exported
 from relay.store.sqlite_schema import check_schema, migrate
@@ -77,18 +79,105 @@ class _DataError(Exception):
     """A job failed on a value it holds (its ``__cause__``), not because of the store."""
 
 
-def _store_error(exc: Exception) -> StoreError:
+def _store_error(exc: Exception, path: str) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
+    if isinstance(exc, sqlite3.DatabaseError) and is_corruption(exc):
+        return StoreCorrupt(f"the store {path} is damaged: commit failed: {exc}")
     return StoreError(f"commit failed: {exc}")
+
+
+CORRUPTION_CODES = (11, 26)
+"""SQLITE_CORRUPT and SQLITE_NOTADB (primary codes; the extended ones share the low byte)."""
+
+
+def is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """SQLite found the file damaged ("database disk image is malformed", ...)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in CORRUPTION_CODES
+    return "malformed" in str(exc)
+
+
+def _checked(path: str, run: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    """``run(conn)``, with SQLite's corruption errors raised as :class:`StoreCorrupt`."""
+    try:
+        return run(conn)
+    except sqlite3.DatabaseError as exc:
+        if is_corruption(exc):
+            raise StoreCorrupt(f"the store {path} is damaged: {exc}") from None
+        raise
+
+
+def newest_seq(conn: sqlite3.Connection) -> int:
+    """The newest tweet's seq (0 when there is none), read with the one before it.
+
+    A damaged last page can make ``max(seq)`` read a row whose seq is garbage (96 in a
+    store of 1,500: every serving process would then end its data there). Walking back
+    two rows costs the same descent; the two must come out in order.
+    """
+    rows = conn.execute("SELECT seq FROM tweets ORDER BY seq DESC LIMIT 2").fetchall()
+    if len(rows) == 2 and rows[1][0] >= rows[0][0]:
+        raise StoreCorrupt(
+            f"damaged: seq {rows[1][0]} comes before its newest seq {rows[0][0]} "
+            "(rows out of order): run `relay check`"
+        )
+    return int(rows[0][0]) if rows else 0
+
+
+def check_head(conn: sqlite3.Connection) -> tuple[int, int]:
+    """The highest seq ever given and the newest tweet's, checked against each other at
+    open: what a start can check without reading the whole file (``relay check`` does).
+
+    Reading the newest tweets walks the table's pages from its root to its last leaf,
+    so a file damaged there fails here, in one line. The newest seq can never be past
+    the highest ever given (SQLite raises that with every insert): if it is, that seq is
+    damaged, and the writer would go on numbering after it, leaving a hole.
+    """
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'tweets'").fetchone()
+    given = int(row[0]) if row else 0
+    head = newest_seq(conn)
+    if head > given:
+        raise StoreCorrupt(
+            f"damaged: its newest seq {head} is past the highest seq ever given ({given}); "
+            "run `relay check`"
+        )
+    return given, head
+
+
+def _range_end(path: str, seq: int, rows: sqlite3.Cursor) -> None:
+    """``seq``, the first row past a read's range, is where the range ends only if it is
+    in order with the row after it (or, the last row, no higher than any seq ever
+    given): a row with a damaged seq would otherwise end the read early, quietly."""
+    following = rows.fetchone()
+    if following is not None:
+        check_order(path, seq, following[0])
+        return
+    # Read after the rows' snapshot: a later one can only have given more seqs.
+    given = rows.connection.execute(
+        "SELECT seq FROM sqlite_sequence WHERE name = 'tweets'"
+    ).fetchone()
+    if given is not None and seq > given[0]:
+        raise StoreCorrupt(
+            f"the store {path} is damaged: seq {seq} is past the highest seq ever "
+            f"given ({given[0]}): run `relay check`"
+        )
+
+
+def _missing(path: str, channel: str, seq: int) -> StoreCorrupt:
+    return StoreCorrupt(
+        f"the store {path} is damaged: {channel} lists seq {seq}, which the tweets table "
+        "does not hold: run `relay check`"
+    )
 
 
 _STOP = object()
 
 
 def _bytes(body: str | bytes) -> bytes:
-    """A stored object as bytes: written as bytes (a BLOB of UTF-8 JSON) since schema
-    version 3, as text before; both read back as the same bytes."""
+    """A stored object as bytes. Reads ask for ``CAST(object AS BLOB)``, which hands
+    SQLite's UTF-8 text over as bytes (no decoding, no encoding back): stored as TEXT
+    since schema version 6, and any value that is not reads back the same."""
     return body if isinstance(body, bytes) else body.encode()
 
 
@@ -167,6 +256,9 @@ class SQLiteStore:
         :mod:`relay.store.sqlite_search`)."""
         self._indexed_at = 0.0
         self._index_failed = False
+        self.on_damage: Callable[[StoreCorrupt], None] | None = None
+        """Called on the event loop each time a read or commit finds the file damaged."""
+        self.damage_found = 0
 
     @classmethod
     async def open(
@@ -212,6 +304,7 @@ class SQLiteStore:
             check_schema(conn)
             self.schema_version = conn.execute("PRAGMA user_version").fetchone()[0]
             self.epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
+            check_head(conn)
         except StoreNotReady as exc:
             raise StoreNotReady(f"{self.path}: {exc}") from None
         except (sqlite3.DatabaseError, StoreError, TypeError) as exc:
@@ -234,11 +327,8 @@ class SQLiteStore:
             if epoch is None or not isinstance(epoch[0], str):
                 raise StoreError("not a tweet-relay database (it has no epoch)")
             self.epoch = epoch[0]
-            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'tweets'").fetchone()
-            # Reading the newest tweet touches the table's pages: a damaged file
-            # fails here, in one line, rather than at the first read or commit.
-            head = conn.execute("SELECT max(seq) FROM tweets").fetchone()[0] or 0
-            self._seq.next = max(row[0] if row else 0, head) + 1
+            given, head = check_head(conn)
+            self._seq.next = max(given, head) + 1
             self.search_indexed = indexed_seq(conn)
             conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB:d}")
             conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES:d}")
@@ -372,7 +462,7 @@ class SQLiteStore:
             return
         except Exception as exc:
             for job in jobs:
-                job.future.set_exception(_store_error(exc))
+                job.future.set_exception(_store_error(exc, self.path))
             return
         for job, result in zip(jobs, results, strict=True):
             job.future.set_result(result)
@@ -391,7 +481,7 @@ class SQLiteStore:
                 continue
             except Exception as exc:  # the store itself failed: nothing more goes in
                 for failed in jobs[number:]:
-                    failed.future.set_exception(_store_error(exc))
+                    failed.future.set_exception(_store_error(exc, self.path))
                 return
             job.future.set_result(result)
 
@@ -428,7 +518,11 @@ class SQLiteStore:
             raise StoreError("store is closed" if self.is_writer else "store opened to read only")
         job = _Job(run, careful)
         self._jobs.put(job)
-        result: T = await asyncio.wrap_future(job.future)
+        try:
+            result: T = await asyncio.wrap_future(job.future)
+        except StoreCorrupt as exc:
+            self._damaged(exc)
+            raise
         return result
 
     async def append(
@@ -494,7 +588,13 @@ class SQLiteStore:
 
     async def _read(self, run: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, lambda: run(self._reader()))
+        try:
+            return await loop.run_in_executor(
+                self._readers, lambda: _checked(self.path, run, self._reader())
+            )
+        except StoreCorrupt as exc:
+            self._damaged(exc)
+            raise
 
     async def _query(self, run: Callable[[sqlite3.Connection], T], timeout: float | None) -> T:
         """An object API read: on its own pool, stopped ``timeout`` seconds after now.
@@ -503,15 +603,32 @@ class SQLiteStore:
         """
         loop = asyncio.get_running_loop()
         accepted = time.monotonic()
-        return await loop.run_in_executor(
-            self._query_readers,
-            lambda: sqlite_query.limited(self._reader(), run, timeout, accepted=accepted),
-        )
+
+        def limited(conn: sqlite3.Connection) -> T:
+            return sqlite_query.limited(conn, run, timeout, accepted=accepted)
+
+        try:
+            return await loop.run_in_executor(
+                self._query_readers, lambda: _checked(self.path, limited, self._reader())
+            )
+        except StoreCorrupt as exc:
+            self._damaged(exc)
+            raise
+
+    def _damaged(self, exc: StoreCorrupt) -> None:
+        """A read or a commit found the file damaged: count it, tell the relay."""
+        self.damage_found += 1
+        if self.on_damage is not None:
+            self.on_damage(exc)
 
     async def head(self) -> int:
+        path = self.path
+
         def run(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT max(seq) FROM tweets").fetchone()
-            return int(row[0] or 0)
+            try:
+                return newest_seq(conn)
+            except StoreCorrupt as exc:
+                raise StoreCorrupt(f"the store {path} is {exc}") from None
 
         return await self._read(run)
 
@@ -525,16 +642,27 @@ class SQLiteStore:
         max_bytes: int | None = None,
         conditions: Sequence[Condition] = (),
     ) -> list[StoredTweet]:
-        columns = "seq, rules, object, lang, author_username, has_media, text"
+        columns = "seq, rules, CAST(object AS BLOB), lang, author_username, has_media, text"
         sql, params = sqlite_query.channel_range(channel, columns, after, until, conditions)
+        # Two rows more than the page: the one the range ends at, and the one after it
+        # (see _range_end).
+        sql, params = sql + " ORDER BY seq LIMIT ?", (*params, limit + 2)
+        path = self.path
 
         def run(conn: sqlite3.Connection) -> list[StoredTweet]:
             page: list[StoredTweet] = []
             size = 0
+            previous = after
             # Rows come one at a time from the cursor: a byte budget stops the read early.
-            for seq, rules, body, lang, author, has_media, text in conn.execute(
-                sql + " ORDER BY seq LIMIT ?", (*params, limit)
-            ):
+            rows = conn.execute(sql, params)
+            for seq, rules, body, lang, author, has_media, text in rows:
+                check_order(path, previous, seq)
+                previous = seq
+                if seq > until:
+                    _range_end(path, seq, rows)
+                    break
+                if body is None:
+                    raise _missing(path, channel, seq)
                 encoded = _bytes(body)
                 page.append(
                     StoredTweet(
@@ -548,7 +676,7 @@ class SQLiteStore:
                     )
                 )
                 size += len(encoded)
-                if max_bytes is not None and size >= max_bytes:
+                if len(page) >= limit or (max_bytes is not None and size >= max_bytes):
                     break
             return page
 
@@ -567,30 +695,44 @@ class SQLiteStore:
     ) -> BodyPage[T]:
         # Two columns, and the rows kept as the cursor makes them: a catch-up page costs
         # a tuple, an int and one copy of the body a tweet (1.3 µs against 4.3-5.4 µs for
-        # read_after's decoded rules and StoredTweet). CAST: bodies written before schema
-        # version 3 are TEXT; as BLOB they come out as bytes too, without a Python test.
+        # read_after's decoded rules and StoredTweet). CAST: the stored TEXT comes out as
+        # the bytes the frame needs, without a decode and an encode in Python.
         sql, params = sqlite_query.channel_range(
             channel, "seq, CAST(object AS BLOB)", after, until, conditions
         )
         sql += " ORDER BY seq LIMIT ?"
-        params = (*params, limit)
+        params = (*params, limit + 2)  # the row the range ends at and the one after it
         budget = max_bytes if max_bytes is not None else -1
+        path = self.path
 
         def run(conn: sqlite3.Connection) -> BodyPage[T]:
             page: list[StoredBody] = []
             append = page.append
             size = 0
             cut = False
-            for row in conn.execute(sql, params):  # a byte budget stops the read early
+            previous = after
+            rows = conn.execute(sql, params)
+            for row in rows:  # a byte budget stops the read early
+                seq = row[0]
+                # In order, or the file is damaged: a read must never end early quietly.
+                if seq <= previous:
+                    check_order(path, previous, seq)
+                previous = seq
+                if seq > until:
+                    _range_end(path, seq, rows)
+                    break
+                body = row[1]
+                if body is None:
+                    raise _missing(path, channel, seq)
                 append(row)
-                size += len(row[1])
-                if size >= budget >= 0:
+                size += len(body)
+                if size >= budget >= 0 or len(page) >= limit:
                     cut = True
                     break
             count = len(page)
             last = page[-1][0] if page else 0
             # Built here, in the reader thread: the loop only writes the result.
-            return BodyPage(build(page), count, last, not cut and count < limit)
+            return BodyPage(build(page), count, last, not cut)
 
         return await self._read(run)
 
@@ -610,6 +752,9 @@ class SQLiteStore:
         select_sql, select_params = sqlite_query.select(query)
         if any(c.field == "text" and c.op == "search" for c in query.conditions):
             await self._search_ready()
+        # Seq is unique, so a first sort key of seq orders the page alone: True ascending.
+        first, descending = query.order_by[0]
+        by_seq = (not descending) if first == "seq" else None
 
         def run(conn: sqlite3.Connection) -> tuple[list[bytes], int]:
             # One read transaction: the page and its count see the same commits.
@@ -622,6 +767,12 @@ class SQLiteStore:
                 if page:
                     found = dict(conn.execute(sqlite_query.objects(len(page)), page).fetchall())
             conn.execute("COMMIT")
+            if by_seq is not None:  # sorted by seq: out of order is a damaged row
+                for before, seq in itertools.pairwise(page if by_seq else page[::-1]):
+                    check_order(self.path, before, seq)
+            missing = [seq for seq in page if seq not in found]
+            if missing:  # one snapshot: a seq the page listed and no row is damage
+                raise _missing(self.path, "the query", missing[0])
             return [_bytes(found[seq]) for seq in page], total
 
         return await self._query(run, timeout)
@@ -630,13 +781,15 @@ class SQLiteStore:
         self, tweet_id: str, scope: Sequence[Condition] = (), *, timeout: float | None = None
     ) -> bytes | None:
         clause, params = sqlite_query.where(scope, per_row=True)
-        sql = "SELECT object FROM tweets WHERE id = ?" + clause.replace(" WHERE ", " AND ", 1)
+        sql = "SELECT CAST(object AS BLOB) FROM tweets WHERE id = ?" + clause.replace(
+            " WHERE ", " AND ", 1
+        )
         return await self._one(sql, [tweet_id, *params], timeout)
 
     async def user(
         self, user_id: str, scope: Sequence[Condition] = (), *, timeout: float | None = None
     ) -> bytes | None:
-        sql = "SELECT object FROM users WHERE id = ?"
+        sql = "SELECT CAST(object AS BLOB) FROM users WHERE id = ?"
         params: list[Any] = [user_id]
         if scope:
             clause, scope_params = sqlite_query.where(scope, per_row=True)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from relay.errors import BadRequest, QueryTimeout
+from relay.errors import BadRequest, QueryTimeout, StoreCorrupt
 from relay.filters import fold
 from relay.query import Condition, TweetQuery
 from relay.segment import index_form, needs_scan
@@ -79,7 +79,7 @@ def select(query: TweetQuery) -> tuple[str, list[Any]]:
 
 def objects(count: int) -> str:
     """The objects of ``count`` seqs (bound as parameters), with their seq."""
-    return f"SELECT seq, object FROM tweets WHERE seq IN ({','.join('?' * count)})"
+    return f"SELECT seq, CAST(object AS BLOB) FROM tweets WHERE seq IN ({','.join('?' * count)})"
 
 
 def count(query: TweetQuery) -> tuple[str, list[Any]]:
@@ -185,28 +185,53 @@ def channel_range(
     until: int,
     conditions: Sequence[Condition] = (),
 ) -> tuple[str, tuple[Any, ...]]:
-    """SQL for the tweets of one channel in a seq range that meet every condition
-    (a subscription's filter: :meth:`relay.filters.TweetFilter.conditions`); the key
-    and the values are always bound.
+    """SQL for the tweets of one channel after ``after`` that meet every condition (a
+    subscription's filter: :meth:`relay.filters.TweetFilter.conditions`), in seq order,
+    each row's seq first; the key and the values are always bound.
 
-    A rule channel walks its ``(tag, seq)`` index in seq order and joins each row,
-    so ``ORDER BY seq LIMIT n`` reads n rows, never the whole range first. Conditions
-    are tested on each row of the range, in SQLite: rows that fail them never reach
-    Python.
+    The range has no upper bound in SQL: every row past ``until`` passes, so the reader
+    sees the row the range ends at (and the one after it) and stops there itself. With
+    ``seq <= until`` in SQL, SQLite ends its walk at the first row whose seq is past
+    ``until``, and on a damaged page that is a row whose seq is out of order: the read
+    ended early and looked complete (a resume that skipped good tweets). Seen here, such
+    a row is found out of order (:func:`check_order`).
+
+    A rule channel walks its ``(tag, seq)`` index in seq order and joins each row, so
+    ``ORDER BY seq LIMIT n`` reads n rows, never the whole range first; a rule row whose
+    tweet the join does not find comes with NULL columns (every removal takes the rule
+    rows with the tweet, so the tweets table is damaged). Conditions are tested on each
+    row of the range, in SQLite: rows that fail them never reach Python.
     """
     clause, params = where(conditions, per_row=True)
-    extra = clause.replace(" WHERE ", " AND ", 1)
+    test = clause.removeprefix(" WHERE ")
     if channel == ALL_CHANNEL:
+        if not conditions:
+            return f"SELECT {columns} FROM tweets WHERE seq > ?", (after,)
         return (
-            f"SELECT {columns} FROM tweets WHERE seq > ? AND seq <= ?{extra}",
+            f"SELECT {columns} FROM tweets WHERE seq > ? AND (seq > ? OR {test})",
             (after, until, *params),
         )
     key = channel.removeprefix(RULE_PREFIX)
+    # USING (seq): the unqualified seq is tweet_rules' own, there on a missing tweet too.
+    sql = (
+        f"SELECT {columns} FROM tweet_rules LEFT JOIN tweets USING (seq) "
+        "WHERE tweet_rules.tag = ? AND tweet_rules.seq > ?"
+    )
+    if not conditions:
+        return sql, (key, after)
     return (
-        f"SELECT {columns} FROM tweet_rules CROSS JOIN tweets USING (seq) "
-        f"WHERE tweet_rules.tag = ? AND tweet_rules.seq > ? AND tweet_rules.seq <= ?{extra}",
+        sql + f" AND (tweet_rules.seq > ? OR tweets.seq IS NULL OR {test})",
         (key, after, until, *params),
     )
+
+
+def check_order(path: str, previous: int, seq: int) -> None:
+    """Rows of a range come in strictly increasing seq order, or the file is damaged."""
+    if seq <= previous:
+        raise StoreCorrupt(
+            f"the store {path} is damaged: seq {seq} comes after seq {previous} "
+            "(rows out of order: run `relay check`)"
+        )
 
 
 def channel_count(channel: str, after: int, until: int) -> tuple[str, tuple[Any, ...]]:

@@ -107,12 +107,20 @@ def _migration_5(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_6(db: sqlite_utils.Database) -> None:
+    # Objects as JSON text: schema versions 3 to 5 stored them as BLOBs (bytes bound as
+    # they were), which SQLite's JSON functions refuse and datasette shows as <Binary>.
+    # The cast keeps every byte; one pass over the table, in this one transaction.
+    db.execute("UPDATE tweets SET object = CAST(object AS TEXT) WHERE typeof(object) = 'blob'")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
     _migration_5,
+    _migration_6,
 ]
 """Schema changes in order; ``PRAGMA user_version`` records how many have run."""
 

@@ -61,7 +61,7 @@ def tweet_row(
         received,
         int(tweet.has_media),
         orjson.dumps(keys).decode(),
-        body,  # bytes, bound as a BLOB: no decoding here, no encoding at each read
+        body,  # bytes: INSERT_TWEET stores them as TEXT without decoding them here
     )
 
 
@@ -127,7 +127,10 @@ def append_rows(
     return AppendResult(stored=stored, duplicates=duplicates, unstorable=tuple(unstorable))
 
 
-INSERT_TWEET = f"INSERT INTO tweets ({TWEET_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+# The object is bound as bytes and stored as TEXT (schema version 6): SQLite takes the
+# UTF-8 bytes as they are (no decoding in Python), and its JSON functions and datasette
+# read the column as JSON, where a BLOB showed as <Binary> and json_extract refused it.
+INSERT_TWEET = f"INSERT INTO tweets ({TWEET_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,CAST(? AS TEXT))"
 INSERT_TWEET_RULE = "INSERT OR IGNORE INTO tweet_rules (tag, seq) VALUES (?, ?)"
 INSERT_RULE = "INSERT OR IGNORE INTO rules (tag, first_seq) VALUES (?, ?)"
 UPSERT_USER = (

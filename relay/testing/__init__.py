@@ -11,6 +11,7 @@ that plugin. See ``docs/testing.md``.
 from relay.finished import ReplaySummary
 from relay.testing.client import RelayClient, RelayClientError, tweets_of
 from relay.testing.fake_x import OPERATIONAL_DISCONNECT, FakeXApi, recorded_payloads
+from relay.testing.http import Response
 from relay.testing.server import TEST_EPOCH, RelayServer, RelayServerError
 from relay.testing.source import UNIT, ControlledSource, ReplayClock, as_line
 from relay.testing.support import (
@@ -36,6 +37,7 @@ __all__ = [
     "RelayServerError",
     "ReplayClock",
     "ReplaySummary",
+    "Response",
     "RunningRelay",
     "as_line",
     "receive_tweets",

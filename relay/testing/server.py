@@ -25,19 +25,16 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from subprocess import PIPE, Popen, TimeoutExpired
 from types import TracebackType
 from typing import Any, TypeVar
 
-import orjson
-
 from relay.app import Relay
 from relay.config import ENVIRONMENT, SPEED_MAX, Settings, parse_speed
 from relay.finished import ReplaySummary
+from relay.testing.http import Response, get_json
 from relay.testing.source import UNIT, ControlledSource, ReplayClock
 
 T = TypeVar("T")
@@ -285,16 +282,12 @@ class RelayServer:
             raise RelayServerError(f"/v1/info answered {status}: {body}")
         return dict(body)
 
-    def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
-        """GET a path; the status and the decoded JSON body."""
-        request = urllib.request.Request(self.url + path)
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.status, orjson.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, orjson.loads(error.read() or b"null")
+    def get(self, path: str, token: str | None = None) -> Response:
+        """GET a path of the relay (``/v1/info``, ``/v1/objects/tweets?...``, ``/readyz``):
+        a :class:`Response` with the status and the decoded JSON body, an error status
+        included (never raised); ``token`` goes as ``Authorization: Bearer``.
+        ``status, body = relay.get(path)`` unpacks it."""
+        return get_json(self.url + path, token=token, timeout=self.timeout)
 
     def log(self) -> str:
         """What a subprocess relay logged so far."""

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -22,6 +20,7 @@ from websockets.sync.client import ClientConnection, connect
 from relay.app import Relay
 from relay.config import Settings
 from relay.sources import RawLine
+from relay.testing.http import Response, get_json
 from relay.testing.source import UNIT
 
 T = TypeVar("T")
@@ -83,13 +82,9 @@ class RunningRelay:
             self._thread.join(UNIT)
         self.loop.close()
 
-    def get(self, path: str) -> tuple[int, Any]:
-        """GET a path; the status and the decoded JSON body."""
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=UNIT) as response:
-                return response.status, orjson.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, orjson.loads(error.read())
+    def get(self, path: str) -> Response:
+        """GET a path; the status and the decoded JSON body (as :meth:`RelayServer.get`)."""
+        return get_json(self.url + path, timeout=UNIT)
 
     def wait_stored(self, count: int, timeout: float = 4 * UNIT) -> None:
         """Wait until ``count`` tweets are stored and published (whatever the access policy)."""
