@@ -24,6 +24,7 @@ lint: lock-check
 	$(BIN)/ruff check relay client_demo tests bench tools examples conftest.py
 	$(BIN)/ruff format --check relay client_demo tests bench tools examples conftest.py
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # requirements.txt (what a Python buildpack installs) from pyproject.toml, the one source of
 # truth. Keeps the versions already pinned; `make lock LOCK_ARGS=--upgrade` takes the newest.

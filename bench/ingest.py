@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 
 from bench.table import Row
-from relay.synth import write_stream
+from relay.sources.synth import write_stream
 
 
 def ingest(folder: Path, count: int, database_url: str) -> list[Row]:

@@ -26,8 +26,8 @@ from pathlib import Path
 import psycopg
 import sqlite_utils
 
-from relay.store import sqlite_schema
-from relay.store.postgres import migrate
+from relay.store.postgres.store import migrate
+from relay.store.sqlite import schema as sqlite_schema
 
 FILL_PG = """
 INSERT INTO tweets (seq, id, author_id, author_username, author_fold, text, text_fold, lang,

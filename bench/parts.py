@@ -30,7 +30,7 @@ from bench.procs import (
     relay_serve,
 )
 from bench.table import Row
-from relay.synth import generate, write_stream
+from relay.sources.synth import generate, write_stream
 
 SUBSCRIBE = b'{"op":"subscribe","channel":"tweets"}'
 

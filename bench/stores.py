@@ -19,11 +19,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from relay.app import Relay
+from relay.app.launch import tune_gc
+from relay.app.relay import Relay
 from relay.config import Settings
-from relay.launch import tune_gc
-from relay.store.sqlite import SQLiteStore
-from relay.synth import write_stream
+from relay.sources.synth import write_stream
+from relay.store.sqlite.store import SQLiteStore
 
 console = Console()
 

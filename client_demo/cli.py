@@ -21,6 +21,7 @@ import select
 import stat
 import sys
 from collections.abc import Coroutine, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import orjson
@@ -29,7 +30,11 @@ from rich.live import Live
 
 from client_demo.stream import DemoError, ResumingStream, member_text
 from client_demo.view import NO_WRAP, WRAP, FitScreen, LiveView, plain_line
-from relay import __version__
+
+try:  # from the installed distribution's metadata: a client imports nothing of the relay
+    __version__ = version("tweet-relay")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0"
 
 TOKEN_ENV = "RELAY_DEMO_TOKEN"
 """The client's own name for its token (the server's settings are ``RELAY_*`` too, but

@@ -14,9 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from relay.auth import Policy, Secrets
+from relay.core.auth import Policy, Secrets
 from relay.errors import ConfigError
-from relay.logs import check_format, check_level, check_timestamps
+from relay.obs.logs import check_format, check_level, check_timestamps
 
 SAMPLE_RETENTION = 100_000
 """Tweets the bundled looping sample keeps by default: about 380 MB of store."""

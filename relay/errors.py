@@ -144,7 +144,7 @@ class Unauthorized(ClientError):
 class TokenRevoked(Unauthorized):
     """A token whose id is on the revocation list.
 
-    :class:`~relay.access.Access` counts it (``relay_refused{reason="revoked"}``) where
+    :class:`~relay.access.decisions.Access` counts it (``relay_refused{reason="revoked"}``) where
     it finds it, so callers that count their own refusals leave this one out.
     """
 
@@ -183,3 +183,42 @@ class Unavailable(ClientError):
 class QueryTimeout(Unavailable):
     reason = "queryTimeout"
     code = "query_timeout"
+
+
+class SessionClosed(RelayError):
+    """The session stopped accepting frames (slow consumer, shutdown, gone)."""
+
+
+class StreamRefused(SourceError):
+    """The stream endpoint answered an HTTP error instead of a stream."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body[:200]}")
+        self.status = status
+
+
+class BadForwardedFor(RelayError, ValueError):
+    """The entry that names the client is not an IP address; the socket address is used."""
+
+
+class ProtocolError(BadRequest):
+    """A client frame the server cannot act on; answered with an ``error`` frame."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        op: str | None = None,
+        ref: Any = None,
+        channel: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.op = op
+        self.ref = ref
+        self.channel = channel
+        """The channel the refused op named (a string, cut to 64 characters), if any."""
+
+
+class MalformedEntry(RelayError):
+    """A stream entry that is not one of ours (another writer, another version)."""

@@ -31,7 +31,7 @@ def wire(payload: dict[str, Any]) -> bytes:
 
 def x_lines(count: int, seed: int) -> list[bytes]:
     """``count`` wire-accurate stream lines of the synthetic generator."""
-    from relay.synth import generate
+    from relay.sources.synth import generate
 
     return [wire(m) for m in stream_messages(list(generate(count, seed=seed)))]
 

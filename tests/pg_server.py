@@ -243,10 +243,10 @@ class StoreMaker:
 
     async def __call__(self, name: str = "s", **options: Any) -> Any:
         if self.kind == "sqlite":
-            from relay.store.sqlite import SQLiteStore
+            from relay.store.sqlite.store import SQLiteStore
 
             return await SQLiteStore.open(self.url(name), **options)
-        from relay.store.postgres import PostgresStore
+        from relay.store.postgres.store import PostgresStore
 
         store = await PostgresStore.open(self.url(name), writer=True, **options)
         await store.claim_writer()

@@ -13,9 +13,9 @@ import sys
 
 import orjson
 
+from relay.core.tweets import parse_line
 from relay.errors import WriterFenced
-from relay.store.postgres import PostgresStore
-from relay.tweets import parse_line
+from relay.store.postgres.store import PostgresStore
 
 
 def say(text: str) -> None:

@@ -16,8 +16,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from relay.auth import issue_token
 from relay.config import Settings
+from relay.core.auth import issue_token
 from tests.support import (
     UNIT,
     PushSource,

@@ -22,9 +22,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from relay.auth import issue_token
 from relay.config import Settings
-from relay.http import LogSampler, redact
+from relay.core.auth import issue_token
+from relay.obs.sampling import LogSampler
+from relay.web.routes import redact
 from tests.support import UNIT, PushSource, RunningRelay, counted, stream_line, wait_for
 from tests.test_auth import SECRET
 

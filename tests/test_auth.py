@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.auth import Secrets, TokenBucket, issue_token, verify_token
 from relay.config import Settings
+from relay.core.auth import Secrets, TokenBucket, issue_token, verify_token
+from relay.core.filters import TweetFilter, parse_filter
 from relay.errors import BadRequest, Forbidden, Unauthorized
-from relay.filters import TweetFilter, parse_filter
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 NOW = 1_800_000_000.0

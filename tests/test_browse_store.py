@@ -21,10 +21,10 @@ import orjson
 import pytest
 import sqlite_utils
 
-from relay.store.sqlite import SQLiteStore
-from relay.store.sqlite_schema import MIGRATIONS, TWEET_COLUMNS
-from relay.store.sqlite_search import register
-from relay.synth import write_stream
+from relay.sources.synth import write_stream
+from relay.store.sqlite.schema import MIGRATIONS, TWEET_COLUMNS
+from relay.store.sqlite.search import register
+from relay.store.sqlite.store import SQLiteStore
 from tests.support import ROOT, UNIT
 
 TWEETS = 300

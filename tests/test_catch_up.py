@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from relay.config import Settings
-from relay.session import Session
+from relay.stream.session import Session
 from tests.support import UNIT, PushSource, RunningRelay, receive_tweets, stream_line, subscribe
 
 COUNT = 300

@@ -22,12 +22,12 @@ from typing import Any
 import orjson
 
 from relay.config import Settings
-from relay.rule_set import STATE_KEY, Channels, RuleSet, could_name_a_channel
+from relay.core.rule_set import STATE_KEY, Channels, RuleSet, could_name_a_channel
+from relay.core.tweets import parse_line
 from relay.sources.replay import ReplaySource
+from relay.sources.synth import sample_rules
 from relay.store import read_channels
-from relay.synth import sample_rules
 from relay.testing.support import ws_connect
-from relay.tweets import parse_line
 from tests.fake_x import FakeX, x_lines
 from tests.pg_server import StoreMaker
 from tests.support import ROOT, UNIT, PushSource, RunningRelay, counted, stream_line, wait_for
@@ -144,11 +144,11 @@ def test_the_rule_set_the_ingester_records_is_read_by_another_process(
         await writer.set_state(STATE_KEY, declared.encode())
         # A reader opened apart, as a `relay serve` process opens the store.
         if make_store.kind == "sqlite":
-            from relay.store.sqlite import SQLiteStore
+            from relay.store.sqlite.store import SQLiteStore
 
             reader: Any = await SQLiteStore.open(make_store.url(), writer=False)
         else:
-            from relay.store.postgres import PostgresStore
+            from relay.store.postgres.store import PostgresStore
 
             reader = await PostgresStore.open(make_store.url(), writer=False)
         channels = await read_channels(reader)
@@ -359,7 +359,7 @@ def _token(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _store_with(path: Path, rule_set: RuleSet) -> Path:
-    from relay.store.sqlite import SQLiteStore
+    from relay.store.sqlite.store import SQLiteStore
 
     async def run() -> None:
         store = await SQLiteStore.open(path)

@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from relay.cli import build_parser
-from relay.synth import write_stream
+from relay.app.cli import build_parser
+from relay.sources.synth import write_stream
 from tests.support import ROOT, UNIT, RelayProcess, receive_tweets, subscribe, wait_for
 
 

@@ -18,9 +18,9 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from relay.access.forwarded import client_address
 from relay.config import Settings
-from relay.errors import ConfigError
-from relay.forwarded import BadForwardedFor, client_address
+from relay.errors import BadForwardedFor, ConfigError
 from tests.support import UNIT, PushSource, RunningRelay, counted, subscribe, wait_for, ws_connect
 
 Start = Callable[..., RunningRelay]
@@ -84,7 +84,7 @@ def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_connection_lim
     start_relay: Start,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="relay.server")
+    caplog.set_level(logging.INFO, logger="relay.web.server")
     relay = start_relay(
         make_settings(trusted_proxies=1, max_connections_per_address=1), PushSource()
     )
@@ -116,7 +116,7 @@ def test_a_bad_forwarded_entry_counts_as_the_socket_address_and_is_logged_sample
     start_relay: Start,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="relay.server")
+    caplog.set_level(logging.INFO, logger="relay.web.server")
     relay = start_relay(
         make_settings(trusted_proxies=1, max_connections_per_address=1), PushSource()
     )

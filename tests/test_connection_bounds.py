@@ -23,10 +23,10 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from relay.auth import issue_token
 from relay.config import Settings
-from relay.connection import StreamConnection
-from relay.filters import TweetFilter
+from relay.core.auth import issue_token
+from relay.core.filters import TweetFilter
+from relay.web.connection import StreamConnection
 from tests.fake_x import FakeTime
 from tests.support import (
     UNIT,

@@ -19,7 +19,7 @@ import pytest
 from relay.config import Settings
 from relay.errors import SourceError
 from relay.sources.replay import ReplaySource
-from relay.synth import write_stream
+from relay.sources.synth import write_stream
 from tests.support import ROOT, UNIT, RunningRelay, subscribe, wait_for
 
 

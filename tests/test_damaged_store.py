@@ -28,10 +28,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
 from relay.config import Settings
+from relay.core.query import parse_tweet_query
 from relay.errors import StoreCorrupt, StoreError
-from relay.query import parse_tweet_query
-from relay.store.sqlite import SQLiteStore
-from relay.synth import write_stream
+from relay.sources.synth import write_stream
+from relay.store.sqlite.store import SQLiteStore
 from tests.support import (
     ROOT,
     UNIT,

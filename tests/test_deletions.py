@@ -13,9 +13,9 @@ from urllib.parse import parse_qs
 import orjson
 import pytest
 
-from relay.deletions import ids_from_lines
-from relay.query import parse_tweet_query
-from relay.tweets import parse_line
+from relay.core.deletion_ids import ids_from_lines
+from relay.core.query import parse_tweet_query
+from relay.core.tweets import parse_line
 from tests.pg_server import StoreMaker
 from tests.support import (
     ROOT,
@@ -45,11 +45,11 @@ async def total(store: Any, query: str) -> int:
 
 async def queue(make_store: StoreMaker, ids: list[str]) -> None:
     if make_store.kind == "sqlite":
-        from relay.store.sqlite_deletions import queue_deletions
+        from relay.store.sqlite.deletions import queue_deletions
 
         queue_deletions(make_store.url(), ids)
     else:
-        from relay.store.postgres_deletions import queue_deletions as queue_pg
+        from relay.store.postgres.deletions import queue_deletions as queue_pg
 
         await queue_pg(make_store.url(), ids)
 

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.synth import write_stream
+from relay.sources.synth import write_stream
 from tests.support import ROOT, UNIT, RelayProcess, free_port, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from relay.auth import issue_token
+from relay.core.auth import issue_token
 from tests.support import UNIT, RelayProcess, stream_line, wait_for
 from tests.test_auth import SECRET
 from tests.test_demo import browser, page, recording, seqs, start  # noqa: F401
@@ -353,7 +353,7 @@ def test_the_store_size_tells_the_database_from_its_write_ahead_log(
     tmp_path: Path,
     processes: list[RelayProcess],
 ) -> None:
-    from relay.synth import write_stream
+    from relay.sources.synth import write_stream
 
     short = tmp_path / "short.jsonl"
     write_stream(short, 300, seed=5)

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from relay.auth import issue_token
 from relay.config import Settings
+from relay.core.auth import issue_token
 from tests.support import (
     ROOT,
     UNIT,

@@ -8,7 +8,7 @@ import orjson
 import pytest
 import requests
 
-from relay.synth import write_stream
+from relay.sources.synth import write_stream
 from relay.testing import OPERATIONAL_DISCONNECT, FakeXApi, RelayServer, recorded_payloads
 from relay.testing.fake_x import TOKEN
 from tests.support import UNIT

@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 
 from relay.config import Settings
-from relay.hub import Hub
-from relay.session import Session
 from relay.store import StoredTweet
+from relay.stream.hub import Hub
+from relay.stream.session import Session
 from tests.support import UNIT, PushSource, RunningRelay, receive_tweets, subscribe, wait_for
 from tests.test_connection_bounds import RawClient
 

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.auth import issue_token
 from relay.config import Settings
+from relay.core.auth import issue_token
 from tests.support import UNIT, PushSource, RunningRelay, counted, stream_line, subscribe
 from tests.test_auth import SECRET
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from relay.config import Settings
-from relay.tweets import ALL_CHANNEL, parse_line
+from relay.core.tweets import ALL_CHANNEL, parse_line
 from tests.support import (
     UNIT,
     PushSource,

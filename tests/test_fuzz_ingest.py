@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection
 
 from relay.config import Settings
+from relay.core.tweets import parse_line
 from relay.errors import MalformedPayload
-from relay.tweets import parse_line
 from tests.conftest import CAPTURES
 from tests.support import UNIT, PushSource, RunningRelay, stream_line, subscribe, wait_for
 

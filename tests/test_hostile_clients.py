@@ -63,7 +63,7 @@ def test_refusals_are_all_counted_but_only_a_sample_is_logged(
     lines = [
         r
         for r in caplog.records
-        if r.name == "relay.server" and r.getMessage().startswith("refused a")
+        if r.name == "relay.web.server" and r.getMessage().startswith("refused a")
     ]
     assert 0 < len(lines) <= 40, len(lines)
 

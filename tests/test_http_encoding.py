@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from relay.config import Settings
-from relay.http_encoding import accepts_gzip
-from relay.synth import write_stream
+from relay.sources.synth import write_stream
+from relay.web.encoding import accepts_gzip
 from tests.support import RunningRelay
 
 

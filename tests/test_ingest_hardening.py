@@ -25,18 +25,18 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.app import Relay
+from relay.app.relay import Relay
 from relay.config import Settings
+from relay.core.tweets import format_time, normalise_time, parse_line, time_from_unix
 from relay.errors import SourceError, StoreError
-from relay.http import Readiness
-from relay.ingest import Ingest, LogSample
-from relay.metrics import Metrics
+from relay.ingest.pipeline import Ingest, LogSample
+from relay.obs.metrics import Metrics
+from relay.obs.readiness import Readiness
 from relay.sources import RawLine
 from relay.sources.replay import ReplaySource
+from relay.sources.synth import write_stream
 from relay.store import StoredTweet
-from relay.store.sqlite import SQLiteStore
-from relay.synth import write_stream
-from relay.tweets import format_time, normalise_time, parse_line, time_from_unix
+from relay.store.sqlite.store import SQLiteStore
 from tests.pg_server import StoreMaker
 from tests.support import (
     ROOT,
@@ -407,7 +407,7 @@ def test_a_flood_of_bad_lines_logs_a_sample_and_counts() -> None:
             records.append(record.getMessage())
 
     handler = Keep()
-    logging.getLogger("relay.ingest").addHandler(handler)
+    logging.getLogger("relay.ingest.pipeline").addHandler(handler)
     try:
         sample = LogSample("bad lines", first=3, every=60.0, clock=lambda: now[0])
         for number in range(1000):
@@ -415,7 +415,7 @@ def test_a_flood_of_bad_lines_logs_a_sample_and_counts() -> None:
             sample("bad line %d", number)
         sample.flush()
     finally:
-        logging.getLogger("relay.ingest").removeHandler(handler)
+        logging.getLogger("relay.ingest.pipeline").removeHandler(handler)
     assert records[:3] == ["bad line 0", "bad line 1", "bad line 2"]
     assert len(records) <= 6
     assert records[-1].endswith("(1000 in all)")
@@ -481,7 +481,7 @@ def _not_sqlite(path: Path) -> None:
 
 def _damaged(path: Path) -> None:
     async def fill() -> None:
-        from relay.tweets import parse_line
+        from relay.core.tweets import parse_line
 
         store = await SQLiteStore.open(path)
         for start in range(0, 3000, 500):

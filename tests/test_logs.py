@@ -22,7 +22,7 @@ import pytest
 
 from relay.config import Settings
 from relay.errors import ConfigError
-from relay.logs import REDACTED, QueueFront, resolve_timestamps, setup_logging
+from relay.obs.logs import REDACTED, QueueFront, resolve_timestamps, setup_logging
 from tests.fake_x import TOKEN, FakeX, x_lines
 from tests.support import (
     ROOT,
@@ -176,7 +176,7 @@ def test_a_line_whose_output_has_closed_is_dropped_without_a_logging_error(
 
 LATE_TEST = """
 import atexit, logging
-from relay.logs import setup_logging
+from relay.obs.logs import setup_logging
 
 def test_a_relay_that_logs_after_the_session():
     setup_logging("info", "plain", background=True)

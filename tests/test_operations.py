@@ -18,7 +18,7 @@ import orjson
 import pytest
 from websockets.sync.client import ClientConnection
 
-from relay.synth import write_stream
+from relay.sources.synth import write_stream
 from tests.support import (
     UNIT,
     PushSource,
@@ -132,16 +132,16 @@ def test_a_serving_process_waits_for_the_schema_in_one_line(
     pg_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from relay.store.postgres import migrate
+    from relay.store.postgres.store import migrate
 
-    caplog.set_level(logging.DEBUG, logger="relay.app")
+    caplog.set_level(logging.DEBUG, logger="relay.app.relay")
     settings = make_settings(database_url=pg_url)
 
     def lines(text: str, level: int = logging.DEBUG) -> int:
         return len([r for r in caplog.records if r.levelno == level and text in r.message])
 
     async def main() -> None:
-        from relay.app import Relay
+        from relay.app.relay import Relay
 
         relay = Relay(settings, role="serve")
         starting = asyncio.create_task(relay.start())

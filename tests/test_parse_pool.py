@@ -15,9 +15,9 @@ import orjson
 import pytest
 
 from relay.config import Settings
-from relay.parse_pool import PROCESS_MIN_LINES, ParsedChunk, ParserPool, parse_chunk
-from relay.synth import write_stream
-from relay.tweets import parse_line, stored_body, stored_object
+from relay.core.tweets import parse_line, stored_body, stored_object
+from relay.ingest.parse_pool import PROCESS_MIN_LINES, ParsedChunk, ParserPool, parse_chunk
+from relay.sources.synth import write_stream
 from tests.support import UNIT, RunningRelay, counted, stream_line
 
 RECEIVED = "2026-01-02T03:04:05.000Z"
@@ -157,7 +157,7 @@ def test_a_parser_process_killed_mid_batch_leaves_no_never_retrieved_future(
     # Lines as text, as a relay's log writes them: a kept record would keep alive the
     # failure it carries, and with it what asyncio reports once it is collected.
     warnings: list[str] = []
-    pool_log = logging.getLogger("relay.parse_pool")
+    pool_log = logging.getLogger("relay.ingest.parse_pool")
     text = logging.Handler()
     text.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
     monkeypatch.setattr(pool_log, "propagate", False)

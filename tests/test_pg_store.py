@@ -19,11 +19,11 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from relay.core.query import parse_tweet_query
+from relay.core.tweets import parse_line
 from relay.errors import QueryTimeout, StoreError, WriterFenced
-from relay.query import parse_tweet_query
-from relay.store.postgres import PostgresStore, migrate
-from relay.store.postgres_schema import MIGRATIONS
-from relay.tweets import parse_line
+from relay.store.postgres.schema import MIGRATIONS
+from relay.store.postgres.store import PostgresStore, migrate
 from tests.pg_server import PostgresServer
 from tests.pg_writer import tweet_line
 from tests.support import ROOT, UNIT, wait_for

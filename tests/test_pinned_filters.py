@@ -15,9 +15,9 @@ from urllib.parse import quote
 import orjson
 import pytest
 
-from relay.auth import issue_token
 from relay.config import Settings
-from relay.filters import parse_filter
+from relay.core.auth import issue_token
+from relay.core.filters import parse_filter
 from tests.support import UNIT, PushSource, RunningRelay, subscribe
 from tests.test_auth import SECRET
 

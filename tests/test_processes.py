@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from relay.synth import write_stream
+from relay.sources.synth import write_stream
 from tests.support import (
     ROOT,
     UNIT,

@@ -7,8 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from relay import protocol
-from relay.protocol import Op, Position, ProtocolError
+from relay.core import protocol
+from relay.core.protocol import Op, Position
+from relay.errors import ProtocolError
 from tests.support import UNIT, PushSource, RunningRelay, ws_connect
 
 BAD_FRAMES = [

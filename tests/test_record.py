@@ -109,7 +109,7 @@ def test_stamp_keeps_the_payload_bytes_and_replay_reads_the_time_back() -> None:
 def test_off_a_terminal_it_draws_no_spinner_and_ends_with_one_summary_line(
     tmp_path: Path,
 ) -> None:
-    from relay.synth import write_stream
+    from relay.sources.synth import write_stream
 
     stream = tmp_path / "stream.jsonl"
     write_stream(stream, 20, seed=3)

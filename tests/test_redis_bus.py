@@ -14,7 +14,7 @@ from relay.bus import BusItem, Heartbeat
 from relay.bus.entries import decode_entry, encode_tweet
 from relay.bus.redis import RedisBus, where
 from relay.errors import ConfigError
-from relay.metrics import Metrics
+from relay.obs.metrics import Metrics
 from relay.store import StoredTweet
 from tests.redis_server import RedisServer
 from tests.support import UNIT

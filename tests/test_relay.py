@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from relay.config import Settings
-from relay.synth import write_stream
-from relay.tweets import parse_line
+from relay.core.tweets import parse_line
+from relay.sources.synth import write_stream
 from tests.support import RunningRelay, receive_tweets, subscribe, wait_for
 
 COUNT = 600

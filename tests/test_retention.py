@@ -10,10 +10,10 @@ from urllib.parse import parse_qs
 import pytest
 
 from relay.config import SAMPLE_RETENTION, Settings, parse_duration
-from relay.query import parse_tweet_query
-from relay.retention import Retention, apply_retention
+from relay.core.query import parse_tweet_query
+from relay.core.tweets import parse_line
+from relay.jobs.retention import Retention, apply_retention
 from relay.testing import RelayClient
-from relay.tweets import parse_line
 from tests.pg_server import StoreMaker
 from tests.support import (
     UNIT,

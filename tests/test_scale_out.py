@@ -24,7 +24,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import connect
 
-from relay.synth import write_stream
+from relay.sources.synth import write_stream
 from tests.support import ROOT, UNIT, RelayProcess, wait_for
 
 SCALE_ENV = {

@@ -1,5 +1,5 @@
 """Search in every script: runs of CJK, Hangul, Thai... are indexed as bigrams on both
-stores, so any substring of two characters or more is found (relay.segment)."""
+stores, so any substring of two characters or more is found (relay.core.segment)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.query import Condition, TweetQuery
-from relay.segment import RANGES, index_form, needs_scan
-from relay.tweets import Tweet, parse_line
+from relay.core.query import Condition, TweetQuery
+from relay.core.segment import RANGES, index_form, needs_scan
+from relay.core.tweets import Tweet, parse_line
 from tests.pg_server import StoreMaker
 from tests.support import stream_line
 
@@ -140,8 +140,8 @@ def _vocabulary(path: str) -> list[str]:
 
 
 def test_retention_and_deletion_remove_exactly_the_bigrams_they_indexed(tmp_path: Path) -> None:
-    from relay.store.sqlite import SQLiteStore
-    from relay.store.sqlite_deletions import queue_deletions
+    from relay.store.sqlite.deletions import queue_deletions
+    from relay.store.sqlite.store import SQLiteStore
 
     path = str(tmp_path / "relay.db")
     lines = [stream_line(i, f"古い{i}番目のツイート") for i in range(1, 4)]
@@ -173,7 +173,7 @@ def test_retention_and_deletion_remove_exactly_the_bigrams_they_indexed(tmp_path
 def test_the_postgres_function_gives_the_python_form(captures: Path, pg_url: str) -> None:
     import psycopg
 
-    from relay.store.postgres import migrate
+    from relay.store.postgres.store import migrate
 
     texts = [t.text for t in _capture_tweets(captures)]
     texts += ["", "見", "a見b", "みんな見て abc見て!", "𠀋𠀌x", "สวัสดีครับ", "line\n改行\nend"]
@@ -189,7 +189,7 @@ def test_the_postgres_function_gives_the_python_form(captures: Path, pg_url: str
 
 @pytest.mark.parametrize("word", ["見て", "a見"])
 def test_a_word_is_scanned_only_when_it_holds_a_lone_character(word: str) -> None:
-    from relay.store import sqlite_query
+    from relay.store.sqlite import query as sqlite_query
 
     sql, params = sqlite_query.where((Condition("text", "search", (word,)),))
     assert ("MATCH" in sql) == (not needs_scan(word))

@@ -15,11 +15,11 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from relay.auth import Secrets, issue_token, verify_token
-from relay.cli import main
+from relay.access.revocation import RevocationList, parse_revoked
+from relay.app.cli import main
 from relay.config import Settings
+from relay.core.auth import Secrets, issue_token, verify_token
 from relay.errors import ConfigError, Unauthorized
-from relay.revocation import RevocationList, parse_revoked
 from tests.fake_x import FakeTime
 from tests.support import (
     ROOT,
@@ -165,7 +165,7 @@ def test_a_vanished_list_keeps_the_last_good_ids_and_warns_once(
     path.write_text("abc\n")
     revoked = RevocationList.open(path)
     path.unlink()
-    with caplog.at_level(logging.WARNING, logger="relay.revocation"):
+    with caplog.at_level(logging.WARNING, logger="relay.access.revocation"):
         assert not revoked.check() and not revoked.check()
     assert "abc" in revoked and revoked.stale
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1

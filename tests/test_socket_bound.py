@@ -18,8 +18,8 @@ from contextlib import ExitStack
 import pytest
 
 from relay.config import Settings
-from relay.connection import AcceptErrorFilter
 from relay.errors import ConfigError
+from relay.web.connection import AcceptErrorFilter
 from tests.support import (
     UNIT,
     PushSource,
@@ -165,7 +165,7 @@ def test_a_write_timeout_before_the_stream_names_the_peer_as_host_and_port(
     relay = start_relay(make_settings(ping_timeout=0.5), source)
     source.push(*(stream_line(n, "x" * 9000) for n in range(1, 1001)))
     relay.wait_stored(1000)
-    caplog.set_level(logging.INFO, logger="relay.connection")
+    caplog.set_level(logging.INFO, logger="relay.web.connection")
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
         sock.settimeout(UNIT)

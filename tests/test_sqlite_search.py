@@ -9,11 +9,11 @@ from pathlib import Path
 import orjson
 import sqlite_utils
 
-from relay.query import Condition, TweetQuery
-from relay.store.sqlite import SQLiteStore
-from relay.store.sqlite_schema import MIGRATIONS, TWEET_COLUMNS
-from relay.store.sqlite_search import SEARCH_MARK
-from relay.tweets import Tweet, parse_line
+from relay.core.query import Condition, TweetQuery
+from relay.core.tweets import Tweet, parse_line
+from relay.store.sqlite.schema import MIGRATIONS, TWEET_COLUMNS
+from relay.store.sqlite.search import SEARCH_MARK
+from relay.store.sqlite.store import SQLiteStore
 from tests.support import UNIT, stream_line, wait_for
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from relay.config import Settings
 from relay.errors import StoreError
-from relay.housekeeping import Housekeeping
-from relay.metrics import Metrics
+from relay.jobs.scheduler import Housekeeping
+from relay.obs.metrics import Metrics
 from tests.support import (
     UNIT,
     PushSource,

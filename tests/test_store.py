@@ -11,9 +11,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from relay.core.tweets import parse_line
 from relay.errors import StoreError
-from relay.store.sqlite import MIGRATIONS, SQLiteStore
-from relay.tweets import parse_line
+from relay.store.sqlite.store import MIGRATIONS, SQLiteStore
 from tests.pg_server import StoreMaker
 from tests.support import UNIT, stream_line
 

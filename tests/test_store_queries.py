@@ -13,11 +13,11 @@ from typing import Any
 import orjson
 import pytest
 
+from relay.core.filters import parse_filter
+from relay.core.protocol import tweet_frame, tweet_page
+from relay.core.query import Condition, parse_tweet_query
+from relay.core.tweets import parse_line
 from relay.errors import QueryTimeout
-from relay.filters import parse_filter
-from relay.protocol import tweet_frame, tweet_page
-from relay.query import Condition, parse_tweet_query
-from relay.tweets import parse_line
 from tests.pg_server import StoreMaker
 from tests.test_objects import TWEETS as OBJECT_TWEETS
 from tests.test_objects import q

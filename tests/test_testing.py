@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.synth import sample_path, write_stream
+from relay.core.tweets import time_from_unix
+from relay.sources.synth import sample_path, write_stream
 from relay.testing import (
     TEST_EPOCH,
     RelayClient,
@@ -25,7 +26,6 @@ from relay.testing import (
     tweets_of,
 )
 from relay.testing.source import FIXED_START
-from relay.tweets import time_from_unix
 from tests.support import ROOT, UNIT
 
 Frame = dict[str, Any]
@@ -158,7 +158,7 @@ def test_the_client_reports_a_reset_and_error_frames(recording: Path) -> None:
 
 
 def test_access_control_settings_and_tokens(recording: Path) -> None:
-    from relay.auth import issue_token
+    from relay.core.auth import issue_token
 
     secret = "s" * 32
     with RelayServer(recording, secret=secret, public_channels=[]) as server:

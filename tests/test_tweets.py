@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from relay.core.tweets import Rule, parse_line, stored_object
 from relay.errors import MalformedPayload
-from relay.tweets import Rule, parse_line, stored_object
 
 STREAM_LINE = (
     b'{"data":{"id":"1500000000000000001","text":"hi @bob #cats","author_id":"42",'

@@ -1,4 +1,4 @@
-"""The relay's own WebSocket layer (relay.connection, relay.listener) keeps its promises.
+"""The relay's own WebSocket layer (relay.web.connection, relay.web.listener) keeps its promises.
 
 No task per idle connection; one shared timer for keepalive pings, the opening
 handshake and the close; whole messages from fragments; frames that came with the

@@ -15,10 +15,10 @@ import orjson
 import pytest
 
 from relay.errors import ConfigError
-from relay.metrics import Metrics
+from relay.obs.metrics import Metrics
 from relay.sources.x_poll import XPollSource
 from relay.sources.xapi import StreamRule
-from relay.store.sqlite import SQLiteStore
+from relay.store.sqlite.store import SQLiteStore
 from tests.fake_x import TOKEN, FakeTime, FakeX, x_lines
 from tests.support import UNIT, RunningRelay, counted, free_port, wait_for
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.cli import main
+from relay.app.cli import main
 from tests.fake_x import TOKEN, FakeX, x_lines
 from tests.support import RunningRelay
 

@@ -2,7 +2,7 @@
 
 The ingester publishes each committed batch after its commit, in seq order; each
 serving process follows the bus from the last seq it has and hands what comes to
-its hub (:class:`relay.follower.Follower`). In one process (``relay run``) the bus
+its hub (:class:`relay.stream.follower.Follower`). In one process (``relay run``) the bus
 is :class:`~relay.bus.memory.MemoryBus`; across processes it is Redis Streams
 (:mod:`relay.bus.redis`), behind the same protocol, so both go through one path.
 
@@ -10,6 +10,8 @@ A bus is a hint, the store is the truth: a bus may lose items (a restart without
 persistence, trimming, a publisher that died between commit and publish) or repeat
 them (a new ingester). Followers drop seqs they already have and fill every jump,
 and every heartbeat ahead of them, from the store: clients never see a gap.
+
+May import: store types, obs, config, core, errors.
 """
 
 from __future__ import annotations

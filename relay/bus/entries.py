@@ -21,14 +21,10 @@ from typing import Any
 import orjson
 
 from relay.bus import BusItem, Heartbeat
-from relay.errors import RelayError
+from relay.errors import MalformedEntry
 from relay.store import StoredTweet
 
 EntryId = tuple[int, int]
-
-
-class MalformedEntry(RelayError):
-    """A stream entry that is not one of ours (another writer, another version)."""
 
 
 def encode_heartbeat(head: int) -> dict[bytes, bytes]:

@@ -10,7 +10,7 @@ nodes, which is cheap).
 
 Each follower (a serving process) reads the stream from the last entry id it
 has seen, on a connection of its own, and hands the entries on in order. It does
-not look for gaps: :class:`relay.follower.Follower` fills every seq jump and every
+not look for gaps: :class:`relay.stream.follower.Follower` fills every seq jump and every
 heartbeat ahead of it from the store, and drops what it already has.
 
 Both sides reconnect by themselves, with backoff, and say so in the log. Nothing
@@ -38,19 +38,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
 
 from relay.bus import BusItem
-from relay.bus.entries import (
-    EntryId,
-    MalformedEntry,
-    decode_entry,
-    encode_heartbeat,
-    encode_tweet,
-    parse_id,
-)
-from relay.errors import ConfigError
-from relay.http import LogSampler
-from relay.metrics import Metrics
+from relay.bus.entries import EntryId, decode_entry, encode_heartbeat, encode_tweet, parse_id
+from relay.errors import ConfigError, MalformedEntry
+from relay.obs.metrics import Metrics
+from relay.obs.sampling import LogSampler
+from relay.obs.waits import Outage
 from relay.store import StoredTweet
-from relay.waits import Outage
 
 log = logging.getLogger(__name__)
 

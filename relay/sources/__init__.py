@@ -6,8 +6,11 @@ knows nothing of parsing or storage; the ingest pipeline does the rest. A source
 stops when its iterator is closed or its task cancelled.
 
 A source may also say which rule channels it produces: a ``rule_set`` attribute
-(:class:`relay.rule_set.RuleSet`), read by ingest after every line and recorded in the
+(:class:`relay.core.rule_set.RuleSet`), read by ingest after every line and recorded in the
 store when it changes. A source without one declares nothing: its set stays open.
+
+May import: store types, obs, config, core, errors (a source gets a resume point, not a
+store).
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from relay.core.tweets import parse_line
 from relay.errors import MalformedPayload
 from relay.sources import RawLine, Source
-from relay.tweets import parse_line
 
 
 @dataclass

@@ -32,10 +32,10 @@ from typing import IO, Any
 
 import orjson
 
+from relay.core.rule_set import RuleSet
+from relay.core.tweets import normalise_time, rule_keys, time_from_unix, usable_unix
 from relay.errors import SourceError
-from relay.rule_set import RuleSet
 from relay.sources import RawLine
-from relay.tweets import normalise_time, rule_keys, time_from_unix, usable_unix
 
 log = logging.getLogger(__name__)
 

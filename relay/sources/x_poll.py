@@ -21,8 +21,8 @@ import requests
 import tweepy
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from relay.metrics import Metrics
-from relay.rule_set import RuleSet
+from relay.core.rule_set import RuleSet
+from relay.obs.metrics import Metrics
 from relay.sources import RawLine
 from relay.sources.xapi import StreamRule, api_error, client, newest_id, search_pages
 from relay.store import Store

@@ -29,9 +29,9 @@ import orjson
 import requests
 import tweepy
 
-from relay.errors import ConfigError, SourceError
-from relay.metrics import Metrics
-from relay.rule_set import RuleSet
+from relay.core.rule_set import RuleSet
+from relay.errors import ConfigError, SourceError, StreamRefused
+from relay.obs.metrics import Metrics
 from relay.sources import RawLine
 from relay.sources.backoff import Cause, ReconnectSchedule
 from relay.sources.xapi import (
@@ -55,14 +55,6 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 _DONE = object()
-
-
-class StreamRefused(Exception):
-    """The stream endpoint answered an HTTP error instead of a stream."""
-
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"HTTP {status}: {body[:200]}")
-        self.status = status
 
 
 class _Connection(tweepy.StreamingClient):  # type: ignore[misc]

@@ -3,6 +3,10 @@
 The store assigns each new tweet a ``seq`` that increases strictly within its
 ``epoch`` (an id made when the store is created), drops tweets whose id it
 already holds, and answers the reads the hub and the object API need.
+
+``sqlite/`` and ``postgres/`` hold the two backends under the same file names.
+
+May import: obs, config, core, errors.
 """
 
 from __future__ import annotations
@@ -12,13 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from relay.rule_set import STATE_KEY, Channels, RuleSet
+from relay.core.rule_set import STATE_KEY, Channels, RuleSet
 
 if TYPE_CHECKING:
-    from relay.deletions import Deleted
+    from relay.core.query import Condition, TweetQuery
+    from relay.core.tweets import Tweet
     from relay.errors import StoreCorrupt
-    from relay.query import Condition, TweetQuery
-    from relay.tweets import Tweet
+    from relay.store.types import Deleted
 
 T = TypeVar("T")
 
@@ -190,8 +194,8 @@ class Store(Protocol):
         """Encoded objects for one page of the object API, and the total count.
 
         The store compiles ``query.conditions`` itself, each with the meaning
-        :mod:`relay.query` gives it (a filter's conditions match exactly the tweets
-        :meth:`relay.filters.TweetFilter.matches` passes). Page and count come from one
+        :mod:`relay.core.query` gives it (a filter's conditions match exactly the tweets
+        :meth:`relay.core.filters.TweetFilter.matches` passes). Page and count come from one
         snapshot. A query not finished ``timeout`` seconds after this call (waiting for a
         reader counts) is stopped, or never started, and raises
         :class:`~relay.errors.QueryTimeout`. Object API reads never hold up the readers
@@ -262,7 +266,7 @@ class Store(Protocol):
 
     async def get_state(self, key: str) -> str | None:
         """Small durable values for sources (``since_id``, offsets) and the ingester's
-        rule set (:mod:`relay.rule_set`); readable by every process, written by the
+        rule set (:mod:`relay.core.rule_set`); readable by every process, written by the
         writer only."""
         ...
 

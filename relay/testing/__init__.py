@@ -6,9 +6,11 @@ from a recording or lines the test pushes; ``RelayClient`` subscribes and collec
 package installed, pytest finds the fixtures ``relay_server``, ``relay_client`` and
 ``fake_x_api`` on its own (:mod:`relay.testing.plugin`). Nothing here needs pytest except
 that plugin. See ``docs/testing.md``.
+
+May import: everything (it is the top of the house).
 """
 
-from relay.finished import ReplaySummary
+from relay.ingest.finished import ReplaySummary
 from relay.testing.client import RelayClient, RelayClientError, tweets_of
 from relay.testing.fake_x import OPERATIONAL_DISCONNECT, FakeXApi, recorded_payloads
 from relay.testing.http import Response

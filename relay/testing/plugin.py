@@ -44,7 +44,7 @@ def _find(request: pytest.FixtureRequest, name: str | Path) -> Path:
     """A recording named by a test: absolute, or relative to the working directory, the
     test file's directory or the rootdir; ``"sample"`` is the bundled sample."""
     if str(name) == "sample":
-        from relay.synth import sample_path
+        from relay.sources.synth import sample_path
 
         return Path(sample_path())
     path = Path(name)

@@ -31,9 +31,9 @@ from subprocess import PIPE, Popen, TimeoutExpired
 from types import TracebackType
 from typing import Any, TypeVar
 
-from relay.app import Relay
+from relay.app.relay import Relay
 from relay.config import ENVIRONMENT, SPEED_MAX, Settings, parse_speed
-from relay.finished import ReplaySummary
+from relay.ingest.finished import ReplaySummary
 from relay.testing.http import Response, get_json
 from relay.testing.source import UNIT, ControlledSource, ReplayClock
 
@@ -108,7 +108,7 @@ class RelayServer:
         self._epoch = epoch
         self._extra = dict(settings)
         self.relay: Relay | None = None
-        """The :class:`relay.app.Relay` itself (in-process only)."""
+        """The :class:`relay.app.relay.Relay` itself (in-process only)."""
         self.source: ControlledSource | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -417,7 +417,7 @@ def _fix_epoch(path: Path, epoch: str) -> None:
     """Create the SQLite store at ``path`` with ``epoch``; an existing store keeps its own."""
     if path.exists():
         return
-    from relay.store.sqlite_schema import migrate
+    from relay.store.sqlite.schema import migrate
 
     conn = sqlite3.connect(path, isolation_level=None)
     try:

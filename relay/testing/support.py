@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import orjson
 from websockets.sync.client import ClientConnection, connect
 
-from relay.app import Relay
+from relay.app.relay import Relay
 from relay.config import Settings
 from relay.sources import RawLine
 from relay.testing.http import Response, get_json
@@ -96,7 +96,7 @@ class RunningRelay:
 
     def stored_ids(self) -> list[str]:
         """The ids of every stored tweet, in seq order, read from the store itself."""
-        from relay.query import parse_tweet_query
+        from relay.core.query import parse_tweet_query
 
         assert self.relay.store is not None
         query = parse_tweet_query({"sort": ["seq"], "limit": ["1000"]})

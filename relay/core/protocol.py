@@ -1,0 +1,326 @@
+"""The client wire protocol, sans-I/O: client frames in, server frames out.
+
+Every function here takes text or bytes and returns values or bytes; none
+touches a socket. ``docs/protocol.md`` is the reference for what is on the wire.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX
+from relay.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+OPS = ("subscribe", "unsubscribe", "ping", "refresh")
+# A rule key is whatever tag an operator chose, within reason: printable, bounded.
+_RULE_KEY = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a client is in a store: ``(epoch, seq)``."""
+
+    epoch: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One decoded client operation."""
+
+    op: str
+    channel: str | None = None
+    since: Position | None = None
+    ref: Any = None
+    """The client's optional ``id``, echoed in the direct reply."""
+    extra: dict[str, Any] | None = None
+    """Further fields of the op (filters, tokens) for layers that read them."""
+
+
+def decode(frame: str | bytes) -> Op:
+    """Decode and validate one client frame; raise :class:`ProtocolError` if it is bad."""
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("bad_request", "frame is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("bad_request", "frame must be a JSON object")
+    ref = message.get("id")
+    if (ref is not None and not isinstance(ref, (str, int))) or isinstance(ref, bool):
+        raise ProtocolError("bad_request", "id must be a string or an integer")
+    op = message.get("op")
+    if not isinstance(op, str):
+        raise ProtocolError("bad_request", "op must be a string", ref=ref)
+    if op == "ping":
+        return Op("ping", ref=ref)
+    if op == "refresh":
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("bad_request", "refresh needs a token string", op, ref)
+        return Op("refresh", ref=ref, extra={"token": token})
+    if op not in OPS:
+        raise ProtocolError("unknown_op", f"unknown op {op[:40]!r}", op=op[:40], ref=ref)
+    channel = channel_name(message.get("channel"), op, ref)
+    since = None
+    if op == "subscribe" and message.get("since") is not None:
+        since = _position(message["since"], ref)
+    extra = None
+    if op == "subscribe" and message.get("filters") is not None:
+        extra = {"filters": message["filters"]}
+    return Op(op, channel=channel, since=since, ref=ref, extra=extra)
+
+
+STATS_CHANNEL = "$stats"
+"""The process's stats every few seconds (public like /v1/info; no tweets, no resume)."""
+
+
+def channel_name(value: Any, op: str | None = None, ref: Any = None) -> str:
+    """Check a channel name: ``tweets``, ``rule:<key>`` or ``$stats``."""
+    if not isinstance(value, str):
+        raise ProtocolError("bad_request", "channel must be a string", op=op, ref=ref)
+    if value in (ALL_CHANNEL, STATS_CHANNEL):
+        return value
+    if value.startswith(RULE_PREFIX) and _RULE_KEY.fullmatch(value[len(RULE_PREFIX) :]):
+        return value
+    raise ProtocolError(
+        "unknown_channel",
+        f"unknown channel {value[:64]!r}: use 'tweets', 'rule:<tag>' or '$stats'",
+        op=op,
+        ref=ref,
+        channel=value[:64],
+    )
+
+
+def _position(value: Any, ref: Any) -> Position:
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_request", "since must be an object {epoch, seq}", "subscribe", ref)
+    epoch, seq = value.get("epoch"), value.get("seq")
+    if not isinstance(epoch, str) or not epoch:
+        raise ProtocolError("bad_request", "since.epoch must be a string", "subscribe", ref)
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise ProtocolError(
+            "bad_request", "since.seq must be a non-negative integer", "subscribe", ref
+        )
+    return Position(epoch, seq)
+
+
+# -- server frames ------------------------------------------------------------
+
+
+def _frame(fields: dict[str, Any], ref: Any = None) -> bytes:
+    if ref is not None:
+        fields["id"] = ref
+    return orjson.dumps(fields)
+
+
+def subscribed(
+    channel: str,
+    epoch: str,
+    seq: int,
+    recovered: int,
+    ref: Any = None,
+    filters: dict[str, Any] | None = None,
+    *,
+    capped: bool = False,
+    known: bool = True,
+) -> bytes:
+    """``capped``: more than ``recovered`` tweets come from the store (the count stops).
+    ``known`` False: a rule channel no tweet has matched yet, while the relay's rule set
+    is still open (``"known": false``; absent when the channel is known)."""
+    fields: dict[str, Any] = {
+        "type": "subscribed",
+        "channel": channel,
+        "epoch": epoch,
+        "seq": seq,
+        "recovered": recovered,
+    }
+    if capped:
+        fields["recovered_capped"] = True
+    if not known:
+        fields["known"] = False
+    if filters:
+        fields["filters"] = filters
+    return _frame(fields, ref)
+
+
+def unsubscribed(channel: str, ref: Any = None) -> bytes:
+    return _frame({"type": "unsubscribed", "channel": channel}, ref)
+
+
+def reset(channel: str, epoch: str, seq: int) -> bytes:
+    return _frame({"type": "reset", "channel": channel, "epoch": epoch, "seq": seq})
+
+
+def history_start(channel: str, epoch: str, seq: int) -> bytes:
+    """Kept history starts at ``seq``: retention deleted the older tweets a resume asked for."""
+    return _frame({"type": "history_start", "channel": channel, "epoch": epoch, "seq": seq})
+
+
+def stats(sample: dict[str, Any]) -> bytes:
+    return _frame({**sample, "type": "stats", "channel": STATS_CHANNEL})
+
+
+def deleted(channel: str, tweet_id: str, seq: int) -> bytes:
+    """The tweet ``tweet_id`` (``seq``) was deleted: a client drops its copy."""
+    return _frame({"type": "deleted", "channel": channel, "id": tweet_id, "seq": seq})
+
+
+def refresh_required(expires_at: float, deadline: float) -> bytes:
+    """The token expires at ``expires_at``; send ``refresh`` before ``deadline``."""
+    return _frame(
+        {"type": "refresh_required", "expires_at": int(expires_at), "deadline": int(deadline)}
+    )
+
+
+def refreshed(expires_at: float, ref: Any = None) -> bytes:
+    return _frame({"type": "refreshed", "expires_at": int(expires_at)}, ref)
+
+
+def pong(ref: Any = None) -> bytes:
+    return _frame({"type": "pong"}, ref)
+
+
+def error(
+    code: str, message: str, op: str | None = None, ref: Any = None, channel: str | None = None
+) -> bytes:
+    """``channel``: the channel the refused op named, so a client knows which one failed
+    without tracking ids (an added field: older clients ignore it)."""
+    fields: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if op is not None:
+        fields["op"] = op
+    if channel is not None:
+        fields["channel"] = channel
+    return _frame(fields, ref)
+
+
+def error_for(exc: ProtocolError) -> bytes:
+    return error(exc.code, exc.message, exc.op, exc.ref, exc.channel)
+
+
+def tweet(channel: str, seq: int, body: bytes) -> bytes:
+    """A ``tweet`` frame around an already encoded object (encoded once per tweet)."""
+    return b"".join(
+        (
+            b'{"type":"tweet","channel":',
+            orjson.dumps(channel),
+            b',"seq":',
+            str(seq).encode(),
+            b',"tweet":',
+            body,
+            b"}",
+        )
+    )
+
+
+CLOSE_REASON_BYTES = 123
+"""The most a close frame's reason may hold (RFC 6455 5.5: 125 bytes of payload, 2 of code)."""
+
+# Why a connection was closed with 4001: a word a client can act on.
+TOKEN_EXPIRED = "expired"  # no refresh came by the deadline: get a fresh token
+TOKEN_REVOKED = "revoked"  # on the revocation list: this token will never work again
+TOKEN_INVALID = "invalid"  # no longer verifiable (signed with a retired secret)
+
+
+def close_reason(reason: str, seq: int, message: str = "") -> str:
+    """The close reason: compact JSON with a reason word, the last seq sent and, when
+    given, a message for people; the message is cut so that the whole stays within
+    :data:`CLOSE_REASON_BYTES`."""
+    fields: dict[str, Any] = {"reason": reason[:40], "seq": seq}
+    if message:
+        fields["message"] = message
+    text = orjson.dumps(fields).decode()
+    while (excess := len(text.encode()) - CLOSE_REASON_BYTES) > 0 and fields.get("message"):
+        # Cut the excess in bytes (a character cut in half goes); escapes may need another turn.
+        fields["message"] = fields["message"].encode()[:-excess].decode(errors="ignore")
+        text = orjson.dumps(fields).decode()
+    return text
+
+
+# -- WebSocket framing ----------------------------------------------------------
+# Server frames are unmasked (RFC 6455 5.1), so one frame's bytes are the same for
+# every client: built once, written to each connection as they are.
+
+_FIN_TEXT = 0x81
+_HEAD_16 = struct.Struct(">BBH")
+"""The header of a frame of 126 to 65,535 bytes: every tweet frame but the largest."""
+_TWEET_KEY = b',"tweet":'
+
+
+def _head(length: int) -> bytes:
+    """The header of an unmasked, uncompressed, final text frame of ``length`` bytes."""
+    if length < 126:
+        return bytes((_FIN_TEXT, length))
+    if length < 1 << 16:
+        return _HEAD_16.pack(_FIN_TEXT, 126, length)
+    return bytes((_FIN_TEXT, 127)) + length.to_bytes(8, "big")
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A complete, unmasked, uncompressed WebSocket text frame (FIN set) around ``payload``."""
+    return _head(len(payload)) + payload
+
+
+def tweet_frame(channel: str, seq: int, body: bytes) -> bytes:
+    """:func:`tweet` as a complete text frame, built in one join (no copy of the payload)."""
+    parts = [
+        b'{"type":"tweet","channel":',
+        orjson.dumps(channel),
+        b',"seq":',
+        str(seq).encode(),
+        _TWEET_KEY,
+        body,
+        b"}",
+    ]
+    parts.insert(0, _head(sum(map(len, parts))))
+    return b"".join(parts)
+
+
+def tweet_page(channel: str, rows: Iterable[tuple[int, bytes]]) -> bytes:
+    """:func:`tweet_frame` of each ``(seq, body)`` of a catch-up page, joined into one
+    bytes object in one pass: ready for a single write.
+
+    What is the same for every frame of the channel is built once; a frame then costs
+    its digits, a packed header and its share of one join (0.65 µs for a 2 KB tweet,
+    against 2.5 µs through :func:`tweet_frame` and a join of the frames).
+    """
+    prefix = b'{"type":"tweet","channel":' + orjson.dumps(channel) + b',"seq":'
+    fixed = len(prefix) + len(_TWEET_KEY) + 1
+    pack, key = _HEAD_16.pack, _TWEET_KEY
+    parts: list[bytes] = []
+    extend = parts.extend
+    for seq, body in rows:
+        digits = b"%d" % seq
+        length = fixed + len(digits) + len(body)
+        head = pack(_FIN_TEXT, 126, length) if 126 <= length < 1 << 16 else _head(length)
+        extend((head, prefix, digits, key, body, b"}"))
+    return b"".join(parts)
+
+
+def frame_payload(frame: bytes) -> bytes:
+    """The payload of a frame built by :func:`text_frame` (for a connection that compresses)."""
+    marker = frame[1] & 0x7F
+    return frame[2 + (0 if marker < 126 else 2 if marker == 126 else 8) :]
+
+
+def frame_payloads(data: bytes) -> Iterator[bytes]:
+    """The payload of each frame of ``data``, complete frames built here put end to end
+    (a catch-up page), in order."""
+    view, start, end = memoryview(data), 0, len(data)
+    while start < end:
+        marker = data[start + 1] & 0x7F
+        if marker < 126:
+            offset, length = 2, marker
+        elif marker == 126:
+            offset, length = 4, int.from_bytes(data[start + 2 : start + 4], "big")
+        else:
+            offset, length = 10, int.from_bytes(data[start + 2 : start + 10], "big")
+        start += offset
+        yield bytes(view[start : start + length])
+        start += length

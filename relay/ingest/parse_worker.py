@@ -1,0 +1,29 @@
+"""A parser process (``python -m relay.ingest.parse_worker``): see :mod:`relay.ingest.parse_pool`.
+
+Reads batches of lines on stdin and writes the parsed batches on stdout, until its
+input ends. Nothing else may write to stdout: logging and stray prints go to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+
+from relay.ingest.parse_pool import serve
+
+
+def main() -> None:
+    # Parsing makes many short-lived dicts without cycles: collections at the default
+    # threshold (700 allocations) would run every few lines (as in relay.app.launch.tune_gc).
+    gc.set_threshold(50_000, 20, 20)
+    gc.freeze()
+    reader, writer = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # the pipe carries answers only
+    # The relay went away (or Ctrl-C reached its whole process group): nothing to answer.
+    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
+        serve(reader, writer)
+
+
+if __name__ == "__main__":
+    main()

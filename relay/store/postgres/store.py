@@ -1,0 +1,543 @@
+"""The store on PostgreSQL (``DATABASE_URL``), for processes on machines that share no disk.
+
+Reads go through two connection pools: one for the stream side (catch-ups, counts,
+``/v1/info``, ``/readyz``), one for the object API's queries with their time limit
+(``statement_timeout``, and the wait for a connection counts), so a heavy query never
+holds up a catch-up. Writes go through one writer task on its own connection
+(:mod:`relay.store.postgres.writer`): group commit, tweets sent with COPY after one
+look-up of the ids already stored (:mod:`relay.store.postgres.write`). Each tweet's
+served object is stored with its seq in a ``json`` column, kept byte for byte: reads
+hand the stored bytes to clients.
+
+One active writer: a lease, not an advisory lock. A session advisory lock is held for
+as long as its connection lives, and a PaaS machine that dies does not close its
+sockets: the lock would stay taken until TCP keepalive gives up (hours by default);
+and transaction-mode connection poolers (PgBouncer) hand a session's connection to
+others between transactions, which breaks session locks altogether. The lease is the
+row ``writer_lease`` (holder, generation, expires_at on the database's clock,
+``now()``): a process claims it once it has expired (generation + 1) and renews it
+every third of its time to live; every write transaction first updates that row
+where holder and generation are still its own, or fails with
+:class:`~relay.errors.WriterFenced`. A frozen writer (SIGSTOP) inside a transaction
+is ended by the server after ``idle_in_transaction_session_timeout`` (the lease's
+time to live), which frees the row for the standby; TCP keepalives and
+``tcp_user_timeout`` on every connection notice a dead peer in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from relay.core.query import Condition, TweetQuery
+from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX, Tweet, time_from_unix
+from relay.errors import QueryTimeout, StoreCorrupt, StoreError, StoreNotReady, WriterBusy
+from relay.store import (
+    AppendResult,
+    BodyPage,
+    Store,
+    StoredBody,
+    StoredTweet,
+    StoreStats,
+    Trimmed,
+)
+from relay.store.postgres import deletions as postgres_deletions
+from relay.store.postgres import query as postgres_query
+from relay.store.postgres.conn import (
+    configure_types,
+    connect,
+    conninfo,
+    describe,
+    redact,
+)
+from relay.store.postgres.retention import trim_oldest
+from relay.store.postgres.schema import check_version, migrate_connection, schema_version
+from relay.store.postgres.write import Batch, append_careful, append_fast
+from relay.store.postgres.writer import Writer
+from relay.store.types import Deleted
+
+READ_WAIT = 3.0
+"""Longest wait for a stream-side reader: the catch-ups at once stay under the readers,
+so a longer wait means the database is down, and callers (a client's catch-up, /readyz,
+an object API request) should hear so while they still wait."""
+
+T = TypeVar("T")
+Cursor = psycopg.AsyncCursor[Any]
+
+
+def default_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def migrate(
+    url: str, *, target: int | None = None, wait: bool = True, give_up_after: float | None = None
+) -> int:
+    """Create or update the schema of the database at ``url``; the schema version.
+
+    Safe to run from several processes at once (an advisory lock orders them). With
+    ``give_up_after``, a server that does not answer within that many seconds raises
+    :class:`~relay.errors.StoreUnreachable`."""
+    conn = await connect(url, wait=wait, give_up_after=give_up_after)
+    try:
+        return await migrate_connection(conn, target=target)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot migrate {describe(url)}: {redact(str(exc), url)}") from None
+    finally:
+        await conn.close()
+
+
+async def set_new_epoch(url: str, *, force: bool = False) -> str:
+    """A new epoch for the database at ``url`` (after a restore); returns it.
+
+    Refused with :class:`~relay.errors.WriterBusy`, naming the holder, while the writer
+    lease is live: an ingester still writes the old history, and serving processes
+    would mix the two. ``force`` goes on anyway (a holder known to be dead, whose lease
+    has not run out yet)."""
+    epoch = secrets.token_hex(8)
+    conn = await connect(url, wait=False)
+    try:
+        async with conn.transaction():
+            # The lease row locked until commit: no ingester claims it meanwhile.
+            cur = await conn.execute(
+                "SELECT holder, to_char(expires_at AT TIME ZONE 'UTC', "
+                '\'YYYY-MM-DD"T"HH24:MI:SS"Z"\'), expires_at > now() '
+                "FROM writer_lease WHERE name = 'writer' FOR UPDATE"
+            )
+            lease = await cur.fetchone()
+            if lease is not None and lease[2] and not force:
+                raise WriterBusy(
+                    f"the writer lease of {describe(url)} is held by {lease[0]} until "
+                    f"{lease[1]}: stop `relay ingest` first (--force only when that "
+                    "process is dead)"
+                )
+            await conn.execute("UPDATE meta SET value = %s WHERE key = 'epoch'", (epoch,))
+    except psycopg.Error as exc:
+        raise StoreError(
+            f"cannot set a new epoch in {describe(url)}: {redact(str(exc), url)}"
+        ) from None
+    finally:
+        await conn.close()
+    return epoch
+
+
+class PostgresStore:
+    """A :class:`relay.store.Store` on PostgreSQL, with a writer lease."""
+
+    def __init__(
+        self, url: str, *, writer: bool, query_readers: int, lease_ttl: float, holder: str
+    ) -> None:
+        self.url = url
+        self.where = describe(url)
+        self.epoch = ""
+        self.holder = holder
+        self._writer_mode = writer
+        self._query_readers = query_readers
+        self._writer = Writer(url, self.where, lease_ttl=lease_ttl, holder=holder)
+        self.fenced: asyncio.Event = self._writer.fenced
+        """Set once another process took the writer lease: this one never writes again."""
+        self._pool: AsyncConnectionPool | None = None
+        self._query_pool: AsyncConnectionPool | None = None
+        self.on_damage: Callable[[StoreCorrupt], None] | None = None
+        """Not called yet: PostgreSQL's own damage errors (XX001, XX002) are not told
+        apart from other failures."""
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this process holds the writer lease now (as far as it knows)."""
+        return self._writer.is_writer
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed so far."""
+        return self._writer.commits
+
+    async def claim_writer(self, on_standby: Callable[[str], None] | None = None) -> None:
+        """Return once this process holds the writer lease.
+
+        While another process holds a live lease, ``on_standby`` gets one line ("standing
+        by: the writer lease is held by HOLDER until TIME"), again only when the holder
+        changes, and the claim is retried every third of the lease's time to live.
+        """
+        if not self._writer_mode:
+            raise StoreError("opened as a reader: it cannot become the writer")
+        await self._writer.claim_writer(on_standby)
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        writer: bool,
+        query_readers: int = 2,
+        readers: int = 3,
+        lease_ttl: float = 15.0,
+        holder: str | None = None,
+        wait: bool = True,
+    ) -> PostgresStore:
+        """Connect (waiting for the server unless ``wait`` is False), migrate when
+        ``writer``, and read the epoch. Writes need :meth:`claim_writer` first."""
+        store = cls(
+            url,
+            writer=writer,
+            query_readers=query_readers,
+            lease_ttl=lease_ttl,
+            holder=holder or default_holder(),
+        )
+        await store._open(readers, wait)
+        return store
+
+    async def _open(self, readers: int, wait: bool) -> None:
+        conn = await connect(self.url, wait=wait)
+        try:
+            if self._writer_mode:
+                await migrate_connection(conn)
+            else:
+                version = await schema_version(conn)
+                if not version:
+                    raise StoreNotReady(f"no relay schema in {self.where}: run `relay migrate`")
+                check_version(version)
+            cur = await conn.execute("SELECT value FROM meta WHERE key = 'epoch'")
+            row = await cur.fetchone()
+            if row is None:
+                raise StoreError("not a tweet-relay database (it has no epoch)")
+            self.epoch = str(row[0])
+        except (psycopg.Error, StoreError) as exc:
+            await conn.close()
+            if isinstance(exc, StoreNotReady):
+                raise  # the caller retries until the release phase has migrated
+            raise StoreError(
+                f"cannot open database {self.where}: {redact(str(exc), self.url)}"
+            ) from None
+        except BaseException:
+            await conn.close()
+            raise
+        if self._writer_mode:
+            await self._writer.start(conn)
+        else:
+            await conn.close()
+        info = conninfo(self.url)
+        self._pool = AsyncConnectionPool(
+            info,
+            min_size=1,
+            max_size=readers,
+            open=False,
+            configure=self._configure_reader,
+            check=AsyncConnectionPool.check_connection,
+            name="store-read",
+        )
+        self._query_pool = AsyncConnectionPool(
+            info,
+            min_size=1,
+            max_size=self._query_readers,
+            open=False,
+            configure=self._configure_reader,
+            check=AsyncConnectionPool.check_connection,
+            name="store-query",
+        )
+        await self._pool.open(wait=False)
+        await self._query_pool.open(wait=False)
+
+    @staticmethod
+    async def _configure_reader(conn: psycopg.AsyncConnection[Any]) -> None:
+        configure_types(conn)
+        await conn.set_autocommit(True)
+
+    # -- writing -------------------------------------------------------------
+
+    async def append(
+        self, tweets: Sequence[Tweet], users: Sequence[dict[str, Any]], received_at: float
+    ) -> AppendResult:
+        batch = Batch(tweets, users, time_from_unix(received_at), received_at)
+        if not self._writer_mode:
+            raise StoreError("not the active writer: opened as a reader")
+        writer = self._writer
+        return await writer.write(
+            lambda cur: append_fast(cur, writer, batch),
+            lambda cur: append_careful(cur, writer, batch),
+        )
+
+    async def trim(self, *, through_seq: int, received_before: float | None, limit: int) -> Trimmed:
+        if not self._writer_mode:
+            raise StoreError("not the active writer: opened as a reader")
+        return await self._writer.write(
+            lambda cur: trim_oldest(
+                cur, through_seq=through_seq, received_before=received_before, limit=limit
+            )
+        )
+
+    async def apply_deletions(self, limit: int) -> list[Deleted]:
+        if not self._writer_mode:
+            raise StoreError("not the active writer: opened as a reader")
+        return await self._writer.write(lambda cur: postgres_deletions.apply_pending(cur, limit))
+
+    async def deletions_after(self, after: int, limit: int) -> list[Deleted]:
+        return await self._read(lambda cur: postgres_deletions.deletions_after(cur, after, limit))
+
+    async def last_deletion(self) -> int:
+        return await self._read(postgres_deletions.last_deletion)
+
+    async def checkpoint(self) -> None:
+        """Nothing: PostgreSQL's autovacuum reclaims deleted rows by itself."""
+
+    async def set_state(self, key: str, value: str) -> None:
+        async def run(cur: Cursor) -> None:
+            await cur.execute(
+                "INSERT INTO source_state (key, value) VALUES (%s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+
+        if not self._writer_mode:
+            raise StoreError("not the active writer: opened as a reader")
+        await self._writer.write(run)
+
+    # -- reading -------------------------------------------------------------
+
+    async def _read(self, run: Callable[[Cursor], Awaitable[T]]) -> T:
+        """A stream-side read; a database that is down fails it within ``READ_WAIT``."""
+        assert self._pool is not None
+        try:
+            async with self._pool.connection(timeout=READ_WAIT) as conn, conn.cursor() as cur:
+                return await run(cur)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise StoreError(f"cannot read {self.where}: {redact(str(exc), self.url)}") from None
+
+    async def _query(self, run: Callable[[Cursor], Awaitable[T]], timeout: float | None) -> T:
+        """An object API read: on its own pool, in one REPEATABLE READ snapshot, stopped
+        ``timeout`` seconds after now (the wait for a connection counts)."""
+        assert self._query_pool is not None
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        try:
+            async with self._query_pool.connection(
+                timeout=min(timeout if timeout is not None else 30.0, 30.0)
+            ) as conn:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PoolTimeout()
+                async with conn.transaction(), conn.cursor() as cur:
+                    await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    if timeout is not None:
+                        await cur.execute(
+                            "SELECT set_config('statement_timeout', %s, true)",
+                            [str(max(1, int(remaining * 1000)))],
+                        )
+                    return await run(cur)
+        except PoolTimeout:
+            raise QueryTimeout(
+                f"the query waited longer than {timeout:g} s for a reader; ask again later"
+            ) from None
+        except pg_errors.QueryCanceled:
+            raise QueryTimeout(
+                f"the query ran longer than {timeout:g} s; narrow it (q, rule, since_seq)"
+            ) from None
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"cannot read {self.where}: {redact(str(exc), self.url)}") from None
+
+    async def head(self) -> int:
+        async def run(cur: Cursor) -> int:
+            await cur.execute("SELECT coalesce(max(seq), 0) FROM tweets")
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._read(run)
+
+    async def read_after(
+        self,
+        channel: str,
+        after: int,
+        until: int,
+        limit: int,
+        *,
+        max_bytes: int | None = None,
+        conditions: Sequence[Condition] = (),
+    ) -> list[StoredTweet]:
+        columns = "seq, rules, object, lang, author_username, has_media, text"
+        sql, params = postgres_query.channel_range(channel, columns, after, until, conditions)
+
+        async def run(cur: Cursor) -> list[StoredTweet]:
+            page: list[StoredTweet] = []
+            size = 0
+            await cur.execute((sql + " ORDER BY seq LIMIT %s").encode(), [*params, limit])
+            async for seq, rules, body, lang, author, has_media, text in cur:
+                page.append(
+                    StoredTweet(
+                        seq=seq,
+                        channels=(ALL_CHANNEL, *(RULE_PREFIX + key for key in rules)),
+                        body=body,
+                        lang=lang,
+                        author=author,
+                        has_media=has_media,
+                        text=text,
+                    )
+                )
+                size += len(body)
+                if max_bytes is not None and size >= max_bytes:
+                    break
+            return page
+
+        return await self._read(run)
+
+    async def read_bodies(
+        self,
+        channel: str,
+        after: int,
+        until: int,
+        limit: int,
+        build: Callable[[list[StoredBody]], T],
+        *,
+        max_bytes: int | None = None,
+        conditions: Sequence[Condition] = (),
+    ) -> BodyPage[T]:
+        sql, params = postgres_query.channel_range(channel, "seq, object", after, until, conditions)
+        query = (sql + " ORDER BY seq LIMIT %s").encode()
+
+        async def run(cur: Cursor) -> list[StoredBody]:
+            await cur.execute(query, [*params, limit])
+            # The whole result is on the client already: one call, not an await a row.
+            rows: list[StoredBody] = await cur.fetchall()
+            return rows
+
+        rows = await self._read(run)
+        cut = False
+        if max_bytes is not None:
+            size = 0
+            for count, (_, body) in enumerate(rows, 1):
+                size += len(body)
+                if size >= max_bytes:
+                    cut = True
+                    del rows[count:]
+                    break
+        count = len(rows)
+        last = rows[-1][0] if rows else 0
+        return BodyPage(build(rows), count, last, not cut and count < limit)
+
+    async def count_after(
+        self, channel: str, after: int, until: int, *, cap: int | None = None
+    ) -> int:
+        inner, params = postgres_query.channel_count(channel, after, until)
+        # Counting stops after cap + 1 rows: a subscribe from seq 0 never scans the store.
+        sql = f"SELECT count(*) FROM ({inner} LIMIT %s) AS counted"
+        limit = None if cap is None else cap + 1
+        return await self._read(lambda cur: _one_int(cur, sql, [*params, limit]))
+
+    async def query(
+        self, query: TweetQuery, *, timeout: float | None = None
+    ) -> tuple[list[bytes], int]:
+        count_sql, count_params = postgres_query.count(query)
+        select_sql, select_params = postgres_query.select(query)
+
+        async def run(cur: Cursor) -> tuple[list[bytes], int]:
+            total = await _one_int(cur, count_sql, count_params)
+            if query.count_only:
+                return [], total
+            await cur.execute(select_sql.encode(), select_params)
+            return [row[0] for row in await cur.fetchall()], total
+
+        return await self._query(run, timeout)
+
+    async def tweet(
+        self, tweet_id: str, scope: Sequence[Condition] = (), *, timeout: float | None = None
+    ) -> bytes | None:
+        clause, params = postgres_query.where(scope, per_row=True)
+        sql = "SELECT object FROM tweets WHERE id = %s" + clause.replace(" WHERE ", " AND ", 1)
+        return await self._one(sql, [tweet_id, *params], timeout)
+
+    async def user(
+        self, user_id: str, scope: Sequence[Condition] = (), *, timeout: float | None = None
+    ) -> bytes | None:
+        sql = "SELECT object FROM users WHERE id = %s"
+        params: list[Any] = [user_id]
+        if scope:
+            clause, scope_params = postgres_query.where(scope, per_row=True)
+            sql += " AND EXISTS (SELECT 1 FROM tweets" + clause + " AND author_id = users.id)"
+            params.extend(scope_params)
+        return await self._one(sql, params, timeout)
+
+    async def _one(self, sql: str, params: list[Any], timeout: float | None) -> bytes | None:
+        if any(isinstance(p, str) and "\x00" in p for p in params):
+            return None  # no stored text holds NUL: nothing to find
+
+        async def run(cur: Cursor) -> bytes | None:
+            await cur.execute(sql.encode(), params)
+            row = await cur.fetchone()
+            return bytes(row[0]) if row else None
+
+        return await self._query(run, timeout)
+
+    async def oldest_seq(self) -> int:
+        async def run(cur: Cursor) -> int:
+            await cur.execute("SELECT coalesce(min(seq), 0) FROM tweets")
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._read(run)
+
+    async def stats(self) -> StoreStats:
+        async def run(cur: Cursor) -> tuple[int, int, float | None]:
+            await cur.execute("SELECT pg_database_size(current_database())")
+            size = await cur.fetchone()
+            await cur.execute("SELECT seq, received_at FROM tweets ORDER BY seq LIMIT 1")
+            found = await cur.fetchone()
+            oldest = (int(found[0]), found[1].timestamp()) if found else (0, None)
+            return (int(size[0]) if size else 0, *oldest)
+
+        return StoreStats(*await self._read(run))
+
+    async def rule_keys(self) -> list[str]:
+        async def run(cur: Cursor) -> list[str]:
+            await cur.execute('SELECT tag FROM rules ORDER BY tag COLLATE "C"')
+            return [str(row[0]) for row in await cur.fetchall()]
+
+        return await self._read(run)
+
+    async def highest_tweet_id(self, rule_key: str | None = None) -> str | None:
+        # Ids are decimal strings of growing length: compare by length, then text.
+        sql = "SELECT id FROM tweets"
+        params: list[Any] = []
+        if rule_key is not None:
+            sql += " WHERE seq IN (SELECT seq FROM tweet_rules WHERE tag = %s)"
+            params = [rule_key]
+        sql += ' ORDER BY length(id) DESC, id COLLATE "C" DESC LIMIT 1'
+        return await self._read(lambda cur: _one_text(cur, sql, params))
+
+    async def get_state(self, key: str) -> str | None:
+        sql = "SELECT value FROM source_state WHERE key = %s"
+        return await self._read(lambda cur: _one_text(cur, sql, [key]))
+
+    async def current_epoch(self) -> str:
+        sql = "SELECT value FROM meta WHERE key = 'epoch'"
+        epoch = await self._read(lambda cur: _one_text(cur, sql, []))
+        if epoch is None:
+            raise StoreError(f"{self.where} lost its epoch: not a tweet-relay database now")
+        return epoch
+
+    async def close(self) -> None:
+        await self._writer.close()
+        for pool in (self._pool, self._query_pool):
+            if pool is not None:
+                await pool.close()
+
+
+async def _one_int(cur: Cursor, sql: str, params: Sequence[Any]) -> int:
+    await cur.execute(sql.encode(), params)
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _one_text(cur: Cursor, sql: str, params: Sequence[Any]) -> str | None:
+    await cur.execute(sql.encode(), params)
+    row = await cur.fetchone()
+    return str(row[0]) if row else None
+
+
+def _is_a_store(store: PostgresStore) -> Store:
+    return store  # mypy checks here that PostgresStore keeps the Store protocol

@@ -1,0 +1,210 @@
+"""The PostgreSQL writer's appends: rows built in Python, sent in few round trips.
+
+The fast path looks up which ids are already stored (the writer is the only one, so
+nothing can slip in between), COPYs the new tweets and adds their rule rows with one
+statement each. When a value cannot be stored, the careful path stores the batch a
+tweet at a time, each in a savepoint, and lists what it had to leave out.
+
+PostgreSQL's text cannot hold NUL (``\\u0000``): the indexed text columns keep the
+text without it (searching and filtering never see it), while the body keeps the
+tweet as given (JSON escapes it). A NUL in an id or a rule key, which would change
+what the tweet is, makes the tweet unstorable instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+import psycopg
+import psycopg.errors
+
+from relay.core.filters import fold
+from relay.core.tweets import Tweet, display_name_of, normalise_time, stored_body, username_of
+from relay.store import AppendResult, StoredTweet
+from relay.store.postgres.schema import TWEET_COLUMNS
+
+Cursor = psycopg.AsyncCursor[Any]
+
+INSERT_TWEET = f"INSERT INTO tweets ({TWEET_COLUMNS}) VALUES ({', '.join(['%s'] * 13)})"
+COPY_TWEETS = f"COPY tweets ({TWEET_COLUMNS}) FROM STDIN"
+INSERT_TWEET_RULES = (
+    "INSERT INTO tweet_rules (tag, seq) SELECT * FROM unnest(%s::text[], %s::bigint[])"
+)
+INSERT_RULES = (
+    "INSERT INTO rules (tag, first_seq) SELECT * FROM unnest(%s::text[], %s::bigint[]) "
+    "ON CONFLICT (tag) DO NOTHING"
+)
+UPSERT_USER = (
+    "INSERT INTO users (id, username, name, object, updated_at) VALUES (%s,%s,%s,%s,%s) "
+    "ON CONFLICT (id) DO UPDATE SET username = excluded.username, "
+    "name = excluded.name, object = excluded.object, updated_at = excluded.updated_at"
+)
+
+
+DATA_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.errors.DataError,  # class 22 from the server: a value out of range, bad encoding
+    psycopg.DataError,  # what psycopg cannot send (NUL in text)
+    OverflowError,
+    ValueError,
+    TypeError,
+)
+"""What a statement of a job raises when a value cannot be stored: about the data, not
+the store. Anything else (disk full, lost connection, a constraint) is the store's."""
+
+
+class Seqs(Protocol):
+    next_seq: int
+    """The seq the next stored tweet takes; the writer resets it when a commit fails."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    tweets: Sequence[Tweet]
+    users: Sequence[dict[str, Any]]
+    received: str
+    received_at: float = 0.0
+
+
+def _text(value: Any) -> str | None:
+    """An indexed text value: None, or text without NUL; anything else is a data error."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value.replace("\x00", "") if "\x00" in value else value
+
+
+def _key(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    if "\x00" in value:
+        raise ValueError("NUL in an id or rule key")
+    return value
+
+
+def _row(
+    tweet: Tweet, seq: int, received: str, received_at: float = 0.0
+) -> tuple[tuple[Any, ...], StoredTweet, list[str]]:
+    body = stored_body(tweet, seq=seq, received_at=received)
+    keys = list(dict.fromkeys(_key(rule.tag or rule.id) for rule in tweet.rules))
+    username = _text(tweet.author_username)
+    text = _text(tweet.text) or ""
+    row = (
+        seq,
+        _key(tweet.id),
+        _text(tweet.author_id),
+        username,
+        fold(username),
+        text,
+        text.lower(),
+        _text(tweet.lang),
+        tweet.created_at or received,
+        received,
+        bool(tweet.has_media),
+        keys,
+        body.decode(),
+    )
+    stored = StoredTweet(
+        seq=seq,
+        channels=tweet.channels,
+        body=body,
+        lang=tweet.lang,
+        author=tweet.author_username,
+        has_media=tweet.has_media,
+        text=tweet.text,
+        received=received_at,
+    )
+    return row, stored, keys
+
+
+async def _known_ids(cur: Cursor, ids: list[str]) -> set[str]:
+    await cur.execute("SELECT id FROM tweets WHERE id = ANY(%s)", [ids])
+    return {str(row[0]) for row in await cur.fetchall()}
+
+
+async def append_fast(cur: Cursor, seqs: Seqs, batch: Batch) -> AppendResult:
+    """Store the batch in a few statements; raises on the first value it cannot store."""
+    ids = [_key(tweet.id) for tweet in batch.tweets]
+    known = await _known_ids(cur, ids) if ids else set()
+    rows: list[tuple[Any, ...]] = []
+    stored: list[StoredTweet] = []
+    tags: list[str] = []
+    tag_seqs: list[int] = []
+    duplicates = 0
+    for tweet in batch.tweets:
+        if tweet.id in known:
+            duplicates += 1
+            continue
+        known.add(tweet.id)
+        row, new, keys = _row(tweet, seqs.next_seq, batch.received, batch.received_at)
+        seqs.next_seq += 1
+        rows.append(row)
+        stored.append(new)
+        tags.extend(keys)
+        tag_seqs.extend([new.seq] * len(keys))
+    if rows:
+        async with cur.copy(COPY_TWEETS) as copy:
+            for row in rows:
+                await copy.write_row(row)
+    if tags:
+        await cur.execute(INSERT_TWEET_RULES, [tags, tag_seqs])
+        await cur.execute(INSERT_RULES, [tags, tag_seqs])
+    users = [user_row for user in batch.users if (user_row := _user_row(user, batch.received))]
+    if users:
+        await cur.executemany(UPSERT_USER, users)
+    return AppendResult(stored=stored, duplicates=duplicates)
+
+
+async def append_careful(cur: Cursor, seqs: Seqs, batch: Batch) -> AppendResult:
+    """Store the batch a tweet at a time, each in a savepoint, leaving out (and listing)
+    the ones that fail on their data; then the users, each in a savepoint."""
+    conn = cur.connection
+    stored: list[StoredTweet] = []
+    unstorable: list[tuple[str, str]] = []
+    duplicates = 0
+    for tweet in batch.tweets:
+        seq = seqs.next_seq
+        try:
+            async with conn.transaction():
+                if await _known_ids(cur, [_key(tweet.id)]):
+                    duplicates += 1
+                    continue
+                row, new, keys = _row(tweet, seq, batch.received, batch.received_at)
+                await cur.execute(INSERT_TWEET, row)
+                if keys:
+                    await cur.execute(INSERT_TWEET_RULES, [keys, [seq] * len(keys)])
+                    await cur.execute(INSERT_RULES, [keys, [seq] * len(keys)])
+        except DATA_ERRORS as exc:
+            unstorable.append((str(tweet.id), f"{type(exc).__name__}: {exc}"[:200]))
+            continue
+        seqs.next_seq = seq + 1
+        stored.append(new)
+    for user in batch.users:
+        try:
+            async with conn.transaction():
+                user_row = _user_row(user, batch.received)
+                if user_row:
+                    await cur.execute(UPSERT_USER, user_row)
+        except DATA_ERRORS:
+            continue  # the user object is left out; its tweets are stored
+    return AppendResult(stored=stored, duplicates=duplicates, unstorable=tuple(unstorable))
+
+
+def _user_row(user: dict[str, Any], received: str) -> tuple[Any, ...] | None:
+    user_id = user.get("id")
+    if not isinstance(user_id, str):  # parse gives ids as text; anything else is no user
+        return None
+    obj = dict(user)
+    obj["objectType"] = "objects.users"
+    obj["createdAt"] = normalise_time(user.get("created_at")) or received
+    obj["updatedAt"] = received
+    return (
+        _key(user_id),
+        _text(username_of(user)),
+        _text(display_name_of(user)),
+        orjson.dumps(obj).decode(),
+        received,
+    )

@@ -1,0 +1,268 @@
+"""The SQLite store's rows of one append: tweets with their seqs, rule rows, users.
+
+Run by the store's writer thread inside its transaction. The writer is the only
+writer, so it keeps the next seq in a :class:`Seq` and builds each stored object
+complete with it; a rolled-back transaction puts the counter back.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relay.core.tweets import (
+    ALL_CHANNEL,
+    MAX_TIME_LENGTH,
+    RULE_PREFIX,
+    Tweet,
+    display_name_of,
+    normalise_time,
+    stored_body,
+    username_of,
+)
+from relay.store import AppendResult, StoredTweet
+from relay.store.sqlite.schema import TWEET_COLUMNS
+
+log = logging.getLogger(__name__)
+
+DATA_ERRORS: tuple[type[Exception], ...] = (
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
+"""What a statement of a job raises when a value cannot be bound or encoded: about
+the data, not the store. Any other error (disk full, I/O, corruption) is the store's.
+A constraint failure is not listed: with the types checked at parse, it would be a
+fault of the store's own state (a seq taken twice), and leaving out every tweet it
+hits would lose them quietly; it stops ingest instead."""
+
+
+def tweet_row(
+    seq: int, tweet: Tweet, received: str, keys: list[str], body: bytes
+) -> tuple[Any, ...]:
+    """The values of one ``tweets`` row, in the order of ``TWEET_COLUMNS``."""
+    return (
+        seq,
+        tweet.id,
+        tweet.author_id,
+        tweet.author_username,
+        tweet.text,
+        tweet.lang,
+        tweet.created_at or received,
+        received,
+        int(tweet.has_media),
+        orjson.dumps(keys).decode(),
+        body,  # bytes: INSERT_TWEET stores them as TEXT without decoding them here
+    )
+
+
+@dataclass
+class Seq:
+    """The next seq the writer gives."""
+
+    next: int = 1
+
+
+def append_rows(
+    conn: sqlite3.Connection,
+    seq_counter: Seq,
+    tweets: Sequence[Tweet],
+    users: Sequence[dict[str, Any]],
+    received: str,
+    *,
+    careful: bool = False,
+    received_at: float = 0.0,
+) -> AppendResult:
+    """Insert the tweets and upsert the users, in the writer's transaction.
+
+    ``careful`` puts each tweet and user in a savepoint and leaves out the
+    ones that fail on their data: the slow path, taken only after the fast
+    one failed.
+    """
+    if not careful:
+        return _append_batch(conn, seq_counter, tweets, users, received, received_at)
+    stored: list[StoredTweet] = []
+    unstorable: list[tuple[str, str]] = []
+    duplicates = 0
+    for tweet in tweets:
+        if not careful:
+            new = insert_tweet(conn, seq_counter, tweet, received, received_at)
+        else:
+            seq = seq_counter.next
+            conn.execute("SAVEPOINT tweet")
+            try:
+                new = insert_tweet(conn, seq_counter, tweet, received, received_at)
+            except DATA_ERRORS as exc:
+                conn.execute("ROLLBACK TO tweet")
+                seq_counter.next = seq
+                unstorable.append((tweet.id, f"{type(exc).__name__}: {exc}"[:200]))
+                continue
+            finally:
+                conn.execute("RELEASE tweet")
+        if new is None:
+            duplicates += 1
+        else:
+            stored.append(new)
+    for user in users:
+        if not careful:
+            upsert_user(conn, user, received)
+            continue
+        conn.execute("SAVEPOINT user")
+        try:
+            upsert_user(conn, user, received)
+        except DATA_ERRORS as exc:
+            conn.execute("ROLLBACK TO user")
+            log.debug("left out user %.40r: %s", user.get("id"), exc)
+        finally:
+            conn.execute("RELEASE user")
+    return AppendResult(stored=stored, duplicates=duplicates, unstorable=tuple(unstorable))
+
+
+# The object is bound as bytes and stored as TEXT (schema version 6): SQLite takes the
+# UTF-8 bytes as they are (no decoding in Python), and its JSON functions and datasette
+# read the column as JSON, where a BLOB showed as <Binary> and json_extract refused it.
+INSERT_TWEET = f"INSERT INTO tweets ({TWEET_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,CAST(? AS TEXT))"
+INSERT_TWEET_RULE = "INSERT OR IGNORE INTO tweet_rules (tag, seq) VALUES (?, ?)"
+INSERT_RULE = "INSERT OR IGNORE INTO rules (tag, first_seq) VALUES (?, ?)"
+UPSERT_USER = (
+    "INSERT INTO users (id, username, name, object, updated_at) VALUES (?,?,?,?,?) "
+    "ON CONFLICT (id) DO UPDATE SET username = excluded.username, "
+    "name = excluded.name, object = excluded.object, updated_at = excluded.updated_at"
+)
+
+
+def _append_batch(
+    conn: sqlite3.Connection,
+    seq_counter: Seq,
+    tweets: Sequence[Tweet],
+    users: Sequence[dict[str, Any]],
+    received: str,
+    received_at: float = 0.0,
+) -> AppendResult:
+    """The fast path: one statement per table for the whole batch.
+
+    Which ids are new is settled first (one lookup, then the batch's own repeats), so
+    seqs stay dense and the insert never meets a conflict: being the only writer, a
+    conflict there would be the store's own fault, and it fails the commit.
+    """
+    ids = [tweet.id for tweet in tweets]
+    known = {
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM tweets WHERE id IN (SELECT value FROM json_each(?))",
+            (orjson.dumps(ids),),
+        )
+    }
+    seq = seq_counter.next
+    rows: list[tuple[Any, ...]] = []
+    rule_rows: list[tuple[str, int]] = []
+    stored: list[StoredTweet] = []
+    for tweet in tweets:
+        if tweet.id in known:
+            continue
+        known.add(tweet.id)  # a repeat later in the same batch is a duplicate too
+        body = stored_body(tweet, seq=seq, received_at=received)
+        keys = [rule.tag or rule.id for rule in tweet.rules]
+        unique = dict.fromkeys(keys)
+        rows.append(tweet_row(seq, tweet, received, keys, body))
+        rule_rows.extend((key, seq) for key in unique)
+        stored.append(
+            StoredTweet(
+                seq=seq,
+                # Tweet.channels, from the keys at hand.
+                channels=(ALL_CHANNEL, *[RULE_PREFIX + key for key in unique]),
+                body=body,
+                lang=tweet.lang,
+                author=tweet.author_username,
+                has_media=tweet.has_media,
+                text=tweet.text,
+                received=received_at,
+            )
+        )
+        seq += 1
+    conn.executemany(INSERT_TWEET, rows)
+    conn.executemany(INSERT_TWEET_RULE, rule_rows)
+    # A rule's first seq is the first of its rows: one row per rule key, not per tweet.
+    firsts: dict[str, int] = {}
+    for key, first in rule_rows:
+        firsts.setdefault(key, first)
+    conn.executemany(INSERT_RULE, firsts.items())
+    # An author of many tweets of the batch comes once per tweet: the last one stands.
+    latest = {uid: user for user in users if isinstance(uid := user.get("id"), str)}
+    conn.executemany(
+        UPSERT_USER, [row for user in latest.values() if (row := _user_row(user, received))]
+    )
+    seq_counter.next = seq
+    return AppendResult(stored=stored, duplicates=len(tweets) - len(stored))
+
+
+def insert_tweet(
+    conn: sqlite3.Connection,
+    seq_counter: Seq,
+    tweet: Tweet,
+    received: str,
+    received_at: float = 0.0,
+) -> StoredTweet | None:
+    """Store one tweet with the next seq; None when its id is already stored."""
+    seq = seq_counter.next
+    body = stored_body(tweet, seq=seq, received_at=received)
+    keys = [rule.tag or rule.id for rule in tweet.rules]
+    cursor = conn.execute(
+        INSERT_TWEET + " ON CONFLICT (id) DO NOTHING",
+        tweet_row(seq, tweet, received, keys, body),
+    )
+    if cursor.rowcount == 0:
+        return None
+    seq_counter.next = seq + 1
+    pairs = [(key, seq) for key in dict.fromkeys(keys)]
+    conn.executemany(INSERT_TWEET_RULE, pairs)
+    conn.executemany(INSERT_RULE, pairs)
+    return StoredTweet(
+        seq=seq,
+        channels=tweet.channels,
+        body=body,
+        lang=tweet.lang,
+        author=tweet.author_username,
+        has_media=tweet.has_media,
+        text=tweet.text,
+        received=received_at,
+    )
+
+
+def upsert_user(conn: sqlite3.Connection, user: dict[str, Any], received: str) -> None:
+    row = _user_row(user, received)
+    if row is not None:
+        conn.execute(UPSERT_USER, row)
+
+
+@functools.lru_cache(maxsize=8192)
+def _normalised(value: str) -> str | None:
+    """normalise_time for a user's created_at: the same few authors come back batch
+    after batch, and checking a time is a third of building their row."""
+    return normalise_time(value)
+
+
+def _user_row(user: dict[str, Any], received: str) -> tuple[Any, ...] | None:
+    user_id = user.get("id")
+    if not isinstance(user_id, str):  # parse gives ids as text; anything else is no user
+        return None
+    obj = dict(user)
+    obj["objectType"] = "objects.users"
+    created = user.get("created_at")
+    obj["createdAt"] = (
+        # Only short text is remembered: a hostile megabyte "time" is not kept.
+        _normalised(created)
+        if isinstance(created, str) and len(created) <= MAX_TIME_LENGTH
+        else normalise_time(created)
+    ) or received
+    obj["updatedAt"] = received
+    return (user_id, username_of(user), display_name_of(user), orjson.dumps(obj).decode(), received)

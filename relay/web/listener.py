@@ -1,0 +1,124 @@
+"""The listening socket, its connections, and the one timer they all share.
+
+websockets' asyncio server keeps a keepalive task per connection and a timeout per
+handshake and per close. Here one sweep, every ``tick`` seconds, walks the open
+connections and lets each check its deadlines (:meth:`StreamConnection.tick`):
+opening handshake and close timeouts, keepalive pings and their pongs, writes that
+do not move. A connection with nothing due costs one comparison per sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+from websockets.extensions.base import ServerExtensionFactory
+from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
+
+from relay.obs.sampling import LogSampler
+from relay.stream.session import CLOSE_TIMEOUT
+from relay.web.connection import Handler, SocketCount, StreamConnection
+
+if TYPE_CHECKING:
+    from relay.obs.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+GOING_AWAY = 1001
+SWEEP_BATCH = 500
+"""Most connections whose timers are handled in one sweep."""
+
+
+class Listener:
+    """Accepts connections for a :class:`Handler`; keeps their timers in one sweep."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        sockets: SocketCount,
+        metrics: Metrics,
+        max_size: int,
+        compression: bool,
+        ping_interval: float,
+        ping_timeout: float,
+        open_timeout: float,
+    ) -> None:
+        self.handler = handler
+        self.sockets = sockets
+        self.metrics = metrics
+        self.max_size = max_size
+        self.extensions: list[ServerExtensionFactory] | None = (
+            list(enable_server_permessage_deflate(None)) if compression else None
+        )
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.open_timeout = open_timeout
+        self.ws_logger = logging.getLogger("websockets.server")
+        self.logged = LogSampler(what="connections timed out")
+        self.failures = LogSampler(what="failed answers")
+        self.connections: set[StreamConnection] = set()
+        self.serving = False
+        self.server: asyncio.Server | None = None
+        periods = [p for p in (ping_interval, ping_timeout, open_timeout, CLOSE_TIMEOUT) if p > 0]
+        # A deadline is kept to within a quarter of the shortest period (at most 1 s late).
+        self.tick = min(1.0, max(0.02, min(periods) / 4))
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self, sock: socket.socket | None = None, host: str = "", port: int = 0) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
+        self.server = await loop.create_server(lambda: StreamConnection(self), **where)
+        self.serving = True
+        self._timer = loop.call_later(self.tick, self._sweep)
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        sockname: tuple[Any, ...] = self.server.sockets[0].getsockname()
+        return int(sockname[1])
+
+    def _sweep(self) -> None:
+        now = self.now()
+        due = [conn for conn in self.connections if conn.due <= now]
+        # Bounded work per sweep (a ping is a few µs): the rest, still due, go next time,
+        # so 10,000 connections opened together do not stall the loop when their pings fall due.
+        for conn in due[:SWEEP_BATCH]:
+            try:
+                conn.tick(now)
+            except Exception:  # one connection's bug must not stop everyone's timers
+                log.exception("the timer of %s failed", conn.remote_address)
+                conn.transport.abort()
+        assert self._loop is not None
+        self._timer = self._loop.call_later(self.tick, self._sweep)
+
+    def stop_accepting(self) -> None:
+        self.serving = False
+        if self.server is not None:
+            self.server.close()
+
+    async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop listening; close every connection with 1001 (aborted past ``timeout``)."""
+        self.stop_accepting()
+        for conn in tuple(self.connections):
+            if conn.opened:  # the others finish their answer (an upgrade gets 503)
+                conn.begin_close(GOING_AWAY)
+        waiting = [asyncio.ensure_future(c.wait_lost()) for c in tuple(self.connections)]
+        if waiting:
+            _, late = await asyncio.wait(waiting, timeout=timeout)
+            for task in late:
+                task.cancel()
+        for conn in tuple(self.connections):
+            conn.transport.abort()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.server is not None:
+            await self.server.wait_closed()

@@ -1,0 +1,476 @@
+"""The WebSocket server: one port, upgrade on ``/v1/stream``, plain GET for the rest.
+
+It only moves data between the connections and the sans-I/O parts: frames go
+through :mod:`relay.core.protocol`, subscriptions through the hub, outbound frames
+through each connection's :class:`~relay.stream.session.Session`. It is the
+:class:`~relay.web.connection.Handler` of the relay's own WebSocket layer
+(:mod:`relay.web.listener`, :mod:`relay.web.connection`): it answers each opening request
+(a plain route, a refusal, or None to upgrade) and sees whole messages and the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Container
+from typing import Any
+from urllib.parse import parse_qs
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from relay.access.forwarded import FORWARDED_FOR, client_address
+from relay.config import Settings
+from relay.core import protocol
+from relay.core.auth import Grant, TokenBucket
+from relay.errors import (
+    CLOSE_ABNORMAL,
+    CLOSE_POLICY,
+    CLOSE_RATE_LIMITED,
+    CLOSE_UNAUTHORIZED,
+    BadForwardedFor,
+    BadRequest,
+    ClientError,
+    Forbidden,
+    ProtocolError,
+    TokenRevoked,
+    Unauthorized,
+)
+from relay.obs.metrics import Metrics
+from relay.obs.sampling import LogSampler
+from relay.stream.hub import Hub
+from relay.stream.session import Session
+from relay.web.connection import SocketCount, StreamConnection, sample_accept_errors, socket_name
+from relay.web.http_wire import Refusal, has_body
+from relay.web.listener import Listener
+from relay.web.routes import STREAM_PATH, HttpApi, Reply, access_log, error_reply, log_request
+
+log = logging.getLogger(__name__)
+
+
+class StreamServer:
+    def __init__(
+        self,
+        settings: Settings,
+        hub: Hub,
+        api: HttpApi,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.api = api
+        self.metrics = metrics
+        self.clock = clock
+        self.access = api.access
+        self.policy = self.access.policy
+        self.server: Listener | None = None
+        self._per_address: Counter[str] = Counter()
+        self._per_subject: Counter[str] = Counter()
+        # Every socket per address, from the accept. Behind trusted proxies every client
+        # has the proxy's address: counted, never refused (the proxy bounds its sockets).
+        self.sockets = SocketCount(
+            0 if settings.trusted_proxies else settings.max_sockets_per_address, metrics
+        )
+        self._forwarded_sampler = LogSampler(what="bad X-Forwarded-For entries")
+        # Refusals come at whatever rate clients choose (handshakes, bad frames): each is
+        # counted in a metric, but only a sample of them is logged.
+        self._refusals_logged = LogSampler()
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on host and port, or on ``sock`` when given (a socket already
+        listening, taken over from the health server of a process that was starting)."""
+        sample_accept_errors()
+        self.server = Listener(
+            self,
+            sockets=self.sockets,
+            metrics=self.metrics,
+            max_size=self.settings.max_frame,
+            # Deflate per client costs about 40% of the event loop under load (profiled in
+            # the soak) and zlib state per connection: off unless the operator wants it.
+            compression=self.settings.compression,
+            ping_interval=self.settings.ping_interval,
+            ping_timeout=self.settings.ping_timeout,
+            open_timeout=self.settings.open_timeout,
+        )
+        await self.server.start(sock, self.settings.host, self.settings.port)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    async def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.stop_accepting()
+
+    async def wait_closed(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+
+    async def process_request(self, conn: StreamConnection, request: Request) -> Response | None:
+        """The opening request: an answer for a plain route or a refusal; None upgrades."""
+        path, _, query = request.path.partition("?")
+        headers = _plain_headers(request.headers)
+        client = self._client_address(conn, request)
+        conn.client = client
+        if path != STREAM_PATH or request.method != "GET":
+            reply = await self.api.handle(
+                request.path, headers, method=request.method, client=client
+            )
+            return _response(reply, head=request.method == "HEAD")
+        # Refused before the upgrade: a bad token never gets a WebSocket.
+        try:
+            if has_body(request):
+                raise BadRequest("a stream request has no body")
+            grant = self.access.authenticate(headers, parse_qs(query))
+            if grant is None and not self.policy.is_open:
+                raise Unauthorized("this relay needs a token (Authorization: Bearer or ?token=)")
+        except ClientError as exc:
+            if not isinstance(exc, TokenRevoked):  # Access counted it already, as revoked
+                self.metrics.refused.labels(exc.reason).inc()
+            self._log_refusal(
+                "refused a stream connection from %s: %s", _peer(conn, client), exc.message
+            )
+            return _response(error_reply(exc))
+        # On the connection itself: a failed handshake leaves nothing behind.
+        conn.grant = grant
+        return None
+
+    def malformed(self, conn: StreamConnection, refusal: Refusal) -> None:
+        """Count and log a request answered at the wire, like one answered by a route."""
+        self.metrics.http_requests.labels("malformed", str(refusal.status)).inc()
+        if self.settings.access_log:
+            log_request(
+                refusal.method,
+                refusal.target,
+                refusal.status,
+                client=_address(conn),
+                size=len(refusal.body().encode()),
+                started=time.monotonic(),
+                reason=refusal.reason,
+            )
+        else:
+            self._log_refusal("refused a request from %s: %s", _peer(conn), refusal.reason)
+
+    def _client_address(self, conn: StreamConnection, request: Request) -> str:
+        """The client's address, through the trusted proxies' X-Forwarded-For (one place)."""
+        try:
+            return client_address(
+                _address(conn),
+                request.headers.get_all(FORWARDED_FOR),
+                self.settings.trusted_proxies,
+            )
+        except BadForwardedFor as exc:
+            self.metrics.bad_forwarded_for.inc()
+            if self._forwarded_sampler.allow(time.monotonic()):
+                log.info("%s from %s; counted by that address", exc, _peer(conn))
+            return _address(conn)
+
+    def opened(self, conn: StreamConnection) -> None:
+        """The upgrade is done: a session, unless the connection limits refuse it."""
+        grant, address = conn.grant, conn.client or _address(conn)
+        peer = _peer(conn, address)
+        refusal = self._over_connection_limit(address, grant)
+        if refusal:
+            self.metrics.refused.labels("connection_limit").inc()
+            self._log_refusal("refused %s: %s", peer, refusal)
+            conn.begin_close(CLOSE_POLICY, refusal)
+            return
+        self._per_address[address] += 1
+        session = Session(
+            conn, send_buffer=self.settings.send_buffer, metrics=self.metrics, peer=peer
+        )
+        session.address = address
+        session.grant = grant
+        session.bucket = TokenBucket(
+            self.policy.limit(grant, "ops_per_second"), self.policy.ops_burst, self.clock()
+        )
+        self._count_subject(session, grant)
+        conn.session = session
+        self.hub.add(session)
+        if grant is not None:
+            session.expiry = asyncio.create_task(self._watch_expiry(session), name=f"expiry {peer}")
+
+    def received(self, conn: StreamConnection, message: str | bytes) -> None:
+        session = conn.session
+        if session is None or session.closed:
+            return  # refused, or being closed: nothing more is read from it
+        if self._take_op(session, "operations"):
+            self._on_frame(session, message)
+
+    def control(self, conn: StreamConnection) -> bool:
+        session = conn.session
+        return session is None or self._take_op(session, "control frames")
+
+    def closed(self, conn: StreamConnection) -> None:
+        session, conn.session = conn.session, None
+        if session is None:
+            return
+        self._log_close(conn, session)
+        if session.expiry is not None:
+            session.expiry.cancel()
+        self.hub.remove(session)
+        address = session.address
+        self._per_address[address] -= 1
+        if not self._per_address[address]:
+            del self._per_address[address]
+        self._count_subject(session, None)
+
+    def _log_close(self, conn: StreamConnection, session: Session) -> None:
+        """Count the close by code and side; the access line of a WebSocket connection."""
+        ws = conn.protocol
+        if ws.close_rcvd is not None and ws.close_rcvd_then_sent is not False:
+            code, by = ws.close_rcvd.code, "client"  # it closed first (or alone)
+        elif ws.close_sent is not None:
+            code, by = ws.close_sent.code, "server"
+        else:
+            code, by = CLOSE_ABNORMAL, "lost"  # no close frame either way
+        self.metrics.closes.labels(str(code), by).inc()
+        if not self.settings.access_log:
+            return
+        access_log.info(
+            "websocket",
+            extra={
+                "client": session.address,
+                "method": "WS",
+                "path": STREAM_PATH,
+                "status": code,
+                "closed_by": by,
+                "subject": session.grant.subject if session.grant is not None else "",
+                "bytes": session.sent_bytes,
+                "last_seq": session.last_seq,
+                "duration_ms": round((time.monotonic() - session.started) * 1000, 2),
+            },
+        )
+
+    def _take_op(self, session: Session, what: str) -> bool:
+        """Count one client frame against the connection's rate; over it, close with 4029."""
+        if session.bucket is None or session.bucket.take(self.clock()):
+            return True
+        if not session.closed:
+            self.metrics.refused.labels("rate_limited").inc()
+            self._log_refusal("closing %s: too many %s", session.peer, what)
+            session.abandon(CLOSE_RATE_LIMITED, "rate_limited")
+        return False
+
+    def _log_refusal(self, message: str, *args: object) -> None:
+        if self._refusals_logged.allow(self.clock()):
+            log.info(message, *args)
+
+    def _count_subject(self, session: Session, grant: Grant | None) -> None:
+        """Move the connection's count to ``grant``'s subject (None: uncount it)."""
+        old, session.counted_subject = session.counted_subject, None
+        if old is not None:
+            self._per_subject[old] -= 1
+            if not self._per_subject[old]:
+                del self._per_subject[old]
+        if grant is not None:
+            self._per_subject[grant.subject] += 1
+            session.counted_subject = grant.subject
+
+    def _over_connection_limit(self, address: str, grant: Grant | None) -> str:
+        if self._per_address[address] >= self.policy.max_connections_per_address:
+            return f"too many connections from {address}"[:120]
+        if grant is not None and self._per_subject[grant.subject] >= self.policy.limit(
+            grant, "max_connections"
+        ):
+            return f"too many connections for {grant.subject}"[:120]
+        return ""
+
+    def _on_frame(self, session: Session, message: str | bytes) -> None:
+        op: protocol.Op | None = None
+        try:
+            op = protocol.decode(message)
+            if op.op == "ping":
+                session.push(protocol.pong(op.ref))
+            elif op.op == "subscribe":
+                self._subscribe(session, op)
+            elif op.op == "unsubscribe":
+                assert op.channel is not None
+                self.hub.unsubscribe(session, op.channel, op.ref)
+            elif op.op == "refresh":
+                self._refresh(session, op)
+        except ProtocolError as exc:
+            channel = exc.channel if exc.channel is not None else (op.channel if op else None)
+            self._refuse(session, exc.code, exc.message, exc.op, exc.ref, channel)
+        except ClientError as exc:
+            assert op is not None  # decode raises only ProtocolError
+            self._refuse(session, exc.code, exc.message, op.op, op.ref, op.channel)
+
+    def _refuse(
+        self,
+        session: Session,
+        code: str,
+        message: str,
+        op: str | None,
+        ref: Any,
+        channel: str | None = None,
+    ) -> None:
+        self.metrics.bad_frames.labels(code).inc()
+        self._log_refusal("refused a frame from %s: %s", session.peer, message)
+        session.push(protocol.error(code, message, op, ref, channel))
+
+    def _subscribe(self, session: Session, op: protocol.Op) -> None:
+        assert op.channel is not None
+        grant = session.grant
+        if op.channel != protocol.STATS_CHANNEL:  # public, like /v1/info
+            self.policy.check_read(grant, op.channel)
+        if op.channel not in session.subscriptions and len(session.subscriptions) >= (
+            self.policy.limit(grant, "max_subscriptions")
+        ):
+            raise ProtocolError(
+                "too_many_subscriptions", "subscription limit reached", op.op, op.ref
+            )
+        requested = (op.extra or {}).get("filters")
+        tweet_filter = self.access.subscription_filter(grant, requested)
+        self.hub.subscribe(session, op.channel, op.since, op.ref, tweet_filter, requested)
+
+    def _refresh(self, session: Session, op: protocol.Op) -> None:
+        old = session.grant
+        grant = self.access.verify((op.extra or {})["token"])
+        if old is not None and grant.subject != old.subject:
+            raise Forbidden("a refresh must keep the token's subject")
+        if old is None and self._per_subject[grant.subject] >= self.policy.limit(
+            grant, "max_connections"
+        ):
+            # A tokenless connection taking a subject's token counts as that subject's.
+            self.metrics.refused.labels("connection_limit").inc()
+            raise Forbidden(f"too many connections for {grant.subject}"[:120])
+        session.grant = grant
+        if old is None:
+            self._count_subject(session, grant)
+            if session.expiry is None:  # a token now: it expires
+                session.expiry = asyncio.create_task(
+                    self._watch_expiry(session), name=f"expiry {session.peer}"
+                )
+        # The new token's limits from now on: its rate here, its subscription limit at the
+        # next subscribe (subscriptions past a lower limit stay; new ones are refused).
+        assert session.bucket is not None
+        session.bucket.set_rate(
+            self.policy.limit(grant, "ops_per_second"), self.policy.ops_burst, self.clock()
+        )
+        session.push(protocol.refreshed(grant.expires_at, op.ref))
+        for channel, sub in list(session.subscriptions.items()):
+            if channel == protocol.STATS_CHANNEL:
+                continue  # no grant needed, no filter to narrow
+            reason = ""
+            if not self.policy.can_read(grant, channel):
+                reason = f"the new token does not grant {channel}"
+            else:
+                try:
+                    narrowed = self.access.subscription_filter(grant, sub.requested)
+                except ClientError as exc:
+                    reason = f"{channel}: {exc.message}"
+                else:
+                    # The new token's pins bound the live subscription from now on.
+                    sub.filter = narrowed
+            if reason:
+                self.hub.unsubscribe(session, channel)
+                self._refuse(session, "forbidden", reason, "refresh", op.ref, channel)
+        if session.refreshed is not None:
+            session.refreshed.set()
+
+    async def _watch_expiry(self, session: Session) -> None:
+        """At expiry ask for a fresh token; close with 4001 when none came in the grace time."""
+        while True:
+            grant = session.grant
+            if grant is None:
+                return
+            refreshed = session.refreshed
+            if refreshed is None:
+                refreshed = session.refreshed = asyncio.Event()
+            refreshed.clear()
+            if await _wait(refreshed, grant.expires_at - self.clock()):
+                continue
+            deadline = grant.expires_at + self.settings.refresh_grace
+            session.push(protocol.refresh_required(grant.expires_at, deadline))
+            if await _wait(refreshed, deadline - self.clock()):
+                continue
+            retires_at = self.settings.previous_secret_until
+            retired = grant.retiring and retires_at is not None and grant.expires_at >= retires_at
+            if retired:
+                # Its own lifetime is not over: the secret it is signed with is.
+                log.info("closing %s: token signed with a retired secret", session.peer)
+                await session.close_now(
+                    CLOSE_UNAUTHORIZED,
+                    protocol.TOKEN_INVALID,
+                    "the token is signed with a retired secret: get a new token",
+                )
+            else:
+                log.info("closing %s: token expired without refresh", session.peer)
+                await session.close_now(
+                    CLOSE_UNAUTHORIZED,
+                    protocol.TOKEN_EXPIRED,
+                    "the token expired and no refresh came in time",
+                )
+            return
+
+    async def close_revoked(self, revoked: Container[str]) -> int:
+        """Close with 4001 every open connection whose token id is in ``revoked``; how many."""
+        doomed = [
+            session
+            for session in list(self.hub.sessions)
+            if not session.closed
+            and (grant := session.grant) is not None
+            and grant.jti is not None
+            and grant.jti in revoked
+        ]
+        for session in doomed:
+            self.metrics.refused.labels("revoked").inc()
+            # The jti names the token without being one: safe to log, useful to audit.
+            jti = session.grant.jti if session.grant is not None else None
+            log.info("closing %s: token %s revoked", session.peer, jti)
+        await asyncio.gather(
+            *(
+                s.close_now(CLOSE_UNAUTHORIZED, protocol.TOKEN_REVOKED, "the token was revoked")
+                for s in doomed
+            ),
+            return_exceptions=True,
+        )
+        return len(doomed)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Whether ``event`` was set within ``seconds``."""
+    try:
+        await asyncio.wait_for(event.wait(), max(0.0, seconds))
+    except TimeoutError:
+        return event.is_set()
+    return True
+
+
+def _peer(conn: StreamConnection, client: str = "") -> str:
+    """The connection for a log line: ``host:port``, and the client behind a proxy."""
+    socket = socket_name(conn.remote_address)
+    if client and client != socket.rsplit(":", 1)[0]:
+        return f"{client} via {socket}"
+    return socket
+
+
+def _address(conn: StreamConnection) -> str:
+    return _peer(conn).rsplit(":", 1)[0]
+
+
+def _plain_headers(headers: Headers) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.raw_items()}
+
+
+def _response(reply: Reply, *, head: bool = False) -> Response:
+    """The HTTP response; for HEAD the same headers (Content-Length too) and no body."""
+    headers = Headers()
+    headers["Content-Type"] = reply.content_type
+    if reply.status != 304:  # a 304's length would be the 200's: none is simpler
+        headers["Content-Length"] = str(len(reply.body))
+    headers["Access-Control-Allow-Origin"] = "*"
+    # websockets closes the connection after any answer but 101: say so.
+    headers["Connection"] = "close"
+    for name, value in reply.headers.items():
+        headers[name] = value
+    reason = http.HTTPStatus(reply.status).phrase
+    return Response(reply.status, reason, headers, b"" if head else reply.body)
