@@ -1,8 +1,8 @@
 """Test support: the shipped helpers (:mod:`relay.testing`) and a relay subprocess.
 
 Nothing here stands in for a part of the relay: the relay is the real one on a
-real port with a real SQLite file; ``PushSource`` is a real Source whose lines
-come from the test instead of a file or the X API.
+real port with a real SQLite file (``relay.testing.RelayServer``, through the
+``start_relay`` and ``pushed`` fixtures, or ``RelayProcess`` for the CLI).
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import orjson
 
 from relay.testing.source import UNIT
 from relay.testing.support import (
-    PushSource,
-    RunningRelay,
     counted,
     receive_tweets,
     stream_line,
@@ -34,9 +32,7 @@ from relay.testing.support import (
 __all__ = [
     "ROOT",
     "UNIT",
-    "PushSource",
     "RelayProcess",
-    "RunningRelay",
     "counted",
     "free_port",
     "receive_tweets",
