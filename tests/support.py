@@ -13,12 +13,15 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from contextlib import closing
 from pathlib import Path
 
 import orjson
 
+from relay.sources.replay import ReplaySource
+from relay.sources.synth import sample_path, sample_rules
 from relay.testing.source import UNIT
 from relay.testing.support import (
     counted,
@@ -33,6 +36,7 @@ __all__ = [
     "ROOT",
     "UNIT",
     "RelayProcess",
+    "bundled_sample",
     "counted",
     "free_port",
     "receive_tweets",
@@ -100,6 +104,14 @@ class RelayProcess:
         assert self.proc.stdout is not None
         self.proc.stdout.close()
         self.log.close()
+
+
+def bundled_sample(speed: float = 1.0) -> ReplaySource:
+    """The bundled sample as ``relay run`` replays it by default: looping, its rule
+    channels declared (a source for ``start_relay(source=...)``)."""
+    return ReplaySource(
+        sample_path(), speed=speed, loop=True, clock=time.time, declared=sample_rules()
+    )
 
 
 def free_port() -> int:
