@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.core.tweets import time_from_unix
+from relay.core.times import time_from_unix
 from relay.sources.synth import sample_path, write_stream
 from relay.testing import (
     TEST_EPOCH,
