@@ -44,14 +44,15 @@ class Settings:
     max_frame: int = 64 * 1024
     """Largest inbound client frame in bytes; larger closes the connection with 1009."""
     ping_interval: float = 20.0
+    """Seconds between keepalive pings to a quiet client; 0 sends none."""
     ping_timeout: float = 20.0
+    """Seconds to wait for a keepalive pong, and the longest one write may wait on a client."""
     open_timeout: float = 10.0
     """Seconds a new connection has to send its request (and be answered) before it is
     cut; the timeout websockets' own server used."""
     compression: bool = False
     """Offer permessage-deflate to clients that ask. Off: compressing costs CPU and zlib
     memory per connection (every browser asks), and frames are built once for everyone."""
-    """Seconds to wait for a keepalive pong, and the longest one write may wait on a client."""
     catch_ups_at_once: int = 2
     """Store reads of resume catch-ups at once over all connections; others wait their turn.
 

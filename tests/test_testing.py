@@ -17,7 +17,7 @@ import pytest
 
 from relay.config import Settings
 from relay.core.auth import issue_token
-from relay.core.tweets import time_from_unix
+from relay.core.times import time_from_unix
 from relay.sources import RawLine
 from relay.sources.synth import sample_path, write_stream
 from relay.testing import (

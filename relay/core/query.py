@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from relay.core.tweets import normalise_time
+from relay.core.times import normalise_time
 from relay.errors import BadRequest
 
 MAX_LIMIT = 1000

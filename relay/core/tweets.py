@@ -22,16 +22,14 @@ without a usable ``id`` or ``text`` is skipped.
 
 from __future__ import annotations
 
-import math
-import re
 import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
+from relay.core.times import normalise_time
 from relay.errors import MalformedPayload
 
 OBJECT_TYPE = "objects.tweets"
@@ -51,12 +49,6 @@ MAX_LANG_LENGTH = 35
 """The longest BCP 47 tag in practice; X sends two or three letters, or ``qme``."""
 MAX_USERNAME_LENGTH = 64
 """X handles have at most 15 characters; filters take names up to 64."""
-MAX_TIME_LENGTH = 64
-MIN_UNIX = -62135596800.0
-"""0001-01-01T00:00:00Z, the first second a ``datetime`` holds."""
-MAX_UNIX = 253402300799.0
-"""9999-12-31T23:59:59Z, the last one."""
-_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,89 +272,6 @@ def parse_payload(payload: Mapping[str, Any], *, default_rules: Sequence[Rule] =
         api_errors=api_errors,
         skipped=tuple(skipped),
     )
-
-
-def normalise_time(value: Any) -> str | None:
-    """An X timestamp as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (sorts as text), or None.
-
-    Never raises: anything but an ISO 8601 time that lies between the years 1
-    and 9999 once in UTC (``0001-01-01T00:00:00+14:00`` does not) gives None.
-    """
-    if not isinstance(value, str) or not value or len(value) > MAX_TIME_LENGTH:
-        return None
-    if _CANONICAL_TIME.fullmatch(value):
-        # What X sends, already in the stored form: only whether the date exists is
-        # left to check (a fifth of the cost of parsing and formatting it again).
-        try:
-            datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        return value
-    try:
-        moment = datetime.fromisoformat(value)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        moment = moment.astimezone(UTC)
-    except (ValueError, OverflowError):
-        return None
-    return _format_utc(moment)
-
-
-_CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", re.ASCII)
-
-
-def format_time(moment: datetime) -> str:
-    """The one textual time format of the store and the API; never raises.
-
-    A naive ``moment`` is taken as UTC. One that leaves the range of ``datetime``
-    when moved to UTC is pinned to the first or the last day it holds.
-    """
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    try:
-        moment = moment.astimezone(UTC)
-    except OverflowError:
-        ahead = (moment.utcoffset() or timedelta(0)) > timedelta(0)
-        moment = (datetime.min if ahead else datetime.max).replace(tzinfo=UTC)
-    return _format_utc(moment)
-
-
-def _format_utc(moment: datetime) -> str:
-    # Not strftime("%Y"): it does not pad years before 1000 to four digits, and
-    # stored times must sort as text.
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
-        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
-    )
-
-
-def usable_unix(seconds: Any) -> float | None:
-    """``seconds`` as a float when it is a finite Unix time between the years 1 and 9999."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        return None
-    try:
-        value = float(seconds)
-    except OverflowError:  # an int past the range of a float
-        return None
-    if not math.isfinite(value) or not MIN_UNIX <= value <= MAX_UNIX:
-        return None
-    return value
-
-
-def time_from_unix(seconds: float) -> str:
-    """Unix seconds as the store's time text; never raises.
-
-    A time out of range is pinned to its end of the range, NaN reads as 0. Callers
-    that can do better (a source with a clock) check :func:`usable_unix` first.
-    """
-    value = usable_unix(seconds)
-    if value is None:
-        try:
-            value = float(seconds)
-        except (TypeError, ValueError, OverflowError):
-            value = 0.0
-        value = 0.0 if math.isnan(value) else min(max(value, MIN_UNIX), MAX_UNIX)
-    return _format_utc(_UNIX_EPOCH + timedelta(seconds=value))
 
 
 def stored_object(tweet_object: Mapping[str, Any], *, seq: int, received_at: str) -> JSON:

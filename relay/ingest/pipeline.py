@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from relay.core.rule_set import STATE_KEY, RuleSet, listing
-from relay.core.tweets import usable_unix
+from relay.core.times import usable_unix
 from relay.errors import RelayError
 from relay.ingest.parse_pool import ParsedChunk, ParserPool, parse_chunk
 from relay.obs.metrics import Metrics

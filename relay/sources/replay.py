@@ -33,7 +33,8 @@ from typing import IO, Any
 import orjson
 
 from relay.core.rule_set import RuleSet
-from relay.core.tweets import normalise_time, rule_keys, time_from_unix, usable_unix
+from relay.core.times import normalise_time, time_from_unix, usable_unix
+from relay.core.tweets import rule_keys
 from relay.errors import SourceError
 from relay.sources import RawLine
 

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from relay.core.rule_set import RuleSet
-from relay.core.tweets import time_from_unix
+from relay.core.times import time_from_unix
 
 SAMPLE_SEED = 2026
 SAMPLE_COUNT = 3000

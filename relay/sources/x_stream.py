@@ -143,11 +143,11 @@ class XStreamSource:
         self.backfill_pages = backfill_pages
         self.schedule = schedule or ReconnectSchedule()
         self.waits: list[tuple[Cause, float]] = []
+        """Every wait before a reconnect and its cause, for operators and tests."""
         # The last lines the stream sent. The store may not have committed them yet when the
         # connection drops, and the gap filler must start from the newest of them; they are
         # parsed only then, so the hot path pays one append a line, not a second parse.
         self._recent: deque[bytes] = deque(maxlen=256)
-        """Every wait before a reconnect and its cause, for operators and tests."""
 
     async def lines(self) -> AsyncIterator[RawLine]:
         await asyncio.to_thread(self.sync_rules)

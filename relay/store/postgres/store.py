@@ -39,7 +39,8 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from relay.core.query import Condition, TweetQuery
-from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX, Tweet, time_from_unix
+from relay.core.times import time_from_unix
+from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX, Tweet
 from relay.errors import QueryTimeout, StoreCorrupt, StoreError, StoreNotReady, WriterBusy
 from relay.store import (
     AppendResult,

@@ -22,7 +22,8 @@ import psycopg
 import psycopg.errors
 
 from relay.core.filters import fold
-from relay.core.tweets import Tweet, display_name_of, normalise_time, stored_body, username_of
+from relay.core.times import normalise_time
+from relay.core.tweets import Tweet, display_name_of, stored_body, username_of
 from relay.store import AppendResult, StoredTweet
 from relay.store.postgres.schema import TWEET_COLUMNS
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import orjson
 
-from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX, time_from_unix
+from relay.core.times import time_from_unix
+from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX
 from relay.errors import StoreError
 from relay.store.sqlite.retention import remove_tweets
 from relay.store.sqlite.schema import check_schema

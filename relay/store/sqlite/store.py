@@ -36,12 +36,8 @@ from typing import Any, TypeVar
 import orjson
 
 from relay.core.query import Condition, TweetQuery
-from relay.core.tweets import (
-    ALL_CHANNEL,
-    RULE_PREFIX,
-    Tweet,
-    time_from_unix,
-)
+from relay.core.times import time_from_unix
+from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX, Tweet
 from relay.errors import StoreCorrupt, StoreError, StoreNotReady
 from relay.store import (
     AppendResult,

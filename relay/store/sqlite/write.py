@@ -16,13 +16,12 @@ from typing import Any
 
 import orjson
 
+from relay.core.times import MAX_TIME_LENGTH, normalise_time
 from relay.core.tweets import (
     ALL_CHANNEL,
-    MAX_TIME_LENGTH,
     RULE_PREFIX,
     Tweet,
     display_name_of,
-    normalise_time,
     stored_body,
     username_of,
 )
