@@ -107,9 +107,7 @@ def x_relay(
 ) -> Callable[..., RelayServer]:
     """Start a relay on a live X source pointed at ``fake``; waits use a FakeTime."""
 
-    def start(
-        source: str = "x-stream", time: FakeTime | None = None, **values: Any
-    ) -> RelayServer:
+    def start(source: str = "x-stream", time: FakeTime | None = None, **values: Any) -> RelayServer:
         time = time or FakeTime()
         base = {
             "x_bearer_token": TOKEN,

@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from relay.app.relay import Relay
+from relay.app.relay import ROLES, Relay
 from relay.config import SPEED_MAX, Settings, parse_speed
 from relay.ingest.finished import ReplaySummary
 from relay.sources import Source
@@ -45,9 +45,6 @@ TEST_EPOCH = "7e57000000000001"
 
 TEST_SEND_BUFFER = 256 * 1024 * 1024
 """Bytes a relay of :class:`RelayServer` queues for one client (production: 1 MiB)."""
-
-ROLES = ("run", "ingest", "serve")
-"""What a :class:`RelayServer` runs, as the CLI commands of the same names do."""
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -206,8 +203,8 @@ class RelayServer:
         test's own source, builds one from its settings (x-stream...), or reads none."""
         if self._own_source is not None or settings.source != "replay":
             return None
-        if self._relay_args["role"] == "serve":
-            return None
+        if "ingest" not in ROLES[self._relay_args["role"]]:
+            return None  # a serving process reads no source
         return ControlledSource(
             self.replay,
             loop=loop,
@@ -287,7 +284,7 @@ class RelayServer:
 
     def all_tweets(self, token: str | None = None, **params: str) -> list[dict[str, Any]]:
         """Every stored tweet the object API gives (``params`` as its query parameters:
-        ``q``, ``fields``...), in seq order, page after page."""
+        ``q``, ``rule``, ``search``), in seq order, page after page."""
         out: list[dict[str, Any]] = []
         query = "&" + urlencode(params) if params else ""
         while True:
