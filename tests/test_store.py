@@ -13,7 +13,8 @@ import pytest
 
 from relay.core.tweets import parse_line
 from relay.errors import StoreError
-from relay.store.sqlite.store import MIGRATIONS, SQLiteStore
+from relay.store.sqlite.schema import MIGRATIONS
+from relay.store.sqlite.store import SQLiteStore
 from tests.pg_server import StoreMaker
 from tests.support import UNIT, stream_line
 

@@ -35,11 +35,11 @@ from relay.jobs.stats import StatsSampler
 from relay.obs.metrics import Metrics
 from relay.obs.readiness import READY, Readiness
 from relay.obs.waits import Outage
-from relay.sources import Source
+from relay.sources import ResumePoint, Source
 from relay.sources.replay import ReplaySource
 from relay.sources.synth import sample_path, sample_rules
 from relay.store import Store
-from relay.store.sqlite.store import SQLiteStore
+from relay.store.open import open_store
 from relay.stream.announce import DeletionAnnouncer
 from relay.stream.follower import Follower
 from relay.stream.hub import Hub
@@ -55,7 +55,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 def build_source(
     settings: Settings,
-    store: Store,
+    newest_stored: ResumePoint,
     metrics: Metrics,
     clock: Clock,
     sleep: Sleep = asyncio.sleep,
@@ -78,7 +78,7 @@ def build_source(
             "base_url": settings.x_api_base_url,
             "rules": load_rules(settings.rules_file),
             "rules_origin": f"the rules file {settings.rules_file}",
-            "store": store,
+            "newest_stored": newest_stored,
             "metrics": metrics,
             "clock": clock,
         }
@@ -206,7 +206,7 @@ class Relay:
             # traceback after the migrations.
             self._listener = listening_socket(settings.host, settings.port)
         self._waiting = "waiting for the store"
-        store = self.store = await open_store(
+        store = self.store = await wait_for_store(
             settings, writer=self.ingests, serves=self.serves, sleep=self.sleep
         )
         store.on_damage = self._store_damaged
@@ -356,7 +356,7 @@ class Relay:
             log.info("active ingester (%s): continuing after seq %d", store.holder, head)
         bus.announce(head)
         source = self._source or build_source(
-            self.settings, store, self.metrics, self.clock, self.sleep
+            self.settings, store.highest_tweet_id, self.metrics, self.clock, self.sleep
         )
         self.ingest = Ingest(
             source,
@@ -587,7 +587,7 @@ class Relay:
         log.info("relay stopped")
 
 
-async def open_store(
+async def wait_for_store(
     settings: Settings, *, writer: bool, serves: bool = True, sleep: Sleep = asyncio.sleep
 ) -> Store:
     """The store the settings name; waits with backoff until it is there (a server not up
@@ -597,22 +597,7 @@ async def open_store(
     outage = Outage(log, "the store")
     while True:
         try:
-            if settings.database_url:
-                from relay.store.postgres.store import PostgresStore
-
-                # A worker serves no clients: one reader and one query connection
-                # (opened on demand) keep it to 3 of a small plan's ~20 connections.
-                store: Store = await PostgresStore.open(
-                    settings.database_url,
-                    writer=writer,
-                    readers=3 if serves else 1,
-                    query_readers=settings.query_readers if serves else 1,
-                    lease_ttl=settings.lease_ttl,
-                )
-            else:
-                store = await SQLiteStore.open(
-                    settings.db, query_readers=settings.query_readers, writer=writer
-                )
+            store = await open_store(settings, writer=writer, serves=serves)
         except StoreNotReady as exc:
             outage.failed(str(exc), delay)
             await sleep(delay)
