@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX
+
+if TYPE_CHECKING:
+    from relay.core.tweets import Tweet
 
 T = TypeVar("T")
 
@@ -25,6 +31,43 @@ class StoredTweet:
     received: float = 0.0
     """When its line was received (unix seconds; 0 when not known): the delivery latency
     metric measures from here."""
+
+    @classmethod
+    def written(
+        cls,
+        seq: int,
+        tweet: Tweet,
+        body: bytes,
+        received_at: float,
+        channels: tuple[str, ...] | None = None,
+    ) -> StoredTweet:
+        """``tweet`` as an append stored it under ``seq`` (``channels``: its
+        :attr:`~relay.core.tweets.Tweet.channels`, when the writer has them at hand)."""
+        return cls(
+            seq,
+            tweet.channels if channels is None else channels,
+            body,
+            tweet.lang,
+            tweet.author_username,
+            tweet.has_media,
+            tweet.text,
+            received_at,
+        )
+
+    @classmethod
+    def read(
+        cls,
+        seq: int,
+        rule_keys: Iterable[str],
+        body: bytes,
+        lang: str | None,
+        author: str | None,
+        has_media: bool,
+        text: str,
+    ) -> StoredTweet:
+        """A stored tweet as a range read gives it back (its receive time is not read)."""
+        channels = (ALL_CHANNEL, *(RULE_PREFIX + key for key in rule_keys))
+        return cls(seq, channels, body, lang, author, has_media, text)
 
 
 StoredBody = tuple[int, bytes]

@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 
 from relay.core.query import Condition
 from relay.core.rule_set import STATE_KEY, Channels, RuleSet
-from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX
 from relay.store.postgres import query as postgres_query
 from relay.store.postgres.write import Cursor
 from relay.store.types import StoredBody, StoredTweet
@@ -46,17 +45,7 @@ def tweets_after(
         size = 0
         await cur.execute((sql + " ORDER BY seq LIMIT %s").encode(), [*params, limit])
         async for seq, rules, body, lang, author, has_media, text in cur:
-            page.append(
-                StoredTweet(
-                    seq=seq,
-                    channels=(ALL_CHANNEL, *(RULE_PREFIX + key for key in rules)),
-                    body=body,
-                    lang=lang,
-                    author=author,
-                    has_media=has_media,
-                    text=text,
-                )
-            )
+            page.append(StoredTweet.read(seq, rules, body, lang, author, has_media, text))
             size += len(body)
             if max_bytes is not None and size >= max_bytes:
                 break

@@ -108,17 +108,7 @@ def _row(
         keys,
         body.decode(),
     )
-    stored = StoredTweet(
-        seq=seq,
-        channels=tweet.channels,
-        body=body,
-        lang=tweet.lang,
-        author=tweet.author_username,
-        has_media=tweet.has_media,
-        text=tweet.text,
-        received=received_at,
-    )
-    return row, stored, keys
+    return row, StoredTweet.written(seq, tweet, body, received_at), keys
 
 
 async def _known_ids(cur: Cursor, ids: list[str]) -> set[str]:

@@ -17,7 +17,6 @@ import orjson
 
 from relay.core.query import Condition
 from relay.core.rule_set import STATE_KEY, Channels, RuleSet
-from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX
 from relay.errors import StoreCorrupt
 from relay.store.sqlite import query as sqlite_query
 from relay.store.sqlite.damage import check_order, missing, newest_seq, range_end
@@ -80,17 +79,8 @@ def tweets_after(
             if body is None:
                 raise missing(path, channel, seq)
             encoded = as_bytes(body)
-            page.append(
-                StoredTweet(
-                    seq=seq,
-                    channels=(ALL_CHANNEL, *(RULE_PREFIX + key for key in orjson.loads(rules))),
-                    body=encoded,
-                    lang=lang,
-                    author=author,
-                    has_media=bool(has_media),
-                    text=text,
-                )
-            )
+            keys = orjson.loads(rules)
+            page.append(StoredTweet.read(seq, keys, encoded, lang, author, bool(has_media), text))
             size += len(encoded)
             if len(page) >= limit or (max_bytes is not None and size >= max_bytes):
                 break
