@@ -11,12 +11,12 @@ from typing import Any
 
 import orjson
 
-from relay.config import Settings
 from relay.sources import RawLine
 from relay.sources.record import stamp
 from relay.sources.replay import _recorded_at
+from relay.testing import RelayServer
 from tests.fake_x import TOKEN, FakeX, ids_of, x_lines
-from tests.support import ROOT, UNIT, RunningRelay, counted
+from tests.support import ROOT, UNIT, counted
 
 BROKEN = b'{"data": {"id": "17", "text": "cut off'
 
@@ -56,9 +56,8 @@ def test_a_recording_holds_exactly_the_lines_received_and_replays_into_an_identi
     tmp_path: Path,
     fake: FakeX,
     rules_file: Path,
-    x_relay: Callable[..., RunningRelay],
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    x_relay: Callable[..., RelayServer],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
     lines = x_lines(30, seed=13)
     fake.scripts.append(script(lines))
@@ -89,9 +88,9 @@ def test_a_recording_holds_exactly_the_lines_received_and_replays_into_an_identi
     # The same session live, and the recording replayed: the stores match.
     fake.scripts.append(script(lines))
     live = x_relay(db=str(tmp_path / "live.db"))
-    live.wait_stored(30)
-    replayed = start_relay(make_settings(db=str(tmp_path / "replayed.db"), replay=str(out)))
-    replayed.wait_stored(30)
+    live.wait_seq(30)
+    replayed = start_relay(store=tmp_path / "replayed.db", replay=out)
+    replayed.wait_seq(30)
     assert comparable(replayed.all_tweets()) == comparable(live.all_tweets())
     assert len(live.all_tweets()) == 30
     assert counted(replayed.relay.metrics.malformed) == 1
@@ -149,15 +148,15 @@ def _record(out: Path, fake: FakeX, rules_file: Path, cwd: Path, *flags: str) ->
 
 
 def test_with_db_a_recording_resumes_after_that_store_and_only_reads_it(
-    tmp_path: Path, fake: FakeX, rules_file: Path, x_relay: Callable[..., RunningRelay]
+    tmp_path: Path, fake: FakeX, rules_file: Path, x_relay: Callable[..., RelayServer]
 ) -> None:
     lines = x_lines(30, seed=17)
     stored = tmp_path / "stored.db"
     # A relay writes the store meanwhile (it holds the writer's lock): read only, the
     # recorder opens it all the same.
     fake.scripts.append([("lines", lines[:20]), ("hold",)])
-    writer = x_relay(db=str(stored))
-    writer.wait_stored(20)
+    writer = x_relay(store=stored)
+    writer.wait_seq(20)
     fake.requests.clear()
     fake.scripts.append([("lines", lines[20:])])
     flags = ("--db", str(stored), "--max-tweets", "10")
