@@ -21,6 +21,7 @@ from relay.errors import ConfigError, RelayError
 
 if TYPE_CHECKING:
     from relay.core.rule_set import Channels
+    from relay.store import Store
 
 console = Console(stderr=True, soft_wrap=True)  # an error stays one line for log readers
 Command = Callable[[argparse.Namespace], int]
@@ -223,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     record.add_argument("out", metavar="OUT.jsonl", help="the file to write")
     record.add_argument("--config", metavar="FILE", help="TOML config file")
-    record.add_argument("--db", help="the store the gap filler reads (relay.db)")
+    record.add_argument(
+        "--db", help="a store to resume after: read only, never written (none: from now)"
+    )
     add_source_flags(record)
     record.add_argument("--max-tweets", type=int, dest="max_tweets", help="stop after N tweets")
     record.add_argument("--duration", type=float, help="stop after S seconds")
@@ -402,6 +405,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     from relay.core.deletion_ids import check_ids, ids_from_lines
     from relay.errors import ConfigError
+    from relay.store.open import admin_for
 
     settings = settings_from(args)
     try:
@@ -421,14 +425,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         raise ConfigError(f"no tweet id in {args.from_file}: {skipped}")
     if not ids:
         raise ConfigError("no tweet ids given: name them, or give --from-file FILE")
-    if settings.database_url:
-        from relay.store.postgres.deletions import queue_deletions as queue_pg
-
-        queued = asyncio.run(queue_pg(settings.database_url, ids))
-    else:
-        from relay.store.sqlite.deletions import queue_deletions
-
-        queued = queue_deletions(settings.db, ids)
+    queued = asyncio.run(admin_for(settings).queue_deletions(ids))
     console.print(
         f"relay: queued {queued} deletions; the active writer applies them within a few "
         f"seconds{'; ' + skipped if skipped else ''}",
@@ -438,16 +435,10 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from relay.errors import ConfigError
-    from relay.store.sqlite.backup import backup
+    from relay.store.open import admin_for
 
     settings = settings_from(args)
-    if settings.database_url:
-        raise ConfigError(
-            "DATABASE_URL is set: back up PostgreSQL with pg_dump (docs/deployment.md); "
-            "give --db to copy a SQLite store"
-        )
-    done = backup(settings.db, Path(args.out))
+    done = asyncio.run(admin_for(settings).backup(Path(args.out)))
     console.print(
         f"relay: backed up {settings.db} to {done.path}: {done.tweets} tweets up to seq "
         f"{done.head}; its epoch is {done.epoch} (new)",
@@ -457,16 +448,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from relay.errors import ConfigError
-    from relay.store.sqlite.check import integrity_check
+    from relay.store.open import admin_for
 
     settings = settings_from(args)
-    if settings.database_url:
-        raise ConfigError(
-            "DATABASE_URL is set: check PostgreSQL with pg_amcheck; give --db to check a "
-            "SQLite store"
-        )
-    checked = integrity_check(settings.db, quick=args.quick)
+    checked = asyncio.run(admin_for(settings).integrity_check(quick=args.quick))
     if not checked.problems:
         print(f"relay: {settings.db} is intact: ok ({checked.pages:,} pages read)", flush=True)
         return 0
@@ -588,27 +573,48 @@ def cmd_record(args: argparse.Namespace) -> int:
         raise ConfigError("--duration must be more than 0 seconds")
     settings = settings_from(args)
     setup_logging(settings)
-    return asyncio.run(_record(settings, Path(args.out), args.max_tweets, args.duration))
+    resume = args.db is not None
+    return asyncio.run(_record(settings, Path(args.out), args.max_tweets, args.duration, resume))
+
+
+async def _resume_store(settings: Settings) -> Store | None:
+    """The store ``--db`` names, opened to read only: where a live source resumes. None
+    when there is no store there yet (nothing stored: the source starts from now)."""
+    from relay.errors import StoreNotReady
+    from relay.store.open import open_store
+
+    try:
+        return await open_store(settings, writer=False, serves=False, wait=False)
+    except StoreNotReady as exc:
+        logging.getLogger("relay").info("recording without a resume point: %s", exc)
+        return None
 
 
 async def _record(
-    settings: Settings, out: Path, max_tweets: int | None, duration: float | None
+    settings: Settings,
+    out: Path,
+    max_tweets: int | None,
+    duration: float | None,
+    resume: bool,
 ) -> int:
+    """Record ``settings.source`` to ``out``; with ``resume``, a live source resumes
+    after the newest tweet of the store the settings name (read only)."""
     import time
 
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from relay.app.sources import build_source
     from relay.obs.metrics import Metrics
+    from relay.sources import nothing_stored
     from relay.sources.record import Recorded, record
-    from relay.store.sqlite.store import SQLiteStore
 
     try:
         out.open("ab").close()  # the folder and the rights, before a source is started
     except OSError as exc:
         raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from None
-    store = await SQLiteStore.open(settings.db)
-    source = build_source(settings, store, Metrics(), time.time)
+    store = await _resume_store(settings) if resume else None
+    newest_stored = store.highest_tweet_id if store is not None else nothing_stored
+    source = build_source(settings, newest_stored, Metrics(), time.time)
     started = time.monotonic()
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     # The spinner only where someone watches it: in a log or a pipe, the last line says it all.
@@ -639,7 +645,8 @@ async def _record(
             done = await recording
         except asyncio.CancelledError:
             done = None
-    await store.close()
+    if store is not None:
+        await store.close()
     console.print(
         f"recorded {out}" + (f": {done.tweets} tweets in {done.lines} lines" if done else ""),
         highlight=False,
@@ -733,23 +740,13 @@ def check_channels(settings: Settings, patterns: Sequence[str], *, force: bool) 
 async def _known_channels(settings: Settings) -> tuple[Channels | None, str]:
     """The store's known channels, or None and why they cannot be read (no store yet)."""
     from relay.errors import StoreError
-    from relay.store import Store, read_channels
+    from relay.store.open import open_store
 
     try:
         async with asyncio.timeout(10):
-            store: Store
-            if settings.database_url:
-                from relay.store.postgres.store import PostgresStore
-
-                store = await PostgresStore.open(
-                    settings.database_url, writer=False, readers=1, query_readers=1, wait=False
-                )
-            else:
-                from relay.store.sqlite.store import SQLiteStore
-
-                store = await SQLiteStore.open(settings.db, writer=False, query_readers=1)
+            store = await open_store(settings, writer=False, serves=False, wait=False)
             try:
-                return await read_channels(store), ""
+                return await store.known_channels(), ""
             finally:
                 await store.close()
     except (StoreError, OSError) as exc:

@@ -22,7 +22,7 @@ fixed number of store reads at once overall, small pages read only when the
 client has taken most of what it was sent (the transport's buffer drained to a
 quarter of the send buffer), written coalesced, and ``recovered`` counted up to a cap.
 A page is read as ``(seq, body)`` rows and turned into its frames, end to end in one
-bytes object, where the store reads it (:meth:`Store.read_bodies`): the loop only
+bytes object, where the store reads it (:meth:`Log.read_bodies`): the loop only
 writes it. A subscription's filter is tested in the store, over windows of at most
 ``CATCH_UP_SCAN`` seqs: a filter that matches nothing reads no tweet out; a page read
 under a filter that a refresh has since replaced is read again.
@@ -46,7 +46,7 @@ from relay.core import protocol
 from relay.core.protocol import Position
 from relay.core.rule_set import Channels
 from relay.errors import SessionClosed, StoreCorrupt
-from relay.store import BodyPage, Store, StoredTweet, read_channels
+from relay.store import BodyPage, Log, StoredTweet
 from relay.stream.session import ChannelBatch, Session, Subscription
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ cannot hold a store reader for a whole scan of the store in one read."""
 class Hub:
     def __init__(
         self,
-        store: Store,
+        store: Log,
         metrics: Metrics,
         *,
         head: int = 0,
@@ -325,7 +325,7 @@ class Hub:
     async def refresh_channels(self) -> Channels:
         """Read the known channels from the store afresh, and keep them for the next
         subscriptions (a subscription to a channel they miss reads them again)."""
-        self.known = await read_channels(self.store)
+        self.known = await self.store.known_channels()
         return self.known
 
     async def _check_channel(
@@ -502,7 +502,7 @@ class Hub:
                     ahead = asyncio.ensure_future(self._page(sub, last, head, page_bytes))
                 page, until, read_with = await ahead
                 ahead = None
-                # A complete page holds every match up to until (Store.read_bodies).
+                # A complete page holds every match up to until (Log.read_bodies).
                 after = until if page.complete else page.last
                 if after < head:
                     ahead = asyncio.ensure_future(self._page(sub, after, head, page_bytes))
