@@ -1,6 +1,6 @@
-"""The composition: the CLI (``cli.py``, the commands in ``commands/``), process launch and signals (``launch.py``) and
-:class:`Relay` (``relay.py``), which wires an ingest side and a serve side for ``relay
-run``, ``relay ingest`` and ``relay serve``.
+"""The composition: the CLI (``cli.py``, the commands in ``commands/``), process launch
+and signals (``launch.py``) and :class:`Relay` (``relay.py``), which wires an ingest side
+and a serve side for ``relay run``, ``relay ingest`` and ``relay serve``.
 
 May import: everything below it; only ``relay.testing`` imports it.
 """
