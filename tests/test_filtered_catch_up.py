@@ -50,7 +50,7 @@ def relay(
     running = start_relay(make_settings(secret=SECRET, public_channels=[]), source)
     # Windows smaller than the store, so reads cross many of them and many full pages.
     assert running.relay.hub is not None
-    running.relay.hub.catch_up_scan = 256
+    running.relay.hub.catch_ups.scan = 256
     source.push(*(tweet(i) for i in range(1, COUNT + 1)))
     running.wait_stored(COUNT)
     running.source = source  # type: ignore[attr-defined]

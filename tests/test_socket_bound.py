@@ -19,7 +19,7 @@ import pytest
 
 from relay.config import Settings
 from relay.errors import ConfigError
-from relay.web.connection import AcceptErrorFilter
+from relay.web.sockets import AcceptErrorFilter
 from tests.support import (
     UNIT,
     PushSource,
