@@ -43,7 +43,7 @@ from relay.errors import (
     StoreCorrupt,
 )
 from relay.store import Store, StoredTweet, read_channels
-from relay.stream.catch_up import CATCH_UP_SCAN, CatchUpReader
+from relay.stream.catch_up import CatchUpReader
 from relay.stream.payloads import ChannelBatch, Frames
 from relay.stream.session import Session, Subscription
 
@@ -67,7 +67,6 @@ class Hub:
         head: int = 0,
         catch_ups_at_once: int = 2,
         recovered_cap: int = 1000,
-        catch_up_scan: int = CATCH_UP_SCAN,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -78,7 +77,6 @@ class Hub:
             metrics,
             at_once=catch_ups_at_once,
             recovered_cap=recovered_cap,
-            scan=catch_up_scan,
         )
         self.sessions: set[Session] = set()
         self._listeners: dict[str, set[Session]] = {}
