@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from relay.config import Settings  # noqa: E402
+from relay.testing import RelayServer  # noqa: E402
 from tests.fake_x import RULES_TOML, TOKEN, FakeTime, FakeX  # noqa: E402
-from tests.support import PushSource, RelayProcess, RunningRelay  # noqa: E402
+from tests.support import RelayProcess  # noqa: E402
 
 pytest_plugins = [
     "tests.pg_server",  # pg_server, pg_url, make_store: a real PostgreSQL
@@ -35,27 +37,34 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     return make
 
 
-@pytest.fixture
-def start_relay() -> Iterator[Callable[..., RunningRelay]]:
-    started: list[RunningRelay] = []
-
-    def start(settings: Settings, source: Any = None, **relay_args: Any) -> RunningRelay:
-        relay = RunningRelay(settings, source, **relay_args)
-        started.append(relay)
-        return relay
-
-    yield start
-    for relay in started:
-        relay.stop()
+AS_DEPLOYED: dict[str, Any] = {
+    "batch_size": Settings().batch_size,
+    "send_buffer": Settings().send_buffer,
+    "epoch": None,
+    "clock": time.time,
+}
+"""What the project's tests change of a RelayServer's deterministic defaults: the relay
+under test runs as deployed (batches, the send buffer, a random epoch, the wall clock)."""
 
 
 @pytest.fixture
-def pushed(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
-) -> tuple[RunningRelay, PushSource]:
-    """A relay whose source the test feeds line by line."""
-    source = PushSource()
-    return start_relay(make_settings(send_buffer=256 * 1024), source), source
+def start_relay(
+    relay_server_factory: Callable[..., RelayServer], tmp_path: Path
+) -> Callable[..., RelayServer]:
+    """Start a RelayServer (any of its arguments), as deployed, on ``tmp_path/relay.db``;
+    stopped after the test."""
+
+    def start(replay: str | Path | None = None, **options: Any) -> RelayServer:
+        defaults = {**AS_DEPLOYED, "store": tmp_path / "relay.db"}
+        return relay_server_factory(replay, **{**defaults, **options})
+
+    return start
+
+
+@pytest.fixture
+def pushed(start_relay: Callable[..., RelayServer]) -> RelayServer:
+    """A relay whose source the test feeds line by line (``push``)."""
+    return start_relay(send_buffer=256 * 1024)
 
 
 @pytest.fixture
@@ -94,16 +103,11 @@ def rules_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def x_relay(
-    rules_file: Path,
-    fake: FakeX,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
-) -> Callable[..., RunningRelay]:
+    rules_file: Path, fake: FakeX, start_relay: Callable[..., RelayServer]
+) -> Callable[..., RelayServer]:
     """Start a relay on a live X source pointed at ``fake``; waits use a FakeTime."""
 
-    def start(
-        source: str = "x-stream", time: FakeTime | None = None, **values: Any
-    ) -> RunningRelay:
+    def start(source: str = "x-stream", time: FakeTime | None = None, **values: Any) -> RelayServer:
         time = time or FakeTime()
         base = {
             "x_bearer_token": TOKEN,
@@ -112,7 +116,6 @@ def x_relay(
             "stall_timeout": 0.5,
             "source": source,
         }
-        settings = make_settings(**{**base, **values})
-        return start_relay(settings, clock=time.clock, sleep=time.sleep)
+        return start_relay(**{**base, **values}, wall_clock=time.clock, sleep=time.sleep)
 
     return start

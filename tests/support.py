@@ -1,8 +1,8 @@
 """Test support: the shipped helpers (:mod:`relay.testing`) and a relay subprocess.
 
 Nothing here stands in for a part of the relay: the relay is the real one on a
-real port with a real SQLite file; ``PushSource`` is a real Source whose lines
-come from the test instead of a file or the X API.
+real port with a real SQLite file (``relay.testing.RelayServer``, through the
+``start_relay`` and ``pushed`` fixtures, or ``RelayProcess`` for the CLI).
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from contextlib import closing
 from pathlib import Path
 
 import orjson
 
+from relay.sources.replay import ReplaySource
+from relay.sources.synth import sample_path, sample_rules
 from relay.testing.source import UNIT
 from relay.testing.support import (
-    PushSource,
-    RunningRelay,
     counted,
     receive_tweets,
     stream_line,
@@ -34,9 +35,8 @@ from relay.testing.support import (
 __all__ = [
     "ROOT",
     "UNIT",
-    "PushSource",
     "RelayProcess",
-    "RunningRelay",
+    "bundled_sample",
     "counted",
     "free_port",
     "receive_tweets",
@@ -104,6 +104,14 @@ class RelayProcess:
         assert self.proc.stdout is not None
         self.proc.stdout.close()
         self.log.close()
+
+
+def bundled_sample(speed: float = 1.0) -> ReplaySource:
+    """The bundled sample as ``relay run`` replays it by default: looping, its rule
+    channels declared (a source for ``start_relay(source=...)``)."""
+    return ReplaySource(
+        sample_path(), speed=speed, loop=True, clock=time.time, declared=sample_rules()
+    )
 
 
 def free_port() -> int:

@@ -16,20 +16,12 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from relay.config import Settings
 from relay.core.auth import issue_token
-from tests.support import (
-    UNIT,
-    PushSource,
-    RunningRelay,
-    receive_tweets,
-    stream_line,
-    subscribe,
-    ws_connect,
-)
+from relay.testing import RelayServer
+from tests.support import UNIT, receive_tweets, stream_line, subscribe, ws_connect
 from tests.test_auth import GOOD_CLAIMS, SECRET, _forge
 
-Start = Callable[..., tuple[RunningRelay, PushSource]]
+Start = Callable[..., RelayServer]
 
 
 def token(channels: list[str], ttl: float = 600, sub: str = "alice", **extra: Any) -> str:
@@ -37,21 +29,17 @@ def token(channels: list[str], ttl: float = 600, sub: str = "alice", **extra: An
 
 
 @pytest.fixture
-def private(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
-) -> Start:
+def private(start_relay: Callable[..., RelayServer]) -> Start:
     """A relay where every channel needs a token; its source fed by the test."""
 
-    def start(**values: Any) -> tuple[RunningRelay, PushSource]:
-        source = PushSource()
-        settings = make_settings(secret=SECRET, public_channels=[], **values)
-        relay = start_relay(settings, source)
-        source.push(
+    def start(**values: Any) -> RelayServer:
+        relay = start_relay(secret=SECRET, public_channels=[], **values)
+        relay.push(
             stream_line(1, "a cat", tags=("cats",)),
             stream_line(2, "a dog", tags=("dogs",), lang="es"),
         )
-        relay.wait_stored(2)
-        return relay, source
+        relay.wait_seq(2)
+        return relay
 
     return start
 
@@ -93,7 +81,7 @@ BAD_TOKENS = {
 def test_a_bad_token_is_refused_with_401_before_the_upgrade_and_on_the_object_api(
     private: Start, case: str
 ) -> None:
-    relay, _ = private()
+    relay = private()
     bad = BAD_TOKENS[case]()
     assert refused_status(relay.ws_url + "?token=" + bad) == 401
     assert (
@@ -107,7 +95,7 @@ def test_a_bad_token_is_refused_with_401_before_the_upgrade_and_on_the_object_ap
 def test_a_refresh_with_a_header_the_jwt_library_refuses_is_an_unauthorized_frame(
     private: Start, crit: object, caplog: pytest.LogCaptureFixture
 ) -> None:
-    relay, source = private()
+    relay = private()
     caplog.set_level(logging.INFO)
     ws, _ = subscribe(
         relay.ws_url, additional_headers={"Authorization": "Bearer " + token(["tweets"])}
@@ -117,7 +105,7 @@ def test_a_refresh_with_a_header_the_jwt_library_refuses_is_an_unauthorized_fram
     refused = orjson.loads(ws.recv(timeout=UNIT))
     assert (refused["type"], refused["code"], refused["id"]) == ("error", "unauthorized", 7)
     # The connection goes on with its old token.
-    source.push(stream_line(3))
+    relay.push(stream_line(3))
     assert receive_tweets(ws, 1)[0]["seq"] == 3
     ws.close()
     problems = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
@@ -125,7 +113,7 @@ def test_a_refresh_with_a_header_the_jwt_library_refuses_is_an_unauthorized_fram
 
 
 def test_no_token_on_a_private_relay_is_401_never_an_empty_200(private: Start) -> None:
-    relay, _ = private()
+    relay = private()
     assert refused_status(relay.ws_url) == 401
     assert relay.get("/v1/objects/tweets")[0] == 401
     assert relay.get("/v1/objects/tweets/1")[0] == 401
@@ -135,7 +123,7 @@ def test_no_token_on_a_private_relay_is_401_never_an_empty_200(private: Start) -
 
 
 def test_a_token_for_one_rule_never_sees_another(private: Start) -> None:
-    relay, source = private()
+    relay = private()
     cats = token(["rule:cats"])
     ws, _ = subscribe(
         relay.ws_url, "rule:cats", additional_headers={"Authorization": f"Bearer {cats}"}
@@ -144,7 +132,7 @@ def test_a_token_for_one_rule_never_sees_another(private: Start) -> None:
         ws.send(orjson.dumps({"op": "subscribe", "channel": channel}).decode())
         reply = orjson.loads(ws.recv(timeout=UNIT))
         assert reply["type"] == "error" and reply["code"] == "forbidden", channel
-    source.push(
+    relay.push(
         stream_line(3, tags=("dogs",)),
         stream_line(4, tags=("dogs", "cats")),
         stream_line(5, tags=("cats",)),
@@ -165,12 +153,11 @@ def test_a_token_for_one_rule_never_sees_another(private: Start) -> None:
 
 
 def test_public_channels_need_no_token_and_others_still_do(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+    start_relay: Callable[..., RelayServer],
 ) -> None:
-    source = PushSource()
-    relay = start_relay(make_settings(secret=SECRET, public_channels=["rule:cats"]), source)
-    source.push(stream_line(1, tags=("cats",)), stream_line(2, tags=("dogs",)))
-    relay.wait_stored(2)
+    relay = start_relay(secret=SECRET, public_channels=["rule:cats"])
+    relay.push(stream_line(1, tags=("cats",)), stream_line(2, tags=("dogs",)))
+    relay.wait_seq(2)
     ws, _ = subscribe(relay.ws_url, "rule:cats")
     ws.send('{"op":"subscribe","channel":"rule:dogs"}')
     assert orjson.loads(ws.recv(timeout=UNIT))["code"] == "unauthorized"
@@ -180,7 +167,7 @@ def test_public_channels_need_no_token_and_others_still_do(
 
 
 def test_connection_limits_refuse_the_extra_connection_only(private: Start) -> None:
-    relay, source = private(max_connections_per_subject=2)
+    relay = private(max_connections_per_subject=2)
     alice = {"additional_headers": {"Authorization": "Bearer " + token(["tweets"])}}
     first, _ = subscribe(relay.ws_url, **alice)
     second, _ = subscribe(relay.ws_url, **alice)
@@ -191,14 +178,14 @@ def test_connection_limits_refuse_the_extra_connection_only(private: Start) -> N
     bob, _ = subscribe(
         relay.ws_url, additional_headers={"Authorization": "Bearer " + token(["tweets"], sub="bob")}
     )
-    source.push(stream_line(10))
+    relay.push(stream_line(10))
     for ws in (first, second, bob):
         assert receive_tweets(ws, 1)[0]["tweet"]["id"] == "10"
         ws.close()
 
 
 def test_too_many_operations_close_with_4029_and_others_are_unaffected(private: Start) -> None:
-    relay, source = private(ops_per_second=5.0, ops_burst=5)
+    relay = private(ops_per_second=5.0, ops_burst=5)
     headers = {"additional_headers": {"Authorization": "Bearer " + token(["tweets"])}}
     calm, _ = subscribe(relay.ws_url, **headers)
     noisy = ws_connect(relay.ws_url, **headers)
@@ -208,13 +195,13 @@ def test_too_many_operations_close_with_4029_and_others_are_unaffected(private: 
         while True:
             noisy.recv(timeout=UNIT)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4029
-    source.push(stream_line(11))
+    relay.push(stream_line(11))
     assert receive_tweets(calm, 1)[0]["tweet"]["id"] == "11"
     calm.close()
 
 
 def test_the_subscription_limit_answers_an_error_frame(private: Start) -> None:
-    relay, _ = private(max_subscriptions=1)
+    relay = private(max_subscriptions=1)
     ws, _ = subscribe(
         relay.ws_url,
         "rule:cats",
@@ -226,7 +213,7 @@ def test_the_subscription_limit_answers_an_error_frame(private: Start) -> None:
 
 
 def test_an_expiring_token_is_refreshed_on_the_open_connection(private: Start) -> None:
-    relay, source = private(refresh_grace=2 * UNIT)
+    relay = private(refresh_grace=2 * UNIT)
     # exp is whole seconds: ttl=1 may expire at once, before the subscribe is answered,
     # and subscribe() would swallow the notice; 2 leaves at least a second.
     short = token(["tweets"], ttl=2)
@@ -235,13 +222,13 @@ def test_an_expiring_token_is_refreshed_on_the_open_connection(private: Start) -
     assert notice["type"] == "refresh_required" and notice["deadline"] > notice["expires_at"]
     ws.send(orjson.dumps({"op": "refresh", "token": token(["tweets"]), "id": 1}).decode())
     assert orjson.loads(ws.recv(timeout=UNIT))["type"] == "refreshed"
-    source.push(stream_line(12))
+    relay.push(stream_line(12))
     assert receive_tweets(ws, 1)[0]["tweet"]["id"] == "12"
     ws.close()
 
 
 def test_without_a_refresh_the_connection_closes_with_4001(private: Start) -> None:
-    relay, _ = private(refresh_grace=0.5)
+    relay = private(refresh_grace=0.5)
     short = token(["tweets"], ttl=1)
     ws, _ = subscribe(relay.ws_url, additional_headers={"Authorization": f"Bearer {short}"})
     with pytest.raises(ConnectionClosed) as closed:
@@ -254,7 +241,7 @@ def test_without_a_refresh_the_connection_closes_with_4001(private: Start) -> No
 
 
 def test_a_refresh_cannot_switch_to_another_subject(private: Start) -> None:
-    relay, _ = private()
+    relay = private()
     ws, _ = subscribe(
         relay.ws_url, additional_headers={"Authorization": "Bearer " + token(["tweets"])}
     )
@@ -266,12 +253,12 @@ def test_a_refresh_cannot_switch_to_another_subject(private: Start) -> None:
 def test_filters_narrow_a_subscription_and_pinned_filters_cannot_be_widened(
     private: Start,
 ) -> None:
-    relay, source = private()
+    relay = private()
     auth = {"additional_headers": {"Authorization": "Bearer " + token(["tweets"])}}
     ws = ws_connect(relay.ws_url, **auth)
     ws.send('{"op":"subscribe","channel":"tweets","filters":{"lang":"es"}}')
     assert orjson.loads(ws.recv(timeout=UNIT))["filters"] == {"lang": ["es"]}
-    source.push(stream_line(20, lang="en"), stream_line(21, lang="es"))
+    relay.push(stream_line(20, lang="en"), stream_line(21, lang="es"))
     assert receive_tweets(ws, 1)[0]["tweet"]["id"] == "21"
     ws.close()
 
@@ -281,7 +268,7 @@ def test_filters_narrow_a_subscription_and_pinned_filters_cannot_be_widened(
     assert orjson.loads(ws.recv(timeout=UNIT))["code"] == "forbidden"
     ws.send('{"op":"subscribe","channel":"tweets"}')
     assert orjson.loads(ws.recv(timeout=UNIT))["filters"] == {"lang": ["en"]}
-    source.push(stream_line(22, lang="es"), stream_line(23, lang="en"))
+    relay.push(stream_line(22, lang="es"), stream_line(23, lang="en"))
     assert receive_tweets(ws, 1)[0]["tweet"]["id"] == "23"
     ws.close()
 
@@ -315,7 +302,7 @@ FRAMES = st.one_of(
 def test_fuzzed_frames_never_crash_the_server_or_leak_a_channel(
     private: Start, caplog: pytest.LogCaptureFixture
 ) -> None:
-    relay, source = private(ops_per_second=10_000.0, ops_burst=10_000)
+    relay = private(ops_per_second=10_000.0, ops_burst=10_000)
     auth = {"additional_headers": {"Authorization": "Bearer " + token(["rule:cats"])}}
     watcher, _ = subscribe(relay.ws_url, "rule:cats", **auth)
     state: dict[str, Any] = {"ws": ws_connect(relay.ws_url, **auth)}
@@ -341,7 +328,7 @@ def test_fuzzed_frames_never_crash_the_server_or_leak_a_channel(
             state["ws"] = ws_connect(relay.ws_url, **auth)
 
     fuzz()
-    source.push(stream_line(99, tags=("dogs",)), stream_line(100, tags=("cats",)))
+    relay.push(stream_line(99, tags=("dogs",)), stream_line(100, tags=("cats",)))
     assert receive_tweets(watcher, 1)[0]["tweet"]["id"] == "100"
     problems = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert not problems, [r.getMessage() for r in problems]
@@ -350,7 +337,7 @@ def test_fuzzed_frames_never_crash_the_server_or_leak_a_channel(
 
 
 def test_a_refresh_keeps_the_stats_channel_which_needs_no_grant(private: Start) -> None:
-    relay, _ = private()
+    relay = private()
     ws, _ = subscribe(
         relay.ws_url, "$stats", additional_headers={"Authorization": "Bearer " + token(["tweets"])}
     )

@@ -22,14 +22,14 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from relay.config import Settings
 from relay.core.auth import issue_token
 from relay.obs.sampling import LogSampler
+from relay.testing import RelayServer
 from relay.web.routes import redact
-from tests.support import UNIT, PushSource, RunningRelay, counted, stream_line, wait_for
+from tests.support import UNIT, counted, stream_line, wait_for
 from tests.test_auth import SECRET
 
-Start = Callable[..., tuple[RunningRelay, PushSource]]
+Start = Callable[..., RelayServer]
 JSON_VALUES = st.recursive(
     st.none()
     | st.booleans()
@@ -50,22 +50,19 @@ JSON_VALUES = st.recursive(
 
 
 @pytest.fixture
-def relay_with(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
-) -> Start:
+def relay_with(start_relay: Callable[..., RelayServer]) -> Start:
     """A relay with these settings, holding ``count`` tweets (ids 1.., rule cats or dogs)."""
 
-    def start(count: int = 4, **values: Any) -> tuple[RunningRelay, PushSource]:
-        source = PushSource()
-        relay = start_relay(make_settings(**values), source)
-        source.push(
+    def start(count: int = 4, **values: Any) -> RelayServer:
+        relay = start_relay(**values)
+        relay.push(
             *(
                 stream_line(i, f"tweet {i}", tags=("cats" if i % 2 else "dogs",), author=f"a{i}")
                 for i in range(1, count + 1)
             )
         )
-        relay.wait_stored(count)
-        return relay, source
+        relay.wait_seq(count)
+        return relay
 
     return start
 
@@ -74,7 +71,7 @@ def token(channels: list[str], sub: str = "alice", **extra: Any) -> str:
     return issue_token(SECRET, subject=sub, channels=channels, ttl=600, now=time.time(), **extra)
 
 
-def fetch(relay: RunningRelay, path: str) -> tuple[int, dict[str, str], Any]:
+def fetch(relay: RelayServer, path: str) -> tuple[int, dict[str, str], Any]:
     """GET with the response headers too."""
     try:
         with urllib.request.urlopen(relay.url + path, timeout=2 * UNIT) as response:
@@ -83,7 +80,7 @@ def fetch(relay: RunningRelay, path: str) -> tuple[int, dict[str, str], Any]:
         return error.code, dict(error.headers), orjson.loads(error.read())
 
 
-def raw(relay: RunningRelay, data: bytes) -> tuple[str, dict[str, str], bytes]:
+def raw(relay: RelayServer, data: bytes) -> tuple[str, dict[str, str], bytes]:
     """Send raw bytes; read until the relay closes: status line, headers, the rest."""
     with socket.create_connection(("127.0.0.1", relay.port), timeout=2 * UNIT) as sock:
         sock.sendall(data)
@@ -105,7 +102,7 @@ def raw(relay: RunningRelay, data: bytes) -> tuple[str, dict[str, str], bytes]:
 def test_on_a_private_relay_a_missing_and_a_present_id_answer_alike_without_a_token(
     relay_with: Start,
 ) -> None:
-    relay, _ = relay_with(secret=SECRET, public_channels=[])
+    relay = relay_with(secret=SECRET, public_channels=[])
     present, missing = relay.get("/v1/objects/tweets/1"), relay.get("/v1/objects/tweets/999")
     assert present[0] == missing[0] == 401
     assert present == missing
@@ -116,7 +113,7 @@ def test_on_a_private_relay_a_missing_and_a_present_id_answer_alike_without_a_to
 def test_a_token_for_a_channel_that_does_not_exist_reads_no_tweet_and_no_user(
     relay_with: Start,
 ) -> None:
-    relay, _ = relay_with(secret=SECRET, public_channels=[])
+    relay = relay_with(secret=SECRET, public_channels=[])
     nothing = token(["rule:nope"])
     assert relay.get(f"/v1/objects/tweets?token={nothing}") == (200, {"results": [], "count": 0})
     assert relay.get(f"/v1/objects/tweets/1?token={nothing}")[0] == 404
@@ -163,7 +160,7 @@ HOSTILE = {
 def test_hostile_input_is_a_clear_4xx_with_one_log_line(
     relay_with: Start, caplog: pytest.LogCaptureFixture, case: str
 ) -> None:
-    relay, _ = relay_with()
+    relay = relay_with()
     path, expected = HOSTILE[case]
     caplog.set_level(logging.INFO)
     caplog.clear()
@@ -177,7 +174,7 @@ def test_hostile_input_is_a_clear_4xx_with_one_log_line(
 
 
 def test_in_and_sort_caps_are_settings(relay_with: Start) -> None:
-    relay, _ = relay_with(max_in_items=3, max_sort_terms=2, max_offset=10)
+    relay = relay_with(max_in_items=3, max_sort_terms=2, max_offset=10)
     three = quote(json.dumps({"lang": {"$in": ["en", "ja", "es"]}}))
     four = quote(json.dumps({"lang": {"$in": ["en", "ja", "es", "fr"]}}))
     assert relay.get("/v1/objects/tweets?q=" + three)[0] == 200
@@ -209,7 +206,7 @@ def test_redact_hides_every_token_and_truncates() -> None:
 def test_a_4xx_and_a_500_with_a_valid_token_never_log_it(
     relay_with: Start, caplog: pytest.LogCaptureFixture, tmp_path: Any
 ) -> None:
-    relay, _ = relay_with(secret=SECRET, public_channels=[])
+    relay = relay_with(secret=SECRET, public_channels=[])
     secret = token(["tweets"])
     caplog.set_level(logging.INFO)
     assert relay.get(f"/v1/objects/tweets?token={secret}&limit=0" + "&x=1" * 300)[0] == 400
@@ -231,7 +228,7 @@ def test_a_4xx_and_a_500_with_a_valid_token_never_log_it(
 
 
 def test_a_query_past_the_time_limit_answers_503_with_retry_after(relay_with: Start) -> None:
-    relay, _ = relay_with(count=2000, query_timeout=1e-6)
+    relay = relay_with(count=2000, query_timeout=1e-6)
     status, headers, body = fetch(relay, "/v1/objects/tweets?sort=id&limit=1000")
     assert status == 503 and body["errors"][0]["reason"] == "queryTimeout"
     assert int(headers["Retry-After"]) >= 1
@@ -241,7 +238,7 @@ def test_a_query_past_the_time_limit_answers_503_with_retry_after(relay_with: St
 def test_one_client_cannot_hold_every_reader_and_info_never_waits_behind_queries(
     relay_with: Start,
 ) -> None:
-    relay, _ = relay_with(query_readers=1, queries_per_client=1)
+    relay = relay_with(query_readers=1, queries_per_client=1)
     store, api = relay.relay.store, relay.relay.server.api  # type: ignore[union-attr]
     # Occupy the object API's only reader, as a long query would.
     release = threading.Event()
@@ -272,7 +269,7 @@ def test_one_client_cannot_hold_every_reader_and_info_never_waits_behind_queries
 def test_methods_other_than_get_and_head_answer_405_with_allow(
     relay_with: Start, method: str
 ) -> None:
-    relay, _ = relay_with()
+    relay = relay_with()
     for path, allow in (("/v1/info", "GET, HEAD"), ("/v1/objects/tweets", "GET, HEAD")):
         status, headers, body = raw(relay, f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert status.startswith("HTTP/1.1 405"), status
@@ -283,7 +280,7 @@ def test_methods_other_than_get_and_head_answer_405_with_allow(
 
 
 def test_head_answers_the_headers_of_get_without_a_body(relay_with: Start) -> None:
-    relay, _ = relay_with()
+    relay = relay_with()
     _, get_headers, get_body = raw(relay, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     status, headers, body = raw(relay, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status.startswith("HTTP/1.1 200")
@@ -293,7 +290,7 @@ def test_head_answers_the_headers_of_get_without_a_body(relay_with: Start) -> No
 
 
 def test_a_request_with_a_body_is_answered_and_closed(relay_with: Start) -> None:
-    relay, _ = relay_with()
+    relay = relay_with()
     status, headers, body = raw(
         relay, b"POST /v1/info HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
     )
@@ -309,7 +306,7 @@ def test_a_request_with_a_body_is_answered_and_closed(relay_with: Start) -> None
 
 
 def test_pipelined_requests_get_the_first_answer_and_a_close(relay_with: Start) -> None:
-    relay, _ = relay_with()
+    relay = relay_with()
     status, headers, rest = raw(
         relay,
         b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/info HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -331,7 +328,7 @@ PARAMETER_TEXT = st.one_of(
 def test_no_query_parameter_text_is_a_500(
     relay_with: Start, caplog: pytest.LogCaptureFixture
 ) -> None:
-    relay, _ = relay_with()
+    relay = relay_with()
     caplog.set_level(logging.INFO)
 
     @hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -377,7 +374,7 @@ MALFORMED = {
 }
 
 
-def raw_eof(relay: RunningRelay, data: bytes) -> bytes:
+def raw_eof(relay: RelayServer, data: bytes) -> bytes:
     """Send raw bytes, then end our side; everything the relay sends until it closes."""
     with socket.create_connection(("127.0.0.1", relay.port), timeout=2 * UNIT) as sock:
         sock.sendall(data)
@@ -392,7 +389,7 @@ def raw_eof(relay: RunningRelay, data: bytes) -> bytes:
 def test_a_request_that_is_not_http_gets_a_400_or_505_that_closes(
     relay_with: Start, case: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    relay, _ = relay_with(count=1)
+    relay = relay_with(count=1)
     caplog.set_level(logging.INFO)
     data, expected = MALFORMED[case]
     answer = raw_eof(relay, data)
@@ -414,7 +411,7 @@ def test_a_request_that_is_not_http_gets_a_400_or_505_that_closes(
 def test_a_connection_closed_before_its_first_byte_gets_nothing_and_no_line(
     relay_with: Start, caplog: pytest.LogCaptureFixture
 ) -> None:
-    relay, _ = relay_with(count=1)
+    relay = relay_with(count=1)
     caplog.set_level(logging.INFO)
     assert raw_eof(relay, b"") == b""
     assert relay.get("/v1/objects/tweets?count=1")[0] == 200  # the line of this one only
@@ -423,7 +420,7 @@ def test_a_connection_closed_before_its_first_byte_gets_nothing_and_no_line(
 
 
 def test_http_1_0_and_a_later_http_1_minor_are_served(relay_with: Start) -> None:
-    relay, _ = relay_with(count=1)
+    relay = relay_with(count=1)
     for version in (b"HTTP/1.0", b"HTTP/1.2"):
         answer = raw_eof(relay, b"GET /healthz " + version + b"\r\nHost: x\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"status":"ok"}')
@@ -433,7 +430,7 @@ def test_http_1_0_and_a_later_http_1_minor_are_served(relay_with: Start) -> None
 def test_a_target_the_url_parser_refuses_is_a_400_never_a_500(
     relay_with: Start, target: bytes
 ) -> None:
-    relay, _ = relay_with(count=1)
+    relay = relay_with(count=1)
     status, headers, body = raw(relay, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status.startswith("HTTP/1.1 400") and headers["connection"] == "close"
     assert orjson.loads(body)["errors"][0]["reason"] == "badRequest"

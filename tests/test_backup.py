@@ -10,9 +10,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from relay.config import Settings
 from relay.store.sqlite.store import SQLiteStore
-from tests.support import ROOT, UNIT, PushSource, RunningRelay, stream_line
+from relay.testing import RelayServer
+from tests.support import ROOT, UNIT, stream_line
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -41,16 +41,16 @@ def open_store(path: Path) -> tuple[str, int, list[int]]:
 
 def test_a_backup_while_the_relay_writes_is_consistent_and_has_a_new_epoch(
     tmp_path: Path,
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, source = pushed
-    source.push(*(stream_line(i, f"before the backup {i}") for i in range(1, 301)))
-    relay.wait_stored(300)
+    relay = pushed
+    relay.push(*(stream_line(i, f"before the backup {i}") for i in range(1, 301)))
+    relay.wait_seq(300)
     # Writes go on during the copy; the copy is one commit's snapshot, whatever it is.
-    source.push(*(stream_line(i, f"during {i}") for i in range(301, 2001)))
+    relay.push(*(stream_line(i, f"during {i}") for i in range(301, 2001)))
     result = cli("backup", str(tmp_path / "copy.db"), "--db", relay.relay.settings.db, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    relay.wait_stored(2000)
+    relay.wait_seq(2000)
     relay.stop()
 
     epoch, head, seqs = open_store(tmp_path / "copy.db")
@@ -73,11 +73,10 @@ def test_a_backup_of_no_store_or_onto_itself_is_one_line_and_exit_2(tmp_path: Pa
 
 def test_migrate_new_epoch_renames_a_restored_store_and_refuses_beside_a_writer(
     tmp_path: Path,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
     db = tmp_path / "relay.db"
-    relay = start_relay(make_settings(db=str(db)), source=PushSource())
+    relay = start_relay(store=db)
     busy = cli("migrate", "--new-epoch", "--db", str(db), cwd=tmp_path)
     assert busy.returncode == 2 and "Traceback" not in busy.stderr
     assert relay.relay.store is not None

@@ -8,16 +8,8 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.support import (
-    UNIT,
-    PushSource,
-    RunningRelay,
-    counted,
-    receive_tweets,
-    stream_line,
-    subscribe,
-    ws_connect,
-)
+from relay.testing import RelayServer
+from tests.support import UNIT, counted, receive_tweets, stream_line, subscribe, ws_connect
 
 BAD_FRAMES = [
     ("hello", "bad_request"),
@@ -35,9 +27,9 @@ BAD_FRAMES = [
 
 
 def test_each_bad_frame_gets_an_error_frame_and_the_connection_stays_open(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, source = pushed
+    relay = pushed
     ws, _ = subscribe(relay.ws_url, "tweets")
     other, _ = subscribe(relay.ws_url, "tweets")
     for frame, code in BAD_FRAMES:
@@ -48,7 +40,7 @@ def test_each_bad_frame_gets_an_error_frame_and_the_connection_stays_open(
         assert reply["message"]
     ws.send(b'{"op": "ping", "id": 9}')  # a binary frame is read the same way
     assert orjson.loads(ws.recv(timeout=UNIT)) == {"type": "pong", "id": 9}
-    source.push(stream_line(1))
+    relay.push(stream_line(1))
     assert receive_tweets(ws, 1)[0]["seq"] == 1
     assert receive_tweets(other, 1)[0]["seq"] == 1
     bad_requests = relay.relay.metrics.bad_frames.labels("bad_request")._value.get()
@@ -58,9 +50,9 @@ def test_each_bad_frame_gets_an_error_frame_and_the_connection_stays_open(
 
 
 def test_an_oversize_frame_closes_only_that_connection_with_1009(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, source = pushed
+    relay = pushed
     big = ws_connect(
         relay.ws_url,
     )
@@ -69,7 +61,7 @@ def test_an_oversize_frame_closes_only_that_connection_with_1009(
     with pytest.raises(ConnectionClosed) as closed:
         big.recv(timeout=UNIT)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
-    source.push(stream_line(5))
+    relay.push(stream_line(5))
     assert receive_tweets(other, 1)[0]["tweet"]["id"] == "5"
     other.close()
 
@@ -96,22 +88,22 @@ BAD_PARAMS = [
 
 @pytest.mark.parametrize("params", BAD_PARAMS)
 def test_bad_query_parameters_get_400_in_the_enginio_error_shape(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
     params: str,
 ) -> None:
-    relay, source = pushed
+    relay = pushed
     status, body = relay.get(f"/v1/objects/tweets?{params}")
     assert status == 400
     (error,) = body["errors"]
     assert error["reason"] == "badRequest" and error["message"]
-    source.push(stream_line(1))
-    relay.wait_stored(1)  # still serving
+    relay.push(stream_line(1))
+    relay.wait_seq(1)  # still serving
 
 
 def test_an_unknown_path_is_a_404_in_the_same_shape(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, _ = pushed
+    relay = pushed
     for path in ("/v2/nothing", "/v1/objects/cats", "/../etc/passwd", "/.hidden"):
         status, body = relay.get(path)
         assert status == 404, path
@@ -119,11 +111,11 @@ def test_an_unknown_path_is_a_404_in_the_same_shape(
 
 
 def test_malformed_stream_lines_are_counted_and_skipped_and_nothing_is_lost(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, source = pushed
+    relay = pushed
     ws, _ = subscribe(relay.ws_url, "tweets")
-    source.push(
+    relay.push(
         stream_line(1),
         b'{"data": {"id": "2", "te',
         b"[]",
@@ -143,8 +135,8 @@ def test_malformed_stream_lines_are_counted_and_skipped_and_nothing_is_lost(
     ws.close()
 
 
-def test_demo_page_and_its_files_are_served(pushed: tuple[RunningRelay, PushSource]) -> None:
-    relay, _ = pushed
+def test_demo_page_and_its_files_are_served(pushed: RelayServer) -> None:
+    relay = pushed
     with urllib.request.urlopen(relay.url + "/", timeout=UNIT) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/html")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from relay.config import Settings
-from tests.support import RunningRelay, counted, wait_for
+from relay.testing import RelayServer
+from tests.support import counted, wait_for
 
 
 def _well_formed_ids(files: list[Path]) -> tuple[list[str], int]:
@@ -30,8 +30,7 @@ def _well_formed_ids(files: list[Path]) -> tuple[list[str], int]:
 def test_every_capture_replays_each_well_formed_tweet_stored_once(
     captures: Path,
     tmp_path: Path,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
     files = sorted(captures.glob("*.jsonl"))
     assert files, "the captures folder holds no .jsonl files"
@@ -41,7 +40,7 @@ def test_every_capture_replays_each_well_formed_tweet_stored_once(
     expected, truncated = _well_formed_ids(files)
     assert truncated == 1, "the captures README promises one truncated line"
 
-    relay = start_relay(make_settings(replay=str(combined)))
+    relay = start_relay(replay=combined)
     wait_for(
         lambda: relay.relay.ingest is not None and relay.relay.ingest.finished.is_set(),
         20,
@@ -56,10 +55,9 @@ def test_every_capture_replays_each_well_formed_tweet_stored_once(
 
 def test_a_capture_with_numeric_rule_ids_and_null_tags_publishes_on_the_rule_id_channel(
     captures: Path,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
-    relay = start_relay(make_settings(replay=str(captures / "streaming_output_with_error.jsonl")))
+    relay = start_relay(replay=captures / "streaming_output_with_error.jsonl")
     wait_for(
         lambda: relay.relay.ingest is not None and relay.relay.ingest.finished.is_set(),
         20,

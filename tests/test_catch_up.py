@@ -8,22 +8,22 @@ from collections.abc import Callable
 
 import pytest
 
-from relay.config import Settings
 from relay.stream.session import Session
-from tests.support import UNIT, PushSource, RunningRelay, receive_tweets, stream_line, subscribe
+from relay.testing import RelayServer
+from tests.support import UNIT, receive_tweets, stream_line, subscribe
 
 COUNT = 300
 SEND_BUFFER = 16 * 1024
 """Pages of at most 8 KiB of bodies: a catch-up of COUNT tweets takes dozens of pages."""
 
 
-def _stored(relay: RunningRelay, source: PushSource) -> str:
-    source.push(*(stream_line(1000 + n, f"tweet {n} " + "x" * 200) for n in range(COUNT)))
-    relay.wait_stored(COUNT)
+def _stored(relay: RelayServer) -> str:
+    relay.push(*(stream_line(1000 + n, f"tweet {n} " + "x" * 200) for n in range(COUNT)))
+    relay.wait_seq(COUNT)
     return relay.relay.store.epoch
 
 
-def _session(relay: RunningRelay) -> Session:
+def _session(relay: RelayServer) -> Session:
     hub = relay.relay.hub
     assert hub is not None
 
@@ -36,13 +36,11 @@ def _session(relay: RunningRelay) -> Session:
 
 @pytest.mark.parametrize("compression", [False, True])
 def test_a_catch_up_arrives_whole_and_in_order_in_a_write_a_page(
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
     compression: bool,
 ) -> None:
-    source = PushSource()
-    relay = start_relay(make_settings(send_buffer=SEND_BUFFER, compression=compression), source)
-    epoch = _stored(relay, source)
+    relay = start_relay(send_buffer=SEND_BUFFER, compression=compression)
+    epoch = _stored(relay)
     ws, hello = subscribe(relay.ws_url, "tweets", since={"epoch": epoch, "seq": 0})
     extensions = ws.response.headers.get("Sec-WebSocket-Extensions") if ws.response else None
     assert (extensions is not None and "permessage-deflate" in extensions) is compression
@@ -57,7 +55,7 @@ def test_a_catch_up_arrives_whole_and_in_order_in_a_write_a_page(
     assert 1 + COUNT * 500 // (SEND_BUFFER // 2) // 2 <= session.writes <= COUNT // 8
     assert session.last_seq == COUNT
     # Live again after the catch-up.
-    source.push(stream_line(5000))
+    relay.push(stream_line(5000))
     (live,) = receive_tweets(ws, 1, timeout=2 * UNIT)
     assert live["seq"] == COUNT + 1 and live["tweet"]["id"] == "5000"
     ws.close()

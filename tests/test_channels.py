@@ -13,6 +13,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,16 +22,17 @@ from typing import Any
 
 import orjson
 
-from relay.config import Settings
+from relay.config import SPEED_MAX
 from relay.core.rule_set import STATE_KEY, Channels, RuleSet, could_name_a_channel
 from relay.core.tweets import parse_line
 from relay.sources.replay import ReplaySource
 from relay.sources.synth import sample_rules
 from relay.store import read_channels
+from relay.testing import RelayServer
 from relay.testing.support import ws_connect
 from tests.fake_x import FakeX, x_lines
 from tests.pg_server import StoreMaker
-from tests.support import ROOT, UNIT, PushSource, RunningRelay, counted, stream_line, wait_for
+from tests.support import ROOT, UNIT, bundled_sample, counted, stream_line, wait_for
 from tests.test_demo import browser, page  # noqa: F401
 
 SECRET = "a-secret-of-at-least-32-bytes-for-the-channel-tests"
@@ -169,9 +171,9 @@ def test_the_rule_set_the_ingester_records_is_read_by_another_process(
 
 
 def test_a_mistyped_rule_channel_of_the_bundled_sample_is_unknown_channel(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+    start_relay: Callable[..., RelayServer],
 ) -> None:
-    relay = start_relay(make_settings(speed="1"))  # the bundled sample, looping
+    relay = start_relay(source=bundled_sample())  # the bundled sample, looping
     status, info = relay.get("/v1/info")
     assert status == 200
     assert info["channels"] == ["tweets", *(f"rule:{tag}" for tag in SAMPLE_RULES)]
@@ -196,14 +198,14 @@ def test_a_mistyped_rule_channel_of_the_bundled_sample_is_unknown_channel(
 
 
 def test_while_the_rule_set_is_open_a_new_rule_channel_is_accepted_as_not_known_yet(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, source = pushed  # a source that declares no rules: the set stays open
+    relay = pushed  # a source that declares no rules: the set stays open
     ws = ws_connect(relay.ws_url)
     try:
         waiting = _ask(ws, "rule:nope")
         assert waiting["type"] == "subscribed" and waiting["known"] is False
-        source.push(stream_line(1, tags=("nope",)))
+        relay.push(stream_line(1, tags=("nope",)))
         frame = orjson.loads(ws.recv(timeout=2 * UNIT))
         assert frame["type"] == "tweet" and frame["channel"] == "rule:nope" and frame["seq"] == 1
     finally:
@@ -217,14 +219,14 @@ def test_while_the_rule_set_is_open_a_new_rule_channel_is_accepted_as_not_known_
 
 
 def test_a_recording_closes_its_rule_set_once_read_through(
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
     tmp_path: Path,
 ) -> None:
     path = _recording(
         tmp_path / "rec.jsonl", [stream_line(i, tags=("a",) if i % 2 else ("b",)) for i in range(6)]
     )
-    relay = start_relay(make_settings(replay=str(path), loop=False))
+    # The relay's own replay source: its rule set closes once the file is read through.
+    relay = start_relay(source=ReplaySource(path, speed=SPEED_MAX, clock=time.time))
     relay.call(relay.relay.finished.wait())  # the first (and only) pass is read and stored
     ws = ws_connect(relay.ws_url)
     try:
@@ -240,7 +242,7 @@ def test_a_recording_closes_its_rule_set_once_read_through(
 
 
 def test_the_rules_file_of_a_live_source_closes_the_set(
-    x_relay: Callable[..., RunningRelay], fake: FakeX
+    x_relay: Callable[..., RelayServer], fake: FakeX
 ) -> None:
     fake.scripts.append([("lines", x_lines(2, seed=9))])
     relay = x_relay()
@@ -259,11 +261,11 @@ def test_the_rules_file_of_a_live_source_closes_the_set(
 
 
 def test_a_serving_replica_over_postgresql_knows_the_ingesters_rule_set(
-    pg_url: str, make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+    pg_url: str, start_relay: Callable[..., RelayServer]
 ) -> None:
-    settings = make_settings(database_url=pg_url, speed="1")
-    start_relay(settings, role="ingest", metrics_port=0)  # the sample, recorded in PostgreSQL
-    replica = start_relay(settings, role="serve")
+    # The sample, recorded in PostgreSQL.
+    start_relay(store=pg_url, source=bundled_sample(), role="ingest", metrics_port=0)
+    replica = start_relay(store=pg_url, role="serve")
     ws = ws_connect(replica.ws_url)
     try:
         refused = _ask(ws, "rule:nope")
@@ -288,9 +290,9 @@ def _demo(*args: str) -> subprocess.Popen[str]:
 
 
 def test_relay_demo_on_a_mistyped_rule_channel_is_one_line_and_exit_2(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+    start_relay: Callable[..., RelayServer],
 ) -> None:
-    relay = start_relay(make_settings(speed="1"))
+    relay = start_relay(source=bundled_sample())
     proc = _demo(relay.url, "--channel", "rule:nope")
     _, err = proc.communicate(timeout=6 * UNIT)
     assert proc.returncode == 2
@@ -299,16 +301,16 @@ def test_relay_demo_on_a_mistyped_rule_channel_is_one_line_and_exit_2(
 
 
 def test_relay_demo_says_when_no_tweet_has_matched_a_rule_yet(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, source = pushed
+    relay = pushed
     proc = _demo("--json", relay.url, "--channel", "rule:nope")
     assert proc.stderr is not None and proc.stdout is not None
     try:
         lines = [proc.stderr.readline() for _ in range(2)]
         assert lines[0] == "relay-demo: connected\n"
         assert "subscribed to rule:nope, but no tweet has matched that rule yet" in lines[1]
-        source.push(stream_line(7, tags=("nope",)))
+        relay.push(stream_line(7, tags=("nope",)))
         assert orjson.loads(proc.stdout.readline())["id"] == "7"  # and it goes on live
     finally:
         proc.kill()
@@ -320,10 +322,9 @@ PAGE_WAIT = 6 * UNIT * 1000
 
 def test_the_page_refuses_a_mistyped_rule_channel_and_names_the_rules(
     page: Any,  # noqa: F811
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
-    relay = start_relay(make_settings(speed="1"))
+    relay = start_relay(source=bundled_sample())
     page.goto(relay.url + "/?channel=rule:nope")
     page.wait_for_function("document.body.dataset.state === 'locked'", timeout=PAGE_WAIT)
     assert page.locator("#state").inner_text() == "no such channel"
@@ -332,13 +333,13 @@ def test_the_page_refuses_a_mistyped_rule_channel_and_names_the_rules(
 
 def test_the_page_says_when_no_tweet_has_matched_a_rule_yet(
     page: Any,  # noqa: F811
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, source = pushed
+    relay = pushed
     page.goto(relay.url + "/?channel=rule:nope")
     page.wait_for_function("document.body.dataset.state === 'live'", timeout=PAGE_WAIT)
     assert "no tweet has matched this rule yet" in page.locator("#state").inner_text()
-    source.push(stream_line(8, tags=("nope",)))
+    relay.push(stream_line(8, tags=("nope",)))
     page.wait_for_function("window.relayDemo.seqs.length === 1", timeout=PAGE_WAIT)
 
 

@@ -21,9 +21,10 @@ from websockets.exceptions import ConnectionClosed
 from relay.access.forwarded import client_address
 from relay.config import Settings
 from relay.errors import BadForwardedFor, ConfigError
-from tests.support import UNIT, PushSource, RunningRelay, counted, subscribe, wait_for, ws_connect
+from relay.testing import RelayServer
+from tests.support import UNIT, counted, subscribe, wait_for, ws_connect
 
-Start = Callable[..., RunningRelay]
+Start = Callable[..., RelayServer]
 SOCKET = "10.0.0.1"
 
 
@@ -65,7 +66,7 @@ def _via(address: str) -> dict[str, Any]:
     return {"additional_headers": {"X-Forwarded-For": f"6.6.6.6, {address}"}}
 
 
-def _is_refused(relay: RunningRelay, **connect_args: Any) -> bool:
+def _is_refused(relay: RelayServer, **connect_args: Any) -> bool:
     """Whether a new connection is closed at once with 1008 (over a connection limit)."""
     ws = ws_connect(relay.ws_url, **connect_args)
     try:
@@ -80,14 +81,11 @@ def _is_refused(relay: RunningRelay, **connect_args: Any) -> bool:
 
 
 def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_connection_limit(
-    make_settings: Callable[..., Settings],
     start_relay: Start,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="relay.web.server")
-    relay = start_relay(
-        make_settings(trusted_proxies=1, max_connections_per_address=1), PushSource()
-    )
+    relay = start_relay(trusted_proxies=1, max_connections_per_address=1)
     first, _ = subscribe(relay.ws_url, **_via("203.0.113.1"))
     # Two header lines are one list: its last entry names the client.
     second, _ = subscribe(
@@ -100,10 +98,8 @@ def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_connection_lim
     second.close()
 
 
-def test_without_trusted_proxies_a_forged_header_changes_nothing(
-    make_settings: Callable[..., Settings], start_relay: Start
-) -> None:
-    relay = start_relay(make_settings(max_connections_per_address=1), PushSource())
+def test_without_trusted_proxies_a_forged_header_changes_nothing(start_relay: Start) -> None:
+    relay = start_relay(max_connections_per_address=1)
     first, _ = subscribe(relay.ws_url, **_via("203.0.113.1"))
     # Another "client" behind the same address: the header is not read, the limit shared.
     assert _is_refused(relay, **_via("203.0.113.2"))
@@ -112,14 +108,11 @@ def test_without_trusted_proxies_a_forged_header_changes_nothing(
 
 
 def test_a_bad_forwarded_entry_counts_as_the_socket_address_and_is_logged_sampled(
-    make_settings: Callable[..., Settings],
     start_relay: Start,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="relay.web.server")
-    relay = start_relay(
-        make_settings(trusted_proxies=1, max_connections_per_address=1), PushSource()
-    )
+    relay = start_relay(trusted_proxies=1, max_connections_per_address=1)
     bad = {"additional_headers": {"X-Forwarded-For": "203.0.113.1, unknown"}}
     first, _ = subscribe(relay.ws_url, **bad)
     assert _is_refused(relay, additional_headers={"X-Forwarded-For": "127.0.0.1"})
@@ -136,12 +129,9 @@ def test_a_bad_forwarded_entry_counts_as_the_socket_address_and_is_logged_sample
 
 @pytest.mark.parametrize("trusted", [0, 1])
 def test_the_query_cap_is_per_forwarded_client_only_behind_trusted_proxies(
-    trusted: int, make_settings: Callable[..., Settings], start_relay: Start
+    trusted: int, start_relay: Start
 ) -> None:
-    relay = start_relay(
-        make_settings(trusted_proxies=trusted, queries_per_client=1, query_readers=1),
-        PushSource(),
-    )
+    relay = start_relay(trusted_proxies=trusted, queries_per_client=1, query_readers=1)
     store, api = relay.relay.store, relay.relay.server.api  # type: ignore[union-attr]
     release = threading.Event()
     store._query_readers.submit(release.wait, 4 * UNIT)  # type: ignore[union-attr]
@@ -177,7 +167,7 @@ def test_the_query_cap_is_per_forwarded_client_only_behind_trusted_proxies(
         assert answers == {"203.0.113.1": 200, "203.0.113.2": 429}
 
 
-def info_urls(relay: RunningRelay, headers: dict[str, str]) -> tuple[str, str]:
+def info_urls(relay: RelayServer, headers: dict[str, str]) -> tuple[str, str]:
     request = urllib.request.Request(relay.url + "/v1/info", headers=headers)
     with urllib.request.urlopen(request, timeout=UNIT) as response:
         body = orjson.loads(response.read())
@@ -188,18 +178,18 @@ FORGED = {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}
 
 
 def test_forwarded_host_and_proto_are_ignored_without_trusted_proxies(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+    start_relay: Callable[..., RelayServer],
 ) -> None:
-    relay = start_relay(make_settings(), PushSource())
+    relay = start_relay()
     stream, objects = info_urls(relay, FORGED)
     assert stream == f"ws://127.0.0.1:{relay.port}/v1/stream"
     assert objects.startswith(f"http://127.0.0.1:{relay.port}/")
 
 
 def test_forwarded_host_and_proto_are_used_behind_a_trusted_proxy(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+    start_relay: Callable[..., RelayServer],
 ) -> None:
-    relay = start_relay(make_settings(trusted_proxies=1), PushSource())
+    relay = start_relay(trusted_proxies=1)
     stream, objects = info_urls(relay, FORGED)
     assert stream == "wss://evil.example/v1/stream"
     assert objects == "https://evil.example/v1/objects/tweets"

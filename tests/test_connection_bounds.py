@@ -23,16 +23,14 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from relay.config import Settings
 from relay.core.auth import issue_token
 from relay.core.filters import TweetFilter
+from relay.testing import RelayServer
 from relay.web.connection import StreamConnection
 from tests.fake_x import FakeTime
 from tests.support import (
     UNIT,
-    PushSource,
     RelayProcess,
-    RunningRelay,
     receive_tweets,
     stream_line,
     subscribe,
@@ -41,7 +39,7 @@ from tests.support import (
 )
 from tests.test_access import SECRET, token
 
-Start = Callable[..., RunningRelay]
+Start = Callable[..., RelayServer]
 MB = 1 << 20
 
 
@@ -110,12 +108,12 @@ def rss_kb(pid: int | str = "self") -> int:
     raise AssertionError("no VmRSS")
 
 
-def _session_count(relay: RunningRelay) -> int:
+def _session_count(relay: RelayServer) -> int:
     assert relay.relay.hub is not None
     return len(relay.relay.hub.sessions)
 
 
-def _refused(relay: RunningRelay, reason: str) -> float:
+def _refused(relay: RelayServer, reason: str) -> float:
     value: float = relay.relay.metrics.refused.labels(reason)._value.get()
     return value
 
@@ -138,11 +136,9 @@ def _live_connections() -> int:
 
 
 @pytest.mark.parametrize("private", [False, True], ids=["open", "private-with-token"])
-def test_failed_handshakes_leave_nothing_behind(
-    private: bool, make_settings: Callable[..., Settings], start_relay: Start
-) -> None:
+def test_failed_handshakes_leave_nothing_behind(private: bool, start_relay: Start) -> None:
     values: dict[str, Any] = {"secret": SECRET, "public_channels": []} if private else {}
-    relay = start_relay(make_settings(**values), PushSource())
+    relay = start_relay(**values)
     query = "?token=" + token(["tweets"]) if private else ""
     # Warm up caches and allocator pools before measuring.
     assert _failed_handshake(relay.port, query).startswith(b"HTTP/1.1 426 ")
@@ -161,9 +157,9 @@ def test_failed_handshakes_leave_nothing_behind(
 
 
 def test_pings_count_against_the_rate_limit_and_a_flood_is_closed_with_4029(
-    make_settings: Callable[..., Settings], start_relay: Start
+    start_relay: Start,
 ) -> None:
-    relay = start_relay(make_settings(ops_per_second=20.0, ops_burst=40), PushSource())
+    relay = start_relay(ops_per_second=20.0, ops_burst=40)
     calm, _ = subscribe(relay.ws_url)
     flood = RawClient(relay.ws_url)
     flood.sock.sendall(flood.pings(400))  # 10 times the burst, in one go, reading nothing
@@ -227,14 +223,10 @@ def test_a_ping_flood_within_the_rate_cannot_grow_the_relay(
     assert relay.stop() == 0
 
 
-def test_a_client_that_reads_nothing_is_closed_within_the_ping_timeout(
-    make_settings: Callable[..., Settings], start_relay: Start
-) -> None:
-    source = PushSource()
+def test_a_client_that_reads_nothing_is_closed_within_the_ping_timeout(start_relay: Start) -> None:
     # A send buffer so large that it never overflows here: only a write that cannot
     # complete (the keepalive ping's, or a frame's) can notice this client.
-    settings = make_settings(send_buffer=64 * MB, ping_interval=0.2, ping_timeout=2.0)
-    relay = start_relay(settings, source)
+    relay = start_relay(send_buffer=64 * MB, ping_interval=0.2, ping_timeout=2.0)
     hub = relay.relay.hub
     assert hub is not None
     reader, _ = subscribe(relay.ws_url)
@@ -243,13 +235,13 @@ def test_a_client_that_reads_nothing_is_closed_within_the_ping_timeout(
     wait_for(lambda: sum(len(s.subscriptions) for s in hub.sessions) == 2, UNIT, "2 subscribers")
     # 8 MB, more than the kernel's buffers hold: the stuck client's writes block.
     for batch in range(20):
-        source.push(*(stream_line(batch * 100 + n, "x" * 4000) for n in range(1, 101)))
+        relay.push(*(stream_line(batch * 100 + n, "x" * 4000) for n in range(1, 101)))
         assert len(receive_tweets(reader, 100)) == 100
     wait_for(lambda: len(hub.sessions) == 1, 4 * UNIT, "the stuck client to be dropped")
     assert relay.relay.metrics.slow_consumers._value.get() == 0
     assert _refused(relay, "write_timeout") >= 1
     # The reading client, answering keepalive pings, stays.
-    source.push(stream_line(5000))
+    relay.push(stream_line(5000))
     assert receive_tweets(reader, 1)[0]["seq"] == 2001
     reader.close()
     stuck.close()
@@ -258,29 +250,23 @@ def test_a_client_that_reads_nothing_is_closed_within_the_ping_timeout(
 # -- point 7: a large publish is not a slow client -------------------------------
 
 
-def test_one_publish_larger_than_the_send_buffer_reaches_a_fast_client(
-    make_settings: Callable[..., Settings], start_relay: Start
-) -> None:
-    source = PushSource()
-    relay = start_relay(make_settings(send_buffer=64 * 1024), source)
+def test_one_publish_larger_than_the_send_buffer_reaches_a_fast_client(start_relay: Start) -> None:
+    relay = start_relay(send_buffer=64 * 1024)
     ws, _ = subscribe(relay.ws_url)
     # 300 tweets of ~2.1 KB committed together: ten times the send buffer in one publish.
-    source.push(*(stream_line(n, "y" * 2000) for n in range(1, 301)))
+    relay.push(*(stream_line(n, "y" * 2000) for n in range(1, 301)))
     frames = receive_tweets(ws, 300)
     assert [f["seq"] for f in frames] == list(range(1, 301))
     assert relay.relay.metrics.slow_consumers._value.get() == 0
     ws.close()
 
 
-def test_a_failure_for_one_session_closes_it_and_the_others_are_served(
-    make_settings: Callable[..., Settings], start_relay: Start
-) -> None:
+def test_a_failure_for_one_session_closes_it_and_the_others_are_served(start_relay: Start) -> None:
     class Broken(TweetFilter):
         def matches(self, lang: str | None, author: str | None, has_media: bool, text: str) -> bool:
             raise RuntimeError("a filter bug")
 
-    source = PushSource()
-    relay = start_relay(make_settings(), source)
+    relay = start_relay()
     healthy, _ = subscribe(relay.ws_url)
     victim, _ = subscribe(relay.ws_url)
     hub = relay.relay.hub
@@ -289,13 +275,13 @@ def test_a_failure_for_one_session_closes_it_and_the_others_are_served(
     victim_port = victim.socket.getsockname()[1]
     (broken,) = [s for s in hub.sessions if s.peer.endswith(f":{victim_port}")]
     broken.refilter("tweets", Broken())
-    source.push(stream_line(1), stream_line(2))
+    relay.push(stream_line(1), stream_line(2))
     assert [f["seq"] for f in receive_tweets(healthy, 2)] == [1, 2]
     with pytest.raises(ConnectionClosed) as closed:
         while True:
             victim.recv(timeout=UNIT)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
-    source.push(stream_line(3))  # the publisher lives on
+    relay.push(stream_line(3))  # the publisher lives on
     assert receive_tweets(healthy, 1)[0]["seq"] == 3
     healthy.close()
 
@@ -303,14 +289,11 @@ def test_a_failure_for_one_session_closes_it_and_the_others_are_served(
 # -- point 6: catch-ups ---------------------------------------------------------
 
 
-def test_recovered_is_counted_up_to_the_cap_and_every_tweet_still_comes(
-    make_settings: Callable[..., Settings], start_relay: Start
-) -> None:
-    source = PushSource()
-    relay = start_relay(make_settings(), source)  # the default cap: 1000
+def test_recovered_is_counted_up_to_the_cap_and_every_tweet_still_comes(start_relay: Start) -> None:
+    relay = start_relay()  # the default cap: 1000
     count = 1100
-    source.push(*(stream_line(n, tags=("cats",)) for n in range(1, count + 1)))
-    relay.wait_stored(count)
+    relay.push(*(stream_line(n, tags=("cats",)) for n in range(1, count + 1)))
+    relay.wait_seq(count)
     epoch = relay.get("/v1/info")[1]["epoch"]
     for channel in ("tweets", "rule:cats"):
         ws, hello = subscribe(relay.ws_url, channel, since={"epoch": epoch, "seq": 0})
@@ -322,14 +305,11 @@ def test_recovered_is_counted_up_to_the_cap_and_every_tweet_still_comes(
     ws.close()
 
 
-def test_catch_ups_of_one_connection_run_one_at_a_time_in_order(
-    make_settings: Callable[..., Settings], start_relay: Start
-) -> None:
-    source = PushSource()
-    relay = start_relay(make_settings(send_buffer=64 * 1024), source)
+def test_catch_ups_of_one_connection_run_one_at_a_time_in_order(start_relay: Start) -> None:
+    relay = start_relay(send_buffer=64 * 1024)
     count = 2000  # 8 MB: far more than the send buffer and the kernel's buffers
-    source.push(*(stream_line(n, "z" * 4000, tags=("cats", "dogs")) for n in range(1, count + 1)))
-    relay.wait_stored(count)
+    relay.push(*(stream_line(n, "z" * 4000, tags=("cats", "dogs")) for n in range(1, count + 1)))
+    relay.wait_seq(count)
     epoch = relay.get("/v1/info")[1]["epoch"]
     client = RawClient(relay.ws_url, rcvbuf=4096)
     hub = relay.relay.hub
@@ -367,15 +347,14 @@ def test_catch_ups_of_one_connection_run_one_at_a_time_in_order(
 
 
 def test_live_tweets_held_for_waiting_resumes_stay_within_one_send_buffer(
-    make_settings: Callable[..., Settings], start_relay: Start
+    start_relay: Start,
 ) -> None:
-    source = PushSource()
     limit = 64 * 1024
-    relay = start_relay(make_settings(send_buffer=limit), source)
+    relay = start_relay(send_buffer=limit)
     tags = ("a", "b", "c", "d", "e")
     count = 2000  # 8 MB of backlog for a client that reads nothing
-    source.push(*(stream_line(n, "z" * 4000, tags=tags) for n in range(1, count + 1)))
-    relay.wait_stored(count)
+    relay.push(*(stream_line(n, "z" * 4000, tags=tags) for n in range(1, count + 1)))
+    relay.wait_seq(count)
     epoch = relay.get("/v1/info")[1]["epoch"]
     hub = relay.relay.hub
     assert hub is not None
@@ -391,8 +370,8 @@ def test_live_tweets_held_for_waiting_resumes_stay_within_one_send_buffer(
     )
     (session,) = hub.sessions
     # 400 KB of live tweets for each of the 5 channels while their resumes wait.
-    source.push(*(stream_line(n, "z" * 4000, tags=tags) for n in range(count + 1, count + 101)))
-    relay.wait_stored(count + 100)
+    relay.push(*(stream_line(n, "z" * 4000, tags=tags) for n in range(count + 1, count + 101)))
+    relay.wait_seq(count + 100)
     held = sum(sub.held_bytes for sub in session.subscriptions.values())
     assert held <= limit + 5000, held
     client.close()
@@ -450,18 +429,15 @@ def test_many_resumes_that_never_read_hold_bounded_memory(
 # -- point 10: refresh and the subject's limits and pins --------------------------
 
 
-def test_refreshing_an_anonymous_connection_counts_against_the_subject(
-    make_settings: Callable[..., Settings], start_relay: Start
-) -> None:
-    source = PushSource()
-    relay = start_relay(make_settings(secret=SECRET, max_connections_per_subject=1), source)
+def test_refreshing_an_anonymous_connection_counts_against_the_subject(start_relay: Start) -> None:
+    relay = start_relay(secret=SECRET, max_connections_per_subject=1)
     alice = {"additional_headers": {"Authorization": "Bearer " + token(["tweets"])}}
     first, _ = subscribe(relay.ws_url, **alice)
     anonymous, _ = subscribe(relay.ws_url)
     anonymous.send(orjson.dumps({"op": "refresh", "token": token(["tweets"]), "id": 1}).decode())
     refused = orjson.loads(anonymous.recv(timeout=UNIT))
     assert refused["type"] == "error" and refused["code"] == "forbidden" and refused["id"] == 1
-    source.push(stream_line(1))  # the refused connection goes on as it was
+    relay.push(stream_line(1))  # the refused connection goes on as it was
     assert receive_tweets(anonymous, 1)[0]["seq"] == 1
     first.close()
     wait_for(lambda: _session_count(relay) == 1, UNIT, "alice's connection to end")
@@ -479,11 +455,8 @@ def test_refreshing_an_anonymous_connection_counts_against_the_subject(
     later.close()
 
 
-def test_a_refresh_to_a_pinned_token_bounds_the_existing_subscriptions(
-    make_settings: Callable[..., Settings], start_relay: Start
-) -> None:
-    source = PushSource()
-    relay = start_relay(make_settings(secret=SECRET), source)
+def test_a_refresh_to_a_pinned_token_bounds_the_existing_subscriptions(start_relay: Start) -> None:
+    relay = start_relay(secret=SECRET)
     ws = ws_connect(relay.ws_url)
     ws.send('{"op":"subscribe","channel":"tweets"}')
     ws.send('{"op":"subscribe","channel":"rule:cats","filters":{"lang":"en"}}')
@@ -496,7 +469,7 @@ def test_a_refresh_to_a_pinned_token_bounds_the_existing_subscriptions(
     assert {"type": "unsubscribed", "channel": "rule:cats"} in replies
     (error,) = [r for r in replies if r["type"] == "error"]
     assert error["code"] == "forbidden" and "rule:cats" in error["message"]
-    source.push(
+    relay.push(
         stream_line(1, lang="en"),
         stream_line(2, lang="ja"),
         stream_line(3, lang="en"),
@@ -504,17 +477,16 @@ def test_a_refresh_to_a_pinned_token_bounds_the_existing_subscriptions(
     )
     frames = receive_tweets(ws, 2)
     assert [(f["channel"], f["seq"]) for f in frames] == [("tweets", 2), ("tweets", 4)]
-    source.push(stream_line(5, lang="ja"))
+    relay.push(stream_line(5, lang="ja"))
     assert receive_tweets(ws, 1)[0]["seq"] == 5  # and nothing English came in between
     ws.close()
 
 
-def test_a_refresh_applies_the_new_tokens_rate_and_subscription_limit(
-    make_settings: Callable[..., Settings], start_relay: Start
-) -> None:
+def test_a_refresh_applies_the_new_tokens_rate_and_subscription_limit(start_relay: Start) -> None:
     clock = FakeTime()  # the rate limit's clock: moved by the test only
-    settings = make_settings(secret=SECRET, ops_per_second=100, ops_burst=4, max_subscriptions=3)
-    relay = start_relay(settings, PushSource(), clock=clock.clock)
+    relay = start_relay(
+        secret=SECRET, ops_per_second=100, ops_burst=4, max_subscriptions=3, wall_clock=clock.clock
+    )
 
     def alice(**limits: float) -> str:
         return issue_token(
@@ -574,13 +546,12 @@ def test_a_fast_client_keeps_up_with_a_burst_of_large_publishes(
 
 @pytest.mark.parametrize("enabled", [False, True])
 def test_permessage_deflate_is_negotiated_only_when_the_operator_turns_it_on(
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
     enabled: bool,
 ) -> None:
     # Every browser offers deflate: by default it must cost the relay no zlib state and no
     # per-client compression; an operator can still choose it.
-    relay = start_relay(make_settings(compression=enabled), PushSource())
+    relay = start_relay(compression=enabled)
     ws = ws_connect(relay.ws_url)  # the websockets client offers permessage-deflate
     try:
         extensions = ws.response.headers.get("Sec-WebSocket-Extensions") if ws.response else None

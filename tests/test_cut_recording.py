@@ -16,11 +16,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from relay.config import Settings
 from relay.errors import SourceError
 from relay.sources.replay import ReplaySource
 from relay.sources.synth import write_stream
-from tests.support import ROOT, UNIT, RunningRelay, subscribe, wait_for
+from relay.testing import RelayServer
+from tests.support import ROOT, UNIT, subscribe, wait_for
 
 
 def cut_recording(path: Path, lines: int, keep: Callable[[int], int], seed: int = 5) -> list[str]:
@@ -73,14 +73,13 @@ def test_a_gzip_of_several_members_with_padding_reads_whole(tmp_path: Path) -> N
 
 def test_a_cut_recording_is_stored_and_published_whole_before_the_relay_stops(
     tmp_path: Path,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
     # fcb6446 stored 0 of these lines: the source's error failed ingest at once and
     # the lines still queued for the store were dropped.
     path = tmp_path / "cut.jsonl.gz"
     ids = cut_recording(path, 1499, lambda size: size - 100)
-    relay = start_relay(make_settings(replay=str(path), loop=False))
+    relay = start_relay(replay=path)
     wait_for(relay.relay.failed.is_set, 8 * UNIT, "the relay to fail on the cut")
     ws, subscribed = subscribe(relay.ws_url, since={"epoch": relay.relay.store.epoch, "seq": 0})
     assert subscribed["recovered"] == min(len(ids), 1000)

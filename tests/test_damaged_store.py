@@ -27,21 +27,12 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
-from relay.config import Settings
 from relay.core.query import parse_tweet_query
 from relay.errors import StoreCorrupt, StoreError
 from relay.sources.synth import write_stream
 from relay.store.sqlite.store import SQLiteStore
-from tests.support import (
-    ROOT,
-    UNIT,
-    PushSource,
-    RelayProcess,
-    RunningRelay,
-    counted,
-    subscribe,
-    wait_for,
-)
+from relay.testing import RelayServer
+from tests.support import ROOT, UNIT, RelayProcess, counted, subscribe, wait_for
 
 TWEETS = 1500
 DAMAGED = 1300
@@ -210,15 +201,14 @@ def assert_told_and_closed(
 @pytest.fixture
 def on_damaged(
     damaged: Path,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
-) -> RunningRelay:
+    start_relay: Callable[..., RelayServer],
+) -> RelayServer:
     """A relay (ingest running, nothing to ingest) on the damaged store."""
-    return start_relay(make_settings(db=str(damaged)), PushSource())
+    return start_relay(store=damaged)
 
 
 def test_a_resume_over_a_damaged_row_is_told_and_closed_and_the_relay_fails(
-    on_damaged: RunningRelay,
+    on_damaged: RelayServer,
 ) -> None:
     # fcb6446: seqs 1-1299, then nothing (no error, no close, no log); /readyz 200.
     relay = on_damaged
@@ -237,7 +227,7 @@ def test_a_resume_over_a_damaged_row_is_told_and_closed_and_the_relay_fails(
 
 
 def test_a_rule_channel_over_a_damaged_row_is_told_and_closed(
-    on_damaged: RunningRelay, healthy: Path
+    on_damaged: RelayServer, healthy: Path
 ) -> None:
     # fcb6446: the rule's catch-up joined each rule row to its tweet and dropped the
     # damaged one without a word.
@@ -258,7 +248,7 @@ def test_a_rule_channel_over_a_damaged_row_is_told_and_closed(
 
 
 def test_the_object_api_answers_503_in_one_line_on_a_damaged_row(
-    on_damaged: RunningRelay,
+    on_damaged: RelayServer,
 ) -> None:
     # fcb6446: 500 {"message": "internal error"} and a traceback.
     relay = on_damaged

@@ -16,17 +16,9 @@ import pytest
 from relay.core.deletion_ids import ids_from_lines
 from relay.core.query import parse_tweet_query
 from relay.core.tweets import parse_line
+from relay.testing import RelayServer
 from tests.pg_server import StoreMaker
-from tests.support import (
-    ROOT,
-    UNIT,
-    PushSource,
-    RunningRelay,
-    counted,
-    stream_line,
-    subscribe,
-    wait_for,
-)
+from tests.support import ROOT, UNIT, counted, stream_line, subscribe, wait_for
 
 
 def parsed(*lines: bytes) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -106,11 +98,11 @@ def test_a_deletion_removes_the_tweet_its_search_entry_rules_and_lone_author(
 
 
 def test_relay_delete_reaches_every_subscriber_of_the_tweets_channels(
-    pushed: tuple[RunningRelay, PushSource], tmp_path: Path
+    pushed: RelayServer, tmp_path: Path
 ) -> None:
-    relay, source = pushed
-    source.push(stream_line(1, tags=("cats",)), stream_line(2, tags=("cats", "dogs")))
-    relay.wait_stored(2)
+    relay = pushed
+    relay.push(stream_line(1, tags=("cats",)), stream_line(2, tags=("cats", "dogs")))
+    relay.wait_seq(2)
     cats, _ = subscribe(relay.ws_url, "rule:cats")
     dogs, _ = subscribe(relay.ws_url, "rule:dogs")
     ids = tmp_path / "compliance.jsonl"

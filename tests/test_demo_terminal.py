@@ -22,19 +22,9 @@ from typing import Any
 
 import pytest
 
-from relay.config import Settings
 from relay.core.auth import issue_token
-from tests.support import (
-    ROOT,
-    UNIT,
-    PushSource,
-    RelayProcess,
-    RunningRelay,
-    counted,
-    stream_line,
-    subscribe,
-    wait_for,
-)
+from relay.testing import RelayServer
+from tests.support import ROOT, UNIT, RelayProcess, counted, stream_line, subscribe, wait_for
 from tests.test_auth import SECRET
 
 TEXTS = [
@@ -238,13 +228,10 @@ def test_a_first_connection_that_cannot_succeed_is_one_line_and_exit_1(url: str,
 
 
 @pytest.fixture
-def private_relay(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
-) -> RunningRelay:
-    source = PushSource()
-    relay = start_relay(make_settings(secret=SECRET, public_channels=[]), source)
-    source.push(*(stream_line(i, f"tweet {i}", tags=("cats",)) for i in range(1, 6)))
-    relay.wait_stored(5)
+def private_relay(start_relay: Callable[..., RelayServer]) -> RelayServer:
+    relay = start_relay(secret=SECRET, public_channels=[])
+    relay.push(*(stream_line(i, f"tweet {i}", tags=("cats",)) for i in range(1, 6)))
+    relay.wait_seq(5)
     return relay
 
 
@@ -252,7 +239,7 @@ def _token(channels: list[str]) -> str:
     return issue_token(SECRET, subject="alice", channels=channels, ttl=600, now=time.time())
 
 
-def test_no_token_and_a_refused_token_say_different_things(private_relay: RunningRelay) -> None:
+def test_no_token_and_a_refused_token_say_different_things(private_relay: RelayServer) -> None:
     none = _demo("--json", private_relay.url, env={"RELAY_DEMO_TOKEN": ""})
     assert none.returncode == 1
     assert "needs a token" in _one_line(none.stderr)
@@ -261,7 +248,7 @@ def test_no_token_and_a_refused_token_say_different_things(private_relay: Runnin
     assert "refused the token" in _one_line(bad.stderr)
 
 
-def test_the_token_can_come_from_the_environment(private_relay: RunningRelay) -> None:
+def test_the_token_can_come_from_the_environment(private_relay: RelayServer) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "client_demo.cli", "--json", "--since", "0", private_relay.url],
         cwd=ROOT,
@@ -284,7 +271,7 @@ def test_the_token_can_come_from_the_environment(private_relay: RunningRelay) ->
     ("channel", "code"), [("nope", "unknown_channel"), ("rule:dogs", "forbidden")]
 )
 def test_an_unknown_or_forbidden_channel_is_one_line_and_exit_2(
-    private_relay: RunningRelay, channel: str, code: str
+    private_relay: RelayServer, channel: str, code: str
 ) -> None:
     done = _demo(
         "--json", "--channel", channel, "--token", _token(["rule:cats"]), private_relay.url
@@ -303,21 +290,17 @@ def test_version() -> None:
 
 
 @pytest.fixture
-def expiring_relay(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
-) -> Callable[[float], tuple[RunningRelay, PushSource]]:
-    def start(grace: float) -> tuple[RunningRelay, PushSource]:
-        source = PushSource()
-        settings = make_settings(secret=SECRET, public_channels=[], refresh_grace=grace)
-        return start_relay(settings, source), source
+def expiring_relay(start_relay: Callable[..., RelayServer]) -> Callable[[float], RelayServer]:
+    def start(grace: float) -> RelayServer:
+        return start_relay(secret=SECRET, public_channels=[], refresh_grace=grace)
 
     return start
 
 
 def test_refresh_required_runs_the_token_command_and_the_stream_goes_on(
-    expiring_relay: Callable[[float], tuple[RunningRelay, PushSource]], tmp_path: Path
+    expiring_relay: Callable[[float], RelayServer], tmp_path: Path
 ) -> None:
-    relay, source = expiring_relay(2 * UNIT)
+    relay = expiring_relay(2 * UNIT)
     fresh = tmp_path / "token"
     fresh.write_text(_token(["tweets"]) + "\n")
     short = issue_token(SECRET, subject="alice", channels=["tweets"], ttl=1, now=time.time())
@@ -338,7 +321,7 @@ def test_refresh_required_runs_the_token_command_and_the_stream_goes_on(
                 seen.append(proc.stderr.readline())
                 assert proc.poll() is None, seen
             # The stream goes on after the refresh, on the same connection.
-            source.push(stream_line(7, "after the refresh"))
+            relay.push(stream_line(7, "after the refresh"))
             assert '"after the refresh"' in proc.stdout.readline()
         finally:
             proc.kill()
@@ -346,9 +329,9 @@ def test_refresh_required_runs_the_token_command_and_the_stream_goes_on(
 
 
 def test_without_a_token_command_an_expired_token_is_one_clear_exit(
-    expiring_relay: Callable[[float], tuple[RunningRelay, PushSource]],
+    expiring_relay: Callable[[float], RelayServer],
 ) -> None:
-    relay, _ = expiring_relay(0.5)
+    relay = expiring_relay(0.5)
     short = issue_token(SECRET, subject="alice", channels=["tweets"], ttl=1, now=time.time())
     done = _demo("--json", relay.url, env={"RELAY_DEMO_TOKEN": short})
     assert done.returncode == 1
@@ -376,22 +359,19 @@ def test_the_view_drops_a_deleted_tweet_and_ignores_frames_it_does_not_know() ->
 
 
 def test_a_revoked_token_is_told_apart_from_an_expired_one(
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
     tmp_path: Path,
 ) -> None:
     listing = tmp_path / "revoked.txt"
     listing.write_text("")
-    source = PushSource()
-    settings = make_settings(
+    relay = start_relay(
         secret=SECRET,
         public_channels=[],
         revoked_tokens_file=str(listing),
         revoked_tokens_interval=0.05,
     )
-    relay = start_relay(settings, source)
-    source.push(stream_line(1, "before the revocation"))
-    relay.wait_stored(1)
+    relay.push(stream_line(1, "before the revocation"))
+    relay.wait_seq(1)
     token = issue_token(
         SECRET, subject="alice", channels=["tweets"], ttl=600, now=time.time(), token_id="lost"
     )
@@ -427,12 +407,8 @@ PIPED = [
 
 
 @pytest.fixture
-def pushed_relay(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
-) -> tuple[RunningRelay, PushSource]:
-    source = PushSource()
-    relay = start_relay(make_settings(), source)
-    return relay, source
+def pushed_relay(start_relay: Callable[..., RelayServer]) -> RelayServer:
+    return start_relay()
 
 
 def _piped(text: str) -> str:
@@ -465,11 +441,11 @@ def _demo_process(*args: str) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def test_piped_lines_keep_every_character_but_line_breaks_and_controls(
-    pushed_relay: tuple[RunningRelay, PushSource],
+    pushed_relay: RelayServer,
 ) -> None:
-    relay, source = pushed_relay
-    source.push(*(stream_line(i + 1, text, author=f"a{i}") for i, text in enumerate(PIPED)))
-    relay.wait_stored(len(PIPED))
+    relay = pushed_relay
+    relay.push(*(stream_line(i + 1, text, author=f"a{i}") for i, text in enumerate(PIPED)))
+    relay.wait_seq(len(PIPED))
     with _demo_process("--since", "0", relay.url) as proc:
         lines = [line.decode() for line in _lines_of(proc, len(PIPED))]
     expected = [f"{i + 1}  @user_a{i}  {_piped(text)}\n" for i, text in enumerate(PIPED)]
@@ -480,11 +456,11 @@ def test_piped_lines_keep_every_character_but_line_breaks_and_controls(
 
 
 def test_json_writes_each_tweet_object_as_the_relay_sent_it(
-    pushed_relay: tuple[RunningRelay, PushSource],
+    pushed_relay: RelayServer,
 ) -> None:
-    relay, source = pushed_relay
-    source.push(*(stream_line(i + 1, text, author=f"a{i}") for i, text in enumerate(PIPED)))
-    relay.wait_stored(len(PIPED))
+    relay = pushed_relay
+    relay.push(*(stream_line(i + 1, text, author=f"a{i}") for i, text in enumerate(PIPED)))
+    relay.wait_seq(len(PIPED))
     assert relay.relay.hub is not None
     ws, _ = subscribe(relay.ws_url, since={"epoch": relay.relay.hub.epoch, "seq": 0})
     sent: list[bytes] = []
@@ -546,11 +522,11 @@ def test_json_passes_the_tweet_through_byte_for_byte_whatever_its_encoding(
 
 @pytest.mark.parametrize("mode", ["--json", "--since=0"])
 def test_a_reader_that_goes_away_ends_it_even_when_no_tweet_comes(
-    pushed_relay: tuple[RunningRelay, PushSource], mode: str
+    pushed_relay: RelayServer, mode: str
 ) -> None:
-    relay, source = pushed_relay
-    source.push(*(stream_line(i, f"tweet {i}") for i in range(1, 4)))
-    relay.wait_stored(3)
+    relay = pushed_relay
+    relay.push(*(stream_line(i, f"tweet {i}") for i in range(1, 4)))
+    relay.wait_seq(3)
     with _demo_process(mode, "--since", "0", relay.url) as proc:
         assert all(b"tweet " in line for line in _lines_of(proc, 3))
         assert proc.stdout is not None
@@ -567,18 +543,18 @@ def test_a_reader_that_goes_away_ends_it_even_when_no_tweet_comes(
 
 
 def test_since_past_the_newest_tweet_says_so_and_goes_on_live(
-    pushed_relay: tuple[RunningRelay, PushSource],
+    pushed_relay: RelayServer,
 ) -> None:
-    relay, source = pushed_relay
-    source.push(*(stream_line(i, f"tweet {i}") for i in range(1, 6)))
-    relay.wait_stored(5)
+    relay = pushed_relay
+    relay.push(*(stream_line(i, f"tweet {i}") for i in range(1, 6)))
+    relay.wait_seq(5)
     with _demo_process("--json", "--since", "1000", relay.url) as proc:
         assert proc.stderr is not None
         said: list[str] = []
         while not any("subscribed" in line for line in said):
             said.append(proc.stderr.readline().decode())
             assert said[-1], said  # not the end of its output
-        source.push(stream_line(6, "after"))
+        relay.push(stream_line(6, "after"))
         assert b'"after"' in _lines_of(proc, 1)[0]  # live from the head, not from seq 1000
     reset = [line for line in said if "1000" in line]
     assert reset == ["relay-demo: --since 1000 is past the relay's newest tweet (seq 5): "

@@ -14,17 +14,17 @@ from typing import Any
 
 import orjson
 
-from relay.config import Settings
 from relay.store import StoredTweet
 from relay.stream.hub import Hub
 from relay.stream.session import Session
-from tests.support import UNIT, PushSource, RunningRelay, receive_tweets, subscribe, wait_for
+from relay.testing import RelayServer
+from tests.support import UNIT, receive_tweets, subscribe, wait_for
 from tests.test_connection_bounds import RawClient
 
-Start = Callable[..., RunningRelay]
+Start = Callable[..., RelayServer]
 
 
-def _hub(relay: RunningRelay) -> Hub:
+def _hub(relay: RelayServer) -> Hub:
     hub = relay.relay.hub
     assert hub is not None
     return hub
@@ -38,7 +38,7 @@ def _tweets(hub: Hub, count: int, size: int) -> list[StoredTweet]:
     ]
 
 
-def _publish(relay: RunningRelay, count: int, size: int) -> list[int]:
+def _publish(relay: RelayServer, count: int, size: int) -> list[int]:
     """One publish of ``count`` tweets of about ``size`` bytes; their seqs."""
     hub = _hub(relay)
 
@@ -50,12 +50,12 @@ def _publish(relay: RunningRelay, count: int, size: int) -> list[int]:
     return relay.call(go())
 
 
-def _session_of(relay: RunningRelay, port: int) -> Session:
+def _session_of(relay: RelayServer, port: int) -> Session:
     (session,) = [s for s in _hub(relay).sessions if s.peer.endswith(f":{port}")]
     return session
 
 
-def _writes(relay: RunningRelay, sessions: list[Session]) -> list[int]:
+def _writes(relay: RelayServer, sessions: list[Session]) -> list[int]:
     """Each session's writes so far, read in the relay's loop (between its steps)."""
 
     async def look() -> list[int]:
@@ -64,15 +64,13 @@ def _writes(relay: RunningRelay, sessions: list[Session]) -> list[int]:
     return relay.call(look())
 
 
-def _subscribers(relay: RunningRelay, count: int) -> None:
+def _subscribers(relay: RelayServer, count: int) -> None:
     hub = _hub(relay)
     wait_for(lambda: sum(len(s.subscriptions) for s in hub.sessions) == count, UNIT, "subscribers")
 
 
-def test_one_publish_reaches_each_client_in_order_in_one_write(
-    make_settings: Callable[..., Settings], start_relay: Start
-) -> None:
-    relay = start_relay(make_settings(), PushSource())
+def test_one_publish_reaches_each_client_in_order_in_one_write(start_relay: Start) -> None:
+    relay = start_relay()
     clients = [subscribe(relay.ws_url)[0] for _ in range(3)]
     _subscribers(relay, 3)
     sessions = [_session_of(relay, ws.socket.getsockname()[1]) for ws in clients]
@@ -89,10 +87,10 @@ def test_one_publish_reaches_each_client_in_order_in_one_write(
 
 
 def test_a_publish_larger_than_a_piece_goes_out_in_pieces_and_the_loop_keeps_serving(
-    make_settings: Callable[..., Settings], start_relay: Start
+    start_relay: Start,
 ) -> None:
     limit = 64 * 1024
-    relay = start_relay(make_settings(send_buffer=limit), PushSource())
+    relay = start_relay(send_buffer=limit)
     hub = _hub(relay)
     clients = [subscribe(relay.ws_url)[0] for _ in range(12)]
     _subscribers(relay, 12)
@@ -127,10 +125,10 @@ def test_a_publish_larger_than_a_piece_goes_out_in_pieces_and_the_loop_keeps_ser
 
 
 def test_a_client_that_never_reads_is_closed_with_4008_once_earlier_bytes_pass_the_buffer(
-    make_settings: Callable[..., Settings], start_relay: Start
+    start_relay: Start,
 ) -> None:
     limit = 64 * 1024
-    relay = start_relay(make_settings(send_buffer=limit), PushSource())
+    relay = start_relay(send_buffer=limit)
     hub = _hub(relay)
     reader, _ = subscribe(relay.ws_url)
     stuck = RawClient(relay.ws_url, rcvbuf=4096)

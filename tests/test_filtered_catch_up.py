@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.config import Settings
 from relay.core.auth import issue_token
-from tests.support import UNIT, PushSource, RunningRelay, counted, stream_line, subscribe
+from relay.testing import RelayServer
+from tests.support import UNIT, counted, stream_line, subscribe
 from tests.test_auth import SECRET
 
 COUNT = 3000
@@ -43,17 +43,14 @@ def needle(tag: str = "cats", lang: str = "en", author: str = "a1") -> bytes:
 
 @pytest.fixture
 def relay(
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
-) -> RunningRelay:
-    source = PushSource()
-    running = start_relay(make_settings(secret=SECRET, public_channels=[]), source)
+    start_relay: Callable[..., RelayServer],
+) -> RelayServer:
+    running = start_relay(secret=SECRET, public_channels=[])
     # Windows smaller than the store, so reads cross many of them and many full pages.
     assert running.relay.hub is not None
     running.relay.hub.catch_ups.scan = 256
-    source.push(*(tweet(i) for i in range(1, COUNT + 1)))
-    running.wait_stored(COUNT)
-    running.source = source  # type: ignore[attr-defined]
+    running.push(*(tweet(i) for i in range(1, COUNT + 1)))
+    running.wait_seq(COUNT)
     return running
 
 
@@ -65,7 +62,7 @@ def token(channels: list[str], filters: dict[str, Any]) -> dict[str, Any]:
 
 
 def resume_until_needle(
-    relay: RunningRelay, channel: str, auth: dict[str, Any], live: bytes
+    relay: RelayServer, channel: str, auth: dict[str, Any], live: bytes
 ) -> list[int]:
     """Resume ``channel`` from seq 0, push ``live`` (the needle, which passes), and return
     the seqs received up to and including it: it comes only once the catch-up is over."""
@@ -73,7 +70,7 @@ def resume_until_needle(
         relay.ws_url, channel, since={"epoch": relay.relay.store.epoch, "seq": 0}, **auth
     )
     assert subscribed["channel"] == channel
-    relay.source.push(live)  # type: ignore[attr-defined]
+    relay.push(live)
     seqs: list[int] = []
     deadline = time.monotonic() + 4 * UNIT
     try:
@@ -88,7 +85,7 @@ def resume_until_needle(
 
 
 def test_a_catch_up_whose_filter_matches_nothing_reads_nothing_and_goes_live(
-    relay: RunningRelay,
+    relay: RelayServer,
 ) -> None:
     auth = token(["tweets"], {"keyword": "needle"})
     assert resume_until_needle(relay, "tweets", auth, needle()) == [NEEDLE]
@@ -110,7 +107,7 @@ def test_a_catch_up_whose_filter_matches_nothing_reads_nothing_and_goes_live(
     ],
 )
 def test_a_filtered_catch_up_delivers_exactly_what_the_object_api_lists(
-    relay: RunningRelay, channel: str, filters: dict[str, Any], live: bytes
+    relay: RelayServer, channel: str, filters: dict[str, Any], live: bytes
 ) -> None:
     auth = token([channel], filters)
     secret = auth["additional_headers"]["Authorization"].removeprefix("Bearer ")
@@ -122,7 +119,7 @@ def test_a_filtered_catch_up_delivers_exactly_what_the_object_api_lists(
 
 
 def test_a_page_read_before_a_refresh_narrowed_the_filter_is_read_again(
-    relay: RunningRelay, monkeypatch: pytest.MonkeyPatch
+    relay: RelayServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The first page is read under the first token's filter (en and ja) and held back
     # until a refresh has pinned ja alone: what the client gets is read under ja.
@@ -152,7 +149,7 @@ def test_a_page_read_before_a_refresh_narrowed_the_filter_is_read_again(
         ws.send(orjson.dumps({"op": "refresh", "token": secret, "id": 1}).decode())
         assert orjson.loads(ws.recv(timeout=UNIT))["type"] == "refreshed"
         relay.call(_set(gate))
-        relay.source.push(needle(lang="ja"))  # type: ignore[attr-defined]
+        relay.push(needle(lang="ja"))
         seqs: list[int] = []
         deadline = time.monotonic() + 4 * UNIT
         while not seqs or seqs[-1] != NEEDLE:

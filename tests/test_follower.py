@@ -10,15 +10,12 @@ real client.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import replace
 
-from relay.config import Settings
 from relay.core.tweets import ALL_CHANNEL, parse_line
+from relay.testing import RelayServer
 from tests.support import (
     UNIT,
-    PushSource,
-    RunningRelay,
     counted,
     receive_tweets,
     stream_line,
@@ -27,7 +24,7 @@ from tests.support import (
 )
 
 
-def commit_unpublished(relay: RunningRelay, ids: range) -> None:
+def commit_unpublished(relay: RelayServer, ids: range) -> None:
     """Store tweets the way a dying ingester would: committed, never on the bus."""
     assert relay.relay.store is not None
     tweets = [t for i in ids for t in parse_line(stream_line(i)).tweets]
@@ -35,22 +32,13 @@ def commit_unpublished(relay: RunningRelay, ids: range) -> None:
     assert len(result.stored) == len(ids)
 
 
-def start(
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
-    **values: object,
-) -> tuple[RunningRelay, PushSource]:
-    source = PushSource()
-    return start_relay(make_settings(**values), source), source
-
-
-def test_a_seq_jump_on_the_bus_is_filled_from_the_store_in_order(make_settings, start_relay):
-    relay, source = start(make_settings, start_relay, bus_check_interval=3600)
+def test_a_seq_jump_on_the_bus_is_filled_from_the_store_in_order(start_relay):
+    relay = start_relay(bus_check_interval=3600)
     ws, _ = subscribe(relay.ws_url)
-    source.push(*(stream_line(i) for i in range(1, 4)))
+    relay.push(*(stream_line(i) for i in range(1, 4)))
     assert [f["seq"] for f in receive_tweets(ws, 3)] == [1, 2, 3]
     commit_unpublished(relay, range(4, 9))  # seqs 4..8 never reach the bus
-    source.push(stream_line(9))  # seq 9 does: a jump from 3
+    relay.push(stream_line(9))  # seq 9 does: a jump from 3
     frames = receive_tweets(ws, 6)
     assert [f["seq"] for f in frames] == [4, 5, 6, 7, 8, 9]
     assert [f["tweet"]["id"] for f in frames] == [str(i) for i in range(4, 10)]
@@ -58,8 +46,8 @@ def test_a_seq_jump_on_the_bus_is_filled_from_the_store_in_order(make_settings, 
     ws.close()
 
 
-def test_a_heartbeat_ahead_of_the_hub_is_filled_from_the_store(make_settings, start_relay):
-    relay, _ = start(make_settings, start_relay, bus_check_interval=3600)
+def test_a_heartbeat_ahead_of_the_hub_is_filled_from_the_store(start_relay):
+    relay = start_relay(bus_check_interval=3600)
     ws, _ = subscribe(relay.ws_url)
     commit_unpublished(relay, range(1, 5))
     assert relay.relay.bus is not None
@@ -68,39 +56,39 @@ def test_a_heartbeat_ahead_of_the_hub_is_filled_from_the_store(make_settings, st
     ws.close()
 
 
-def test_a_quiet_loss_is_found_by_the_store_check(make_settings, start_relay):
-    relay, _ = start(make_settings, start_relay, bus_check_interval=0.1)
+def test_a_quiet_loss_is_found_by_the_store_check(start_relay):
+    relay = start_relay(bus_check_interval=0.1)
     ws, _ = subscribe(relay.ws_url)
     commit_unpublished(relay, range(1, 4))  # nothing on the bus, no heartbeat either
     assert [f["seq"] for f in receive_tweets(ws, 3)] == [1, 2, 3]
     ws.close()
 
 
-def test_a_redelivered_batch_is_not_delivered_twice(make_settings, start_relay):
-    relay, source = start(make_settings, start_relay, bus_check_interval=3600)
+def test_a_redelivered_batch_is_not_delivered_twice(start_relay):
+    relay = start_relay(bus_check_interval=3600)
     ws, _ = subscribe(relay.ws_url)
-    source.push(*(stream_line(i) for i in range(1, 4)))
+    relay.push(*(stream_line(i) for i in range(1, 4)))
     assert [f["seq"] for f in receive_tweets(ws, 3)] == [1, 2, 3]
     store, bus = relay.relay.store, relay.relay.bus
     assert store is not None and bus is not None
     again = relay.call(store.read_after(ALL_CHANNEL, 0, 3, 10))
     relay.loop.call_soon_threadsafe(bus.publish, again)  # a new ingester re-publishes 1..3
-    source.push(stream_line(4))
+    relay.push(stream_line(4))
     assert [f["seq"] for f in receive_tweets(ws, 1)] == [4]
     ws.close()
 
 
-def test_a_bus_entry_the_store_does_not_hold_is_dropped(make_settings, start_relay):
-    relay, source = start(make_settings, start_relay, bus_check_interval=3600)
+def test_a_bus_entry_the_store_does_not_hold_is_dropped(start_relay):
+    relay = start_relay(bus_check_interval=3600)
     ws, _ = subscribe(relay.ws_url)
-    source.push(*(stream_line(i) for i in range(1, 3)))
+    relay.push(*(stream_line(i) for i in range(1, 3)))
     assert [f["seq"] for f in receive_tweets(ws, 2)] == [1, 2]
     store, bus = relay.relay.store, relay.relay.bus
     assert store is not None and bus is not None
     (real,) = relay.call(store.read_after(ALL_CHANNEL, 1, 2, 10))
     forged = replace(real, seq=10**12)  # a stale or foreign writer on the bus
     relay.loop.call_soon_threadsafe(bus.publish, [forged])
-    source.push(stream_line(3))  # the next real tweet is still delivered, in order
+    relay.push(stream_line(3))  # the next real tweet is still delivered, in order
     assert [f["seq"] for f in receive_tweets(ws, 1)] == [3]
     # Seq 3 may come from the fill the forged entry set off, before the follower counts it.
     wait_for(lambda: counted(relay.relay.metrics.bus_foreign) == 1, UNIT, "the count")

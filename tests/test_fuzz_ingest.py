@@ -26,11 +26,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection
 
-from relay.config import Settings
 from relay.core.tweets import parse_line
 from relay.errors import MalformedPayload
+from relay.testing import RelayServer
 from tests.conftest import CAPTURES
-from tests.support import UNIT, PushSource, RunningRelay, stream_line, subscribe, wait_for
+from tests.support import UNIT, stream_line, subscribe, wait_for
 
 # A failing example may hold 100,000-character strings: report it, do not fail on its size.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -278,14 +278,11 @@ def frames_until(ws: ClientConnection, last_id: str) -> list[dict[str, Any]]:
 
 def test_arbitrary_values_in_every_field_never_stop_the_relay_or_lose_a_good_tweet(
     captures: Path,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
     assert len(BASES) > 10, "the captures gave no payloads"
     # One relay for every example (a relay each would be far too slow): ids are fresh.
-    config = make_settings(send_buffer=64 * 1024 * 1024)
-    source = PushSource()
-    relay = start_relay(config, source)
+    relay = start_relay(send_buffer=64 * 1024 * 1024)
     everything, _ = subscribe(relay.ws_url, "tweets", max_size=None)
     filtered: dict[str, ClientConnection] = {}
     for name, tweet_filter in FILTERS.items():
@@ -305,7 +302,7 @@ def test_arbitrary_values_in_every_field_never_stop_the_relay_or_lose_a_good_twe
         examples[0] += 1
         assert relay.relay.error is None, f"ingest stopped earlier: {relay.relay.error}"
         last_id, last_line = sentinel()
-        source.push(*(case.line for case in batch), last_line)
+        relay.push(*(case.line for case in batch), last_line)
         got = frames_until(everything, last_id)
         ids = [tweet["id"] for tweet in got]
         assert len(set(ids)) == len(ids) and not delivered & set(ids), "a tweet came twice"
@@ -330,11 +327,10 @@ def test_arbitrary_values_in_every_field_never_stop_the_relay_or_lose_a_good_twe
         ws.close()
     relay.stop()
 
-    again = PushSource()
-    second = start_relay(config, again)
+    second = start_relay(send_buffer=64 * 1024 * 1024)
     assert second.get("/readyz")[0] == 200
     last_id, last_line = sentinel()
-    again.push(last_line)
-    second.wait_stored(head + 1)
+    second.push(last_line)
+    second.wait_seq(head + 1)
     assert second.get(f"/v1/objects/tweets/{last_id}")[0] == 200
     wait_for(lambda: second.relay.ready, UNIT, "the restarted relay to stay ready")

@@ -18,18 +18,18 @@ import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from relay.config import Settings
-from tests.support import ROOT, UNIT, RunningRelay, counted, ws_connect
+from relay.testing import RelayServer
+from tests.support import ROOT, UNIT, counted, ws_connect
 from tests.test_access import SECRET
 
-Start = Callable[..., RunningRelay]
+Start = Callable[..., RelayServer]
 
 REFUSALS = 60
 """Three times the log sampler's burst: enough to tell sampled lines from one a refusal."""
 
 
 def test_refusals_are_all_counted_but_only_a_sample_is_logged(
-    make_settings: Callable[..., Settings], start_relay: Start, caplog: pytest.LogCaptureFixture
+    start_relay: Start, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An anonymous client chooses how often it is refused: it must not choose the log's size.
 
@@ -38,7 +38,7 @@ def test_refusals_are_all_counted_but_only_a_sample_is_logged(
     rate wrote 200 lines a second.
     """
     caplog.set_level(logging.INFO)
-    relay = start_relay(make_settings(secret=SECRET, ops_per_second=1000.0, ops_burst=1000))
+    relay = start_relay(secret=SECRET, ops_per_second=1000.0, ops_burst=1000)
     metrics = relay.relay.metrics
     refused_before = counted(metrics.refused)
     for _ in range(REFUSALS):

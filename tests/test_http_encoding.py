@@ -10,25 +10,22 @@ from pathlib import Path
 import orjson
 import pytest
 
-from relay.config import Settings
 from relay.sources.synth import write_stream
+from relay.testing import RelayServer
 from relay.web.encoding import accepts_gzip
-from tests.support import RunningRelay
 
 
 @pytest.fixture
-def relay(
-    tmp_path: Path, make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
-) -> RunningRelay:
+def relay(tmp_path: Path, start_relay: Callable[..., RelayServer]) -> RelayServer:
     path = tmp_path / "stream.jsonl"
     write_stream(path, 50, seed=3)
-    running = start_relay(make_settings(replay=str(path), loop=False))
-    running.wait_stored(50)
+    running = start_relay(replay=path)
+    running.wait_seq(50)
     return running
 
 
 def fetch(
-    relay: RunningRelay, path: str, method: str = "GET", **headers: str
+    relay: RelayServer, path: str, method: str = "GET", **headers: str
 ) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(relay.url + path, headers=headers, method=method)
     try:
@@ -39,7 +36,7 @@ def fetch(
 
 
 def test_object_api_answers_over_1_kb_are_gzipped_when_the_client_accepts_it(
-    relay: RunningRelay,
+    relay: RelayServer,
 ) -> None:
     status, plain_headers, plain = fetch(relay, "/v1/objects/tweets?limit=50")
     assert status == 200 and "Content-Encoding" not in plain_headers
@@ -59,7 +56,7 @@ def test_object_api_answers_over_1_kb_are_gzipped_when_the_client_accepts_it(
     assert head_headers["Content-Length"] == headers["Content-Length"]
 
 
-def test_small_answers_and_refused_gzip_stay_plain(relay: RunningRelay) -> None:
+def test_small_answers_and_refused_gzip_stay_plain(relay: RelayServer) -> None:
     status, headers, _ = fetch(relay, "/healthz", **{"Accept-Encoding": "gzip"})
     assert status == 200 and "Content-Encoding" not in headers
     status, headers, _ = fetch(
@@ -68,7 +65,7 @@ def test_small_answers_and_refused_gzip_stay_plain(relay: RunningRelay) -> None:
     assert status == 200 and "Content-Encoding" not in headers
 
 
-def test_static_files_carry_an_etag_and_a_matching_request_gets_304(relay: RunningRelay) -> None:
+def test_static_files_carry_an_etag_and_a_matching_request_gets_304(relay: RelayServer) -> None:
     status, headers, body = fetch(relay, "/app.js")
     assert status == 200 and body and headers["ETag"].startswith('"')
     status, again, body = fetch(relay, "/app.js", **{"If-None-Match": headers["ETag"]})
@@ -78,7 +75,7 @@ def test_static_files_carry_an_etag_and_a_matching_request_gets_304(relay: Runni
     assert status == 200 and body
 
 
-def test_the_favicon_is_served_not_a_logged_404(relay: RunningRelay) -> None:
+def test_the_favicon_is_served_not_a_logged_404(relay: RelayServer) -> None:
     for path in ("/favicon.ico", "/favicon.svg"):
         status, headers, body = fetch(relay, path)
         assert status == 200 and headers["Content-Type"] == "image/svg+xml"

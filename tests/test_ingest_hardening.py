@@ -38,13 +38,12 @@ from relay.sources.replay import ReplaySource
 from relay.sources.synth import write_stream
 from relay.store import StoredTweet
 from relay.store.sqlite.store import SQLiteStore
+from relay.testing import RelayServer
 from tests.pg_server import StoreMaker
 from tests.support import (
     ROOT,
     UNIT,
-    PushSource,
     RelayProcess,
-    RunningRelay,
     counted,
     receive_tweets,
     stream_line,
@@ -169,14 +168,14 @@ def test_fields_of_the_wrong_type_leave_their_derived_value_empty() -> None:
 
 
 def test_a_created_at_that_overflows_is_stored_with_the_receive_time_and_ingest_goes_on(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
     # Issue 9 point 4: OverflowError in normalise_time killed the batch task silently.
-    relay, source = pushed
+    relay = pushed
     bad = orjson.loads(stream_line(1))
     bad["data"]["created_at"] = "0001-01-01T00:00:00+14:00"
-    source.push(orjson.dumps(bad), stream_line(2))
-    relay.wait_stored(2)
+    relay.push(orjson.dumps(bad), stream_line(2))
+    relay.wait_seq(2)
     status, body = relay.get("/v1/objects/tweets/1")
     assert status == 200
     assert body["created_at"] is None and body["createdAt"] == body["received_at"]
@@ -184,10 +183,10 @@ def test_a_created_at_that_overflows_is_stored_with_the_receive_time_and_ingest_
 
 
 def test_a_numeric_username_and_an_author_filter_do_not_stop_the_publisher(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
     # Issue 9 point 4: AttributeError in hub.publish killed the publisher; the head stuck.
-    relay, source = pushed
+    relay = pushed
     ws, _ = subscribe(relay.ws_url, "tweets")
     ws.send(
         orjson.dumps(
@@ -198,7 +197,7 @@ def test_a_numeric_username_and_an_author_filter_do_not_stop_the_publisher(
     numeric = line_with(
         {"id": "1", "text": "x", "author_id": "n"}, users=[{"id": "n", "username": 12345}]
     )
-    source.push(numeric, stream_line(2, author="u1"))
+    relay.push(numeric, stream_line(2, author="u1"))
     frames = receive_tweets(ws, 3)
     assert [(f["channel"], f["seq"]) for f in frames] == [
         ("tweets", 1),
@@ -210,31 +209,27 @@ def test_a_numeric_username_and_an_author_filter_do_not_stop_the_publisher(
 
 
 def test_user_fields_that_cannot_be_bound_are_stored_unindexed_and_a_restart_succeeds(
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
     # Issue 9 point 5: "Error binding parameter", exit 1, and the same on every restart.
-    source = PushSource()
-    relay = start_relay(make_settings(), source)
+    relay = start_relay()
     users = [{"id": "9", "username": ["x"], "name": {"a": 1}}]
-    source.push(line_with({"id": "1", "text": "x", "author_id": "9"}, users=users))
-    source.push(stream_line(2))
-    relay.wait_stored(2)
+    relay.push(line_with({"id": "1", "text": "x", "author_id": "9"}, users=users))
+    relay.push(stream_line(2))
+    relay.wait_seq(2)
     status, user = relay.get("/v1/objects/users/9")
     assert status == 200 and user["username"] == ["x"] and user["name"] == {"a": 1}
     relay.stop()
 
-    again = PushSource()
-    second = start_relay(make_settings(), again)
+    second = start_relay()
     assert second.get("/readyz")[0] == 200
-    again.push(stream_line(3))
-    second.wait_stored(3)
+    second.push(stream_line(3))
+    second.wait_seq(3)
 
 
 def test_a_received_at_out_of_range_in_a_replay_falls_back_to_the_clock(
     tmp_path: Path,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
     # Issue 9 point 5: 1e20 on a batch's last line: "timestamp out of range", exit 1.
     lines = []
@@ -244,7 +239,7 @@ def test_a_received_at_out_of_range_in_a_replay_falls_back_to_the_clock(
         lines.append(base + b',"__relay":{"received_at":' + received.encode() + b"}}")
     recording = tmp_path / "times.jsonl"
     recording.write_bytes(b"\n".join(lines) + b"\n")
-    relay = start_relay(make_settings(replay=str(recording)), clock=lambda: 1_800_000_000.0)
+    relay = start_relay(replay=recording, clock=lambda: 1_800_000_000.0)
     wait_for(
         lambda: relay.relay.ingest is not None and relay.relay.ingest.finished.is_set(),
         4 * UNIT,
@@ -273,19 +268,19 @@ def test_the_replay_source_ignores_unusable_twarc_times() -> None:
 
 
 def test_a_tweet_the_store_cannot_encode_is_left_out_and_its_batch_is_stored(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
     # Past the boundary on purpose: nesting deeper than the encoder takes fails in
     # the writer, which must keep the rest of the group and say what it left out.
-    relay, source = pushed
+    relay = pushed
     deep = b"[" * 300 + b"1" + b"]" * 300  # the decoder takes 1024 levels, the encoder 254
     page = (
         b'{"data": [{"id": "1", "text": "a"}, {"id": "2", "text": "b", "deep": '
         + deep
         + b'}, {"id": "3", "text": "c"}]}'
     )
-    source.push(page, stream_line(4))
-    relay.wait_stored(3)
+    relay.push(page, stream_line(4))
+    relay.wait_seq(3)
     assert sorted(relay.stored_ids()) == ["1", "3", "4"]
     metrics = relay.relay.metrics
     assert counted(metrics.skipped, reason="unstorable") == 1
@@ -293,11 +288,11 @@ def test_a_tweet_the_store_cannot_encode_is_left_out_and_its_batch_is_stored(
 
 
 def test_a_store_failure_stops_ingest_and_readyz_answers_503(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, source = pushed
-    source.push(stream_line(1))
-    relay.wait_stored(1)
+    relay = pushed
+    relay.push(stream_line(1))
+    relay.wait_seq(1)
     store = relay.relay.store
     assert isinstance(store, SQLiteStore)
 
@@ -307,7 +302,7 @@ def test_a_store_failure_stops_ingest_and_readyz_answers_503(
 
     relay.call(store._write(fill))
     big = "x" * 4000
-    source.push(*(stream_line(n, text=big) for n in range(2, 200)))
+    relay.push(*(stream_line(n, text=big) for n in range(2, 200)))
     ingest = relay.relay.ingest
     assert ingest is not None
     wait_for(ingest.failed.is_set, 4 * UNIT, "ingest to fail")
@@ -327,9 +322,9 @@ class FailingSource:
 
 
 def test_readyz_says_failed_and_why_once_ingest_failed(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+    start_relay: Callable[..., RelayServer],
 ) -> None:
-    relay = start_relay(make_settings(), FailingSource())
+    relay = start_relay(source=FailingSource())
     assert relay.relay.ingest is not None
     wait_for(relay.relay.ingest.failed.is_set, 4 * UNIT, "ingest to fail")
     status, body = relay.get("/readyz")
@@ -339,10 +334,10 @@ def test_readyz_says_failed_and_why_once_ingest_failed(
 
 
 def test_readyz_says_starting_before_start_and_stopping_once_a_stop_began(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+    make_settings: Callable[..., Settings], start_relay: Callable[..., RelayServer]
 ) -> None:
     assert Relay(make_settings()).readiness() == Readiness("starting")
-    relay = start_relay(make_settings(), PushSource())
+    relay = start_relay()
     assert relay.get("/readyz") == (200, {"status": "ready"})
     api = relay.relay.server.api  # type: ignore[union-attr]
 

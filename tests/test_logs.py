@@ -23,13 +23,12 @@ import pytest
 from relay.config import Settings
 from relay.errors import ConfigError
 from relay.obs.logs import REDACTED, QueueFront, resolve_timestamps, setup_logging
+from relay.testing import RelayServer
 from tests.fake_x import TOKEN, FakeX, x_lines
 from tests.support import (
     ROOT,
     UNIT,
-    PushSource,
     RelayProcess,
-    RunningRelay,
     counted,
     receive_tweets,
     stream_line,
@@ -238,11 +237,11 @@ def test_the_bearer_token_never_reaches_the_log_even_at_debug(
 
 
 def test_every_http_request_gets_an_access_line_without_its_token(
-    pushed: tuple[RunningRelay, PushSource], caplog: pytest.LogCaptureFixture
+    pushed: RelayServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    relay, source = pushed
-    source.push(stream_line(1))
-    relay.wait_stored(1)
+    relay = pushed
+    relay.push(stream_line(1))
+    relay.wait_seq(1)
     caplog.set_level(logging.INFO, logger="relay.access")
     assert relay.get("/v1/objects/tweets?limit=1&token=abc.def.ghi")[0] == 401  # bad token
     assert relay.get("/v1/objects/tweets?limit=1")[0] == 200
@@ -274,9 +273,9 @@ def _status(url: str, method: str = "GET") -> int:
 
 
 def test_probes_scrapes_and_info_polls_are_access_logged_at_debug_unless_they_fail(
-    pushed: tuple[RunningRelay, PushSource], caplog: pytest.LogCaptureFixture
+    pushed: RelayServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    relay, _ = pushed
+    relay = pushed
     caplog.set_level(logging.DEBUG, logger="relay.access")
     polled = ["/healthz", "/readyz", "/v1/info", "/metrics", "/v1/info?x=1"]
     assert [_status(relay.url + path) for path in polled] == [200] * len(polled)
@@ -293,12 +292,12 @@ def test_probes_scrapes_and_info_polls_are_access_logged_at_debug_unless_they_fa
 
 
 def test_every_websocket_connection_gets_an_access_line_and_its_close_is_counted(
-    pushed: tuple[RunningRelay, PushSource], caplog: pytest.LogCaptureFixture
+    pushed: RelayServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    relay, source = pushed
+    relay = pushed
     caplog.set_level(logging.INFO, logger="relay.access")
     ws, _ = subscribe(relay.ws_url, "tweets")
-    source.push(stream_line(1), stream_line(2))
+    relay.push(stream_line(1), stream_line(2))
     assert len(receive_tweets(ws, 2)) == 2
     ws.close(1000)
     # A client that closes with another code, and a server close: each counted by code.

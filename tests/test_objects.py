@@ -8,7 +8,7 @@ from urllib.parse import quote
 import orjson
 import pytest
 
-from tests.support import PushSource, RunningRelay
+from relay.testing import RelayServer
 
 
 def _line(
@@ -79,14 +79,14 @@ TWEETS = [
 
 
 @pytest.fixture
-def loaded(pushed: tuple[RunningRelay, PushSource]) -> RunningRelay:
-    relay, source = pushed
-    source.push(*TWEETS)
-    relay.wait_stored(len(TWEETS))
+def loaded(pushed: RelayServer) -> RelayServer:
+    relay = pushed
+    relay.push(*TWEETS)
+    relay.wait_seq(len(TWEETS))
     return relay
 
 
-def ids(relay: RunningRelay, query: str) -> list[str]:
+def ids(relay: RelayServer, query: str) -> list[str]:
     status, body = relay.get("/v1/objects/tweets?" + query)
     assert status == 200, body
     return [t["id"] for t in body["results"]]
@@ -96,7 +96,7 @@ def q(value: object) -> str:
     return "q=" + quote(json.dumps(value))
 
 
-def test_default_listing_is_newest_first_with_the_total_count(loaded: RunningRelay) -> None:
+def test_default_listing_is_newest_first_with_the_total_count(loaded: RelayServer) -> None:
     status, body = loaded.get("/v1/objects/tweets")
     assert status == 200
     assert [t["id"] for t in body["results"]] == ["104", "103", "102", "101"]
@@ -104,7 +104,7 @@ def test_default_listing_is_newest_first_with_the_total_count(loaded: RunningRel
     assert all(t["objectType"] == "objects.tweets" for t in body["results"])
 
 
-def test_limit_and_offset_page_stably(loaded: RunningRelay) -> None:
+def test_limit_and_offset_page_stably(loaded: RelayServer) -> None:
     pages = [ids(loaded, f"sort=seq&limit=3&offset={o}") for o in (0, 3)]
     assert pages == [["101", "102", "103"], ["104"]]
 
@@ -118,7 +118,7 @@ def test_limit_and_offset_page_stably(loaded: RunningRelay) -> None:
         ("-id", ["104", "103", "102", "101"]),
     ],
 )
-def test_sort_forms(loaded: RunningRelay, sort: str, expected: list[str]) -> None:
+def test_sort_forms(loaded: RelayServer, sort: str, expected: list[str]) -> None:
     assert ids(loaded, f"sort={sort}") == expected
 
 
@@ -137,11 +137,11 @@ def test_sort_forms(loaded: RunningRelay, sort: str, expected: list[str]) -> Non
         ({"lang": "en", "rules": "cats"}, ["101"]),
     ],
 )
-def test_the_q_subset(loaded: RunningRelay, query: object, expected: list[str]) -> None:
+def test_the_q_subset(loaded: RelayServer, query: object, expected: list[str]) -> None:
     assert ids(loaded, "sort=seq&" + q(query)) == expected
 
 
-def test_search_rule_since_seq_and_count(loaded: RunningRelay) -> None:
+def test_search_rule_since_seq_and_count(loaded: RelayServer) -> None:
     assert ids(loaded, "sort=seq&search=gatos") == ["102"]
     assert ids(loaded, "sort=seq&search=" + quote("NEAR OR")) == ["104"]  # words, not syntax
     assert ids(loaded, "sort=seq&search=" + quote('"cats')) == ["101"]
@@ -150,7 +150,7 @@ def test_search_rule_since_seq_and_count(loaded: RunningRelay) -> None:
     assert loaded.get("/v1/objects/tweets?count=1&rule=python") == (200, {"count": 2})
 
 
-def test_values_never_reach_sql_as_text(loaded: RunningRelay) -> None:
+def test_values_never_reach_sql_as_text(loaded: RelayServer) -> None:
     hostile = "x' OR '1'='1"
     assert ids(loaded, q({"lang": hostile})) == []
     assert ids(loaded, "rule=" + quote(hostile)) == []

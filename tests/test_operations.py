@@ -19,16 +19,8 @@ import pytest
 from websockets.sync.client import ClientConnection
 
 from relay.sources.synth import write_stream
-from tests.support import (
-    UNIT,
-    PushSource,
-    RelayProcess,
-    RunningRelay,
-    free_port,
-    stream_line,
-    wait_for,
-    ws_connect,
-)
+from relay.testing import RelayServer
+from tests.support import UNIT, RelayProcess, free_port, stream_line, wait_for, ws_connect
 from tests.test_scale_out import log_of, ready, relay_cli
 
 
@@ -93,8 +85,7 @@ def test_migrate_documents_its_wait_and_refuses_a_bad_one() -> None:
 
 
 def test_waiting_for_redis_is_one_line_when_it_goes_and_one_when_it_answers(
-    make_settings: Callable[..., Any],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
     make_redis_server: Callable[..., Any],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -102,8 +93,7 @@ def test_waiting_for_redis_is_one_line_when_it_goes_and_one_when_it_answers(
     so in three lines a try; now one line when it goes and one when it answers."""
     caplog.set_level(logging.DEBUG, logger="relay.bus.redis")
     redis = make_redis_server(start=False)
-    source = PushSource()
-    relay = start_relay(make_settings(redis_url=redis.url), source)
+    relay = start_relay(redis_url=redis.url)
 
     def records(level: int, text: str) -> list[logging.LogRecord]:
         return [r for r in caplog.records if r.levelno == level and text in r.getMessage()]
@@ -122,13 +112,13 @@ def test_waiting_for_redis_is_one_line_when_it_goes_and_one_when_it_answers(
     wait_for(lambda: records(logging.INFO, "answers again"), 4 * UNIT, "Redis answers")
     assert len(records(logging.WARNING, "waiting for Redis")) == 1
     assert len(records(logging.INFO, "answers again")) == 1
-    source.push(stream_line(1))
-    relay.wait_stored(1)
+    relay.push(stream_line(1))
+    relay.wait_seq(1)
 
 
 def test_a_serving_process_waits_for_the_schema_in_one_line(
     make_settings: Callable[..., Any],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
     pg_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -14,11 +14,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from relay.config import Settings
 from relay.core.tweets import parse_line, stored_body, stored_object
 from relay.ingest.parse_pool import PROCESS_MIN_LINES, ParsedChunk, ParserPool, parse_chunk
 from relay.sources.synth import write_stream
-from tests.support import UNIT, RunningRelay, counted, stream_line
+from relay.testing import RelayServer
+from tests.support import UNIT, counted, stream_line
 
 RECEIVED = "2026-01-02T03:04:05.000Z"
 
@@ -125,8 +125,7 @@ def test_a_dead_parser_process_costs_nothing_but_a_warning(
 
 def test_a_replay_at_full_speed_through_a_parser_process_is_stored_in_order(
     tmp_path: Path,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
     path = tmp_path / "stream.jsonl"
     write_stream(path, 2000, seed=5)
@@ -135,10 +134,8 @@ def test_a_replay_at_full_speed_through_a_parser_process_is_stored_in_order(
     path.write_bytes(b"\n".join(lines) + b"\n")
     expected = [t.id for line in lines if line != b"{broken" for t in parse_line(line).tweets]
 
-    relay = start_relay(
-        make_settings(replay=str(path), speed="max", loop=False, parse_processes=1, batch_size=500)
-    )
-    relay.wait_stored(len(expected), timeout=40 * UNIT)
+    relay = start_relay(replay=path, speed="max", parse_processes=1, batch_size=500)
+    relay.wait_seq(len(expected), timeout=40 * UNIT)
     stored = relay.all_tweets()
     # Every tweet once, seqs dense and in the order of the file.
     assert [tweet["id"] for tweet in stored] == expected

@@ -15,10 +15,10 @@ from urllib.parse import quote
 import orjson
 import pytest
 
-from relay.config import Settings
 from relay.core.auth import issue_token
 from relay.core.filters import parse_filter
-from tests.support import UNIT, PushSource, RunningRelay, subscribe
+from relay.testing import RelayServer
+from tests.support import UNIT, subscribe
 from tests.test_auth import SECRET
 
 SENTINEL = 999
@@ -102,19 +102,17 @@ def until_sentinel(ws: Any) -> list[str]:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_stream_resume_and_object_api_agree_on_each_pinned_filter(
     case: str,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
     pinned, passing = CASES[case]
-    source = PushSource()
-    relay = start_relay(make_settings(secret=SECRET, public_channels=[]), source)
+    relay = start_relay(secret=SECRET, public_channels=[])
     token = issue_token(
         SECRET, subject="s", channels=["tweets"], ttl=600, now=time.time(), filters=pinned
     )
     auth = {"additional_headers": {"Authorization": f"Bearer {token}"}}
     live, subscribed = subscribe(relay.ws_url, "tweets", **auth)
-    source.push(*TWEETS, sentinel(passing))
-    relay.wait_stored(len(TWEETS) + 1)
+    relay.push(*TWEETS, sentinel(passing))
+    relay.wait_seq(len(TWEETS) + 1)
 
     streamed = until_sentinel(live)
     resumed_ws, _ = subscribe(
@@ -157,12 +155,11 @@ def test_stream_resume_and_object_api_agree_on_each_pinned_filter(
 
 
 def test_a_rule_token_pinned_to_media_reads_no_tweet_without_media(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+    start_relay: Callable[..., RelayServer],
 ) -> None:
-    source = PushSource()
-    relay = start_relay(make_settings(secret=SECRET, public_channels=[]), source)
-    source.push(*TWEETS)
-    relay.wait_stored(len(TWEETS))
+    relay = start_relay(secret=SECRET, public_channels=[])
+    relay.push(*TWEETS)
+    relay.wait_seq(len(TWEETS))
     token = issue_token(
         SECRET,
         subject="s",

@@ -10,8 +10,9 @@ import pytest
 from relay.core import protocol
 from relay.core.protocol import Op, Position
 from relay.errors import ProtocolError
+from relay.testing import RelayServer
 from relay.web import ws_frames
-from tests.support import UNIT, PushSource, RunningRelay, ws_connect
+from tests.support import UNIT, ws_connect
 
 BAD_FRAMES = [
     ("not json", "bad_request"),
@@ -120,9 +121,9 @@ def test_a_catch_up_page_is_the_tweet_frames_end_to_end_and_splits_back() -> Non
 
 
 def test_an_error_frame_names_the_channel_its_op_named(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, _ = pushed
+    relay = pushed
     with ws_connect(relay.ws_url) as ws:
 
         def answer(op: str) -> dict[str, Any]:

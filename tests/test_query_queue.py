@@ -11,26 +11,24 @@ from typing import Any
 
 import orjson
 
-from relay.config import Settings
-from tests.support import UNIT, PushSource, RunningRelay, counted, stream_line, wait_for
+from relay.testing import RelayServer
+from tests.support import UNIT, counted, stream_line, wait_for
 
 Answer = tuple[int, dict[str, str], Any]
 
 
 def relay_with(
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
     count: int = 20,
     **values: Any,
-) -> RunningRelay:
-    source = PushSource()
-    relay = start_relay(make_settings(**values), source)
-    source.push(*(stream_line(i, f"tweet {i}", tags=("cats",)) for i in range(1, count + 1)))
-    relay.wait_stored(count)
+) -> RelayServer:
+    relay = start_relay(**values)
+    relay.push(*(stream_line(i, f"tweet {i}", tags=("cats",)) for i in range(1, count + 1)))
+    relay.wait_seq(count)
     return relay
 
 
-def get_from(relay: RunningRelay, address: str, path: str, timeout: float = 2 * UNIT) -> Answer:
+def get_from(relay: RelayServer, address: str, path: str, timeout: float = 2 * UNIT) -> Answer:
     """GET from a given loopback address (Linux routes all of 127/8 to lo): one client each."""
     conn = http.client.HTTPConnection(
         "127.0.0.1", relay.port, timeout=timeout, source_address=(address, 0)
@@ -43,22 +41,22 @@ def get_from(relay: RunningRelay, address: str, path: str, timeout: float = 2 * 
         conn.close()
 
 
-def block_readers(relay: RunningRelay) -> threading.Event:
+def block_readers(relay: RelayServer) -> threading.Event:
     """Occupy the object API's only reader, as a long query would, until the event is set."""
     release = threading.Event()
     relay.relay.store._query_readers.submit(release.wait, 4 * UNIT)  # type: ignore[union-attr]
     return release
 
 
-def queued(relay: RunningRelay) -> int:
+def queued(relay: RelayServer) -> int:
     return relay.relay.store._query_readers._work_queue.qsize()  # type: ignore[union-attr,no-any-return]
 
 
 def test_a_query_that_waited_past_its_time_limit_answers_503_without_running(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+    start_relay: Callable[..., RelayServer],
 ) -> None:
     timeout = 0.2  # far more than a one-tweet page of 20 tweets takes to run
-    relay = relay_with(make_settings, start_relay, query_readers=1, query_timeout=timeout)
+    relay = relay_with(start_relay, query_readers=1, query_timeout=timeout)
     assert get_from(relay, "127.0.0.2", "/v1/objects/tweets?limit=1")[0] == 200
     release = block_readers(relay)
     answers: list[Answer] = []
@@ -84,11 +82,9 @@ def test_a_query_that_waited_past_its_time_limit_answers_503_without_running(
 
 
 def test_past_the_global_bound_queries_answer_503_at_once_while_info_and_readyz_answer(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+    start_relay: Callable[..., RelayServer],
 ) -> None:
-    relay = relay_with(
-        make_settings, start_relay, query_readers=1, queries_per_client=2, queries_waiting=3
-    )
+    relay = relay_with(start_relay, query_readers=1, queries_per_client=2, queries_waiting=3)
     api = relay.relay.server.api  # type: ignore[union-attr]
     release = block_readers(relay)
     answers: dict[str, Answer] = {}

@@ -11,12 +11,12 @@ from typing import Any
 
 import orjson
 
-from relay.config import Settings
 from relay.sources import RawLine
 from relay.sources.record import stamp
 from relay.sources.replay import _recorded_at
+from relay.testing import RelayServer
 from tests.fake_x import TOKEN, FakeX, x_lines
-from tests.support import ROOT, UNIT, RunningRelay, counted
+from tests.support import ROOT, UNIT, counted
 
 BROKEN = b'{"data": {"id": "17", "text": "cut off'
 
@@ -56,9 +56,8 @@ def test_a_recording_holds_exactly_the_lines_received_and_replays_into_an_identi
     tmp_path: Path,
     fake: FakeX,
     rules_file: Path,
-    x_relay: Callable[..., RunningRelay],
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    x_relay: Callable[..., RelayServer],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
     lines = x_lines(30, seed=13)
     fake.scripts.append(script(lines))
@@ -89,9 +88,9 @@ def test_a_recording_holds_exactly_the_lines_received_and_replays_into_an_identi
     # The same session live, and the recording replayed: the stores match.
     fake.scripts.append(script(lines))
     live = x_relay(db=str(tmp_path / "live.db"))
-    live.wait_stored(30)
-    replayed = start_relay(make_settings(db=str(tmp_path / "replayed.db"), replay=str(out)))
-    replayed.wait_stored(30)
+    live.wait_seq(30)
+    replayed = start_relay(store=tmp_path / "replayed.db", replay=out)
+    replayed.wait_seq(30)
     assert comparable(replayed.all_tweets()) == comparable(live.all_tweets())
     assert len(live.all_tweets()) == 30
     assert counted(replayed.relay.metrics.malformed) == 1

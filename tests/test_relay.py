@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import Settings
 from relay.core.tweets import parse_line
 from relay.sources.synth import write_stream
-from tests.support import RunningRelay, receive_tweets, subscribe, wait_for
+from relay.testing import RelayServer
+from tests.support import receive_tweets, subscribe, wait_for
 
 COUNT = 600
 
@@ -29,14 +29,13 @@ def _recording(tmp_path: Path) -> tuple[Path, list[dict[str, object]]]:
 
 def test_a_replayed_stream_reaches_every_subscriber_in_order_and_is_stored_once(
     tmp_path: Path,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
     path, expected = _recording(tmp_path)
     rule = next(c for c in expected[0]["channels"] if c.startswith("rule:"))  # type: ignore[attr-defined]
     in_rule = [t["id"] for t in expected if rule in t["channels"]]  # type: ignore[operator]
 
-    relay = start_relay(make_settings(replay=str(path), speed=200.0))
+    relay = start_relay(replay=path, speed=200.0)
     # Clients join while the replay runs; resuming from seq 0 of this epoch gives them the
     # tweets stored before they joined, then the live ones.
     start = {"epoch": relay.get("/v1/info")[1]["epoch"], "seq": 0}
@@ -62,13 +61,11 @@ def test_a_replayed_stream_reaches_every_subscriber_in_order_and_is_stored_once(
 
 def test_replaying_the_same_file_twice_stores_nothing_new(
     tmp_path: Path,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
     path, _ = _recording(tmp_path)
-    settings = make_settings(replay=str(path))
-    first = start_relay(settings)
-    first.wait_stored(COUNT)
+    first = start_relay(replay=path)
+    first.wait_seq(COUNT)
     wait_for(
         lambda: first.relay.ingest is not None and first.relay.ingest.finished.is_set(),
         20,
@@ -77,7 +74,7 @@ def test_replaying_the_same_file_twice_stores_nothing_new(
     before = first.all_tweets()
     first.stop()
 
-    second = start_relay(settings)
+    second = start_relay(replay=path)
     wait_for(
         lambda: second.relay.ingest is not None and second.relay.ingest.finished.is_set(),
         20,
@@ -91,18 +88,17 @@ def test_replaying_the_same_file_twice_stores_nothing_new(
 @pytest.fixture
 def replayed(
     tmp_path: Path,
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
-) -> tuple[RunningRelay, list[dict[str, object]]]:
+    start_relay: Callable[..., RelayServer],
+) -> tuple[RelayServer, list[dict[str, object]]]:
     """A relay that has stored the whole recording, and the tweets it holds."""
     path, expected = _recording(tmp_path)
-    relay = start_relay(make_settings(replay=str(path)))
-    relay.wait_stored(COUNT)
+    relay = start_relay(replay=path)
+    relay.wait_seq(COUNT)
     return relay, expected
 
 
 def test_the_object_api_serves_single_tweets_and_users(
-    replayed: tuple[RunningRelay, list[dict[str, object]]],
+    replayed: tuple[RelayServer, list[dict[str, object]]],
 ) -> None:
     relay, expected = replayed
     seq, first = next((n, t) for n, t in enumerate(expected, 1) if t["author"])
@@ -122,7 +118,7 @@ def test_the_object_api_serves_single_tweets_and_users(
 
 
 def test_info_tells_clients_where_the_stream_lives(
-    replayed: tuple[RunningRelay, list[dict[str, object]]],
+    replayed: tuple[RelayServer, list[dict[str, object]]],
 ) -> None:
     relay, expected = replayed
     status, info = relay.get("/v1/info")
@@ -137,7 +133,7 @@ def test_info_tells_clients_where_the_stream_lives(
 
 
 def test_metrics_count_what_flowed(
-    replayed: tuple[RunningRelay, list[dict[str, object]]],
+    replayed: tuple[RelayServer, list[dict[str, object]]],
 ) -> None:
     relay, _ = replayed
     with urllib.request.urlopen(relay.url + "/metrics", timeout=5) as response:

@@ -13,11 +13,9 @@ from websockets.frames import Close
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from relay.config import Settings
+from relay.testing import RelayServer
 from tests.support import (
     UNIT,
-    PushSource,
-    RunningRelay,
     receive_tweets,
     stream_line,
     subscribe,
@@ -26,7 +24,7 @@ from tests.support import (
 
 
 def _pump(
-    source: PushSource,
+    relay: RelayServer,
     first_id: int,
     count: int,
     stop: threading.Event,
@@ -38,7 +36,7 @@ def _pump(
         for n in range(count):
             if stop.is_set():
                 return
-            source.push(stream_line(first_id + n, f"tweet {n}", tags=tags))
+            relay.push(stream_line(first_id + n, f"tweet {n}", tags=tags))
             if n % 20 == 0:
                 time.sleep(0.002)  # pacing only, not synchronisation: keep ingest ongoing
 
@@ -48,13 +46,13 @@ def _pump(
 
 
 def test_resume_after_a_disconnect_while_ingest_continues_has_no_gap_and_no_duplicate(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, source = pushed
+    relay = pushed
     ws, hello = subscribe(relay.ws_url, "tweets")
     epoch = hello["epoch"]
     stop = threading.Event()
-    pump = _pump(source, 10_000, 3000, stop)
+    pump = _pump(relay, 10_000, 3000, stop)
     before = receive_tweets(ws, 200)
     ws.close()  # the client goes away while tweets keep coming
     last = before[-1]["seq"]
@@ -62,7 +60,7 @@ def test_resume_after_a_disconnect_while_ingest_continues_has_no_gap_and_no_dupl
     ws, hello = subscribe(relay.ws_url, "tweets", since={"epoch": epoch, "seq": last})
     assert hello["recovered"] >= 0
     pump.join(8 * UNIT)
-    relay.wait_stored(3000)
+    relay.wait_seq(3000)
     after = receive_tweets(ws, 3000 - 200)
     seqs = [f["seq"] for f in before + after]
     assert seqs == list(range(seqs[0], seqs[0] + 3000)), "gap or duplicate across the resume"
@@ -71,44 +69,44 @@ def test_resume_after_a_disconnect_while_ingest_continues_has_no_gap_and_no_dupl
 
 
 def test_resume_on_a_rule_channel_replays_only_that_rule(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, source = pushed
+    relay = pushed
     for n in range(30):
-        source.push(stream_line(500 + n, tags=("cats",) if n % 3 == 0 else ("dogs",)))
-    relay.wait_stored(30)
+        relay.push(stream_line(500 + n, tags=("cats",) if n % 3 == 0 else ("dogs",)))
+    relay.wait_seq(30)
     epoch = relay.get("/v1/info")[1]["epoch"]
     ws, hello = subscribe(relay.ws_url, "rule:cats", since={"epoch": epoch, "seq": 0})
     assert hello["recovered"] == 10
     frames = receive_tweets(ws, 10)
     assert [f["tweet"]["id"] for f in frames] == [str(500 + n) for n in range(0, 30, 3)]
-    source.push(stream_line(900, tags=("dogs",)), stream_line(901, tags=("cats",)))
+    relay.push(stream_line(900, tags=("dogs",)), stream_line(901, tags=("cats",)))
     (live,) = receive_tweets(ws, 1)
     assert live["tweet"]["id"] == "901"
     ws.close()
 
 
 def test_a_stale_epoch_gets_a_reset_and_then_live_tweets(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, source = pushed
-    source.push(stream_line(1))
-    relay.wait_stored(1)
+    relay = pushed
+    relay.push(stream_line(1))
+    relay.wait_seq(1)
     ws, hello = subscribe(relay.ws_url, "tweets", since={"epoch": "not-this-one", "seq": 5})
     (reset,) = hello["_before"]
     assert reset["type"] == "reset"
     assert reset["epoch"] == hello["epoch"] != "not-this-one"
     assert reset["seq"] == 1
-    source.push(stream_line(2))
+    relay.push(stream_line(2))
     (frame,) = receive_tweets(ws, 1)
     assert frame["tweet"]["id"] == "2" and frame["seq"] == 2
     ws.close()
 
 
 def test_a_position_ahead_of_the_store_gets_a_reset(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, _ = pushed
+    relay = pushed
     epoch = relay.get("/v1/info")[1]["epoch"]
     ws, hello = subscribe(relay.ws_url, "tweets", since={"epoch": epoch, "seq": 99})
     assert hello["_before"][0]["type"] == "reset"
@@ -151,11 +149,9 @@ class StuckClient:
 
 
 def test_a_client_that_never_reads_is_closed_with_4008_and_others_keep_receiving(
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
-    source = PushSource()
-    relay = start_relay(make_settings(send_buffer=64 * 1024), source)
+    relay = start_relay(send_buffer=64 * 1024)
     stuck = StuckClient(relay.ws_url)
     reader, _ = subscribe(relay.ws_url, "tweets")
     hub = relay.relay.hub
@@ -164,7 +160,7 @@ def test_a_client_that_never_reads_is_closed_with_4008_and_others_keep_receiving
     big = "x" * 20_000
     received: list[dict[str, object]] = []
     for batch in range(1000):  # at most 40 MB: far past any kernel buffer
-        source.push(*(stream_line(batch * 2 + n, big) for n in range(2)))
+        relay.push(*(stream_line(batch * 2 + n, big) for n in range(2)))
         received += receive_tweets(reader, 2, timeout=2 * UNIT)  # on time, every batch
         if relay.relay.metrics.slow_consumers._value.get() >= 1:
             break
@@ -176,23 +172,21 @@ def test_a_client_that_never_reads_is_closed_with_4008_and_others_keep_receiving
     assert reason["reason"] == "slow_consumer" and 0 < reason["seq"] < len(received)
     wait_for(lambda: len(hub.sessions) == 1, 2 * UNIT, "the server to drop the slow consumer")
     # The reading client is still served.
-    source.push(stream_line(99_999))
+    relay.push(stream_line(99_999))
     assert receive_tweets(reader, 1)[0]["tweet"]["id"] == "99999"
     reader.close()
 
 
 def test_keepalive_pings_are_answered_by_clients_and_the_connection_stays_up(
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
 ) -> None:
-    source = PushSource()
-    relay = start_relay(make_settings(ping_interval=0.05, ping_timeout=UNIT), source)
+    relay = start_relay(ping_interval=0.05, ping_timeout=UNIT)
     ws, _ = subscribe(relay.ws_url, "tweets")
     hub = relay.relay.hub
     assert hub is not None
     (session,) = hub.sessions
     # The server measures latency from its keepalive pings; the client library answers them.
     wait_for(lambda: session.transport.latency > 0, 2 * UNIT, "a keepalive ping round trip")
-    source.push(stream_line(1))
+    relay.push(stream_line(1))
     assert receive_tweets(ws, 1)[0]["seq"] == 1
     ws.close()

@@ -13,18 +13,9 @@ from relay.config import SAMPLE_RETENTION, Settings, parse_duration
 from relay.core.query import parse_tweet_query
 from relay.core.tweets import parse_line
 from relay.jobs.retention import Retention, apply_retention
-from relay.testing import RelayClient
+from relay.testing import RelayClient, RelayServer
 from tests.pg_server import StoreMaker
-from tests.support import (
-    UNIT,
-    PushSource,
-    RunningRelay,
-    counted,
-    receive_tweets,
-    stream_line,
-    subscribe,
-    wait_for,
-)
+from tests.support import UNIT, counted, receive_tweets, stream_line, subscribe, wait_for
 
 T0 = 1_700_000_000.0
 
@@ -144,15 +135,11 @@ def test_a_bad_duration_is_refused(text: str) -> None:
 
 
 def test_the_active_writer_applies_retention_on_its_schedule(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+    start_relay: Callable[..., RelayServer],
 ) -> None:
-    source = PushSource()
-    relay = start_relay(
-        make_settings(retention_max_tweets=50, retention_interval=0.2, retention_batch=40),
-        source=source,
-    )
-    source.push(*(stream_line(i) for i in range(1, 201)))
-    relay.wait_stored(200)
+    relay = start_relay(retention_max_tweets=50, retention_interval=0.2, retention_batch=40)
+    relay.push(*(stream_line(i) for i in range(1, 201)))
+    relay.wait_seq(200)
     metrics = relay.relay.metrics
     wait_for(lambda: counted(metrics.retention_deleted) == 150, 4 * UNIT, "retention")
     status, body = relay.get("/v1/objects/tweets?count=1")
@@ -160,11 +147,11 @@ def test_the_active_writer_applies_retention_on_its_schedule(
 
 
 def test_a_resume_from_before_the_kept_history_is_told_where_it_starts(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, source = pushed
-    source.push(*(stream_line(i) for i in range(1, 101)))
-    relay.wait_stored(100)
+    relay = pushed
+    relay.push(*(stream_line(i) for i in range(1, 101)))
+    relay.wait_seq(100)
     store = relay.relay.store
     assert store is not None
     relay.call(apply_retention(store, Retention(max_tweets=50), T0))
@@ -190,13 +177,13 @@ def test_a_resume_from_before_the_kept_history_is_told_where_it_starts(
 
 
 def test_the_terminal_client_says_where_history_starts(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
     from client_demo.stream import ResumingStream
 
-    relay, source = pushed
-    source.push(*(stream_line(i) for i in range(1, 31)))
-    relay.wait_stored(30)
+    relay = pushed
+    relay.push(*(stream_line(i) for i in range(1, 31)))
+    relay.wait_seq(30)
     assert relay.relay.store is not None
     relay.call(apply_retention(relay.relay.store, Retention(max_tweets=10), T0))
 

@@ -20,18 +20,9 @@ from relay.app.cli import main
 from relay.config import Settings
 from relay.core.auth import Secrets, issue_token, verify_token
 from relay.errors import ConfigError, Unauthorized
+from relay.testing import RelayServer
 from tests.fake_x import FakeTime
-from tests.support import (
-    ROOT,
-    UNIT,
-    PushSource,
-    RunningRelay,
-    receive_tweets,
-    stream_line,
-    subscribe,
-    wait_for,
-    ws_connect,
-)
+from tests.support import ROOT, UNIT, receive_tweets, stream_line, subscribe, wait_for, ws_connect
 
 NEW = "the-new-secret-after-the-rotation-0123456789"
 OLD = "the-old-secret-before-the-rotation-987654321"
@@ -198,11 +189,11 @@ def test_a_list_in_a_folder_that_does_not_exist_stops_the_start_with_one_line_an
 
 
 def test_a_list_not_created_yet_is_empty_and_read_once_it_appears(
-    private: Callable[..., tuple[RunningRelay, PushSource]], tmp_path: Path
+    private: Callable[..., RelayServer], tmp_path: Path
 ) -> None:
     listing = tmp_path / "revoked.txt"  # not there: the first revocation will create it
     time = FakeTime()
-    relay, _ = private(time, revoked_tokens_file=str(listing), revoked_tokens_interval=0.05)
+    relay = private(time, revoked_tokens_file=str(listing), revoked_tokens_interval=0.05)
     lost = make_token(NEW, time.now, token_id="lost-laptop")
     doomed, _ = subscribe(relay.ws_url, **bearer(lost))
     with listing.open("a") as handle:  # echo lost-laptop >> revoked.txt
@@ -229,27 +220,23 @@ def test_relay_token_prints_the_token_alone_on_stdout_and_its_jti_on_stderr(
 
 
 @pytest.fixture
-def private(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
-) -> Callable[..., tuple[RunningRelay, PushSource]]:
+def private(start_relay: Callable[..., RelayServer]) -> Callable[..., RelayServer]:
     """A private relay on a fake clock whose source the test feeds."""
 
-    def start(time: FakeTime, **values: Any) -> tuple[RunningRelay, PushSource]:
-        source = PushSource()
-        settings = make_settings(secret=NEW, public_channels=[], **values)
-        relay = start_relay(settings, source, clock=time.clock)
-        source.push(stream_line(1))
-        relay.wait_stored(1)
-        return relay, source
+    def start(time: FakeTime, **values: Any) -> RelayServer:
+        relay = start_relay(secret=NEW, public_channels=[], **values, wall_clock=time.clock)
+        relay.push(stream_line(1))
+        relay.wait_seq(1)
+        return relay
 
     return start
 
 
 def test_the_previous_secret_works_until_its_end_then_every_path_answers_retired(
-    private: Callable[..., tuple[RunningRelay, PushSource]],
+    private: Callable[..., RelayServer],
 ) -> None:
     time = FakeTime()
-    relay, source = private(time, previous_secret=OLD, previous_secret_until=time.now + 100)
+    relay = private(time, previous_secret=OLD, previous_secret_until=time.now + 100)
     old = make_token(OLD, time.now)
     ws, _ = subscribe(relay.ws_url, **bearer(old))
     assert relay.get(f"/v1/objects/tweets?token={old}")[0] == 200
@@ -262,20 +249,18 @@ def test_the_previous_secret_works_until_its_end_then_every_path_answers_retired
     assert answer["type"] == "error" and answer["code"] == "unauthorized"
     ws.send(orjson.dumps({"op": "refresh", "token": make_token(NEW, time.now)}).decode())
     assert orjson.loads(ws.recv(timeout=UNIT))["type"] == "refreshed"
-    source.push(stream_line(2))
+    relay.push(stream_line(2))
     assert receive_tweets(ws, 1)[0]["seq"] == 2
     ws.close()
 
 
 def test_open_connections_on_the_previous_secret_must_refresh_when_it_retires(
-    private: Callable[..., tuple[RunningRelay, PushSource]],
+    private: Callable[..., RelayServer],
 ) -> None:
     # The fake clock stands still, so the retirement comes half a second (real) after connecting.
     time = FakeTime()
     until = time.now + 0.5
-    relay, source = private(
-        time, previous_secret=OLD, previous_secret_until=until, refresh_grace=0.5
-    )
+    relay = private(time, previous_secret=OLD, previous_secret_until=until, refresh_grace=0.5)
     old = make_token(OLD, time.now)
     refreshing, _ = subscribe(relay.ws_url, **bearer(old))
     idle, _ = subscribe(relay.ws_url, **bearer(make_token(OLD, time.now, sub="bob")))
@@ -292,18 +277,18 @@ def test_open_connections_on_the_previous_secret_must_refresh_when_it_retires(
         "reason": "invalid",
         "message": "the token is signed with a retired secret: get a new token",
     }
-    source.push(stream_line(2))
+    relay.push(stream_line(2))
     assert receive_tweets(refreshing, 1)[0]["seq"] == 2
     refreshing.close()
 
 
 def test_a_revoked_token_is_refused_everywhere_and_its_connections_close_with_4001(
-    private: Callable[..., tuple[RunningRelay, PushSource]], tmp_path: Path
+    private: Callable[..., RelayServer], tmp_path: Path
 ) -> None:
     listing = tmp_path / "revoked.txt"
     listing.write_text("# nothing revoked yet\n")
     time = FakeTime()
-    relay, source = private(time, revoked_tokens_file=str(listing), revoked_tokens_interval=0.05)
+    relay = private(time, revoked_tokens_file=str(listing), revoked_tokens_interval=0.05)
     lost = make_token(NEW, time.now, token_id="lost-laptop")
     kept = make_token(NEW, time.now, token_id="desktop")
     doomed, _ = subscribe(relay.ws_url, **bearer(lost))
@@ -322,7 +307,7 @@ def test_a_revoked_token_is_refused_everywhere_and_its_connections_close_with_40
     other.send(orjson.dumps({"op": "refresh", "token": lost, "id": 7}).decode())
     answer = orjson.loads(other.recv(timeout=UNIT))
     assert answer["type"] == "error" and answer["code"] == "unauthorized"
-    source.push(stream_line(2))
+    relay.push(stream_line(2))
     assert receive_tweets(other, 1)[0]["seq"] == 2  # the other token is untouched
     metrics = relay.relay.metrics.render().decode()
     assert 'relay_refused_total{reason="revoked"} 4.0' in metrics  # close, upgrade, API, refresh
@@ -331,12 +316,12 @@ def test_a_revoked_token_is_refused_everywhere_and_its_connections_close_with_40
 
 
 def test_a_revocation_list_that_goes_missing_keeps_refusing_its_tokens(
-    private: Callable[..., tuple[RunningRelay, PushSource]], tmp_path: Path
+    private: Callable[..., RelayServer], tmp_path: Path
 ) -> None:
     listing = tmp_path / "revoked.txt"
     listing.write_text("lost-laptop\n")
     time = FakeTime()
-    relay, _ = private(time, revoked_tokens_file=str(listing), revoked_tokens_interval=0.05)
+    relay = private(time, revoked_tokens_file=str(listing), revoked_tokens_interval=0.05)
     lost = make_token(NEW, time.now, token_id="lost-laptop")
     assert refused(relay.ws_url, lost) == 401
     listing.unlink()
@@ -345,7 +330,7 @@ def test_a_revocation_list_that_goes_missing_keeps_refusing_its_tokens(
     assert refused(relay.ws_url, lost) == 401
 
 
-def _checked_missing(relay: RunningRelay) -> bool:
+def _checked_missing(relay: RelayServer) -> bool:
     access = relay.relay.server.access if relay.relay.server else None
     revoked = getattr(access, "revoked", None)
     return isinstance(revoked, RevocationList) and revoked.stale

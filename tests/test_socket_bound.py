@@ -19,21 +19,14 @@ import pytest
 
 from relay.config import Settings
 from relay.errors import ConfigError
+from relay.testing import RelayServer
 from relay.web.sockets import AcceptErrorFilter
-from tests.support import (
-    UNIT,
-    PushSource,
-    RunningRelay,
-    counted,
-    stream_line,
-    wait_for,
-    ws_connect,
-)
+from tests.support import UNIT, counted, stream_line, wait_for, ws_connect
 
 HALF_REQUEST = b"GET /healthz HTTP/1.1\r\nHost: relay\r\n"  # no blank line: never complete
 
 
-def _open_count(relay: RunningRelay, address: str = "127.0.0.1") -> int:
+def _open_count(relay: RelayServer, address: str = "127.0.0.1") -> int:
     assert relay.relay.server is not None
     return relay.relay.server.sockets.open.get(address, 0)
 
@@ -64,16 +57,12 @@ def _healthz(port: int, source: str) -> bytes:
 
 
 @pytest.fixture
-def bounded(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
-) -> Iterator[RunningRelay]:
-    yield start_relay(
-        make_settings(max_connections_per_address=2, max_sockets_per_address=5), PushSource()
-    )
+def bounded(start_relay: Callable[..., RelayServer]) -> Iterator[RelayServer]:
+    yield start_relay(max_connections_per_address=2, max_sockets_per_address=5)
 
 
 def test_sockets_past_the_bound_are_reset_at_once_and_others_are_served(
-    bounded: RunningRelay,
+    bounded: RelayServer,
 ) -> None:
     relay, bound = bounded, 5
     with ExitStack() as stack:
@@ -110,14 +99,11 @@ def _was_reset_now(sock: socket.socket) -> bool:
 
 
 def test_behind_a_trusted_proxy_the_socket_bound_is_not_applied(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+    start_relay: Callable[..., RelayServer],
 ) -> None:
     # Every client comes from the router's address: a bound per socket address would be
     # one bound for all of them.
-    relay = start_relay(
-        make_settings(trusted_proxies=1, max_connections_per_address=2, max_sockets_per_address=2),
-        PushSource(),
-    )
+    relay = start_relay(trusted_proxies=1, max_connections_per_address=2, max_sockets_per_address=2)
     with ExitStack() as stack:
         held = [_half_open(stack, relay.port) for _ in range(4)]
         wait_for(lambda: _open_count(relay) == 4, 2 * UNIT, "4 sockets counted, none refused")
@@ -132,7 +118,7 @@ def test_the_socket_bound_is_at_least_the_stream_bound() -> None:
 
 
 def test_accept_errors_out_of_descriptors_are_sampled(
-    bounded: RunningRelay, caplog: pytest.LogCaptureFixture
+    bounded: RelayServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """asyncio logs a traceback at each retry of a failed accept; the relay logs a sample."""
     caplog.set_level(logging.ERROR, logger="asyncio")
@@ -155,16 +141,14 @@ def test_accept_errors_out_of_descriptors_are_sampled(
 
 
 def test_a_write_timeout_before_the_stream_names_the_peer_as_host_and_port(
-    make_settings: Callable[..., Settings],
-    start_relay: Callable[..., RunningRelay],
+    start_relay: Callable[..., RelayServer],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # An object API answer (no stream session yet) larger than the kernel's buffers, to a
     # client that reads nothing: the write times out after ping_timeout.
-    source = PushSource()
-    relay = start_relay(make_settings(ping_timeout=0.5), source)
-    source.push(*(stream_line(n, "x" * 9000) for n in range(1, 1001)))
-    relay.wait_stored(1000)
+    relay = start_relay(ping_timeout=0.5)
+    relay.push(*(stream_line(n, "x" * 9000) for n in range(1, 1001)))
+    relay.wait_seq(1000)
     caplog.set_level(logging.INFO, logger="relay.web.connection")
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect

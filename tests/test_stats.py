@@ -9,14 +9,12 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.config import Settings
 from relay.errors import StoreError
 from relay.jobs.scheduler import Housekeeping
 from relay.obs.metrics import Metrics
+from relay.testing import RelayServer
 from tests.support import (
     UNIT,
-    PushSource,
-    RunningRelay,
     counted,
     receive_tweets,
     stream_line,
@@ -27,18 +25,18 @@ from tests.support import (
 
 
 def test_stats_report_rates_connections_subscribers_head_and_the_store(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, source = pushed
-    source.push(*(stream_line(i) for i in range(1, 11)))
-    relay.wait_stored(10)
+    relay = pushed
+    relay.push(*(stream_line(i) for i in range(1, 11)))
+    relay.wait_seq(10)
     sampler = relay.relay.stats
     assert sampler is not None
     first = relay.call(sampler.sample())
     client, _ = subscribe(relay.ws_url, "tweets")
     with client:
-        source.push(*(stream_line(i) for i in range(11, 111)))
-        relay.wait_stored(110)
+        relay.push(*(stream_line(i) for i in range(11, 111)))
+        relay.wait_seq(110)
         assert len(receive_tweets(client, 100)) == 100
         second = relay.call(sampler.sample())
         status, stats = relay.get("/v1/stats")
@@ -91,10 +89,9 @@ def test_a_job_that_may_pass_is_counted_and_one_that_fails_for_good_stops_the_re
 
 
 def test_the_stats_channel_is_public_and_gets_every_sample(
-    make_settings: Callable[..., Settings], start_relay: Callable[..., RunningRelay]
+    start_relay: Callable[..., RelayServer],
 ) -> None:
-    settings = make_settings(public_channels=["rule:cats"], secret="s" * 32)
-    relay = start_relay(settings, source=PushSource())
+    relay = start_relay(public_channels=["rule:cats"], secret="s" * 32)
     sampler = relay.relay.stats
     assert sampler is not None
     relay.call(sampler.sample())
@@ -112,8 +109,8 @@ def test_the_stats_channel_is_public_and_gets_every_sample(
         assert (refused["type"], refused["code"]) == ("error", "unauthorized")
 
 
-def test_the_stats_channel_takes_no_filters_or_since(pushed: tuple[RunningRelay, Any]) -> None:
-    relay, _ = pushed
+def test_the_stats_channel_takes_no_filters_or_since(pushed: tuple[RelayServer, Any]) -> None:
+    relay = pushed
     with ws_connect(relay.ws_url) as ws:
         ws.send(orjson.dumps({"op": "subscribe", "channel": "$stats", "filters": {}}).decode())
         frame = orjson.loads(ws.recv(timeout=UNIT))
@@ -121,12 +118,12 @@ def test_the_stats_channel_takes_no_filters_or_since(pushed: tuple[RunningRelay,
 
 
 def test_delivery_latency_is_measured_from_the_line_to_the_sockets(
-    pushed: tuple[RunningRelay, PushSource],
+    pushed: RelayServer,
 ) -> None:
-    relay, source = pushed
+    relay = pushed
     client, _ = subscribe(relay.ws_url, "tweets")
     with client:
-        source.push(*(stream_line(i) for i in range(1, 21)))
+        relay.push(*(stream_line(i) for i in range(1, 21)))
         assert len(receive_tweets(client, 20)) == 20
     histogram = relay.relay.metrics.registry
     wait_for(

@@ -6,27 +6,33 @@ import asyncio
 import re
 import subprocess
 import sys
+import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from relay.config import Settings
+from relay.core.auth import issue_token
 from relay.core.times import time_from_unix
+from relay.sources import RawLine
 from relay.sources.synth import sample_path, write_stream
 from relay.testing import (
     TEST_EPOCH,
     RelayClient,
     RelayClientError,
     RelayServer,
+    RelayServerError,
     ReplayClock,
     Response,
     stream_line,
     tweets_of,
 )
 from relay.testing.source import FIXED_START
-from tests.support import ROOT, UNIT
+from tests.support import ROOT, UNIT, counted, wait_for
 
 Frame = dict[str, Any]
 
@@ -283,3 +289,65 @@ def test_pushed_lines_go_out_while_a_stepped_replay_waits(recording: Path) -> No
         server.step(1)
         (recorded,) = tweets_of(client.tweets(1))
         assert recorded["seq"] == 2 and recorded["text"] != "pushed"
+
+
+def test_the_lines_of_one_push_go_together_and_the_stored_tweets_can_be_listed(
+    tmp_path: Path,
+) -> None:
+    secret = "s" * 32
+    token = issue_token(secret, subject="t", channels=["tweets"], ttl=60, now=time.time())
+    with RelayServer(batch_size=500, secret=secret, public_channels=[]) as server:
+        assert server.relay is not None
+        writes = server.relay.metrics.stream_writes
+        with RelayClient(server.ws_url, token=token) as client:
+            client.subscribe()
+            wait_for(lambda: counted(writes) == 1, UNIT, "the subscribed frame's write")
+            server.push(*(stream_line(n, lang="ja" if n % 2 else "en") for n in (1, 2, 3)))
+            assert [f["seq"] for f in client.tweets(3)] == [1, 2, 3]
+            wait_for(lambda: counted(writes) >= 2, UNIT, "the tweets' write")
+            assert counted(writes) == 2  # one push, one batch, one write
+        assert server.stored_ids() == ["1", "2", "3"]  # from the store: no token needed
+        assert server.get("/v1/objects/tweets").status == 401
+        assert [t["id"] for t in server.all_tweets(token=token)] == ["1", "2", "3"]
+        assert [t["id"] for t in server.all_tweets(token=token, q='{"lang": "ja"}')] == ["1", "3"]
+
+
+class Lines:
+    """A source of the test's own: a fixed list, received at a fixed time."""
+
+    name = "lines"
+
+    async def lines(self) -> AsyncIterator[RawLine]:
+        for n in (1, 2):
+            yield RawLine(stream_line(n), 1_700_000_000.0)
+
+
+def test_a_source_of_the_tests_own_and_the_relays_own_clock() -> None:
+    with RelayServer(source=Lines(), wall_clock=lambda: 1_700_000_100.0) as server:
+        assert server.wait_replayed().stored == 2
+        assert server.relay is not None and server.relay.clock() == 1_700_000_100.0
+        with pytest.raises(RelayServerError, match="push, step and end need"):
+            server.push(stream_line(3))
+    with pytest.raises(RelayServerError, match="not both"):
+        RelayServer(Path(__file__), source=Lines())
+
+
+def test_running_relay_and_push_source_still_work_and_say_they_are_deprecated(
+    tmp_path: Path,
+) -> None:
+    from relay.testing import PushSource, RunningRelay
+
+    settings = Settings.from_mapping({"port": 0, "db": str(tmp_path / "old.db")})
+    with pytest.warns(DeprecationWarning, match="PushSource is deprecated") as made:
+        source = PushSource()
+    assert made[0].filename == __file__  # the warning names the caller's line
+    with pytest.warns(DeprecationWarning, match="RunningRelay is deprecated: use"):
+        relay = RunningRelay(settings, source)
+    try:
+        source.push(stream_line(1), stream_line(2))
+        relay.wait_stored(2)
+        assert relay.stored_ids() == ["1", "2"]
+        assert relay.get("/v1/info").body["seq"] == 2
+        assert relay.relay is not None and relay.relay.settings is settings  # as given
+    finally:
+        relay.stop()

@@ -19,39 +19,28 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from relay.config import Settings
-from tests.support import (
-    UNIT,
-    PushSource,
-    RunningRelay,
-    counted,
-    receive_tweets,
-    stream_line,
-    subscribe,
-    wait_for,
-)
+from relay.testing import RelayServer
+from tests.support import UNIT, counted, receive_tweets, stream_line, subscribe, wait_for
 from tests.test_connection_bounds import RawClient
 
-Start = Callable[..., RunningRelay]
+Start = Callable[..., RelayServer]
 
 
-def _tasks(relay: RunningRelay) -> int:
+def _tasks(relay: RelayServer) -> int:
     async def count() -> int:
         return len(asyncio.all_tasks())
 
     return relay.call(count())
 
 
-def _subscribers(relay: RunningRelay) -> int:
+def _subscribers(relay: RelayServer) -> int:
     hub = relay.relay.hub
     assert hub is not None
     return sum(len(s.subscriptions) for s in hub.sessions)
 
 
-def test_idle_subscribers_run_no_task(
-    make_settings: Callable[..., Settings], start_relay: Start
-) -> None:
-    relay = start_relay(make_settings(), PushSource())
+def test_idle_subscribers_run_no_task(start_relay: Start) -> None:
+    relay = start_relay()
     before = _tasks(relay)
     clients = [RawClient(relay.ws_url) for _ in range(30)]
     for client in clients:
@@ -64,9 +53,9 @@ def test_idle_subscribers_run_no_task(
 
 
 def test_keepalive_pings_keep_an_answering_client_and_close_a_silent_one(
-    make_settings: Callable[..., Settings], start_relay: Start
+    start_relay: Start,
 ) -> None:
-    relay = start_relay(make_settings(ping_interval=0.1, ping_timeout=0.3), PushSource())
+    relay = start_relay(ping_interval=0.1, ping_timeout=0.3)
     silent = RawClient(relay.ws_url)  # its pongs are queued by its protocol, never sent
     answering = RawClient(relay.ws_url)
     pings = 0
@@ -95,9 +84,9 @@ def test_keepalive_pings_keep_an_answering_client_and_close_a_silent_one(
 
 
 def test_a_connection_that_never_finishes_its_request_is_cut_after_the_open_timeout(
-    make_settings: Callable[..., Settings], start_relay: Start
+    start_relay: Start,
 ) -> None:
-    relay = start_relay(make_settings(open_timeout=0.3), PushSource())
+    relay = start_relay(open_timeout=0.3)
     with socket.create_connection(("127.0.0.1", relay.port), timeout=2 * UNIT) as sock:
         sock.sendall(b"GET /v1/stream HTTP/1.1\r\nHost: relay\r\n")  # no blank line, ever
         with contextlib.suppress(ConnectionResetError):  # cut, not answered: either way
@@ -120,10 +109,8 @@ def _upgrade_with_a_frame(port: int, frame: bytes) -> list[Frame | Response]:
     return events
 
 
-def test_a_frame_sent_with_the_upgrade_request_is_not_lost(
-    make_settings: Callable[..., Settings], start_relay: Start
-) -> None:
-    relay = start_relay(make_settings(), PushSource())
+def test_a_frame_sent_with_the_upgrade_request_is_not_lost(start_relay: Start) -> None:
+    relay = start_relay()
     op = Frame(Opcode.TEXT, b'{"op":"ping","id":"early"}').serialize(mask=True, extensions=[])
     events = _upgrade_with_a_frame(relay.port, op)
     assert isinstance(events[0], Response) and events[0].status_code == 101
@@ -132,9 +119,9 @@ def test_a_frame_sent_with_the_upgrade_request_is_not_lost(
 
 
 def test_a_fragmented_message_is_one_operation_and_bad_utf8_closes_with_1007(
-    make_settings: Callable[..., Settings], start_relay: Start
+    start_relay: Start,
 ) -> None:
-    relay = start_relay(make_settings(), PushSource())
+    relay = start_relay()
     client = RawClient(relay.ws_url)
     client.protocol.send_text(b'{"op":"pi', fin=False)
     client.protocol.send_continuation(b'ng","id":', fin=False)
@@ -150,14 +137,13 @@ def test_a_fragmented_message_is_one_operation_and_bad_utf8_closes_with_1007(
 
 @pytest.mark.parametrize("compression", [False, True])
 def test_tweets_reach_clients_with_and_without_compression(
-    make_settings: Callable[..., Settings], start_relay: Start, compression: bool
+    start_relay: Start, compression: bool
 ) -> None:
-    source = PushSource()
-    relay = start_relay(make_settings(compression=compression), source)
+    relay = start_relay(compression=compression)
     ws, _ = subscribe(relay.ws_url)  # the websockets client offers permessage-deflate
     extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "") if ws.response else ""
     assert ("permessage-deflate" in extensions) is compression
-    source.push(*(stream_line(n, "d" * 3000) for n in range(1, 51)))
+    relay.push(*(stream_line(n, "d" * 3000) for n in range(1, 51)))
     tweets = receive_tweets(ws, 50)
     assert [t["seq"] for t in tweets] == list(range(1, 51))
     assert tweets[-1]["tweet"]["text"].endswith("d" * 3000)

@@ -19,8 +19,9 @@ from relay.obs.metrics import Metrics
 from relay.sources.x_poll import XPollSource
 from relay.sources.xapi import StreamRule
 from relay.store.sqlite.store import SQLiteStore
+from relay.testing import RelayServer
 from tests.fake_x import TOKEN, FakeTime, FakeX, x_lines
-from tests.support import UNIT, RunningRelay, counted, free_port, wait_for
+from tests.support import UNIT, counted, free_port, wait_for
 
 CATS, PYTHON = "cats OR kitten", "python"
 
@@ -45,7 +46,7 @@ def ids(messages: list[dict[str, Any]]) -> set[str]:
 
 
 def test_since_id_survives_a_restart_and_overlapping_results_are_stored_once(
-    x_relay: Callable[..., RunningRelay], fake: FakeX, messages: list[dict[str, Any]]
+    x_relay: Callable[..., RelayServer], fake: FakeX, messages: list[dict[str, Any]]
 ) -> None:
     # Tweets 10-14 match both rules; the highest of each rule matches only that rule.
     fake.search = {CATS: messages[10:30], PYTHON: [*messages[0:15], *messages[30:45]]}
@@ -70,7 +71,7 @@ def test_since_id_survives_a_restart_and_overlapping_results_are_stored_once(
 
 
 def test_pagination_follows_next_token_with_a_fixed_since_id_up_to_the_cap(
-    x_relay: Callable[..., RunningRelay], fake: FakeX, messages: list[dict[str, Any]]
+    x_relay: Callable[..., RelayServer], fake: FakeX, messages: list[dict[str, Any]]
 ) -> None:
     fake.search = {CATS: messages[:35], PYTHON: messages[35:40]}
     relay = x_relay("x-poll", poll_max_pages=2)
@@ -131,7 +132,7 @@ def test_a_429_pauses_the_rule_until_the_rate_limit_resets(
 
 
 def test_a_search_refused_for_good_stops_the_relay_once_instead_of_every_interval(
-    x_relay: Callable[..., RunningRelay], fake: FakeX
+    x_relay: Callable[..., RelayServer], fake: FakeX
 ) -> None:
     relay = x_relay("x-poll", x_bearer_token="wrong-token")
     ingest = relay.relay.ingest

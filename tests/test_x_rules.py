@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from relay.app.cli import main
+from relay.testing import RelayServer
 from tests.fake_x import TOKEN, FakeX, x_lines
-from tests.support import RunningRelay
 
 
 @pytest.fixture
@@ -141,11 +141,11 @@ def test_a_bad_token_on_rules_is_one_clear_line(
 
 
 def test_the_stream_source_syncs_the_rules_before_it_connects(
-    x_relay: Callable[..., RunningRelay], fake: FakeX, drifted: dict[str, str]
+    x_relay: Callable[..., RelayServer], fake: FakeX, drifted: dict[str, str]
 ) -> None:
     fake.scripts.append([("lines", x_lines(5, seed=3))])
     relay = x_relay()
-    relay.wait_stored(5)
+    relay.wait_seq(5)
     assert rule_values(fake) == {"cats": "cats OR kitten", "python": "python"}
     first_stream = next(
         n for n, (_, path, _) in enumerate(fake.requests) if path == "/2/tweets/search/stream"

@@ -15,8 +15,9 @@ import pytest
 
 from relay.errors import ConfigError
 from relay.sources.backoff import Cause, ReconnectSchedule
+from relay.testing import RelayServer
 from tests.fake_x import FakeX, ids_of, x_lines
-from tests.support import UNIT, RunningRelay, counted, wait_for
+from tests.support import UNIT, counted, wait_for
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def lines() -> list[bytes]:
     return x_lines(60, seed=9)
 
 
-def waits(relay: RunningRelay) -> list[tuple[Cause, float]]:
+def waits(relay: RelayServer) -> list[tuple[Cause, float]]:
     assert relay.relay.ingest is not None
     return list(relay.relay.ingest.source.waits)  # type: ignore[attr-defined]
 
@@ -76,7 +77,7 @@ def test_clean_closes_keep_a_minimum_spacing_and_the_connect_budget() -> None:
 
 
 def test_a_clean_close_reconnects_after_the_minimum_delay_and_stores_everything_once(
-    x_relay: Callable[..., RunningRelay], fake: FakeX, lines: list[bytes]
+    x_relay: Callable[..., RelayServer], fake: FakeX, lines: list[bytes]
 ) -> None:
     fake.scripts.extend(
         [[("lines", lines[:20])], [("lines", lines[10:40])], [("lines", lines[40:])]]
@@ -89,11 +90,11 @@ def test_a_clean_close_reconnects_after_the_minimum_delay_and_stores_everything_
 
 
 def test_the_stream_and_the_gap_filler_ask_for_everything_a_stored_tweet_holds(
-    x_relay: Callable[..., RunningRelay], fake: FakeX, lines: list[bytes]
+    x_relay: Callable[..., RelayServer], fake: FakeX, lines: list[bytes]
 ) -> None:
     fake.scripts.extend([[("lines", lines[:2])], [("lines", lines[2:4])]])
     relay = x_relay()
-    relay.wait_stored(4)
+    relay.wait_seq(4)
     wait_for(
         lambda: any(p == "/2/tweets/search/recent" for _, p, _ in fake.requests), UNIT, "a search"
     )
@@ -117,7 +118,7 @@ def test_the_stream_and_the_gap_filler_ask_for_everything_a_stored_tweet_holds(
 
 
 def test_a_disconnect_mid_line_counts_the_broken_line_and_backs_off_linearly(
-    x_relay: Callable[..., RunningRelay], fake: FakeX, lines: list[bytes]
+    x_relay: Callable[..., RelayServer], fake: FakeX, lines: list[bytes]
 ) -> None:
     fake.scripts.extend(
         [
@@ -135,7 +136,7 @@ def test_a_disconnect_mid_line_counts_the_broken_line_and_backs_off_linearly(
 
 
 def test_a_stall_drops_the_connection_and_reconnects(
-    x_relay: Callable[..., RunningRelay], fake: FakeX, lines: list[bytes]
+    x_relay: Callable[..., RelayServer], fake: FakeX, lines: list[bytes]
 ) -> None:
     fake.scripts.extend([[("lines", lines[:3]), ("stall", 3.0)], [("lines", lines[3:6])]])
     relay = x_relay()
@@ -144,7 +145,7 @@ def test_a_stall_drops_the_connection_and_reconnects(
 
 
 def test_429_then_503_follow_their_own_schedules(
-    x_relay: Callable[..., RunningRelay], fake: FakeX, lines: list[bytes]
+    x_relay: Callable[..., RelayServer], fake: FakeX, lines: list[bytes]
 ) -> None:
     too_many = {"title": "ConnectionException", "detail": "TooManyConnections"}
     fake.scripts.extend(
@@ -165,7 +166,7 @@ def test_429_then_503_follow_their_own_schedules(
 
 
 def test_409_syncs_the_rules_then_reconnects(
-    x_relay: Callable[..., RunningRelay], fake: FakeX, lines: list[bytes]
+    x_relay: Callable[..., RelayServer], fake: FakeX, lines: list[bytes]
 ) -> None:
     fake.scripts.extend([[("status", 409, {"title": "NoRules"})], [("lines", lines[:2])]])
     relay = x_relay()
@@ -180,7 +181,7 @@ def test_409_syncs_the_rules_then_reconnects(
 
 @pytest.mark.parametrize("kind", ["OperationalDisconnect", "UpstreamOperationalDisconnect"])
 def test_operational_disconnect_messages_are_logged_and_reconnected(
-    x_relay: Callable[..., RunningRelay], fake: FakeX, lines: list[bytes], kind: str
+    x_relay: Callable[..., RelayServer], fake: FakeX, lines: list[bytes], kind: str
 ) -> None:
     message = orjson.dumps(
         {
@@ -202,7 +203,7 @@ def test_operational_disconnect_messages_are_logged_and_reconnected(
 
 
 def test_split_lines_split_crlf_malformed_lines_and_schema_drift_lose_nothing(
-    x_relay: Callable[..., RunningRelay], fake: FakeX, lines: list[bytes]
+    x_relay: Callable[..., RelayServer], fake: FakeX, lines: list[bytes]
 ) -> None:
     drift = orjson.dumps(
         {
@@ -235,7 +236,7 @@ def test_split_lines_split_crlf_malformed_lines_and_schema_drift_lose_nothing(
 
 
 def test_401_stops_the_relay_with_one_clear_error_and_no_retry(
-    x_relay: Callable[..., RunningRelay], fake: FakeX
+    x_relay: Callable[..., RelayServer], fake: FakeX
 ) -> None:
     relay = x_relay(x_bearer_token="wrong-token")
     ingest = relay.relay.ingest
@@ -248,7 +249,7 @@ def test_401_stops_the_relay_with_one_clear_error_and_no_retry(
 
 
 def test_a_stream_401_after_a_good_start_is_not_retried(
-    x_relay: Callable[..., RunningRelay], fake: FakeX, lines: list[bytes]
+    x_relay: Callable[..., RelayServer], fake: FakeX, lines: list[bytes]
 ) -> None:
     fake.scripts.extend([[("lines", lines[:2])], [("status", 401, {"title": "Unauthorized"})]])
     relay = x_relay()
@@ -260,7 +261,7 @@ def test_a_stream_401_after_a_good_start_is_not_retried(
 
 
 def test_an_outage_is_filled_from_recent_search_and_the_overlap_dropped(
-    x_relay: Callable[..., RunningRelay], fake: FakeX, lines: list[bytes]
+    x_relay: Callable[..., RelayServer], fake: FakeX, lines: list[bytes]
 ) -> None:
     messages = [orjson.loads(line) for line in lines]
     # The stream delivers 0-19, goes down while 20-39 happen, and comes back with 40-59.
@@ -288,11 +289,11 @@ def test_an_outage_is_filled_from_recent_search_and_the_overlap_dropped(
 
 
 def test_a_restart_fills_the_time_the_relay_was_down(
-    x_relay: Callable[..., RunningRelay], fake: FakeX, lines: list[bytes]
+    x_relay: Callable[..., RelayServer], fake: FakeX, lines: list[bytes]
 ) -> None:
     fake.scripts.append([("lines", lines[:20])])
     first = x_relay()
-    first.wait_stored(20)
+    first.wait_seq(20)
     first.stop()
     # Down while 20-39 happened: the restarted relay's first connection fills them in.
     fake.search = {"python": [orjson.loads(line) for line in lines[20:40]]}
@@ -306,7 +307,7 @@ def test_a_restart_fills_the_time_the_relay_was_down(
 
 
 def test_a_stream_403_says_the_token_lacks_access_and_is_not_retried(
-    x_relay: Callable[..., RunningRelay], fake: FakeX
+    x_relay: Callable[..., RelayServer], fake: FakeX
 ) -> None:
     fake.scripts.append([("status", 403, {"title": "Forbidden", "reason": "client-not-enrolled"})])
     relay = x_relay()

@@ -598,7 +598,7 @@ async def _record(
 
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from relay.app.relay import build_source
+    from relay.app.sources import build_source
     from relay.obs.metrics import Metrics
     from relay.sources.record import Recorded, record
     from relay.store.sqlite.store import SQLiteStore

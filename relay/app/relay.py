@@ -1,122 +1,65 @@
 """Wires a :class:`~relay.config.Settings` into running parts, and stops them cleanly.
 
-Start order: store, bus, hub, HTTP/WebSocket server and the bus follower, then (once
-this process holds the writer's turn) the source, so the first tweet already finds
-its listeners. Stop order is the reverse, and drains: the source stops, what it sent
-is committed and published, every client gets what is queued for it and then 1001
-with its last seq, the store closes.
+A :class:`Relay` is a serve side (:mod:`relay.app.serve_side`), an ingest side
+(:mod:`relay.app.ingest_side`), or both (``relay run``), over one store and one bus.
+Start order: store, bus, the serve side (hub, HTTP/WebSocket server, the bus follower),
+then (once this process holds the writer's turn) the ingest side, so the first tweet
+already finds its listeners. Stop order is the reverse, and drains: the source stops,
+what it sent is committed and published, every client gets what is queued for it and
+then 1001 with its last seq, the store closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
 
-from relay.access.decisions import Access
 from relay.access.revocation import RevocationList
+from relay.app.ingest_side import IngestSide
+from relay.app.parts import announce_access, listening_socket, open_bus
+from relay.app.serve_side import ServeSide
+from relay.app.sources import Clock, Sleep, check_source
 from relay.bus import Bus
-from relay.bus.memory import MemoryBus
 from relay.config import Settings
-from relay.core.query import QueryLimits
-from relay.errors import ConfigError, RelayError, StoreCorrupt, StoreError, StoreNotReady
-from relay.ingest.finished import ReplaySummary, summary_of
+from relay.errors import ConfigError, StoreCorrupt, StoreError, StoreNotReady
+from relay.ingest.finished import ReplaySummary
 from relay.ingest.pipeline import Ingest
-from relay.jobs.deletions import DELETIONS_INTERVAL, apply_deletions
-from relay.jobs.retention import Retention, apply_retention
 from relay.jobs.scheduler import Housekeeping
 from relay.jobs.stats import StatsSampler
 from relay.obs.metrics import Metrics
 from relay.obs.readiness import READY, Readiness
 from relay.obs.waits import Outage
 from relay.sources import Source
-from relay.sources.replay import ReplaySource
-from relay.sources.synth import sample_path, sample_rules
 from relay.store import Store
 from relay.store.sqlite.store import SQLiteStore
-from relay.stream.announce import DeletionAnnouncer
 from relay.stream.follower import Follower
 from relay.stream.hub import Hub
 from relay.web.ops import OpsServer
-from relay.web.routes import ApiLimits, HttpApi
 from relay.web.server import StreamServer
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
+__all__ = ["ROLES", "Relay", "open_store"]
 
-
-def build_source(
-    settings: Settings,
-    store: Store,
-    metrics: Metrics,
-    clock: Clock,
-    sleep: Sleep = asyncio.sleep,
-) -> Source:
-    """The source ``settings.source`` names; ``clock`` and ``sleep`` pace its waits."""
-    if settings.source == "replay":
-        path = settings.replay or str(sample_path())
-        # The bundled sample declares its rules; another recording's are read on the way.
-        declared = sample_rules() if _same_file(path, sample_path()) else None
-        return ReplaySource(
-            path, speed=settings.speed, loop=settings.replay_loops, clock=clock, declared=declared
-        )
-    if settings.source in ("x-stream", "x-poll"):
-        from relay.sources.x_poll import XPollSource
-        from relay.sources.x_stream import XStreamSource
-        from relay.sources.xapi import load_rules, require_token
-
-        common: dict[str, Any] = {
-            "token": require_token(settings.x_bearer_token),
-            "base_url": settings.x_api_base_url,
-            "rules": load_rules(settings.rules_file),
-            "rules_origin": f"the rules file {settings.rules_file}",
-            "store": store,
-            "metrics": metrics,
-            "clock": clock,
-        }
-        if settings.source == "x-stream":
-            return XStreamSource(
-                **common,
-                sleep=sleep,
-                stall_timeout=settings.stall_timeout,
-                backfill_pages=settings.backfill_pages,
-            )
-        return XPollSource(
-            **common, interval=settings.poll_interval, max_pages=settings.poll_max_pages
-        )
-    raise ConfigError(f"unknown source {settings.source!r}")
-
-
-def _same_file(path: str, other: Path) -> bool:
-    try:
-        return Path(path).resolve() == other.resolve()
-    except OSError:
-        return False
-
-
-ROLES = ("run", "ingest", "serve")
-"""``run``: source, store and clients in one process (the embedded mode). ``ingest``:
-source -> store -> bus, no client port. ``serve``: bus -> clients, any number of them."""
+ROLES = {"run": ("ingest", "serve"), "ingest": ("ingest",), "serve": ("serve",)}
+"""The sides each process runs. ``run``: source, store and clients in one process (the
+embedded mode). ``ingest``: source -> store -> bus, no client port. ``serve``: bus ->
+clients, any number of them."""
 
 CLAIM_GRACE = 1.0
 """Seconds ``start`` waits for the writer lease before it returns standing by."""
 
 
 class Relay:
-    """One relay process in one of :data:`ROLES`, built from the same parts.
+    """One relay process: its sides, built from the same parts.
 
-    Every role publishes and follows through a bus: ingest hands each committed batch
-    to ``bus.publish``; a :class:`~relay.stream.follower.Follower` hands what the bus brings to
-    the hub, filling gaps from the store. In ``run`` the bus is in-process (or Redis
-    when ``redis_url`` is set, so more ``serve`` processes can join).
+    Every process publishes and follows through a bus: the ingest side hands each
+    committed batch to ``bus.publish``; the serve side's follower hands what the bus
+    brings to the hub, filling gaps from the store. In ``run`` the bus is in-process (or
+    Redis when ``redis_url`` is set, so more ``serve`` processes can join).
     """
 
     def __init__(
@@ -138,62 +81,101 @@ class Relay:
         self.metrics = Metrics()
         self.metrics_port = metrics_port
         self.bus: Bus | None = None
-        self._source = source
         self._running = False
         self._stopping = False
         self.drained = True
         """False when a stop ran out of time before ingest had drained."""
         self.store: Store | None = None
-        self.hub: Hub | None = None
-        self.server: StreamServer | None = None
         self.ops: OpsServer | None = None
-        self.follower: Follower | None = None
-        self.stats: StatsSampler | None = None
         self.housekeeping = Housekeeping(self.metrics, self._fail)
-        self.ingest: Ingest | None = None
+        sides = ROLES[role]
+        self.ingest_side = (
+            IngestSide(
+                settings, self.metrics, self.housekeeping, self._fail,
+                source=source, clock=clock, sleep=sleep,
+            )
+            if "ingest" in sides
+            else None
+        )  # fmt: skip
+        self.serve_side = (
+            ServeSide(settings, self.metrics, self.housekeeping, self._fail, role=role, clock=clock)
+            if "serve" in sides
+            else None
+        )
+        self._source = source
         self.failed = asyncio.Event()
         """Set when the process cannot go on: ingest, the lease or the follower failed."""
         self._error: BaseException | None = None
         self._waiting = ""
-        """What start is waiting for (the store, the writer lease), for ``/readyz``."""
+        """What start is waiting for (the store), for ``/readyz``."""
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: socket.socket | None = None
-        self._ingesting = asyncio.Event()
-        self.finished = asyncio.Event()
+        self.finished = (
+            self.ingest_side.finished if self.ingest_side is not None else asyncio.Event()
+        )
         """Set once a source that ends (a replay without loop) has ended and everything it
         sent is stored and published; :attr:`summary` then says what it did."""
-        self.summary: ReplaySummary | None = None
         self.listening = asyncio.Event()
         """Set once :attr:`port` accepts connections (a serving process still waiting for
         its store already answers health checks there)."""
 
     @property
     def ingests(self) -> bool:
-        return self.role in ("run", "ingest")
+        return self.ingest_side is not None
 
     @property
     def serves(self) -> bool:
-        return self.role in ("run", "serve")
+        return self.serve_side is not None
+
+    @property
+    def serves_only(self) -> bool:
+        """A ``relay serve`` process: its port is for clients and health checks only."""
+        return self.serve_side is not None and self.ingest_side is None
+
+    # What each side holds, where tests and the testing kit look for it.
+    @property
+    def ingest(self) -> Ingest | None:
+        return self.ingest_side.ingest if self.ingest_side is not None else None
+
+    @property
+    def summary(self) -> ReplaySummary | None:
+        return self.ingest_side.summary if self.ingest_side is not None else None
+
+    @property
+    def hub(self) -> Hub | None:
+        return self.serve_side.hub if self.serve_side is not None else None
+
+    @property
+    def server(self) -> StreamServer | None:
+        return self.serve_side.server if self.serve_side is not None else None
+
+    @property
+    def follower(self) -> Follower | None:
+        return self.serve_side.follower if self.serve_side is not None else None
+
+    @property
+    def stats(self) -> StatsSampler | None:
+        return self.serve_side.stats if self.serve_side is not None else None
 
     async def start(self) -> None:
         settings = self.settings
         if self._source is None and self.ingests:
-            _check_source(settings)
+            check_source(settings)
         revoked = (
             RevocationList.open(settings.revoked_tokens_file)
             if settings.revoked_tokens_file and self.serves
             else None
         )
-        if self.role == "serve" or self.metrics_port is not None:
+        if self.serves_only or self.metrics_port is not None:
             # Up before the store: a health check gets 503 and why, not a refused port.
-            port = settings.port if self.role == "serve" else self.metrics_port
+            port = settings.port if self.serves_only else self.metrics_port
             self.ops = OpsServer(
                 settings.host,
                 port or 0,
                 self.readiness,
-                self.metrics if self.role == "ingest" else None,
+                None if self.serves else self.metrics,
             )
-            if self.role == "serve":
+            if self.serves_only:
                 # One listening socket for the whole life of the process: the health
                 # server answers on a copy until the real server takes the socket over.
                 self._listener = listening_socket(settings.host, port or 0)
@@ -212,8 +194,12 @@ class Relay:
         store.on_damage = self._store_damaged
         self.bus = open_bus(settings, store.epoch, self.metrics)
         self._tasks.append(asyncio.create_task(self._start_bus(self.bus), name="bus-start"))
-        if self.serves:
-            await self._start_serving(store, self.bus, revoked)
+        if self.serve_side is not None:
+            await self.serve_side.start(store, self.bus, self._listener, revoked, self.readiness)
+            if self.ops is not None and self.serves_only:
+                await self.ops.stop()  # its copy of the socket only: the server listens on
+                self.ops = None
+            self.listening.set()
         self.housekeeping.every(
             settings.bus_check_interval,
             "store check",
@@ -222,19 +208,14 @@ class Relay:
         )
         self.housekeeping.start()
         self._running = True
-        if self.ingests:
-            writing = asyncio.create_task(self._ingest_when_writer(store))
-            self._tasks.append(writing)
-            # Until ingest runs (at once when the lease is free: no need to wait the grace
-            # out) or the grace is over and this process stands by.
-            ingesting = asyncio.create_task(self._ingesting.wait())
-            await asyncio.wait(
-                [writing, ingesting], timeout=CLAIM_GRACE, return_when=asyncio.FIRST_COMPLETED
-            )
-            ingesting.cancel()
-        else:
-            self._waiting = ""
-        standing_by = self.ingests and not self._ingesting.is_set() and not self.failed.is_set()
+        self._waiting = ""
+        if self.ingest_side is not None:
+            await self._start_ingest(self.ingest_side, store)
+        standing_by = (
+            self.ingest_side is not None
+            and not self.ingest_side.ingesting.is_set()
+            and not self.failed.is_set()
+        )
         log.info(
             "relay %s started%s: store epoch %s, head seq %d",
             self.role,
@@ -243,7 +224,38 @@ class Relay:
             self.hub.head if self.hub is not None else await store.head(),
         )
         if self.serves:
-            _announce_access(settings)
+            announce_access(settings)
+
+    async def _start_ingest(self, side: IngestSide, store: Store) -> None:
+        async def published() -> None:
+            if self.follower is not None:
+                await self.follower.catch_up()
+
+        async def rule_set_recorded() -> None:
+            if self.hub is not None:  # this process serves too: it knows the set at once
+                await self.hub.refresh_channels()
+
+        def bus() -> Bus:
+            assert self.bus is not None
+            return self.bus
+
+        writing = asyncio.create_task(
+            side.run(
+                store,
+                bus,
+                rule_set_recorded=rule_set_recorded,
+                published=published,
+                stopping=lambda: self._stopping,
+            )
+        )
+        self._tasks.append(writing)
+        # Until ingest runs (at once when the lease is free: no need to wait the grace
+        # out) or the grace is over and this process stands by.
+        ingesting = asyncio.create_task(side.ingesting.wait())
+        await asyncio.wait(
+            [writing, ingesting], timeout=CLAIM_GRACE, return_when=asyncio.FIRST_COMPLETED
+        )
+        ingesting.cancel()
 
     async def _start_bus(self, bus: Bus) -> None:
         """Connect the bus in the background: until it is up, ingest still stores (the
@@ -252,139 +264,6 @@ class Relay:
             await bus.start()
         except Exception as exc:  # credentials or a certificate it refuses: waiting won't help
             self._fail(exc)
-
-    async def _start_serving(self, store: Store, bus: Bus, revoked: RevocationList | None) -> None:
-        settings = self.settings
-        hub = self.hub = Hub(
-            store,
-            self.metrics,
-            head=await store.head(),
-            catch_ups_at_once=settings.catch_ups_at_once,
-            recovered_cap=settings.recovered_cap,
-        )
-        # Which channels exist: known before the first client, read again now and then
-        # (and whenever a client names a channel missing from this copy).
-        await hub.refresh_channels()
-        self.housekeeping.every(settings.bus_check_interval, "known channels", hub.refresh_channels)
-        access = Access(
-            settings.policy(),
-            settings.secrets(),
-            self.clock,
-            metrics=self.metrics,
-            revoked=revoked if revoked is not None else frozenset(),
-        )
-        self.stats = StatsSampler(
-            self.metrics, store, hub, role=self.role, process=store.holder, clock=self.clock
-        )
-        self.housekeeping.every(self.stats.interval, "stats", self.stats.sample, first=0)
-        announcer = DeletionAnnouncer(store, hub)
-        self.housekeeping.every(DELETIONS_INTERVAL, "deleted frames", announcer.run, first=0)
-        api = HttpApi(
-            store,
-            hub,
-            self.metrics,
-            access,
-            public_url=settings.public_url,
-            readiness=self.readiness,
-            limits=api_limits(settings),
-            trusted_proxies=settings.trusted_proxies,
-            stats=self.stats,
-            access_log=settings.access_log,
-        )
-        self.server = StreamServer(settings, hub, api, self.metrics, clock=self.clock)
-        await self.server.start(self._listener)
-        if self.ops is not None and self.role == "serve":
-            await self.ops.stop()  # its copy of the socket only: the server listens on
-            self.ops = None
-        self.listening.set()
-        if revoked is not None:
-            self._tasks.append(
-                asyncio.create_task(
-                    revoked.watch(settings.revoked_tokens_interval, self.server.close_revoked)
-                )
-            )
-        # Following starts before ingest does: the first batch already finds it.
-        self._follow(store, bus, hub)
-
-    def _follow(self, store: Store, bus: Bus, hub: Hub) -> None:
-        settings = self.settings
-        self.follower = Follower(
-            bus,
-            store,
-            hub,
-            self.metrics,
-            check_interval=settings.bus_check_interval,
-            # Only a bus across processes carries the writer's heartbeats to watch for.
-            writer_silence=writer_silence(settings) if settings.redis_url else None,
-        )
-        self.follower.start()
-        self._tasks.append(asyncio.create_task(self._fail_with_follower(self.follower)))
-
-    async def _fail_with_follower(self, follower: Follower) -> None:
-        await follower.failed.wait()
-        self._fail(follower.error or RelayError("the bus follower stopped"))
-
-    async def _ingest_when_writer(self, store: Store) -> None:
-        """Wait for the writer's turn (a standby waits here), then ingest until stopped."""
-        self._waiting = "standing by for the writer lease"
-        waited_since = time.monotonic()
-        stood_by = False
-
-        def standing_by(line: str) -> None:
-            nonlocal stood_by
-            stood_by = True
-            log.info("%s", line)
-
-        try:
-            await store.claim_writer(standing_by)
-        except Exception as exc:
-            self._fail(exc)
-            return
-        bus = self.bus  # the bus of the epoch now (a standby may have seen it change)
-        assert bus is not None
-        self.metrics.writer_active.set(1)
-        head = await store.head()
-        if stood_by:
-            # The line an operator watching a failover looks for: this process writes now.
-            log.warning(
-                "became the active writer after %.0f s standing by, at seq %d (%s)",
-                time.monotonic() - waited_since,
-                head,
-                store.holder,
-            )
-        else:
-            log.info("active ingester (%s): continuing after seq %d", store.holder, head)
-        bus.announce(head)
-        source = self._source or build_source(
-            self.settings, store, self.metrics, self.clock, self.sleep
-        )
-        self.ingest = Ingest(
-            source,
-            store,
-            bus.publish,
-            self.metrics,
-            batch_size=self.settings.batch_size,
-            parse_processes=self.settings.parse_processes,
-            clock=self.clock,
-        )
-        try:
-            # Before the first tweet and before ready: serving processes check
-            # subscriptions against the set as soon as clients come.
-            await self.ingest.record_rule_set()
-            if self.hub is not None:  # this process serves too: it knows the set at once
-                await self.hub.refresh_channels()
-        except Exception as exc:
-            self.metrics.writer_active.set(0)
-            self._fail(exc)
-            return
-        self.ingest.start()
-        self._schedule_writer_jobs(store)
-        self._tasks.append(asyncio.create_task(self._when_finished(self.ingest), name="finished"))
-        self._waiting = ""
-        self._ingesting.set()
-        await self.ingest.failed.wait()
-        self.metrics.writer_active.set(0)
-        self._fail(self.ingest.error or RelayError("ingest stopped"))
 
     async def _check_store(self) -> None:
         """Every ``bus_check_interval``: has the store's epoch changed under this process?"""
@@ -419,10 +298,8 @@ class Relay:
                 await asyncio.wait_for(old_bus.close(), 2.0)
         self._tasks.append(asyncio.create_task(self._start_bus(self.bus), name="bus-start"))
         reset = 0
-        if self.hub is not None:
-            reset = self.hub.reset_epoch(head)
-            self.metrics.head.set(head)
-            self._follow(store, self.bus, self.hub)
+        if self.serve_side is not None:
+            reset = await self.serve_side.adopt_epoch(store, self.bus, head)
         log.warning(
             "the store's epoch changed from %s to %s (relay migrate --new-epoch): %d "
             "subscriptions of %d clients reset, going on from seq %d",
@@ -432,52 +309,6 @@ class Relay:
             len(self.hub.sessions) if self.hub is not None else 0,
             head,
         )
-
-    def _schedule_writer_jobs(self, store: Store) -> None:
-        """The writer's upkeep: only the active writer deletes (a standby never does)."""
-        self.housekeeping.every(
-            DELETIONS_INTERVAL,
-            "deletions",
-            lambda: apply_deletions(store, self.metrics),
-            first=0.5,
-        )
-        retention = Retention.from_settings(self.settings)
-        if not retention.active:
-            return
-        bounds = [f"at most {retention.max_tweets:,} tweets"] if retention.max_tweets else []
-        if retention.max_age:
-            bounds.append(f"tweets received in the last {retention.max_age:g} s")
-        log.info("retention: keeping %s", " and ".join(bounds))
-
-        async def run() -> None:
-            self.metrics.retention_deleted.inc(
-                await apply_retention(store, retention, self.clock())
-            )
-
-        self.housekeeping.every(self.settings.retention_interval, "retention", run, first=1.0)
-
-    async def _when_finished(self, ingest: Ingest) -> None:
-        """Log the summary once the source ended and all it sent reached the hub."""
-        await ingest.finished.wait()
-        if self._stopping:
-            return
-        cut = ingest.source_error
-        if cut is not None and ingest.error is cut:
-            # The source stopped on an error after every line it gave was stored and
-            # published (a cut recording): say what was read, and that it was cut. The
-            # relay then stops with the error (exit 1); clients get what was published.
-            self.summary = summary_of(self.metrics, cut=str(cut))
-            log.warning("%s", self.summary)
-            return
-        if ingest.failed.is_set():
-            return
-        if self.follower is not None:
-            await self.follower.catch_up()  # published: the hub holds the store's head
-        if self._stopping:
-            return
-        self.summary = summary_of(self.metrics)
-        log.info("%s", self.summary)
-        self.finished.set()
 
     def _store_damaged(self, exc: StoreCorrupt) -> None:
         """A read or commit found the store damaged: nothing it reads can be trusted, so
@@ -494,15 +325,21 @@ class Relay:
         self.failed.set()
 
     @property
+    def _waiting_for(self) -> str:
+        if self._waiting:
+            return self._waiting
+        return self.ingest_side.waiting if self.ingest_side is not None else ""
+
+    @property
     def ready(self) -> bool:
         """Started, not stopping, nothing failed, and every part up: what ``/readyz`` answers."""
-        if not self._running or self.failed.is_set() or self._waiting:
+        if not self._running or self.failed.is_set() or self._waiting_for:
             return False
         if self.ingests and (self.ingest is None or self.ingest.failed.is_set()):
             return False
         if self.follower is not None and self.follower.store_error is not None:
             return False
-        return not (self.role == "serve" and self.bus is not None and not self.bus.connected)
+        return not (self.serves_only and self.bus is not None and not self.bus.connected)
 
     def readiness(self) -> Readiness:
         """What ``/readyz`` answers: a failure first (with one line why), then the phase."""
@@ -514,13 +351,13 @@ class Relay:
             return Readiness("stopping")
         if self.ready:
             return READY
-        if self._waiting:
-            return Readiness("starting", self._waiting)
+        if self._waiting_for:
+            return Readiness("starting", self._waiting_for)
         if self.follower is not None and self.follower.store_error is not None:
             return Readiness(
                 "unavailable", f"the store is unreachable: {self.follower.store_error}"
             )
-        if self.role == "serve" and self.bus is not None and not self.bus.connected:
+        if self.serves_only and self.bus is not None and not self.bus.connected:
             return Readiness("starting", "waiting for the bus (Redis)")
         return Readiness("starting")
 
@@ -549,31 +386,18 @@ class Relay:
             return
         self._running = False
         self._stopping = True
-        if self.server is not None:
-            await self.server.stop_accepting()
-        if self.ingest is not None:
-            try:
-                await asyncio.wait_for(self.ingest.stop(), timeout / 2)
-            except TimeoutError:
-                self.drained = False
-                log.error("ingest did not drain in time: tweets read but not stored are lost")
+        if self.serve_side is not None:
+            await self.serve_side.stop_accepting()
+        if self.ingest_side is not None:
+            self.drained = await self.ingest_side.stop(timeout / 2)
         self.housekeeping.stop()
-        for task in self._tasks:
+        tasks = self._tasks + (self.ingest_side.tasks if self.ingest_side is not None else [])
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.follower is not None:
-            if self.drained and self.hub is not None and self.store is not None:
-                # What ingest stored last reaches clients before they get 1001.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.follower.catch_up(), timeout / 8)
-            await self.follower.stop()
-        if self.hub is not None:
-            await self.hub.close_all(timeout / 4)
-        if self.server is not None:
-            try:  # clients got 1001 above; one that never answers the close is not waited for
-                await asyncio.wait_for(self.server.wait_closed(), timeout / 8)
-            except TimeoutError:
-                log.warning("some connections did not close in time; dropped")
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.serve_side is not None:
+            # What ingest stored last reaches clients before they get 1001.
+            await self.serve_side.drain(timeout, catch_up=self.drained and self.store is not None)
         if self.ops is not None:
             await self.ops.stop()
         if self._listener is not None and self.server is None:
@@ -620,97 +444,3 @@ async def open_store(
             continue
         outage.answered()
         return store
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host`` (a name, IPv4 or IPv6; empty: every interface)."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(1024)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(
-                f"port {port} on {host or 'every interface'} is in use (another relay?): "
-                "pick another with --port N or PORT=N (--port 0 picks a free one)"
-            ) from None
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
-
-
-def open_bus(settings: Settings, epoch: str, metrics: Metrics) -> Bus:
-    if settings.redis_url:
-        from relay.bus.redis import RedisBus
-
-        return RedisBus(
-            settings.redis_url,
-            epoch=epoch,
-            maxlen=settings.bus_maxlen,
-            heartbeat_interval=settings.heartbeat_interval,
-            tls_verify=settings.redis_tls_verify,
-            metrics=metrics,
-        )
-    return MemoryBus()
-
-
-def writer_silence(settings: Settings) -> float:
-    """Seconds without a heartbeat from the writer after which a serving process says
-    that no writer publishes: a few heartbeats missed, and at least one store check."""
-    return max(5 * settings.heartbeat_interval, settings.bus_check_interval)
-
-
-def api_limits(settings: Settings) -> ApiLimits:
-    return ApiLimits(
-        query=QueryLimits(
-            max_in_items=settings.max_in_items,
-            max_sort_terms=settings.max_sort_terms,
-            max_offset=settings.max_offset,
-        ),
-        query_timeout=settings.query_timeout,
-        queries_per_client=settings.queries_per_client,
-        queries_waiting=settings.queries_waiting,
-    )
-
-
-def _announce_access(settings: Settings) -> None:
-    """Say at start who may read what, so an open relay is never open by surprise."""
-    public = ", ".join(settings.public_channels)
-    if not settings.secret and "*" in settings.public_channels:
-        # Nothing needs a token (the demo's case): a notice, not a warning at every start.
-        log.info("every channel is public; RELAY_SECRET is not set, so no tokens are issued")
-    elif not settings.secret:
-        log.warning("RELAY_SECRET is not set: tokens are refused; public channels: %s", public)
-    elif public:
-        log.info("public channels (no token needed): %s; other channels need a token", public)
-    else:
-        log.info("every channel needs a token")
-    if settings.previous_secret:
-        until = settings.previous_secret_until or 0.0
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
-        if until < time.time():
-            log.warning("the previous secret retired at %s: remove RELAY_PREVIOUS_SECRET", stamp)
-        else:
-            log.info("tokens of the previous secret are accepted until %s", stamp)
-
-
-def _check_source(settings: Settings) -> None:
-    """Refuse a source that cannot work before anything starts: one clear line."""
-    if settings.source == "replay" and settings.replay:
-        try:
-            with open(settings.replay, "rb"):
-                pass
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read replay file {settings.replay}: {exc.strerror}"
-            ) from None
-    if settings.source in ("x-stream", "x-poll"):
-        from relay.sources.xapi import load_rules, require_token
-
-        require_token(settings.x_bearer_token)
-        load_rules(settings.rules_file)

@@ -11,14 +11,14 @@ May import: everything (it is the top of the house).
 """
 
 from relay.ingest.finished import ReplaySummary
-from relay.testing.client import RelayClient, RelayClientError, tweets_of
+from relay.testing.client import RelayClient, tweets_of
+from relay.testing.deprecated import PushSource, RunningRelay
+from relay.testing.errors import RelayClientError, RelayServerError
 from relay.testing.fake_x import OPERATIONAL_DISCONNECT, FakeXApi, recorded_payloads
 from relay.testing.http import Response
-from relay.testing.server import TEST_EPOCH, RelayServer, RelayServerError
+from relay.testing.server import TEST_EPOCH, RelayServer
 from relay.testing.source import UNIT, ControlledSource, ReplayClock, as_line
 from relay.testing.support import (
-    PushSource,
-    RunningRelay,
     receive_tweets,
     stream_line,
     subscribe,

@@ -16,20 +16,10 @@ import orjson
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from relay.testing.errors import RelayClientError as RelayClientError  # its home before
 from relay.testing.source import UNIT
 
 Frame = dict[str, Any]
-
-
-class RelayClientError(AssertionError):
-    """An error frame, a closed connection, or a frame that did not come in time."""
-
-    def __init__(self, message: str, frame: Frame | None = None, code: int | None = None) -> None:
-        super().__init__(message)
-        self.frame = frame
-        """The error frame, when the server sent one."""
-        self.code = code
-        """The close code, when the connection closed."""
 
 
 class RelayClient:

@@ -17,24 +17,25 @@ gets the same tweets, but its ``subscribed`` frame depends on when it came).
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import signal
 import sqlite3
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
-from subprocess import PIPE, Popen, TimeoutExpired
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
-from relay.app.relay import Relay
-from relay.config import ENVIRONMENT, SPEED_MAX, Settings, parse_speed
+import orjson
+
+from relay.app.relay import ROLES, Relay
+from relay.config import SPEED_MAX, Settings, parse_speed
 from relay.ingest.finished import ReplaySummary
+from relay.sources import Source
+from relay.testing.errors import RelayServerError as RelayServerError  # its home before
 from relay.testing.http import Response, get_json
+from relay.testing.process import CliRelay
 from relay.testing.source import UNIT, ControlledSource, ReplayClock
 
 T = TypeVar("T")
@@ -45,16 +46,8 @@ TEST_EPOCH = "7e57000000000001"
 TEST_SEND_BUFFER = 256 * 1024 * 1024
 """Bytes a relay of :class:`RelayServer` queues for one client (production: 1 MiB)."""
 
-_SUMMARY = re.compile(
-    r"replay finished: (\d+) lines, (\d+) stored, (\d+) duplicates, (\d+) malformed"
-)
-
-
-class RelayServerError(AssertionError):
-    """A relay that did not start, failed, or did not get somewhere in time.
-
-    An ``AssertionError``, so a test runner reports it as a failed test, not a crash.
-    """
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class RelayServer:
@@ -69,9 +62,16 @@ class RelayServer:
       production).
     - ``keep_open``: keep the source open after the recording so the test can push more;
       default: open when there is no recording.
+    - ``clock``: gives a time to recorded and pushed lines that have none.
+    - ``source``: a :class:`relay.sources.Source` of the test's own, read instead of a
+      recording and pushed lines; or ``"x-stream"``/``"x-poll"`` (with ``x_api_base_url``
+      a :class:`~relay.testing.FakeXApi`'s URL): the relay builds it from its settings.
+    - ``role``: ``"run"`` (source and clients), ``"ingest"`` (source only; a
+      ``metrics_port`` for ``/metrics`` and ``/readyz``) or ``"serve"`` (clients only),
+      as the CLI commands of those names.
+    - ``wall_clock``, ``sleep``: the relay's own time and waits (token expiry, rate
+      limits, retention, the X sources' pacing); default the real ones.
     - ``subprocess``: run ``python -m relay run`` instead (no stepping, no push).
-    - ``source="x-stream"`` or ``"x-poll"`` (with ``x_api_base_url`` a
-      :class:`~relay.testing.FakeXApi`'s URL) reads the X API instead of a recording.
     - ``settings``: any :class:`relay.config.Settings` field (``secret``,
       ``public_channels``...).
     """
@@ -84,7 +84,12 @@ class RelayServer:
         store: str | Path | None = None,
         epoch: str | None = TEST_EPOCH,
         keep_open: bool | None = None,
-        clock: ReplayClock | None = None,
+        clock: Clock | None = None,
+        source: str | Source | None = None,
+        role: str = "run",
+        metrics_port: int | None = None,
+        wall_clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
         subprocess: bool = False,
         timeout: float = 4 * UNIT,
         **settings: Any,
@@ -95,25 +100,40 @@ class RelayServer:
         self.stepped = speed == "step"
         self.speed = SPEED_MAX if self.stepped else parse_speed(speed)
         self.keep_open = keep_open if keep_open is not None else self.replay is None
+        if isinstance(source, str):
+            settings["source"] = source
+            source = None
+        if role not in ROLES:
+            raise RelayServerError(f"role is one of {', '.join(ROLES)}, not {role!r}")
         self.subprocess = subprocess
-        if subprocess and (self.stepped or self.keep_open):
+        if subprocess and (self.stepped or self.keep_open or source is not None):
             raise RelayServerError(
                 "a subprocess relay replays a recording that ends: no speed='step', no "
-                "keep_open, no push"
+                "keep_open, no push, no source object"
             )
+        if source is not None and self.replay is not None:
+            raise RelayServerError("a recording or a source object, not both")
         self.clock = clock or ReplayClock()
         self.timeout = timeout
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._store = store
         self._epoch = epoch
         self._extra = dict(settings)
+        self._own_source = source
+        self._relay_args: dict[str, Any] = {
+            "role": role,
+            "metrics_port": metrics_port,
+            "clock": wall_clock,
+            "sleep": sleep,
+        }
         self.relay: Relay | None = None
         """The :class:`relay.app.relay.Relay` itself (in-process only)."""
         self.source: ControlledSource | None = None
+        """The source :meth:`push`, :meth:`step` and :meth:`end` drive, when the relay
+        reads a recording or pushed lines (not a source of the test's own)."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._proc: Popen[str] | None = None
-        self._log_path: Path | None = None
+        self._process: CliRelay | None = None
         self.port = 0
         self.url = ""
         """``http://127.0.0.1:PORT``: the object API, ``/v1/info``, ``/metrics``."""
@@ -152,7 +172,9 @@ class RelayServer:
             _fix_epoch(Path(settings.db), self._epoch)
         try:
             if self.subprocess:
-                self._start_process(settings)
+                workdir = Path(self._tmpdir())
+                self._process = CliRelay(settings, self.replay, self.speed, workdir)
+                self.port = self._process.port
             else:
                 self._start_in_process(settings)
         except BaseException:
@@ -168,50 +190,29 @@ class RelayServer:
             target=self.loop.run_forever, name="relay-server", daemon=True
         )
         self._thread.start()
-        if settings.source == "replay":
-            self.source = ControlledSource(
-                self.replay,
-                loop=self.loop,
-                speed=self.speed,
-                stepped=self.stepped,
-                keep_open=self.keep_open,
-                clock=self.clock,
-            )
-        # Another source (x-stream against a FakeXApi, say) is built from the settings.
-        self.relay = Relay(settings, source=self.source)
+        self.source = self._controlled_source(settings, self.loop)
+        source = self._own_source or self.source
+        self.relay = Relay(settings, source=source, **self._relay_args)
         self.call(self.relay.start())
         self.port = self.relay.port
 
-    def _start_process(self, settings: Settings) -> None:
-        import relay
-
-        # Rich wraps log lines at 80 columns when stderr is a file: wide enough for one line.
-        env = {"COLUMNS": "200", **os.environ, **_environment(settings)}
-        # The relay this process imported, not whatever else is on the path.
-        package_root = str(Path(relay.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p
+    def _controlled_source(
+        self, settings: Settings, loop: asyncio.AbstractEventLoop
+    ) -> ControlledSource | None:
+        """The recording and pushed lines as a source; None when the relay reads the
+        test's own source, builds one from its settings (x-stream...), or reads none."""
+        if self._own_source is not None or settings.source != "replay":
+            return None
+        if "ingest" not in ROLES[self._relay_args["role"]]:
+            return None  # a serving process reads no source
+        return ControlledSource(
+            self.replay,
+            loop=loop,
+            speed=self.speed,
+            stepped=self.stepped,
+            keep_open=self.keep_open,
+            clock=self.clock,
         )
-        args = [sys.executable, "-m", "relay", "run", "--port", "0", "--no-loop"]
-        if self.replay is not None:
-            args += ["--replay", str(self.replay.resolve())]
-        args += ["--speed", "max" if self.speed == SPEED_MAX else str(self.speed)]
-        self._log_path = Path(self._tmpdir()) / "relay.log"
-        with self._log_path.open("w") as log:  # a file: a chatty relay never blocks on it
-            self._proc = Popen(
-                args,
-                cwd=self._tmpdir(),
-                env=env,
-                stdout=PIPE,
-                stderr=log,
-                text=True,
-            )
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()  # the first URL, or nothing once it exits
-        match = re.search(r"http://[\w.]+:(\d+)/", line)
-        if not match:
-            raise RelayServerError(f"the relay did not start: {self.log()}")
-        self.port = int(match.group(1))
 
     def stop(self) -> int | None:
         """Stop the relay (clients drained and closed with 1001); the exit code of a
@@ -226,16 +227,8 @@ class RelayServer:
                 self._thread.join(self.timeout)
             if not self.loop.is_running():
                 self.loop.close()
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.send_signal(signal.SIGTERM)
-            try:
-                code = self._proc.wait(self.timeout)
-            except TimeoutExpired:
-                self._proc.kill()
-                code = self._proc.wait()
-            if self._proc.stdout is not None:
-                self._proc.stdout.close()
+        if self._process is not None:
+            code = self._process.stop(self.timeout)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -289,15 +282,46 @@ class RelayServer:
         ``status, body = relay.get(path)`` unpacks it."""
         return get_json(self.url + path, token=token, timeout=self.timeout)
 
+    def all_tweets(self, token: str | None = None, **params: str) -> list[dict[str, Any]]:
+        """Every stored tweet the object API gives (``params`` as its query parameters:
+        ``q``, ``rule``, ``search``), in seq order, page after page."""
+        out: list[dict[str, Any]] = []
+        query = "&" + urlencode(params) if params else ""
+        while True:
+            path = f"/v1/objects/tweets?sort=seq&limit=1000&offset={len(out)}{query}"
+            status, body = self.get(path, token=token)
+            if status != 200:
+                raise RelayServerError(f"{path} answered {status}: {body}")
+            out.extend(body["results"])
+            if len(body["results"]) < 1000:
+                return out
+
+    def stored_ids(self) -> list[str]:
+        """The id of every stored tweet in seq order, read from the store itself (whatever
+        the access policy; in-process only)."""
+        from relay.core.query import parse_tweet_query
+
+        store = self._relay().store
+        if store is None:
+            raise RelayServerError("the relay has no store open")
+        ids: list[str] = []
+        while True:
+            params = {"sort": ["seq"], "limit": ["1000"], "offset": [str(len(ids))]}
+            objects, _ = self.call(store.query(parse_tweet_query(params)))
+            ids.extend(orjson.loads(o)["id"] for o in objects)
+            if len(objects) < 1000:
+                return ids
+
     def log(self) -> str:
         """What a subprocess relay logged so far."""
-        return self._log_path.read_text() if self._log_path is not None else ""
+        return self._process.log() if self._process is not None else ""
 
     # -- driving it
 
-    def push(self, payload: bytes | str | Mapping[str, Any]) -> None:
-        """Inject one stream line (an X API payload: bytes, text, or a mapping as JSON)."""
-        self._controlled().push(payload)
+    def push(self, *payloads: bytes | str | Mapping[str, Any]) -> None:
+        """Inject stream lines (X API payloads: bytes, text, or mappings as JSON); the
+        lines of one call arrive together, as one batch when they fit in one."""
+        self._controlled().push(*payloads)
 
     def step(self, count: int = 1) -> None:
         """Release the next ``count`` recorded lines (``speed="step"``)."""
@@ -309,15 +333,18 @@ class RelayServer:
 
     def _controlled(self) -> ControlledSource:
         if self.source is None:
-            raise RelayServerError("push, step and end need an in-process RelayServer")
+            raise RelayServerError(
+                "push, step and end need an in-process RelayServer reading a recording or "
+                "pushed lines"
+            )
         return self.source
 
     def wait_replayed(self, timeout: float | None = None) -> ReplaySummary:
         """Wait until the source ended and every tweet it sent is stored and published;
         what ``relay run`` logs then (``replay finished: ...``)."""
         timeout = timeout or self.timeout
-        if self._proc is not None:
-            return self._wait_logged_summary(timeout)
+        if self._process is not None:
+            return self._process.wait_summary(timeout)
         relay = self._relay()
         self._wait(relay.finished, timeout, "the replay to finish")
         assert relay.summary is not None
@@ -326,7 +353,7 @@ class RelayServer:
     def wait_seq(self, seq: int, timeout: float | None = None) -> None:
         """Wait until tweets up to ``seq`` are stored and published."""
         timeout = timeout or self.timeout
-        if self._proc is None:
+        if self._process is None:
             relay = self._relay()
 
             async def reached() -> None:
@@ -340,7 +367,7 @@ class RelayServer:
             return
         deadline = time.monotonic() + timeout
         while self.head < seq:
-            self._check_process()
+            self._process.check()
             if time.monotonic() > deadline:
                 raise RelayServerError(f"timed out waiting for seq {seq} (head {self.head})")
             time.sleep(0.01)
@@ -394,24 +421,6 @@ class RelayServer:
         if relay.failed.is_set():
             raise RelayServerError(f"the relay failed: {relay.error}")
 
-    def _check_process(self) -> None:
-        if self._proc is not None and self._proc.poll() is not None:
-            raise RelayServerError(
-                f"the relay exited with {self._proc.returncode}: {self.log()[-2000:]}"
-            )
-
-    def _wait_logged_summary(self, timeout: float) -> ReplaySummary:
-        deadline = time.monotonic() + timeout
-        while True:
-            match = _SUMMARY.search(self.log())
-            if match:
-                lines, stored, duplicates, malformed = (int(g) for g in match.groups())
-                return ReplaySummary(lines, stored, duplicates, malformed)
-            self._check_process()
-            if time.monotonic() > deadline:
-                raise RelayServerError(f"timed out after {timeout:g} s waiting for the replay")
-            time.sleep(0.01)
-
 
 def _fix_epoch(path: Path, epoch: str) -> None:
     """Create the SQLite store at ``path`` with ``epoch``; an existing store keeps its own."""
@@ -425,23 +434,3 @@ def _fix_epoch(path: Path, epoch: str) -> None:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", [epoch])
     finally:
         conn.close()
-
-
-def _environment(settings: Settings) -> dict[str, str]:
-    """The settings as the ``RELAY_...`` variables a subprocess reads."""
-    defaults = Settings()
-    env: dict[str, str] = {}
-    for key, names in ENVIRONMENT.items():
-        value = getattr(settings, key)
-        if value == getattr(defaults, key) and key not in ("db", "database_url"):
-            continue
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, list | tuple):
-            text = ",".join(str(v) for v in value)
-        elif value is None:
-            continue
-        else:
-            text = str(value)
-        env[names[-1]] = text
-    return env

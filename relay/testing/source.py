@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ class ControlledSource:
         speed: float = 0.0,
         stepped: bool = False,
         keep_open: bool = False,
-        clock: ReplayClock | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.replay = Path(replay) if replay is not None else None
         self.speed = speed
@@ -91,13 +91,15 @@ class ControlledSource:
         self.ended = threading.Event()
 
     # Called from any thread.
-    def push(self, payload: bytes | str | Mapping[str, Any]) -> None:
+    def push(self, *payloads: bytes | str | Mapping[str, Any]) -> None:
+        """Send lines: those of one call arrive together (one batch, when they fit)."""
         if self.ended.is_set():
             raise RuntimeError(
                 "the source has ended (the recording was fully read): start the server "
                 "with keep_open=True to push lines after it"
             )
-        self._loop.call_soon_threadsafe(self._put, as_line(payload))
+        lines = [as_line(payload) for payload in payloads]
+        self._loop.call_soon_threadsafe(self._put, *lines)
 
     def step(self, count: int = 1) -> None:
         if not self.stepped:
@@ -111,8 +113,9 @@ class ControlledSource:
         self._loop.call_soon_threadsafe(self._put, None)
 
     # On the relay's loop.
-    def _put(self, data: bytes | None) -> None:
-        self._pushed.put_nowait(data)
+    def _put(self, *lines: bytes | None) -> None:
+        for data in lines:
+            self._pushed.put_nowait(data)
         self._wakeup.set()
 
     def _release(self, count: int) -> None:
