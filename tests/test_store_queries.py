@@ -15,10 +15,10 @@ import pytest
 
 from relay.core.filters import parse_filter
 from relay.core.protocol import tweet
-from relay.web.ws_frames import text_frame, tweet_page
 from relay.core.query import Condition, parse_tweet_query
 from relay.core.tweets import parse_line
 from relay.errors import QueryTimeout
+from relay.web.ws_frames import text_frame, tweet_page
 from tests.pg_server import StoreMaker
 from tests.test_objects import TWEETS as OBJECT_TWEETS
 from tests.test_objects import q

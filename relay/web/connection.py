@@ -158,16 +158,12 @@ class StreamConnection(asyncio.Protocol):
             return
         self.protocol.receive_data(data)
         self._step()
-        client = self.client
-        if (
-            client is not None
-            and client.session is not None
-            and (self.backlog() > LAG_ALLOWANCE * limit)
-        ):
+        session = self.client.session if self.client is not None else None
+        if session is not None and self.backlog() > LAG_ALLOWANCE * limit:
             # Pongs for the client's pings go straight to the transport, after our frames;
             # a publish may leave up to its own size there, so only the connection's hard
             # bound applies here (publishes check the send buffer).
-            client.session.close(CLOSE_SLOW_CONSUMER, "slow_consumer")
+            session.close(CLOSE_SLOW_CONSUMER, "slow_consumer")
 
     def eof_received(self) -> bool | None:
         self.protocol.receive_eof()
@@ -300,16 +296,15 @@ class StreamConnection(asyncio.Protocol):
         ``body`` in one write, then the end: a half-close, and the client has the close
         timeout to hang up. ``streamed``: no end yet; the body goes on by writes to
         :attr:`transport` until :meth:`end_response` (a stream of events), and meanwhile
-        the connection is open (the handler hears :meth:`Handler.closed` at its end)."""
+        the connection is open (its handler hears ``closed`` at its end)."""
         ws = self.protocol
         if self.lost or self.opened or ws.state is not State.CONNECTING or ws.eof_sent:
             return  # gone while the handler was answering, or answered already
         self.transport.write(http_wire.response_head(status, [*headers, ("Server", SERVER)]) + body)
-        http_wire.answered(ws, end=not streamed)
         if not streamed:
-            self.send_data()
-            self._close_by(self.listener.now() + CLOSE_TIMEOUT)
+            self.end_response()
             return
+        http_wire.answered(ws, end=False)
         self.deadline = 0.0
         self.opened = True
         self._reschedule()
