@@ -427,7 +427,7 @@ def wanted(sub: Subscription, tweet: StoredTweet) -> bool:
 
 
 def _stop(task: asyncio.Task[None] | None) -> None:
-    """Cancel a subscription's task, unless it is the one running: that one ends itself
-    (it sees the session closed, or its subscription gone, at its next step)."""
+    """Cancel a subscription's task, unless it is the one running: that one is the
+    caller, and ends by itself (it returns, or sees the session closed at its next step)."""
     if task is not None and task is not asyncio.current_task():
         task.cancel()
