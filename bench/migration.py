@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 import sqlite_utils
 
-from relay.store.postgres.store import migrate
+from relay.store.postgres.admin import migrate
 from relay.store.sqlite import schema as sqlite_schema
 
 FILL_PG = """

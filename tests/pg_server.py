@@ -22,9 +22,12 @@ import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from relay.config import Settings
 
 MISSING = "needs PostgreSQL: apt-get install postgresql"
 SERVER_USER = "postgres"
@@ -222,9 +225,11 @@ def pg_url(pg_server: PostgresServer) -> str:
 
 
 class StoreMaker:
-    """Opens stores of one kind for a test: ``await make_store()`` gives an open store
-    ready to write (on PostgreSQL it has claimed the writer lease); the same ``name``
-    again opens the same database (a reopen)."""
+    """Opens stores of one kind for a test, through the relay's one opener
+    (:mod:`relay.store.open`): ``await make_store()`` gives an open store ready to write
+    (on PostgreSQL it has claimed the writer lease); the same ``name`` again opens the
+    same database (a reopen); :meth:`reader` opens it as a serving process does, and
+    :meth:`admin` gives its admin side, as the commands get it."""
 
     def __init__(self, kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
         self.kind = kind
@@ -241,16 +246,30 @@ class StoreMaker:
             self._urls[name] = server.create_database()
         return self._urls[name]
 
-    async def __call__(self, name: str = "s", **options: Any) -> Any:
-        if self.kind == "sqlite":
-            from relay.store.sqlite.store import SQLiteStore
+    def settings(self, name: str = "s") -> Settings:
+        """Settings that name the database, as a relay process would be given them."""
+        from relay.config import Settings
 
-            return await SQLiteStore.open(self.url(name), **options)
-        from relay.store.postgres.store import PostgresStore
+        where = "db" if self.kind == "sqlite" else "database_url"
+        return Settings.from_mapping({where: self.url(name)})
 
-        store = await PostgresStore.open(self.url(name), writer=True, **options)
+    async def __call__(self, name: str = "s") -> Any:
+        from relay.store.open import open_store
+
+        store = await open_store(self.settings(name), writer=True)
         await store.claim_writer()
         return store
+
+    async def reader(self, name: str = "s") -> Any:
+        """The store opened to read only, apart from the writer."""
+        from relay.store.open import open_store
+
+        return await open_store(self.settings(name), writer=False, serves=False)
+
+    def admin(self, name: str = "s") -> Any:
+        from relay.store.open import admin_for
+
+        return admin_for(self.settings(name))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

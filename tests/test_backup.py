@@ -90,7 +90,7 @@ def test_migrate_new_epoch_renames_a_restored_store_and_refuses_beside_a_writer(
 
 
 def test_postgres_new_epoch(pg_url: str) -> None:
-    from relay.store.postgres.store import migrate, set_new_epoch
+    from relay.store.postgres.admin import migrate, set_new_epoch
 
     async def scenario() -> tuple[str, str]:
         await migrate(pg_url)

@@ -27,7 +27,6 @@ from relay.core.rule_set import STATE_KEY, Channels, RuleSet, could_name_a_chann
 from relay.core.tweets import parse_line
 from relay.sources.replay import ReplaySource
 from relay.sources.synth import sample_rules
-from relay.store import read_channels
 from relay.testing import RelayServer
 from relay.testing.support import ws_connect
 from tests.fake_x import FakeX, x_lines
@@ -145,21 +144,14 @@ def test_the_rule_set_the_ingester_records_is_read_by_another_process(
         declared = RuleSet(frozenset({"cats", "dogs"}), True, "the rules file rules.toml")
         await writer.set_state(STATE_KEY, declared.encode())
         # A reader opened apart, as a `relay serve` process opens the store.
-        if make_store.kind == "sqlite":
-            from relay.store.sqlite.store import SQLiteStore
-
-            reader: Any = await SQLiteStore.open(make_store.url(), writer=False)
-        else:
-            from relay.store.postgres.store import PostgresStore
-
-            reader = await PostgresStore.open(make_store.url(), writer=False)
-        channels = await read_channels(reader)
+        reader = await make_store.reader()
+        channels = await reader.known_channels()
         assert channels.declared == declared and channels.stored == {"old"}
         assert channels.closed and channels.knows("rule:old") and channels.knows("rule:dogs")
         assert not channels.knows("rule:nope")
         # The ingester's set changes (another source): the reader sees the new one.
         await writer.set_state(STATE_KEY, RuleSet(frozenset(), False, "the push source").encode())
-        again = await read_channels(reader)
+        again = await reader.known_channels()
         assert not again.closed and again.keys() == ["old"]
         await reader.close()
         await writer.close()

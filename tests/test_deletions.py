@@ -36,14 +36,7 @@ async def total(store: Any, query: str) -> int:
 
 
 async def queue(make_store: StoreMaker, ids: list[str]) -> None:
-    if make_store.kind == "sqlite":
-        from relay.store.sqlite.deletions import queue_deletions
-
-        queue_deletions(make_store.url(), ids)
-    else:
-        from relay.store.postgres.deletions import queue_deletions as queue_pg
-
-        await queue_pg(make_store.url(), ids)
+    await make_store.admin().queue_deletions(ids)
 
 
 def test_a_deletion_removes_the_tweet_its_search_entry_rules_and_lone_author(

@@ -356,10 +356,11 @@ def test_the_store_size_tells_the_database_from_its_write_ahead_log(
     from relay.sources.synth import write_stream
 
     short = tmp_path / "short.jsonl"
-    write_stream(short, 300, seed=5)
+    write_stream(short, 600, seed=5)
     db = tmp_path / "quiet.db"
-    # About 20 tweets a second for 15 s, a commit a tweet or so: the trickle that grew the
-    # WAL to tens of MB, and long enough for samples (every 5 s) to catch it.
+    # About 20 tweets a second for 30 s, a commit a tweet or so: the trickle that grew the
+    # WAL to tens of MB, and long enough for several samples (every 5 s) to catch it, even
+    # on a loaded machine.
     relay = RelayProcess(
         tmp_path / "quiet.log", "--db", str(db), "--replay", str(short), "--speed", "5",
         "--no-loop",
@@ -370,7 +371,7 @@ def test_the_store_size_tells_the_database_from_its_write_ahead_log(
         "document.getElementById('stats-size').textContent.includes('WAL')", timeout=WAIT * 2
     )
     assert "write-ahead log" in (page.get_attribute("#stats-size", "title") or "")
-    wait_for(lambda: relay.count() == 300, 20 * UNIT, "the replay to finish")
+    wait_for(lambda: relay.count() == 600, 40 * UNIT, "the replay to finish")
     # Idle: the WAL goes back into the database file and the size is the file's.
     page.wait_for_function(
         "window.relayDemo.stats && window.relayDemo.stats.store.wal_bytes === 0 && "

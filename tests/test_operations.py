@@ -122,7 +122,7 @@ def test_a_serving_process_waits_for_the_schema_in_one_line(
     pg_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from relay.store.postgres.store import migrate
+    from relay.store.postgres.admin import migrate
 
     caplog.set_level(logging.DEBUG, logger="relay.app.relay")
     settings = make_settings(database_url=pg_url)

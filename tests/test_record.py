@@ -15,7 +15,7 @@ from relay.sources import RawLine
 from relay.sources.record import stamp
 from relay.sources.replay import _recorded_at
 from relay.testing import RelayServer
-from tests.fake_x import TOKEN, FakeX, x_lines
+from tests.fake_x import TOKEN, FakeX, ids_of, x_lines
 from tests.support import ROOT, UNIT, counted
 
 BROKEN = b'{"data": {"id": "17", "text": "cut off'
@@ -125,3 +125,53 @@ def test_off_a_terminal_it_draws_no_spinner_and_ends_with_one_summary_line(
     assert result.returncode == 0, result.stderr
     assert result.stderr == f"recorded {out}: 5 tweets in 5 lines\n"
     assert len(out.read_bytes().splitlines()) == 5
+
+
+def _record(out: Path, fake: FakeX, rules_file: Path, cwd: Path, *flags: str) -> str:
+    """``relay record`` of the fake X stream to ``out``, run in ``cwd``; its stderr."""
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "record", str(out), "--source", "x-stream", *flags],
+        cwd=cwd,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "X_BEARER_TOKEN": TOKEN,
+            "X_API_BASE_URL": fake.url,
+            "RELAY_RULES": str(rules_file),
+        },
+        capture_output=True,
+        text=True,
+        timeout=6 * UNIT,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+def test_with_db_a_recording_resumes_after_that_store_and_only_reads_it(
+    tmp_path: Path, fake: FakeX, rules_file: Path, x_relay: Callable[..., RelayServer]
+) -> None:
+    lines = x_lines(30, seed=17)
+    stored = tmp_path / "stored.db"
+    # A relay writes the store meanwhile (it holds the writer's lock): read only, the
+    # recorder opens it all the same.
+    fake.scripts.append([("lines", lines[:20]), ("hold",)])
+    writer = x_relay(store=stored)
+    writer.wait_seq(20)
+    fake.requests.clear()
+    fake.scripts.append([("lines", lines[20:])])
+    flags = ("--db", str(stored), "--max-tweets", "10")
+    stderr = _record(tmp_path / "out.jsonl", fake, rules_file, tmp_path, *flags)
+    assert "10 tweets" in stderr
+    searches = [p for _, path, p in fake.requests if path == "/2/tweets/search/recent"]
+    assert searches and searches[0]["since_id"] == [max(ids_of(lines[:20]), key=int)]
+    assert len(writer.stored_ids()) == 20
+
+
+def test_without_db_a_recording_opens_no_store_and_starts_from_now(
+    tmp_path: Path, fake: FakeX, rules_file: Path
+) -> None:
+    fake.scripts.append([("lines", x_lines(5, seed=19))])
+    stderr = _record(tmp_path / "out.jsonl", fake, rules_file, tmp_path, "--max-tweets", "5")
+    assert "5 tweets" in stderr
+    assert not (tmp_path / "relay.db").exists()  # the default store is not made
+    assert not [path for _, path, _ in fake.requests if path == "/2/tweets/search/recent"]

@@ -173,7 +173,7 @@ def test_retention_and_deletion_remove_exactly_the_bigrams_they_indexed(tmp_path
 def test_the_postgres_function_gives_the_python_form(captures: Path, pg_url: str) -> None:
     import psycopg
 
-    from relay.store.postgres.store import migrate
+    from relay.store.postgres.admin import migrate
 
     texts = [t.text for t in _capture_tweets(captures)]
     texts += ["", "見", "a見b", "みんな見て abc見て!", "𠀋𠀌x", "สวัสดีครับ", "line\n改行\nend"]

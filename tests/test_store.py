@@ -1,5 +1,6 @@
-"""Both stores (SQLite and PostgreSQL, one fixture): seq, epoch, dedupe, group commit,
-reads; the SQLite file's migrations."""
+"""Both stores (SQLite and PostgreSQL, one fixture, opened as the relay opens them): each
+role (Writer, Log, Catalog, Admin), seq, epoch, dedupe, group commit; the SQLite file's
+migrations."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import orjson
 import pytest
 
 from relay.core.tweets import parse_line
-from relay.errors import StoreError
-from relay.store.sqlite.store import MIGRATIONS, SQLiteStore
+from relay.errors import ConfigError, StoreError
+from relay.store.postgres.schema import MIGRATIONS as POSTGRES_MIGRATIONS
+from relay.store.sqlite.schema import MIGRATIONS
+from relay.store.sqlite.store import SQLiteStore
 from tests.pg_server import StoreMaker
 from tests.support import UNIT, stream_line
 
@@ -77,6 +80,84 @@ def test_channel_reads_and_counts_follow_the_rules(make_store: StoreMaker) -> No
         assert await store.get_state("since_id") == "42"
         assert await store.get_state("nothing") is None
         await store.close()
+
+    asyncio.run(run())
+
+
+def test_a_reader_opened_apart_reads_the_log_and_the_catalog_and_writes_nothing(
+    make_store: StoreMaker,
+) -> None:
+    async def run() -> None:
+        writer = await make_store()
+        await writer.append(_tweets(1, 2, tags=("cats",)) + _tweets(3, tags=("dogs",)), [], 10.0)
+        reader = await make_store.reader()
+        try:
+            # The Log: what a serving process reads.
+            assert reader.epoch == writer.epoch == await reader.current_epoch()
+            assert (await reader.head(), await reader.oldest_seq()) == (3, 1)
+            page = await reader.read_bodies("rule:cats", 0, 3, 10, lambda rows: list(rows))
+            assert [seq for seq, _ in page.built] == [1, 2]
+            assert (page.count, page.last, page.complete) == (2, 2, True)
+            cut = await reader.read_bodies("tweets", 0, 3, 2, len)
+            assert (cut.built, cut.last, cut.complete) == (2, 2, False)
+            assert await reader.count_after("tweets", 0, 3, cap=1) == 2  # stops past the cap
+            assert (await reader.known_channels()).stored == {"cats", "dogs"}
+            # The Catalog: the object API's and a source's reads.
+            stats = await reader.stats()
+            assert (stats.oldest_seq, stats.oldest_received_at) == (1, 10.0)
+            assert stats.size_bytes > 0
+            assert await reader.highest_tweet_id("dogs") == "3"
+            body = await reader.tweet("2")
+            assert body is not None and orjson.loads(body)["seq"] == 2
+            # The Writer role is the writer's alone.
+            with pytest.raises(StoreError):
+                await reader.claim_writer()
+            with pytest.raises(StoreError):
+                await reader.append(_tweets(4), [], 11.0)
+            assert await writer.head() == 3
+        finally:
+            await reader.close()
+            await writer.close()
+
+    asyncio.run(run())
+
+
+def test_the_admin_side_migrates_and_gives_a_new_epoch(make_store: StoreMaker) -> None:
+    migrations = MIGRATIONS if make_store.kind == "sqlite" else POSTGRES_MIGRATIONS
+
+    async def run() -> None:
+        admin = make_store.admin()
+        first = await admin.migrate()
+        assert (first.version, first.new_epoch) == (len(migrations), "")
+        store = await make_store()
+        old = store.epoch
+        await store.close()
+        again = await admin.migrate(new_epoch=True)
+        assert again.version == len(migrations) and again.new_epoch not in ("", old)
+        reopened = await make_store()
+        assert reopened.epoch == again.new_epoch
+        await reopened.close()
+
+    asyncio.run(run())
+
+
+def test_backups_and_checks_are_sqlite_s_postgresql_has_its_own_tools(
+    make_store: StoreMaker, tmp_path: Path
+) -> None:
+    async def run() -> None:
+        store = await make_store()
+        await store.append(_tweets(1, 2), [], 1.0)
+        await store.close()
+        admin = make_store.admin()
+        if make_store.kind == "postgres":
+            with pytest.raises(ConfigError, match="pg_dump"):
+                await admin.backup(tmp_path / "copy.db")
+            with pytest.raises(ConfigError, match="pg_amcheck"):
+                await admin.integrity_check()
+            return
+        copy = await admin.backup(tmp_path / "copy.db")
+        assert (copy.tweets, copy.head) == (2, 2)
+        assert (await admin.integrity_check(quick=True)).problems == []
 
     asyncio.run(run())
 

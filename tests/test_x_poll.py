@@ -105,7 +105,7 @@ def test_a_429_pauses_the_rule_until_the_rate_limit_resets(
             token=TOKEN,
             base_url=fake.url,
             rules=[cats],
-            store=store,
+            newest_stored=store.highest_tweet_id,
             metrics=metrics,
             clock=time.clock,
         )
@@ -159,7 +159,7 @@ def test_transient_search_failures_are_counted_and_retried_next_interval(
                 token=TOKEN,
                 base_url=base_url,
                 rules=[cats],
-                store=store,
+                newest_stored=store.highest_tweet_id,
                 metrics=metrics,
                 clock=FakeTime().clock,
             )

@@ -1,4 +1,4 @@
-"""The composition: the CLI (``cli.py``), process launch and signals (``launch.py``) and
+"""The composition: the CLI (``cli.py``, the commands in ``commands/``), process launch and signals (``launch.py``) and
 :class:`Relay` (``relay.py``), which wires an ingest side and a serve side for ``relay
 run``, ``relay ingest`` and ``relay serve``.
 

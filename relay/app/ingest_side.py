@@ -104,7 +104,7 @@ class IngestSide:
         publisher = bus()
         publisher.announce(head)
         source = self._source or build_source(
-            self.settings, store, self.metrics, self.clock, self.sleep
+            self.settings, store.highest_tweet_id, self.metrics, self.clock, self.sleep
         )
         ingest = self.ingest = Ingest(
             source,

@@ -32,46 +32,18 @@ async def migrate(
     line and exit 1, so that a release phase fails the deploy instead of stalling it.
     ``force``: a new epoch although the writer lease names a live holder (a dead one)."""
     from relay.errors import StoreUnreachable
+    from relay.store.open import admin_for
 
-    epoch = ""
-    if settings.database_url:
-        from relay.store.postgres.store import migrate, set_new_epoch
-
-        try:
-            version = await migrate(settings.database_url, give_up_after=wait)
-        except StoreUnreachable as exc:
-            console.print(f"[bold red]relay:[/] migrate: {exc}", highlight=False)
-            return 1
-        if new_epoch:
-            epoch = await set_new_epoch(settings.database_url, force=force)
-        where = "PostgreSQL"
-    else:
-        from relay.errors import WriterBusy
-        from relay.store.sqlite.store import MIGRATIONS, SQLiteStore
-
-        where = settings.db
-        try:  # opening as the writer migrates
-            store = await SQLiteStore.open(settings.db)
-        except WriterBusy as busy:
-            # A running writer migrated the file when it opened it: nothing to do when it
-            # is current; an older schema needs that writer stopped first. (The file lock
-            # dies with its process: no --force can be needed here.)
-            reader = await SQLiteStore.open(settings.db, writer=False)
-            version = reader.schema_version
-            await reader.close()
-            if version < len(MIGRATIONS) or new_epoch:
-                raise busy from None
-        else:
-            version = store.schema_version
-            if new_epoch:  # while this process holds the writer lock: nobody writes it
-                from relay.store.sqlite.backup import new_epoch as new_sqlite_epoch
-
-                epoch = new_sqlite_epoch(settings.db)
-            await store.close()
-    print(f"relay: {where} is at schema version {version}", flush=True)
-    if epoch:
+    admin = admin_for(settings)
+    try:
+        done = await admin.migrate(new_epoch=new_epoch, force=force, give_up_after=wait)
+    except StoreUnreachable as exc:
+        console.print(f"[bold red]relay:[/] migrate: {exc}", highlight=False)
+        return 1
+    print(f"relay: {admin.where} is at schema version {done.version}", flush=True)
+    if done.new_epoch:
         print(
-            f"relay: new epoch {epoch}: clients reset and read the store again "
+            f"relay: new epoch {done.new_epoch}: clients reset and read the store again "
             "(running serving processes notice within RELAY_BUS_CHECK_INTERVAL)",
             flush=True,
         )

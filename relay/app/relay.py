@@ -34,7 +34,7 @@ from relay.obs.readiness import READY, Readiness
 from relay.obs.waits import Outage
 from relay.sources import Source
 from relay.store import Store
-from relay.store.sqlite.store import SQLiteStore
+from relay.store.open import open_store
 from relay.stream.follower import Follower
 from relay.stream.hub import Hub
 from relay.web.ops import OpsServer
@@ -42,7 +42,7 @@ from relay.web.server import StreamServer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ROLES", "Relay", "open_store"]
+__all__ = ["ROLES", "Relay", "wait_for_store"]
 
 ROLES = {"run": ("ingest", "serve"), "ingest": ("ingest",), "serve": ("serve",)}
 """The sides each process runs. ``run``: source, store and clients in one process (the
@@ -188,7 +188,7 @@ class Relay:
             # traceback after the migrations.
             self._listener = listening_socket(settings.host, settings.port)
         self._waiting = "waiting for the store"
-        store = self.store = await open_store(
+        store = self.store = await wait_for_store(
             settings, writer=self.ingests, serves=self.serves, sleep=self.sleep
         )
         store.on_damage = self._store_damaged
@@ -411,7 +411,7 @@ class Relay:
         log.info("relay stopped")
 
 
-async def open_store(
+async def wait_for_store(
     settings: Settings, *, writer: bool, serves: bool = True, sleep: Sleep = asyncio.sleep
 ) -> Store:
     """The store the settings name; waits with backoff until it is there (a server not up
@@ -421,22 +421,7 @@ async def open_store(
     outage = Outage(log, "the store")
     while True:
         try:
-            if settings.database_url:
-                from relay.store.postgres.store import PostgresStore
-
-                # A worker serves no clients: one reader and one query connection
-                # (opened on demand) keep it to 3 of a small plan's ~20 connections.
-                store: Store = await PostgresStore.open(
-                    settings.database_url,
-                    writer=writer,
-                    readers=3 if serves else 1,
-                    query_readers=settings.query_readers if serves else 1,
-                    lease_ttl=settings.lease_ttl,
-                )
-            else:
-                store = await SQLiteStore.open(
-                    settings.db, query_readers=settings.query_readers, writer=writer
-                )
+            store = await open_store(settings, writer=writer, serves=serves)
         except StoreNotReady as exc:
             outage.failed(str(exc), delay)
             await sleep(delay)

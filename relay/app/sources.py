@@ -14,18 +14,18 @@ from typing import Any
 from relay.config import Settings
 from relay.errors import ConfigError
 from relay.obs.metrics import Metrics
-from relay.sources import Source
+from relay.sources import ResumePoint, Source
 from relay.sources.replay import ReplaySource
 from relay.sources.synth import sample_path, sample_rules
-from relay.store import Store
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-Builder = Callable[[Settings, Store, Metrics, Clock, Sleep], Source]
+Builder = Callable[[Settings, ResumePoint, Metrics, Clock, Sleep], Source]
+"""Builds one kind of source; a source that resumes asks its :data:`ResumePoint`."""
 
 
 def _replay(
-    settings: Settings, store: Store, metrics: Metrics, clock: Clock, sleep: Sleep
+    settings: Settings, newest_stored: ResumePoint, metrics: Metrics, clock: Clock, sleep: Sleep
 ) -> Source:
     path = settings.replay or str(sample_path())
     # The bundled sample declares its rules; another recording's are read on the way.
@@ -35,7 +35,9 @@ def _replay(
     )
 
 
-def _x_common(settings: Settings, store: Store, metrics: Metrics, clock: Clock) -> dict[str, Any]:
+def _x_common(
+    settings: Settings, newest_stored: ResumePoint, metrics: Metrics, clock: Clock
+) -> dict[str, Any]:
     from relay.sources.xapi import load_rules, require_token
 
     return {
@@ -43,19 +45,19 @@ def _x_common(settings: Settings, store: Store, metrics: Metrics, clock: Clock) 
         "base_url": settings.x_api_base_url,
         "rules": load_rules(settings.rules_file),
         "rules_origin": f"the rules file {settings.rules_file}",
-        "store": store,
+        "newest_stored": newest_stored,
         "metrics": metrics,
         "clock": clock,
     }
 
 
 def _x_stream(
-    settings: Settings, store: Store, metrics: Metrics, clock: Clock, sleep: Sleep
+    settings: Settings, newest_stored: ResumePoint, metrics: Metrics, clock: Clock, sleep: Sleep
 ) -> Source:
     from relay.sources.x_stream import XStreamSource
 
     return XStreamSource(
-        **_x_common(settings, store, metrics, clock),
+        **_x_common(settings, newest_stored, metrics, clock),
         sleep=sleep,
         stall_timeout=settings.stall_timeout,
         backfill_pages=settings.backfill_pages,
@@ -63,12 +65,12 @@ def _x_stream(
 
 
 def _x_poll(
-    settings: Settings, store: Store, metrics: Metrics, clock: Clock, sleep: Sleep
+    settings: Settings, newest_stored: ResumePoint, metrics: Metrics, clock: Clock, sleep: Sleep
 ) -> Source:
     from relay.sources.x_poll import XPollSource
 
     return XPollSource(
-        **_x_common(settings, store, metrics, clock),
+        **_x_common(settings, newest_stored, metrics, clock),
         interval=settings.poll_interval,
         max_pages=settings.poll_max_pages,
     )
@@ -80,16 +82,17 @@ SOURCES: dict[str, Builder] = {"replay": _replay, "x-stream": _x_stream, "x-poll
 
 def build_source(
     settings: Settings,
-    store: Store,
+    newest_stored: ResumePoint,
     metrics: Metrics,
     clock: Clock,
     sleep: Sleep = asyncio.sleep,
 ) -> Source:
-    """The source ``settings.source`` names; ``clock`` and ``sleep`` pace its waits."""
+    """The source ``settings.source`` names; ``clock`` and ``sleep`` pace its waits; a
+    live source resumes where ``newest_stored`` says (the store's newest tweet id)."""
     builder = SOURCES.get(settings.source)
     if builder is None:
         raise ConfigError(f"unknown source {settings.source!r}")
-    return builder(settings, store, metrics, clock, sleep)
+    return builder(settings, newest_stored, metrics, clock, sleep)
 
 
 def check_source(settings: Settings) -> None:

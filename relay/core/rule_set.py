@@ -26,7 +26,7 @@ from relay.core.protocol import STATS_CHANNEL
 from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX
 
 STATE_KEY = "rule_set"
-"""The store state key (``Store.set_state``) the ingester records its set under."""
+"""The store state key (``Writer.set_state``) the ingester records its set under."""
 SHOWN_KEYS = 12
 """Keys a message lists before it says how many more there are."""
 

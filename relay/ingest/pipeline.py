@@ -28,7 +28,7 @@ from relay.errors import RelayError
 from relay.ingest.parse_pool import ParsedChunk, ParserPool, parse_chunk
 from relay.obs.metrics import Metrics
 from relay.sources import RawLine, Source
-from relay.store import AppendResult, Store, StoredTweet
+from relay.store import AppendResult, StoredTweet, Writer
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Ingest:
     def __init__(
         self,
         source: Source,
-        store: Store,
+        store: Writer,
         publish: Publish,
         metrics: Metrics,
         *,

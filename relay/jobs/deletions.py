@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from relay.obs.metrics import Metrics
-    from relay.store import Store
+    from relay.store import Writer
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ DELETIONS_INTERVAL = 2.0
 (serving processes): how long a deleted tweet may still reach a client."""
 
 
-async def apply_deletions(store: Store, metrics: Metrics) -> int:
+async def apply_deletions(store: Writer, metrics: Metrics) -> int:
     """The writer's job: apply every queued request, a batch a transaction."""
     total = 0
     while True:

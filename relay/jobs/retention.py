@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from relay.config import Settings
-from relay.store import Store
+from relay.store import Writer
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Retention:
         return bool(self.max_tweets or self.max_age)
 
 
-async def apply_retention(store: Store, retention: Retention, now: float) -> int:
+async def apply_retention(store: Writer, retention: Retention, now: float) -> int:
     """Delete what ``retention`` no longer keeps; how many tweets went."""
     if not retention.active:
         return 0

@@ -1,9 +1,9 @@
 """What one relay process is doing, every few seconds: ``GET /v1/stats`` and ``$stats``.
 
-A :class:`StatsSampler` reads the process's own counters (Prometheus registry),
-the hub and the store, and keeps the rates between two samples. Every process
-reports its own figures: with several serving processes each answers for itself
-(the README says so), and an ingest-only process has no subscribers.
+A :class:`StatsSampler` reads the serving process's own counters (Prometheus registry),
+its hub and the store's catalog, and keeps the rates between two samples. Every
+process reports its own figures: with several serving processes each answers for
+itself (the README says so).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from relay.obs.metrics import Metrics
-    from relay.store import Store
+    from relay.store import Catalog
     from relay.stream.hub import Hub
 
 STATS_INTERVAL = 5.0
@@ -27,8 +27,8 @@ class StatsSampler:
     def __init__(
         self,
         metrics: Metrics,
-        store: Store,
-        hub: Hub | None,
+        store: Catalog,
+        hub: Hub,
         *,
         role: str,
         process: str,
@@ -70,9 +70,9 @@ class StatsSampler:
             "interval": self.interval,
             "tweets_in_per_second": tweets_rate,
             "frames_out_per_second": frames_rate,
-            "connections": len(hub.sessions) if hub is not None else 0,
-            "subscribers": hub.subscriber_counts() if hub is not None else {},
-            "head_seq": hub.head if hub is not None else await self.store.head(),
+            "connections": len(hub.sessions),
+            "subscribers": hub.subscriber_counts(),
+            "head_seq": hub.head,
             "store": {
                 "size_bytes": store.size_bytes,
                 "wal_bytes": store.wal_bytes,
@@ -84,8 +84,7 @@ class StatsSampler:
                 ),
             },
         }
-        if hub is not None:
-            hub.publish_stats(self.latest)
+        hub.publish_stats(self.latest)
         return self.latest
 
     async def current(self) -> dict[str, Any]:

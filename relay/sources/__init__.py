@@ -9,15 +9,30 @@ A source may also say which rule channels it produces: a ``rule_set`` attribute
 (:class:`relay.core.rule_set.RuleSet`), read by ingest after every line and recorded in the
 store when it changes. A source without one declares nothing: its set stays open.
 
-May import: store types, obs, config, core, errors (a source gets a resume point, not a
-store).
+A source that resumes (the X stream's gap filling, polling's ``since_id``) is handed a
+:data:`ResumePoint` by the app: it asks where to resume, and never sees the store.
+
+May import: obs, config, core, errors (a source gets a resume point, never the store: a
+contract of ``make lint``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+ResumePoint = Callable[[str | None], Awaitable[str | None]]
+"""``(rule key or None) -> the newest stored tweet id`` (of that rule; of any with None),
+None when nothing is stored: where a source resumes after a restart or a reconnect. The
+app hands in the store's :meth:`~relay.store.Catalog.highest_tweet_id`, or
+:func:`nothing_stored`."""
+
+
+async def nothing_stored(rule_key: str | None = None) -> str | None:
+    """The resume point without a store (``relay record`` without ``--db``): nothing is
+    stored, so a source starts from what the API gives now."""
+    return None
 
 
 @dataclass(frozen=True, slots=True)

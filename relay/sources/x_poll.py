@@ -1,9 +1,10 @@
 """Recent-search polling as a Source, for accounts without filtered-stream access.
 
 One APScheduler interval job per rule searches with the rule as the query, from the
-``since_id`` kept in the store (so a restart neither misses nor repeats), paging with
-``next_token`` up to a cap. An HTTP 429 pauses that rule until the ``x-rate-limit-reset``
-time the API gives. Results that overlap are stored once: the store drops known ids.
+``since_id`` its resume point gives (the store's, so a restart neither misses nor
+repeats), paging with ``next_token`` up to a cap. An HTTP 429 pauses that rule until the
+``x-rate-limit-reset`` time the API gives. Results that overlap are stored once: the
+store drops known ids.
 
 The job is a plain async method, :meth:`XPollSource.poll`, so tests call it directly
 with their own clock; :meth:`XPollSource.lines` registers it with the scheduler.
@@ -23,9 +24,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from relay.core.rule_set import RuleSet
 from relay.obs.metrics import Metrics
-from relay.sources import RawLine
+from relay.sources import RawLine, ResumePoint
 from relay.sources.xapi import StreamRule, api_error, client, newest_id, search_pages
-from relay.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class XPollSource:
         base_url: str,
         rules: Sequence[StreamRule],
         rules_origin: str = "the stream rules",
-        store: Store,
+        newest_stored: ResumePoint,
         metrics: Metrics,
         clock: Clock,
         interval: float = 60.0,
@@ -53,7 +53,8 @@ class XPollSource:
         self.rules = list(rules)
         self.rule_set = RuleSet(frozenset(rule.key for rule in self.rules), True, rules_origin)
         """Its channels: the rules' keys and no other (ingest records them in the store)."""
-        self.store = store
+        self.newest_stored = newest_stored
+        """Asked at every poll: where the rule's search starts."""
         self.metrics = metrics
         self.clock = clock
         self.interval = interval
@@ -104,7 +105,7 @@ class XPollSource:
         # since_id is the newest tweet of this rule stored or already found: the store's
         # survives a restart (a crash before the commit repeats the search), the one kept
         # here covers what is not committed yet, and a recording that stores nothing.
-        since_id = newest_id(await self.store.highest_tweet_id(rule.key), self.found.get(rule.key))
+        since_id = newest_id(await self.newest_stored(rule.key), self.found.get(rule.key))
         try:
             pages = await asyncio.to_thread(self._search, rule, since_id)
         except tweepy.TooManyRequests as exc:

@@ -32,7 +32,7 @@ import tweepy
 from relay.core.rule_set import RuleSet
 from relay.errors import ConfigError, SourceError, StreamRefused
 from relay.obs.metrics import Metrics
-from relay.sources import RawLine
+from relay.sources import RawLine, ResumePoint
 from relay.sources.backoff import Cause, ReconnectSchedule
 from relay.sources.xapi import (
     FIELDS,
@@ -48,7 +48,6 @@ from relay.sources.xapi import (
     search_pages,
     stream_client,
 )
-from relay.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ class XStreamSource:
         base_url: str,
         rules: Sequence[StreamRule],
         rules_origin: str = "the stream rules",
-        store: Store,
+        newest_stored: ResumePoint,
         metrics: Metrics,
         clock: Clock,
         sleep: Sleep = asyncio.sleep,
@@ -135,7 +134,8 @@ class XStreamSource:
         self.rules = list(rules)
         self.rule_set = RuleSet(frozenset(rule.key for rule in self.rules), True, rules_origin)
         """Its channels: the rules' keys and no other (ingest records them in the store)."""
-        self.store = store
+        self.newest_stored = newest_stored
+        """Asked after every connect: where the gap filling search starts."""
         self.metrics = metrics
         self.clock = clock
         self.sleep = sleep
@@ -163,7 +163,7 @@ class XStreamSource:
             self.schedule.record_connect(self.clock())
             self.metrics.source_connects.inc()
             since_id = newest_id(
-                await self.store.highest_tweet_id(), *map(_stream_tweet_id, self._recent)
+                await self.newest_stored(None), *map(_stream_tweet_id, self._recent)
             )
             async for line in self._attempt(since_id):
                 yield line

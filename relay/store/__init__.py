@@ -4,7 +4,16 @@ The store assigns each new tweet a ``seq`` that increases strictly within its
 ``epoch`` (an id made when the store is created), drops tweets whose id it
 already holds, and answers the reads the hub and the object API need.
 
-``sqlite/`` and ``postgres/`` hold the two backends under the same file names.
+It is seen through small roles, one per kind of caller, so each depends only on what
+it uses: the :class:`Writer` (ingest and the writer's jobs), the :class:`Log` (the
+stream side: hub, follower, deletion announcer), the :class:`Catalog` (the object API,
+stats, a source's resume point) and the :class:`Admin` (the one-shot commands:
+migrate, delete, backup, check). Every store implements the first three in one object,
+a :class:`Store`, and its admin side in another (admin work runs beside a writer
+that holds the store). :mod:`relay.store.open` is the one place that picks the backend.
+
+``sqlite/`` and ``postgres/`` hold the two backends under the same file names; the
+shared types are in :mod:`relay.store.types`.
 
 May import: obs, config, core, errors.
 """
@@ -12,114 +21,56 @@ May import: obs, config, core, errors.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from relay.core.rule_set import STATE_KEY, Channels, RuleSet
+from relay.store.types import (
+    AppendResult,
+    Backup,
+    BodyPage,
+    Checked,
+    Deleted,
+    Migrated,
+    StoredBody,
+    StoredTweet,
+    StoreStats,
+    Trimmed,
+)
 
 if TYPE_CHECKING:
     from relay.core.query import Condition, TweetQuery
+    from relay.core.rule_set import Channels
     from relay.core.tweets import Tweet
     from relay.errors import StoreCorrupt
-    from relay.store.types import Deleted
+
+__all__ = [
+    "Admin",
+    "AppendResult",
+    "Backup",
+    "BodyPage",
+    "Catalog",
+    "Checked",
+    "Deleted",
+    "Log",
+    "Migrated",
+    "Store",
+    "StoreStats",
+    "StoredBody",
+    "StoredTweet",
+    "Trimmed",
+    "Writer",
+]
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class StoredTweet:
-    """A tweet the store holds: its position and its served object, encoded once."""
+class Writer(Protocol):
+    """The one active writer: ingest appends, its jobs trim, delete and keep state.
 
-    seq: int
-    channels: tuple[str, ...]
-    body: bytes
-    """The served object as JSON, encoded once and reused in every frame."""
-    # What subscription filters look at, so they never decode the body.
-    lang: str | None = None
-    author: str | None = None
-    has_media: bool = False
-    text: str = ""
-    received: float = 0.0
-    """When its line was received (unix seconds; 0 when not known): the delivery latency
-    metric measures from here."""
+    Every write is fenced: a writer that lost its turn can commit nothing more.
+    """
 
-
-StoredBody = tuple[int, bytes]
-"""A stored tweet's seq and its served object: all a catch-up sends (a plain tuple, the
-row as the database gives it, so a page of them costs no object a tweet)."""
-
-
-@dataclass(frozen=True, slots=True)
-class BodyPage(Generic[T]):
-    """One :meth:`Store.read_bodies` read: what its ``build`` made of the rows, and where
-    the read stopped."""
-
-    built: T
-    count: int
-    """Rows read."""
-    last: int
-    """The seq of the last row read; 0 when none."""
-    complete: bool
-    """Neither ``limit`` nor ``max_bytes`` cut the read: no match is left up to ``until``."""
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    stored: list[StoredTweet]
-    duplicates: int
-    unstorable: tuple[tuple[str, str], ...] = ()
-    """``(tweet id, why)`` of each tweet the store could not hold (skipped, not retried)."""
-
-
-def parse_time(stored: str) -> float:
-    """A stored ``YYYY-MM-DDTHH:MM:SS.mmmZ`` time as unix seconds."""
-    return datetime.fromisoformat(stored.replace("Z", "+00:00")).timestamp()
-
-
-@dataclass(frozen=True, slots=True)
-class StoreStats:
-    """What /v1/stats and retention need to know of the store as a whole."""
-
-    size_bytes: int
-    """On disk: the SQLite file with its WAL, the PostgreSQL database."""
-    oldest_seq: int
-    """The seq of the oldest kept tweet, 0 when empty (history starts there)."""
-    oldest_received_at: float | None
-    """When the oldest kept tweet was received (unix seconds), None when empty."""
-    wal_bytes: int = 0
-    """Of ``size_bytes``, the SQLite write-ahead log (kept small when idle); 0 elsewhere."""
-
-
-@dataclass(frozen=True, slots=True)
-class Trimmed:
-    """What one retention step deleted."""
-
-    deleted: int
-    oldest_seq: int
-    """The oldest kept seq afterwards (history starts there); 0 when empty."""
-
-
-class Store(Protocol):
-    epoch: str
-
-    on_damage: Callable[[StoreCorrupt], None] | None
-    """Called on the event loop each time a read or a write finds the store damaged,
-    before it raises :class:`~relay.errors.StoreCorrupt` to its caller: the relay counts
-    it and stops (``/readyz`` 503, exit 1). A damaged store never answers a read with
-    less than it holds: a read that cannot be trusted raises."""
-
-    @property
-    def holder(self) -> str:
-        """Who this process is, as other processes see it (``process 12 on web.1``)."""
-        ...
-
-    @property
-    def is_writer(self) -> bool:
-        """Opened to write (the ingesting roles); a serving process opens to read only."""
-        ...
-
-    async def claim_writer(self, on_standby: Callable[[str], None]) -> None:
+    async def claim_writer(self, on_standby: Callable[[str], None] | None = None) -> None:
         """Return once this process is the one active writer; writes before raise.
 
         While another writer is active a store that can wait for its turn
@@ -135,12 +86,52 @@ class Store(Protocol):
     ) -> AppendResult:
         """Store new tweets (dropping known ids) and return them with their seq.
 
-        Returns after commit. A tweet the store cannot hold (a value it cannot
-        bind or encode) is left out and listed in ``unstorable``; the others are
-        stored. Raises :class:`~relay.errors.StoreError` only when the store itself
-        fails (disk full, I/O error, corruption): nothing of the call is stored.
+        Returns after commit; seqs follow commit order. A tweet the store cannot hold
+        (a value it cannot bind or encode) is left out and listed in ``unstorable``;
+        the others are stored. Raises :class:`~relay.errors.StoreError` only when the
+        store itself fails (disk full, I/O error, corruption): nothing of the call is
+        stored.
         """
         ...
+
+    async def head(self) -> int:
+        """The highest seq stored, 0 when empty: what retention counts back from."""
+        ...
+
+    async def trim(self, *, through_seq: int, received_before: float | None, limit: int) -> Trimmed:
+        """Delete at most ``limit`` of the oldest tweets with ``seq <= through_seq`` or
+        received before ``received_before`` (unix seconds), oldest first, stopping at the
+        first one kept; never the newest. Their search entries, rule memberships and
+        authors no kept tweet has go too. One short write transaction."""
+        ...
+
+    async def checkpoint(self) -> None:
+        """Give back what large deletes left behind (SQLite: the WAL; PostgreSQL: its
+        autovacuum does, nothing to do)."""
+        ...
+
+    async def apply_deletions(self, limit: int) -> list[Deleted]:
+        """Apply up to ``limit`` queued deletion requests in one write transaction: each
+        tweet goes with its search entry, rule memberships and lone author; each request
+        is added to the record, found or not."""
+        ...
+
+    async def get_state(self, key: str) -> str | None:
+        """A small durable value the writer keeps: a source's or a job's cursor, the
+        rule set ingest records (:mod:`relay.core.rule_set`); None when never set."""
+        ...
+
+    async def set_state(self, key: str, value: str) -> None:
+        """Keep ``value`` under ``key``: a write like any other, fenced the same way."""
+        ...
+
+
+class Log(Protocol):
+    """The stream side: the history in seq order, read by catch-ups and the follower."""
+
+    epoch: str
+    """The epoch this process follows: the store's when opened, changed by the relay when
+    the store's changes (:meth:`current_epoch`)."""
 
     async def head(self) -> int:
         """The highest seq stored, 0 when empty."""
@@ -188,6 +179,37 @@ class Store(Protocol):
         """How many tweets ``read_after`` would give in all; counting stops past ``cap``."""
         ...
 
+    async def oldest_seq(self) -> int:
+        """The seq of the oldest kept tweet, 0 when empty (one index lookup)."""
+        ...
+
+    async def current_epoch(self) -> str:
+        """The epoch as the store holds it now, read afresh: ``relay migrate --new-epoch``
+        changes it under running processes, whose ``epoch`` attribute says what they
+        opened (cheap enough for every few seconds)."""
+        ...
+
+    async def known_channels(self) -> Channels:
+        """The channels known now: the rule set the ingester recorded, and every rule key
+        a stored tweet matched (a subscription to another one may be refused)."""
+        ...
+
+    async def deletions_after(self, after: int, limit: int) -> list[Deleted]:
+        """The record of applied deletion requests past ``after``, in the writer's order."""
+        ...
+
+    async def last_deletion(self) -> int:
+        """The newest entry of the record (0 when none)."""
+        ...
+
+
+class Catalog(Protocol):
+    """The stored tweets as objects: the object API, stats, a source's resume point.
+
+    The object API's reads (:meth:`query`, :meth:`tweet`, :meth:`user`) have their own
+    readers and a time limit: a heavy query never holds up the :class:`Log`'s reads.
+    """
+
     async def query(
         self, query: TweetQuery, *, timeout: float | None = None
     ) -> tuple[list[bytes], int]:
@@ -198,8 +220,7 @@ class Store(Protocol):
         :meth:`relay.core.filters.TweetFilter.matches` passes). Page and count come from one
         snapshot. A query not finished ``timeout`` seconds after this call (waiting for a
         reader counts) is stopped, or never started, and raises
-        :class:`~relay.errors.QueryTimeout`. Object API reads never hold up the readers
-        of the stream side (``read_after``, ``count_after``, ``rule_keys``, ``head``).
+        :class:`~relay.errors.QueryTimeout`.
         """
         ...
 
@@ -217,66 +238,67 @@ class Store(Protocol):
         ...
 
     async def rule_keys(self) -> list[str]:
-        """Every rule key that some stored tweet matched."""
-        ...
-
-    async def current_epoch(self) -> str:
-        """The epoch as the store holds it now, read afresh: ``relay migrate --new-epoch``
-        changes it under running processes, whose ``epoch`` attribute says what they
-        opened (a stream-side read, cheap enough for every few seconds)."""
-        ...
-
-    async def highest_tweet_id(self, rule_key: str | None = None) -> str | None:
-        """The newest stored tweet id, of one rule when ``rule_key`` is given."""
-        ...
-
-    async def oldest_seq(self) -> int:
-        """The seq of the oldest kept tweet, 0 when empty (one index lookup)."""
+        """Every rule key that some stored tweet matched, sorted."""
         ...
 
     async def stats(self) -> StoreStats:
         """Size on disk and the oldest kept tweet: cheap (an index lookup, a stat)."""
         ...
 
-    async def trim(self, *, through_seq: int, received_before: float | None, limit: int) -> Trimmed:
-        """Delete at most ``limit`` of the oldest tweets with ``seq <= through_seq`` or
-        received before ``received_before`` (unix seconds), oldest first, stopping at the
-        first one kept; never the newest. Their search entries, rule memberships and
-        authors no kept tweet has go too. One short write transaction (the writer's)."""
+    async def highest_tweet_id(self, rule_key: str | None = None) -> str | None:
+        """The newest stored tweet id, of one rule when ``rule_key`` is given: where a
+        source resumes (:data:`relay.sources.ResumePoint`)."""
         ...
 
-    async def checkpoint(self) -> None:
-        """Give back what large deletes left behind (SQLite: the WAL; PostgreSQL: its
-        autovacuum does, nothing to do)."""
+
+class Store(Writer, Log, Catalog, Protocol):
+    """A store as a process opens it (:func:`relay.store.open.open_store`): every role in
+    one object, and what the process itself needs of it."""
+
+    on_damage: Callable[[StoreCorrupt], None] | None
+    """Called on the event loop each time a read or a write finds the store damaged,
+    before it raises :class:`~relay.errors.StoreCorrupt` to its caller: the relay counts
+    it and stops (``/readyz`` 503, exit 1). A damaged store never answers a read with
+    less than it holds: a read that cannot be trusted raises."""
+
+    @property
+    def holder(self) -> str:
+        """Who this process is, as other processes see it (``process 12 on web.1``)."""
         ...
 
-    async def apply_deletions(self, limit: int) -> list[Deleted]:
-        """Apply up to ``limit`` queued deletion requests in one write transaction (the
-        writer's): each tweet goes with its search entry, rule memberships and lone
-        author; each request is added to the record, found or not."""
+    async def close(self) -> None:
+        """Finish what is queued, hand the writer's turn back, close every connection."""
         ...
 
-    async def deletions_after(self, after: int, limit: int) -> list[Deleted]:
-        """The record of applied requests past ``after``, in the writer's order."""
+
+class Admin(Protocol):
+    """A store's one-shot commands (``relay migrate``, ``delete``, ``backup``, ``check``):
+    each opens what it needs and closes it, beside a writer that may hold the store."""
+
+    where: str
+    """What the commands' lines call the store (the SQLite file, ``PostgreSQL``)."""
+
+    async def migrate(
+        self, *, new_epoch: bool = False, force: bool = False, give_up_after: float | None = None
+    ) -> Migrated:
+        """Create or update the schema; with ``new_epoch`` also give the store a new epoch
+        (after a restore: clients reset instead of resuming). Refused with
+        :class:`~relay.errors.WriterBusy` while a writer holds the store and the schema
+        is older or a new epoch is asked for (``force``: the holder is known dead). A
+        server that does not answer within ``give_up_after`` seconds raises
+        :class:`~relay.errors.StoreUnreachable`."""
         ...
 
-    async def last_deletion(self) -> int:
-        """The newest entry of the record (0 when none)."""
+    async def queue_deletions(self, ids: Sequence[str]) -> int:
+        """Queue deletion requests for the active writer to apply; how many."""
         ...
 
-    async def get_state(self, key: str) -> str | None:
-        """Small durable values for sources (``since_id``, offsets) and the ingester's
-        rule set (:mod:`relay.core.rule_set`); readable by every process, written by the
-        writer only."""
+    async def backup(self, out: Path) -> Backup:
+        """A consistent copy, made while the relay writes, with a new epoch; a store that
+        has its own tools for it raises :class:`~relay.errors.ConfigError` naming them."""
         ...
 
-    async def set_state(self, key: str, value: str) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-async def read_channels(store: Store) -> Channels:
-    """The channels known now: the rule set the ingester recorded, and every rule key a
-    stored tweet matched (two small stream-side reads)."""
-    declared = RuleSet.decode(await store.get_state(STATE_KEY))
-    return Channels(declared, frozenset(await store.rule_keys()))
+    async def integrity_check(self, *, quick: bool = False) -> Checked:
+        """Read every page now (read only); a store that has its own tools for it raises
+        :class:`~relay.errors.ConfigError` naming them."""
+        ...

@@ -1,8 +1,123 @@
-"""Types every store shares, whichever database holds it."""
+"""Types every store shares, whichever database holds it: what the roles take and give."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX
+
+if TYPE_CHECKING:
+    from relay.core.tweets import Tweet
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTweet:
+    """A tweet the store holds: its position and its served object, encoded once."""
+
+    seq: int
+    channels: tuple[str, ...]
+    body: bytes
+    """The served object as JSON, encoded once and reused in every frame."""
+    # What subscription filters look at, so they never decode the body.
+    lang: str | None = None
+    author: str | None = None
+    has_media: bool = False
+    text: str = ""
+    received: float = 0.0
+    """When its line was received (unix seconds; 0 when not known): the delivery latency
+    metric measures from here."""
+
+    @classmethod
+    def written(
+        cls,
+        seq: int,
+        tweet: Tweet,
+        body: bytes,
+        received_at: float,
+        channels: tuple[str, ...] | None = None,
+    ) -> StoredTweet:
+        """``tweet`` as an append stored it under ``seq`` (``channels``: its
+        :attr:`~relay.core.tweets.Tweet.channels`, when the writer has them at hand)."""
+        return cls(
+            seq,
+            tweet.channels if channels is None else channels,
+            body,
+            tweet.lang,
+            tweet.author_username,
+            tweet.has_media,
+            tweet.text,
+            received_at,
+        )
+
+    @classmethod
+    def read(
+        cls,
+        seq: int,
+        rule_keys: Iterable[str],
+        body: bytes,
+        lang: str | None,
+        author: str | None,
+        has_media: bool,
+        text: str,
+    ) -> StoredTweet:
+        """A stored tweet as a range read gives it back (its receive time is not read)."""
+        channels = (ALL_CHANNEL, *(RULE_PREFIX + key for key in rule_keys))
+        return cls(seq, channels, body, lang, author, has_media, text)
+
+
+StoredBody = tuple[int, bytes]
+"""A stored tweet's seq and its served object: all a catch-up sends (a plain tuple, the
+row as the database gives it, so a page of them costs no object a tweet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BodyPage(Generic[T]):
+    """One :meth:`~relay.store.Log.read_bodies` read: what its ``build`` made of the rows,
+    and where the read stopped."""
+
+    built: T
+    count: int
+    """Rows read."""
+    last: int
+    """The seq of the last row read; 0 when none."""
+    complete: bool
+    """Neither ``limit`` nor ``max_bytes`` cut the read: no match is left up to ``until``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    stored: list[StoredTweet]
+    duplicates: int
+    unstorable: tuple[tuple[str, str], ...] = ()
+    """``(tweet id, why)`` of each tweet the store could not hold (skipped, not retried)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """What /v1/stats and retention need to know of the store as a whole."""
+
+    size_bytes: int
+    """On disk: the SQLite file with its WAL, the PostgreSQL database."""
+    oldest_seq: int
+    """The seq of the oldest kept tweet, 0 when empty (history starts there)."""
+    oldest_received_at: float | None
+    """When the oldest kept tweet was received (unix seconds), None when empty."""
+    wal_bytes: int = 0
+    """Of ``size_bytes``, the SQLite write-ahead log (kept small when idle); 0 elsewhere."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trimmed:
+    """What one retention step deleted."""
+
+    deleted: int
+    oldest_seq: int
+    """The oldest kept seq afterwards (history starts there); 0 when empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,3 +129,29 @@ class Deleted:
     tweet_id: str
     seq: int
     channels: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Migrated:
+    """What ``relay migrate`` did."""
+
+    version: int
+    """The schema version the store is at now."""
+    new_epoch: str = ""
+    """The epoch it was given, when asked for one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backup:
+    path: Path
+    tweets: int
+    head: int
+    epoch: str
+    """The copy's epoch (new): what clients see after a restore from it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    pages: int
+    problems: list[str]
+    """SQLite's lines (and the relay's own check of the newest seq); empty when intact."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from relay.core import protocol
 
 if TYPE_CHECKING:
-    from relay.store import Store
+    from relay.store import Log
     from relay.stream.hub import Hub
 
 
@@ -20,7 +20,7 @@ RECORD_PAGE = 500
 class DeletionAnnouncer:
     """A serving process's job: ``deleted`` frames for what the writer removed."""
 
-    def __init__(self, store: Store, hub: Hub) -> None:
+    def __init__(self, store: Log, hub: Hub) -> None:
         self.store = store
         self.hub = hub
         self.after: int | None = None

@@ -6,7 +6,7 @@ only when the client has taken most of what it was sent (the transport's buffer 
 to a quarter of the send buffer), one page read ahead, and ``recovered`` counted up to a
 cap. A page is read as ``(seq, body)`` rows and turned into the frames of the session's
 transport kind, end to end in one bytes object, where the store reads it
-(:meth:`Store.read_bodies` with the kind's page builder): the loop only writes it. A
+(:meth:`Log.read_bodies` with the kind's page builder): the loop only writes it. A
 subscription's filter is tested in the store, over windows of at most ``scan`` seqs: a
 filter that matches nothing reads no tweet out; a page read under a filter that a
 refresh has since replaced is read again.
@@ -23,7 +23,7 @@ from relay.errors import SessionClosed
 if TYPE_CHECKING:
     from relay.core.filters import TweetFilter
     from relay.obs.metrics import Metrics
-    from relay.store import BodyPage, Store
+    from relay.store import BodyPage, Log
     from relay.stream.session import Session, Subscription
 
 _Page = tuple["BodyPage[bytes]", int, "TweetFilter | None"]
@@ -42,7 +42,7 @@ class CatchUpReader:
 
     def __init__(
         self,
-        store: Store,
+        store: Log,
         metrics: Metrics,
         *,
         at_once: int = 2,
@@ -85,7 +85,7 @@ class CatchUpReader:
                     )
                 page, until, read_with = await ahead
                 ahead = None
-                # A complete page holds every match up to until (Store.read_bodies).
+                # A complete page holds every match up to until (Log.read_bodies).
                 after = until if page.complete else page.last
                 if after < head:
                     ahead = asyncio.ensure_future(

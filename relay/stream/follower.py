@@ -21,7 +21,7 @@ from relay.bus import Bus, BusItem, Heartbeat
 from relay.core.tweets import ALL_CHANNEL
 from relay.errors import StoreCorrupt
 from relay.obs.metrics import Metrics
-from relay.store import Store, StoredTweet
+from relay.store import Log, StoredTweet
 from relay.stream.hub import Hub
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Follower:
     def __init__(
         self,
         bus: Bus,
-        store: Store,
+        store: Log,
         hub: Hub,
         metrics: Metrics,
         *,
@@ -207,7 +207,7 @@ class Follower:
             )
             self._publish([tweet for tweet in page if tweet.seq > self.hub.head])
             if len(page) < FILL_PAGE and sum(len(t.body) for t in page) < FILL_PAGE_BYTES:
-                break  # a short page holds everything up to until (Store.read_after)
+                break  # a short page holds everything up to until (Log.read_after)
             after = page[-1].seq
         filled = self.hub.head - first
         if filled:

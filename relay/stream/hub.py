@@ -42,7 +42,7 @@ from relay.errors import (
     SessionClosed,
     StoreCorrupt,
 )
-from relay.store import Store, StoredTweet, read_channels
+from relay.store import Log, StoredTweet
 from relay.stream.catch_up import CatchUpReader
 from relay.stream.payloads import ChannelBatch, Frames
 from relay.stream.session import Session, Subscription
@@ -61,7 +61,7 @@ about a millisecond of copying into socket buffers."""
 class Hub:
     def __init__(
         self,
-        store: Store,
+        store: Log,
         metrics: Metrics,
         *,
         head: int = 0,
@@ -299,7 +299,7 @@ class Hub:
     async def refresh_channels(self) -> Channels:
         """Read the known channels from the store afresh, and keep them for the next
         subscriptions (a subscription to a channel they miss reads them again)."""
-        self.known = await read_channels(self.store)
+        self.known = await self.store.known_channels()
         return self.known
 
     async def _check_channel(

@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from relay.core.auth import Grant
     from relay.jobs.stats import StatsSampler
     from relay.obs.metrics import Metrics
-    from relay.store import Store
+    from relay.store import Catalog
     from relay.stream.hub import Hub
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ HOST_PATTERN = re.compile(
 class HttpApi:
     def __init__(
         self,
-        store: Store,
+        store: Catalog,
         hub: Hub,
         metrics: Metrics,
         access: Access,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from relay.store import Trimmed
 from relay.store.postgres.write import Cursor
+from relay.store.types import Trimmed
 
 
 async def trim_oldest(

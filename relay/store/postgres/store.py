@@ -26,9 +26,7 @@ time to live), which frees the row for the standby; TCP keepalives and
 
 from __future__ import annotations
 
-import asyncio
 import os
-import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,32 +37,28 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from relay.core.query import Condition, TweetQuery
+from relay.core.rule_set import Channels
 from relay.core.times import time_from_unix
-from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX, Tweet
-from relay.errors import QueryTimeout, StoreCorrupt, StoreError, StoreNotReady, WriterBusy
-from relay.store import (
+from relay.core.tweets import Tweet
+from relay.errors import QueryTimeout, StoreCorrupt, StoreError, StoreNotReady
+from relay.store import Store
+from relay.store.postgres import deletions as postgres_deletions
+from relay.store.postgres import query as postgres_query
+from relay.store.postgres import read
+from relay.store.postgres.conn import configure_types, connect, conninfo, describe, redact
+from relay.store.postgres.retention import trim_oldest
+from relay.store.postgres.schema import check_version, migrate_connection, schema_version
+from relay.store.postgres.write import Batch, Cursor, append_careful, append_fast
+from relay.store.postgres.writer import WriterTask
+from relay.store.types import (
     AppendResult,
     BodyPage,
-    Store,
+    Deleted,
     StoredBody,
     StoredTweet,
     StoreStats,
     Trimmed,
 )
-from relay.store.postgres import deletions as postgres_deletions
-from relay.store.postgres import query as postgres_query
-from relay.store.postgres.conn import (
-    configure_types,
-    connect,
-    conninfo,
-    describe,
-    redact,
-)
-from relay.store.postgres.retention import trim_oldest
-from relay.store.postgres.schema import check_version, migrate_connection, schema_version
-from relay.store.postgres.write import Batch, append_careful, append_fast
-from relay.store.postgres.writer import Writer
-from relay.store.types import Deleted
 
 READ_WAIT = 3.0
 """Longest wait for a stream-side reader: the catch-ups at once stay under the readers,
@@ -72,62 +66,10 @@ so a longer wait means the database is down, and callers (a client's catch-up, /
 an object API request) should hear so while they still wait."""
 
 T = TypeVar("T")
-Cursor = psycopg.AsyncCursor[Any]
 
 
 def default_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-async def migrate(
-    url: str, *, target: int | None = None, wait: bool = True, give_up_after: float | None = None
-) -> int:
-    """Create or update the schema of the database at ``url``; the schema version.
-
-    Safe to run from several processes at once (an advisory lock orders them). With
-    ``give_up_after``, a server that does not answer within that many seconds raises
-    :class:`~relay.errors.StoreUnreachable`."""
-    conn = await connect(url, wait=wait, give_up_after=give_up_after)
-    try:
-        return await migrate_connection(conn, target=target)
-    except psycopg.Error as exc:
-        raise StoreError(f"cannot migrate {describe(url)}: {redact(str(exc), url)}") from None
-    finally:
-        await conn.close()
-
-
-async def set_new_epoch(url: str, *, force: bool = False) -> str:
-    """A new epoch for the database at ``url`` (after a restore); returns it.
-
-    Refused with :class:`~relay.errors.WriterBusy`, naming the holder, while the writer
-    lease is live: an ingester still writes the old history, and serving processes
-    would mix the two. ``force`` goes on anyway (a holder known to be dead, whose lease
-    has not run out yet)."""
-    epoch = secrets.token_hex(8)
-    conn = await connect(url, wait=False)
-    try:
-        async with conn.transaction():
-            # The lease row locked until commit: no ingester claims it meanwhile.
-            cur = await conn.execute(
-                "SELECT holder, to_char(expires_at AT TIME ZONE 'UTC', "
-                '\'YYYY-MM-DD"T"HH24:MI:SS"Z"\'), expires_at > now() '
-                "FROM writer_lease WHERE name = 'writer' FOR UPDATE"
-            )
-            lease = await cur.fetchone()
-            if lease is not None and lease[2] and not force:
-                raise WriterBusy(
-                    f"the writer lease of {describe(url)} is held by {lease[0]} until "
-                    f"{lease[1]}: stop `relay ingest` first (--force only when that "
-                    "process is dead)"
-                )
-            await conn.execute("UPDATE meta SET value = %s WHERE key = 'epoch'", (epoch,))
-    except psycopg.Error as exc:
-        raise StoreError(
-            f"cannot set a new epoch in {describe(url)}: {redact(str(exc), url)}"
-        ) from None
-    finally:
-        await conn.close()
-    return epoch
 
 
 class PostgresStore:
@@ -142,19 +84,12 @@ class PostgresStore:
         self.holder = holder
         self._writer_mode = writer
         self._query_readers = query_readers
-        self._writer = Writer(url, self.where, lease_ttl=lease_ttl, holder=holder)
-        self.fenced: asyncio.Event = self._writer.fenced
-        """Set once another process took the writer lease: this one never writes again."""
+        self._writer = WriterTask(url, self.where, lease_ttl=lease_ttl, holder=holder)
         self._pool: AsyncConnectionPool | None = None
         self._query_pool: AsyncConnectionPool | None = None
         self.on_damage: Callable[[StoreCorrupt], None] | None = None
         """Not called yet: PostgreSQL's own damage errors (XX001, XX002) are not told
         apart from other failures."""
-
-    @property
-    def is_writer(self) -> bool:
-        """Whether this process holds the writer lease now (as far as it knows)."""
-        return self._writer.is_writer
 
     @property
     def commits(self) -> int:
@@ -252,7 +187,7 @@ class PostgresStore:
         configure_types(conn)
         await conn.set_autocommit(True)
 
-    # -- writing -------------------------------------------------------------
+    # -- the Writer role -------------------------------------------------------
 
     async def append(
         self, tweets: Sequence[Tweet], users: Sequence[dict[str, Any]], received_at: float
@@ -280,12 +215,6 @@ class PostgresStore:
             raise StoreError("not the active writer: opened as a reader")
         return await self._writer.write(lambda cur: postgres_deletions.apply_pending(cur, limit))
 
-    async def deletions_after(self, after: int, limit: int) -> list[Deleted]:
-        return await self._read(lambda cur: postgres_deletions.deletions_after(cur, after, limit))
-
-    async def last_deletion(self) -> int:
-        return await self._read(postgres_deletions.last_deletion)
-
     async def checkpoint(self) -> None:
         """Nothing: PostgreSQL's autovacuum reclaims deleted rows by itself."""
 
@@ -300,6 +229,10 @@ class PostgresStore:
         if not self._writer_mode:
             raise StoreError("not the active writer: opened as a reader")
         await self._writer.write(run)
+
+    async def get_state(self, key: str) -> str | None:
+        sql = "SELECT value FROM source_state WHERE key = %s"
+        return await self._read(lambda cur: read.one_text(cur, sql, [key]))
 
     # -- reading -------------------------------------------------------------
 
@@ -343,13 +276,10 @@ class PostgresStore:
         except psycopg.OperationalError as exc:
             raise StoreError(f"cannot read {self.where}: {redact(str(exc), self.url)}") from None
 
-    async def head(self) -> int:
-        async def run(cur: Cursor) -> int:
-            await cur.execute("SELECT coalesce(max(seq), 0) FROM tweets")
-            row = await cur.fetchone()
-            return int(row[0]) if row else 0
+    # -- the Log role ----------------------------------------------------------
 
-        return await self._read(run)
+    async def head(self) -> int:
+        return await self._read(read.head)
 
     async def read_after(
         self,
@@ -361,31 +291,9 @@ class PostgresStore:
         max_bytes: int | None = None,
         conditions: Sequence[Condition] = (),
     ) -> list[StoredTweet]:
-        columns = "seq, rules, object, lang, author_username, has_media, text"
-        sql, params = postgres_query.channel_range(channel, columns, after, until, conditions)
-
-        async def run(cur: Cursor) -> list[StoredTweet]:
-            page: list[StoredTweet] = []
-            size = 0
-            await cur.execute((sql + " ORDER BY seq LIMIT %s").encode(), [*params, limit])
-            async for seq, rules, body, lang, author, has_media, text in cur:
-                page.append(
-                    StoredTweet(
-                        seq=seq,
-                        channels=(ALL_CHANNEL, *(RULE_PREFIX + key for key in rules)),
-                        body=body,
-                        lang=lang,
-                        author=author,
-                        has_media=has_media,
-                        text=text,
-                    )
-                )
-                size += len(body)
-                if max_bytes is not None and size >= max_bytes:
-                    break
-            return page
-
-        return await self._read(run)
+        return await self._read(
+            read.tweets_after(channel, after, until, limit, max_bytes, conditions)
+        )
 
     async def read_bodies(
         self,
@@ -398,16 +306,7 @@ class PostgresStore:
         max_bytes: int | None = None,
         conditions: Sequence[Condition] = (),
     ) -> BodyPage[T]:
-        sql, params = postgres_query.channel_range(channel, "seq, object", after, until, conditions)
-        query = (sql + " ORDER BY seq LIMIT %s").encode()
-
-        async def run(cur: Cursor) -> list[StoredBody]:
-            await cur.execute(query, [*params, limit])
-            # The whole result is on the client already: one call, not an await a row.
-            rows: list[StoredBody] = await cur.fetchall()
-            return rows
-
-        rows = await self._read(run)
+        rows = await self._read(read.bodies_after(channel, after, until, limit, conditions))
         cut = False
         if max_bytes is not None:
             size = 0
@@ -424,11 +323,28 @@ class PostgresStore:
     async def count_after(
         self, channel: str, after: int, until: int, *, cap: int | None = None
     ) -> int:
-        inner, params = postgres_query.channel_count(channel, after, until)
-        # Counting stops after cap + 1 rows: a subscribe from seq 0 never scans the store.
-        sql = f"SELECT count(*) FROM ({inner} LIMIT %s) AS counted"
-        limit = None if cap is None else cap + 1
-        return await self._read(lambda cur: _one_int(cur, sql, [*params, limit]))
+        return await self._read(read.count_after(channel, after, until, cap))
+
+    async def oldest_seq(self) -> int:
+        return await self._read(read.oldest_seq)
+
+    async def current_epoch(self) -> str:
+        sql = "SELECT value FROM meta WHERE key = 'epoch'"
+        epoch = await self._read(lambda cur: read.one_text(cur, sql, []))
+        if epoch is None:
+            raise StoreError(f"{self.where} lost its epoch: not a tweet-relay database now")
+        return epoch
+
+    async def known_channels(self) -> Channels:
+        return await self._read(read.known_channels)
+
+    async def deletions_after(self, after: int, limit: int) -> list[Deleted]:
+        return await self._read(lambda cur: postgres_deletions.deletions_after(cur, after, limit))
+
+    async def last_deletion(self) -> int:
+        return await self._read(postgres_deletions.last_deletion)
+
+    # -- the Catalog role ------------------------------------------------------
 
     async def query(
         self, query: TweetQuery, *, timeout: float | None = None
@@ -437,7 +353,7 @@ class PostgresStore:
         select_sql, select_params = postgres_query.select(query)
 
         async def run(cur: Cursor) -> tuple[list[bytes], int]:
-            total = await _one_int(cur, count_sql, count_params)
+            total = await read.one_int(cur, count_sql, count_params)
             if query.count_only:
                 return [], total
             await cur.execute(select_sql.encode(), select_params)
@@ -474,14 +390,6 @@ class PostgresStore:
 
         return await self._query(run, timeout)
 
-    async def oldest_seq(self) -> int:
-        async def run(cur: Cursor) -> int:
-            await cur.execute("SELECT coalesce(min(seq), 0) FROM tweets")
-            row = await cur.fetchone()
-            return int(row[0]) if row else 0
-
-        return await self._read(run)
-
     async def stats(self) -> StoreStats:
         async def run(cur: Cursor) -> tuple[int, int, float | None]:
             await cur.execute("SELECT pg_database_size(current_database())")
@@ -508,18 +416,7 @@ class PostgresStore:
             sql += " WHERE seq IN (SELECT seq FROM tweet_rules WHERE tag = %s)"
             params = [rule_key]
         sql += ' ORDER BY length(id) DESC, id COLLATE "C" DESC LIMIT 1'
-        return await self._read(lambda cur: _one_text(cur, sql, params))
-
-    async def get_state(self, key: str) -> str | None:
-        sql = "SELECT value FROM source_state WHERE key = %s"
-        return await self._read(lambda cur: _one_text(cur, sql, [key]))
-
-    async def current_epoch(self) -> str:
-        sql = "SELECT value FROM meta WHERE key = 'epoch'"
-        epoch = await self._read(lambda cur: _one_text(cur, sql, []))
-        if epoch is None:
-            raise StoreError(f"{self.where} lost its epoch: not a tweet-relay database now")
-        return epoch
+        return await self._read(lambda cur: read.one_text(cur, sql, params))
 
     async def close(self) -> None:
         await self._writer.close()
@@ -528,17 +425,5 @@ class PostgresStore:
                 await pool.close()
 
 
-async def _one_int(cur: Cursor, sql: str, params: Sequence[Any]) -> int:
-    await cur.execute(sql.encode(), params)
-    row = await cur.fetchone()
-    return int(row[0]) if row else 0
-
-
-async def _one_text(cur: Cursor, sql: str, params: Sequence[Any]) -> str | None:
-    await cur.execute(sql.encode(), params)
-    row = await cur.fetchone()
-    return str(row[0]) if row else None
-
-
 def _is_a_store(store: PostgresStore) -> Store:
-    return store  # mypy checks here that PostgresStore keeps the Store protocol
+    return store  # mypy checks here that PostgresStore keeps every role

@@ -24,8 +24,8 @@ import psycopg.errors
 from relay.core.filters import fold
 from relay.core.times import normalise_time
 from relay.core.tweets import Tweet, display_name_of, stored_body, username_of
-from relay.store import AppendResult, StoredTweet
 from relay.store.postgres.schema import TWEET_COLUMNS
+from relay.store.types import AppendResult, StoredTweet
 
 Cursor = psycopg.AsyncCursor[Any]
 
@@ -108,17 +108,7 @@ def _row(
         keys,
         body.decode(),
     )
-    stored = StoredTweet(
-        seq=seq,
-        channels=tweet.channels,
-        body=body,
-        lang=tweet.lang,
-        author=tweet.author_username,
-        has_media=tweet.has_media,
-        text=tweet.text,
-        received=received_at,
-    )
-    return row, stored, keys
+    return row, StoredTweet.written(seq, tweet, body, received_at), keys
 
 
 async def _known_ids(cur: Cursor, ids: list[str]) -> set[str]:

@@ -64,7 +64,7 @@ class _Lost(Exception):
     """The connection went away (server restarted, network cut): reconnect and retry."""
 
 
-class Writer:
+class WriterTask:
     """The one writer of a :class:`~relay.store.postgres.store.PostgresStore`."""
 
     def __init__(self, url: str, where: str, *, lease_ttl: float, holder: str) -> None:

@@ -11,19 +11,10 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 
 from relay.errors import ConfigError, StoreError
-
-
-@dataclass(frozen=True, slots=True)
-class Backup:
-    path: Path
-    tweets: int
-    head: int
-    epoch: str
-    """The copy's epoch (new): what clients see after a restore from it."""
+from relay.store.types import Backup
 
 
 def backup(source: str | Path, target: str | Path) -> Backup:

@@ -1,7 +1,7 @@
 """``relay check``: a full integrity check of a SQLite store, running or not.
 
 A start reads what it must (the schema, the epoch, the newest tweet: see
-:func:`relay.store.sqlite.store.check_head`); a page in the middle of the file is read only
+:func:`relay.store.sqlite.damage.check_head`); a page in the middle of the file is read only
 when a client or a query needs it, and a damaged one stops the relay then. This reads
 every page now, in one read transaction beside the writer, so damage is found before a
 client finds it: ``PRAGMA integrity_check`` (every page, every index against its table)
@@ -11,26 +11,18 @@ or, with ``quick``, ``PRAGMA quick_check`` (no index comparison, a few times fas
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 
 from relay.errors import ConfigError, StoreCorrupt
+from relay.store.sqlite.damage import check_head
+from relay.store.types import Checked
 
 MAX_PROBLEMS = 100
 """Problems listed at most: past a few, the answer (restore a backup) is the same."""
 
 
-@dataclass(frozen=True, slots=True)
-class Checked:
-    pages: int
-    problems: list[str]
-    """SQLite's lines (and the relay's own check of the newest seq); empty when intact."""
-
-
 def integrity_check(path: str | Path, *, quick: bool = False) -> Checked:
     """Check every page of the store at ``path`` (read only: nothing is written)."""
-    from relay.store.sqlite.store import check_head
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no database at {path}: give the store with --db or RELAY_DB")

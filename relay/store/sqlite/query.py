@@ -19,7 +19,7 @@ from relay.core.filters import fold
 from relay.core.query import Condition, TweetQuery
 from relay.core.segment import index_form, needs_scan
 from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX
-from relay.errors import BadRequest, QueryTimeout, StoreCorrupt
+from relay.errors import BadRequest, QueryTimeout
 
 T = TypeVar("T")
 
@@ -194,7 +194,7 @@ def channel_range(
     ``seq <= until`` in SQL, SQLite ends its walk at the first row whose seq is past
     ``until``, and on a damaged page that is a row whose seq is out of order: the read
     ended early and looked complete (a resume that skipped good tweets). Seen here, such
-    a row is found out of order (:func:`check_order`).
+    a row is found out of order (:func:`relay.store.sqlite.damage.check_order`).
 
     A rule channel walks its ``(tag, seq)`` index in seq order and joins each row, so
     ``ORDER BY seq LIMIT n`` reads n rows, never the whole range first; a rule row whose
@@ -223,15 +223,6 @@ def channel_range(
         sql + f" AND (tweet_rules.seq > ? OR tweets.seq IS NULL OR {test})",
         (key, after, until, *params),
     )
-
-
-def check_order(path: str, previous: int, seq: int) -> None:
-    """Rows of a range come in strictly increasing seq order, or the file is damaged."""
-    if seq <= previous:
-        raise StoreCorrupt(
-            f"the store {path} is damaged: seq {seq} comes after seq {previous} "
-            "(rows out of order: run `relay check`)"
-        )
 
 
 def channel_count(channel: str, after: int, until: int) -> tuple[str, tuple[Any, ...]]:

@@ -12,8 +12,8 @@ import sqlite3
 
 import orjson
 
-from relay.store import Trimmed
 from relay.store.sqlite.search import INDEXED_TEXT
+from relay.store.types import Trimmed
 
 
 def trim_oldest(

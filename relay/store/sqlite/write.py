@@ -25,8 +25,8 @@ from relay.core.tweets import (
     stored_body,
     username_of,
 )
-from relay.store import AppendResult, StoredTweet
 from relay.store.sqlite.schema import TWEET_COLUMNS
+from relay.store.types import AppendResult, StoredTweet
 
 log = logging.getLogger(__name__)
 
@@ -174,19 +174,9 @@ def _append_batch(
         unique = dict.fromkeys(keys)
         rows.append(tweet_row(seq, tweet, received, keys, body))
         rule_rows.extend((key, seq) for key in unique)
-        stored.append(
-            StoredTweet(
-                seq=seq,
-                # Tweet.channels, from the keys at hand.
-                channels=(ALL_CHANNEL, *[RULE_PREFIX + key for key in unique]),
-                body=body,
-                lang=tweet.lang,
-                author=tweet.author_username,
-                has_media=tweet.has_media,
-                text=tweet.text,
-                received=received_at,
-            )
-        )
+        # Tweet.channels, from the keys at hand.
+        channels = (ALL_CHANNEL, *[RULE_PREFIX + key for key in unique])
+        stored.append(StoredTweet.written(seq, tweet, body, received_at, channels))
         seq += 1
     conn.executemany(INSERT_TWEET, rows)
     conn.executemany(INSERT_TWEET_RULE, rule_rows)
@@ -225,16 +215,7 @@ def insert_tweet(
     pairs = [(key, seq) for key in dict.fromkeys(keys)]
     conn.executemany(INSERT_TWEET_RULE, pairs)
     conn.executemany(INSERT_RULE, pairs)
-    return StoredTweet(
-        seq=seq,
-        channels=tweet.channels,
-        body=body,
-        lang=tweet.lang,
-        author=tweet.author_username,
-        has_media=tweet.has_media,
-        text=tweet.text,
-        received=received_at,
-    )
+    return StoredTweet.written(seq, tweet, body, received_at)
 
 
 def upsert_user(conn: sqlite3.Connection, user: dict[str, Any], received: str) -> None:
