@@ -274,7 +274,7 @@ def test_a_failure_for_one_session_closes_it_and_the_others_are_served(start_rel
     # The one test-made part: a subscription whose filter raises (a bug, bad data).
     victim_port = victim.socket.getsockname()[1]
     (broken,) = [s for s in hub.sessions if s.peer.endswith(f":{victim_port}")]
-    broken.subscriptions["tweets"].filter = Broken()
+    broken.refilter("tweets", Broken())
     relay.push(stream_line(1), stream_line(2))
     assert [f["seq"] for f in receive_tweets(healthy, 2)] == [1, 2]
     with pytest.raises(ConnectionClosed) as closed:
@@ -320,7 +320,7 @@ def test_catch_ups_of_one_connection_run_one_at_a_time_in_order(start_relay: Sta
     (session,) = hub.sessions
 
     def unsent() -> int:
-        return session.queued_bytes + session.conn.transport.get_write_buffer_size()
+        return session.backlog()
 
     wait_for(lambda: unsent() > 32 * 1024, UNIT, "rule:cats's catch-up to wait for the client")
     client.send({"op": "subscribe", "channel": "rule:dogs", "since": since, "id": 2})

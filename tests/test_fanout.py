@@ -104,7 +104,7 @@ def test_a_publish_larger_than_a_piece_goes_out_in_pieces_and_the_loop_keeps_ser
         # Runs at the loop's next turn: only if the hub let go of the loop mid-publish
         # does it find frames still waiting to be written.
         asyncio.get_running_loop().call_soon(
-            lambda: pending.append(sum(s.queued_bytes for s in sessions))
+            lambda: pending.append(sum(s.pending for s in sessions))
         )
         hub.publish(tweets)
         await asyncio.sleep(0)

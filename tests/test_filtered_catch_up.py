@@ -48,7 +48,7 @@ def relay(
     running = start_relay(secret=SECRET, public_channels=[])
     # Windows smaller than the store, so reads cross many of them and many full pages.
     assert running.relay.hub is not None
-    running.relay.hub.catch_up_scan = 256
+    running.relay.hub.catch_ups.scan = 256
     running.push(*(tweet(i) for i in range(1, COUNT + 1)))
     running.wait_seq(COUNT)
     return running

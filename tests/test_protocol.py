@@ -11,6 +11,7 @@ from relay.core import protocol
 from relay.core.protocol import Op, Position
 from relay.errors import ProtocolError
 from relay.testing import RelayServer
+from relay.web import ws_frames
 from tests.support import UNIT, ws_connect
 
 BAD_FRAMES = [
@@ -87,11 +88,13 @@ def test_frames_are_built_as_the_library_serializes_them(size: int) -> None:
 
     payload = b"a" * size
     expected = Frame(Opcode.TEXT, payload).serialize(mask=False)
-    assert protocol.text_frame(payload) == expected
-    assert protocol.frame_payload(expected) == payload
+    assert ws_frames.text_frame(payload) == expected
+    assert ws_frames.WEBSOCKET.message(payload) == expected
+    assert list(ws_frames.payloads(expected)) == [payload]
     body = b'{"text":"' + b"b" * size + b'"}'
     tweet = protocol.tweet("rule:cats", 42, body)
-    assert protocol.tweet_frame("rule:cats", 42, body) == protocol.text_frame(tweet)
+    framed = ws_frames.WEBSOCKET.tweets("rule:cats", "e1", [42], [tweet])
+    assert framed == [ws_frames.text_frame(tweet)]
 
 
 def test_a_catch_up_page_is_the_tweet_frames_end_to_end_and_splits_back() -> None:
@@ -104,17 +107,17 @@ def test_a_catch_up_page_is_the_tweet_frames_end_to_end_and_splits_back() -> Non
         for seq, size in [(1, 0), (9, 60), (10, 80), (99_999, 65_400), (2**40, 65_535), (7, 70_000)]
     ]
     channel = 'rule:a"b\\é'
-    page = protocol.tweet_page(channel, rows)
-    frames = [protocol.tweet_frame(channel, seq, body) for seq, body in rows]
+    page = ws_frames.WEBSOCKET.page(channel, "e1", rows)
+    frames = [ws_frames.text_frame(protocol.tweet(channel, seq, body)) for seq, body in rows]
     assert page == b"".join(frames)
     assert frames[0] == Frame(Opcode.TEXT, protocol.tweet(channel, 1, rows[0][1])).serialize(
         mask=False
     )
-    payloads = list(protocol.frame_payloads(page))
+    payloads = list(ws_frames.payloads(page))
     assert payloads == [protocol.tweet(channel, seq, body) for seq, body in rows]
     assert [orjson.loads(p)["seq"] for p in payloads] == [seq for seq, _ in rows]
-    assert protocol.tweet_page(channel, []) == b""
-    assert list(protocol.frame_payloads(b"")) == []
+    assert ws_frames.tweet_page(channel, []) == b""
+    assert list(ws_frames.payloads(b"")) == []
 
 
 def test_an_error_frame_names_the_channel_its_op_named(

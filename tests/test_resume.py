@@ -186,7 +186,7 @@ def test_keepalive_pings_are_answered_by_clients_and_the_connection_stays_up(
     assert hub is not None
     (session,) = hub.sessions
     # The server measures latency from its keepalive pings; the client library answers them.
-    wait_for(lambda: session.conn.latency > 0, 2 * UNIT, "a keepalive ping round trip")
+    wait_for(lambda: session.transport.latency > 0, 2 * UNIT, "a keepalive ping round trip")
     relay.push(stream_line(1))
     assert receive_tweets(ws, 1)[0]["seq"] == 1
     ws.close()

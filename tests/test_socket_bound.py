@@ -20,7 +20,7 @@ import pytest
 from relay.config import Settings
 from relay.errors import ConfigError
 from relay.testing import RelayServer
-from relay.web.connection import AcceptErrorFilter
+from relay.web.sockets import AcceptErrorFilter
 from tests.support import UNIT, counted, stream_line, wait_for, ws_connect
 
 HALF_REQUEST = b"GET /healthz HTTP/1.1\r\nHost: relay\r\n"  # no blank line: never complete

@@ -14,10 +14,11 @@ import orjson
 import pytest
 
 from relay.core.filters import parse_filter
-from relay.core.protocol import tweet_frame, tweet_page
+from relay.core.protocol import tweet
 from relay.core.query import Condition, parse_tweet_query
 from relay.core.tweets import parse_line
 from relay.errors import QueryTimeout
+from relay.web.ws_frames import text_frame, tweet_page
 from tests.pg_server import StoreMaker
 from tests.test_objects import TWEETS as OBJECT_TWEETS
 from tests.test_objects import q
@@ -191,7 +192,7 @@ def test_read_bodies_reads_the_rows_of_read_after_and_says_where_it_stopped(
         assert (empty.built, empty.count, empty.last, empty.complete) == ([], 0, 0, True)
         # What a catch-up builds: the frames of the page, end to end.
         framed = await store.read_bodies("tweets", 0, 4, 10, partial(tweet_page, "tweets"))
-        assert framed.built == b"".join(tweet_frame("tweets", seq, b) for seq, b in stored)
+        assert framed.built == b"".join(text_frame(tweet("tweets", seq, b)) for seq, b in stored)
         await store.close()
 
     asyncio.run(run())

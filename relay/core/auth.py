@@ -252,6 +252,8 @@ def _number(value: Any) -> bool:
 class TokenBucket:
     """A rate limit: ``rate`` operations a second on average, bursts up to ``burst``."""
 
+    __slots__ = ("burst", "rate", "tokens", "updated")  # one per stream client: no dict each
+
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate = rate
         self.burst = burst

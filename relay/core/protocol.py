@@ -1,14 +1,14 @@
-"""The client wire protocol, sans-I/O: client frames in, server frames out.
+"""The client wire protocol, sans-I/O: client operations in, server payloads out.
 
 Every function here takes text or bytes and returns values or bytes; none
-touches a socket. ``docs/protocol.md`` is the reference for what is on the wire.
+touches a socket. A payload is the JSON object a client receives, whatever the
+transport: each transport kind frames it (WebSocket: :mod:`relay.web.ws_frames`).
+``docs/protocol.md`` is the reference for what is on the wire.
 """
 
 from __future__ import annotations
 
 import re
-import struct
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,12 +200,9 @@ def error(
     return _frame(fields, ref)
 
 
-def error_for(exc: ProtocolError) -> bytes:
-    return error(exc.code, exc.message, exc.op, exc.ref, exc.channel)
-
-
 def tweet(channel: str, seq: int, body: bytes) -> bytes:
-    """A ``tweet`` frame around an already encoded object (encoded once per tweet)."""
+    """A ``tweet`` payload around an already encoded object (encoded once per tweet, its
+    payload once per channel; each transport kind frames it)."""
     return b"".join(
         (
             b'{"type":"tweet","channel":',
@@ -241,86 +238,3 @@ def close_reason(reason: str, seq: int, message: str = "") -> str:
         fields["message"] = fields["message"].encode()[:-excess].decode(errors="ignore")
         text = orjson.dumps(fields).decode()
     return text
-
-
-# -- WebSocket framing ----------------------------------------------------------
-# Server frames are unmasked (RFC 6455 5.1), so one frame's bytes are the same for
-# every client: built once, written to each connection as they are.
-
-_FIN_TEXT = 0x81
-_HEAD_16 = struct.Struct(">BBH")
-"""The header of a frame of 126 to 65,535 bytes: every tweet frame but the largest."""
-_TWEET_KEY = b',"tweet":'
-
-
-def _head(length: int) -> bytes:
-    """The header of an unmasked, uncompressed, final text frame of ``length`` bytes."""
-    if length < 126:
-        return bytes((_FIN_TEXT, length))
-    if length < 1 << 16:
-        return _HEAD_16.pack(_FIN_TEXT, 126, length)
-    return bytes((_FIN_TEXT, 127)) + length.to_bytes(8, "big")
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A complete, unmasked, uncompressed WebSocket text frame (FIN set) around ``payload``."""
-    return _head(len(payload)) + payload
-
-
-def tweet_frame(channel: str, seq: int, body: bytes) -> bytes:
-    """:func:`tweet` as a complete text frame, built in one join (no copy of the payload)."""
-    parts = [
-        b'{"type":"tweet","channel":',
-        orjson.dumps(channel),
-        b',"seq":',
-        str(seq).encode(),
-        _TWEET_KEY,
-        body,
-        b"}",
-    ]
-    parts.insert(0, _head(sum(map(len, parts))))
-    return b"".join(parts)
-
-
-def tweet_page(channel: str, rows: Iterable[tuple[int, bytes]]) -> bytes:
-    """:func:`tweet_frame` of each ``(seq, body)`` of a catch-up page, joined into one
-    bytes object in one pass: ready for a single write.
-
-    What is the same for every frame of the channel is built once; a frame then costs
-    its digits, a packed header and its share of one join (0.65 µs for a 2 KB tweet,
-    against 2.5 µs through :func:`tweet_frame` and a join of the frames).
-    """
-    prefix = b'{"type":"tweet","channel":' + orjson.dumps(channel) + b',"seq":'
-    fixed = len(prefix) + len(_TWEET_KEY) + 1
-    pack, key = _HEAD_16.pack, _TWEET_KEY
-    parts: list[bytes] = []
-    extend = parts.extend
-    for seq, body in rows:
-        digits = b"%d" % seq
-        length = fixed + len(digits) + len(body)
-        head = pack(_FIN_TEXT, 126, length) if 126 <= length < 1 << 16 else _head(length)
-        extend((head, prefix, digits, key, body, b"}"))
-    return b"".join(parts)
-
-
-def frame_payload(frame: bytes) -> bytes:
-    """The payload of a frame built by :func:`text_frame` (for a connection that compresses)."""
-    marker = frame[1] & 0x7F
-    return frame[2 + (0 if marker < 126 else 2 if marker == 126 else 8) :]
-
-
-def frame_payloads(data: bytes) -> Iterator[bytes]:
-    """The payload of each frame of ``data``, complete frames built here put end to end
-    (a catch-up page), in order."""
-    view, start, end = memoryview(data), 0, len(data)
-    while start < end:
-        marker = data[start + 1] & 0x7F
-        if marker < 126:
-            offset, length = 2, marker
-        elif marker == 126:
-            offset, length = 4, int.from_bytes(data[start + 2 : start + 4], "big")
-        else:
-            offset, length = 10, int.from_bytes(data[start + 2 : start + 10], "big")
-        start += offset
-        yield bytes(view[start : start + length])
-        start += length

@@ -1,31 +1,22 @@
 """The hub: who listens to which channel, and gap-free delivery to them.
 
-``publish`` runs on the event loop, never awaits, and builds each tweet frame
-once per channel as the exact WebSocket frame bytes, however many sessions
-listen. It groups a whole batch per session and hands each session its part in
-one call: a batch, not a frame, is the unit of the slow-consumer rule (see
-:mod:`relay.stream.session`) and of the counters. The frames are then written at the
-loop's next step, one write per session for everything published in a step
-(pieces of a quarter of the send buffer when it is large), round-robin over the
-sessions, in turns of ``FLUSH_BYTES_PER_TURN`` with the loop free between
-turns: no task and no coroutine per client or per frame. A failure for one
-session closes that session only; the others and the publisher go on.
+``publish`` runs on the event loop, never awaits, and builds each tweet's payload
+once per channel, however many sessions listen; each transport kind with a listener
+frames a channel's payloads once (:mod:`relay.stream.payloads`). It groups a whole
+batch per session and hands each session its part in one call: a batch, not a frame,
+is the unit of the slow-consumer rule (see :mod:`relay.stream.session`) and of the
+counters. The frames are then written at the loop's next step, one write per session
+for everything published in a step (pieces of a quarter of the send buffer when it is
+large), round-robin over the sessions, in turns of ``FLUSH_BYTES_PER_TURN`` with the
+loop free between turns: no task and no coroutine per client or per frame. A failure
+for one session closes that session only; the others and the publisher go on.
 
 Resume works without locks: a subscription registers and snapshots the last
 published seq in the same tick, so every tweet up to that seq is already in the
 store (persist before publish) and every later one is published after
 registration and held until the store catch-up is done. Dropping held frames by
-seq then gives no gap and no duplicate (invariant 3).
-
-Catch-ups are bounded: one at a time per connection (in the order asked), a
-fixed number of store reads at once overall, small pages read only when the
-client has taken most of what it was sent (the transport's buffer drained to a
-quarter of the send buffer), written coalesced, and ``recovered`` counted up to a cap.
-A page is read as ``(seq, body)`` rows and turned into its frames, end to end in one
-bytes object, where the store reads it (:meth:`Log.read_bodies`): the loop only
-writes it. A subscription's filter is tested in the store, over windows of at most
-``CATCH_UP_SCAN`` seqs: a filter that matches nothing reads no tweet out; a page read
-under a filter that a refresh has since replaced is read again.
+seq then gives no gap and no duplicate (invariant 3). Catch-ups run one at a time per
+connection (in the order asked); their reads are bounded in :mod:`relay.stream.catch_up`.
 
 A rule channel this process does not know (:mod:`relay.core.rule_set`) is checked against
 the store before the reply: refused with ``unknown_channel`` when the ingester's rule
@@ -39,15 +30,22 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from relay.core import protocol
 from relay.core.protocol import Position
 from relay.core.rule_set import Channels
-from relay.errors import SessionClosed, StoreCorrupt
-from relay.store import BodyPage, Log, StoredTweet
-from relay.stream.session import ChannelBatch, Session, Subscription
+from relay.errors import (
+    CLOSE_ABNORMAL,
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    SessionClosed,
+    StoreCorrupt,
+)
+from relay.store import Log, StoredTweet
+from relay.stream.catch_up import CatchUpReader
+from relay.stream.payloads import ChannelBatch, Frames
+from relay.stream.session import Session, Subscription
 
 if TYPE_CHECKING:
     from relay.core.filters import TweetFilter
@@ -55,18 +53,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_Page = tuple[BodyPage[bytes], int, "TweetFilter | None"]
-"""A catch-up page: its frames, the seq the read looked up to, the filter it was read with."""
-
-CATCH_UP_PAGE = 1000
-"""Most tweets one catch-up read takes from the store (also bounded in bytes: half
-the send buffer), written to the client in one write."""
 FLUSH_BYTES_PER_TURN = 2 << 20
 """Bytes the hub writes to clients before it lets the other tasks of the loop run:
 about a millisecond of copying into socket buffers."""
-CATCH_UP_SCAN = 4096
-"""Most seqs one filtered catch-up read looks through: a filter that matches little
-cannot hold a store reader for a whole scan of the store in one read."""
 
 
 class Hub:
@@ -78,26 +67,26 @@ class Hub:
         head: int = 0,
         catch_ups_at_once: int = 2,
         recovered_cap: int = 1000,
-        catch_up_scan: int = CATCH_UP_SCAN,
     ) -> None:
         self.store = store
-        self.catch_up_scan = catch_up_scan
-        """Seqs one filtered catch-up read looks through at most."""
         self.metrics = metrics
         self.head = head
         """The last seq published; every tweet up to it is in the store."""
-        self.recovered_cap = recovered_cap
+        self.catch_ups = CatchUpReader(
+            store,
+            metrics,
+            at_once=catch_ups_at_once,
+            recovered_cap=recovered_cap,
+        )
         self.sessions: set[Session] = set()
         self._listeners: dict[str, set[Session]] = {}
-        self._reads = asyncio.Semaphore(catch_ups_at_once)
-        """Store reads of catch-ups at once, over every connection."""
         self._dirty: deque[Session] = deque()
         """Sessions with frames of a publish still to write, in turn."""
         self._flush_handle: asyncio.Handle | None = None
         self._oldest_unwritten = 0.0
         """Receive time of the oldest tweet whose frames are not all written yet."""
         self.latest_stats: bytes | None = None
-        """The last ``$stats`` frame, sent at once to a new subscriber."""
+        """The last ``stats`` payload, sent at once to a new subscriber of ``$stats``."""
         self.known = Channels()
         """The channels known when last read from the store (:meth:`refresh_channels`)."""
 
@@ -110,18 +99,19 @@ class Hub:
         self.metrics.connections.set(len(self.sessions))
 
     def remove(self, session: Session) -> None:
-        session.stop()
-        for channel in session.subscriptions:
+        """The session's connection is gone: it ends (nothing more is sent) and listens no more."""
+        session.close(CLOSE_ABNORMAL, "gone")
+        for channel in list(session.subscriptions):
+            session.unsubscribe(channel)
             self._unlisten(channel, session)
-        session.subscriptions.clear()
         self.sessions.discard(session)
         self.metrics.connections.set(len(self.sessions))
 
-    def announce(self, channel: str, frame: bytes) -> int:
-        """Send one control frame to every subscriber of ``channel``; how many got it."""
+    def announce(self, channel: str, payload: bytes) -> int:
+        """Send one control payload to every subscriber of ``channel``; how many got it."""
         sessions = list(self._listeners.get(channel, ()))
         for session in sessions:
-            session.push(frame)
+            session.push(payload)
         return len(sessions)
 
     def publish_stats(self, sample: dict[str, Any]) -> None:
@@ -134,9 +124,11 @@ class Hub:
 
     def publish(self, tweets: Sequence[StoredTweet]) -> None:
         """Fan new tweets out; they must come in seq order and be in the store already."""
-        # Each channel's frames once, in seq order; then one call per listening session,
-        # which takes the whole list as it is when its subscription is live and unfiltered.
+        # Each channel's payloads once, in seq order; then one call per listening session,
+        # which takes its kind's frames as they are when its subscription is live and
+        # unfiltered.
         per_channel: dict[str, ChannelBatch] = {}
+        epoch = self.epoch
         for tweet in tweets:
             if tweet.seq <= self.head:
                 continue  # a bus may redeliver after a reconnect
@@ -145,16 +137,16 @@ class Hub:
                 if channel not in self._listeners:
                     continue
                 try:
-                    frame = protocol.tweet_frame(channel, tweet.seq, tweet.body)
+                    payload = protocol.tweet(channel, tweet.seq, tweet.body)
                 except Exception:  # a bug for this tweet must not stop the publisher
                     log.exception("cannot encode seq %d for %s; not delivered", tweet.seq, channel)
                     self.metrics.refused.labels("delivery_failed").inc()
                     continue
                 batch = per_channel.get(channel)
                 if batch is None:
-                    batch = per_channel[channel] = ChannelBatch()
-                batch.add(tweet, frame)
-        parts: dict[Session, list[ChannelBatch]] = {}
+                    batch = per_channel[channel] = ChannelBatch(channel, epoch)
+                batch.add(tweet, payload)
+        parts: dict[Session, list[Frames]] = {}
         failed: dict[Session, BaseException] = {}
         for channel, batch in per_channel.items():
             for session in tuple(self._listeners.get(channel, ())):
@@ -198,10 +190,10 @@ class Hub:
             session = dirty.popleft()
             try:
                 count, size = session.flush_piece()
-            except Exception:  # pragma: no cover - _write catches what the socket raises
+            except Exception:  # pragma: no cover - _write catches what the transport raises
                 log.exception("writing to %s failed; closing it (1011)", session.peer)
                 count = size = 0
-                session.failed()
+                session.close(CLOSE_INTERNAL_ERROR, "internal_error")
             if count:
                 frames += count
                 writes += 1
@@ -232,7 +224,7 @@ class Hub:
         for session in failed:
             self.metrics.refused.labels("delivery_failed").inc()
             try:
-                session.failed()
+                session.close(CLOSE_INTERNAL_ERROR, "internal_error")
             except Exception:  # pragma: no cover - closing must not stop the others
                 log.debug("closing %s failed", session.peer, exc_info=True)
 
@@ -269,58 +261,40 @@ class Hub:
                     )
                 )
                 return
-            session.subscriptions[channel] = Subscription(channel, None, None)
+            sub = session.subscribe(channel, ref=ref)
             self._listeners.setdefault(channel, set()).add(session)
-            session.push(protocol.subscribed(channel, self.epoch, self.head, 0, ref))
+            session.answer(sub, self.epoch, self.head)
             if self.latest_stats is not None:
                 session.push(self.latest_stats)
             return
-        sub = Subscription(channel, tweet_filter, requested, ref=ref)
-        session.subscriptions[channel] = sub
-        filters = tweet_filter.as_dict() if tweet_filter else None
+        sub = session.subscribe(channel, tweet_filter, requested, ref)
         self._listeners.setdefault(channel, set()).add(session)
         head = self.head  # same tick as registration: see the module docstring
         if not self.known.knows(channel):
             # Not known here: the store may know more than this process's copy (an
             # ingester that just started, a tweet of a new rule). The reply waits for its
             # answer; live frames are held meanwhile, as during a catch-up.
-            sub.ref, sub.replied = ref, False
-            sub.task = asyncio.create_task(
-                self._check_channel(session, sub, since, head, filters),
-                name=f"check {channel[:64]}",
+            task = asyncio.create_task(
+                self._check_channel(session, sub, since, head), name=f"check {channel[:64]}"
             )
+            session.waits_on(sub, task)
             return
-        self._start(session, sub, since, head, filters)
+        self._start(session, sub, since, head)
 
     def _start(
-        self,
-        session: Session,
-        sub: Subscription,
-        since: Position | None,
-        head: int,
-        filters: dict[str, Any] | None,
+        self, session: Session, sub: Subscription, since: Position | None, head: int
     ) -> None:
         """Answer a subscription registered at ``head``: live at once, or a catch-up."""
-        channel, ref, known = sub.channel, sub.ref, sub.known
-        if since is None:
-            sub.replied = True
-            session.push(
-                protocol.subscribed(channel, self.epoch, head, 0, ref, filters, known=known)
+        if since is not None and since.epoch == self.epoch and since.seq <= head:
+            task = asyncio.create_task(
+                self._catch_up(session, sub, since.seq, head), name=f"catch-up {sub.channel[:64]}"
             )
-            self._go_live(session, sub, after=None)
-        elif since.epoch != self.epoch or since.seq > head:
-            sub.replied = True
-            session.push(protocol.reset(channel, self.epoch, head))
-            session.push(
-                protocol.subscribed(channel, self.epoch, head, 0, ref, filters, known=known)
-            )
-            self._go_live(session, sub, after=None)
-        else:
-            sub.replied = False
-            sub.task = asyncio.create_task(
-                self._catch_up(session, sub, since.seq, head, ref, filters),
-                name=f"catch-up {channel[:64]}",
-            )
+            session.waits_on(sub, task)
+            return
+        if since is not None:  # another history, or a seq past it: start over from here
+            session.push(protocol.reset(sub.channel, self.epoch, head))
+        session.answer(sub, self.epoch, head)
+        session.go_live(sub, after=None)
 
     async def refresh_channels(self) -> Channels:
         """Read the known channels from the store afresh, and keep them for the next
@@ -329,12 +303,7 @@ class Hub:
         return self.known
 
     async def _check_channel(
-        self,
-        session: Session,
-        sub: Subscription,
-        since: Position | None,
-        head: int,
-        filters: dict[str, Any] | None,
+        self, session: Session, sub: Subscription, since: Position | None, head: int
     ) -> None:
         """A subscription to a channel this process does not know: refused as
         ``unknown_channel`` when the store's rule set is closed and does not name it,
@@ -349,17 +318,15 @@ class Hub:
             channels = self.known
         if session.closed or session.subscriptions.get(channel) is not sub:
             return
-        sub.task = None
-        sub.known = channels.knows(channel)
+        session.mark_known(sub, channels.knows(channel))
         if not sub.known and channels.closed:
-            del session.subscriptions[channel]
-            session.release_held(sub)
+            session.unsubscribe(channel)
             self._unlisten(channel, session)
             self.metrics.bad_frames.labels("unknown_channel").inc()
             message = channels.unknown_message(channel)
             session.push(protocol.error("unknown_channel", message, "subscribe", sub.ref, channel))
             return
-        self._start(session, sub, since, head, filters)
+        self._start(session, sub, since, head)
 
     def reset_epoch(self, head: int) -> int:
         """The store's epoch changed under this process (``relay migrate --new-epoch``):
@@ -370,93 +337,57 @@ class Hub:
         count = 0
         for session in list(self.sessions):
             for channel, sub in list(session.subscriptions.items()):
-                if channel == protocol.STATS_CHANNEL:
-                    continue
-                if sub.task is not None:
-                    sub.task.cancel()
-                session.release_held(sub)  # frames of the old history
-                session.push(protocol.reset(channel, self.epoch, head))
-                if not sub.replied:  # the resume had not answered yet: answer it now
-                    filters = sub.filter.as_dict() if sub.filter else None
-                    session.push(
-                        protocol.subscribed(
-                            channel, self.epoch, head, 0, sub.ref, filters, known=sub.known
-                        )
-                    )
-                    sub.replied = True
-                sub.live = True
-                sub.task = None
-                sub.overflowed = False
-                count += 1
+                if channel != protocol.STATS_CHANNEL:
+                    session.reset(sub, self.epoch, head)
+                    count += 1
         return count
 
     def unsubscribe(self, session: Session, channel: str, ref: object = None) -> None:
-        sub = session.subscriptions.pop(channel, None)
-        if sub is None:
+        if session.unsubscribe(channel) is None:
             session.push(
                 protocol.error(
                     "not_subscribed", f"not subscribed to {channel}", "unsubscribe", ref, channel
                 )
             )
             return
-        if sub.task is not None:
-            sub.task.cancel()  # frees its turn and its read slot at once
-        session.release_held(sub)
         self._unlisten(channel, session)
         session.push(protocol.unsubscribed(channel, ref))
 
     async def close_all(self, timeout: float) -> None:
-        """Shutdown: every session gets what is queued, then 1001 with its last seq."""
+        """Shutdown: every session gets what is queued, then 1001 with its last seq; waits
+        until their connections are gone, at most ``timeout`` (the transports cut a
+        client that does not take its close)."""
         sessions = list(self.sessions)
+        for session in sessions:
+            session.close(CLOSE_GOING_AWAY, "shutdown", flush=True)
         if sessions:
-            await asyncio.gather(*(s.shutdown(timeout) for s in sessions))
+            waiting = [asyncio.ensure_future(s.wait_closed()) for s in sessions]
+            _, late = await asyncio.wait(waiting, timeout=timeout)
+            for task in late:
+                task.cancel()
 
     def channels(self) -> Iterable[str]:
         return self._listeners.keys()
 
-    async def _catch_up(
-        self,
-        session: Session,
-        sub: Subscription,
-        after: int,
-        head: int,
-        ref: object,
-        filters: dict[str, object] | None,
-    ) -> None:
-        channel = sub.channel
+    async def _catch_up(self, session: Session, sub: Subscription, after: int, head: int) -> None:
+        """A resume: the count, ``subscribed``, the stored tweets after ``after``, then live."""
+        channel, reader = sub.channel, self.catch_ups
         try:
             async with session.catch_up_turn:
-                async with self._reads:
-                    oldest = await self.store.oldest_seq()
-                    counted = await self.store.count_after(
-                        channel, after, head, cap=self.recovered_cap
-                    )
+                oldest, counted = await reader.count(channel, after, head)
                 if oldest > after + 1:  # retention deleted some of what the client missed
                     session.push(protocol.history_start(channel, self.epoch, oldest))
                     self.metrics.history_gone.inc()
-                capped = counted > self.recovered_cap
-                sub.replied = True
-                session.push(
-                    protocol.subscribed(
-                        channel,
-                        self.epoch,
-                        head,
-                        min(counted, self.recovered_cap),
-                        ref,
-                        filters,
-                        capped=capped,
-                        known=sub.known,
-                    )
-                )
+                cap = reader.recovered_cap
+                session.answer(sub, self.epoch, head, min(counted, cap), capped=counted > cap)
                 last = after
                 while True:
-                    last = await self._copy(session, sub, last, head)
-                    if not sub.overflowed:
+                    last = await reader.copy(session, sub, last, head, self.epoch)
+                    if not session.take_overflow(sub):
                         break
                     # Live frames were dropped while we read: read on up to the new head.
-                    sub.overflowed = False
                     head = self.head
-                self._go_live(session, sub, after=last)
+                session.go_live(sub, after=last)
         except SessionClosed:
             pass
         except asyncio.CancelledError:
@@ -470,90 +401,21 @@ class Hub:
                     "internal",
                     "the store is damaged; resume from another relay or later",
                     "subscribe",
-                    ref,
+                    sub.ref,
                     channel,
                 )
             )
-            session.failed()
+            session.close(CLOSE_INTERNAL_ERROR, "internal_error")
         except Exception:
             log.exception("catch-up of %s for %s failed", channel, session.peer)
             session.push(
                 protocol.error(
-                    "internal", "catch-up failed; resubscribe", "subscribe", ref, channel
+                    "internal", "catch-up failed; resubscribe", "subscribe", sub.ref, channel
                 )
             )
             if session.subscriptions.get(channel) is sub:
-                del session.subscriptions[channel]
-                session.release_held(sub)
+                session.unsubscribe(channel)
                 self._unlisten(channel, session)
-
-    async def _copy(self, session: Session, sub: Subscription, last: int, head: int) -> int:
-        """Copy the channel's stored tweets ``last < seq <= head`` to the client, paced.
-
-        Each page goes out in one write once the client has taken all but a quarter of
-        the buffer; the next page is read while the client takes this one, so the client
-        never waits for the store (one page ahead: at most the buffer's worth held).
-        """
-        page_bytes = max(1, session.limit // 2)
-        ahead: asyncio.Future[_Page] | None = None
-        try:
-            while last < head:
-                if ahead is None:
-                    ahead = asyncio.ensure_future(self._page(sub, last, head, page_bytes))
-                page, until, read_with = await ahead
-                ahead = None
-                # A complete page holds every match up to until (Log.read_bodies).
-                after = until if page.complete else page.last
-                if after < head:
-                    ahead = asyncio.ensure_future(self._page(sub, after, head, page_bytes))
-                await session.wait_room()
-                if session.closed:
-                    raise SessionClosed
-                if read_with is not sub.filter:
-                    # A refresh changed the filter while this page was read or waited for
-                    # room: read it again under the filter now in force.
-                    if ahead is not None:
-                        ahead.cancel()
-                        ahead = None
-                    continue
-                if page.count:
-                    # The frames of the page, built by the store's reader, in one write.
-                    session.send_page(page.built, page.count, page.last)
-                    self.metrics.recovered.inc(page.count)
-                last = after
-        finally:
-            if ahead is not None:
-                ahead.cancel()  # a read of a page nobody will send
-        return last
-
-    async def _page(self, sub: Subscription, last: int, head: int, page_bytes: int) -> _Page:
-        """One page of the channel's stored tweets after ``last`` as frames, how far it
-        looked, and the filter it was read with."""
-        # The filter goes to the store, so tweets it refuses are never read out (the
-        # store's conditions mean what TweetFilter.matches means); taken afresh for each
-        # page, as a refresh may narrow it.
-        read_with = sub.filter
-        conditions = read_with.conditions() if read_with is not None else ()
-        until = min(head, last + self.catch_up_scan) if conditions else head
-        channel = sub.channel
-        async with self._reads:
-            page = await self.store.read_bodies(
-                channel,
-                last,
-                until,
-                CATCH_UP_PAGE,
-                partial(protocol.tweet_page, channel),
-                max_bytes=page_bytes,
-                conditions=conditions,
-            )
-        return page, until, read_with
-
-    @staticmethod
-    def _go_live(session: Session, sub: Subscription, after: int | None) -> None:
-        held = session.release_held(sub)
-        session.send_now([(frame, seq) for frame, seq in held if after is None or seq > after])
-        sub.live = True
-        sub.task = None
 
     def _unlisten(self, channel: str, session: Session) -> None:
         listeners = self._listeners.get(channel)

@@ -1,10 +1,11 @@
-"""One client connection's outbound side: frames written straight to its transport.
+"""One client's subscriptions and send side, whatever its transport.
 
 No task per connection and no coroutine per frame: the hub gives a session
-everything one publish has for it (ready WebSocket frames, the same bytes for
-every client) and the session writes them to the socket in one write, or in a
-few pieces of at most a quarter of ``send_buffer`` when the publish is large
-(the hub interleaves those pieces with other clients' and yields between turns).
+everything one publish has for it (ready frames of its transport kind, the same
+bytes for every client of that kind) and the session writes them to its
+:class:`~relay.stream.transport.Transport` in one write, or in a few pieces of at
+most a quarter of ``send_buffer`` when the publish is large (the hub interleaves
+those pieces with other clients' and yields between turns).
 
 The transport's own write buffer is the send buffer. A client is slow when it
 has not taken what it was sent before: more than ``send_buffer`` bytes from
@@ -15,87 +16,47 @@ publish's bytes are written, so one large publish never makes a client slow by
 itself; ``LAG_ALLOWANCE`` buffers' worth bounds what one connection can hold
 while the relay itself lags behind.
 
-A connection that negotiated an extension (permessage-deflate, off by default)
-cannot take shared bytes: its frames go through websockets' own sans-I/O send
-path, still synchronously, still one publish at a time.
+The session owns its subscriptions: only the methods here change them (the hub
+and the server ask). It ends one way, :meth:`Session.close`, whatever the reason
+(a slow client, shutdown, a refusal, a failure, the peer gone).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
-
-from websockets.protocol import Protocol as WsProtocol
-from websockets.protocol import State
+from typing import TYPE_CHECKING, Any
 
 from relay.core import protocol
-from relay.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_SLOW_CONSUMER, SessionClosed
+from relay.errors import CLOSE_ABNORMAL, CLOSE_SLOW_CONSUMER, SessionClosed
+from relay.stream.payloads import Frames
 
 if TYPE_CHECKING:
-    from relay.core.auth import Grant, TokenBucket
     from relay.core.filters import TweetFilter
     from relay.obs.metrics import Metrics
     from relay.store import StoredTweet
+    from relay.stream.payloads import ChannelBatch
+    from relay.stream.transport import Transport
 
 log = logging.getLogger(__name__)
 
 LAG_ALLOWANCE = 8
 """Send buffers' worth a connection may hold (written and pending) while the relay lags."""
 
-LIBRARY_WRITE_LIMIT = 64 * 1024
-"""The transport's default high-water mark (asyncio's), above which it pauses our writes."""
-
-CLOSE_TIMEOUT = 2.0
-"""Seconds a client gets to take the close frame before the connection is cut."""
 ROOM_POLL = 0.005
 """Seconds between backlog checks of a waiting catch-up when the transport is not paused."""
 
 Frame = tuple[bytes, int]
-"""A complete WebSocket frame ready for the wire and the seq it carries (0: a reply)."""
-
-
-class Connection(Protocol):
-    """What a session needs of a WebSocket connection."""
-
-    async def close(self, code: int = 1000, reason: str = "") -> None: ...
-
-    async def drain(self) -> None: ...
-
-    def send_data(self) -> None: ...
-
-    @property
-    def protocol(self) -> WsProtocol: ...
-
-    @property
-    def transport(self) -> asyncio.Transport: ...
-
-
-class ChannelBatch:
-    """One channel's frames of one publish, in seq order, shared by every listener."""
-
-    __slots__ = ("frames", "seqs", "size", "tweets")
-
-    def __init__(self) -> None:
-        self.tweets: list[StoredTweet] = []
-        self.frames: list[bytes] = []
-        self.seqs: list[int] = []
-        self.size = 0
-
-    def add(self, tweet: StoredTweet, frame: bytes) -> None:
-        self.tweets.append(tweet)
-        self.frames.append(frame)
-        self.seqs.append(tweet.seq)
-        self.size += len(frame)
+"""A complete frame ready for the wire and the seq it carries (0: a reply)."""
 
 
 @dataclass(eq=False, slots=True)
 class Subscription:
-    """A session's interest in one channel; held frames wait while it catches up."""
+    """A session's interest in one channel; held frames wait while it catches up.
+
+    Changed only by its session's methods."""
 
     channel: str
     filter: TweetFilter | None = None
@@ -108,7 +69,7 @@ class Subscription:
     task: asyncio.Task[None] | None = None
     ref: Any = None
     """The subscribe's ``id``, for a reply the catch-up has not sent yet."""
-    replied: bool = True
+    replied: bool = False
     """``subscribed`` went out (a resume sends it once the store has counted)."""
     known: bool = True
     """The channel is one the relay knows (False: a rule no tweet matched yet, the rule
@@ -118,35 +79,27 @@ class Subscription:
 class Session:
     __slots__ = (
         "_catch_up_turn",
-        "_closing",
         "_held",
         "_out",
         "_out_bytes",
         "_out_seq",
-        "address",
-        "bucket",
         "closed",
-        "conn",
-        "counted_subject",
-        "expiry",
-        "grant",
         "last_seq",
         "limit",
         "metrics",
         "peer",
         "piece",
-        "refreshed",
         "scheduled",
         "sent_bytes",
-        "started",
         "subscriptions",
+        "transport",
         "writes",
     )
 
     def __init__(
-        self, conn: Connection, *, send_buffer: int, metrics: Metrics, peer: str = ""
+        self, transport: Transport, *, send_buffer: int, metrics: Metrics, peer: str = ""
     ) -> None:
-        self.conn = conn
+        self.transport = transport
         self.peer = peer
         self.limit = send_buffer
         self.piece = max(1, send_buffer // 4)
@@ -156,18 +109,9 @@ class Session:
         self.last_seq = 0
         self.closed = False
         self.writes = 0
-        """Writes of frames to this connection's transport (coalesced: one per publish)."""
+        """Writes of frames to this session's transport (coalesced: one per publish)."""
         self.sent_bytes = 0
         """Bytes of frames written (before compression), for the access log."""
-        self.started = time.monotonic()
-        # The server's per-connection state: the client's address, the token's grant,
-        # the frame rate, the subject it is counted under, the token's expiry watch.
-        self.address = ""
-        self.grant: Grant | None = None
-        self.bucket: TokenBucket | None = None
-        self.counted_subject: str | None = None
-        self.refreshed: asyncio.Event | None = None
-        self.expiry: asyncio.Task[None] | None = None
         self._catch_up_turn: asyncio.Lock | None = None
         self.scheduled = False
         """The hub has this session in its list of sessions with frames to write."""
@@ -176,13 +120,6 @@ class Session:
         self._out_bytes = 0
         self._held = 0
         """Bytes of live frames held for subscriptions still catching up."""
-        self._closing: asyncio.Task[None] | None = None
-        low = self.limit // 4
-        if low < LIBRARY_WRITE_LIMIT:
-            # Not paused must mean "at most a quarter of the send buffer unsent", so that a
-            # waiting catch-up can sleep in drain() instead of polling.
-            with contextlib.suppress(Exception):
-                conn.transport.set_write_buffer_limits(high=max(1, low))
 
     @property
     def catch_up_turn(self) -> asyncio.Lock:
@@ -191,13 +128,88 @@ class Session:
             self._catch_up_turn = asyncio.Lock()
         return self._catch_up_turn
 
-    @property
-    def queued_bytes(self) -> int:
-        """Bytes handed to this session and not yet written to its transport."""
-        return self._out_bytes
+    # -- subscriptions -----------------------------------------------------------------
+
+    def subscribe(
+        self,
+        channel: str,
+        tweet_filter: TweetFilter | None = None,
+        requested: Any = None,
+        ref: Any = None,
+    ) -> Subscription:
+        """Register interest in ``channel``: its live frames are held until it goes live."""
+        sub = self.subscriptions[channel] = Subscription(channel, tweet_filter, requested, ref=ref)
+        return sub
+
+    def answer(
+        self, sub: Subscription, epoch: str, head: int, recovered: int = 0, *, capped: bool = False
+    ) -> None:
+        """Send the subscription's ``subscribed`` reply (a resume's, once the store counted)."""
+        filters = sub.filter.as_dict() if sub.filter else None
+        self.push(
+            protocol.subscribed(
+                sub.channel,
+                epoch,
+                head,
+                recovered,
+                sub.ref,
+                filters,
+                capped=capped,
+                known=sub.known,
+            )
+        )
+        sub.replied = True
+
+    def waits_on(self, sub: Subscription, task: asyncio.Task[None]) -> None:
+        """The subscription goes live when ``task`` (a channel check, a catch-up) says so;
+        an unsubscribe or the end of the session cancels it."""
+        sub.task = task
+
+    def mark_known(self, sub: Subscription, known: bool) -> None:
+        sub.known = known
+
+    def go_live(self, sub: Subscription, after: int | None) -> None:
+        """Send the held frames past ``after`` (None: all), then every frame as it comes."""
+        held = self.release_held(sub)
+        self.send_now([(frame, seq) for frame, seq in held if after is None or seq > after])
+        sub.live = True
+        sub.task = None
+
+    def take_overflow(self, sub: Subscription) -> bool:
+        """Whether live frames were dropped while the subscription caught up (they are in
+        the store: the catch-up reads on); the mark is cleared."""
+        overflowed, sub.overflowed = sub.overflowed, False
+        return overflowed
+
+    def refilter(self, channel: str, tweet_filter: TweetFilter | None) -> None:
+        """From now on ``tweet_filter`` bounds the subscription's live frames and pages."""
+        self.subscriptions[channel].filter = tweet_filter
+
+    def reset(self, sub: Subscription, epoch: str, head: int) -> None:
+        """The store's history changed under the subscription: ``reset`` to ``head`` of
+        ``epoch``, its reply if it had none, and live from there (a catch-up stops)."""
+        _stop(sub.task)
+        self.release_held(sub)  # frames of the old history
+        self.push(protocol.reset(sub.channel, epoch, head))
+        if not sub.replied:  # the resume had not answered yet: answer it now
+            self.answer(sub, epoch, head)
+        sub.live = True
+        sub.task = None
+        sub.overflowed = False
+
+    def unsubscribe(self, channel: str) -> Subscription | None:
+        """End the subscription to ``channel`` (its catch-up stops at once); None if none."""
+        sub = self.subscriptions.pop(channel, None)
+        if sub is not None:
+            _stop(sub.task)  # frees its turn and its read slot at once
+            self.release_held(sub)
+        return sub
+
+    # -- the send side -----------------------------------------------------------------
 
     @property
     def pending(self) -> bool:
+        """Frames handed to this session wait to be written."""
         return bool(self._out)
 
     def backlog(self) -> int:
@@ -205,32 +217,31 @@ class Session:
         return self._out_bytes + self.transport_backlog()
 
     def transport_backlog(self) -> int:
-        try:
-            return self.conn.transport.get_write_buffer_size()
-        except Exception:  # a transport already gone holds nothing
-            return 0
+        return self.transport.backlog()
 
-    def push(self, frame: bytes, seq: int = 0) -> None:
+    def push(self, payload: bytes, seq: int = 0) -> None:
         """Send one reply now (after anything still pending, so order holds)."""
-        self.send_now(((protocol.text_frame(frame), seq),))
+        self.send_now(((self.transport.framing.message(payload), seq),))
 
-    def take_batch(self, channel: str, batch: ChannelBatch) -> ChannelBatch | None:
+    def take_batch(self, channel: str, batch: ChannelBatch) -> Frames | None:
         """What of a channel's publish goes out to this client now (the rest is held or
-        filtered out): the shared batch itself when the subscription is live and takes all."""
+        filtered out): the shared frames themselves when the subscription is live and
+        takes all."""
         if self.closed:
             return None
         sub = self.subscriptions.get(channel)
         if sub is None:
             return None
+        framed = batch.framed(self.transport.framing)
         if sub.live and sub.filter is None:
-            return batch
-        mine = ChannelBatch()
-        for tweet, frame in zip(batch.tweets, batch.frames, strict=True):
-            if self.take(channel, tweet, frame):
-                mine.add(tweet, frame)
+            return framed
+        mine = Frames()
+        for tweet, frame in zip(batch.tweets, framed.frames, strict=True):
+            if self._take(sub, tweet, frame):
+                mine.add(frame, tweet.seq)
         return mine if mine.frames else None
 
-    def deliver_batch(self, batches: list[ChannelBatch]) -> bool:
+    def deliver_batch(self, parts: list[Frames]) -> bool:
         """Take what one publish has for this client; True when it waits to be written.
 
         The transport's buffer before this publish decides: past the limit the client
@@ -240,17 +251,17 @@ class Session:
             return False
         buffered = self.transport_backlog()
         if buffered > self.limit or buffered + self._out_bytes > LAG_ALLOWANCE * self.limit:
-            self.slow_consumer()
+            self.close(CLOSE_SLOW_CONSUMER, "slow_consumer")
             return False
-        if len(batches) == 1:
-            (batch,) = batches
-            self._out.extend(batch.frames)
-            self._out_seq.extend(batch.seqs)
-            self._out_bytes += batch.size
+        if len(parts) == 1:
+            (part,) = parts
+            self._out.extend(part.frames)
+            self._out_seq.extend(part.seqs)
+            self._out_bytes += part.size
         else:
             # Several channels: their frames interleaved back into seq order.
             merged = sorted(
-                (pair for b in batches for pair in zip(b.frames, b.seqs, strict=True)),
+                (pair for p in parts for pair in zip(p.frames, p.seqs, strict=True)),
                 key=lambda pair: pair[1],
             )
             self._add(merged)
@@ -311,40 +322,20 @@ class Session:
         del self._out_seq[:count]
         size = sum(map(len, frames))
         self._out_bytes -= size
-        conn = self.conn
-        ws = conn.protocol
         try:
-            if ws.state is not State.OPEN:
-                # The library is closing this connection: the handler will clean up.
-                self._drop()
-                return False
-            if ws.expect_continuation_frame:  # pragma: no cover - the relay never fragments
-                raise RuntimeError("a fragmented message is being sent")
-            if ws.extensions:
-                # Compressed per connection: the library's own framing, still synchronous.
-                for frame in frames:  # a catch-up page holds several frames
-                    for payload in protocol.frame_payloads(frame):
-                        ws.send_text(payload)
-                conn.send_data()
-            else:
-                # Whole frames only: the library's own writes (pongs, pings, close) land
-                # between ours, never inside one.
-                conn.transport.write(frames[0] if count == 1 else b"".join(frames))
-        except Exception as exc:  # the socket went away; the handler notices and cleans up
+            written = self.transport.write(frames[0] if count == 1 else b"".join(frames))
+        except Exception as exc:  # a transport that fails is cut; its end reaches the server
             log.debug("writing to %s failed: %s", self.peer, exc)
-            self._drop()
+            written = False
+        if not written:
+            # Closing (the client's close came first) or gone: nothing more goes out.
+            self.close(CLOSE_ABNORMAL, "gone")
             return False
         self.writes += 1
         self.sent_bytes += size
         if last > self.last_seq:
             self.last_seq = last
         return True
-
-    def _drop(self) -> None:
-        self.closed = True
-        self._out.clear()
-        self._out_seq.clear()
-        self._out_bytes = 0
 
     async def wait_room(self) -> None:
         """Wait until at most a quarter of the send buffer is unsent: the client reads."""
@@ -357,24 +348,19 @@ class Session:
                 continue
             if self.transport_backlog() <= low:
                 return
-            if getattr(self.conn, "paused", True):
-                try:
-                    # Wakes when the transport drains below its low-water mark; bounded by
-                    # ping_timeout on our connections (a client that reads nothing).
-                    await self.conn.drain()
-                except Exception:
-                    self._drop()
-                    self.conn.transport.abort()
-                    raise SessionClosed from None
-            else:
-                await asyncio.sleep(ROOM_POLL)
+            try:
+                # Wakes when the transport drains below its low-water mark; bounded by
+                # ping_timeout on our connections (a client that reads nothing).
+                await self.transport.drain()
+            except Exception:
+                self.close(CLOSE_ABNORMAL, "gone")
+                raise SessionClosed from None
+            if self.transport_backlog() > low:
+                await asyncio.sleep(ROOM_POLL)  # not paused, not yet below: look again soon
 
-    def take(self, channel: str, tweet: StoredTweet, frame: bytes) -> bool:
+    def _take(self, sub: Subscription, tweet: StoredTweet, frame: bytes) -> bool:
         """A live tweet of a channel: True if it goes out now; held while catching up."""
-        if self.closed:
-            return False
-        sub = self.subscriptions.get(channel)
-        if sub is None or not wanted(sub, tweet):
+        if not wanted(sub, tweet):
             return False
         if sub.live:
             return True
@@ -397,70 +383,40 @@ class Session:
         sub.held_bytes = 0
         return held
 
-    def slow_consumer(self) -> None:
+    # -- the end -----------------------------------------------------------------------
+
+    def close(self, code: int, reason: str, message: str = "", *, flush: bool = False) -> None:
+        """End the session, whatever the reason: every catch-up stops, what is pending is
+        dropped (``flush``: written first, as at shutdown), and the transport closes with
+        ``code`` and a reason carrying the last seq sent, from where the client resumes
+        (``message``: words for people). A slow consumer (4008) is counted and logged.
+        :data:`~relay.errors.CLOSE_ABNORMAL`: the transport failed or is gone (it is cut,
+        nothing is sent). Closing again does nothing."""
         if self.closed:
             return
-        log.warning(
-            "closing slow consumer %s: %d bytes unsent, last seq %d",
-            self.peer,
-            self.backlog(),
-            self.last_seq,
-        )
-        self.metrics.slow_consumers.inc()
-        self.abandon(CLOSE_SLOW_CONSUMER, "slow_consumer")
-
-    def failed(self) -> None:
-        """Delivering to this client raised: close it (1011) and let it resume."""
-        if not self.closed:
-            self.abandon(CLOSE_INTERNAL_ERROR, "internal_error")
-
-    def abandon(self, code: int, reason: str) -> None:
-        """Close with ``code`` and the last seq, from synchronous code; drop what is pending."""
-        if self.closed:
-            return
-        self._drop()
-        self._closing = asyncio.create_task(self._close(code, reason, CLOSE_TIMEOUT))
-        self._closing.add_done_callback(_ignore_result)
-
-    async def wait_abandoned(self) -> None:
-        """Wait for a close begun by :meth:`abandon`, so that its code is the one sent."""
-        if self._closing is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._closing)
-
-    async def close_now(self, code: int, reason: str, message: str = "") -> None:
-        """Close at once (policy, expiry): what is pending is dropped."""
-        self._drop()
-        await self._close(code, reason, CLOSE_TIMEOUT, message)
-
-    async def _close(self, code: int, reason: str, timeout: float, message: str = "") -> None:
-        """Close with a code and the last seq; abort if the client does not take the frame."""
-        try:
-            await asyncio.wait_for(
-                self.conn.close(code, protocol.close_reason(reason, self.last_seq, message)),
-                timeout,
+        if flush:
+            self.send_now(())
+            if self.closed:  # the transport failed meanwhile
+                return
+        if code == CLOSE_SLOW_CONSUMER:
+            log.warning(
+                "closing slow consumer %s: %d bytes unsent, last seq %d",
+                self.peer,
+                self.backlog(),
+                self.last_seq,
             )
-        except Exception:
-            # A client that reads nothing never lets the close frame out: cut it off.
-            self.conn.transport.abort()
-
-    async def shutdown(self, timeout: float) -> None:
-        """Write what is pending, then close with 1001 and the last seq (within ``timeout``)."""
-        if self.closed:
-            return
-        self.send_now(())
+            self.metrics.slow_consumers.inc()
         self.closed = True
+        self._out.clear()
+        self._out_seq.clear()
+        self._out_bytes = 0
         for sub in self.subscriptions.values():
-            if sub.task is not None:
-                sub.task.cancel()
-        await self._close(CLOSE_GOING_AWAY, "shutdown", timeout)
+            _stop(sub.task)
+        self.transport.close(code, protocol.close_reason(reason, self.last_seq, message))
 
-    def stop(self) -> None:
-        """The connection is gone: drop what is pending and stop every catch-up."""
-        self._drop()
-        for sub in self.subscriptions.values():
-            if sub.task is not None:
-                sub.task.cancel()
+    async def wait_closed(self) -> None:
+        """Return once the session's transport is gone."""
+        await self.transport.wait_closed()
 
 
 def wanted(sub: Subscription, tweet: StoredTweet) -> bool:
@@ -470,6 +426,8 @@ def wanted(sub: Subscription, tweet: StoredTweet) -> bool:
     )
 
 
-def _ignore_result(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+def _stop(task: asyncio.Task[None] | None) -> None:
+    """Cancel a subscription's task, unless it is the one running: that one is the
+    caller, and ends by itself (it returns, or sees the session closed at its next step)."""
+    if task is not None and task is not asyncio.current_task():
+        task.cancel()

@@ -1,4 +1,4 @@
-"""One WebSocket connection: an asyncio protocol over websockets' sans-I/O protocol.
+"""One connection of the shared port: an asyncio protocol over websockets' sans-I/O protocol.
 
 websockets' asyncio layer runs a handler task and a keepalive task per connection,
 with their buffers; at 10,000 idle subscribers that was most of the relay's memory.
@@ -12,8 +12,11 @@ It is where the relay sees every byte, frame and write, so nothing a client does
 escapes the connection's bounds: the socket count per address (from the accept,
 before any byte is read), the frame rate (control frames included), the largest
 frame, and the outbound bound (the transport's write buffer, see
-:mod:`relay.stream.session`). The server (:class:`Handler`) sees the opening request,
-whole messages and the end.
+:mod:`relay.stream.session`). The server (its :class:`~relay.web.roles.Handler`) sees the
+opening request, which it answers on the raw transport (:meth:`StreamConnection.respond`:
+whole, or streamed) or has upgraded, then whole messages and the end. Upgraded, the
+connection is the WebSocket :class:`~relay.stream.transport.Transport` of a session;
+:meth:`StreamConnection.close` is the one way it is closed.
 """
 
 from __future__ import annotations
@@ -22,145 +25,33 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
-from websockets.http11 import SERVER, Request, Response
+from websockets.http11 import SERVER, Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from relay.obs.sampling import LogSampler
-from relay.stream.session import CLOSE_TIMEOUT, LAG_ALLOWANCE
-from relay.web import http_wire
+from relay.errors import CLOSE_ABNORMAL, CLOSE_SLOW_CONSUMER
+from relay.stream.session import LAG_ALLOWANCE
+from relay.web import http_wire, ws_frames
+from relay.web.sockets import socket_name
 
 if TYPE_CHECKING:
-    from websockets.extensions.base import ServerExtensionFactory
-
-    from relay.core.auth import Grant
-    from relay.obs.metrics import Metrics
-    from relay.stream.session import Session
+    from relay.stream.transport import Framing
+    from relay.web.clients import Client
+    from relay.web.roles import Host
 
 log = logging.getLogger(__name__)
 
-
-def socket_name(address: Any) -> str:
-    """A socket address for a log line: ``host:port`` (a tuple from the transport)."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return str(address)
-
-
-class SocketCount:
-    """Open TCP connections per socket address, in any state, against one bound.
-
-    Counted from the accept, before any byte is read: a half-sent request, a plain
-    HTTP request and an upgraded stream each hold a file descriptor, and only the
-    upgraded ones count against ``max_connections_per_address``. ``bound`` 0 counts
-    without refusing (behind a proxy every client has the proxy's address).
-    """
-
-    def __init__(self, bound: int, metrics: Metrics) -> None:
-        self.bound = bound
-        self.metrics = metrics
-        self.open: Counter[str] = Counter()
-        self._logged = LogSampler(what="connections over the socket bound")
-
-    def add(self, address: str) -> bool:
-        """Count a new connection from ``address``; False (and counted) when over the bound."""
-        if self.bound and self.open[address] >= self.bound:
-            self.metrics.refused.labels("too_many_sockets").inc()
-            if self._logged.allow(time.monotonic()):
-                log.info(
-                    "refused a connection from %s: %d sockets open from that address",
-                    address,
-                    self.open[address],
-                )
-            return False
-        self.open[address] += 1
-        return True
-
-    def remove(self, address: str) -> None:
-        self.open[address] -= 1
-        if self.open[address] <= 0:
-            del self.open[address]
-
-
-class AcceptErrorFilter(logging.Filter):
-    """Lets through a sample of asyncio's "out of system resource" accept errors.
-
-    Out of file descriptors, asyncio logs a traceback at every retry of the accept
-    (each second, for each listening socket) for as long as it lasts: one line per
-    minute, and then how many were not logged, says the same.
-    """
-
-    MESSAGE = "socket.accept() out of system resource"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sampler = LogSampler(burst=1, window=60.0, what="accept errors (out of resources)")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith(self.MESSAGE):
-            return True
-        return self.sampler.allow(time.monotonic())
-
-
-def sample_accept_errors() -> None:
-    """Install :class:`AcceptErrorFilter` on asyncio's logger, once per process."""
-    logger = logging.getLogger("asyncio")
-    if not any(isinstance(f, AcceptErrorFilter) for f in logger.filters):
-        logger.addFilter(AcceptErrorFilter())
-
-
-class Handler(Protocol):
-    """What a connection asks of the server (:class:`relay.web.server.StreamServer`)."""
-
-    async def process_request(
-        self, conn: StreamConnection, request: Request
-    ) -> Response | None: ...
-
-    def opened(self, conn: StreamConnection) -> None: ...
-
-    def malformed(self, conn: StreamConnection, refusal: http_wire.Refusal) -> None:
-        """A request that was not HTTP/1.x was answered (400, 414, 431, 505) at the wire."""
-        ...
-
-    def received(self, conn: StreamConnection, message: str | bytes) -> None: ...
-
-    def control(self, conn: StreamConnection) -> bool:
-        """A ping or pong came; False when the client is over its rate."""
-        ...
-
-    def closed(self, conn: StreamConnection) -> None: ...
-
-
+CLOSE_TIMEOUT = 2.0
+"""Seconds a client gets to take the close (a close frame, the end of an answer) before
+the connection is cut."""
+LIBRARY_WRITE_LIMIT = 64 * 1024
+"""The transport's default high-water mark (asyncio's), above which it pauses our writes."""
 _NEVER = float("inf")
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 _CONTROL = (Opcode.PING, Opcode.PONG)
-
-
-class Host(Protocol):
-    """What a connection reads from the listener that accepted it (its limits, its timer
-    clock, the registries it joins), so that the connection does not import the listener
-    that creates it."""
-
-    handler: Handler
-    sockets: SocketCount
-    metrics: Metrics
-    max_size: int
-    extensions: list[ServerExtensionFactory] | None
-    ping_interval: float
-    ping_timeout: float
-    open_timeout: float
-    ws_logger: logging.Logger
-    logged: LogSampler
-    failures: LogSampler
-    connections: set[StreamConnection]
-    serving: bool
-
-    def now(self) -> float: ...
 
 
 class StreamConnection(asyncio.Protocol):
@@ -183,7 +74,6 @@ class StreamConnection(asyncio.Protocol):
         "deadline",
         "discarding",
         "due",
-        "grant",
         "latency",
         "listener",
         "opened",
@@ -193,25 +83,25 @@ class StreamConnection(asyncio.Protocol):
         "pong_due",
         "protocol",
         "remote_address",
-        "session",
         "transport",
         "unsent",
     )
 
     protocol: ServerProtocol
     transport: asyncio.Transport
+    framing: Framing = ws_frames.WEBSOCKET
+    """What a session writes here: WebSocket frames."""
 
-    def __init__(self, listener: Host) -> None:
+    def __init__(self, listener: Host[StreamConnection]) -> None:
         self.listener = listener
         self.remote_address: Any = None
         self.counted_as: str | None = None
         """The socket address this connection is counted under, while it is open."""
-        self.client = ""
-        """The client's address (behind trusted proxies, the one they forwarded)."""
-        self.grant: Grant | None = None
-        self.session: Session | None = None
+        self.client: Client | None = None
+        """The server's record of the stream client, once its request is authorised."""
         self.opened = False
-        """The upgrade succeeded and the server has not yet seen the end."""
+        """The upgrade succeeded (or an answer streams) and the server has not yet seen
+        the end."""
         self.discarding = False
         """Input is dropped (a flooding client is being cut off)."""
         self.paused = False
@@ -240,7 +130,14 @@ class StreamConnection(asyncio.Protocol):
         listener = self.listener
         self.remote_address = transport.get_extra_info("peername")
         address = socket_name(self.remote_address).rsplit(":", 1)[0]
-        if not listener.sockets.add(address):
+        sockets = listener.sockets
+        if not sockets.add(address):
+            if sockets.logged.allow(time.monotonic()):
+                log.info(
+                    "refused a connection from %s: %d sockets open from that address",
+                    address,
+                    sockets.open[address],
+                )
             # Before anything else: nothing to time out, nothing to close.
             self.transport.abort()
             return
@@ -253,26 +150,20 @@ class StreamConnection(asyncio.Protocol):
         http_wire.install(self.protocol, self._malformed)
 
     def data_received(self, data: bytes) -> None:
-        session = self.session
-        if self.discarding or (
-            session is not None and session.closed and session.backlog() > session.limit
-        ):
+        limit = self.listener.send_buffer
+        if self.discarding or (self.protocol.close_sent is not None and self.backlog() > limit):
             # A client being cut off gets no more answers (pongs) to pile up; not reading
             # pushes back on its sending until the close times out and aborts.
             self.transport.pause_reading()
             return
         self.protocol.receive_data(data)
         self._step()
-        session = self.session
-        if (
-            session is not None
-            and not session.closed
-            and session.transport_backlog() > LAG_ALLOWANCE * session.limit
-        ):
+        session = self.client.session if self.client is not None else None
+        if session is not None and self.backlog() > LAG_ALLOWANCE * limit:
             # Pongs for the client's pings go straight to the transport, after our frames;
             # a publish may leave up to its own size there, so only the connection's hard
             # bound applies here (publishes check the send buffer).
-            session.slow_consumer()
+            session.close(CLOSE_SLOW_CONSUMER, "slow_consumer")
 
     def eof_received(self) -> bool | None:
         self.protocol.receive_eof()
@@ -310,11 +201,32 @@ class StreamConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    # -- what the session and the server use --------------------------------------
+    # -- the WebSocket transport of a session, and the answers of the server ----------
 
     @property
     def lost(self) -> bool:
         return self.counted_as is None
+
+    def write(self, data: bytes) -> bool:
+        """Write complete frames built by :mod:`relay.web.ws_frames` as one write; False
+        once the connection is closing (the library answered a close) or gone."""
+        ws = self.protocol
+        if ws.state is not State.OPEN:
+            return False
+        if ws.extensions:
+            # Compressed per connection: the library's own framing, still synchronous.
+            for payload in ws_frames.payloads(data):
+                ws.send_text(payload)
+            self.send_data()
+        else:
+            # Whole frames only: the library's own writes (pongs, pings, close) land
+            # between ours, never inside one.
+            self.transport.write(data)
+        return True
+
+    def backlog(self) -> int:
+        """Bytes written and not yet taken by the client."""
+        return self.transport.get_write_buffer_size()
 
     def send_data(self) -> None:
         """Write what the protocol has to send (frames, a close, a half-close)."""
@@ -342,32 +254,68 @@ class StreamConnection(asyncio.Protocol):
             self.write_timed_out()
             raise
 
-    def begin_close(self, code: int, reason: str = "") -> None:
-        """Send a close frame now; the client has ``CLOSE_TIMEOUT`` to answer it."""
+    def close(self, code: int, reason: str = "", *, at_once: bool = False) -> None:
+        """End the connection: the one way it is closed, whatever the reason.
+
+        An open WebSocket gets a close frame with ``code`` and ``reason`` after what was
+        written; the client has ``CLOSE_TIMEOUT`` to answer it before it is cut.
+        ``at_once``: the client broke the protocol (RFC 6455 7.1.7), our side ends now and
+        what it sends next is not read. ``CLOSE_ABNORMAL``, or a connection not upgraded,
+        is cut at once (an answer already ending is left to end). Once closing or gone,
+        nothing happens.
+        """
         if self.lost:
             return
         ws = self.protocol
-        if ws.state is State.OPEN:
-            try:
+        if ws.state is State.OPEN and code != CLOSE_ABNORMAL:
+            if at_once:
+                ws.fail(code, reason)
+            else:
                 ws.send_close(code, reason)
-            except InvalidState:  # pragma: no cover - checked just above
-                return
             self.send_data()
             self._close_by(self.listener.now() + CLOSE_TIMEOUT)
-        elif ws.state is State.CONNECTING:
+        elif ws.state is State.OPEN or (ws.state is State.CONNECTING and not ws.eof_sent):
             self.transport.abort()
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close with ``code`` and wait until the connection is gone."""
-        self.begin_close(code, reason)
-        await self.wait_lost()
-
-    async def wait_lost(self) -> None:
+    async def wait_closed(self) -> None:
         if self.lost:
             return
         if self._lost is None:
             self._lost = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._lost)
+
+    def respond(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: bytes = b"",
+        *,
+        streamed: bool = False,
+    ) -> None:
+        """Answer the opening request on the raw transport: the head (``Server`` added) and
+        ``body`` in one write, then the end: a half-close, and the client has the close
+        timeout to hang up. ``streamed``: no end yet; the body goes on by writes to
+        :attr:`transport` until :meth:`end_response` (a stream of events), and meanwhile
+        the connection is open (its handler hears ``closed`` at its end)."""
+        ws = self.protocol
+        if self.lost or self.opened or ws.state is not State.CONNECTING or ws.eof_sent:
+            return  # gone while the handler was answering, or answered already
+        self.transport.write(http_wire.response_head(status, [*headers, ("Server", SERVER)]) + body)
+        if not streamed:
+            self.end_response()
+            return
+        http_wire.answered(ws, end=False)
+        self.deadline = 0.0
+        self.opened = True
+        self._reschedule()
+
+    def end_response(self) -> None:
+        """End a streamed answer: a half-close; the client has the close timeout to hang up."""
+        if self.lost or self.protocol.eof_sent:
+            return
+        http_wire.answered(self.protocol, end=True)
+        self.send_data()
+        self._close_by(self.listener.now() + CLOSE_TIMEOUT)
 
     def write_timed_out(self) -> None:
         """A write could not complete within ``ping_timeout``: the client reads nothing."""
@@ -393,15 +341,15 @@ class StreamConnection(asyncio.Protocol):
             self.write_timed_out()  # the client took too little to unpause us: reads nothing
             return
         if self.deadline and now >= self.deadline:
-            unsent = self.transport.get_write_buffer_size()
-            if unsent and (not self.unsent or unsent < self.unsent):
-                # An answer is still going out: the client has the close timeout from when
-                # it has everything, as long as it takes some of it each close timeout.
-                self.unsent = unsent
-                self.deadline = now + CLOSE_TIMEOUT
-                return
-            if unsent:
-                self.write_timed_out()
+            unsent = self.backlog()
+            if unsent and not self.opened:
+                if not self.unsent or unsent < self.unsent:
+                    # An answer is still going out: the client has the close timeout from
+                    # when it has everything, as long as it takes some of it each timeout.
+                    self.unsent = unsent
+                    self.deadline = now + CLOSE_TIMEOUT
+                else:
+                    self.write_timed_out()
                 return
             ws = self.protocol
             if not self.opened and ws.state is State.CONNECTING and not ws.eof_sent:
@@ -413,12 +361,11 @@ class StreamConnection(asyncio.Protocol):
             return
         if self.pong_due:
             if now >= self.pong_due:
-                if self.transport.get_write_buffer_size():
-                    # The ping itself is not out yet: the client reads nothing.
+                if self.backlog():  # the ping itself is not out yet: the client reads nothing
                     self.write_timed_out()
                 else:
                     listener.metrics.refused.labels("keepalive_timeout").inc()
-                    self.begin_close(1011, "keepalive ping timeout")
+                    self.close(1011, "keepalive ping timeout")
         elif self.ping_at and now >= self.ping_at:
             self.protocol.send_ping(b"")
             self.send_data()
@@ -448,26 +395,25 @@ class StreamConnection(asyncio.Protocol):
                 self._early.append(cast(Frame, event))
 
     async def _answer(self, request: Request) -> None:
-        """The opening request: a plain HTTP answer, a refusal, or the upgrade."""
+        """The opening request: the handler answers it, or it is upgraded."""
         listener, ws = self.listener, self.protocol
         try:
-            response = await listener.handler.process_request(self, request)
+            upgrade = await listener.handler.process_request(self, request)
         except Exception as exc:
+            upgrade = False
             ws.handshake_exc = exc
             if listener.failures.allow(time.monotonic()):  # anyone can repeat the request
                 log.error("answering a request failed", exc_info=True)
-            response = ws.reject(
-                500, "Failed to open a WebSocket connection.\nSee the server log.\n"
-            )
+            failed = ws.reject(500, "Failed to open a WebSocket connection.\nSee the server log.\n")
+            self.respond(failed.status_code, list(failed.headers.raw_items()), bytes(failed.body))
         finally:
             self._handshake = None
-        if response is None:
-            response = ws.accept(request)
+        if not upgrade or self.lost or ws.state is not State.CONNECTING:
+            return  # answered, or gone while we were answering
+        response = ws.accept(request)  # 101, or the library's refusal (not an upgrade: 426)
         response.headers["Server"] = SERVER
         if response.status_code == 101 and not listener.serving:
             response = ws.reject(503, "Server is shutting down.\n")
-        if self.lost or ws.state is not State.CONNECTING:
-            return  # gone while we were answering
         ws.send_response(response)
         self.send_data()
         if response.status_code != 101:
@@ -479,6 +425,12 @@ class StreamConnection(asyncio.Protocol):
             self.ping_at = listener.now() + listener.ping_interval
         self._reschedule()
         self.opened = True
+        low = listener.send_buffer // 4
+        if low < LIBRARY_WRITE_LIMIT:
+            # Not paused must mean "at most a quarter of the send buffer unsent", so that a
+            # waiting catch-up can sleep in drain() instead of polling.
+            with contextlib.suppress(Exception):
+                self.transport.set_write_buffer_limits(high=max(1, low))
         listener.handler.opened(self)
         early, self._early = self._early, None
         for frame in early or ():
@@ -513,7 +465,7 @@ class StreamConnection(asyncio.Protocol):
                 try:
                     message = data.decode()
                 except UnicodeDecodeError as exc:
-                    self._fail(1007, f"{exc.reason} at position {exc.start}")
+                    self.close(1007, f"{exc.reason} at position {exc.start}", at_once=True)
                     return
             self.listener.handler.received(self, message)
         elif opcode in _CONTROL:
@@ -527,11 +479,6 @@ class StreamConnection(asyncio.Protocol):
             if not self.listener.handler.control(self):
                 self.discarding = True
         # A close frame: the protocol answered it; connection_lost ends the rest.
-
-    def _fail(self, code: int, reason: str) -> None:
-        self.protocol.fail(code, reason)
-        self.send_data()
-        self._close_by(self.listener.now() + CLOSE_TIMEOUT)
 
     def _close_by(self, when: float) -> None:
         self.deadline = when

@@ -1,4 +1,5 @@
-"""How the shared port reads an HTTP request: one per connection, answered, then closed.
+"""How the shared port reads an HTTP request and writes its answer: one request per
+connection, answered, then closed.
 
 websockets (17.x) reads the opening request with ``Request.parse`` and then parses
 whatever follows as WebSocket frames, even before it answers. For the plain GET routes
@@ -12,7 +13,9 @@ parser: it reads the request line and headers as the library does, and then
   ``Connection: close``) and the connection closes, whatever bytes came after it.
 
 :func:`install` puts it in a new ``ServerProtocol`` (``relay.web.connection`` does, for
-every connection).
+every connection). An answer goes on the raw transport, its head as :func:`response_head`
+writes it; :func:`answered` then drops what the client sends, and ends the answer (a
+half-close) when it is complete, or once it has streamed to its end.
 
 A request that is not HTTP/1.x as RFC 9112 writes it is answered at once, as servers of
 record do, with ``Connection: close``: 505 for a well-formed version other than 1.x, 414
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import http
 import re
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 
 from websockets.exceptions import (
@@ -176,11 +179,9 @@ def parse_request(protocol: ServerProtocol, refused: Refused) -> Generator[None]
         next(protocol.parser)
         yield
         return
-    # One answer, then the connection closes: a body or a pipelined request is not read.
-    while not (yield from protocol.reader.at_eof()):
-        protocol.reader.discard()
-    while True:  # at EOF before the answer went out; the answer replaces this parser
-        yield
+    # One answer, then the connection closes: a body or a pipelined request is not read
+    # (the answer replaces this parser).
+    yield from _drop_input(protocol.reader)
 
 
 def _refuse(
@@ -191,6 +192,35 @@ def _refuse(
     protocol.send_response(protocol.reject(refusal.status, refusal.body()))
     refused(refusal)
     yield
+
+
+def response_head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
+    """The status line and headers of an HTTP/1.1 answer, byte for byte as the library
+    writes them."""
+    lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    lines.append("\r\n")
+    return "".join(lines).encode()
+
+
+def answered(protocol: ServerProtocol, *, end: bool) -> None:
+    """The request is answered on the raw transport: what the client sends next is read
+    to its end and dropped. ``end``: the answer is complete, and the connection half-closes
+    as the library's does after any answer but a 101; else the answer streams on, and this
+    is called again with ``end`` when it is over."""
+    if end:
+        protocol.send_eof()
+        protocol.parser = protocol.discard()
+    else:
+        protocol.parser = _drop_input(protocol.reader)
+    next(protocol.parser)
+
+
+def _drop_input(reader: StreamReader) -> Generator[None]:
+    while not (yield from reader.at_eof()):
+        reader.discard()
+    while True:
+        yield
 
 
 def install(protocol: ServerProtocol, refused: Refused = lambda refusal: None) -> None:

@@ -17,30 +17,33 @@ from typing import TYPE_CHECKING, Any
 from websockets.extensions.base import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 
+from relay.errors import CLOSE_GOING_AWAY
 from relay.obs.sampling import LogSampler
-from relay.stream.session import CLOSE_TIMEOUT
-from relay.web.connection import Handler, SocketCount, StreamConnection
+from relay.web.connection import CLOSE_TIMEOUT, StreamConnection
 
 if TYPE_CHECKING:
     from relay.obs.metrics import Metrics
+    from relay.web.roles import Handler
+    from relay.web.sockets import SocketCount
 
 log = logging.getLogger(__name__)
 
-GOING_AWAY = 1001
 SWEEP_BATCH = 500
 """Most connections whose timers are handled in one sweep."""
 
 
 class Listener:
-    """Accepts connections for a :class:`Handler`; keeps their timers in one sweep."""
+    """Accepts connections for a :class:`~relay.web.roles.Handler`; keeps their timers in
+    one sweep. It is their :class:`~relay.web.roles.Host`."""
 
     def __init__(
         self,
-        handler: Handler,
+        handler: Handler[StreamConnection],
         *,
         sockets: SocketCount,
         metrics: Metrics,
         max_size: int,
+        send_buffer: int,
         compression: bool,
         ping_interval: float,
         ping_timeout: float,
@@ -50,6 +53,9 @@ class Listener:
         self.sockets = sockets
         self.metrics = metrics
         self.max_size = max_size
+        self.send_buffer = send_buffer
+        """Bytes a client may leave untaken (:mod:`relay.stream.session`): the connection's
+        bounds and its transport's high-water mark follow from it."""
         self.extensions: list[ServerExtensionFactory] | None = (
             list(enable_server_permessage_deflate(None)) if compression else None
         )
@@ -109,8 +115,8 @@ class Listener:
         self.stop_accepting()
         for conn in tuple(self.connections):
             if conn.opened:  # the others finish their answer (an upgrade gets 503)
-                conn.begin_close(GOING_AWAY)
-        waiting = [asyncio.ensure_future(c.wait_lost()) for c in tuple(self.connections)]
+                conn.close(CLOSE_GOING_AWAY)
+        waiting = [asyncio.ensure_future(c.wait_closed()) for c in tuple(self.connections)]
         if waiting:
             _, late = await asyncio.wait(waiting, timeout=timeout)
             for task in late:

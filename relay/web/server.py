@@ -1,32 +1,32 @@
-"""The WebSocket server: one port, upgrade on ``/v1/stream``, plain GET for the rest.
+"""The server of the one port: upgrade on ``/v1/stream``, plain GET for the rest.
 
 It only moves data between the connections and the sans-I/O parts: frames go
 through :mod:`relay.core.protocol`, subscriptions through the hub, outbound frames
 through each connection's :class:`~relay.stream.session.Session`. It is the
-:class:`~relay.web.connection.Handler` of the relay's own WebSocket layer
+:class:`~relay.web.roles.Handler` of the relay's own connection layer
 (:mod:`relay.web.listener`, :mod:`relay.web.connection`): it answers each opening request
-(a plain route, a refusal, or None to upgrade) and sees whole messages and the end.
+on the connection (a plain route or a refusal) or has it upgraded, and sees whole
+messages and the end. What it knows of each stream client beyond its session (address,
+grant, rate, expiry) is a :class:`~relay.web.clients.Client`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable, Container
 from typing import Any
 from urllib.parse import parse_qs
 
 from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from websockets.http11 import Request
 
 from relay.access.forwarded import FORWARDED_FOR, client_address
 from relay.config import Settings
 from relay.core import protocol
-from relay.core.auth import Grant, TokenBucket
+from relay.core.auth import TokenBucket
 from relay.errors import (
     CLOSE_ABNORMAL,
     CLOSE_POLICY,
@@ -44,10 +44,12 @@ from relay.obs.metrics import Metrics
 from relay.obs.sampling import LogSampler
 from relay.stream.hub import Hub
 from relay.stream.session import Session
-from relay.web.connection import SocketCount, StreamConnection, sample_accept_errors, socket_name
+from relay.web.clients import Client, Clients
+from relay.web.connection import StreamConnection
 from relay.web.http_wire import Refusal, has_body
 from relay.web.listener import Listener
 from relay.web.routes import STREAM_PATH, HttpApi, Reply, access_log, error_reply, log_request
+from relay.web.sockets import SocketCount, sample_accept_errors, socket_name
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,7 @@ class StreamServer:
         self.access = api.access
         self.policy = self.access.policy
         self.server: Listener | None = None
-        self._per_address: Counter[str] = Counter()
-        self._per_subject: Counter[str] = Counter()
+        self.clients = Clients(self.policy)
         # Every socket per address, from the accept. Behind trusted proxies every client
         # has the proxy's address: counted, never refused (the proxy bounds its sockets).
         self.sockets = SocketCount(
@@ -91,6 +92,7 @@ class StreamServer:
             sockets=self.sockets,
             metrics=self.metrics,
             max_size=self.settings.max_frame,
+            send_buffer=self.settings.send_buffer,
             # Deflate per client costs about 40% of the event loop under load (profiled in
             # the soak) and zlib state per connection: off unless the operator wants it.
             compression=self.settings.compression,
@@ -113,17 +115,18 @@ class StreamServer:
         if self.server is not None:
             await self.server.close()
 
-    async def process_request(self, conn: StreamConnection, request: Request) -> Response | None:
-        """The opening request: an answer for a plain route or a refusal; None upgrades."""
+    async def process_request(self, conn: StreamConnection, request: Request) -> bool:
+        """The opening request: a plain route or a refusal, answered on the connection;
+        True to upgrade it (an authorised stream request)."""
         path, _, query = request.path.partition("?")
         headers = _plain_headers(request.headers)
-        client = self._client_address(conn, request)
-        conn.client = client
+        address = self._client_address(conn, request)
         if path != STREAM_PATH or request.method != "GET":
             reply = await self.api.handle(
-                request.path, headers, method=request.method, client=client
+                request.path, headers, method=request.method, client=address
             )
-            return _response(reply, head=request.method == "HEAD")
+            conn.respond(*_answer(reply, head=request.method == "HEAD"))
+            return False
         # Refused before the upgrade: a bad token never gets a WebSocket.
         try:
             if has_body(request):
@@ -135,12 +138,13 @@ class StreamServer:
             if not isinstance(exc, TokenRevoked):  # Access counted it already, as revoked
                 self.metrics.refused.labels(exc.reason).inc()
             self._log_refusal(
-                "refused a stream connection from %s: %s", _peer(conn, client), exc.message
+                "refused a stream connection from %s: %s", _peer(conn, address), exc.message
             )
-            return _response(error_reply(exc))
+            conn.respond(*_answer(error_reply(exc)))
+            return False
         # On the connection itself: a failed handshake leaves nothing behind.
-        conn.grant = grant
-        return None
+        conn.client = Client(address, grant)
+        return True
 
     def malformed(self, conn: StreamConnection, refusal: Refusal) -> None:
         """Count and log a request answered at the wire, like one answered by a route."""
@@ -174,55 +178,50 @@ class StreamServer:
 
     def opened(self, conn: StreamConnection) -> None:
         """The upgrade is done: a session, unless the connection limits refuse it."""
-        grant, address = conn.grant, conn.client or _address(conn)
-        peer = _peer(conn, address)
-        refusal = self._over_connection_limit(address, grant)
+        client = conn.client
+        assert client is not None  # only an authorised request is upgraded
+        peer = _peer(conn, client.address)
+        refusal = self.clients.refusal(client.address, client.grant)
         if refusal:
             self.metrics.refused.labels("connection_limit").inc()
             self._log_refusal("refused %s: %s", peer, refusal)
-            conn.begin_close(CLOSE_POLICY, refusal)
+            conn.client = None
+            conn.close(CLOSE_POLICY, refusal)
             return
-        self._per_address[address] += 1
         session = Session(
             conn, send_buffer=self.settings.send_buffer, metrics=self.metrics, peer=peer
         )
-        session.address = address
-        session.grant = grant
-        session.bucket = TokenBucket(
-            self.policy.limit(grant, "ops_per_second"), self.policy.ops_burst, self.clock()
+        client.session = session
+        client.started = time.monotonic()
+        client.bucket = TokenBucket(
+            self.policy.limit(client.grant, "ops_per_second"), self.policy.ops_burst, self.clock()
         )
-        self._count_subject(session, grant)
-        conn.session = session
+        self.clients.add(client)
         self.hub.add(session)
-        if grant is not None:
-            session.expiry = asyncio.create_task(self._watch_expiry(session), name=f"expiry {peer}")
+        if client.grant is not None:
+            client.expiry = asyncio.create_task(self._watch_expiry(client), name=f"expiry {peer}")
 
     def received(self, conn: StreamConnection, message: str | bytes) -> None:
-        session = conn.session
-        if session is None or session.closed:
+        client = conn.client
+        if client is None or client.session is None or client.session.closed:
             return  # refused, or being closed: nothing more is read from it
-        if self._take_op(session, "operations"):
-            self._on_frame(session, message)
+        if self._take_op(client, "operations"):
+            self._on_frame(client, client.session, message)
 
     def control(self, conn: StreamConnection) -> bool:
-        session = conn.session
-        return session is None or self._take_op(session, "control frames")
+        client = conn.client
+        return client is None or client.session is None or self._take_op(client, "control frames")
 
     def closed(self, conn: StreamConnection) -> None:
-        session, conn.session = conn.session, None
-        if session is None:
+        client, conn.client = conn.client, None
+        if client is None or client.session is None:
             return
-        self._log_close(conn, session)
-        if session.expiry is not None:
-            session.expiry.cancel()
-        self.hub.remove(session)
-        address = session.address
-        self._per_address[address] -= 1
-        if not self._per_address[address]:
-            del self._per_address[address]
-        self._count_subject(session, None)
+        self._log_close(conn, client, client.session)
+        client.stop()
+        self.hub.remove(client.session)
+        self.clients.remove(client)
 
-    def _log_close(self, conn: StreamConnection, session: Session) -> None:
+    def _log_close(self, conn: StreamConnection, client: Client, session: Session) -> None:
         """Count the close by code and side; the access line of a WebSocket connection."""
         ws = conn.protocol
         if ws.close_rcvd is not None and ws.close_rcvd_then_sent is not False:
@@ -237,65 +236,46 @@ class StreamServer:
         access_log.info(
             "websocket",
             extra={
-                "client": session.address,
+                "client": client.address,
                 "method": "WS",
                 "path": STREAM_PATH,
                 "status": code,
                 "closed_by": by,
-                "subject": session.grant.subject if session.grant is not None else "",
+                "subject": client.grant.subject if client.grant is not None else "",
                 "bytes": session.sent_bytes,
                 "last_seq": session.last_seq,
-                "duration_ms": round((time.monotonic() - session.started) * 1000, 2),
+                "duration_ms": round((time.monotonic() - client.started) * 1000, 2),
             },
         )
 
-    def _take_op(self, session: Session, what: str) -> bool:
+    def _take_op(self, client: Client, what: str) -> bool:
         """Count one client frame against the connection's rate; over it, close with 4029."""
-        if session.bucket is None or session.bucket.take(self.clock()):
+        if client.bucket is None or client.bucket.take(self.clock()):
             return True
-        if not session.closed:
+        session = client.session
+        if session is not None and not session.closed:
             self.metrics.refused.labels("rate_limited").inc()
             self._log_refusal("closing %s: too many %s", session.peer, what)
-            session.abandon(CLOSE_RATE_LIMITED, "rate_limited")
+            session.close(CLOSE_RATE_LIMITED, "rate_limited")
         return False
 
     def _log_refusal(self, message: str, *args: object) -> None:
         if self._refusals_logged.allow(self.clock()):
             log.info(message, *args)
 
-    def _count_subject(self, session: Session, grant: Grant | None) -> None:
-        """Move the connection's count to ``grant``'s subject (None: uncount it)."""
-        old, session.counted_subject = session.counted_subject, None
-        if old is not None:
-            self._per_subject[old] -= 1
-            if not self._per_subject[old]:
-                del self._per_subject[old]
-        if grant is not None:
-            self._per_subject[grant.subject] += 1
-            session.counted_subject = grant.subject
-
-    def _over_connection_limit(self, address: str, grant: Grant | None) -> str:
-        if self._per_address[address] >= self.policy.max_connections_per_address:
-            return f"too many connections from {address}"[:120]
-        if grant is not None and self._per_subject[grant.subject] >= self.policy.limit(
-            grant, "max_connections"
-        ):
-            return f"too many connections for {grant.subject}"[:120]
-        return ""
-
-    def _on_frame(self, session: Session, message: str | bytes) -> None:
+    def _on_frame(self, client: Client, session: Session, message: str | bytes) -> None:
         op: protocol.Op | None = None
         try:
             op = protocol.decode(message)
             if op.op == "ping":
                 session.push(protocol.pong(op.ref))
             elif op.op == "subscribe":
-                self._subscribe(session, op)
+                self._subscribe(client, session, op)
             elif op.op == "unsubscribe":
                 assert op.channel is not None
                 self.hub.unsubscribe(session, op.channel, op.ref)
             elif op.op == "refresh":
-                self._refresh(session, op)
+                self._refresh(client, session, op)
         except ProtocolError as exc:
             channel = exc.channel if exc.channel is not None else (op.channel if op else None)
             self._refuse(session, exc.code, exc.message, exc.op, exc.ref, channel)
@@ -316,9 +296,9 @@ class StreamServer:
         self._log_refusal("refused a frame from %s: %s", session.peer, message)
         session.push(protocol.error(code, message, op, ref, channel))
 
-    def _subscribe(self, session: Session, op: protocol.Op) -> None:
+    def _subscribe(self, client: Client, session: Session, op: protocol.Op) -> None:
         assert op.channel is not None
-        grant = session.grant
+        grant = client.grant
         if op.channel != protocol.STATS_CHANNEL:  # public, like /v1/info
             self.policy.check_read(grant, op.channel)
         if op.channel not in session.subscriptions and len(session.subscriptions) >= (
@@ -331,28 +311,26 @@ class StreamServer:
         tweet_filter = self.access.subscription_filter(grant, requested)
         self.hub.subscribe(session, op.channel, op.since, op.ref, tweet_filter, requested)
 
-    def _refresh(self, session: Session, op: protocol.Op) -> None:
-        old = session.grant
+    def _refresh(self, client: Client, session: Session, op: protocol.Op) -> None:
+        old = client.grant
         grant = self.access.verify((op.extra or {})["token"])
         if old is not None and grant.subject != old.subject:
             raise Forbidden("a refresh must keep the token's subject")
-        if old is None and self._per_subject[grant.subject] >= self.policy.limit(
-            grant, "max_connections"
-        ):
+        if old is None and self.clients.subject_full(grant):
             # A tokenless connection taking a subject's token counts as that subject's.
             self.metrics.refused.labels("connection_limit").inc()
             raise Forbidden(f"too many connections for {grant.subject}"[:120])
-        session.grant = grant
+        client.grant = grant
         if old is None:
-            self._count_subject(session, grant)
-            if session.expiry is None:  # a token now: it expires
-                session.expiry = asyncio.create_task(
-                    self._watch_expiry(session), name=f"expiry {session.peer}"
+            self.clients.count_subject(client, grant)
+            if client.expiry is None:  # a token now: it expires
+                client.expiry = asyncio.create_task(
+                    self._watch_expiry(client), name=f"expiry {session.peer}"
                 )
         # The new token's limits from now on: its rate here, its subscription limit at the
         # next subscribe (subscriptions past a lower limit stay; new ones are refused).
-        assert session.bucket is not None
-        session.bucket.set_rate(
+        assert client.bucket is not None
+        client.bucket.set_rate(
             self.policy.limit(grant, "ops_per_second"), self.policy.ops_burst, self.clock()
         )
         session.push(protocol.refreshed(grant.expires_at, op.ref))
@@ -369,22 +347,24 @@ class StreamServer:
                     reason = f"{channel}: {exc.message}"
                 else:
                     # The new token's pins bound the live subscription from now on.
-                    sub.filter = narrowed
+                    session.refilter(channel, narrowed)
             if reason:
                 self.hub.unsubscribe(session, channel)
                 self._refuse(session, "forbidden", reason, "refresh", op.ref, channel)
-        if session.refreshed is not None:
-            session.refreshed.set()
+        if client.refreshed is not None:
+            client.refreshed.set()
 
-    async def _watch_expiry(self, session: Session) -> None:
+    async def _watch_expiry(self, client: Client) -> None:
         """At expiry ask for a fresh token; close with 4001 when none came in the grace time."""
+        session = client.session
+        assert session is not None
         while True:
-            grant = session.grant
+            grant = client.grant
             if grant is None:
                 return
-            refreshed = session.refreshed
+            refreshed = client.refreshed
             if refreshed is None:
-                refreshed = session.refreshed = asyncio.Event()
+                refreshed = client.refreshed = asyncio.Event()
             refreshed.clear()
             if await _wait(refreshed, grant.expires_at - self.clock()):
                 continue
@@ -397,14 +377,14 @@ class StreamServer:
             if retired:
                 # Its own lifetime is not over: the secret it is signed with is.
                 log.info("closing %s: token signed with a retired secret", session.peer)
-                await session.close_now(
+                session.close(
                     CLOSE_UNAUTHORIZED,
                     protocol.TOKEN_INVALID,
                     "the token is signed with a retired secret: get a new token",
                 )
             else:
                 log.info("closing %s: token expired without refresh", session.peer)
-                await session.close_now(
+                session.close(
                     CLOSE_UNAUTHORIZED,
                     protocol.TOKEN_EXPIRED,
                     "the token expired and no refresh came in time",
@@ -413,26 +393,22 @@ class StreamServer:
 
     async def close_revoked(self, revoked: Container[str]) -> int:
         """Close with 4001 every open connection whose token id is in ``revoked``; how many."""
+        connections = self.server.connections if self.server is not None else ()
         doomed = [
-            session
-            for session in list(self.hub.sessions)
-            if not session.closed
-            and (grant := session.grant) is not None
+            (session, grant.jti)
+            for conn in list(connections)
+            if (client := conn.client) is not None
+            and (session := client.session) is not None
+            and not session.closed
+            and (grant := client.grant) is not None
             and grant.jti is not None
             and grant.jti in revoked
         ]
-        for session in doomed:
+        for session, jti in doomed:
             self.metrics.refused.labels("revoked").inc()
             # The jti names the token without being one: safe to log, useful to audit.
-            jti = session.grant.jti if session.grant is not None else None
             log.info("closing %s: token %s revoked", session.peer, jti)
-        await asyncio.gather(
-            *(
-                s.close_now(CLOSE_UNAUTHORIZED, protocol.TOKEN_REVOKED, "the token was revoked")
-                for s in doomed
-            ),
-            return_exceptions=True,
-        )
+            session.close(CLOSE_UNAUTHORIZED, protocol.TOKEN_REVOKED, "the token was revoked")
         return len(doomed)
 
 
@@ -461,16 +437,14 @@ def _plain_headers(headers: Headers) -> dict[str, str]:
     return {name.lower(): value for name, value in headers.raw_items()}
 
 
-def _response(reply: Reply, *, head: bool = False) -> Response:
-    """The HTTP response; for HEAD the same headers (Content-Length too) and no body."""
-    headers = Headers()
-    headers["Content-Type"] = reply.content_type
+def _answer(reply: Reply, *, head: bool = False) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The HTTP answer's status, headers and body; for HEAD the same headers (Content-Length
+    too) and no body."""
+    headers = [("Content-Type", reply.content_type)]
     if reply.status != 304:  # a 304's length would be the 200's: none is simpler
-        headers["Content-Length"] = str(len(reply.body))
-    headers["Access-Control-Allow-Origin"] = "*"
-    # websockets closes the connection after any answer but 101: say so.
-    headers["Connection"] = "close"
-    for name, value in reply.headers.items():
-        headers[name] = value
-    reason = http.HTTPStatus(reply.status).phrase
-    return Response(reply.status, reason, headers, b"" if head else reply.body)
+        headers.append(("Content-Length", str(len(reply.body))))
+    headers.append(("Access-Control-Allow-Origin", "*"))
+    # The connection closes after any answer but an upgrade: say so.
+    headers.append(("Connection", "close"))
+    headers.extend(reply.headers.items())
+    return reply.status, headers, b"" if head else reply.body
