@@ -10,19 +10,23 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from relay.core.auth import Policy, Secrets
+from relay.core.values import (
+    parse_bool,
+    parse_duration,
+    parse_int,
+    parse_patterns,
+    parse_speed,
+    parse_time,
+)
 from relay.errors import ConfigError
 from relay.obs.logs import check_format, check_level, check_timestamps
 
 SAMPLE_RETENTION = 100_000
 """Tweets the bundled looping sample keeps by default: about 380 MB of store."""
-
-SPEED_MAX = 0.0
-"""``speed`` value meaning "as fast as possible" (``--speed max``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,120 +423,50 @@ def _from_file(path: Path) -> dict[str, Any]:
     return values
 
 
-def parse_speed(value: Any) -> float:
-    if isinstance(value, str) and value.strip().lower() == "max":
-        return SPEED_MAX
-    speed = float(value)
-    if speed <= 0:
-        raise ValueError("speed must be > 0 or 'max'")
-    return speed
-
-
-def parse_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
-
-def parse_patterns(value: Any) -> tuple[str, ...]:
-    """Channel patterns from a TOML list or a comma-separated string."""
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
-        raise ValueError("expected a list of channel patterns")
-    return tuple(item.strip() for item in items if item.strip())
-
-
-def parse_time(value: Any) -> float:
-    """An absolute time: unix seconds, or ISO 8601 with a zone (``2026-12-01T12:00:00Z``)."""
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    else:
-        text = str(value).strip()
-        try:
-            return float(text)
-        except ValueError:
-            pass
-        try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            raise ValueError("expected unix seconds or an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        raise ValueError("an ISO 8601 time needs a zone (Z or +00:00), so no host guesses it")
-    return moment.timestamp()
-
-
-_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds, from a number or a string with a unit: ``90s``, ``30m``, ``12h``, ``7d``."""
-    if isinstance(value, bool):
-        raise ValueError("not a duration")
-    text = str(value).strip().lower()
-    factor = _DURATION_UNITS.get(text[-1:], 0.0)
-    seconds = float(text[:-1] if factor else text) * (factor or 1.0)
-    if not 0 <= seconds < float("inf"):
-        raise ValueError("a duration is 0 or more seconds")
-    return seconds
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("not an integer")
-    return int(value)
-
-
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    "port": _int,
-    "trusted_proxies": _int,
-    "send_buffer": _int,
-    "max_frame": _int,
-    "batch_size": _int,
-    "parse_processes": _int,
+    "port": parse_int,
+    "trusted_proxies": parse_int,
+    "send_buffer": parse_int,
+    "max_frame": parse_int,
+    "batch_size": parse_int,
+    "parse_processes": parse_int,
     "ping_interval": float,
     "ping_timeout": float,
     "open_timeout": float,
     "compression": parse_bool,
-    "catch_ups_at_once": _int,
-    "recovered_cap": _int,
+    "catch_ups_at_once": parse_int,
+    "recovered_cap": parse_int,
     "speed": parse_speed,
     "public_channels": parse_patterns,
-    "max_connections_per_subject": _int,
-    "max_connections_per_address": _int,
-    "max_sockets_per_address": _int,
-    "max_subscriptions": _int,
-    "ops_burst": _int,
+    "max_connections_per_subject": parse_int,
+    "max_connections_per_address": parse_int,
+    "max_sockets_per_address": parse_int,
+    "max_subscriptions": parse_int,
+    "ops_burst": parse_int,
     "stall_timeout": float,
     "poll_interval": float,
-    "backfill_pages": _int,
-    "poll_max_pages": _int,
+    "backfill_pages": parse_int,
+    "poll_max_pages": parse_int,
     "ops_per_second": float,
     "refresh_grace": float,
     "previous_secret_until": parse_time,
     "revoked_tokens_interval": float,
     "loop": parse_bool,
     "query_timeout": float,
-    "queries_per_client": _int,
-    "query_readers": _int,
-    "queries_waiting": _int,
-    "max_sort_terms": _int,
-    "max_in_items": _int,
-    "max_offset": _int,
+    "queries_per_client": parse_int,
+    "query_readers": parse_int,
+    "queries_waiting": parse_int,
+    "max_sort_terms": parse_int,
+    "max_in_items": parse_int,
+    "max_offset": parse_int,
     "lease_ttl": float,
     "redis_tls_verify": parse_bool,
     "access_log": parse_bool,
-    "retention_max_tweets": _int,
+    "retention_max_tweets": parse_int,
     "retention_max_age": parse_duration,
     "retention_interval": parse_duration,
-    "retention_batch": _int,
-    "bus_maxlen": _int,
+    "retention_batch": parse_int,
+    "bus_maxlen": parse_int,
     "heartbeat_interval": float,
     "bus_check_interval": float,
 }

@@ -22,9 +22,9 @@ from typing import Any
 
 import orjson
 
-from relay.config import SPEED_MAX
 from relay.core.rule_set import STATE_KEY, Channels, RuleSet, could_name_a_channel
 from relay.core.tweets import parse_line
+from relay.core.values import SPEED_MAX
 from relay.sources.replay import ReplaySource
 from relay.sources.synth import sample_rules
 from relay.testing import RelayServer

@@ -9,9 +9,10 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from relay.config import SAMPLE_RETENTION, Settings, parse_duration
+from relay.config import SAMPLE_RETENTION, Settings
 from relay.core.query import parse_tweet_query
 from relay.core.tweets import parse_line
+from relay.core.values import parse_duration
 from relay.jobs.retention import Retention, apply_retention
 from relay.testing import RelayClient, RelayServer
 from tests.pg_server import StoreMaker

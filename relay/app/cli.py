@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _duration(text: str) -> float:
-    from relay.config import parse_duration
+    from relay.core.values import parse_duration
 
     try:
         return parse_duration(text)

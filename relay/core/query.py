@@ -123,16 +123,16 @@ def parse_tweet_query(
             raise BadRequest("parameter 'rule' must not be empty")
         conditions.append(Condition("rules", "eq", (values["rule"],)))
     if "since_seq" in values:
-        since = _int(values["since_seq"], "since_seq", 0, INT64_MAX)
+        since = parse_int(values["since_seq"], "since_seq", 0, INT64_MAX)
         conditions.append(Condition("seq", "gt", (since,)))
-    offset = _int(values.get("offset", "0"), "offset", 0, INT64_MAX)
+    offset = parse_int(values.get("offset", "0"), "offset", 0, INT64_MAX)
     if offset > limits.max_offset:
         raise BadRequest(
             f"parameter 'offset' must be at most {limits.max_offset}; page deep lists with "
             "since_seq (sort=seq) or a createdAt/seq range in q instead"
         )
     return TweetQuery(
-        limit=_int(values.get("limit", str(DEFAULT_LIMIT)), "limit", 1, MAX_LIMIT),
+        limit=parse_int(values.get("limit", str(DEFAULT_LIMIT)), "limit", 1, MAX_LIMIT),
         offset=offset,
         order_by=_sort(values.get("sort", "-seq"), limits.max_sort_terms),
         conditions=tuple(conditions),
@@ -140,7 +140,7 @@ def parse_tweet_query(
     )
 
 
-def _int(text: str, name: str, low: int, high: int) -> int:
+def parse_int(text: str, name: str, low: int, high: int) -> int:
     # int() would read "١٢" or "1_000" and very long digit strings slowly; keep to ASCII.
     stripped = text.strip()
     digits = stripped.removeprefix("-")

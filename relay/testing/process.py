@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from subprocess import PIPE, Popen, TimeoutExpired
 
-from relay.config import ENVIRONMENT, SPEED_MAX, Settings
+from relay.config import ENVIRONMENT, Settings
+from relay.core.values import SPEED_MAX
 from relay.ingest.finished import ReplaySummary
 from relay.testing.errors import RelayServerError
 

@@ -30,7 +30,8 @@ from urllib.parse import urlencode
 import orjson
 
 from relay.app.relay import ROLES, Relay
-from relay.config import SPEED_MAX, Settings, parse_speed
+from relay.config import Settings
+from relay.core.values import SPEED_MAX, parse_speed
 from relay.ingest.finished import ReplaySummary
 from relay.sources import Source
 from relay.testing.errors import RelayServerError as RelayServerError  # its home before
