@@ -222,3 +222,15 @@ class ProtocolError(BadRequest):
 
 class MalformedEntry(RelayError):
     """A stream entry that is not one of ours (another writer, another version)."""
+
+
+class MalformedRequest(RelayError, ValueError):
+    """A request that is not HTTP/1.x, and what to answer it: the status, why (fixed text,
+    never the client's bytes), and what of the request line could be read, for the log."""
+
+    def __init__(self, status: int, reason: str, method: str = "", target: str = "") -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.method = method
+        self.target = target

@@ -46,6 +46,8 @@ from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
+from relay.errors import MalformedRequest
+
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 """A method (RFC 9110 5.6.2)."""
 _TARGET = re.compile(rb"[\x21-\x7e]+")
@@ -65,14 +67,6 @@ class Refusal:
 
     def body(self) -> str:
         return f"{http.HTTPStatus(self.status).phrase}: {self.reason}.\n"
-
-
-class Malformed(ValueError):
-    """The request is not HTTP/1.x: what to answer."""
-
-    def __init__(self, refusal: Refusal) -> None:
-        super().__init__(refusal.reason)
-        self.refusal = refusal
 
 
 def has_body(request: Request) -> bool:
@@ -99,7 +93,7 @@ def _crlf_lines(
     def read_line(limit: int, too_long: type[Exception]) -> Generator[None, None, bytes]:
         line = yield from reader.read_line(limit, too_long)
         if not line.endswith(b"\r\n"):
-            raise Malformed(Refusal(400, "a line ends in LF without CR"))
+            raise MalformedRequest(400, "a line ends in LF without CR")
         return bytes(line)
 
     return read_line
@@ -107,41 +101,41 @@ def _crlf_lines(
 
 def read_request(reader: StreamReader) -> Generator[None, None, Request]:
     """The request line and the headers; a body is left unread (``Request.parse`` refuses
-    one). Raises :class:`Malformed` for what is not HTTP/1.x, EOFError when the connection
-    closed before sending anything."""
+    one). Raises :class:`~relay.errors.MalformedRequest` for what is not HTTP/1.x, EOFError
+    when the connection closed before sending anything."""
     read_line = _crlf_lines(reader)
     try:
         line = (yield from read_line(MAX_LINE_LENGTH, RequestLineTooLong))[:-2]
     except EOFError:
         if not reader.buffer:
             raise EOFError("connection closed before a request") from None
-        raise Malformed(Refusal(400, "the request ends before its line does")) from None
+        raise MalformedRequest(400, "the request ends before its line does") from None
     parts = line.split(b" ")
     if len(parts) != 3:
-        raise Malformed(Refusal(400, "the request line is not: method, target, HTTP version"))
+        raise MalformedRequest(400, "the request line is not: method, target, HTTP version")
     raw_method, raw_target, raw_version = parts
     method, target = _text(raw_method), _text(raw_target)
     version = _VERSION.fullmatch(raw_version)
     if version is None:
-        raise Malformed(Refusal(400, "the request line has no HTTP version", method, target))
+        raise MalformedRequest(400, "the request line has no HTTP version", method, target)
     if version.group(1) != b"1":
-        raise Malformed(Refusal(505, "only HTTP/1.0 and HTTP/1.1 are served", method, target))
+        raise MalformedRequest(505, "only HTTP/1.0 and HTTP/1.1 are served", method, target)
     if not _TOKEN.fullmatch(raw_method):
-        raise Malformed(Refusal(400, "the method is not a token", method, target))
+        raise MalformedRequest(400, "the method is not a token", method, target)
     if not _TARGET.fullmatch(raw_target):
         reason = "the request target has a control character or a byte past ASCII"
-        raise Malformed(Refusal(400, reason, method, target))
+        raise MalformedRequest(400, reason, method, target)
     try:
         headers = yield from parse_headers(read_line)
     except (HeaderLineTooLong, TooManyHeaders):
         reason = "a header line is too long, or too many"
-        raise Malformed(Refusal(431, reason, method, target)) from None
-    except Malformed as exc:
-        raise Malformed(Refusal(400, exc.refusal.reason, method, target)) from None
+        raise MalformedRequest(431, reason, method, target) from None
+    except MalformedRequest as exc:
+        raise MalformedRequest(400, exc.reason, method, target) from None
     except EOFError:
-        raise Malformed(Refusal(400, "the request ends in its headers", method, target)) from None
+        raise MalformedRequest(400, "the request ends in its headers", method, target) from None
     except ValueError:  # no colon, folded, a bad name or value: the library says which
-        raise Malformed(Refusal(400, "a header line is not valid", method, target)) from None
+        raise MalformedRequest(400, "a header line is not valid", method, target) from None
     # HTTP/1.x past 1.1 is read as 1.1 (RFC 9110 2.5).
     protocol = "HTTP/1.0" if raw_version == b"HTTP/1.0" else "HTTP/1.1"
     return Request(raw_target.decode("ascii"), headers, raw_method.decode("ascii"), protocol)
@@ -165,8 +159,10 @@ def parse_request(protocol: ServerProtocol, refused: Refused) -> Generator[None]
     except RequestLineTooLong as exc:
         yield from _refuse(protocol, refused, Refusal(414, "the request line is too long"), exc)
         return
-    except Malformed as exc:
-        yield from _refuse(protocol, refused, exc.refusal, exc)
+    except MalformedRequest as exc:
+        yield from _refuse(
+            protocol, refused, Refusal(exc.status, exc.reason, exc.method, exc.target), exc
+        )
         return
     except Exception as exc:  # what else the library raises: still no valid request
         yield from _refuse(protocol, refused, Refusal(400, "not an HTTP/1.x request"), exc)
