@@ -106,6 +106,28 @@ def test_wait_replayed_says_what_the_replay_did(recording: Path) -> None:
         assert server.head == 201
 
 
+@pytest.mark.parametrize("as_process", [False, True], ids=["in_process", "cli"])
+def test_the_summary_accounts_for_every_line_skipped_tweets_too(
+    tmp_path: Path, as_process: bool
+) -> None:
+    path = tmp_path / "skips.jsonl"
+    write_stream(path, 10, 5)
+    lines = path.read_bytes().splitlines()
+    no_id = orjson.loads(lines[2])
+    no_id["data"]["id"] = "9" * 40  # past 2^64: no usable id
+    no_text = orjson.loads(lines[3])
+    no_text["data"]["text"] = ["not", "text"]
+    lines[2], lines[3] = orjson.dumps(no_id), orjson.dumps(no_text)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with RelayServer(path, subprocess=as_process) as server:
+        summary = server.wait_replayed()
+    assert (summary.lines, summary.stored, summary.skipped) == (10, 8, 2)
+    assert summary.stored + summary.duplicates + summary.malformed + summary.skipped == 10
+    assert str(summary) == (
+        "replay finished: 10 lines, 8 stored, 0 duplicates, 0 malformed, 2 tweets skipped"
+    )
+
+
 def test_a_stepped_replay_releases_recorded_lines_only_when_told(recording: Path) -> None:
     with RelayServer(recording, speed="step") as server, RelayClient(server.ws_url) as client:
         client.subscribe()

@@ -23,11 +23,15 @@ class ReplaySummary:
     malformed: int
     cut: str = ""
     """Why the source stopped before its end (a cut recording), or "" when it ended."""
+    skipped: int = 0
+    """Tweets left out of readable payloads (no usable id, no text, ...): with the stored,
+    the duplicates and the malformed lines, every line is accounted for."""
 
     def __str__(self) -> str:
         counts = (
             f"{self.lines} lines, {self.stored} stored, "
             f"{self.duplicates} duplicates, {self.malformed} malformed"
+            + (f", {self.skipped} tweets skipped" if self.skipped else "")
         )
         if self.cut:
             return f"replay cut short: {counts} before the cut ({self.cut})"
@@ -47,4 +51,10 @@ def summary_of(metrics: Metrics, *, cut: str = "") -> ReplaySummary:
         duplicates=value("relay_duplicates_dropped_total"),
         malformed=value("relay_lines_total", kind="malformed"),
         cut=cut,
+        skipped=sum(
+            int(sample.value)
+            for family in metrics.skipped.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        ),
     )

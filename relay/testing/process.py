@@ -21,6 +21,7 @@ from relay.testing.errors import RelayServerError
 
 _SUMMARY = re.compile(
     r"replay finished: (\d+) lines, (\d+) stored, (\d+) duplicates, (\d+) malformed"
+    r"(?:, (\d+) tweets skipped)?"
 )
 
 
@@ -70,8 +71,10 @@ class CliRelay:
         while True:
             match = _SUMMARY.search(self.log())
             if match:
-                lines, stored, duplicates, malformed = (int(g) for g in match.groups())
-                return ReplaySummary(lines, stored, duplicates, malformed)
+                lines, stored, duplicates, malformed, skipped = (
+                    int(g or 0) for g in match.groups()
+                )
+                return ReplaySummary(lines, stored, duplicates, malformed, skipped=skipped)
             self.check()
             if time.monotonic() > deadline:
                 raise RelayServerError(f"timed out after {timeout:g} s waiting for the replay")
