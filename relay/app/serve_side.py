@@ -139,10 +139,9 @@ class ServeSide:
         self.fail(follower.error or RelayError("the bus follower stopped"))
 
     async def adopt_epoch(self, store: Store, bus: Bus, head: int) -> int:
-        """The store's epoch changed: reset every subscription and follow the new bus.
-        Returns how many subscriptions were reset."""
-        if self.follower is not None:
-            await self.follower.stop()
+        """The store's epoch changed: reset every subscription and follow the new bus
+        (the relay stopped the old follower before it closed the old bus). Returns how
+        many subscriptions were reset."""
         if self.hub is None:
             return 0
         reset = self.hub.reset_epoch(head)
