@@ -9,11 +9,14 @@ transport: each transport kind frames it (WebSocket: :mod:`relay.web.ws_frames`)
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from relay.core.times import MAX_UNIX, usable_unix
 from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX
 from relay.errors import ProtocolError
 
@@ -32,20 +35,79 @@ class Position:
 
 
 @dataclass(frozen=True, slots=True)
+class Rewind:
+    """A moment to start from: every matching tweet received (``received_at``) at or after
+    ``time`` (unix seconds), in seq order, then live. ``pace``: the rewound part goes out
+    at ``pace`` times its recorded pace (> 1), then live once it has caught up."""
+
+    time: float
+    pace: float | None = None
+
+
+Since = Position | Rewind
+"""Where a subscription starts: after a position, or at a moment."""
+
+MAX_PACE = 1_000_000.0
+"""The fastest paced rewind asked for; past it, a plain rewind is the same."""
+_RELATIVE = re.compile(r"-(\d{1,9})(s|m|h|d)", re.ASCII)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def rewind_time(value: Any, now: float, field: str = "since.time") -> float:
+    """A rewind's moment as unix seconds: an ISO 8601 time (``2026-12-07T06:00:00Z``; no
+    zone means UTC) or a time back from ``now`` (``-30s``, ``-15m``, ``-1h``, ``-7d``).
+    Raises :class:`ProtocolError` (``bad_request``) naming ``field``."""
+    if not isinstance(value, str) or not value or len(value) > 64:
+        raise ProtocolError(
+            "bad_request", f"{field} must be an ISO 8601 time or a time back like -15m"
+        )
+    relative = _RELATIVE.fullmatch(value)
+    if relative:
+        return float(max(0.0, now - int(relative.group(1)) * _UNITS[relative.group(2)]))
+    try:
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = usable_unix(moment.timestamp())
+    except (ValueError, OverflowError):
+        seconds = None
+    if seconds is None:
+        raise ProtocolError(
+            "bad_request",
+            f"{field} must be an ISO 8601 time or a time back like -15m, got {value[:40]!r}",
+        )
+    return min(seconds, MAX_UNIX)
+
+
+def rewind_pace(value: Any, field: str = "since.pace") -> float | None:
+    """A paced rewind's speed: a number > 1 (a pace of 1 or less would never catch up)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ProtocolError("bad_request", f"{field} must be a number above 1")
+    if value <= 1:
+        raise ProtocolError(
+            "bad_request", f"{field} must be above 1: a rewind at that pace never catches up"
+        )
+    return min(float(value), MAX_PACE)
+
+
+@dataclass(frozen=True, slots=True)
 class Op:
     """One decoded client operation."""
 
     op: str
     channel: str | None = None
-    since: Position | None = None
+    since: Since | None = None
     ref: Any = None
     """The client's optional ``id``, echoed in the direct reply."""
     extra: dict[str, Any] | None = None
     """Further fields of the op (filters, tokens) for layers that read them."""
 
 
-def decode(frame: str | bytes) -> Op:
-    """Decode and validate one client frame; raise :class:`ProtocolError` if it is bad."""
+def decode(frame: str | bytes, now: float | None = None) -> Op:
+    """Decode and validate one client frame; raise :class:`ProtocolError` if it is bad.
+    ``now``: the unix time a relative rewind (``"-15m"``) counts back from."""
     try:
         message = orjson.loads(frame)
     except orjson.JSONDecodeError:
@@ -70,7 +132,7 @@ def decode(frame: str | bytes) -> Op:
     channel = channel_name(message.get("channel"), op, ref)
     since = None
     if op == "subscribe" and message.get("since") is not None:
-        since = _position(message["since"], ref)
+        since = _since(message["since"], ref, time.time() if now is None else now)
     extra = None
     if op == "subscribe" and message.get("filters") is not None:
         extra = {"filters": message["filters"]}
@@ -98,9 +160,16 @@ def channel_name(value: Any, op: str | None = None, ref: Any = None) -> str:
     )
 
 
-def _position(value: Any, ref: Any) -> Position:
+def _since(value: Any, ref: Any, now: float) -> Since:
     if not isinstance(value, dict):
-        raise ProtocolError("bad_request", "since must be an object {epoch, seq}", "subscribe", ref)
+        raise ProtocolError(
+            "bad_request", "since must be an object {epoch, seq} or {time}", "subscribe", ref
+        )
+    if "time" in value:
+        try:
+            return Rewind(rewind_time(value["time"], now), rewind_pace(value.get("pace")))
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, exc.message, "subscribe", ref) from None
     epoch, seq = value.get("epoch"), value.get("seq")
     if not isinstance(epoch, str) or not epoch:
         raise ProtocolError("bad_request", "since.epoch must be a string", "subscribe", ref)

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from relay.core import protocol
-from relay.core.protocol import Position
+from relay.core.protocol import Rewind, Since
 from relay.core.rule_set import Channels
 from relay.errors import (
     CLOSE_ABNORMAL,
@@ -232,7 +232,7 @@ class Hub:
         self,
         session: Session,
         channel: str,
-        since: Position | None,
+        since: Since | None,
         ref: object = None,
         tweet_filter: TweetFilter | None = None,
         requested: Any = None,
@@ -281,10 +281,13 @@ class Hub:
             return
         self._start(session, sub, since, head)
 
-    def _start(
-        self, session: Session, sub: Subscription, since: Position | None, head: int
-    ) -> None:
+    def _start(self, session: Session, sub: Subscription, since: Since | None, head: int) -> None:
         """Answer a subscription registered at ``head``: live at once, or a catch-up."""
+        if isinstance(since, Rewind):  # pragma: no cover - the rewind lands next
+            session.unsubscribe(sub.channel)
+            self._unlisten(sub.channel, session)
+            session.push(protocol.error("bad_request", "rewind is not ready", "subscribe", sub.ref))
+            return
         if since is not None and since.epoch == self.epoch and since.seq <= head:
             task = asyncio.create_task(
                 self._catch_up(session, sub, since.seq, head), name=f"catch-up {sub.channel[:64]}"
@@ -303,7 +306,7 @@ class Hub:
         return self.known
 
     async def _check_channel(
-        self, session: Session, sub: Subscription, since: Position | None, head: int
+        self, session: Session, sub: Subscription, since: Since | None, head: int
     ) -> None:
         """A subscription to a channel this process does not know: refused as
         ``unknown_channel`` when the store's rule set is closed and does not name it,
