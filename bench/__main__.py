@@ -12,7 +12,9 @@ server process's own /proc counters. Parts (``--only NAME``):
 - ``ingest``: a synthetic stream at max speed into a fresh SQLite store, beside a plain
   bulk insert of the same stream (and PostgreSQL with DATABASE_URL);
 - ``catchup``: one client resuming from seq 0 over a filled store;
-- ``idle``: resident memory per idle subscriber.
+- ``idle``: resident memory per idle subscriber;
+- ``rewind``: the first tweet of a rewind to a time in a store of a million tweets,
+  beside a resume from the same seq.
 
 Run with ``python -m bench [--quick] [--only PART] [--idle 10000] [--subscribers 500]``.
 See docs/benchmarks.md.
@@ -39,11 +41,12 @@ from rich.table import Table
 
 from bench import ingest as bench_ingest
 from bench import parts, procs
+from bench import rewind as bench_rewind
 from bench.loadgen import raise_open_files
 from bench.procs import Redis
 from bench.table import Row
 
-PARTS = ("fanout", "latency", "ingest", "catchup", "idle")
+PARTS = ("fanout", "latency", "ingest", "catchup", "idle", "rewind")
 console = Console(width=320)  # wide enough that no cell wraps: one row, one line
 
 
@@ -89,6 +92,7 @@ def main() -> int:
     parser.add_argument("--ingest", type=int, help="ingest tweets (30000)")
     parser.add_argument("--catchup", type=int, help="catch-up stored tweets (100000)")
     parser.add_argument("--idle", type=int, help="idle connections (2000; 10000 for the target)")
+    parser.add_argument("--rewind", type=int, help="rewind store tweets (1000000)")
     parser.add_argument("--no-node", action="store_true", help="skip the Node ws peer")
     parser.add_argument(
         "--database-url", default=os.environ.get("DATABASE_URL", ""), help="PostgreSQL store"
@@ -102,6 +106,7 @@ def main() -> int:
     ingest = args.ingest or (1000 if quick else 30_000)
     catchup = args.catchup or (2000 if quick else 100_000)
     idle = args.idle or (100 if quick else 2000)
+    rewound = args.rewind or (20_000 if quick else 1_000_000)
     chosen = args.only or list(PARTS)
     raise_open_files()
     if args.no_node:
@@ -122,6 +127,7 @@ def main() -> int:
             "ingest": lambda: bench_ingest.ingest(folder, ingest, args.database_url),
             "catchup": lambda: parts.catch_up(folder, catchup),
             "idle": lambda: parts.idle(folder, idle),
+            "rewind": lambda: bench_rewind.rewind(folder, rewound),
         }
         try:
             for name in chosen:

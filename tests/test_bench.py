@@ -42,6 +42,8 @@ def test_the_quick_bench_prints_every_row_with_every_frame_delivered(tmp_path):
         "PostgreSQL store",
         "resumes from seq 0",
         "idle subscribers",
+        "rewind to a time in a store",
+        "a plain resume (since epoch + seq) from the same seqs",
     ):
         assert figure in out, f"no row {figure!r} in:\n{out}"
     assert "failed" not in out, out

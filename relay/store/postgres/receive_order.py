@@ -29,7 +29,7 @@ FIRST_RECEIVED = """(SELECT CASE
     ELSE (SELECT min(seq) FROM tweets WHERE received_at >= %s::timestamptz)
   END
   FROM (SELECT seq, received_at FROM tweets ORDER BY seq LIMIT 1) AS o
-  LEFT JOIN receive_order AS r ON true
+  LEFT JOIN (SELECT checked, late_through FROM receive_order LIMIT 1) AS r ON true
   LEFT JOIN (SELECT seq FROM tweets WHERE received_at >= %s::timestamptz
              ORDER BY received_at, seq LIMIT 1) AS c ON true)"""
 """The lowest seq received at or after the moment bound three times; NULL when no kept
@@ -43,14 +43,16 @@ WITH tail AS (
 summary AS (
     SELECT max(t.seq) AS last, max(t.received_at) AS newest,
            max(t.seq) FILTER (WHERE t.received_at < greatest(t.prior, r.received_max)) AS late
-    FROM tail AS t CROSS JOIN receive_order AS r)
+    FROM tail AS t CROSS JOIN (SELECT received_max FROM receive_order LIMIT 1) AS r)
 UPDATE receive_order SET
     checked = coalesce(summary.last, checked),
     received_max = greatest(received_max, summary.newest),
     late_through = greatest(late_through, summary.late)
 FROM summary
 """
-"""Look at every tweet stored since the last record (``greatest`` passes NULLs over)."""
+"""Look at every tweet stored since the last record (``greatest`` passes NULLs over). The
+one row is read with ``LIMIT 1``: the planner, which knows no statistics of the small
+table, would otherwise expect a thousand rows and JIT-compile the statement (10 ms)."""
 
 
 async def record(cur: Cursor) -> None:

@@ -105,10 +105,13 @@ class WriterTask:
         # notices a dead writer's socket in seconds and frees what it held. A commit is
         # durable before the writer hands its seqs out, whatever the server's default:
         # with synchronous_commit off, a server crash loses the last commits, and their
-        # seqs would be given again to other tweets.
+        # seqs would be given again to other tweets. No JIT: the writer's statements are
+        # short, and the planner, misjudging one on a large table (the receive order's
+        # look at the new rows), would compile it for longer than it runs.
         idle_ms = max(1000, int(self.lease_ttl * 1000))
         await conn.execute(
             "SELECT set_config('synchronous_commit', 'on', false), "
+            "set_config('jit', 'off', false), "
             "set_config('idle_in_transaction_session_timeout', %s, false), "
             "set_config('tcp_keepalives_idle', '5', false), "
             "set_config('tcp_keepalives_interval', '2', false), "
