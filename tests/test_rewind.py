@@ -17,7 +17,9 @@ from typing import Any
 import orjson
 import pytest
 
+from relay.core.query import Condition, parse_tweet_query
 from relay.core.times import time_from_unix
+from relay.errors import BadRequest
 from relay.stream.session import Session, Subscription
 from relay.testing import RelayClient, RelayClientError, RelayServer
 from tests.pg_server import StoreMaker
@@ -188,11 +190,27 @@ def test_since_time_on_the_object_api_means_the_same(stocked: tuple[RelayServer,
     assert ids(since_time="-15m") == ["104", "105", "106"]  # from the relay's 06:10
     assert ids(since_time="2030-01-01T00:00:00Z") == []
     assert ids(since_time="2026-12-07T05:05:00Z", rule="cats") == ["102", "104", "106"]
-    for bad in ("soon", "-15 minutes", "2026-02-30T00:00:00Z"):
-        answer = server.get("/v1/objects/tweets?since_time=" + urllib.parse.quote(bad))
+    bad = ("soon", "-15 minutes", "2026-02-30T00:00:00Z", "x" * 100)
+    for value in bad:
+        answer = server.get("/v1/objects/tweets?since_time=" + urllib.parse.quote(value))
         assert answer.status == 400
         (error,) = answer.body["errors"]
-        assert "since_time" in error["message"]
+        assert "since_time" in error["message"] and error["reason"] == "badRequest"
+    assert server.relay is not None
+    requests = server.relay.metrics.http_requests
+    assert counted(requests, route="/v1/objects/tweets", status="400") == len(bad)
+
+
+def test_since_time_parses_to_one_condition_counted_back_from_the_clock_given() -> None:
+    now = T0 + 4200
+    (relative,) = parse_tweet_query({"since_time": ["-15m"]}, now=now).conditions
+    assert relative == Condition("received", "since", (now - 900,))
+    (absolute,) = parse_tweet_query({"since_time": [AT_6]}, now=now).conditions
+    assert absolute == Condition("received", "since", (T0 + 3600,))
+    with pytest.raises(BadRequest, match="parameter 'since_time' must be an ISO 8601 time"):
+        parse_tweet_query({"since_time": ["6am"]}, now=now)
+    with pytest.raises(BadRequest, match="'since_time' given more than once"):
+        parse_tweet_query({"since_time": [AT_6, AT_6]}, now=now)
 
 
 # -- paced rewind ------------------------------------------------------------------------

@@ -147,7 +147,7 @@ class OnlineIndex:
 
 ONLINE_INDEXES = (
     # The first tweet received at or after a moment, in one lookup (a rewind). Measured on
-    # a million tweets (python -m bench.migration): about 0.8 s, writes going on.
+    # a million tweets (python -m bench.migration): about 0.7 s, writes going on.
     OnlineIndex("tweets_received_at", 6, "tweets (received_at, seq)"),
 )
 

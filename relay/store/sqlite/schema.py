@@ -119,7 +119,7 @@ def _migration_7(db: sqlite_utils.Database) -> None:
     # Rewind by time: the first seq received at or after a moment in one index lookup
     # (relay.store.sqlite.receive_order), with the record of receive order the writer keeps,
     # here filled for the tweets already stored. Measured on a million tweets (python -m
-    # bench.migration): the index in about 0.7 s, the record in about 1 s.
+    # bench.migration): about 2 s in all.
     db.execute("CREATE INDEX tweets_received_at ON tweets (received_at)")
     db.execute(
         "CREATE TABLE receive_order (checked INTEGER NOT NULL, received_max TEXT NOT NULL, "
