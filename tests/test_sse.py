@@ -413,3 +413,32 @@ def test_a_stream_of_several_channels_resumes_in_one_pass_on_both_stores(
     for frame in frames:
         on = [c for c in wanted if c.removeprefix("rule:") in TAGS[frame["seq"] % 6]]
         assert frame["channels"] == on and frame["tweet"]["lang"] == "en"
+
+
+def test_resume_after_a_kill_9_of_the_relay_misses_nothing_it_committed(tmp_path: Path) -> None:
+    recording = tmp_path / "stream.jsonl"
+    write_stream(recording, 3000, seed=5)
+    db = str(tmp_path / "r.db")
+    first = RelayProcess(
+        tmp_path / "1.log", "--db", db, "--replay", str(recording), "--speed", "50"
+    )
+    try:
+        client = SseClient(first.url + "/v1/events")
+        last = client.tweets(20)[-1]["seq"]
+        last_id = client.last_event_id
+        first.proc.kill()  # no drain, no last event: the stream just stops
+        first.proc.wait(UNIT)
+        assert client.closed is None
+        client.close()
+    finally:
+        first.close()
+    second = RelayProcess(tmp_path / "2.log", "--db", db, "--replay", str(recording))
+    try:
+        head = int(second.get("/v1/info")["seq"])  # type: ignore[call-overload]
+        assert head > last
+        with SseClient(second.url + "/v1/events", last_event_id=last_id) as client:
+            resumed = client.until_seq(head, timeout=8 * UNIT)
+        seqs = [f["seq"] for f in resumed]
+        assert seqs[: head - last] == list(range(last + 1, head + 1)), "a gap or a duplicate"
+    finally:
+        second.stop()
