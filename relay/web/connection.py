@@ -59,7 +59,7 @@ class StreamConnection(asyncio.Protocol):
 
     The library's ``ServerProtocol`` does the parsing and framing; this object moves
     bytes between it and the transport and keeps the deadlines that the listener's
-    sweep checks (:meth:`Listener._timers`). Nothing runs for it while it is idle.
+    sweep checks (:mod:`relay.web.listener`). Nothing runs for it while it is idle.
     """
 
     __slots__ = (
