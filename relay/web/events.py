@@ -175,8 +175,9 @@ class EventStreams:
             metrics=self.metrics,
             peer=peer,
         )
-        client = Client(address, grant, session=session, started=time.monotonic())
-        client.target = request.path
+        client = Client(
+            address, grant, session=session, started=time.monotonic(), target=request.path
+        )
         conn.client = client
         self.clients.add(client)
         self.hub.add(session)
