@@ -4,8 +4,10 @@ Each client is a raw asyncio protocol: a fixed upgrade request offering no exten
 (so no compression), one masked text frame to subscribe, and a minimal reader of the
 server's unmasked frames that counts tweet frames, checks their seqs follow each other
 and, when asked, reads the relay's ``received_at`` stamp for latency. Pings are
-answered. It does as little per frame as a client can, so that the server, not the
-generator, is what the benchmark measures; the worker reports its own CPU time.
+answered. With ``transport: "sse"`` a client is a plain GET of an event stream
+(:class:`EventClient`), read the same way: tweet events counted, their ids' seqs checked.
+It does as little per frame as a client can, so that the server, not the generator, is
+what the benchmark measures; the worker reports its own CPU time.
 
 The parent drives a worker through a pipe: ``connect`` -> ready, ``wait`` -> done.
 Every wait has a timeout.
@@ -157,14 +159,16 @@ class Client(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _tweet(self, buffer: bytearray, start: int, end: int, now: float) -> None:
-        shared = self.shared
-        if self.count >= shared.expect:  # a looping source goes on: past the run
-            return
         at = buffer.find(SEQ, start, end) + 6
         stop = at
         while 48 <= buffer[stop] <= 57:
             stop += 1
-        seq = int(buffer[at:stop])
+        self._counted(int(buffer[at:stop]), buffer, start, end, now)
+
+    def _counted(self, seq: int, buffer: bytearray, start: int, end: int, now: float) -> None:
+        shared = self.shared
+        if self.count >= shared.expect:  # a looping source goes on: past the run
+            return
         if self.last_seq >= 0 and seq != self.last_seq + 1:
             shared.gaps += 1
         self.last_seq = seq
@@ -184,17 +188,75 @@ class Client(asyncio.Protocol):
                 shared.all_done.set()
 
 
+class EventClient(Client):
+    """One server-sent events client: ``request`` is its GET; tweet events are counted by
+    the seq of their ``id: <epoch>:<seq>``."""
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buffer = self.buffer
+        buffer += data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buffer.startswith(b"HTTP/1.1 200"):
+                self.subscribed.set_exception(
+                    ConnectionError(bytes(buffer[: buffer.find(b"\r\n")]).decode())
+                )
+                assert self.transport is not None
+                self.transport.close()
+                return
+            del buffer[: end + 4]
+            self.upgraded = True
+        # Line by line with one-byte finds (memchr): a two-byte pattern would be searched
+        # through every event's whole data at several times the cost.
+        pos, size = 0, len(buffer)
+        while True:
+            start, end = pos, pos
+            while (stop := buffer.find(b"\n", end)) > end:  # to the blank line
+                end = stop + 1
+            if stop < 0:
+                break  # the event is not complete yet
+            pos = stop + 1
+            if buffer.startswith(b"id: ", start):
+                colon = buffer.find(b":", start + 4, end)
+                line = buffer.find(b"\n", colon)
+                if buffer.startswith(b"event: tweet\n", line + 1):
+                    self._counted(int(buffer[colon + 1 : line]), buffer, start, end, now)
+                    continue
+            if not self.subscribed.done() and buffer.find(b"event: subscribed", start, end) >= 0:
+                self.subscribed.set_result(bytes(buffer[start:end]))
+            if pos >= size:
+                break
+        del buffer[:pos]
+        if self.stuck and self.transport is not None and self.subscribed.done():
+            self.transport.pause_reading()
+
+
+EVENTS_REQUEST = "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n"
+
+
 async def _open(
-    port: int, path: str, shared: Shared, subscribe: bytes, count: int, stuck: int, timeout: float
+    port: int,
+    path: str,
+    shared: Shared,
+    subscribe: bytes,
+    count: int,
+    stuck: int,
+    timeout: float,
+    transport: str = "websocket",
 ) -> list[Client]:
     loop = asyncio.get_running_loop()
-    request = UPGRADE.format(path=path, host=HOST, port=port).encode()
+    kind = EventClient if transport == "sse" else Client
+    template = EVENTS_REQUEST if transport == "sse" else UPGRADE
+    request = template.format(path=path, host=HOST, port=port).encode()
     limit = asyncio.Semaphore(64)  # connects in flight: the server's accept queue is finite
 
     async def one(is_stuck: bool) -> Client:
         async with limit:
             _, client = await loop.create_connection(
-                lambda: Client(shared, request, subscribe, is_stuck), HOST, port
+                lambda: kind(shared, request, subscribe, is_stuck), HOST, port
             )
             await asyncio.wait_for(client.subscribed, timeout)
             return client
@@ -224,6 +286,7 @@ async def _serve(pipe: Connection, spec: dict[str, Any]) -> None:
             spec["clients"],
             spec.get("stuck", 0),
             timeout,
+            spec.get("transport", "websocket"),
         )
     except (TimeoutError, OSError) as exc:
         pipe.send({"error": f"{type(exc).__name__}: {exc}"})

@@ -165,27 +165,46 @@ def _cell(result: Burst | str, show: Callable[[Burst], str]) -> str:
     return result if isinstance(result, str) else show(result)
 
 
-def fan_out(folder: Path, redis_url: str, clients: int, count: int) -> list[Row]:
-    """1 part: a burst of ``count`` tweets to ``clients`` subscribers of ``tweets``."""
-    part = folder / "fanout"
+def _fan_out_run(
+    part: Path, redis_url: str, clients: int, count: int, stream: Path, transport: str
+) -> tuple[Burst, int]:
+    """One relay (serve fed by ingest), ``clients`` of one transport, one burst; the burst
+    and the frames it sent, captured to ``part/frames.jsonl`` (WebSocket only)."""
     part.mkdir()
-    stream, db = part / "burst.jsonl", part / "fanout.db"
-    write_stream(stream, count, seed=11)
+    db = part / "fanout.db"
     serve = relay_serve(part, db, redis_url)
     ingest = None
+    captured = 0
     try:
 
         def trigger() -> None:
             nonlocal ingest
             ingest = relay_ingest(part, db, stream, redis_url)
 
-        relay = burst(serve, clients, count, trigger)
-        frames = part / "frames.jsonl"
-        captured = capture_frames(serve.port, count, frames)
+        spec = {"transport": "sse", "path": EVENTS_TWEETS} if transport == "sse" else {}
+        relay = burst(serve, clients, count, trigger, **spec)
+        if transport == "websocket":
+            captured = capture_frames(serve.port, count, part / "frames.jsonl")
     finally:
         if ingest is not None:
             end(ingest)
         serve.stop()
+    return relay, captured
+
+
+EVENTS_TWEETS = "/v1/events?channel=tweets"
+
+
+def fan_out(folder: Path, redis_url: str, clients: int, count: int) -> list[Row]:
+    """1 part: a burst of ``count`` tweets to ``clients`` subscribers of ``tweets``, over
+    WebSocket, then the same to as many server-sent events streams (a relay of its own)."""
+    part = folder / "fanout"
+    part.mkdir()
+    stream = part / "burst.jsonl"
+    write_stream(stream, count, seed=11)
+    relay, captured = _fan_out_run(part / "ws", redis_url, clients, count, stream, "websocket")
+    frames = part / "ws" / "frames.jsonl"
+    sse, _ = _fan_out_run(part / "sse", redis_url, clients, count, stream, "sse")
     size = frames.stat().st_size / max(captured, 1)
     py, node = _peer_bursts(part, frames, clients, captured)
     cond = f"{clients:,} subscribers x {count:,}-tweet burst, ~{size / 1024:.1f} KB frames"
@@ -213,6 +232,15 @@ def fan_out(folder: Path, redis_url: str, clients: int, count: int) -> list[Row]
             _cell(py, us),
             _cell(node, us),
             f"target <= 3 µs and <= 0.4x peer; {ratio}",
+        ),
+        Row(
+            "fan-out",
+            "server-sent events: server CPU per delivered event, the same burst to as many "
+            "streams of tweets",
+            us(sse),
+            "",
+            "",
+            f"target <= 1.3x WebSocket: {sse.us_per_frame / relay.us_per_frame:.2f}x",
         ),
         Row(
             "fan-out",
@@ -358,6 +386,8 @@ def catch_up(folder: Path, count: int) -> list[Row]:
             {"op": "subscribe", "channel": "tweets", "since": {"epoch": epoch, "seq": 0}}
         )
         relay = burst(serve, 1, count, None, subscribe=since, timeout=60)
+        path = f"/v1/events?channel=tweets&since={epoch}:0"
+        sse = burst(serve, 1, count, None, timeout=60, transport="sse", path=path)
         frames = part / "frames.jsonl"
         captured = capture_frames(serve.port, count, frames, timeout=120)
     finally:
@@ -376,6 +406,15 @@ def catch_up(folder: Path, count: int) -> list[Row]:
             _cell(py, wall),
             _cell(node, wall),
             f"target <= 1.5 s, <= 3 µs/frame (store filled in {filled:.0f} s)",
+        ),
+        Row(
+            "catch-up",
+            f"server-sent events: 1 stream resumes from seq 0 over the same {count:,} tweets",
+            wall(sse),
+            "",
+            "",
+            f"target <= 1.3x WebSocket: {sse.wall / relay.wall:.2f}x wall, "
+            f"{sse.us_per_frame / relay.us_per_frame:.2f}x CPU",
         ),
     ]
 

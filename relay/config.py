@@ -18,6 +18,7 @@ from relay.core.values import (
     parse_bool,
     parse_duration,
     parse_int,
+    parse_origins,
     parse_patterns,
     parse_speed,
     parse_time,
@@ -54,9 +55,16 @@ class Settings:
     open_timeout: float = 10.0
     """Seconds a new connection has to send its request (and be answered) before it is
     cut; the timeout websockets' own server used."""
+    cors_origins: tuple[str, ...] = ("*",)
+    """Web origins whose pages may read the object API and the event stream (CORS): ``*``
+    any origin (the answers hold nothing a token does not guard), a list
+    (``https://wall.example.org``) only those, empty none (same origin only)."""
     compression: bool = False
     """Offer permessage-deflate to clients that ask. Off: compressing costs CPU and zlib
     memory per connection (every browser asks), and frames are built once for everyone."""
+    sse_keepalive: float = 15.0
+    """Seconds between the keep-alive comments of a server-sent events stream (0: none):
+    routers of a PaaS cut a response that sends nothing for a while (Heroku: 55 s)."""
     catch_ups_at_once: int = 2
     """Store reads of resume catch-ups at once over all connections; others wait their turn.
 
@@ -250,6 +258,8 @@ class Settings:
             raise ConfigError("query_timeout must be positive")
         if self.open_timeout <= 0:
             raise ConfigError("open_timeout must be positive")
+        if not 0 <= self.sse_keepalive <= 3600:  # NaN fails too
+            raise ConfigError("sse_keepalive must be 0 (none) to 3600 seconds")
         if not 1 <= self.max_sort_terms <= 3:
             raise ConfigError("max_sort_terms must be 1..3 (createdAt, seq, id)")
         if self.max_offset < 0:
@@ -336,7 +346,9 @@ ENVIRONMENT = {
     "ping_interval": ("RELAY_PING_INTERVAL",),
     "ping_timeout": ("RELAY_PING_TIMEOUT",),
     "open_timeout": ("RELAY_OPEN_TIMEOUT",),
+    "cors_origins": ("RELAY_CORS_ORIGINS",),
     "compression": ("RELAY_COMPRESSION",),
+    "sse_keepalive": ("RELAY_SSE_KEEPALIVE",),
     "catch_ups_at_once": ("RELAY_CATCH_UPS_AT_ONCE",),
     "recovered_cap": ("RELAY_RECOVERED_CAP",),
     "secret": ("RELAY_SECRET",),
@@ -402,7 +414,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-EMPTY_IS_A_VALUE = {"public_channels"}
+EMPTY_IS_A_VALUE = {"public_channels", "cors_origins"}
 
 
 def _from_file(path: Path) -> dict[str, Any]:
@@ -434,10 +446,12 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "ping_timeout": float,
     "open_timeout": float,
     "compression": parse_bool,
+    "sse_keepalive": float,
     "catch_ups_at_once": parse_int,
     "recovered_cap": parse_int,
     "speed": parse_speed,
     "public_channels": parse_patterns,
+    "cors_origins": parse_origins,
     "max_connections_per_subject": parse_int,
     "max_connections_per_address": parse_int,
     "max_sockets_per_address": parse_int,

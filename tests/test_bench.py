@@ -41,6 +41,8 @@ def test_the_quick_bench_prints_every_row_with_every_frame_delivered(tmp_path):
         "fresh SQLite store",
         "PostgreSQL store",
         "resumes from seq 0",
+        "server-sent events: server CPU per delivered event",
+        "server-sent events: 1 stream resumes from seq 0",
         "idle subscribers",
         "rewind to a time in a store",
         "a plain resume (since epoch + seq) from the same seqs",
@@ -49,7 +51,7 @@ def test_the_quick_bench_prints_every_row_with_every_frame_delivered(tmp_path):
     assert "failed" not in out, out
     # Every burst and catch-up delivered all its frames, with no seq gap, to relay and peer.
     counts = re.findall(r"\(([\d,]+)/([\d,]+)(, \d+ gaps)?\)", out)
-    assert len(counts) >= 6, out
+    assert len(counts) >= 8, out  # with the event streams' burst and catch-up
     assert all(got == want and not gaps for got, want, gaps in counts), counts
     assert "Python" in out and "websockets" in out and "cores" in out
     assert re.search(r"Run took \d+ s", out)

@@ -9,6 +9,7 @@ with the tweet ids the store holds.
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import subprocess
@@ -90,6 +91,53 @@ class Reader:
 
     def stop(self) -> None:
         self._stop = True
+
+
+class EventsReader(Reader):
+    """The same reader over server-sent events, with no SSE library: a plain HTTP GET of
+    ``/v1/events``, resumed on the next process with ``Last-Event-ID`` as EventSource does."""
+
+    def _read(self, url: str) -> None:
+        base = url.replace("ws://", "").split("/", 1)[0]
+        host, port = base.rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=4 * UNIT)
+        headers = {"Accept": "text/event-stream"}
+        if self.epoch:
+            last = self.frames[-1][0] if self.frames else 0
+            headers["Last-Event-ID"] = f"{self.epoch}:{last}"
+        try:
+            connection.request("GET", "/v1/events?channel=tweets", headers=headers)
+            response = connection.getresponse()
+            if response.status != 200:
+                raise OSError(f"/v1/events answered {response.status}")
+            self.connections += 1
+            fields: dict[str, str] = {}
+            while not self._stop:
+                line = response.readline()
+                if not line:
+                    raise OSError("the stream ended")
+                text = line.decode().rstrip("\r\n")
+                if text:
+                    name, _, value = text.partition(":")
+                    fields[name] = value.removeprefix(" ")
+                    continue
+                event, fields = fields, {}
+                if event.get("event") == "subscribed" and not self.epoch:
+                    subscribed = orjson.loads(event["data"])
+                    self.epoch = subscribed["epoch"]
+                    if subscribed["seq"] > 0:
+                        return  # started late: connect again, resuming from seq 0
+                elif event.get("event") == "tweet":
+                    frame = orjson.loads(event["data"])
+                    assert event["id"] == f"{self.epoch}:{frame['seq']}"
+                    self.frames.append((frame["seq"], frame["tweet"]["id"]))
+                    if frame["seq"] >= self.until:
+                        return
+        finally:
+            connection.close()
+
+
+READERS = {"websocket": Reader, "sse": EventsReader}
 
 
 def relay_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -185,14 +233,17 @@ def test_two_serving_processes_give_clients_the_same_sequence(deploy: Deployment
         assert "Traceback" not in log_of(process)
 
 
-def test_a_killed_serving_process_costs_its_clients_nothing(deploy: Deployment) -> None:
+@pytest.mark.parametrize("transport", READERS)
+def test_a_killed_serving_process_costs_its_clients_nothing(
+    deploy: Deployment, transport: str
+) -> None:
     deploy.write_stream(1500)
     deploy.migrate()
     web = [deploy.serve(), deploy.serve()]
     for process in web:
         wait_for(lambda p=process: ready(p), 4 * UNIT, "serve ready")
     alive = list(web)
-    reader = Reader(lambda: [p.ws_url for p in alive], 1500)
+    reader = READERS[transport](lambda: [p.ws_url for p in alive], 1500)
     deploy.ingest(speed="30")
     wait_for(lambda: len(reader.frames) > 200, 8 * UNIT, "the first tweets")
     alive.remove(web[0])
