@@ -12,11 +12,15 @@ from typing import Any
 
 import orjson
 import pytest
+import sqlite_utils
 
+from relay.config import Settings
 from relay.core.tweets import parse_line
-from relay.errors import ConfigError, StoreError
+from relay.errors import ConfigError, StoreError, StoreNotReady
+from relay.store.open import open_store
 from relay.store.postgres.schema import MIGRATIONS as POSTGRES_MIGRATIONS
 from relay.store.sqlite.schema import MIGRATIONS
+from relay.store.sqlite.search import register as register_search
 from relay.store.sqlite.store import SQLiteStore
 from tests.pg_server import StoreMaker
 from tests.support import UNIT, stream_line
@@ -340,5 +344,39 @@ def test_read_after_gives_each_tweet_its_receive_time(make_store: StoreMaker) ->
             (4, 300.25),
         ]
         await store.close()
+
+    asyncio.run(run())
+
+
+def test_a_reader_of_a_store_from_before_the_rewind_migration_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    """A serving process that opens a file an older relay wrote (schema version 6, no
+    record of receive order yet) hears that it is not migrated yet, and retries; the
+    writer's start migrates it and keeps every tweet."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.isolation_level = None
+        db = sqlite_utils.Database(conn)
+        register_search(conn)
+        for number, migration in enumerate(MIGRATIONS[:6], 1):
+            migration(db)
+            conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute(
+            "INSERT INTO tweets (seq, id, text, created_at, received_at, has_media, rules, "
+            "object) VALUES (1, '1', 'old', '2026-01-01T00:00:00.000Z', "
+            "'2026-01-01T00:00:00.000Z', 0, '[]', '{}')"
+        )
+
+    async def run() -> None:
+        settings = Settings.from_mapping({"db": str(path)})
+        with pytest.raises(StoreNotReady, match=r"version 6\) is older .* run `relay migrate`"):
+            await open_store(settings, writer=False, serves=False)
+        writer = await open_store(settings, writer=True)
+        assert await writer.seq_at(1_767_225_600.0) == 1  # the record covers the old tweet
+        await writer.close()
+        reader = await open_store(settings, writer=False, serves=False)
+        assert await reader.head() == 1
+        await reader.close()
 
     asyncio.run(run())

@@ -204,4 +204,10 @@ def check_schema(conn: sqlite3.Connection) -> None:
         found = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if not columns <= found:
             missing = "it is missing" if not found else "it lacks columns of"
+            if version < len(MIGRATIONS):  # a relay's, from before a migration: not yet
+                raise StoreNotReady(
+                    f"its schema (version {version}) is older than this relay's "
+                    f"({len(MIGRATIONS)}), {missing} the table {table}: run `relay migrate` "
+                    "or `relay ingest`"
+                )
             raise StoreError(f"not a tweet-relay database ({missing} the table {table})")
