@@ -21,7 +21,7 @@ import pytest
 
 from relay.core.query import parse_tweet_query
 from relay.core.tweets import parse_line
-from relay.errors import QueryTimeout, StoreError, WriterFenced
+from relay.errors import QueryTimeout, StoreError, StoreNotReady, WriterFenced
 from relay.store.postgres.admin import migrate
 from relay.store.postgres.schema import MIGRATIONS
 from relay.store.postgres.store import PostgresStore
@@ -410,3 +410,19 @@ def test_an_index_a_failed_build_left_invalid_is_built_again(pg_url: str) -> Non
     assert _index_valid(pg_url) is False
     assert asyncio.run(migrate(pg_url)) == len(MIGRATIONS)
     assert _index_valid(pg_url) is True
+
+
+def test_a_reader_waits_for_the_schema_this_relay_reads(pg_url: str) -> None:
+    """A serving process newer than the database's schema (the release phase has not
+    migrated yet) hears so and retries, rather than failing its rewinds later."""
+    asyncio.run(migrate(pg_url, target=len(MIGRATIONS) - 1))
+    with pytest.raises(StoreNotReady, match=r"older than this relay's .* run `relay migrate`"):
+        asyncio.run(PostgresStore.open(pg_url, writer=False))
+    asyncio.run(migrate(pg_url))
+
+    async def opened() -> str:
+        store = await PostgresStore.open(pg_url, writer=False)
+        await store.close()
+        return store.epoch
+
+    assert asyncio.run(opened())

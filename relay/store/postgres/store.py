@@ -47,7 +47,12 @@ from relay.store.postgres import query as postgres_query
 from relay.store.postgres import read, receive_order
 from relay.store.postgres.conn import configure_types, connect, conninfo, describe, redact
 from relay.store.postgres.retention import trim_oldest
-from relay.store.postgres.schema import check_version, migrate_connection, schema_version
+from relay.store.postgres.schema import (
+    MIGRATIONS,
+    check_version,
+    migrate_connection,
+    schema_version,
+)
 from relay.store.postgres.write import Batch, Cursor, append_careful, append_fast
 from relay.store.postgres.writer import WriterTask
 from relay.store.types import (
@@ -141,6 +146,11 @@ class PostgresStore:
                 if not version:
                     raise StoreNotReady(f"no relay schema in {self.where}: run `relay migrate`")
                 check_version(version)
+                if version < len(MIGRATIONS):  # its reads would miss what this relay reads
+                    raise StoreNotReady(
+                        f"the schema of {self.where} (version {version}) is older than this "
+                        f"relay's ({len(MIGRATIONS)}): run `relay migrate`"
+                    )
             cur = await conn.execute("SELECT value FROM meta WHERE key = 'epoch'")
             row = await cur.fetchone()
             if row is None:
