@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
+from relay.core.auth import issue_token
 from relay.core.query import Condition, parse_tweet_query
 from relay.core.times import time_from_unix
 from relay.errors import BadRequest
@@ -24,6 +25,7 @@ from relay.stream.session import Session, Subscription
 from relay.testing import RelayClient, RelayClientError, RelayServer
 from tests.pg_server import StoreMaker
 from tests.support import UNIT, counted, stream_line, wait_for
+from tests.test_auth import SECRET
 
 Frame = dict[str, Any]
 
@@ -328,6 +330,37 @@ def test_a_filtered_paced_rewind_paces_the_tweets_it_passes(
     assert [seq for seq, _ in arrived] == [2, 4]
     # Seq 2 at 0 s, seq 4 at 2.0 s recorded: 0.5 s apart at pace 4.
     assert arrived[1][1] - arrived[0][1] >= 2.0 / PACE - 0.05
+
+
+def test_a_paced_rewind_narrowed_by_a_refresh_sends_only_what_the_new_token_reads(
+    start_relay: Callable[..., RelayServer], tmp_path: Path
+) -> None:
+    """A refresh whose token pins ``lang: ja`` while the replay waits: the tweets still
+    to come from the store pass the new filter too, then the live ones."""
+    recording = _recording(tmp_path / "paced.jsonl", [0.0, 0.0, 8.0, 0.0, 4.0])
+    server = start_relay(
+        recording,
+        batch_size=1,
+        keep_open=True,
+        clock=Clock(T0 + 12.0),
+        secret=SECRET,
+        public_channels=[],
+    )
+    server.wait_seq(5)
+    wide = issue_token(SECRET, subject="s", channels=["tweets"], ttl=600, now=time.time())
+    narrow = issue_token(
+        SECRET, subject="s", channels=["tweets"], ttl=600, now=time.time(), filters={"lang": "ja"}
+    )
+    with RelayClient(server.ws_url, token=wide) as client:
+        client.subscribe("tweets", since={"time": time_from_unix(T0), "pace": PACE})
+        assert [f["seq"] for f in client.tweets(2)] == [1, 2]  # then 2 s until seq 3
+        client.send({"op": "refresh", "token": narrow, "id": 1})
+        assert client.next_frame(until=lambda f: f["type"] == "refreshed")["id"] == 1
+        server.push(stream_line(301, "live en", lang="en"), stream_line(302, "live ja", lang="ja"))
+        rest = client.until_seq(7, timeout=4 * UNIT)
+    # Seq 3 and 5 are in English, 6 too: the replay and the live tweets after it pass
+    # the refreshed filter.
+    assert [(f["seq"], f["tweet"]["lang"]) for f in rest] == [(4, "ja"), (7, "ja")]
 
 
 def _subscription(server: RelayServer) -> tuple[Session, Subscription]:

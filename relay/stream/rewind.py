@@ -57,11 +57,11 @@ async def replay_paced(
             for tweet in tweets:
                 if origin is None:
                     origin = (clock(), tweet.received)
-                wait = origin[0] + max(0.0, tweet.received - origin[1]) / pace - clock()
-                if wait > 0:
+                due = origin[0] + max(0.0, tweet.received - origin[1]) / pace
+                if due > clock():
                     last = await _send(reader, session, sub, read_with, due_now, epoch, last)
                     due_now = []
-                    await asyncio.sleep(wait)
+                    await asyncio.sleep(max(0.0, due - clock()))  # the client may have been slow
                 due_now.append(tweet)
             await _send(reader, session, sub, read_with, due_now, epoch, last)
             last = reached
