@@ -38,7 +38,6 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
 from client_demo.errors import (
     TERMINAL_CLOSES,
-    UNAUTHORIZED_CLOSES,
     DemoError,
     one_line,
     refused,
@@ -52,9 +51,9 @@ __all__ = ["DemoError", "Event", "Position", "ResumingStream", "member_text"]
 FIRST_TRIES = 4
 """Tries of the very first connection before giving up (about 2 s of backoff)."""
 
-FINAL_EVENTS = frozenset(("close", "end", "bye"))
-"""The event a relay sends last before it ends a server-sent events stream (its data
-says why, as a WebSocket close reason does)."""
+FINAL_EVENT = "close"
+"""The event a relay sends last before it ends a server-sent events stream: its data is
+the WebSocket close reason (``reason``, ``seq``, ``message``) with the ``code``."""
 SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 
 
@@ -307,17 +306,17 @@ class ResumingStream:
         kind = frame.setdefault("type", message.type)
         if kind == "refresh_required":
             return [await self._sse_refresh()]
-        if kind in FINAL_EVENTS:
+        if message.type == FINAL_EVENT:
             raise self._sse_end(frame)
-        if kind != "tweet":
-            event = self._read(frame)
-            return [] if event is None else [event]
-        channels = frame.get("channels") or [frame.get("channel")]
+        channels = frame.get("channels")
+        if not isinstance(channels, list):
+            channels = [frame.get("channel")]
         events = []
         for channel in channels:
-            event = self._read({**frame, "channel": channel})
-            if event is not None:
-                events.append(replace(event, frame=message.data))
+            if channel in self.positions or channel == frame.get("channel"):
+                event = self._read({**frame, "channel": channel})
+                if event is not None:
+                    events.append(replace(event, frame=message.data))
         return events
 
     async def _sse_refresh(self) -> Event:
@@ -341,15 +340,17 @@ class ResumingStream:
         return _Retry(f"HTTP {refusal.status}: {message}")
 
     def _sse_end(self, frame: dict[str, Any]) -> Exception:
-        """The relay's last event says why it ends the stream: a token that no longer
-        works ends the client; anything else is retried from the position held."""
-        why = str(frame.get("reason", ""))
-        if why in UNAUTHORIZED_CLOSES:
+        """The relay's last event says why it ends the stream, with the close code a
+        WebSocket would have had: read as that close (4001, 4003 and 1008 end the client;
+        anything else is retried from the position held)."""
+        code = frame.get("code")
+        why = one_line(str(frame.get("reason", "")))
+        if code == 4001:
             said = unauthorized(orjson.dumps(frame).decode())
             return DemoError(f"the relay closed the stream: {said}")
-        if why == "forbidden":
-            return DemoError(f"the relay closed the stream: {TERMINAL_CLOSES[4003]}")
-        return _Retry(f"the relay ended the stream: {one_line(why) or 'no reason given'}")
+        if code in TERMINAL_CLOSES:
+            return DemoError(f"the relay closed the stream: {TERMINAL_CLOSES[code]}")
+        return _Retry(f"the relay ended the stream: {code} {why}".rstrip())
 
     async def _refresh(self, ws: ClientConnection, frame: dict[str, Any]) -> Event:
         if self.token_command is None:
