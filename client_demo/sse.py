@@ -67,7 +67,7 @@ class EventParser:
         self.last_id = ""
         self.retry: int | None = None
         """The server's reconnect hint, in milliseconds, once it sent one."""
-        self._pending = b""
+        self._pending = bytearray()  # a line not ended yet
         self._cr = False  # the last chunk ended with CR: a LF first in the next is its pair
         self._type = ""
         self._data: list[str] = []
@@ -77,11 +77,14 @@ class EventParser:
         if self._cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         self._cr = chunk.endswith(b"\r")
-        text = self._pending + chunk
+        if b"\n" not in chunk and b"\r" not in chunk:
+            self._pending += chunk
+            if len(self._pending) > MAX_EVENT:
+                raise BrokenStream("an event line too long to be one")
+            return []
+        text = bytes(self._pending) + chunk
         lines = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        self._pending = lines.pop()
-        if len(self._pending) > MAX_EVENT:
-            raise BrokenStream("an event line too long to be one")
+        self._pending = bytearray(lines.pop())
         events = []
         for line in lines:
             event = self._line(line.decode("utf-8", errors="replace"))
