@@ -18,6 +18,7 @@ from relay.core.values import (
     parse_bool,
     parse_duration,
     parse_int,
+    parse_origins,
     parse_patterns,
     parse_speed,
     parse_time,
@@ -54,6 +55,10 @@ class Settings:
     open_timeout: float = 10.0
     """Seconds a new connection has to send its request (and be answered) before it is
     cut; the timeout websockets' own server used."""
+    cors_origins: tuple[str, ...] = ("*",)
+    """Web origins whose pages may read the object API and the event stream (CORS): ``*``
+    any origin (the answers hold nothing a token does not guard), a list
+    (``https://wall.example.org``) only those, empty none (same origin only)."""
     compression: bool = False
     """Offer permessage-deflate to clients that ask. Off: compressing costs CPU and zlib
     memory per connection (every browser asks), and frames are built once for everyone."""
@@ -336,6 +341,7 @@ ENVIRONMENT = {
     "ping_interval": ("RELAY_PING_INTERVAL",),
     "ping_timeout": ("RELAY_PING_TIMEOUT",),
     "open_timeout": ("RELAY_OPEN_TIMEOUT",),
+    "cors_origins": ("RELAY_CORS_ORIGINS",),
     "compression": ("RELAY_COMPRESSION",),
     "catch_ups_at_once": ("RELAY_CATCH_UPS_AT_ONCE",),
     "recovered_cap": ("RELAY_RECOVERED_CAP",),
@@ -402,7 +408,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-EMPTY_IS_A_VALUE = {"public_channels"}
+EMPTY_IS_A_VALUE = {"public_channels", "cors_origins"}
 
 
 def _from_file(path: Path) -> dict[str, Any]:
@@ -438,6 +444,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "recovered_cap": parse_int,
     "speed": parse_speed,
     "public_channels": parse_patterns,
+    "cors_origins": parse_origins,
     "max_connections_per_subject": parse_int,
     "max_connections_per_address": parse_int,
     "max_sockets_per_address": parse_int,

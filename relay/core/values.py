@@ -78,3 +78,23 @@ def parse_int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("not an integer")
     return int(value)
+
+
+def parse_origins(value: Any) -> tuple[str, ...]:
+    """Web origins from a TOML list or a comma-separated string: ``*`` (any origin) or
+    each ``scheme://host[:port]`` as a browser sends it in ``Origin``; empty: none."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise ValueError("expected a list of origins")
+    origins = tuple(item.strip().rstrip("/") for item in items if item.strip())
+    for origin in origins:
+        scheme, sep, host = origin.partition("://")
+        if origin != "*" and (
+            not sep or scheme not in ("http", "https") or not host or "/" in host
+        ):
+            raise ValueError(
+                f"an origin is '*' or scheme://host[:port] with no path, got {origin[:60]!r}"
+            )
+    if "*" in origins and len(origins) > 1:
+        raise ValueError("'*' already allows every origin: list origins or '*', not both")
+    return origins

@@ -97,11 +97,12 @@ class ApiLimits:
 
 
 def check_method(method: str, path: str) -> None:
-    """MethodNotAllowed for anything but GET and HEAD (the stream: GET only)."""
+    """MethodNotAllowed for anything but GET and HEAD (the stream: GET only); OPTIONS is
+    answered before (:mod:`relay.web.cors`)."""
     allowed = ("GET",) if path == STREAM_PATH else METHODS
     if method not in allowed:  # methods are case-sensitive: "get" is not GET
-        raise MethodNotAllowed(
-            f"method {method[:20]!r} is not allowed here", allow=", ".join(allowed)
+        raise MethodNotAllowed(  # OPTIONS (a preflight) is answered before the routes
+            f"method {method[:20]!r} is not allowed here", allow=", ".join((*allowed, "OPTIONS"))
         )
 
 

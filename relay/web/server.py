@@ -46,6 +46,7 @@ from relay.stream.hub import Hub
 from relay.stream.session import Session
 from relay.web.clients import Client, Clients
 from relay.web.connection import StreamConnection
+from relay.web.cors import CrossOrigin
 from relay.web.http_wire import Refusal, has_body
 from relay.web.listener import Listener
 from relay.web.routes import STREAM_PATH, HttpApi, Reply, access_log, error_reply, log_request
@@ -73,6 +74,7 @@ class StreamServer:
         self.policy = self.access.policy
         self.server: Listener | None = None
         self.clients = Clients(self.policy)
+        self.cors = CrossOrigin(settings.cors_origins)
         # Every socket per address, from the accept. Behind trusted proxies every client
         # has the proxy's address: counted, never refused (the proxy bounds its sockets).
         self.sockets = SocketCount(
@@ -121,11 +123,15 @@ class StreamServer:
         path, _, query = request.path.partition("?")
         headers = _plain_headers(request.headers)
         address = self._client_address(conn, request)
+        origin = headers.get("origin")
+        if request.method == "OPTIONS":
+            self._preflight(conn, request, headers, address)
+            return False
         if path != STREAM_PATH or request.method != "GET":
             reply = await self.api.handle(
                 request.path, headers, method=request.method, client=address
             )
-            conn.respond(*_answer(reply, head=request.method == "HEAD"))
+            conn.respond(*self._answer(reply, origin, head=request.method == "HEAD"))
             return False
         # Refused before the upgrade: a bad token never gets a WebSocket.
         try:
@@ -140,11 +146,44 @@ class StreamServer:
             self._log_refusal(
                 "refused a stream connection from %s: %s", _peer(conn, address), exc.message
             )
-            conn.respond(*_answer(error_reply(exc)))
+            conn.respond(*self._answer(error_reply(exc), origin))
             return False
         # On the connection itself: a failed handshake leaves nothing behind.
         conn.client = Client(address, grant)
         return True
+
+    def _preflight(
+        self, conn: StreamConnection, request: Request, headers: dict[str, str], address: str
+    ) -> None:
+        """An ``OPTIONS`` request (a browser's CORS preflight): what may be sent, no body."""
+        status, answer = self.cors.preflight(headers)
+        if has_body(request):  # the connection closes after the answer: nothing is left unread
+            status = 400
+        self.metrics.http_requests.labels("preflight", str(status)).inc()
+        if self.settings.access_log:
+            log_request(
+                "OPTIONS", request.path, status, client=address, size=0, started=time.monotonic()
+            )
+        conn.respond(status, [*answer, ("Content-Length", "0"), ("Connection", "close")])
+
+    def _answer(
+        self, reply: Reply, origin: str | None, *, head: bool = False
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The HTTP answer's status, headers and body; for HEAD the same headers
+        (Content-Length too) and no body."""
+        headers = [("Content-Type", reply.content_type)]
+        if reply.status != 304:  # a 304's length would be the 200's: none is simpler
+            headers.append(("Content-Length", str(len(reply.body))))
+        extra = dict(reply.headers)
+        for name, value in self.cors.headers(origin):
+            if name == "Vary" and "Vary" in extra:  # one Vary naming both
+                extra["Vary"] = f"{extra['Vary']}, {value}"
+            else:
+                headers.append((name, value))
+        # The connection closes after any answer but an upgrade: say so.
+        headers.append(("Connection", "close"))
+        headers.extend(extra.items())
+        return reply.status, headers, b"" if head else reply.body
 
     def malformed(self, conn: StreamConnection, refusal: Refusal) -> None:
         """Count and log a request answered at the wire, like one answered by a route."""
@@ -435,16 +474,3 @@ def _address(conn: StreamConnection) -> str:
 
 def _plain_headers(headers: Headers) -> dict[str, str]:
     return {name.lower(): value for name, value in headers.raw_items()}
-
-
-def _answer(reply: Reply, *, head: bool = False) -> tuple[int, list[tuple[str, str]], bytes]:
-    """The HTTP answer's status, headers and body; for HEAD the same headers (Content-Length
-    too) and no body."""
-    headers = [("Content-Type", reply.content_type)]
-    if reply.status != 304:  # a 304's length would be the 200's: none is simpler
-        headers.append(("Content-Length", str(len(reply.body))))
-    headers.append(("Access-Control-Allow-Origin", "*"))
-    # The connection closes after any answer but an upgrade: say so.
-    headers.append(("Connection", "close"))
-    headers.extend(reply.headers.items())
-    return reply.status, headers, b"" if head else reply.body
