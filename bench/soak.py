@@ -130,7 +130,7 @@ def metrics(url: str) -> dict[str, float]:
     for line in text.splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
-            values[name] += float(value)
+            values[name.partition("{")[0]] += float(value)
     return dict(values)
 
 

@@ -62,6 +62,9 @@ class Settings:
     compression: bool = False
     """Offer permessage-deflate to clients that ask. Off: compressing costs CPU and zlib
     memory per connection (every browser asks), and frames are built once for everyone."""
+    sse_keepalive: float = 15.0
+    """Seconds between the keep-alive comments of a server-sent events stream (0: none):
+    routers of a PaaS cut a response that sends nothing for a while (Heroku: 55 s)."""
     catch_ups_at_once: int = 2
     """Store reads of resume catch-ups at once over all connections; others wait their turn.
 
@@ -255,6 +258,8 @@ class Settings:
             raise ConfigError("query_timeout must be positive")
         if self.open_timeout <= 0:
             raise ConfigError("open_timeout must be positive")
+        if not 0 <= self.sse_keepalive <= 3600:  # NaN fails too
+            raise ConfigError("sse_keepalive must be 0 (none) to 3600 seconds")
         if not 1 <= self.max_sort_terms <= 3:
             raise ConfigError("max_sort_terms must be 1..3 (createdAt, seq, id)")
         if self.max_offset < 0:
@@ -343,6 +348,7 @@ ENVIRONMENT = {
     "open_timeout": ("RELAY_OPEN_TIMEOUT",),
     "cors_origins": ("RELAY_CORS_ORIGINS",),
     "compression": ("RELAY_COMPRESSION",),
+    "sse_keepalive": ("RELAY_SSE_KEEPALIVE",),
     "catch_ups_at_once": ("RELAY_CATCH_UPS_AT_ONCE",),
     "recovered_cap": ("RELAY_RECOVERED_CAP",),
     "secret": ("RELAY_SECRET",),
@@ -440,6 +446,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "ping_timeout": float,
     "open_timeout": float,
     "compression": parse_bool,
+    "sse_keepalive": float,
     "catch_ups_at_once": parse_int,
     "recovered_cap": parse_int,
     "speed": parse_speed,

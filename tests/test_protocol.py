@@ -10,6 +10,7 @@ import pytest
 from relay.core import protocol
 from relay.core.protocol import Op, Position
 from relay.errors import ProtocolError
+from relay.store import StoredTweet
 from relay.testing import RelayServer
 from relay.web import ws_frames
 from tests.support import UNIT, ws_connect
@@ -93,7 +94,8 @@ def test_frames_are_built_as_the_library_serializes_them(size: int) -> None:
     assert list(ws_frames.payloads(expected)) == [payload]
     body = b'{"text":"' + b"b" * size + b'"}'
     tweet = protocol.tweet("rule:cats", 42, body)
-    framed = ws_frames.WEBSOCKET.tweets("rule:cats", "e1", [42], [tweet])
+    stored = StoredTweet(42, ("tweets", "rule:cats"), body)
+    framed = ws_frames.WEBSOCKET.tweets("rule:cats", "e1", [stored], [tweet])
     assert framed == [ws_frames.text_frame(tweet)]
 
 

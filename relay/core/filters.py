@@ -3,7 +3,9 @@
 A subscription may ask for ``{"lang": "ja" | [...], "author": "name" | [...],
 "has_media": true|false, "keyword": "word"}``; every given filter must hold. A token
 may pin filters: the client's own can only narrow them (the languages and authors
-are intersected, the keyword and media flag must agree), never widen them.
+are intersected, the keyword and media flag must agree), never widen them. A
+subscription to ``tweets`` may also be bounded to some rule channels (``channels``: one
+subscription over their union, as a server-sent events stream of several channels is).
 
 One predicate, two forms: :meth:`TweetFilter.matches` on the stream, and
 :meth:`TweetFilter.conditions` for a store, which compiles them with the very same
@@ -14,11 +16,12 @@ matches no name and never raises.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relay.core.query import Condition
+from relay.core.query import Condition, rules_condition
+from relay.core.tweets import RULE_PREFIX
 from relay.errors import BadRequest, Forbidden
 
 KEYS = ("lang", "author", "has_media", "keyword")
@@ -31,8 +34,15 @@ class TweetFilter:
     authors: frozenset[str] | None = None
     has_media: bool | None = None
     keywords: tuple[str, ...] = ()
+    channels: frozenset[str] | None = None
+    """Rule channels (``rule:<key>``) a tweet must be on one of; None: any tweet."""
 
-    def matches(self, lang: Any, author: Any, has_media: Any, text: Any) -> bool:
+    def matches(
+        self, lang: Any, author: Any, has_media: Any, text: Any, channels: Collection[str] = ()
+    ) -> bool:
+        """Whether a tweet with these fields, on ``channels``, passes every filter."""
+        if self.channels is not None and self.channels.isdisjoint(channels):
+            return False
         if self.langs is not None and (not isinstance(lang, str) or lang not in self.langs):
             return False
         if self.authors is not None and fold(author) not in self.authors:
@@ -47,6 +57,9 @@ class TweetFilter:
     def conditions(self) -> tuple[Condition, ...]:
         """The same predicate as store conditions (see :mod:`relay.core.query`)."""
         out: list[Condition] = []
+        if self.channels is not None:
+            keys = (c[len(RULE_PREFIX) :] for c in self.channels if c.startswith(RULE_PREFIX))
+            out.append(rules_condition(sorted(keys)))
         if self.langs is not None:
             out.append(Condition("lang", "in", tuple(sorted(self.langs))))
         if self.authors is not None:

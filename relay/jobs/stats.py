@@ -53,7 +53,7 @@ class StatsSampler:
         """Take a sample now; rates are over the time since the previous one."""
         now = self.clock()
         stored = self._counter("relay_tweets_stored_total")
-        frames = self._counter("relay_frames_sent_total")
+        frames = self.metrics.total("relay_frames_sent_total")
         tweets_rate = frames_rate = 0.0
         if self._last is not None and now > self._last[0]:
             window = now - self._last[0]
@@ -71,6 +71,7 @@ class StatsSampler:
             "tweets_in_per_second": tweets_rate,
             "frames_out_per_second": frames_rate,
             "connections": len(hub.sessions),
+            "transports": {kind: count for kind, count in sorted(hub.kinds.items()) if count},
             "subscribers": hub.subscriber_counts(),
             "head_seq": hub.head,
             "store": {

@@ -46,8 +46,18 @@ class Metrics:
             "relay_last_data_timestamp_seconds", "When the source last sent a line", registry=r
         )
         self.head = Gauge("relay_head_seq", "The last seq published", registry=r)
-        self.connections = Gauge("relay_connections", "Open WebSocket connections", registry=r)
-        self.frames_sent = Counter("relay_frames_sent", "Frames sent to clients", registry=r)
+        self.connections = Gauge(
+            "relay_connections",
+            "Open stream connections, by transport (websocket, sse)",
+            ["transport"],
+            registry=r,
+        )
+        self.frames_sent = Counter(
+            "relay_frames_sent",
+            "Frames (WebSocket frames, server-sent events) sent to clients, by transport",
+            ["transport"],
+            registry=r,
+        )
         self.stream_writes = Counter(
             "relay_stream_writes",
             "Socket writes to clients (each carries every frame one publish had for one client)",
@@ -123,6 +133,13 @@ class Metrics:
             "WebSocket connections ended, by close code and by who closed first (server, "
             "client, lost: no close frame)",
             ["code", "by"],
+            registry=r,
+        )
+        self.sse_closes = Counter(
+            "relay_sse_closes",
+            "Server-sent event streams ended, by reason (the reason of their last event: "
+            "shutdown, slow_consumer, expired, revoked...; client: the client went away)",
+            ["reason"],
             registry=r,
         )
         self.delivery_latency = Histogram(
@@ -205,6 +222,15 @@ class Metrics:
             "relay_bus_filled_tweets",
             "Tweets a serving process read from the store because the bus did not bring them",
             registry=r,
+        )
+
+    def total(self, name: str) -> float:
+        """A metric's value summed over its labels (0 when it has none yet)."""
+        return sum(
+            sample.value
+            for metric in self.registry.collect()
+            for sample in metric.samples
+            if sample.name == name
         )
 
     def render(self) -> bytes:

@@ -37,7 +37,9 @@ class DeletionAnnouncer:
             for entry in record:
                 for channel in entry.channels:
                     sent += self.hub.announce(
-                        channel, protocol.deleted(channel, entry.tweet_id, entry.seq)
+                        channel,
+                        protocol.deleted(channel, entry.tweet_id, entry.seq),
+                        on=entry.channels,
                     )
                 self.after = entry.n
             if len(record) < RECORD_PAGE:

@@ -28,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from relay.core import protocol
@@ -79,6 +79,8 @@ class Hub:
             recovered_cap=recovered_cap,
         )
         self.sessions: set[Session] = set()
+        self.kinds: Counter[str] = Counter()
+        """Sessions per transport kind."""
         self._listeners: dict[str, set[Session]] = {}
         self._dirty: deque[Session] = deque()
         """Sessions with frames of a publish still to write, in turn."""
@@ -95,8 +97,10 @@ class Hub:
         return self.store.epoch
 
     def add(self, session: Session) -> None:
-        self.sessions.add(session)
-        self.metrics.connections.set(len(self.sessions))
+        if session not in self.sessions:
+            self.sessions.add(session)
+            self.kinds[session.kind] += 1
+            self.metrics.connections.labels(session.kind).inc()
 
     def remove(self, session: Session) -> None:
         """The session's connection is gone: it ends (nothing more is sent) and listens no more."""
@@ -104,15 +108,25 @@ class Hub:
         for channel in list(session.subscriptions):
             session.unsubscribe(channel)
             self._unlisten(channel, session)
-        self.sessions.discard(session)
-        self.metrics.connections.set(len(self.sessions))
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.kinds[session.kind] -= 1
+            self.metrics.connections.labels(session.kind).dec()
 
-    def announce(self, channel: str, payload: bytes) -> int:
-        """Send one control payload to every subscriber of ``channel``; how many got it."""
-        sessions = list(self._listeners.get(channel, ()))
-        for session in sessions:
+    def announce(self, channel: str, payload: bytes, on: Collection[str] | None = None) -> int:
+        """Send one control payload to every subscriber of ``channel``; how many got it.
+        ``on``: the channels of the tweet it is about; a subscription bounded to other
+        rule channels (:attr:`TweetFilter.channels`) does not get it."""
+        sent = 0
+        for session in list(self._listeners.get(channel, ())):
+            if on is not None:
+                sub = session.subscriptions.get(channel)
+                bound = sub.filter.channels if sub is not None and sub.filter else None
+                if bound is not None and bound.isdisjoint(on):
+                    continue
             session.push(payload)
-        return len(sessions)
+            sent += 1
+        return sent
 
     def publish_stats(self, sample: dict[str, Any]) -> None:
         self.latest_stats = protocol.stats(sample)
@@ -186,6 +200,7 @@ class Hub:
         self._flush_handle = None
         dirty = self._dirty
         frames = writes = written = 0
+        counter = None  # frames are counted per transport kind, in runs of one kind
         while dirty and written < FLUSH_BYTES_PER_TURN:
             session = dirty.popleft()
             try:
@@ -195,6 +210,10 @@ class Hub:
                 count = size = 0
                 session.close(CLOSE_INTERNAL_ERROR, "internal_error")
             if count:
+                if session.frames_sent is not counter:
+                    if counter is not None:
+                        counter.inc(frames)
+                    counter, frames = session.frames_sent, 0
                 frames += count
                 writes += 1
                 written += size
@@ -202,8 +221,8 @@ class Hub:
                 dirty.append(session)
             else:
                 session.scheduled = False
-        if frames:
-            self.metrics.frames_sent.inc(frames)
+        if counter is not None:
+            counter.inc(frames)
             self.metrics.stream_writes.inc(writes)
         if not dirty and self._oldest_unwritten:
             # Every frame of the publishes so far is with the sockets: line to socket.

@@ -55,6 +55,6 @@ class ChannelBatch:
         """The batch in ``framing``'s frames: built at the first ask of each kind, then shared."""
         framed = self._framed.get(framing)
         if framed is None:
-            frames = framing.tweets(self.channel, self.epoch, self.seqs, self.payloads)
+            frames = framing.tweets(self.channel, self.epoch, self.tweets, self.payloads)
             framed = self._framed[framing] = Frames(frames, self.seqs, sum(map(len, frames)))
         return framed

@@ -84,6 +84,8 @@ class Session:
         "_out_bytes",
         "_out_seq",
         "closed",
+        "frames_sent",
+        "kind",
         "last_seq",
         "limit",
         "metrics",
@@ -105,6 +107,10 @@ class Session:
         self.piece = max(1, send_buffer // 4)
         """Most bytes of one write of a publish's frames (at least one frame)."""
         self.metrics = metrics
+        self.kind = transport.framing.name
+        """The transport kind (``websocket``, ``sse``): the label of its counts."""
+        self.frames_sent = metrics.frames_sent.labels(self.kind)
+        """The count of frames sent over this kind of transport."""
         self.subscriptions: dict[str, Subscription] = {}
         self.last_seq = 0
         self.closed = False
@@ -283,7 +289,7 @@ class Session:
         self._add(frames)
         count = len(self._out)
         if count and self._write(count):
-            self.metrics.frames_sent.inc(count)
+            self.frames_sent.inc(count)
             self.metrics.stream_writes.inc()
             return count
         return 0
@@ -298,7 +304,7 @@ class Session:
         self._out_bytes += len(page)
         written = len(self._out)
         if self._write(written):
-            self.metrics.frames_sent.inc(count + written - 1)
+            self.frames_sent.inc(count + written - 1)
             self.metrics.stream_writes.inc()
 
     def flush_piece(self) -> tuple[int, int]:
@@ -422,7 +428,7 @@ class Session:
 def wanted(sub: Subscription, tweet: StoredTweet) -> bool:
     """Whether a tweet passes the subscription's filters."""
     return sub.filter is None or sub.filter.matches(
-        tweet.lang, tweet.author, tweet.has_media, tweet.text
+        tweet.lang, tweet.author, tweet.has_media, tweet.text, tweet.channels
     )
 
 

@@ -1,7 +1,7 @@
 """The transport seam: what the fan-out core asks of a transport kind and of one client's
 connection. The hub and the session know these two protocols and no transport; a
 WebSocket connection (:mod:`relay.web.connection`, framed by :mod:`relay.web.ws_frames`)
-is one implementation, a server-sent events stream would be another.
+is one implementation, a server-sent events stream (:mod:`relay.web.sse`) another.
 
 A transport kind frames payloads; it never builds them. The hub builds each payload
 once (:mod:`relay.core.protocol`) and asks each kind with a listener for its frames once
@@ -11,11 +11,23 @@ per publish, shared by every session of that kind (:mod:`relay.stream.payloads`)
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from relay.store import StoredTweet
 
 
 class Framing(Protocol):
-    """One transport kind's wire form of the relay's payloads: pure, bytes in, bytes out."""
+    """One transport kind's wire form of the relay's payloads: pure, bytes in, bytes out.
+
+    Usually one object per kind, shared by all its connections; a connection that frames
+    differently (a server-sent events stream of several channels lists each tweet's
+    channels) has its own, and the hub then frames a publish for it alone."""
+
+    @property
+    def name(self) -> str:
+        """The transport kind (``websocket``, ``sse``): the label of its metrics."""
+        ...
 
     def message(self, payload: bytes) -> bytes:
         """One reply or announcement (``subscribed``, ``error``, ``deleted``, ``stats``...)
@@ -23,11 +35,15 @@ class Framing(Protocol):
         ...
 
     def tweets(
-        self, channel: str, epoch: str, seqs: Sequence[int], payloads: Sequence[bytes]
+        self,
+        channel: str,
+        epoch: str,
+        tweets: Sequence[StoredTweet],
+        payloads: Sequence[bytes],
     ) -> list[bytes]:
         """The complete frame of each ``tweet`` payload of one channel's publish, in order
-        (``seqs`` are theirs, in ``epoch``). Asked once per publish, shared by every
-        session of this kind."""
+        (``tweets`` are theirs: seqs in ``epoch``, the channels each is on). Asked once
+        per publish, shared by every session of this framing."""
         ...
 
     def page(self, channel: str, epoch: str, rows: Iterable[tuple[int, bytes]]) -> bytes:

@@ -39,6 +39,8 @@ class Client:
     """The watch on the token's expiry (None: no token)."""
     started: float = 0.0
     """When the upgrade was done (``time.monotonic``), for the access log."""
+    target: str = ""
+    """The request's target (path and query), for the access line of an event stream."""
 
     def stop(self) -> None:
         """The connection is gone: the expiry watch ends."""

@@ -63,12 +63,14 @@ class StreamConnection(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_beat",
         "_drained",
         "_early",
         "_handshake",
         "_lost",
         "_parts",
         "_text",
+        "beat_at",
         "client",
         "counted_as",
         "deadline",
@@ -116,6 +118,9 @@ class StreamConnection(asyncio.Protocol):
         self.pong_due = 0.0
         self.latency = 0.0
         """Seconds of the last keepalive ping's round trip (0: none yet)."""
+        self.beat_at = 0.0
+        """When a streamed answer next gets its keep-alive bytes (0: none)."""
+        self._beat = b""
         self._text = False
         self._parts: list[bytes] | None = None
         self._early: list[Frame] | None = None
@@ -291,26 +296,37 @@ class StreamConnection(asyncio.Protocol):
         body: bytes = b"",
         *,
         streamed: bool = False,
-    ) -> None:
+        keepalive: bytes = b"",
+    ) -> bool:
         """Answer the opening request on the raw transport: the head (``Server`` added) and
         ``body`` in one write, then the end: a half-close, and the client has the close
         timeout to hang up. ``streamed``: no end yet; the body goes on by writes to
         :attr:`transport` until :meth:`end_response` (a stream of events), and meanwhile
-        the connection is open (its handler hears ``closed`` at its end)."""
+        the connection is open (its handler hears ``closed`` at its end), its writes
+        bounded as a WebSocket's, and ``keepalive`` (whole units of the body, such as a
+        comment line) is written every ``keepalive`` seconds of the host, from its sweep.
+        False when nothing was sent: the connection is gone, or answered already."""
         ws = self.protocol
         if self.lost or self.opened or ws.state is not State.CONNECTING or ws.eof_sent:
-            return  # gone while the handler was answering, or answered already
+            return False  # gone while the handler was answering, or answered already
         self.transport.write(http_wire.response_head(status, [*headers, ("Server", SERVER)]) + body)
         if not streamed:
             self.end_response()
-            return
+            return True
         http_wire.answered(ws, end=False)
         self.deadline = 0.0
         self.opened = True
+        every = self.listener.keepalive
+        if keepalive and every > 0:
+            self._beat = keepalive
+            self.beat_at = self.listener.now() + every
+        self._limit_writes()
         self._reschedule()
+        return True
 
     def end_response(self) -> None:
         """End a streamed answer: a half-close; the client has the close timeout to hang up."""
+        self.beat_at = 0.0
         if self.lost or self.protocol.eof_sent:
             return
         http_wire.answered(self.protocol, end=True)
@@ -357,6 +373,11 @@ class StreamConnection(asyncio.Protocol):
             self.deadline = 0.0
             self.transport.abort()
             return
+        if self.beat_at and now >= self.beat_at:
+            # A streamed answer's keep-alive: bytes now and then, so that proxies and
+            # routers that cut an idle connection (Heroku at 55 s) leave it open.
+            self.transport.write(self._beat)
+            self.beat_at = now + self.listener.keepalive
         if not self.opened or self.protocol.state is not State.OPEN:
             return
         if self.pong_due:
@@ -425,17 +446,20 @@ class StreamConnection(asyncio.Protocol):
             self.ping_at = listener.now() + listener.ping_interval
         self._reschedule()
         self.opened = True
-        low = listener.send_buffer // 4
-        if low < LIBRARY_WRITE_LIMIT:
-            # Not paused must mean "at most a quarter of the send buffer unsent", so that a
-            # waiting catch-up can sleep in drain() instead of polling.
-            with contextlib.suppress(Exception):
-                self.transport.set_write_buffer_limits(high=max(1, low))
+        self._limit_writes()
         listener.handler.opened(self)
         early, self._early = self._early, None
         for frame in early or ():
             if self.opened:
                 self._frame(frame)
+
+    def _limit_writes(self) -> None:
+        low = self.listener.send_buffer // 4
+        if low < LIBRARY_WRITE_LIMIT:
+            # Not paused must mean "at most a quarter of the send buffer unsent", so that a
+            # waiting catch-up can sleep in drain() instead of polling.
+            with contextlib.suppress(Exception):
+                self.transport.set_write_buffer_limits(high=max(1, low))
 
     def _malformed(self, refusal: http_wire.Refusal) -> None:
         # Answered and half-closed by the parser: the client has the close timeout to hang up.
@@ -486,6 +510,8 @@ class StreamConnection(asyncio.Protocol):
 
     def _reschedule(self) -> None:
         due = self.deadline or _NEVER
+        if self.beat_at:
+            due = min(due, self.beat_at)
         if self.pong_due:
             due = min(due, self.pong_due)
         elif self.ping_at:

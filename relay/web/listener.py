@@ -3,8 +3,9 @@
 websockets' asyncio server keeps a keepalive task per connection and a timeout per
 handshake and per close. Here one sweep, every ``tick`` seconds, walks the open
 connections and lets each check its deadlines (:meth:`StreamConnection.tick`):
-opening handshake and close timeouts, keepalive pings and their pongs, writes that
-do not move. A connection with nothing due costs one comparison per sweep.
+opening handshake and close timeouts, keepalive pings and their pongs, the keep-alive
+bytes of streamed answers, writes that do not move. A connection with nothing due costs
+one comparison per sweep.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Listener:
         ping_interval: float,
         ping_timeout: float,
         open_timeout: float,
+        keepalive: float = 0.0,
     ) -> None:
         self.handler = handler
         self.sockets = sockets
@@ -62,13 +64,16 @@ class Listener:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.open_timeout = open_timeout
+        self.keepalive = keepalive
+        """Seconds between keep-alive bytes of a streamed answer (0: none)."""
         self.ws_logger = logging.getLogger("websockets.server")
         self.logged = LogSampler(what="connections timed out")
         self.failures = LogSampler(what="failed answers")
         self.connections: set[StreamConnection] = set()
         self.serving = False
         self.server: asyncio.Server | None = None
-        periods = [p for p in (ping_interval, ping_timeout, open_timeout, CLOSE_TIMEOUT) if p > 0]
+        timers = (ping_interval, ping_timeout, open_timeout, CLOSE_TIMEOUT, keepalive)
+        periods = [p for p in timers if p > 0]
         # A deadline is kept to within a quarter of the shortest period (at most 1 s late).
         self.tick = min(1.0, max(0.02, min(periods) / 4))
         self._timer: asyncio.TimerHandle | None = None

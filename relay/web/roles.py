@@ -59,6 +59,8 @@ class Host(Protocol[C]):
     ping_interval: float
     ping_timeout: float
     open_timeout: float
+    keepalive: float
+    """Seconds between the keep-alive bytes of a streamed answer (0: none)."""
     ws_logger: logging.Logger
     logged: LogSampler
     failures: LogSampler

@@ -1,4 +1,5 @@
-"""The server of the one port: upgrade on ``/v1/stream``, plain GET for the rest.
+"""The server of the one port: upgrade on ``/v1/stream``, server-sent events on
+``/v1/events`` (:mod:`relay.web.events`), plain GET for the rest.
 
 It only moves data between the connections and the sans-I/O parts: frames go
 through :mod:`relay.core.protocol`, subscriptions through the hub, outbound frames
@@ -47,10 +48,12 @@ from relay.stream.session import Session
 from relay.web.clients import Client, Clients
 from relay.web.connection import StreamConnection
 from relay.web.cors import CrossOrigin
+from relay.web.events import EVENTS_PATH, EventStreams
 from relay.web.http_wire import Refusal, has_body
 from relay.web.listener import Listener
 from relay.web.routes import STREAM_PATH, HttpApi, Reply, access_log, error_reply, log_request
 from relay.web.sockets import SocketCount, sample_accept_errors, socket_name
+from relay.web.sse import EventStream
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,18 @@ class StreamServer:
         # Refusals come at whatever rate clients choose (handshakes, bad frames): each is
         # counted in a metric, but only a sample of them is logged.
         self._refusals_logged = LogSampler()
+        self.events = EventStreams(
+            settings,
+            hub,
+            self.access,
+            self.clients,
+            metrics,
+            self.cors,
+            answer=self._answer,
+            serving=lambda: self.server is not None and self.server.serving,
+            refusals=self._refusals_logged,
+            clock=clock,
+        )
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen on host and port, or on ``sock`` when given (a socket already
@@ -101,6 +116,7 @@ class StreamServer:
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,
             open_timeout=self.settings.open_timeout,
+            keepalive=self.settings.sse_keepalive,
         )
         await self.server.start(sock, self.settings.host, self.settings.port)
 
@@ -126,6 +142,9 @@ class StreamServer:
         origin = headers.get("origin")
         if request.method == "OPTIONS":
             self._preflight(conn, request, headers, address)
+            return False
+        if path == EVENTS_PATH:  # server-sent events: answered here, streamed
+            await self.events.open(conn, request, headers, address, _peer(conn, address))
             return False
         if path != STREAM_PATH or request.method != "GET":
             reply = await self.api.handle(
@@ -255,7 +274,10 @@ class StreamServer:
         client, conn.client = conn.client, None
         if client is None or client.session is None:
             return
-        self._log_close(conn, client, client.session)
+        if isinstance(client.session.transport, EventStream):
+            self.events.ended(client, client.session)
+        else:
+            self._log_close(conn, client, client.session)
         client.stop()
         self.hub.remove(client.session)
         self.clients.remove(client)
@@ -277,6 +299,7 @@ class StreamServer:
             extra={
                 "client": client.address,
                 "method": "WS",
+                "transport": "websocket",
                 "path": STREAM_PATH,
                 "status": code,
                 "closed_by": by,

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import orjson
+
+if TYPE_CHECKING:
+    from relay.store import StoredTweet
 
 _FIN_TEXT = 0x81
 _HEAD_16 = struct.Struct(">BBH")
@@ -78,11 +82,19 @@ class WebSocketFraming:
 
     __slots__ = ()
 
+    @property
+    def name(self) -> str:
+        return "websocket"
+
     def message(self, payload: bytes) -> bytes:
         return text_frame(payload)
 
     def tweets(
-        self, channel: str, epoch: str, seqs: Sequence[int], payloads: Sequence[bytes]
+        self,
+        channel: str,
+        epoch: str,
+        tweets: Sequence[StoredTweet],
+        payloads: Sequence[bytes],
     ) -> list[bytes]:
         return [_head(len(payload)) + payload for payload in payloads]
 
