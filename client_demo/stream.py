@@ -303,10 +303,12 @@ class ResumingStream:
             return []
         if not isinstance(frame, dict):
             return []
-        kind = frame.setdefault("type", message.type)
-        if kind == "refresh_required":
-            return [await self._sse_refresh()]
+        frame.setdefault("type", message.type)
         if message.type == FINAL_EVENT:
+            if frame.get("reason") == "expired" and self.token_command is not None:
+                # No refresh comes over an event stream: a new one opens with a new token.
+                self.token = await asyncio.to_thread(run_token_command, self.token_command)
+                raise _Reopen("token refreshed: reopening the stream from where it was")
             raise self._sse_end(frame)
         channels = frame.get("channels")
         if not isinstance(channels, list):
@@ -318,16 +320,6 @@ class ResumingStream:
                 if event is not None:
                     events.append(replace(event, frame=message.data))
         return events
-
-    async def _sse_refresh(self) -> Event:
-        if self.token_command is None:
-            return Event(
-                "status",
-                message="the token expires soon and no --token-command can refresh it",
-            )
-        self.token = await asyncio.to_thread(run_token_command, self.token_command)
-        # A stream cannot take a new token: a new stream does, from the position held.
-        raise _Reopen("token refreshed: reopening the stream from where it was")
 
     def _sse_refusal(self, refusal: Refused) -> Exception:
         """A refusal before the stream started: a token (exit 1), a channel or a value

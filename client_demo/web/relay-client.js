@@ -287,14 +287,29 @@ export class RelayClient extends EventTarget {
     this._frame(frame);
   }
 
-  // The relay's last event: why the stream ends. A token that no longer works, or a
-  // channel no longer granted, ends here; anything else EventSource retries by itself.
-  _ended(frame) {
+  // The relay's last event: why the stream ends. A token that expired is refreshed
+  // through `getToken` when given (no `refresh_required` comes over an event stream: a
+  // new stream opens with the new token, from the position held). A token that no
+  // longer works otherwise, or a channel no longer granted, ends here; anything else
+  // EventSource retries by itself.
+  async _ended(frame) {
     const why = typeof frame.reason === "string" ? frame.reason : "";
     const code = Number.isInteger(frame.code) ? frame.code : null;
     this.ended = { code, reason: JSON.stringify(frame), why };
     if (typeof frame.message === "string") this.ended.message = frame.message;
     if (Number.isInteger(frame.seq)) this.ended.seq = frame.seq;
+    if (code === 4001 && why === "expired" && this.getToken) {
+      const es = this.es;
+      try {
+        const token = await this.getToken();
+        if (es === this.es && !this.stopped) {
+          this.token = token;
+          this._openEvents();
+          return this._emit("refreshed", { type: "refreshed" });
+        }
+        return;
+      } catch (e) { /* no new token: end as without getToken */ }
+    }
     if (code === 4001 || code === 4003 || code === 1008) {
       this.stopped = true;
       const es = this.es;
@@ -324,10 +339,7 @@ export class RelayClient extends EventTarget {
     if (status === 403 || status === 404) {
       // An unknown or forbidden channel: `refused`, as a refused subscribe; the others
       // go on.
-      const named = typeof error.channel === "string" && this.channels.has(error.channel)
-        ? [error.channel]
-        : [...this.channels.keys()].filter((channel) => message.includes(channel));
-      const channels = named.length ? named : [...this.channels.keys()];
+      const channels = [this._named(error, message)];
       for (const channel of channels) {
         this.channels.delete(channel);
         this._emit("refused", { channel, code, message });
@@ -339,6 +351,24 @@ export class RelayClient extends EventTarget {
     this.stopped = true;
     this._state("closed", { ...close, code: status === 401 ? 4001 : status, status,
       reason: JSON.stringify(body), why: code, message, final: true });
+  }
+
+  // The channel a refusal is about: the one the body names, else the one its message
+  // names first ("unknown channel 'rule:nope': ...", "... does not grant rule:cats").
+  _named(error, message) {
+    if (typeof error.channel === "string" && this.channels.has(error.channel)) {
+      return error.channel;
+    }
+    let named = null;
+    let at = Infinity;
+    for (const channel of this.channels.keys()) {
+      const index = message.indexOf(channel);
+      if (index >= 0 && (index < at || (index === at && channel.length > named.length))) {
+        named = channel;
+        at = index;
+      }
+    }
+    return named || [...this.channels.keys()][0];
   }
 
   _retry(close) {
