@@ -5,8 +5,8 @@ with their buffers; at 10,000 idle subscribers that was most of the relay's memo
 Here a connection is one small object with slots over the library's
 ``ServerProtocol`` (which parses, frames, negotiates extensions and answers pings):
 no task while nothing is queued, and the timers of every connection (the opening
-handshake's, the close's, keepalive pings, stalled writes) are kept by one shared
-sweep in :mod:`relay.web.listener`.
+handshake's, the close's, keepalive pings, a streamed answer's keep-alive, stalled
+writes) are kept by one shared sweep in :mod:`relay.web.listener`.
 
 It is where the relay sees every byte, frame and write, so nothing a client does
 escapes the connection's bounds: the socket count per address (from the accept,
@@ -59,17 +59,17 @@ class StreamConnection(asyncio.Protocol):
 
     The library's ``ServerProtocol`` does the parsing and framing; this object moves
     bytes between it and the transport and keeps the deadlines that the listener's
-    sweep checks (:meth:`tick`). Nothing runs for it while it is idle.
+    sweep checks (:meth:`Listener._timers`). Nothing runs for it while it is idle.
     """
 
     __slots__ = (
-        "_beat",
         "_drained",
         "_early",
         "_handshake",
         "_lost",
         "_parts",
         "_text",
+        "beat",
         "beat_at",
         "client",
         "counted_as",
@@ -113,14 +113,14 @@ class StreamConnection(asyncio.Protocol):
         self.deadline = 0.0
         """Loop time past which the connection is cut (opening or closing); 0: none."""
         self.due = _NEVER
-        """The earliest loop time at which :meth:`tick` has something to do."""
+        """The earliest loop time at which the sweep has something to do for it."""
         self.ping_at = 0.0
         self.pong_due = 0.0
         self.latency = 0.0
         """Seconds of the last keepalive ping's round trip (0: none yet)."""
         self.beat_at = 0.0
         """When a streamed answer next gets its keep-alive bytes (0: none)."""
-        self._beat = b""
+        self.beat = b""
         self._text = False
         self._parts: list[bytes] | None = None
         self._early: list[Frame] | None = None
@@ -318,10 +318,10 @@ class StreamConnection(asyncio.Protocol):
         self.opened = True
         every = self.listener.keepalive
         if keepalive and every > 0:
-            self._beat = keepalive
+            self.beat = keepalive
             self.beat_at = self.listener.now() + every
         self._limit_writes()
-        self._reschedule()
+        self.reschedule()
         return True
 
     def end_response(self) -> None:
@@ -345,54 +345,8 @@ class StreamConnection(asyncio.Protocol):
             )
         self.transport.abort()
 
-    def tick(self, now: float) -> None:
-        """The listener's sweep, once ``due`` is past: deadlines, keepalive pings, writes
-        that do not move."""
-        self._check(now)
-        self._reschedule()
-
-    def _check(self, now: float) -> None:
-        listener = self.listener
-        if self.paused and listener.ping_timeout and now - self.paused_at >= listener.ping_timeout:
-            self.write_timed_out()  # the client took too little to unpause us: reads nothing
-            return
-        if self.deadline and now >= self.deadline:
-            unsent = self.backlog()
-            if unsent and not self.opened:
-                if not self.unsent or unsent < self.unsent:
-                    # An answer is still going out: the client has the close timeout from
-                    # when it has everything, as long as it takes some of it each timeout.
-                    self.unsent = unsent
-                    self.deadline = now + CLOSE_TIMEOUT
-                else:
-                    self.write_timed_out()
-                return
-            ws = self.protocol
-            if not self.opened and ws.state is State.CONNECTING and not ws.eof_sent:
-                listener.metrics.refused.labels("handshake_timeout").inc()
-            self.deadline = 0.0
-            self.transport.abort()
-            return
-        if self.beat_at and now >= self.beat_at:
-            # A streamed answer's keep-alive: bytes now and then, so that proxies and
-            # routers that cut an idle connection (Heroku at 55 s) leave it open.
-            self.transport.write(self._beat)
-            self.beat_at = now + self.listener.keepalive
-        if not self.opened or self.protocol.state is not State.OPEN:
-            return
-        if self.pong_due:
-            if now >= self.pong_due:
-                if self.backlog():  # the ping itself is not out yet: the client reads nothing
-                    self.write_timed_out()
-                else:
-                    listener.metrics.refused.labels("keepalive_timeout").inc()
-                    self.close(1011, "keepalive ping timeout")
-        elif self.ping_at and now >= self.ping_at:
-            self.protocol.send_ping(b"")
-            self.send_data()
-            self.pong_due = now + self._pong_wait()
-
-    def _pong_wait(self) -> float:
+    def pong_wait(self) -> float:
+        """Seconds a keepalive ping waits for its pong."""
         return self.listener.ping_timeout or self.listener.ping_interval
 
     # -- inside ------------------------------------------------------------------
@@ -444,7 +398,7 @@ class StreamConnection(asyncio.Protocol):
         self.deadline = 0.0
         if listener.ping_interval:
             self.ping_at = listener.now() + listener.ping_interval
-        self._reschedule()
+        self.reschedule()
         self.opened = True
         self._limit_writes()
         listener.handler.opened(self)
@@ -496,7 +450,7 @@ class StreamConnection(asyncio.Protocol):
             if opcode is Opcode.PONG and self.pong_due:
                 listener = self.listener
                 now = listener.now()
-                self.latency = max(0.0, now - self.pong_due + self._pong_wait())
+                self.latency = max(0.0, now - self.pong_due + self.pong_wait())
                 self.pong_due = 0.0
                 if listener.ping_interval:
                     self.ping_at = now + listener.ping_interval
@@ -508,7 +462,8 @@ class StreamConnection(asyncio.Protocol):
         self.deadline = when
         self.due = min(self.due, when)
 
-    def _reschedule(self) -> None:
+    def reschedule(self) -> None:
+        """``due`` from the connection's timers, after any of them changed."""
         due = self.deadline or _NEVER
         if self.beat_at:
             due = min(due, self.beat_at)

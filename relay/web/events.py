@@ -51,6 +51,7 @@ from relay.stream.session import Session
 from relay.web import sse
 from relay.web.clients import Client
 from relay.web.http_wire import has_body
+from relay.web.routes import EVENTS_PATH as EVENTS_PATH
 from relay.web.routes import access_log, error_reply, log_request, redact
 
 if TYPE_CHECKING:
@@ -69,7 +70,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EVENTS_PATH = "/v1/events"
 ROUTE = EVENTS_PATH
 """The route's label in ``relay_http_requests_total``."""
 

@@ -2,7 +2,7 @@
 
 websockets' asyncio server keeps a keepalive task per connection and a timeout per
 handshake and per close. Here one sweep, every ``tick`` seconds, walks the open
-connections and lets each check its deadlines (:meth:`StreamConnection.tick`):
+connections and checks the deadlines of each whose ``due`` time is past:
 opening handshake and close timeouts, keepalive pings and their pongs, the keep-alive
 bytes of streamed answers, writes that do not move. A connection with nothing due costs
 one comparison per sweep.
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.extensions.base import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
+from websockets.protocol import State
 
 from relay.errors import CLOSE_GOING_AWAY
 from relay.obs.sampling import LogSampler
@@ -103,12 +104,58 @@ class Listener:
         # so 10,000 connections opened together do not stall the loop when their pings fall due.
         for conn in due[:SWEEP_BATCH]:
             try:
-                conn.tick(now)
+                self._timers(conn, now)
             except Exception:  # one connection's bug must not stop everyone's timers
                 log.exception("the timer of %s failed", conn.remote_address)
                 conn.transport.abort()
         assert self._loop is not None
         self._timer = self._loop.call_later(self.tick, self._sweep)
+
+    def _timers(self, conn: StreamConnection, now: float) -> None:
+        """One connection's timers, once its ``due`` is past: deadlines, keepalive pings,
+        keep-alive bytes, writes that do not move."""
+        self._check(conn, now)
+        conn.reschedule()
+
+    def _check(self, conn: StreamConnection, now: float) -> None:
+        if conn.paused and self.ping_timeout and now - conn.paused_at >= self.ping_timeout:
+            conn.write_timed_out()  # the client took too little to unpause us: reads nothing
+            return
+        if conn.deadline and now >= conn.deadline:
+            unsent = conn.backlog()
+            if unsent and not conn.opened:
+                if not conn.unsent or unsent < conn.unsent:
+                    # An answer is still going out: the client has the close timeout from
+                    # when it has everything, as long as it takes some of it each timeout.
+                    conn.unsent = unsent
+                    conn.deadline = now + CLOSE_TIMEOUT
+                else:
+                    conn.write_timed_out()
+                return
+            ws = conn.protocol
+            if not conn.opened and ws.state is State.CONNECTING and not ws.eof_sent:
+                self.metrics.refused.labels("handshake_timeout").inc()
+            conn.deadline = 0.0
+            conn.transport.abort()
+            return
+        if conn.beat_at and now >= conn.beat_at:
+            # A streamed answer's keep-alive: bytes now and then, so that proxies and
+            # routers that cut an idle connection (Heroku at 55 s) leave it open.
+            conn.transport.write(conn.beat)
+            conn.beat_at = now + self.keepalive
+        if not conn.opened or conn.protocol.state is not State.OPEN:
+            return
+        if conn.pong_due:
+            if now >= conn.pong_due:
+                if conn.backlog():  # the ping itself is not out yet: the client reads nothing
+                    conn.write_timed_out()
+                else:
+                    self.metrics.refused.labels("keepalive_timeout").inc()
+                    conn.close(1011, "keepalive ping timeout")
+        elif conn.ping_at and now >= conn.ping_at:
+            conn.protocol.send_ping(b"")
+            conn.send_data()
+            conn.pong_due = now + conn.pong_wait()
 
     def stop_accepting(self) -> None:
         self.serving = False

@@ -1,7 +1,6 @@
-"""The plain GET routes that share the WebSocket port: object API, discovery, health, demo page.
-
-Independent of the WebSocket library: :meth:`HttpApi.handle` takes a method, a path and
-headers and returns a :class:`Reply`; ``server.py`` turns it into a response.
+"""The plain GET routes that share the WebSocket port: object API, discovery, health, demo
+page. Independent of the WebSocket library: :meth:`HttpApi.handle` takes a method, a path
+and headers and returns a :class:`Reply`; ``server.py`` turns it into a response.
 
 Everything a token reads here is bounded by its scope (:meth:`Access.scope`: readable
 rules and pinned filters), in the query itself: a tweet or user outside it answers
@@ -68,7 +67,7 @@ access_log = logging.getLogger("relay.access")
 """One line per HTTP request and per WebSocket connection (RELAY_ACCESS_LOG)."""
 
 Params = dict[str, list[str]]
-STREAM_PATH = "/v1/stream"
+STREAM_PATH, EVENTS_PATH = "/v1/stream", "/v1/events"
 JSON_TYPE = "application/json"
 METHODS = ("GET", "HEAD")
 LOGGED_TARGET = 200
@@ -336,6 +335,7 @@ class HttpApi:
                 "version": __version__,
                 "protocol": PROTOCOL_VERSION,
                 "stream_url": ws + STREAM_PATH,
+                "events_url": http + EVENTS_PATH,
                 "objects_url": http + "/v1/objects/tweets",
                 "epoch": self.hub.epoch,
                 "seq": self.hub.head,
