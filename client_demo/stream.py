@@ -263,7 +263,8 @@ class ResumingStream:
             raise _Retry(str(exc) or exc.__class__.__name__) from None
 
     async def _sse_session(self, info: dict[str, Any]) -> AsyncGenerator[Event, None]:
-        url = self.base + "/v1/events?" + urlencode(self._sse_query(), doseq=True)
+        url = str(info.get("events_url") or self.base + "/v1/events")
+        url += "?" + urlencode(self._sse_query(), doseq=True)
         headers = {"User-Agent": "relay-demo"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
