@@ -6,12 +6,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from relay.core.auth import issue_token
 from relay.testing import RelayServer
 from tests.support import UNIT, bundled_sample, counted, free_port, stream_line, wait_for
+from tests.test_auth import SECRET
 from tests.test_demo import browser, page, seqs  # noqa: F401
 
 WAIT = 6 * UNIT * 1000
@@ -200,3 +203,78 @@ def test_the_last_five_minutes_are_every_tweet_of_a_relay_younger_than_that(
 def _now_iso() -> str:
     moment = datetime.fromtimestamp(time.time(), UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+# -- access over SSE: explained, as over WebSocket ------------------------------------------
+
+
+def _token(channels: list[str], ttl: float = 600, token_id: str | None = None) -> str:
+    return issue_token(
+        SECRET, subject="page", channels=channels, ttl=ttl, now=time.time(), token_id=token_id
+    )
+
+
+def test_over_sse_a_token_that_does_not_grant_the_channel_is_a_message_and_not_live(
+    page: Any,  # noqa: F811
+    start_relay: Callable[..., RelayServer],
+) -> None:
+    relay = start_relay(secret=SECRET, public_channels=[])
+    relay.push(stream_line(1, "a cat", tags=("cats",)))
+    relay.wait_seq(1)
+    page.goto(relay.url + "/?transport=sse&channel=rule:cats")
+    page.wait_for_function("window.relayDemo.state() === 'locked'", timeout=WAIT)
+    page.fill("#token", _token(["rule:dogs"]))
+    page.click("#token-form button")
+    page.wait_for_function(
+        "document.getElementById('state').textContent === 'token refused'", timeout=WAIT
+    )
+    assert "rule:cats" in page.locator("#error").inner_text()
+    assert page.evaluate("window.relayDemo.seqs.length") == 0
+
+
+def test_over_sse_an_expired_token_asks_for_another_and_the_page_goes_on_from_its_position(
+    page: Any,  # noqa: F811
+    start_relay: Callable[..., RelayServer],
+) -> None:
+    relay = start_relay(secret=SECRET, public_channels=[])
+    page.goto(relay.url + "/?transport=sse")
+    page.fill("#token", _token(["tweets"], ttl=2))
+    page.click("#token-form button")
+    page.wait_for_function("window.relayDemo.state() === 'live'", timeout=WAIT)
+    _push(relay, 1, 3, "before")
+    page.wait_for_function("window.relayDemo.seqs.length >= 3", timeout=WAIT)
+    # No refresh over an event stream: at its expiry the relay ends it (close, expired).
+    page.wait_for_function(
+        "document.getElementById('state').textContent === 'token expired'", timeout=WAIT
+    )
+    assert page.locator("#token-form").is_visible()
+    _push(relay, 4, 6, "while locked")
+    page.fill("#token", _token(["tweets"]))
+    page.click("#token-form button")
+    page.wait_for_function("window.relayDemo.seqs.length >= 6", timeout=WAIT)
+    _push(relay, 7, 8, "after")
+    page.wait_for_function("window.relayDemo.seqs.length >= 8", timeout=WAIT)
+    assert seqs(page) == list(range(1, 9))
+    assert page.evaluate("window.relayDemo.state()") == "live"
+
+
+def test_over_sse_a_revoked_token_says_revoked(
+    page: Any,  # noqa: F811
+    start_relay: Callable[..., RelayServer],
+    tmp_path: Path,
+) -> None:
+    listing = tmp_path / "revoked.txt"
+    listing.write_text("")
+    relay = start_relay(
+        secret=SECRET,
+        public_channels=[],
+        revoked_tokens_file=str(listing),
+        revoked_tokens_interval=0.05,
+    )
+    page.goto(relay.url + "/?transport=sse")
+    page.fill("#token", _token(["tweets"], token_id="lost"))
+    page.click("#token-form button")
+    page.wait_for_function("window.relayDemo.state() === 'live'", timeout=WAIT)
+    listing.write_text("lost\n")
+    page.wait_for_function("window.relayDemo.state() === 'locked'", timeout=WAIT)
+    assert page.locator("#state").inner_text() == "token revoked"
