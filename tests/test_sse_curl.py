@@ -108,7 +108,12 @@ def test_curl_follows_live_tweets_and_resumes_by_last_event_id_across_a_restart(
         finally:
             relay.stop()  # SIGTERM's path: each stream ends with a last event saying why
         (close,) = [e for e in curl.ended() if e.get("event") == "close"]
-        assert orjson.loads(close["data"]) == {"reason": "shutdown", "seq": 5, "code": 1001}
+        assert orjson.loads(close["data"]) == {
+            "type": "close",
+            "reason": "shutdown",
+            "seq": 5,
+            "code": 1001,
+        }
     last_id = before[-1]["id"]
     assert last_id == f"{epoch}:5"
 

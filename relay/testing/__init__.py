@@ -1,7 +1,8 @@
 """Test your code against recorded streams: a real relay, a client, and a fake X API.
 
 ``RelayServer`` starts a relay on 127.0.0.1 (in-process, or the real CLI as a subprocess)
-from a recording or lines the test pushes; ``RelayClient`` subscribes and collects frames;
+from a recording or lines the test pushes; ``RelayClient`` subscribes and collects frames,
+``SseClient`` the same over server-sent events;
 ``FakeXApi`` serves the X API v2 from recorded bytes with scripted faults. With the
 package installed, pytest finds the fixtures ``relay_server``, ``relay_client`` and
 ``fake_x_api`` on its own (:mod:`relay.testing.plugin`). Nothing here needs pytest except
@@ -18,6 +19,7 @@ from relay.testing.fake_x import OPERATIONAL_DISCONNECT, FakeXApi, recorded_payl
 from relay.testing.http import Response
 from relay.testing.server import TEST_EPOCH, RelayServer
 from relay.testing.source import UNIT, ControlledSource, ReplayClock, as_line
+from relay.testing.sse import SseClient
 from relay.testing.support import (
     receive_tweets,
     stream_line,
@@ -41,6 +43,7 @@ __all__ = [
     "ReplaySummary",
     "Response",
     "RunningRelay",
+    "SseClient",
     "as_line",
     "receive_tweets",
     "recorded_payloads",

@@ -140,6 +140,8 @@ class RelayServer:
         """``http://127.0.0.1:PORT``: the object API, ``/v1/info``, ``/metrics``."""
         self.ws_url = ""
         """``ws://127.0.0.1:PORT/v1/stream``."""
+        self.events_url = ""
+        """``http://127.0.0.1:PORT/v1/events``: server-sent events (:class:`SseClient`)."""
 
     # -- life
 
@@ -183,6 +185,7 @@ class RelayServer:
             raise
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1/stream"
+        self.events_url = f"{self.url}/v1/events"
         return self
 
     def _start_in_process(self, settings: Settings) -> None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from relay.core import protocol
+from relay.core.auth import LEEWAY
 from relay.core.filters import TweetFilter
 from relay.core.stream_query import parse_stream_query
 from relay.core.tweets import ALL_CHANNEL
@@ -236,7 +237,9 @@ class EventStreams:
         secret), and the client connects again with a new token."""
         session, grant = client.session, client.grant
         assert session is not None and grant is not None
-        while (left := grant.expires_at - self.clock()) > 0:
+        # Past the skew a token is allowed too: the reconnect that follows is then refused,
+        # where an earlier end would only have the stream open again, and end again.
+        while (left := grant.expires_at + LEEWAY - self.clock()) > 0:
             await asyncio.sleep(left)
         retires_at = self.settings.previous_secret_until
         if grant.retiring and retires_at is not None and grant.expires_at >= retires_at:

@@ -93,17 +93,16 @@ def message_event(payload: bytes, fields: dict[str, Any] | None = None) -> bytes
 
 
 def close_fields(code: int, reason: str) -> dict[str, Any]:
-    """The data of a stream's last event: the close reason (JSON: ``reason``, ``seq``,
-    perhaps ``message``; :func:`relay.core.protocol.close_reason`) with the close ``code``
-    a WebSocket would have had."""
+    """The data of a stream's last event (``"type": "close"``): the close reason (JSON:
+    ``reason``, ``seq``, perhaps ``message``; :func:`relay.core.protocol.close_reason`) with
+    the close ``code`` a WebSocket would have had."""
     try:
         fields = orjson.loads(reason)
     except orjson.JSONDecodeError:
         fields = None
     if not isinstance(fields, dict):
         fields = {"reason": reason}
-    fields["code"] = code
-    return fields
+    return {"type": "close", **fields, "code": code}
 
 
 class EventFraming:
