@@ -8,6 +8,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -230,5 +231,114 @@ def test_a_steady_trickle_of_writes_still_truncates_the_wal_now_and_then(tmp_pat
         finally:
             await store.close()
         assert len(sizes) > 1 and sizes[-1] < sizes[-2], max(sizes)
+
+    asyncio.run(run())
+
+
+# -- rewind by time: Log.seq_at --------------------------------------------------------
+
+BATCHES = [(1, 100.0), (2, 200.0), (3, 200.0), (4, 300.25)]
+"""(tweet id, receive time) of one append each: seq n is tweet n."""
+
+
+async def _appended(store: Any, batches: list[tuple[int, float]]) -> None:
+    for tweet_id, received in batches:
+        await store.append(_tweets(tweet_id), [], received)
+
+
+def test_seq_at_is_the_first_seq_received_at_or_after_a_moment(make_store: StoreMaker) -> None:
+    async def run() -> None:
+        store = await make_store()
+        assert await store.seq_at(0.0) == 1  # empty: head + 1
+        await _appended(store, BATCHES)
+        reader = await make_store.reader()
+        try:
+            for log in (store, reader):
+                assert await log.seq_at(0.0) == 1  # before the oldest kept tweet
+                assert await log.seq_at(100.0) == 1
+                assert await log.seq_at(100.001) == 2
+                assert await log.seq_at(199.9995) == 2  # to the millisecond
+                assert await log.seq_at(200.0) == 2  # two tweets received at once: the first
+                assert await log.seq_at(250.0) == 4
+                assert await log.seq_at(300.25) == 4
+                assert await log.seq_at(300.251) == 5  # after the newest: head + 1
+                assert await log.seq_at(4e9) == 5
+        finally:
+            await reader.close()
+            await store.close()
+
+    asyncio.run(run())
+
+
+def test_seq_at_misses_no_tweet_when_receive_times_step_back(make_store: StoreMaker) -> None:
+    """Seq 3 was received before seq 2 (a clock set back, a recording replayed with its
+    own times): a rewind to 150 starts at seq 2, not at seq 3, the first in time order."""
+
+    async def run() -> None:
+        store = await make_store()
+        await _appended(store, [(1, 100.0), (2, 300.0), (3, 200.0), (4, 400.0), (5, 150.0)])
+        expected = {50.0: 1, 100.0: 1, 150.0: 2, 250.0: 2, 300.0: 2, 350.0: 4, 400.0: 4, 401.0: 6}
+        assert {moment: await store.seq_at(moment) for moment in expected} == expected
+        # The record the writer keeps says where times stepped back ...
+        assert await _receive_order(make_store) == (5, 5)
+        # ... and without it (rows written by a writer that kept none) the answers hold.
+        await _receive_order(make_store, reset=True)
+        assert {moment: await store.seq_at(moment) for moment in expected} == expected
+        await store.append(_tweets(6), [], 500.0)  # the next commit looks at them all
+        assert await _receive_order(make_store) == (6, 5)
+        await store.close()
+
+    asyncio.run(run())
+
+
+async def _receive_order(make_store: StoreMaker, *, reset: bool = False) -> tuple[int, int]:
+    """The writer's record: (checked, late_through); ``reset``: forget it."""
+    if make_store.kind == "sqlite":
+        with sqlite3.connect(make_store.url()) as conn:
+            if reset:
+                conn.execute(
+                    "UPDATE receive_order SET checked = 0, received_max = '', late_through = 0"
+                )
+            row = conn.execute("SELECT checked, late_through FROM receive_order").fetchone()
+        return int(row[0]), int(row[1])
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(make_store.url(), autocommit=True) as conn:
+        if reset:
+            await conn.execute(
+                "UPDATE receive_order SET checked = 0, received_max = NULL, late_through = 0"
+            )
+        cur = await conn.execute("SELECT checked, late_through FROM receive_order")
+        found = await cur.fetchone()
+        assert found is not None
+        return int(found[0]), int(found[1])
+
+
+def test_seq_at_counts_from_the_oldest_kept_tweet_after_retention(make_store: StoreMaker) -> None:
+    async def run() -> None:
+        store = await make_store()
+        await _appended(store, BATCHES)
+        trimmed = await store.trim(through_seq=2, received_before=None, limit=10)
+        assert (trimmed.deleted, trimmed.oldest_seq) == (2, 3)
+        assert await store.seq_at(0.0) == 3  # the history before it is gone
+        assert await store.seq_at(150.0) == 3
+        assert await store.seq_at(250.0) == 4
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_read_after_gives_each_tweet_its_receive_time(make_store: StoreMaker) -> None:
+    async def run() -> None:
+        store = await make_store()
+        await _appended(store, BATCHES)
+        rows = await store.read_after("rule:cats", 0, 4, 10)
+        assert [(t.seq, t.received) for t in rows] == [
+            (1, 100.0),
+            (2, 200.0),
+            (3, 200.0),
+            (4, 300.25),
+        ]
+        await store.close()
 
     asyncio.run(run())

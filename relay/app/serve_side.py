@@ -104,6 +104,7 @@ class ServeSide:
             readiness=readiness,
             limits=api_limits(settings),
             trusted_proxies=settings.trusted_proxies,
+            wall_clock=self.clock,
             stats=self.stats,
             access_log=settings.access_log,
         )

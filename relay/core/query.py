@@ -15,6 +15,9 @@
   ``$lt``, ``$lte``;
 - ``search``: words that must all occur in the text (full-text, not a pattern language);
 - ``rule``: a rule tag; ``since_seq``: only tweets with a greater seq;
+- ``since_time``: an ISO 8601 time or a time back (``-15m``): the tweets from the first
+  one received at or after that moment on, in seq order (the rewind of the stream, with
+  the same meaning: :meth:`relay.store.Log.seq_at`);
 - ``count``: ``1``/``true`` answers only the count.
 
 Anything else is a :class:`~relay.errors.BadRequest` naming the parameter. The result is
@@ -24,20 +27,22 @@ Each store compiles it (``relay/store/sqlite_query.py``), with every value bound
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
+from relay.core.protocol import rewind_time
 from relay.core.times import normalise_time
-from relay.errors import BadRequest
+from relay.errors import BadRequest, ProtocolError
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 50
 INT64_MAX = (1 << 63) - 1
 """Stores keep seq and offsets as signed 64-bit integers; larger values are refused."""
-PARAMETERS = {"limit", "offset", "sort", "q", "search", "rule", "since_seq", "count"}
+PARAMETERS = {"limit", "offset", "sort", "q", "search", "rule", "since_seq", "since_time", "count"}
 SORT_FIELDS = ("createdAt", "seq", "id")
 MAX_SEARCH_WORDS = 32
 MAX_SEARCH_LENGTH = 500
@@ -47,9 +52,11 @@ MAX_SEARCH_LENGTH = 500
 #   author        the author's username as the stream folds it: str.lower(), "" when none
 #   text contains a case-insensitive substring: ``value in text.lower()``
 #   text search   full-text words, all of which must occur
+# and what since_time asks:
+#   received since   from the first seq received at or after a moment (unix seconds) on
 Q_FIELDS = ("id", "lang", "author.username", "author.id", "has_media", "seq", "createdAt")
-FIELDS = frozenset((*Q_FIELDS, "rules", "author", "text"))
-OPERATORS = frozenset(("eq", "ne", "in", "gt", "gte", "lt", "lte", "contains", "search"))
+FIELDS = frozenset((*Q_FIELDS, "rules", "author", "text", "received"))
+OPERATORS = frozenset(("eq", "ne", "in", "gt", "gte", "lt", "lte", "contains", "search", "since"))
 RANGE_OPERATORS = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}
 
 
@@ -99,8 +106,11 @@ def rules_condition(tags: Sequence[str]) -> Condition:
 
 
 def parse_tweet_query(
-    params: Mapping[str, Sequence[str]], limits: QueryLimits | None = None
+    params: Mapping[str, Sequence[str]],
+    limits: QueryLimits | None = None,
+    now: float | None = None,
 ) -> TweetQuery:
+    """``now``: the unix time a relative ``since_time`` (``-15m``) counts back from."""
     limits = limits or QueryLimits()
     unknown = sorted(set(params) - PARAMETERS)
     if unknown:
@@ -125,6 +135,8 @@ def parse_tweet_query(
     if "since_seq" in values:
         since = parse_int(values["since_seq"], "since_seq", 0, INT64_MAX)
         conditions.append(Condition("seq", "gt", (since,)))
+    if "since_time" in values:
+        conditions.append(since_time(values["since_time"], time.time() if now is None else now))
     offset = parse_int(values.get("offset", "0"), "offset", 0, INT64_MAX)
     if offset > limits.max_offset:
         raise BadRequest(
@@ -138,6 +150,16 @@ def parse_tweet_query(
         conditions=tuple(conditions),
         count_only=_flag(values.get("count", "0"), "count"),
     )
+
+
+def since_time(text: str, now: float) -> Condition:
+    """The ``since_time`` parameter as a condition: from the first seq received at or
+    after the moment on (the meaning a rewind of the stream has)."""
+    try:
+        moment = rewind_time(text, now, "parameter 'since_time'")
+    except ProtocolError as exc:
+        raise BadRequest(exc.message) from None
+    return Condition("received", "since", (moment,))
 
 
 def parse_int(text: str, name: str, low: int, high: int) -> int:

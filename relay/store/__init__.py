@@ -148,7 +148,8 @@ class Log(Protocol):
         conditions: Sequence[Condition] = (),
     ) -> list[StoredTweet]:
         """Tweets of ``channel`` with ``after < seq <= until`` that meet every condition
-        (a subscription's filter), in seq order; the others are never read out.
+        (a subscription's filter), in seq order, with their receive times; the others are
+        never read out.
 
         At most ``limit`` tweets, and no more once their bodies reach ``max_bytes``
         bytes (the first one always comes). A page shorter than ``limit`` whose bodies
@@ -181,6 +182,20 @@ class Log(Protocol):
 
     async def oldest_seq(self) -> int:
         """The seq of the oldest kept tweet, 0 when empty (one index lookup)."""
+        ...
+
+    async def seq_at(self, moment: float) -> int:
+        """Where a rewind to ``moment`` (unix seconds) starts: the lowest seq of a kept
+        tweet received (``received_at``, to the millisecond) at or after it; ``head() + 1``
+        read in the same snapshot when none was.
+
+        Every kept tweet received at or after the moment has this seq or a later one, so
+        reading on from here misses none of them. Receive times grow with seq except
+        where they stepped back (a recording replayed with its own older times, a clock
+        set back): there a tweet received before the moment but stored after one
+        received since comes too. One index lookup when receive times follow seq order
+        around the moment; otherwise a read of the index from the moment on.
+        """
         ...
 
     async def current_epoch(self) -> str:

@@ -29,8 +29,9 @@ class StoredTweet:
     has_media: bool = False
     text: str = ""
     received: float = 0.0
-    """When its line was received (unix seconds; 0 when not known): the delivery latency
-    metric measures from here."""
+    """When its line was received (unix seconds, to the millisecond once stored; 0 when
+    not known): the delivery latency metric measures from here, a paced rewind keeps the
+    gaps between them."""
 
     @classmethod
     def written(
@@ -64,10 +65,11 @@ class StoredTweet:
         author: str | None,
         has_media: bool,
         text: str,
+        received: float,
     ) -> StoredTweet:
-        """A stored tweet as a range read gives it back (its receive time is not read)."""
+        """A stored tweet as a range read gives it back."""
         channels = (ALL_CHANNEL, *(RULE_PREFIX + key for key in rule_keys))
-        return cls(seq, channels, body, lang, author, has_media, text)
+        return cls(seq, channels, body, lang, author, has_media, text, received)
 
 
 StoredBody = tuple[int, bytes]

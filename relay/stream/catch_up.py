@@ -23,7 +23,7 @@ from relay.errors import SessionClosed
 if TYPE_CHECKING:
     from relay.core.filters import TweetFilter
     from relay.obs.metrics import Metrics
-    from relay.store import BodyPage, Log
+    from relay.store import BodyPage, Log, StoredTweet
     from relay.stream.session import Session, Subscription
 
 _Page = tuple["BodyPage[bytes]", int, "TweetFilter | None"]
@@ -56,6 +56,34 @@ class CatchUpReader:
         """Seqs one filtered catch-up read looks through at most."""
         self._reads = asyncio.Semaphore(at_once)
         """Store reads of catch-ups at once, over every connection."""
+
+    async def seq_at(self, moment: float) -> int:
+        """Where a rewind to ``moment`` starts (:meth:`Log.seq_at`): the first seq received
+        at or after it, or past the store's head."""
+        async with self._reads:
+            return await self.store.seq_at(moment)
+
+    async def tweets(
+        self, sub: Subscription, last: int, head: int, max_bytes: int
+    ) -> tuple[list[StoredTweet], int, TweetFilter | None]:
+        """One page of the channel's stored tweets after ``last`` with their receive times
+        (a paced rewind sends them at their own moments), how far it looked, and the
+        filter it was read with; the slot is held for the read only."""
+        read_with = sub.filter
+        conditions = read_with.conditions() if read_with is not None else ()
+        until = min(head, last + self.scan) if conditions else head
+        async with self._reads:
+            tweets = await self.store.read_after(
+                sub.channel,
+                last,
+                until,
+                CATCH_UP_PAGE,
+                max_bytes=max_bytes,
+                conditions=conditions,
+            )
+        # A short page under the byte budget holds every match up to until (Log.read_after).
+        complete = len(tweets) < CATCH_UP_PAGE and sum(len(t.body) for t in tweets) < max_bytes
+        return tweets, until if complete else tweets[-1].seq, read_with
 
     async def count(self, channel: str, after: int, head: int) -> tuple[int, int]:
         """The oldest seq the store keeps, and how many tweets of ``channel`` it holds

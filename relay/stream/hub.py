@@ -17,6 +17,10 @@ store (persist before publish) and every later one is published after
 registration and held until the store catch-up is done. Dropping held frames by
 seq then gives no gap and no duplicate (invariant 3). Catch-ups run one at a time per
 connection (in the order asked); their reads are bounded in :mod:`relay.stream.catch_up`.
+A rewind to a moment is the same catch-up once the store has said where the moment
+starts (:meth:`relay.store.Log.seq_at`, asked after the registration): after the seq
+before it, up to the registration's head; a paced one goes on past it
+(:mod:`relay.stream.rewind`).
 
 A rule channel this process does not know (:mod:`relay.core.rule_set`) is checked against
 the store before the reply: refused with ``unknown_channel`` when the ingester's rule
@@ -33,7 +37,7 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from relay.core import protocol
-from relay.core.protocol import Rewind, Since
+from relay.core.protocol import Position, Rewind, Since
 from relay.core.rule_set import Channels
 from relay.errors import (
     CLOSE_ABNORMAL,
@@ -45,6 +49,7 @@ from relay.errors import (
 from relay.store import Log, StoredTweet
 from relay.stream.catch_up import CatchUpReader
 from relay.stream.payloads import ChannelBatch, Frames
+from relay.stream.rewind import replay_paced
 from relay.stream.session import Session, Subscription
 
 if TYPE_CHECKING:
@@ -301,15 +306,13 @@ class Hub:
         self._start(session, sub, since, head)
 
     def _start(self, session: Session, sub: Subscription, since: Since | None, head: int) -> None:
-        """Answer a subscription registered at ``head``: live at once, or a catch-up."""
-        if isinstance(since, Rewind):  # pragma: no cover - the rewind lands next
-            session.unsubscribe(sub.channel)
-            self._unlisten(sub.channel, session)
-            session.push(protocol.error("bad_request", "rewind is not ready", "subscribe", sub.ref))
-            return
-        if since is not None and since.epoch == self.epoch and since.seq <= head:
+        """Answer a subscription registered at ``head``: live at once, or a catch-up (a
+        resume after a position, a rewind to a moment)."""
+        if isinstance(since, Rewind) or (
+            since is not None and since.epoch == self.epoch and since.seq <= head
+        ):
             task = asyncio.create_task(
-                self._catch_up(session, sub, since.seq, head), name=f"catch-up {sub.channel[:64]}"
+                self._catch_up(session, sub, since, head), name=f"catch-up {sub.channel[:64]}"
             )
             session.waits_on(sub, task)
             return
@@ -391,25 +394,49 @@ class Hub:
     def channels(self) -> Iterable[str]:
         return self._listeners.keys()
 
-    async def _catch_up(self, session: Session, sub: Subscription, after: int, head: int) -> None:
-        """A resume: the count, ``subscribed``, the stored tweets after ``after``, then live."""
+    async def _catch_up(
+        self, session: Session, sub: Subscription, since: Position | Rewind, head: int
+    ) -> None:
+        """A resume or a rewind: the count, ``subscribed``, the stored tweets after the
+        client's seq (a rewind: from the first seq received at or after its moment, at its
+        pace when it has one), then live."""
         channel, reader = sub.channel, self.catch_ups
+        rewind = since if isinstance(since, Rewind) else None
+        pace = rewind.pace if rewind is not None else None
         try:
             async with session.catch_up_turn:
+                if isinstance(since, Position):
+                    after = since.seq
+                else:
+                    after = await reader.seq_at(since.time) - 1
+                    if after >= head:  # nothing received since the moment: live from here
+                        session.answer(sub, self.epoch, head)
+                        session.go_live(sub, after=None)
+                        return
                 oldest, counted = await reader.count(channel, after, head)
-                if oldest > after + 1:  # retention deleted some of what the client missed
+                # Retention deleted some of what the client missed; for a rewind, the
+                # oldest kept tweet is the first at or after its moment, and older ones
+                # (which may have been too) are gone.
+                if oldest > after + 1 or (rewind is not None and oldest == after + 1 > 1):
                     session.push(protocol.history_start(channel, self.epoch, oldest))
                     self.metrics.history_gone.inc()
                 cap = reader.recovered_cap
                 session.answer(sub, self.epoch, head, min(counted, cap), capped=counted > cap)
                 last = after
-                while True:
+                while pace is None:
                     last = await reader.copy(session, sub, last, head, self.epoch)
                     if not session.take_overflow(sub):
                         break
                     # Live frames were dropped while we read: read on up to the new head.
                     head = self.head
-                session.go_live(sub, after=last)
+            if pace is not None:
+                # Out of the turn: it waits between tweets holding nothing, and returns
+                # having sent every tweet up to the hub's head (dropped live frames too).
+                last = await replay_paced(
+                    reader, session, sub, last, self.epoch, pace, lambda: self.head
+                )
+                session.take_overflow(sub)
+            session.go_live(sub, after=last)
         except SessionClosed:
             pass
         except asyncio.CancelledError:

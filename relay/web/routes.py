@@ -200,6 +200,7 @@ class HttpApi:
         web_root: Path | None = None,
         limits: ApiLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         trusted_proxies: int = 0,
         stats: StatsSampler | None = None,
         access_log: bool = True,
@@ -218,6 +219,8 @@ class HttpApi:
         self._files = StaticFiles(self.web_root)
         self.limits = limits or ApiLimits()
         self.clock = clock
+        self.wall_clock = wall_clock
+        """Unix time: what a relative ``since_time`` (``-15m``) counts back from."""
         self._in_flight: Counter[str] = Counter()
         self._queries = 0
         """Object API requests in flight, all clients together."""
@@ -399,7 +402,7 @@ class HttpApi:
     async def _tweets(self, params: Params, headers: Mapping[str, str], client: str) -> Reply:
         params = dict(params)
         grant = self._grant(params, headers)
-        query = parse_tweet_query(params, self.limits.query)
+        query = parse_tweet_query(params, self.limits.query, self.wall_clock())
         if "rule" in params:
             self.access.policy.check_read(grant, RULE_PREFIX + params["rule"][0])
         with self._slot(grant, client):

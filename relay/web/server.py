@@ -328,7 +328,7 @@ class StreamServer:
     def _on_frame(self, client: Client, session: Session, message: str | bytes) -> None:
         op: protocol.Op | None = None
         try:
-            op = protocol.decode(message)
+            op = protocol.decode(message, self.clock())  # a relative rewind counts from now
             if op.op == "ping":
                 session.push(protocol.pong(op.ref))
             elif op.op == "subscribe":

@@ -30,6 +30,7 @@ from relay.core.filters import fold
 from relay.core.query import Condition, TweetQuery
 from relay.core.segment import index_form, needs_scan
 from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX
+from relay.store.postgres.receive_order import first_received
 
 SEARCH_VECTOR = (
     "to_tsvector('simple'::regconfig, "
@@ -107,6 +108,9 @@ def _condition(condition: Condition, in_rules: str) -> tuple[str, list[Any]]:
         return "strpos(text_fold, %s) > 0", values
     if field == "text" and op == "search":
         return _search(values)
+    if field == "received" and op == "since":
+        first, params = first_received(values[0])
+        return f"seq >= {first}", params
     if field == "rules":
         if op == "in":
             if not values:

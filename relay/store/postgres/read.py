@@ -37,15 +37,19 @@ def tweets_after(
     conditions: Sequence[Condition],
 ) -> Read[list[StoredTweet]]:
     """:meth:`relay.store.Log.read_after`."""
-    columns = "seq, rules, object, lang, author_username, has_media, text"
+    columns = "seq, rules, object, lang, author_username, has_media, text, received_at"
     sql, params = postgres_query.channel_range(channel, columns, after, until, conditions)
 
     async def run(cur: Cursor) -> list[StoredTweet]:
         page: list[StoredTweet] = []
         size = 0
         await cur.execute((sql + " ORDER BY seq LIMIT %s").encode(), [*params, limit])
-        async for seq, rules, body, lang, author, has_media, text in cur:
-            page.append(StoredTweet.read(seq, rules, body, lang, author, has_media, text))
+        async for seq, rules, body, lang, author, has_media, text, received in cur:
+            page.append(
+                StoredTweet.read(
+                    seq, rules, body, lang, author, has_media, text, received.timestamp()
+                )
+            )
             size += len(body)
             if max_bytes is not None and size >= max_bytes:
                 break

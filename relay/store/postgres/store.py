@@ -44,7 +44,7 @@ from relay.errors import QueryTimeout, StoreCorrupt, StoreError, StoreNotReady
 from relay.store import Store
 from relay.store.postgres import deletions as postgres_deletions
 from relay.store.postgres import query as postgres_query
-from relay.store.postgres import read
+from relay.store.postgres import read, receive_order
 from relay.store.postgres.conn import configure_types, connect, conninfo, describe, redact
 from relay.store.postgres.retention import trim_oldest
 from relay.store.postgres.schema import check_version, migrate_connection, schema_version
@@ -327,6 +327,9 @@ class PostgresStore:
 
     async def oldest_seq(self) -> int:
         return await self._read(read.oldest_seq)
+
+    async def seq_at(self, moment: float) -> int:
+        return await self._read(receive_order.seq_at(moment))
 
     async def current_epoch(self) -> str:
         sql = "SELECT value FROM meta WHERE key = 'epoch'"

@@ -12,7 +12,9 @@ holder and generation are still this process's, which holds the row's lock until
 commit, so a takeover and a write never overlap. A lease that expired but that nobody
 claimed still carries this process's generation: the writer goes on (safety rests on
 the generation, expiry only lets a standby in). When the row names another holder or
-generation, the writer is fenced for good: :class:`~relay.errors.WriterFenced`.
+generation, the writer is fenced for good: :class:`~relay.errors.WriterFenced`. A
+transaction that stored tweets records their receive order in it
+(:mod:`relay.store.postgres.receive_order`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from psycopg import errors as pg_errors
 from relay.errors import StoreError, WriterFenced
 from relay.obs.waits import Outage
 from relay.store.postgres.conn import FIRST_WAIT, LONGEST_WAIT, connect, redact
+from relay.store.postgres.receive_order import record as record_receive_order
 from relay.store.postgres.write import DATA_ERRORS
 
 log = logging.getLogger(__name__)
@@ -389,6 +392,8 @@ class WriterTask:
                     results = [await run(cur) for run in runs]
                 except DATA_ERRORS as exc:
                     raise _DataError(str(exc)) from exc
+                if self.next_seq != next_seq:  # tweets went in: their receive order too
+                    await record_receive_order(cur)
         except BaseException as exc:
             self.next_seq = next_seq
             if self._lost(exc):

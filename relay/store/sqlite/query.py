@@ -20,6 +20,7 @@ from relay.core.query import Condition, TweetQuery
 from relay.core.segment import index_form, needs_scan
 from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX
 from relay.errors import BadRequest, QueryTimeout
+from relay.store.sqlite.receive_order import first_received
 
 T = TypeVar("T")
 
@@ -96,6 +97,9 @@ def _condition(condition: Condition, in_rules: str) -> tuple[str, list[Any]]:
         return "instr(relay_fold(text), ?) > 0", values
     if field == "text" and op == "search":
         return _search(values)
+    if field == "received" and op == "since":
+        first, params = first_received(values[0])
+        return f"seq >= {first}", list(params)
     if field == "rules":
         if op == "in":
             if not values:

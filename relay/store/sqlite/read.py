@@ -58,7 +58,9 @@ def tweets_after(
     conditions: Sequence[Condition],
 ) -> Read[list[StoredTweet]]:
     """:meth:`relay.store.Log.read_after`."""
-    columns = "seq, rules, CAST(object AS BLOB), lang, author_username, has_media, text"
+    columns = (
+        "seq, rules, CAST(object AS BLOB), lang, author_username, has_media, text, received_at"
+    )
     sql, params = sqlite_query.channel_range(channel, columns, after, until, conditions)
     # Two rows more than the page: the one the range ends at, and the one after it
     # (see range_end).
@@ -70,7 +72,7 @@ def tweets_after(
         previous = after
         # Rows come one at a time from the cursor: a byte budget stops the read early.
         rows = conn.execute(sql, params)
-        for seq, rules, body, lang, author, has_media, text in rows:
+        for seq, rules, body, lang, author, has_media, text, received in rows:
             check_order(path, previous, seq)
             previous = seq
             if seq > until:
@@ -80,7 +82,11 @@ def tweets_after(
                 raise missing(path, channel, seq)
             encoded = as_bytes(body)
             keys = orjson.loads(rules)
-            page.append(StoredTweet.read(seq, keys, encoded, lang, author, bool(has_media), text))
+            page.append(
+                StoredTweet.read(
+                    seq, keys, encoded, lang, author, bool(has_media), text, parse_time(received)
+                )
+            )
             size += len(encoded)
             if len(page) >= limit or (max_bytes is not None and size >= max_bytes):
                 break

@@ -35,7 +35,7 @@ from relay.core.tweets import Tweet
 from relay.errors import StoreCorrupt, StoreError, StoreNotReady
 from relay.store import Store
 from relay.store.sqlite import query as sqlite_query
-from relay.store.sqlite import read
+from relay.store.sqlite import read, receive_order
 from relay.store.sqlite.conn import connect
 from relay.store.sqlite.damage import check_head, check_order, checked, missing
 from relay.store.sqlite.deletions import apply_pending, deletions_after, last_deletion
@@ -351,6 +351,9 @@ class SQLiteStore:
 
     async def oldest_seq(self) -> int:
         return await self._read(read.oldest_seq)
+
+    async def seq_at(self, moment: float) -> int:
+        return await self._read(receive_order.seq_at(moment))
 
     async def current_epoch(self) -> str:
         epoch = await self._read(read.one_text("SELECT value FROM meta WHERE key = ?", "epoch"))

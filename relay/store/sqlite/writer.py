@@ -3,9 +3,11 @@
 Every write goes through one thread fed by a queue: it takes every job waiting and
 commits them in one transaction (group commit), so a burst of small batches costs one
 commit, not many. Being the only writer, it knows the next ``seq``
-(:class:`~relay.store.sqlite.write.Seq`). Between commits it indexes what was committed
-for full-text search (:mod:`relay.store.sqlite.search`) and, once writes pause, copies
-the WAL back into the file and truncates it.
+(:class:`~relay.store.sqlite.write.Seq`); a commit that stored tweets records their
+receive order in the same transaction (:mod:`relay.store.sqlite.receive_order`). Between
+commits it indexes what was committed for full-text search
+(:mod:`relay.store.sqlite.search`) and, once writes pause, copies the WAL back into the
+file and truncates it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, TypeVar
 from relay.errors import StoreCorrupt, StoreError
 from relay.store.sqlite.conn import BUSY_TIMEOUT_MS
 from relay.store.sqlite.damage import is_corruption
+from relay.store.sqlite.receive_order import record as record_receive_order
 from relay.store.sqlite.search import SEARCH_LAG, index_committed
 from relay.store.sqlite.write import DATA_ERRORS, Seq
 
@@ -281,6 +284,8 @@ class WriterThread:
                 results = [run(conn) for run in runs]
             except DATA_ERRORS as exc:
                 raise _DataError(str(exc)) from exc
+            if self.seq.next != next_seq:  # tweets went in: their receive order too
+                record_receive_order(conn)
             conn.execute("COMMIT")
         except BaseException:
             self.seq.next = next_seq
