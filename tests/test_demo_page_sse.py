@@ -278,3 +278,45 @@ def test_over_sse_a_revoked_token_says_revoked(
     listing.write_text("lost\n")
     page.wait_for_function("window.relayDemo.state() === 'locked'", timeout=WAIT)
     assert page.locator("#state").inner_text() == "token revoked"
+
+
+REFRESH_SCRIPT = """async ([short, fresh]) => {
+  const { RelayClient } = await import("/relay-client.js");
+  const client = new RelayClient(new URL("/v1/events", location.href).toString(),
+    { transport: "sse", token: short, getToken: async () => fresh });
+  const got = { seqs: [], refreshed: 0, urls: [], states: [] };
+  client.addEventListener("tweet", (e) => got.seqs.push(e.detail.seq));
+  client.addEventListener("refreshed", () => got.refreshed += 1);
+  client.addEventListener("state", (e) => {
+    got.states.push(e.detail.state);
+    if (e.detail.state === "open") got.urls.push(client.es.url);
+  });
+  client.subscribe("tweets");
+  client.connect();
+  window.relayClient = client;
+  window.relayGot = got;
+}"""
+
+
+def test_the_reusable_client_over_sse_opens_a_new_stream_from_its_position_with_a_new_token(
+    page: Any,  # noqa: F811
+    start_relay: Callable[..., RelayServer],
+) -> None:
+    relay = start_relay(secret=SECRET, public_channels=[])
+    short, fresh = _token(["tweets"], ttl=1), _token(["tweets"])
+    page.goto(relay.url + "/favicon.svg")
+    page.evaluate(REFRESH_SCRIPT, [short, fresh])
+    page.wait_for_function("window.relayGot.states.includes('open')", timeout=WAIT)
+    _push(relay, 1, 3, "before")
+    page.wait_for_function("window.relayGot.seqs.length >= 3", timeout=WAIT)
+    # The relay ends the stream at the token's expiry; getToken gives the next one.
+    page.wait_for_function("window.relayGot.refreshed === 1", timeout=WAIT)
+    _push(relay, 4, 6, "after")
+    page.wait_for_function("window.relayGot.seqs.length >= 6", timeout=WAIT)
+    got = page.evaluate("window.relayGot")
+    page.evaluate("window.relayClient.close()")
+    assert got["seqs"] == [1, 2, 3, 4, 5, 6]
+    first, second = got["urls"]
+    assert f"token={short}" in first and "since=" not in first
+    assert f"token={fresh}" in second and f"since={relay.epoch}%3A3" in second
+    assert "closed" not in got["states"]
