@@ -320,3 +320,23 @@ def test_the_reusable_client_over_sse_opens_a_new_stream_from_its_position_with_
     assert f"token={short}" in first and "since=" not in first
     assert f"token={fresh}" in second and f"since={relay.epoch}%3A3" in second
     assert "closed" not in got["states"]
+
+
+def test_a_rewind_past_the_oldest_kept_tweet_says_where_the_kept_history_starts(
+    page: Any,  # noqa: F811
+    start_relay: Callable[..., RelayServer],
+) -> None:
+    from relay.jobs.retention import Retention, apply_retention
+
+    relay = start_relay()
+    _push(relay, 1, 30)
+    relay.wait_seq(30)
+    assert relay.relay is not None and relay.relay.store is not None
+    relay.call(apply_retention(relay.relay.store, Retention(max_tweets=10), time.time()))
+    page.goto(relay.url + "/?since_time=-1h")
+    page.wait_for_function("window.relayDemo.seqs.length >= 10", timeout=WAIT)
+    assert seqs(page) == list(range(21, 31))
+    assert page.input_value("#rewind") == "-1h"
+    showing = page.locator("#showing").inner_text()
+    assert showing.startswith("Rewound to the last hour") and "keeps tweets from #21" in showing
+    assert page.locator("#error").is_hidden()  # said in the line, not as an error

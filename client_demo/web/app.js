@@ -321,8 +321,14 @@ function handleFrame(frame) {
       }
       break;
     case "history_start":
-      // Retention deleted some of what we missed; what we show stays valid.
+      // Retention deleted some of what we missed (or, rewound, tweets of before the
+      // moment's oldest kept one); what we show stays valid.
       window.relayDemo.historyStart = frame.seq;
+      if (state.rewind && state.seq === null) {
+        state.rewind.historyStart = frame.seq;
+        showShowing();
+        break;
+      }
       showError("History now starts at seq " + frame.seq + ": older tweets were deleted.");
       break;
     case "error":
@@ -456,6 +462,10 @@ function showShowing() {
   if (rewind.first) {
     text += " · from #" + rewind.first.seq + ", received "
       + new Date(rewind.first.received_at).toLocaleString();
+  }
+  if (rewind.historyStart) {
+    text += " · the relay keeps tweets from #" + rewind.historyStart
+      + " on: older ones were deleted";
   }
   if (rewind.recovered > KEEP) text += " · the page keeps the newest " + KEEP;
   el.textContent = text + " · over " + over;
