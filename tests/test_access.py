@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from relay.core.auth import issue_token
 from relay.testing import RelayServer
+from tests.streams import TRANSPORTS, ended, open_stream, received, refusal
 from tests.support import UNIT, receive_tweets, stream_line, subscribe, ws_connect
 from tests.test_auth import GOOD_CLAIMS, SECRET, _forge
 
@@ -78,15 +79,14 @@ BAD_TOKENS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_TOKENS))
-def test_a_bad_token_is_refused_with_401_before_the_upgrade_and_on_the_object_api(
+def test_a_bad_token_is_refused_with_401_before_the_stream_and_on_the_object_api(
     private: Start, case: str
 ) -> None:
     relay = private()
     bad = BAD_TOKENS[case]()
-    assert refused_status(relay.ws_url + "?token=" + bad) == 401
-    assert (
-        refused_status(relay.ws_url, additional_headers={"Authorization": f"Bearer {bad}"}) == 401
-    )
+    for transport in TRANSPORTS:  # before the upgrade, or before the event stream
+        assert refusal(transport, relay, token=bad, in_query=True) == "unauthorized"
+        assert refusal(transport, relay, token=bad) == "unauthorized"
     status, body = relay.get("/v1/objects/tweets?token=" + bad)
     assert status == 401 and body["errors"][0]["reason"] == "unauthorized"
 
@@ -115,6 +115,7 @@ def test_a_refresh_with_a_header_the_jwt_library_refuses_is_an_unauthorized_fram
 def test_no_token_on_a_private_relay_is_401_never_an_empty_200(private: Start) -> None:
     relay = private()
     assert refused_status(relay.ws_url) == 401
+    assert refusal("sse", relay) == refusal("sse", relay, "$stats") == "unauthorized"
     assert relay.get("/v1/objects/tweets")[0] == 401
     assert relay.get("/v1/objects/tweets/1")[0] == 401
     assert relay.get("/healthz") == (200, {"status": "ok"})
@@ -122,26 +123,24 @@ def test_no_token_on_a_private_relay_is_401_never_an_empty_200(private: Start) -
     assert relay.get("/v1/info")[1]["public"] is False
 
 
-def test_a_token_for_one_rule_never_sees_another(private: Start) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_token_for_one_rule_never_sees_another(private: Start, transport: str) -> None:
     relay = private()
     cats = token(["rule:cats"])
-    ws, _ = subscribe(
-        relay.ws_url, "rule:cats", additional_headers={"Authorization": f"Bearer {cats}"}
-    )
-    for channel in ("rule:dogs", "tweets"):
-        ws.send(orjson.dumps({"op": "subscribe", "channel": channel}).decode())
-        reply = orjson.loads(ws.recv(timeout=UNIT))
-        assert reply["type"] == "error" and reply["code"] == "forbidden", channel
+    stream = open_stream(transport, relay, "rule:cats", token=cats)
+    for channels in ("rule:dogs", "tweets", ["rule:cats", "rule:dogs"], ["rule:cats", "tweets"]):
+        assert refusal(transport, relay, channels, token=cats) == "forbidden", channels
     relay.push(
         stream_line(3, tags=("dogs",)),
         stream_line(4, tags=("dogs", "cats")),
         stream_line(5, tags=("cats",)),
     )
-    frames = receive_tweets(ws, 2)
+    frames = stream.tweets(2)
     assert [(f["channel"], f["tweet"]["id"]) for f in frames] == [
         ("rule:cats", "4"),
         ("rule:cats", "5"),
     ]
+    stream.close()
     # The object API applies the same grant.
     status, body = relay.get(f"/v1/objects/tweets?sort=seq&token={cats}")
     assert status == 200 and [t["id"] for t in body["results"]] == ["1", "4", "5"]
@@ -149,39 +148,39 @@ def test_a_token_for_one_rule_never_sees_another(private: Start) -> None:
     # Outside the grant answers like missing: no hint that the tweet exists.
     assert relay.get(f"/v1/objects/tweets/2?token={cats}")[0] == 404
     assert relay.get(f"/v1/objects/tweets/1?token={cats}")[0] == 200
-    ws.close()
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_public_channels_need_no_token_and_others_still_do(
-    start_relay: Callable[..., RelayServer],
+    start_relay: Callable[..., RelayServer], transport: str
 ) -> None:
     relay = start_relay(secret=SECRET, public_channels=["rule:cats"])
     relay.push(stream_line(1, tags=("cats",)), stream_line(2, tags=("dogs",)))
     relay.wait_seq(2)
-    ws, _ = subscribe(relay.ws_url, "rule:cats")
-    ws.send('{"op":"subscribe","channel":"rule:dogs"}')
-    assert orjson.loads(ws.recv(timeout=UNIT))["code"] == "unauthorized"
-    status, body = relay.get("/v1/objects/tweets")
-    assert status == 200 and [t["id"] for t in body["results"]] == ["1"]
-    ws.close()
+    stream = open_stream(transport, relay, "rule:cats")
+    assert refusal(transport, relay, "rule:dogs") == "unauthorized"
+    assert refusal(transport, relay, ["rule:cats", "rule:dogs"]) == "unauthorized"
+    relay.push(stream_line(3, tags=("dogs",)), stream_line(4, tags=("cats",)))
+    assert [f["seq"] for f in stream.tweets(1)] == [4]
+    status, body = relay.get("/v1/objects/tweets?sort=seq")
+    assert status == 200 and [t["id"] for t in body["results"]] == ["1", "4"]
+    stream.close()
 
 
-def test_connection_limits_refuse_the_extra_connection_only(private: Start) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_connection_limits_refuse_the_extra_connection_only(private: Start, transport: str) -> None:
     relay = private(max_connections_per_subject=2)
-    alice = {"additional_headers": {"Authorization": "Bearer " + token(["tweets"])}}
-    first, _ = subscribe(relay.ws_url, **alice)
-    second, _ = subscribe(relay.ws_url, **alice)
-    third = ws_connect(relay.ws_url, **alice)
-    with pytest.raises(ConnectionClosed) as closed:
-        third.recv(timeout=UNIT)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
-    bob, _ = subscribe(
-        relay.ws_url, additional_headers={"Authorization": "Bearer " + token(["tweets"], sub="bob")}
-    )
+    alice = token(["tweets"])
+    first = open_stream(transport, relay, token=alice)
+    second = open_stream(transport, relay, token=alice)
+    # The third of the subject, whichever transport the first two use.
+    for other in TRANSPORTS:
+        assert refusal(other, relay, token=alice) == "limit", other
+    bob = open_stream(transport, relay, token=token(["tweets"], sub="bob"))
     relay.push(stream_line(10))
-    for ws in (first, second, bob):
-        assert receive_tweets(ws, 1)[0]["tweet"]["id"] == "10"
-        ws.close()
+    for stream in (first, second, bob):
+        assert stream.tweets(1)[0]["tweet"]["id"] == "10"
+        stream.close()
 
 
 def test_too_many_operations_close_with_4029_and_others_are_unaffected(private: Start) -> None:
@@ -200,16 +199,14 @@ def test_too_many_operations_close_with_4029_and_others_are_unaffected(private: 
     calm.close()
 
 
-def test_the_subscription_limit_answers_an_error_frame(private: Start) -> None:
+@pytest.mark.parametrize(
+    ("transport", "word"), [("websocket", "too_many_subscriptions"), ("sse", "bad_request")]
+)
+def test_the_subscription_limit_is_refused(private: Start, transport: str, word: str) -> None:
     relay = private(max_subscriptions=1)
-    ws, _ = subscribe(
-        relay.ws_url,
-        "rule:cats",
-        additional_headers={"Authorization": "Bearer " + token(["rule:*"])},
-    )
-    ws.send('{"op":"subscribe","channel":"rule:dogs"}')
-    assert orjson.loads(ws.recv(timeout=UNIT))["code"] == "too_many_subscriptions"
-    ws.close()
+    rules = token(["rule:*"])
+    assert refusal(transport, relay, ["rule:cats", "rule:dogs"], token=rules) == word
+    assert refusal(transport, relay, ["rule:cats"], token=rules) == ""
 
 
 def test_an_expiring_token_is_refreshed_on_the_open_connection(private: Start) -> None:
@@ -227,17 +224,16 @@ def test_an_expiring_token_is_refreshed_on_the_open_connection(private: Start) -
     ws.close()
 
 
-def test_without_a_refresh_the_connection_closes_with_4001(private: Start) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_without_a_refresh_the_connection_closes_with_4001(private: Start, transport: str) -> None:
     relay = private(refresh_grace=0.5)
     short = token(["tweets"], ttl=1)
-    ws, _ = subscribe(relay.ws_url, additional_headers={"Authorization": f"Bearer {short}"})
-    with pytest.raises(ConnectionClosed) as closed:
-        while True:
-            ws.recv(timeout=3 * UNIT)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+    stream = open_stream(transport, relay, token=short)
+    code, reason = ended(stream, 4 * UNIT)  # an event stream has no refresh: it ends
     # The reason is JSON a client can act on: this token expired (not revoked, not invalid).
-    reason = orjson.loads(closed.value.rcvd.reason)
-    assert reason["reason"] == "expired" and "no refresh" in reason["message"]
+    assert code == 4001 and reason["reason"] == "expired"
+    assert ("no refresh" if transport == "websocket" else "new token") in reason["message"]
+    stream.close()
 
 
 def test_a_refresh_cannot_switch_to_another_subject(private: Start) -> None:
@@ -250,27 +246,34 @@ def test_a_refresh_cannot_switch_to_another_subject(private: Start) -> None:
     ws.close()
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_filters_narrow_a_subscription_and_pinned_filters_cannot_be_widened(
-    private: Start,
+    private: Start, transport: str
 ) -> None:
     relay = private()
-    auth = {"additional_headers": {"Authorization": "Bearer " + token(["tweets"])}}
-    ws = ws_connect(relay.ws_url, **auth)
-    ws.send('{"op":"subscribe","channel":"tweets","filters":{"lang":"es"}}')
-    assert orjson.loads(ws.recv(timeout=UNIT))["filters"] == {"lang": ["es"]}
+    stream = open_stream(transport, relay, token=token(["tweets"]), filters={"lang": "es"})
+    assert stream.subscribed["tweets"]["filters"] == {"lang": ["es"]}
     relay.push(stream_line(20, lang="en"), stream_line(21, lang="es"))
-    assert receive_tweets(ws, 1)[0]["tweet"]["id"] == "21"
-    ws.close()
+    assert stream.tweets(1)[0]["tweet"]["id"] == "21"
+    stream.close()
 
-    pinned = token(["tweets"], filters={"lang": "en"})
-    ws = ws_connect(relay.ws_url, additional_headers={"Authorization": f"Bearer {pinned}"})
-    ws.send('{"op":"subscribe","channel":"tweets","filters":{"lang":"es"}}')
-    assert orjson.loads(ws.recv(timeout=UNIT))["code"] == "forbidden"
-    ws.send('{"op":"subscribe","channel":"tweets"}')
-    assert orjson.loads(ws.recv(timeout=UNIT))["filters"] == {"lang": ["en"]}
-    relay.push(stream_line(22, lang="es"), stream_line(23, lang="en"))
-    assert receive_tweets(ws, 1)[0]["tweet"]["id"] == "23"
-    ws.close()
+    pinned = token(["rule:*"], filters={"lang": "en"})
+    for channels in ("rule:dogs", ["rule:cats", "rule:dogs"]):
+        refused = refusal(transport, relay, channels, token=pinned, filters={"lang": "es"})
+        assert refused == "forbidden", channels
+    # Pinned on one rule, several rules, and through a resume from the store.
+    expected = {"rule:dogs": ["23"], ("rule:cats", "rule:dogs"): ["1", "20", "23"]}
+    streams = {
+        channels: open_stream(transport, relay, channels, token=pinned, since=(relay.epoch, 0))
+        for channels in expected
+    }
+    relay.push(stream_line(22, lang="es", tags=("dogs",)), stream_line(23, tags=("dogs",)))
+    for channels, stream in streams.items():
+        ids = [f["tweet"]["id"] for f in received(stream, len(expected[channels]), UNIT)]
+        assert ids == expected[channels], channels
+        for reply in stream.subscribed.values():
+            assert reply["filters"] == {"lang": ["en"]}
+        stream.close()
 
 
 JSON_VALUES = st.recursive(

@@ -18,7 +18,8 @@ import pytest
 from relay.core.auth import issue_token
 from relay.core.filters import parse_filter
 from relay.testing import RelayServer
-from tests.support import UNIT, subscribe
+from tests.streams import TRANSPORTS, open_stream
+from tests.support import UNIT
 from tests.test_auth import SECRET
 
 SENTINEL = 999
@@ -89,19 +90,19 @@ def sentinel(fields: dict[str, Any]) -> bytes:
     return line(SENTINEL, values.pop("text"), **values)
 
 
-def until_sentinel(ws: Any) -> list[str]:
+def until_sentinel(stream: Any) -> list[str]:
     ids: list[str] = []
     deadline = time.monotonic() + 4 * UNIT
     while not ids or ids[-1] != str(SENTINEL):
-        frame = orjson.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
-        if frame["type"] == "tweet":
-            ids.append(frame["tweet"]["id"])
+        ids += [f["tweet"]["id"] for f in stream.tweets(1, timeout=deadline - time.monotonic())]
     return ids
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_stream_resume_and_object_api_agree_on_each_pinned_filter(
     case: str,
+    transport: str,
     start_relay: Callable[..., RelayServer],
 ) -> None:
     pinned, passing = CASES[case]
@@ -109,16 +110,13 @@ def test_stream_resume_and_object_api_agree_on_each_pinned_filter(
     token = issue_token(
         SECRET, subject="s", channels=["tweets"], ttl=600, now=time.time(), filters=pinned
     )
-    auth = {"additional_headers": {"Authorization": f"Bearer {token}"}}
-    live, subscribed = subscribe(relay.ws_url, "tweets", **auth)
+    live = open_stream(transport, relay, "tweets", token=token)
     relay.push(*TWEETS, sentinel(passing))
     relay.wait_seq(len(TWEETS) + 1)
 
     streamed = until_sentinel(live)
-    resumed_ws, _ = subscribe(
-        relay.ws_url, "tweets", since={"epoch": subscribed["epoch"], "seq": 0}, **auth
-    )
-    resumed = until_sentinel(resumed_ws)
+    resumed_stream = open_stream(transport, relay, "tweets", token=token, since=(relay.epoch, 0))
+    resumed = until_sentinel(resumed_stream)
     status, body = relay.get(f"/v1/objects/tweets?sort=seq&limit=100&token={token}")
     assert status == 200, body
     listed = [t["id"] for t in body["results"]]
@@ -151,7 +149,7 @@ def test_stream_resume_and_object_api_agree_on_each_pinned_filter(
     status, body = relay.get(f"/v1/objects/tweets?search=in&token={token}")
     assert status == 200 and {t["id"] for t in body["results"]} <= set(listed)
     live.close()
-    resumed_ws.close()
+    resumed_stream.close()
 
 
 def test_a_rule_token_pinned_to_media_reads_no_tweet_without_media(

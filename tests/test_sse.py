@@ -388,3 +388,28 @@ def test_a_deletion_reaches_a_stream_of_several_channels_once_and_only_for_its_t
     assert client.tweets(1)[0]["seq"] == 4
     assert [f["id"] for f in client.frames if f["type"] == "deleted"] == [d["id"] for d in deleted]
     client.close()
+
+
+def test_a_stream_of_several_channels_resumes_in_one_pass_on_both_stores(
+    make_store: Any, start_relay: Start
+) -> None:
+    relay = start_relay(store=make_store.url())
+    relay.push(
+        *(stream_line(n, lang="en" if n % 4 else "es", tags=TAGS[n % 6]) for n in range(1, 61))
+    )
+    relay.wait_seq(60)
+    epoch = _epoch(relay)
+    wanted = ["rule:cats", "rule:birds"]
+    expected = [
+        n for n in range(1, 61) if n % 4 and set(TAGS[n % 6]) & {"cats", "birds"}
+    ]  # lang en only
+    client = SseClient(relay.events_url, wanted, since=(epoch, 0), filters={"lang": "en"})
+    first = client.tweets(len(expected) // 2)
+    client = client.resume()
+    rest = client.tweets(len(expected) - len(first))
+    client.close()
+    frames = first + rest
+    assert [f["seq"] for f in frames] == expected
+    for frame in frames:
+        on = [c for c in wanted if c.removeprefix("rule:") in TAGS[frame["seq"] % 6]]
+        assert frame["channels"] == on and frame["tweet"]["lang"] == "en"
