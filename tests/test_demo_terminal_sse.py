@@ -264,3 +264,28 @@ def _one_line(stderr: str) -> str:
     assert len(lines) == 1, stderr
     assert "Traceback" not in stderr
     return lines[0]
+
+
+def test_sse_into_a_closed_pipe_ends_quietly_with_0(
+    start_relay: Callable[..., RelayServer],
+) -> None:
+    relay = start_relay()
+    _push(relay, 1, 5)
+    relay.wait_seq(5)
+    done = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m client_demo.cli --sse --json --since 0 "
+         f"{relay.url} | head -3; echo \"status=${{PIPESTATUS[0]}}\" >&2"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=20 * UNIT,
+    )  # fmt: skip
+    assert [orjson.loads(line)["seq"] for line in done.stdout.splitlines()] == [1, 2, 3]
+    assert "Traceback" not in done.stderr and "status=0" in done.stderr, done.stderr
+    assert relay.relay is not None
+    wait_for(
+        lambda: counted(relay.relay.metrics.sse_closes, reason="client") == 1,  # type: ignore[union-attr]
+        2 * UNIT,
+        "the stream closed by the client",
+    )
