@@ -17,10 +17,12 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import select
 import stat
 import sys
 from collections.abc import Coroutine, Sequence
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="relay-demo",
         description="Show a tweet-relay stream live; resumes without gaps across reconnects.",
         epilog="examples: relay-demo | relay-demo --channel rule:cats | "
-        "relay-demo --json > tweets.jsonl",
+        "relay-demo --json > tweets.jsonl | relay-demo --since-time -15m --sse",
     )
     parser.add_argument(
         "url",
@@ -86,16 +88,65 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", type=int, metavar="SEQ", help="start after this seq of the relay's current epoch"
     )
     parser.add_argument(
+        "--since-time",
+        metavar="TIME",
+        help="start at the tweets the relay received since TIME: ISO 8601 "
+        "(2026-12-07T06:00:00Z; no zone means UTC) or a time back (-30s, -15m, -1h, -7d)",
+    )
+    parser.add_argument(
+        "--sse",
+        action="store_true",
+        help="read the stream as server-sent events (GET /v1/events) instead of WebSocket",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one tweet object a line on stdout, nothing else"
     )
     return parser
 
 
+_TIME_BACK = re.compile(r"-\d{1,9}[smhd]", re.ASCII)
+
+
+def since_time_problem(value: str) -> str | None:
+    """Why ``value`` is no ``--since-time`` (the relay's own rule: an ISO 8601 time or a
+    time back like ``-15m``), or None when it is one."""
+    if _TIME_BACK.fullmatch(value):
+        return None
+    if len(value) <= 64 and value[:1].isdigit():
+        try:
+            datetime.fromisoformat(value)
+            return None
+        except ValueError:
+            pass
+    return (
+        f"--since-time must be an ISO 8601 time (2026-12-07T06:00:00Z) or a time back "
+        f"(-30s, -15m, -1h, -7d), not {value[:40]!r}"
+    )
+
+
+def _time_back_values(argv: Sequence[str]) -> list[str]:
+    """``--since-time -15m`` as ``--since-time=-15m``: argparse would take a value that
+    starts with a dash for an option of its own."""
+    joined: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        value = next(args, None) if arg == "--since-time" else None
+        joined.append(arg if value is None else f"{arg}={value}")
+    return joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_time_back_values(sys.argv[1:] if argv is None else argv))
     if args.since is not None and args.since < 0:
         say("--since must be 0 or more")
         return 2
+    if args.since_time is not None:
+        problem = since_time_problem(args.since_time)
+        if args.since is not None:
+            problem = "give --since or --since-time, not both"
+        if problem:
+            say(problem)
+            return 2
     token = args.token or os.environ.get(TOKEN_ENV) or None
     try:
         stream = ResumingStream(
@@ -104,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             token=token,
             token_command=args.token_command,
             since=args.since,
+            since_time=args.since_time,
+            transport="sse" if args.sse else "ws",
         )
         asyncio.run(_print_json(stream) if args.json else _show(stream))
     except _OutputClosed:

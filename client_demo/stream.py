@@ -11,15 +11,18 @@ DNS typo or a relay that is not there gives up after :data:`FIRST_TRIES` tries w
 no retry can fix ends at once: a refused token, an unknown or forbidden channel, a
 scheme that is not http(s) or ws(s). Frame types and fields the client does not know
 are ignored (the protocol grows by adding them).
+
+It reads the stream over WebSocket, or as server-sent events (``transport="sse"``:
+``GET /v1/events``, plain HTTP, :mod:`client_demo.sse`): the same events either way. A
+rewind (``since_time``) starts each channel at a moment instead of a seq; once a tweet
+has come, the channel resumes by seq like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
-import re
 import shlex
 import subprocess
 import urllib.error
@@ -33,36 +36,34 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
+from client_demo.errors import (
+    TERMINAL_CLOSES,
+    DemoError,
+    one_line,
+    refused,
+    unauthorized,
+)
+from client_demo.members import member_text
+from client_demo.sse import BrokenStream, EventStream, Refused, ServerEvent
+
+__all__ = ["DemoError", "Event", "Position", "ResumingStream", "member_text"]
+
 FIRST_TRIES = 4
 """Tries of the very first connection before giving up (about 2 s of backoff)."""
 
-# Close codes after which reconnecting cannot help without a change by the person.
-TERMINAL_CLOSES = {
-    1008: "refused by policy (too many connections)",
-    4001: "the token is no longer accepted",
-    4003: "forbidden",
-}
-# What a 4001 means, by the word in its JSON reason (docs/protocol.md, close codes).
-UNAUTHORIZED_CLOSES = {
-    "expired": "the token expired and was not refreshed (give --token-command to refresh it)",
-    "revoked": "the token was revoked: ask for a new one",
-    "invalid": "the token is no longer valid",
-}
+FINAL_EVENT = "close"
+"""The event a relay sends last before it ends a server-sent events stream: its data is
+the WebSocket close reason (``reason``, ``seq``, ``message``) with the ``code``."""
 SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
-NO_TOKEN = "the relay needs a token: give --token or set RELAY_DEMO_TOKEN"
-
-
-class DemoError(Exception):
-    """Something the person must fix (a bad URL, a missing or refused token); ``code``
-    is the exit status: 1 for the relay or the token, 2 for a channel."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class _Retry(Exception):
     """A failure that another try may fix; its text says what happened."""
+
+
+class _Reopen(Exception):
+    """Open the stream again at once, from the position held (a new token over SSE,
+    which cannot change the token of an open stream); its text says why."""
 
 
 @dataclass
@@ -71,6 +72,9 @@ class Position:
     seq: int | None = None
     asked: bool = False
     """``seq`` is the ``--since`` of the command line: no tweet has come since."""
+    rewind: str | None = None
+    """The ``--since-time`` still to rewind to (ISO 8601 or ``-15m``): no tweet of the
+    channel has come yet, and the relay said it has some to send from then."""
 
 
 @dataclass(frozen=True)
@@ -88,39 +92,6 @@ class Event:
     tweet object's own text in it, byte for byte."""
 
 
-_DECODER = json.JSONDecoder()
-_SPACE = re.compile(r"[ \t\n\r]*")
-
-
-def member_text(document: str, key: str) -> str | None:
-    """The exact text of the value of ``key`` in the JSON object ``document`` (the last
-    one when the key repeats), or None when the object has no such member or is not an
-    object. ``--json`` writes the tweet this way, as the relay encoded it, instead of
-    decoding and encoding it again."""
-    try:
-        at = _SPACE.match(document).end()  # type: ignore[union-attr]
-        if document[at : at + 1] != "{":
-            return None
-        at = _SPACE.match(document, at + 1).end()  # type: ignore[union-attr]
-        found = None
-        while document[at : at + 1] == '"':
-            name, at = _DECODER.raw_decode(document, at)
-            at = _SPACE.match(document, at).end()  # type: ignore[union-attr]
-            if document[at : at + 1] != ":":
-                return None
-            start = _SPACE.match(document, at + 1).end()  # type: ignore[union-attr]
-            _, end = _DECODER.raw_decode(document, start)
-            if name == key:
-                found = document[start:end]
-            at = _SPACE.match(document, end).end()  # type: ignore[union-attr]
-            if document[at : at + 1] != ",":
-                break
-            at = _SPACE.match(document, at + 1).end()  # type: ignore[union-attr]
-        return found
-    except json.JSONDecodeError:
-        return None
-
-
 def http_base(url: str) -> str:
     """The relay's http(s) base URL from any URL of it (http, ws, with or without a path);
     :class:`DemoError` for another scheme or no host."""
@@ -131,37 +102,6 @@ def http_base(url: str) -> str:
     if not parts.hostname:
         raise DemoError(f"cannot use {url[:100]!r}: it names no host")
     return urlunsplit((scheme, parts.netloc, "", "", ""))
-
-
-def refused(token: str | None, status: int | str) -> DemoError:
-    """The message for a 401/403: no token given, or the token refused."""
-    if not token:
-        return DemoError(NO_TOKEN)
-    return DemoError(f"the relay refused the token ({status})")
-
-
-def unauthorized(reason: str) -> str:
-    """What a 4001 close says, from its reason: JSON naming why (``expired``, ``revoked``,
-    ``invalid``) with a message; a reason this client cannot read is shown as it came."""
-    try:
-        fields = orjson.loads(reason)
-    except orjson.JSONDecodeError:
-        fields = None
-    if not isinstance(fields, dict):
-        return f"{TERMINAL_CLOSES[4001]} ({one_line(reason) or 'no reason given'})"
-    why = str(fields.get("reason", ""))
-    message = one_line(str(fields.get("message") or ""))
-    said = UNAUTHORIZED_CLOSES.get(why)
-    if said is None:  # a reason added after this client: the relay's words, as they are
-        return f"{TERMINAL_CLOSES[4001]} ({message or one_line(why) or 'no reason given'})"
-    if why == "invalid" and message:
-        return f"{said}: {message}"
-    return said
-
-
-def one_line(text: str) -> str:
-    """``text`` cut to 200 characters, on one line, without control characters."""
-    return " ".join("".join(c if c.isprintable() else " " for c in text[:200]).split())
 
 
 def fetch_info(base: str, token: str | None, timeout: float = 5.0) -> dict[str, Any]:
@@ -209,6 +149,8 @@ class ResumingStream:
         token: str | None = None,
         token_command: str | None = None,
         since: int | None = None,
+        since_time: str | None = None,
+        transport: str = "ws",
         rng: random.Random | None = None,
         max_delay: float = 10.0,
         first_tries: int = FIRST_TRIES,
@@ -222,8 +164,11 @@ class ResumingStream:
         self.max_delay = max_delay
         self.first_tries = first_tries
         self._info = info
-        self.positions = {c: Position(seq=since, asked=since is not None) for c in channels}
+        self.positions = {
+            c: Position(seq=since, asked=since is not None, rewind=since_time) for c in channels
+        }
         self._first_since = since is not None
+        self.transport = transport
         self.connected_once = False
 
     def backoff(self, attempt: int) -> float:
@@ -241,6 +186,9 @@ class ResumingStream:
                         attempt = 0
                         yield event
                 reason = "the relay closed the stream"
+            except _Reopen as exc:
+                yield Event("status", message=str(exc))
+                continue  # at once: nothing failed
             except _Retry as exc:
                 reason = str(exc)
             delay = self.backoff(attempt)
@@ -262,6 +210,12 @@ class ResumingStream:
             for position in self.positions.values():
                 position.epoch = info["epoch"]
             self._first_since = False
+        session = self._sse_session if self.transport == "sse" else self._ws_session
+        async with contextlib.aclosing(session(info)) as events:
+            async for event in events:
+                yield event
+
+    async def _ws_session(self, info: dict[str, Any]) -> AsyncGenerator[Event, None]:
         url = str(info.get("stream_url") or "")
         if self.token:
             url += "?" + urlencode({"token": self.token})
@@ -308,6 +262,89 @@ class ResumingStream:
         except (TimeoutError, OSError) as exc:
             raise _Retry(str(exc) or exc.__class__.__name__) from None
 
+    async def _sse_session(self, info: dict[str, Any]) -> AsyncGenerator[Event, None]:
+        url = str(info.get("events_url") or self.base + "/v1/events")
+        url += "?" + urlencode(self._sse_query(), doseq=True)
+        headers = {"User-Agent": "relay-demo"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            async with EventStream(url, headers) as stream:
+                self.connected_once = True
+                yield Event("status", message="connected (server-sent events)")
+                async for message in stream:
+                    for event in await self._read_sse(message):
+                        yield event
+        except Refused as exc:
+            raise self._sse_refusal(exc) from None
+        except (BrokenStream, TimeoutError, OSError) as exc:
+            raise _Retry(str(exc) or exc.__class__.__name__) from None
+        raise _Retry("the relay ended the stream")
+
+    def _sse_query(self) -> dict[str, Any]:
+        """The channels, and where the stream starts: after the earliest position held
+        (a channel past it drops what it already has), else the rewind, else live."""
+        query: dict[str, Any] = {"channel": self.channels}
+        held = [p for c, p in self.positions.items() if p.seq is not None and p.epoch]
+        if held:
+            earliest = min(held, key=lambda p: p.seq or 0)
+            query["since"] = f"{earliest.epoch}:{earliest.seq}"
+        else:
+            rewind = next((p.rewind for p in self.positions.values() if p.rewind), None)
+            if rewind is not None:
+                query["since_time"] = rewind
+        return query
+
+    async def _read_sse(self, message: ServerEvent) -> list[Event]:
+        """The events of one server-sent event: a tweet on several channels followed is
+        one event for each, as over WebSocket."""
+        try:
+            frame = orjson.loads(message.data)
+        except orjson.JSONDecodeError:
+            return []
+        if not isinstance(frame, dict):
+            return []
+        frame.setdefault("type", message.type)
+        if message.type == FINAL_EVENT:
+            if frame.get("reason") == "expired" and self.token_command is not None:
+                # No refresh comes over an event stream: a new one opens with a new token.
+                self.token = await asyncio.to_thread(run_token_command, self.token_command)
+                raise _Reopen("token refreshed: reopening the stream from where it was")
+            raise self._sse_end(frame)
+        channels = frame.get("channels")
+        if not isinstance(channels, list):
+            channels = [frame.get("channel")]
+        events = []
+        for channel in channels:
+            if channel in self.positions or channel == frame.get("channel"):
+                event = self._read({**frame, "channel": channel})
+                if event is not None:
+                    events.append(replace(event, frame=message.data))
+        return events
+
+    def _sse_refusal(self, refusal: Refused) -> Exception:
+        """A refusal before the stream started: a token (exit 1), a channel or a value
+        (exit 2), or something another try may fix (a relay starting, a rate limit)."""
+        message = one_line(refusal.message) or f"HTTP {refusal.status}"
+        if refusal.status == 401:
+            return refused(self.token, f"HTTP 401: {message}") if self.token else refused(None, 401)
+        if refusal.status in (400, 403, 404):
+            return DemoError(f"{refusal.reason or refusal.status}: {message}", code=2)
+        return _Retry(f"HTTP {refusal.status}: {message}")
+
+    def _sse_end(self, frame: dict[str, Any]) -> Exception:
+        """The relay's last event says why it ends the stream, with the close code a
+        WebSocket would have had: read as that close (4001, 4003 and 1008 end the client;
+        anything else is retried from the position held)."""
+        code = frame.get("code")
+        why = one_line(str(frame.get("reason", "")))
+        if code == 4001:
+            said = unauthorized(orjson.dumps(frame).decode())
+            return DemoError(f"the relay closed the stream: {said}")
+        if code in TERMINAL_CLOSES:
+            return DemoError(f"the relay closed the stream: {TERMINAL_CLOSES[code]}")
+        return _Retry(f"the relay ended the stream: {code} {why}".rstrip())
+
     async def _refresh(self, ws: ClientConnection, frame: dict[str, Any]) -> Event:
         if self.token_command is None:
             return Event(
@@ -341,6 +378,8 @@ class ResumingStream:
         position = self.positions[channel]
         if position.epoch is not None and position.seq is not None:
             op["since"] = {"epoch": position.epoch, "seq": position.seq}
+        elif position.rewind is not None:
+            op["since"] = {"time": position.rewind}
         return op
 
     def _read(self, frame: dict[str, Any]) -> Event | None:
@@ -354,12 +393,25 @@ class ResumingStream:
                 return None  # never show a tweet twice, whatever happens
             position.seq = frame["seq"]
             position.asked = False
+            position.rewind = None
             return Event("tweet", channel, frame["seq"], frame["tweet"])
         if kind == "subscribed":
             position = self.positions[channel]
-            if position.epoch is None or position.seq is None:
+            recovered = frame.get("recovered", 0)
+            more = "+" if frame.get("recovered_capped") else ""
+            message = f"subscribed to {channel}, {recovered}{more} to recover"
+            if position.rewind is not None and position.seq is None:
+                # The rewound tweets come next, older than this head: the position stays
+                # the moment until the first of them (a reconnect rewinds again).
+                position.epoch = frame["epoch"]
+                message = (
+                    f"subscribed to {channel} from {position.rewind}: {recovered}{more} "
+                    "stored tweets received since then, then live"
+                )
+                if not recovered:
+                    position.seq, position.rewind = frame["seq"], None
+            elif position.epoch is None or position.seq is None:
                 position.epoch, position.seq = frame["epoch"], frame["seq"]
-            message = f"subscribed to {channel}, {frame['recovered']} to recover"
             if frame.get("known") is False:
                 # The relay's rules are still open and none of its tweets matched this one:
                 # a typo looks the same, so say it instead of waiting in silence.
@@ -385,7 +437,7 @@ class ResumingStream:
             if frame.get("op") == "subscribe" or code in ("unknown_channel", "forbidden"):
                 if code == "unauthorized":
                     raise refused(self.token, message)
-                if code in ("unknown_channel", "forbidden"):
+                if code in ("unknown_channel", "forbidden", "bad_request"):
                     raise DemoError(f"{code}: {message}", code=2)
             return Event("error", channel, message=f"{code}: {message}")
         if kind == "deleted":  # the relay deleted a tweet: the view drops its copy

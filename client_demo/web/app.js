@@ -8,10 +8,17 @@ const HISTORY = 20;           // stored tweets shown at once when a channel open
 const PAGE_SIZE = 20;         // search results a page
 const MAX_DELAY = 10000;      // reconnect backoff cap, ms
 
+const REWINDS = { "-5m": ["the last 5 min", 5 * 60e3], "-1h": ["the last hour", 3600e3] };
+
 const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
 const state = {
   info: null,
-  channel: new URLSearchParams(location.search).get("channel") || "tweets",
+  channel: params.get("channel") || "tweets",
+  // ?transport=sse: server-sent events (EventSource) instead of a WebSocket.
+  transport: params.get("transport") === "sse" ? "sse" : "websocket",
+  // ?since_time=-15m (or an ISO 8601 time): a rewind, as the "From" control sets it.
+  rewind: params.get("since_time") ? rewindOf(params.get("since_time")) : null,
   token: sessionStorage.getItem("relay-token") || "",
   epoch: null,
   seq: null,                  // last seq shown for the current channel
@@ -24,7 +31,22 @@ const state = {
   lastClose: null,            // how the last open connection ended, while retrying
 };
 // Hooks for tests and the curious: every seq shown, in order.
-window.relayDemo = { seqs: [], resets: 0, state: () => $("state").dataset.state };
+window.relayDemo = {
+  seqs: [], resets: 0, state: () => $("state").dataset.state,
+  transport: () => state.transport, rewind: () => state.rewind,
+};
+
+// A rewind to `time`: "-5m", "-1h" or an ISO 8601 time; `label` says which moment it is.
+function rewindOf(time) {
+  const back = REWINDS[time];
+  if (back) {
+    const then = new Date(Date.now() - back[1]);
+    return { time, label: back[0] + " (since " + then.toLocaleTimeString()
+      + " by this computer's clock)" };
+  }
+  const date = new Date(time);
+  return { time, label: isNaN(date) ? time : date.toLocaleString() };
+}
 
 function showError(message) {
   const box = $("error");
@@ -114,7 +136,7 @@ async function connect() {
     // A private relay refuses the upgrade without a token: say so instead of retrying.
     return lock("token needed", "This relay is private: enter an access token to watch it.");
   }
-  if (state.seq === null) {
+  if (state.seq === null && !state.rewind) {
     try {
       await loadHistory();
     } catch (error) {
@@ -125,9 +147,12 @@ async function connect() {
       return retry("relay unreachable");
     }
   }
-  const client = new RelayClient(streamURL(), { token: state.token });
+  const client = new RelayClient(streamURL(), { token: state.token, transport: state.transport });
   state.client = client;
-  const since = state.seq !== null ? { epoch: state.epoch, seq: state.seq } : null;
+  // After the last tweet shown; else at the rewind's moment (until a tweet has come);
+  // else live.
+  const since = state.seq !== null ? { epoch: state.epoch, seq: state.seq }
+    : state.rewind ? { time: state.rewind.time } : null;
   client.subscribe(state.channel, { since });
   client.subscribe("$stats");
   const on = (type, handler) => client.addEventListener(type, (event) => {
@@ -161,16 +186,22 @@ function clientState(change) {
     // of each try that fails while the relay is away.
     if (change.opened || !state.lastClose) state.lastClose = change;
     const last = state.lastClose;
-    const how = last.code + (last.why ? " " + last.why : "");
+    const how = [last.code, last.why].filter(Boolean).join(" ") || "connection lost";
+    // Over SSE, EventSource retries by itself after the relay's hint: no delay to show.
+    const when = typeof change.delay === "number"
+      ? " in " + (change.delay / 1000).toFixed(1) + " s" : "";
     setState("reconnecting", "disconnected (" + how + ")"
-      + (change.opened ? "" : ", relay unreachable") + ", retrying in "
-      + (change.delay / 1000).toFixed(1) + " s");
+      + (change.opened ? "" : ", relay unreachable") + ", retrying" + when);
   } else if (change.state === "open") {
     state.lastClose = null;
   } else if (change.state === "connecting" && $("state").dataset.state !== "reconnecting") {
     setState("connecting");
   } else if (change.state === "closed" && change.final) {
-    if (change.code === 4001) {
+    if (change.status === 401) {
+      // Over SSE: the relay refused the stream before it started.
+      lock(state.token ? "token refused" : "token needed", "The relay refused the stream"
+        + (change.message ? ": " + change.message : "") + ". Enter a token to continue.");
+    } else if (change.code === 4001) {
       // The close reason says why (docs/protocol.md): each asks the person for another thing.
       const again = " Enter a new one to continue from where the page stopped.";
       if (change.why === "revoked") {
@@ -242,7 +273,14 @@ function handleFrame(frame) {
       if (frame.channel !== state.channel) return;
       state.attempt = 0;
       showError("");
-      if (state.epoch === null || state.seq === null) {
+      if (state.rewind && state.seq === null) {
+        // The stored tweets from the rewind's moment come next, older than this head.
+        state.epoch = frame.epoch;
+        state.rewind.recovered = frame.recovered;
+        state.rewind.capped = Boolean(frame.recovered_capped);
+        if (!frame.recovered) state.seq = frame.seq;
+        showShowing();
+      } else if (state.epoch === null || state.seq === null) {
         state.epoch = frame.epoch;
         state.seq = frame.seq;
       }
@@ -258,6 +296,10 @@ function handleFrame(frame) {
       if (frame.channel !== state.channel) return;
       if (state.seq !== null && frame.seq <= state.seq) return;  // never twice
       state.seq = frame.seq;
+      if (state.rewind && !state.rewind.first) {
+        state.rewind.first = { seq: frame.seq, received_at: frame.tweet.received_at };
+        showShowing();
+      }
       window.relayDemo.seqs.push(frame.seq);
       $("seq").textContent = frame.seq;
       addTweet($("tweets"), frame.tweet, frame.seq, true);
@@ -279,8 +321,14 @@ function handleFrame(frame) {
       }
       break;
     case "history_start":
-      // Retention deleted some of what we missed; what we show stays valid.
+      // Retention deleted some of what we missed (or, rewound, tweets of before the
+      // moment's oldest kept one); what we show stays valid.
       window.relayDemo.historyStart = frame.seq;
+      if (state.rewind && state.seq === null) {
+        state.rewind.historyStart = frame.seq;
+        showShowing();
+        break;
+      }
       showError("History now starts at seq " + frame.seq + ": older tweets were deleted.");
       break;
     case "error":
@@ -340,18 +388,87 @@ function showPending() {
 
 function switchChannel(channel) {
   state.channel = channel;
+  if (state.rewind) state.rewind = rewindOf(state.rewind.time);  // the same moment, anew
+  restart({ channel });
+}
+
+// Start over from the rewind's moment, or live (state.rewind null): what the page shows
+// is dropped, and the page's URL says what it shows.
+function restart(change) {
   state.epoch = null;
   state.seq = null;
   state.pending = null;
   window.relayDemo.seqs = [];
   $("tweets").replaceChildren();
+  $("seq").textContent = "–";
   showChannel();
-  const url = new URL(location.href);
-  url.searchParams.set("channel", channel);
-  history.replaceState(null, "", url);
+  showShowing();
+  setURL(change);
   stopClient();
   state.attempt = 0;
   connect();
+}
+
+function setURL(change) {
+  const url = new URL(location.href);
+  for (const [name, value] of Object.entries(change)) {
+    if (value) url.searchParams.set(name, value);
+    else url.searchParams.delete(name);
+  }
+  history.replaceState(null, "", url);
+}
+
+// A moment as a datetime-local input holds it: local time, to the millisecond.
+function localInput(date) {
+  const pad = (n, width = 2) => String(n).padStart(width, "0");
+  return date.getFullYear() + "-" + pad(date.getMonth() + 1) + "-" + pad(date.getDate())
+    + "T" + pad(date.getHours()) + ":" + pad(date.getMinutes()) + ":"
+    + pad(date.getSeconds()) + "." + pad(date.getMilliseconds(), 3);
+}
+window.relayDemo.localInput = localInput;
+
+// The "From" control: the last 5 min, the last hour, a time, or now (live).
+function rewindTo(choice) {
+  let rewind = null;
+  if (choice === "time") {
+    const value = $("rewind-time").value;
+    const date = new Date(value);  // no zone: the local time the input shows
+    if (!value || isNaN(date)) return showError("Choose the date and time to rewind to.");
+    rewind = { time: date.toISOString(), label: date.toLocaleString() };
+  } else if (choice) {
+    rewind = rewindOf(choice);
+  }
+  showError("");
+  state.rewind = rewind;
+  restart({ since_time: rewind ? rewind.time : "" });
+}
+
+// What the list shows, in words: live or rewound (from when, how many stored), and how.
+function showShowing() {
+  const el = $("showing");
+  const over = state.transport === "sse" ? "server-sent events" : "WebSocket";
+  const rewind = state.rewind;
+  el.dataset.mode = rewind ? "rewind" : "live";
+  if (!rewind) {
+    el.textContent = "Live: the newest stored tweets, then each new one as it comes · over "
+      + over;
+    return;
+  }
+  let text = "Rewound to " + rewind.label + ": the tweets the relay received since then";
+  if (rewind.recovered !== undefined) {
+    text += " (" + rewind.recovered + (rewind.capped ? "+" : "") + " stored)";
+  }
+  text += ", then live";
+  if (rewind.first) {
+    text += " · from #" + rewind.first.seq + ", received "
+      + new Date(rewind.first.received_at).toLocaleString();
+  }
+  if (rewind.historyStart) {
+    text += " · the relay keeps tweets from #" + rewind.historyStart
+      + " on: older ones were deleted";
+  }
+  if (rewind.recovered > KEEP) text += " · the page keeps the newest " + KEEP;
+  el.textContent = text + " · over " + over;
 }
 
 // -- rendering -----------------------------------------------------------------------------
@@ -534,6 +651,22 @@ async function runSearch() {
 // -- wiring --------------------------------------------------------------------------------
 
 $("channel").addEventListener("change", (event) => switchChannel(event.target.value));
+$("rewind").addEventListener("change", (event) => {
+  $("rewind-time").hidden = event.target.value !== "time";
+});
+$("rewind-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  rewindTo($("rewind").value);
+});
+$("transport").addEventListener("change", (event) => {
+  // The same position over the other transport: nothing missed, nothing twice.
+  state.transport = event.target.value;
+  setURL({ transport: state.transport === "sse" ? "sse" : "" });
+  showShowing();
+  stopClient();
+  state.attempt = 0;
+  connect();
+});
 $("search-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const text = $("search").value.trim();
@@ -574,7 +707,17 @@ $("token-form").addEventListener("submit", (event) => {
   connect();
 });
 
+$("transport").value = state.transport;
+if (state.rewind) {
+  const preset = Boolean(REWINDS[state.rewind.time]);
+  $("rewind").value = preset ? state.rewind.time : "time";
+  $("rewind-time").hidden = preset;
+  if (!preset && !isNaN(new Date(state.rewind.time))) {
+    $("rewind-time").value = localInput(new Date(state.rewind.time));
+  }
+}
 showChannel();
+showShowing();
 setInterval(tick, 1000);
 // New rules show up as tweets match them: refresh the channel list now and then.
 setInterval(() => { if (state.client) loadInfo().catch(() => {}); }, 15000);
