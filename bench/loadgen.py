@@ -105,23 +105,30 @@ class Client(asyncio.Protocol):
         if not self.subscribed.done():
             self.subscribed.set_exception(ConnectionError(f"closed before subscribed: {exc}"))
 
+    def _answered(self, buffer: bytearray, status: bytes) -> bool:
+        """Whether the server's answer head is in and says ``status`` (then it is taken off
+        the buffer); a refusal fails the subscription and closes."""
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        if not buffer.startswith(status):
+            self.subscribed.set_exception(
+                ConnectionError(bytes(buffer[: buffer.find(b"\r\n")]).decode())
+            )
+            assert self.transport is not None
+            self.transport.close()
+            return False
+        del buffer[: end + 4]
+        self.upgraded = True
+        return True
+
     def data_received(self, data: bytes) -> None:
         now = time.time()
         buffer = self.buffer
         buffer += data
         if not self.upgraded:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
+            if not self._answered(buffer, b"HTTP/1.1 101"):
                 return
-            if not buffer.startswith(b"HTTP/1.1 101"):
-                self.subscribed.set_exception(
-                    ConnectionError(bytes(buffer[: buffer.find(b"\r\n")]).decode())
-                )
-                assert self.transport is not None
-                self.transport.close()
-                return
-            del buffer[: end + 4]
-            self.upgraded = True
             assert self.transport is not None
             self.transport.write(client_frame(self.subscribe))
         pos = 0
@@ -196,19 +203,8 @@ class EventClient(Client):
         now = time.time()
         buffer = self.buffer
         buffer += data
-        if not self.upgraded:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            if not buffer.startswith(b"HTTP/1.1 200"):
-                self.subscribed.set_exception(
-                    ConnectionError(bytes(buffer[: buffer.find(b"\r\n")]).decode())
-                )
-                assert self.transport is not None
-                self.transport.close()
-                return
-            del buffer[: end + 4]
-            self.upgraded = True
+        if not self.upgraded and not self._answered(buffer, b"HTTP/1.1 200"):
+            return
         # Line by line with one-byte finds (memchr): a two-byte pattern would be searched
         # through every event's whole data at several times the cost.
         pos, size = 0, len(buffer)
