@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.config.sources import ENVIRONMENT, convert, from_env, from_file
+from relay.core.archive import parse_url
 from relay.core.auth import Policy, Secrets
 from relay.errors import ConfigError
 from relay.obs.logs import check_format, check_level, check_timestamps
@@ -163,6 +164,14 @@ class Settings:
     """Seconds between retention runs."""
     retention_batch: int = 1000
     """Tweets deleted per transaction (each a few ms of the writer; appends go between)."""
+    # the archive (written by the active writer only)
+    archive_url: str = field(default="", repr=False)
+    """Where every committed tweet is archived: s3://bucket/prefix (S3, R2, MinIO: endpoint
+    and credentials from the AWS_* variables) or file:///path; empty: no archive."""
+    archive_object_tweets: int = 10_000
+    """An object is cut at this many tweets (about 3 MB gzipped)..."""
+    archive_object_interval: float = 60.0
+    """...or once its first tweet has waited this long (seconds, or 90s, 5m), whichever first."""
     # logging
     log_level: str = "info"
     """debug, info, warning, error or critical."""
@@ -295,6 +304,7 @@ class Settings:
             raise ConfigError("retention_max_tweets must be 0 (keep all) or more")
         if self.retention_interval <= 0 or self.retention_batch < 1:
             raise ConfigError("retention_interval must be positive and retention_batch >= 1")
+        self._validate_archive()
         check_level(self.log_level)
         check_format(self.log_format)
         check_timestamps(self.log_timestamps)
@@ -309,6 +319,14 @@ class Settings:
                 raise ConfigError(f"{key} must be positive")
         if self.bus_maxlen < 100:
             raise ConfigError("bus_maxlen must be at least 100")
+
+    def _validate_archive(self) -> None:
+        if self.archive_url:
+            parse_url(self.archive_url)  # one line naming what is accepted
+        if not 1 <= self.archive_object_tweets <= 1_000_000:
+            raise ConfigError("archive_object_tweets must be 1..1,000,000")
+        if not 0 < self.archive_object_interval <= 86_400:
+            raise ConfigError("archive_object_interval must be positive, at most a day")
 
     def _validate_secrets(self) -> None:
         if self.previous_secret:

@@ -87,6 +87,9 @@ ENVIRONMENT = {
     "retention_max_age": ("RELAY_RETENTION_MAX_AGE",),
     "retention_interval": ("RELAY_RETENTION_INTERVAL",),
     "retention_batch": ("RELAY_RETENTION_BATCH",),
+    "archive_url": ("RELAY_ARCHIVE_URL",),
+    "archive_object_tweets": ("RELAY_ARCHIVE_OBJECT_TWEETS",),
+    "archive_object_interval": ("RELAY_ARCHIVE_OBJECT_INTERVAL",),
 }
 
 
@@ -167,6 +170,8 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "retention_max_age": parse_duration,
     "retention_interval": parse_duration,
     "retention_batch": parse_int,
+    "archive_object_tweets": parse_int,
+    "archive_object_interval": parse_duration,
     "bus_maxlen": parse_int,
     "heartbeat_interval": float,
     "bus_check_interval": float,
