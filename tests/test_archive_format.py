@@ -173,3 +173,25 @@ def test_a_folder_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="archive folder"):
         Bucket(parse_url(f"file://{tmp_path}/file/archive"))
+
+
+def test_the_start_waits_for_an_endpoint_that_does_not_answer(
+    s3_server: S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    from relay.archive.bucket import wait_until_writable
+
+    caplog.set_level("INFO", logger="relay.archive")
+    environ = s3_server.environ
+    s3_server.stop()
+    bucket = Bucket(parse_url(s3_server.url()), environ)
+    tries = 0
+
+    async def sleep(seconds: float) -> None:
+        nonlocal tries
+        tries += 1
+        if tries == 2:  # back after two failed tries
+            await asyncio.to_thread(s3_server.start)
+
+    asyncio.run(wait_until_writable(bucket, sleep))
+    assert tries == 2
+    assert "waiting for the archive" in caplog.text and "answers again" in caplog.text

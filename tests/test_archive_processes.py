@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from relay.core.archive import decode_object, parse_key
 from tests.s3_server import S3Server
 from tests.support import ROOT, UNIT, RelayProcess, wait_for
@@ -110,3 +112,17 @@ def test_a_bad_url_or_a_missing_bucket_is_one_line_and_exit_2(
     assert missing.returncode == 2 and "no such bucket" in missing.stderr, missing.stderr
     for result in (bad, missing):
         assert "Traceback" not in result.stderr
+
+
+def test_refused_credentials_are_one_line_and_exit_2(
+    tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moto import settings as moto_settings
+
+    # moto checks signatures against its own IAM users once this many requests were
+    # let through unchecked: 0 checks every one, so unknown keys are refused (HTTP 403).
+    monkeypatch.setattr(moto_settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    wrong = {**s3_server.environ, "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG0"}
+    result = refused(tmp_path, {**wrong, "RELAY_ARCHIVE_URL": s3_server.url("t")})
+    assert result.returncode == 2, result.stderr
+    assert "credentials are refused" in result.stderr and "Traceback" not in result.stderr
