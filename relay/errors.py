@@ -13,6 +13,9 @@
     │   ├── StoreNotEmpty      a restore into a store that already holds tweets
     │   └── WriterFenced       another ingester took the writer lease: stop writing
     ├── SourceError            a source failed for good (bad token, unentitled)
+    ├── ArchiveError           the archive's bucket or folder failed (retried while running)
+    │   ├── ArchiveUnreachable no answer from its endpoint: wait and retry
+    │   └── ArchiveDamaged     an object that is not one the archive writes
     └── ClientError            a client asked for something it cannot have
         ├── BadRequest         bad query parameter or bad frame (HTTP 400, error frame)
         ├── NotFound           unknown path or object (HTTP 404)
@@ -101,6 +104,21 @@ class StoreNotEmpty(StoreError):
 
 class SourceError(RelayError):
     """A source cannot go on (for example the API refused the token)."""
+
+
+class ArchiveError(RelayError):
+    """Object storage refused or failed a read or a write (the message says which and
+    why, in one line): the archive writer retries it with backoff while the relay runs."""
+
+
+class ArchiveUnreachable(ArchiveError):
+    """The archive's endpoint did not answer (refused, timed out): wait and retry, as
+    for the database."""
+
+
+class ArchiveDamaged(ArchiveError):
+    """An object under the archive's prefix is not one the archive writes (not gzip, a
+    line that is not a stored tweet): the message names it and the line."""
 
 
 class ClientError(RelayError):

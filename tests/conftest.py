@@ -21,6 +21,7 @@ from tests.support import RelayProcess  # noqa: E402
 pytest_plugins = [
     "tests.pg_server",  # pg_server, pg_url, make_store: a real PostgreSQL
     "tests.redis_server",  # redis_server, make_redis_server: a real redis-server
+    "tests.s3_server",  # s3_server, make_s3_server: a real S3-compatible server (moto)
 ]
 
 CAPTURES = Path(os.environ.get("RELAY_CAPTURES") or ROOT.parent / "shared" / "data" / "twarc-csv")

@@ -1,0 +1,182 @@
+"""The archive's format: object names and lines, with no I/O.
+
+An archive is a folder of objects (an S3 prefix, a local folder), each a gzip of JSON
+lines, one line a stored tweet. Object keys::
+
+    <prefix>/<epoch-start>-<epoch>/<first-seq>-<last-seq>_<first-received>_<last-received>.jsonl.gz
+
+``epoch-start`` is when the first tweet archived in that epoch was received, and the
+received times those of the object's first and last tweets, all as UTC
+``YYYYMMDDTHHMMSS.mmmZ``; seqs are zero-padded to 20 digits. So a listing sorts in
+order across epochs (by their start) and within one (by seq), and a name tells its
+epoch, seq range and time range without being read.
+
+Each line: ``{"epoch": e, "seq": n, "received_at": "<store time text>", "channels":
+[...], "tweet": <the served object>}``. The bytes are deterministic (gzip written with
+``mtime=0`` at a fixed level): an upload repeated after a crash writes the same bytes
+under the same key.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+from relay.core.times import time_from_unix
+from relay.errors import ArchiveDamaged
+
+SUFFIX = ".jsonl.gz"
+SEQ_DIGITS = 20
+GZIP_LEVEL = 6
+"""Fixed, so the same lines always give the same bytes (zlib's default level)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedTweet:
+    """One line of an object: a stored tweet with its place in the store."""
+
+    epoch: str
+    seq: int
+    received: float
+    """When it was received (unix seconds, to the millisecond as stored)."""
+    channels: tuple[str, ...]
+    body: bytes
+    """The served object as JSON, as the store holds it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectName:
+    """What an object's key says: its epoch, seq range and time range."""
+
+    epoch_start: float
+    epoch: str
+    first_seq: int
+    last_seq: int
+    first_received: float
+    last_received: float
+
+    def key(self, prefix: str) -> str:
+        """The object's key under ``prefix`` (no leading or trailing slash needed)."""
+        folder = f"{compact_time(self.epoch_start)}-{self.epoch}"
+        name = (
+            f"{self.first_seq:0{SEQ_DIGITS}d}-{self.last_seq:0{SEQ_DIGITS}d}"
+            f"_{compact_time(self.first_received)}_{compact_time(self.last_received)}{SUFFIX}"
+        )
+        prefix = prefix.strip("/")
+        return f"{prefix}/{folder}/{name}" if prefix else f"{folder}/{name}"
+
+
+def compact_time(unix: float) -> str:
+    """Unix seconds as ``YYYYMMDDTHHMMSS.mmmZ`` (UTC; sorts as text, safe in a key)."""
+    text = time_from_unix(unix)  # YYYY-MM-DDTHH:MM:SS.mmmZ
+    return text.replace("-", "").replace(":", "")
+
+
+_COMPACT = r"\d{8}T\d{6}\.\d{3}Z"
+_KEY = re.compile(
+    rf"(?:.*/)?(?P<start>{_COMPACT})-(?P<epoch>[A-Za-z0-9_.]+)/"
+    rf"(?P<first>\d{{{SEQ_DIGITS}}})-(?P<last>\d{{{SEQ_DIGITS}}})"
+    rf"_(?P<first_at>{_COMPACT})_(?P<last_at>{_COMPACT}){re.escape(SUFFIX)}",
+    re.ASCII,
+)
+
+
+def _unix_from_compact(text: str) -> float:
+    moment = datetime.strptime(text, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC)
+    return round(moment.timestamp(), 3)
+
+
+def parse_key(key: str) -> ObjectName | None:
+    """The name an archive object's key holds; None for any other key (a stray file)."""
+    found = _KEY.fullmatch(key)
+    if found is None:
+        return None
+    try:
+        return ObjectName(
+            epoch_start=_unix_from_compact(found["start"]),
+            epoch=found["epoch"],
+            first_seq=int(found["first"]),
+            last_seq=int(found["last"]),
+            first_received=_unix_from_compact(found["first_at"]),
+            last_received=_unix_from_compact(found["last_at"]),
+        )
+    except ValueError:  # a date that does not exist (month 13)
+        return None
+
+
+def name_for(epoch_start: float, tweets: list[ArchivedTweet]) -> ObjectName:
+    """The name of the object holding ``tweets`` (in seq order, one epoch, at least one)."""
+    first, last = tweets[0], tweets[-1]
+    return ObjectName(epoch_start, first.epoch, first.seq, last.seq, first.received, last.received)
+
+
+def encode_line(tweet: ArchivedTweet) -> bytes:
+    """One line, the served object embedded as the store encoded it (never re-encoded)."""
+    head = orjson.dumps(
+        {
+            "epoch": tweet.epoch,
+            "seq": tweet.seq,
+            "received_at": time_from_unix(tweet.received),
+            "channels": list(tweet.channels),
+        }
+    )
+    return b"".join((head[:-1], b',"tweet":', tweet.body, b"}\n"))
+
+
+def encode_object(tweets: Iterable[ArchivedTweet]) -> bytes:
+    """An object's bytes: the lines, gzipped without a timestamp (the same every time)."""
+    lines = b"".join(encode_line(tweet) for tweet in tweets)
+    return gzip.compress(lines, compresslevel=GZIP_LEVEL, mtime=0)
+
+
+def decode_object(data: bytes, *, where: str = "object") -> Iterator[ArchivedTweet]:
+    """The tweets an object holds, in its order; :class:`~relay.errors.ArchiveDamaged`
+    naming ``where`` and the line when it is not one this module wrote."""
+    try:
+        text = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ArchiveDamaged(f"{where}: not a gzip file ({exc})") from exc
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        yield _decode_line(line, f"{where} line {number}")
+
+
+def _decode_line(line: bytes, where: str) -> ArchivedTweet:
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ArchiveDamaged(f"{where}: not JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise ArchiveDamaged(f"{where}: not a JSON object")
+    epoch, seq, received_at = value.get("epoch"), value.get("seq"), value.get("received_at")
+    channels, tweet = value.get("channels"), value.get("tweet")
+    if not isinstance(epoch, str) or not epoch:
+        raise ArchiveDamaged(f"{where}: no epoch")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise ArchiveDamaged(f"{where}: no seq")
+    received = _unix_from_text(received_at)
+    if received is None:
+        raise ArchiveDamaged(f"{where}: no received_at")
+    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        raise ArchiveDamaged(f"{where}: no channels")
+    if not isinstance(tweet, dict) or not isinstance(tweet.get("id"), str):
+        raise ArchiveDamaged(f"{where}: no tweet")
+    body = orjson.dumps(tweet)  # orjson wrote it: the same bytes again
+    return ArchivedTweet(epoch, seq, received, tuple(channels), body)
+
+
+def _unix_from_text(value: object) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return round(moment.timestamp(), 3)
