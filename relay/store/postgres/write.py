@@ -24,8 +24,8 @@ import psycopg.errors
 from relay.core.filters import fold
 from relay.core.times import normalise_time, time_from_unix
 from relay.core.tweets import Tweet, display_name_of, stored_body, username_of
-from relay.store.postgres.schema import TWEET_COLUMNS
 from relay.errors import StoreError
+from relay.store.postgres.schema import TWEET_COLUMNS
 from relay.store.types import AppendResult, RestoreBatch, StoredTweet
 
 Cursor = psycopg.AsyncCursor[Any]

@@ -8,13 +8,13 @@ from collections.abc import AsyncIterable, Mapping, Sequence
 from pathlib import Path
 
 from relay.errors import WriterBusy
+from relay.store.restore import Progress, restore_into
 from relay.store.sqlite.backup import backup
 from relay.store.sqlite.backup import new_epoch as renew_epoch
 from relay.store.sqlite.check import integrity_check
 from relay.store.sqlite.deletions import queue_deletions
 from relay.store.sqlite.schema import MIGRATIONS
 from relay.store.sqlite.store import SQLiteStore
-from relay.store.restore import Progress, restore_into
 from relay.store.types import Backup, Checked, Migrated, RestoreBatch, Restored
 
 

@@ -25,8 +25,8 @@ from relay.core.tweets import (
     stored_body,
     username_of,
 )
-from relay.store.sqlite.schema import TWEET_COLUMNS
 from relay.errors import StoreError
+from relay.store.sqlite.schema import TWEET_COLUMNS
 from relay.store.types import AppendResult, RestoreBatch, StoredTweet
 
 log = logging.getLogger(__name__)
