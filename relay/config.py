@@ -141,6 +141,10 @@ class Settings:
     source: str = "replay"
     replay: str = ""
     """Recorded stream to replay; empty means the bundled sample."""
+    replay_since: str = ""
+    """Replaying an archive: from this seq (digits) or time (ISO 8601) on, included."""
+    replay_until: str = ""
+    """Replaying an archive: up to this seq or time, included."""
     speed: float = 1.0
     """Replay pace: 1 is the recorded pace, N is N times faster, 0 (``max``) is no pacing."""
     loop: bool | None = None
@@ -381,6 +385,8 @@ ENVIRONMENT = {
     "max_offset": ("RELAY_MAX_OFFSET",),
     "source": ("RELAY_SOURCE",),
     "replay": ("RELAY_REPLAY",),
+    "replay_since": ("RELAY_REPLAY_SINCE",),
+    "replay_until": ("RELAY_REPLAY_UNTIL",),
     "speed": ("RELAY_SPEED",),
     "loop": ("RELAY_LOOP",),
     "batch_size": ("RELAY_BATCH_SIZE",),

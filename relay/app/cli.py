@@ -301,7 +301,24 @@ def add_source_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source", help="where tweets come from: replay, x-stream or x-poll (replay)"
     )
-    parser.add_argument("--replay", metavar="FILE", help="recorded stream (the bundled sample)")
+    parser.add_argument(
+        "--replay",
+        metavar="FILE|URL",
+        help="recorded stream (the bundled sample), or an archive: s3://bucket/prefix, "
+        "file:///path",
+    )
+    parser.add_argument(
+        "--since",
+        dest="replay_since",
+        metavar="SEQ|TIME",
+        help="replaying an archive: from this seq or ISO 8601 time on (included)",
+    )
+    parser.add_argument(
+        "--until",
+        dest="replay_until",
+        metavar="SEQ|TIME",
+        help="replaying an archive: up to this seq or ISO 8601 time (included)",
+    )
     parser.add_argument("--speed", help="replay pace: 1 recorded, N times faster, or max (1)")
     parser.add_argument(
         "--loop",
