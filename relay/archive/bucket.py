@@ -23,13 +23,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
+from relay.core.archive import ArchiveUrl, parse_url
 from relay.errors import ArchiveError, ArchiveUnreachable, ConfigError
+
+__all__ = ["ArchiveUrl", "Bucket", "explain", "parse_url"]
 
 if TYPE_CHECKING:
     from obstore.store import LocalStore, S3Store
@@ -42,49 +42,6 @@ CONNECT_TIMEOUT = "5s"
 REQUEST_TIMEOUT = "60s"
 RETRIES = 2
 """obstore's own quick retries of one request; past them the writer's backoff takes over."""
-
-
-@dataclass(frozen=True, slots=True)
-class ArchiveUrl:
-    """An archive's place: ``s3`` with a bucket and prefix, or ``file`` with a folder."""
-
-    scheme: str
-    bucket: str
-    """The S3 bucket; empty for ``file``."""
-    prefix: str
-    """Inside the bucket, without slashes at either end; empty for ``file``."""
-    path: Path | None = None
-    """The folder for ``file``."""
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"file://{self.path}"
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-
-
-def parse_url(text: str) -> ArchiveUrl:
-    """``s3://bucket[/prefix]`` or ``file:///absolute/path``; anything else is a
-    :class:`~relay.errors.ConfigError` that says what is accepted."""
-    accepted = "expected s3://bucket/prefix or file:///absolute/path"
-    parts = urlsplit(text.strip())
-    if parts.query or parts.fragment:
-        raise ConfigError(f"archive URL {text!r}: no query or fragment allowed; {accepted}")
-    if parts.scheme == "s3":
-        bucket = parts.netloc
-        if not bucket or "@" in bucket or ":" in bucket:
-            raise ConfigError(f"archive URL {text!r} names no bucket; {accepted}")
-        prefix = unquote(parts.path).strip("/")
-        if "//" in prefix or any(piece in (".", "..") for piece in prefix.split("/")):
-            raise ConfigError(f"archive URL {text!r}: the prefix has an empty or dot segment")
-        return ArchiveUrl("s3", bucket, prefix)
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise ConfigError(f"archive URL {text!r}: a file URL has no host; {accepted}")
-        path = unquote(parts.path)
-        if not path.startswith("/"):
-            raise ConfigError(f"archive URL {text!r}: the folder must be absolute; {accepted}")
-        return ArchiveUrl("file", "", "", Path(path))
-    raise ConfigError(f"archive URL {text!r}: unknown scheme; {accepted}")
 
 
 def _obstore() -> Any:

@@ -25,11 +25,13 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import orjson
 
 from relay.core.times import time_from_unix
-from relay.errors import ArchiveDamaged
+from relay.errors import ArchiveDamaged, ConfigError
 
 SUFFIX = ".jsonl.gz"
 SEQ_DIGITS = 20
@@ -180,3 +182,46 @@ def _unix_from_text(value: object) -> float | None:
     except ValueError:
         return None
     return round(moment.timestamp(), 3)
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveUrl:
+    """An archive's place: ``s3`` with a bucket and prefix, or ``file`` with a folder."""
+
+    scheme: str
+    bucket: str
+    """The S3 bucket; empty for ``file``."""
+    prefix: str
+    """Inside the bucket, without slashes at either end; empty for ``file``."""
+    path: Path | None = None
+    """The folder for ``file``."""
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"file://{self.path}"
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+def parse_url(text: str) -> ArchiveUrl:
+    """``s3://bucket[/prefix]`` or ``file:///absolute/path``; anything else is a
+    :class:`~relay.errors.ConfigError` that says what is accepted."""
+    accepted = "expected s3://bucket/prefix or file:///absolute/path"
+    parts = urlsplit(text.strip())
+    if parts.query or parts.fragment:
+        raise ConfigError(f"archive URL {text!r}: no query or fragment allowed; {accepted}")
+    if parts.scheme == "s3":
+        bucket = parts.netloc
+        if not bucket or "@" in bucket or ":" in bucket:
+            raise ConfigError(f"archive URL {text!r} names no bucket; {accepted}")
+        prefix = unquote(parts.path).strip("/")
+        if "//" in prefix or any(piece in (".", "..") for piece in prefix.split("/")):
+            raise ConfigError(f"archive URL {text!r}: the prefix has an empty or dot segment")
+        return ArchiveUrl("s3", bucket, prefix)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigError(f"archive URL {text!r}: a file URL has no host; {accepted}")
+        path = unquote(parts.path)
+        if not path.startswith("/"):
+            raise ConfigError(f"archive URL {text!r}: the folder must be absolute; {accepted}")
+        return ArchiveUrl("file", "", "", Path(path))
+    raise ConfigError(f"archive URL {text!r}: unknown scheme; {accepted}")

@@ -7,24 +7,18 @@ from ``os.environ`` here, so tests hand in a dict instead of patching.
 
 from __future__ import annotations
 
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from relay.config.sources import ENVIRONMENT, convert, from_env, from_file
+from relay.core.archive import parse_url
 from relay.core.auth import Policy, Secrets
-from relay.core.values import (
-    parse_bool,
-    parse_duration,
-    parse_int,
-    parse_origins,
-    parse_patterns,
-    parse_speed,
-    parse_time,
-)
 from relay.errors import ConfigError
 from relay.obs.logs import check_format, check_level, check_timestamps
+
+__all__ = ["ENVIRONMENT", "SAMPLE_RETENTION", "SOURCES", "Settings"]
 
 SAMPLE_RETENTION = 100_000
 """Tweets the bundled looping sample keeps by default: about 380 MB of store."""
@@ -174,6 +168,14 @@ class Settings:
     """Seconds between retention runs."""
     retention_batch: int = 1000
     """Tweets deleted per transaction (each a few ms of the writer; appends go between)."""
+    # the archive (written by the active writer only)
+    archive_url: str = field(default="", repr=False)
+    """Where every committed tweet is archived: s3://bucket/prefix (S3, R2, MinIO: endpoint
+    and credentials from the AWS_* variables) or file:///path; empty: no archive."""
+    archive_object_tweets: int = 10_000
+    """An object is cut at this many tweets (about 3 MB gzipped)..."""
+    archive_object_interval: float = 60.0
+    """...or once its first tweet has waited this long (seconds, or 90s, 5m), whichever first."""
     # logging
     log_level: str = "info"
     """debug, info, warning, error or critical."""
@@ -221,8 +223,8 @@ class Settings:
         """Build settings with the precedence file < environment < flags."""
         values: dict[str, Any] = {}
         if file is not None:
-            values.update(_from_file(Path(file)))
-        values.update(_from_env(environ or {}))
+            values.update(from_file(Path(file)))
+        values.update(from_env(environ or {}))
         values.update({k: v for k, v in (flags or {}).items() if v is not None})
         return cls.from_mapping(values)
 
@@ -232,7 +234,7 @@ class Settings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
-        converted = {key: _convert(key, value) for key, value in values.items()}
+        converted = {key: convert(key, value) for key, value in values.items()}
         settings = replace(cls(), **converted)
         settings.validate()
         return settings
@@ -306,6 +308,7 @@ class Settings:
             raise ConfigError("retention_max_tweets must be 0 (keep all) or more")
         if self.retention_interval <= 0 or self.retention_batch < 1:
             raise ConfigError("retention_interval must be positive and retention_batch >= 1")
+        self._validate_archive()
         check_level(self.log_level)
         check_format(self.log_format)
         check_timestamps(self.log_timestamps)
@@ -320,6 +323,14 @@ class Settings:
                 raise ConfigError(f"{key} must be positive")
         if self.bus_maxlen < 100:
             raise ConfigError("bus_maxlen must be at least 100")
+
+    def _validate_archive(self) -> None:
+        if self.archive_url:
+            parse_url(self.archive_url)  # one line naming what is accepted
+        if not 1 <= self.archive_object_tweets <= 1_000_000:
+            raise ConfigError("archive_object_tweets must be 1..1,000,000")
+        if not 0 < self.archive_object_interval <= 86_400:
+            raise ConfigError("archive_object_interval must be positive, at most a day")
 
     def _validate_secrets(self) -> None:
         if self.previous_secret:
@@ -338,163 +349,3 @@ class Settings:
 
 SOURCES = {"replay", "x-stream", "x-poll"}
 """Source names ``--source`` accepts; live sources register themselves here."""
-
-# The environment names of each setting. PORT is what a PaaS sets.
-ENVIRONMENT = {
-    "host": ("RELAY_HOST",),
-    "port": ("PORT", "RELAY_PORT"),
-    "public_url": ("RELAY_PUBLIC_URL",),
-    "trusted_proxies": ("RELAY_TRUSTED_PROXIES",),
-    "send_buffer": ("RELAY_SEND_BUFFER",),
-    "max_frame": ("RELAY_MAX_FRAME",),
-    "ping_interval": ("RELAY_PING_INTERVAL",),
-    "ping_timeout": ("RELAY_PING_TIMEOUT",),
-    "open_timeout": ("RELAY_OPEN_TIMEOUT",),
-    "cors_origins": ("RELAY_CORS_ORIGINS",),
-    "compression": ("RELAY_COMPRESSION",),
-    "sse_keepalive": ("RELAY_SSE_KEEPALIVE",),
-    "catch_ups_at_once": ("RELAY_CATCH_UPS_AT_ONCE",),
-    "recovered_cap": ("RELAY_RECOVERED_CAP",),
-    "secret": ("RELAY_SECRET",),
-    "public_channels": ("RELAY_PUBLIC_CHANNELS",),
-    "max_connections_per_subject": ("RELAY_MAX_CONNECTIONS_PER_SUBJECT",),
-    "max_connections_per_address": ("RELAY_MAX_CONNECTIONS_PER_ADDRESS",),
-    "max_sockets_per_address": ("RELAY_MAX_SOCKETS_PER_ADDRESS",),
-    "max_subscriptions": ("RELAY_MAX_SUBSCRIPTIONS",),
-    "ops_per_second": ("RELAY_OPS_PER_SECOND",),
-    "ops_burst": ("RELAY_OPS_BURST",),
-    "refresh_grace": ("RELAY_REFRESH_GRACE",),
-    "previous_secret": ("RELAY_PREVIOUS_SECRET",),
-    "previous_secret_until": ("RELAY_PREVIOUS_SECRET_UNTIL",),
-    "revoked_tokens_file": ("RELAY_REVOKED_TOKENS",),
-    "revoked_tokens_interval": ("RELAY_REVOKED_TOKENS_INTERVAL",),
-    "db": ("RELAY_DB",),
-    "database_url": ("DATABASE_URL",),
-    "lease_ttl": ("RELAY_LEASE_TTL",),
-    "redis_url": ("REDIS_URL",),
-    "redis_tls_verify": ("RELAY_REDIS_TLS_VERIFY",),
-    "bus_maxlen": ("RELAY_BUS_MAXLEN",),
-    "heartbeat_interval": ("RELAY_HEARTBEAT_INTERVAL",),
-    "bus_check_interval": ("RELAY_BUS_CHECK_INTERVAL",),
-    "query_timeout": ("RELAY_QUERY_TIMEOUT",),
-    "queries_per_client": ("RELAY_QUERIES_PER_CLIENT",),
-    "query_readers": ("RELAY_QUERY_READERS",),
-    "queries_waiting": ("RELAY_QUERIES_WAITING",),
-    "max_sort_terms": ("RELAY_MAX_SORT_TERMS",),
-    "max_in_items": ("RELAY_MAX_IN_ITEMS",),
-    "max_offset": ("RELAY_MAX_OFFSET",),
-    "source": ("RELAY_SOURCE",),
-    "replay": ("RELAY_REPLAY",),
-    "replay_since": ("RELAY_REPLAY_SINCE",),
-    "replay_until": ("RELAY_REPLAY_UNTIL",),
-    "speed": ("RELAY_SPEED",),
-    "loop": ("RELAY_LOOP",),
-    "batch_size": ("RELAY_BATCH_SIZE",),
-    "parse_processes": ("RELAY_PARSE_PROCESSES",),
-    "x_bearer_token": ("X_BEARER_TOKEN",),
-    "x_api_base_url": ("X_API_BASE_URL",),
-    "rules_file": ("RELAY_RULES",),
-    "stall_timeout": ("RELAY_STALL_TIMEOUT",),
-    "backfill_pages": ("RELAY_BACKFILL_PAGES",),
-    "poll_interval": ("RELAY_POLL_INTERVAL",),
-    "poll_max_pages": ("RELAY_POLL_MAX_PAGES",),
-    "log_level": ("RELAY_LOG_LEVEL",),
-    "log_format": ("RELAY_LOG_FORMAT",),
-    "access_log": ("RELAY_ACCESS_LOG",),
-    "log_timestamps": ("RELAY_LOG_TIMESTAMPS",),
-    "retention_max_tweets": ("RELAY_RETENTION_MAX_TWEETS",),
-    "retention_max_age": ("RELAY_RETENTION_MAX_AGE",),
-    "retention_interval": ("RELAY_RETENTION_INTERVAL",),
-    "retention_batch": ("RELAY_RETENTION_BATCH",),
-}
-
-
-def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for key, names in ENVIRONMENT.items():
-        for name in names:  # later names win: RELAY_PORT over PORT
-            # An empty value means "unset", except where empty says something (no public
-            # channels at all).
-            if name in environ and (environ[name] != "" or key in EMPTY_IS_A_VALUE):
-                values[key] = environ[name]
-    return values
-
-
-EMPTY_IS_A_VALUE = {"public_channels", "cors_origins"}
-
-
-def _from_file(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    # Sections only group keys for the reader; names are unique across them.
-    values: dict[str, Any] = {}
-    for key, value in document.items():
-        if isinstance(value, dict):
-            values.update(value)
-        else:
-            values[key] = value
-    return values
-
-
-_CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    "port": parse_int,
-    "trusted_proxies": parse_int,
-    "send_buffer": parse_int,
-    "max_frame": parse_int,
-    "batch_size": parse_int,
-    "parse_processes": parse_int,
-    "ping_interval": float,
-    "ping_timeout": float,
-    "open_timeout": float,
-    "compression": parse_bool,
-    "sse_keepalive": float,
-    "catch_ups_at_once": parse_int,
-    "recovered_cap": parse_int,
-    "speed": parse_speed,
-    "public_channels": parse_patterns,
-    "cors_origins": parse_origins,
-    "max_connections_per_subject": parse_int,
-    "max_connections_per_address": parse_int,
-    "max_sockets_per_address": parse_int,
-    "max_subscriptions": parse_int,
-    "ops_burst": parse_int,
-    "stall_timeout": float,
-    "poll_interval": float,
-    "backfill_pages": parse_int,
-    "poll_max_pages": parse_int,
-    "ops_per_second": float,
-    "refresh_grace": float,
-    "previous_secret_until": parse_time,
-    "revoked_tokens_interval": float,
-    "loop": parse_bool,
-    "query_timeout": float,
-    "queries_per_client": parse_int,
-    "query_readers": parse_int,
-    "queries_waiting": parse_int,
-    "max_sort_terms": parse_int,
-    "max_in_items": parse_int,
-    "max_offset": parse_int,
-    "lease_ttl": float,
-    "redis_tls_verify": parse_bool,
-    "access_log": parse_bool,
-    "retention_max_tweets": parse_int,
-    "retention_max_age": parse_duration,
-    "retention_interval": parse_duration,
-    "retention_batch": parse_int,
-    "bus_maxlen": parse_int,
-    "heartbeat_interval": float,
-    "bus_check_interval": float,
-}
-
-
-def _convert(key: str, value: Any) -> Any:
-    converter = _CONVERTERS.get(key, str)
-    try:
-        return converter(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad value for {key}: {value!r} ({exc})") from None
