@@ -225,3 +225,22 @@ def parse_url(text: str) -> ArchiveUrl:
             raise ConfigError(f"archive URL {text!r}: the folder must be absolute; {accepted}")
         return ArchiveUrl("file", "", "", Path(path))
     raise ConfigError(f"archive URL {text!r}: unknown scheme; {accepted}")
+
+
+# The archive's state in the store (the writer role's get_state/set_state): JSON texts.
+CURSOR_KEY = "archive.cursor"
+"""The last archived tweet: ``{"epoch", "seq", "received"}``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveMark:
+    """A position in the archive: a tweet's epoch, seq and receive time."""
+
+    epoch: str
+    seq: int
+    received: float
+
+    def text(self) -> str:
+        return orjson.dumps(
+            {"epoch": self.epoch, "seq": self.seq, "received": self.received}
+        ).decode()

@@ -329,12 +329,14 @@ class Admin(Protocol):
         self,
         batches: AsyncIterable[RestoreBatch],
         *,
-        state: Mapping[str, str],
+        epoch: str,
+        state: Callable[[], Mapping[str, str]],
         progress: Callable[[int, int], None] | None = None,
     ) -> Restored:
         """Rebuild an empty store (``relay restore``): every tweet under the seq and the
         receive time its batch gives (increasing seqs; an id already stored is left
-        out), then ``state`` (the archive's cursor) and a new epoch, as after a backup.
+        out), then, in one transaction, the writer's state ``state()`` gives once every
+        batch is stored (the archive's cursor) and ``epoch``, new, as after a backup.
 
         Opens the store as its one writer: :class:`~relay.errors.WriterBusy` while
         another process is; :class:`~relay.errors.StoreNotEmpty` when it holds a tweet

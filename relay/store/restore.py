@@ -4,7 +4,6 @@ hands it here; :meth:`relay.store.Admin.restore` is the contract."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterable, Callable, Mapping
 from typing import Protocol
 
@@ -13,6 +12,8 @@ from relay.store.types import RestoreBatch, Restored
 
 Progress = Callable[[int, int], None]
 """Called after each committed batch with the tweets restored so far and the last seq."""
+State = Callable[[], Mapping[str, str]]
+"""Called once every batch is stored: the writer's state to set with the new epoch."""
 
 
 class Restorable(Protocol):
@@ -28,11 +29,12 @@ async def restore_into(
     where: str,
     batches: AsyncIterable[RestoreBatch],
     *,
-    state: Mapping[str, str],
+    epoch: str,
+    state: State,
     progress: Progress | None = None,
 ) -> Restored:
     """Refuse a store that holds a tweet; store every batch in its own transaction; then,
-    in one more, the ``state`` and a new epoch (clients reset instead of resuming)."""
+    in one more, the ``state()`` and the new ``epoch`` (clients reset, not resume)."""
     if await store.head():
         raise StoreNotEmpty(
             f"{where} already holds tweets: restore into an empty store (a new SQLite "
@@ -45,6 +47,5 @@ async def restore_into(
         tweets += await store.restore(batch)
         if progress is not None:
             progress(tweets, batch.tweets[-1].seq)
-    epoch = secrets.token_hex(8)
-    await store.restore(RestoreBatch((), state=state, epoch=epoch))
+    await store.restore(RestoreBatch((), state=state(), epoch=epoch))
     return Restored(tweets, await store.head(), epoch)

@@ -8,7 +8,7 @@ Backups and integrity checks are PostgreSQL's own tools' work (``pg_dump``,
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
 
 import psycopg
@@ -17,7 +17,7 @@ from relay.errors import ConfigError, StoreError, WriterBusy
 from relay.store.postgres.conn import connect, describe, redact
 from relay.store.postgres.deletions import queue_deletions
 from relay.store.postgres.schema import migrate_connection
-from relay.store.restore import Progress, restore_into
+from relay.store.restore import Progress, State, restore_into
 from relay.store.types import Backup, Checked, Migrated, RestoreBatch, Restored
 
 
@@ -106,7 +106,8 @@ class PostgresAdmin:
         self,
         batches: AsyncIterable[RestoreBatch],
         *,
-        state: Mapping[str, str],
+        epoch: str,
+        state: State,
         progress: Progress | None = None,
     ) -> Restored:
         from relay.store.postgres.store import PostgresStore
@@ -120,6 +121,8 @@ class PostgresAdmin:
         )
         try:
             await store.claim_writer(on_standby=refuse)
-            return await restore_into(store, self.where, batches, state=state, progress=progress)
+            return await restore_into(
+                store, self.where, batches, epoch=epoch, state=state, progress=progress
+            )
         finally:
             await store.close()

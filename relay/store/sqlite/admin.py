@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
 
 from relay.errors import WriterBusy
-from relay.store.restore import Progress, restore_into
+from relay.store.restore import Progress, State, restore_into
 from relay.store.sqlite.backup import backup
 from relay.store.sqlite.backup import new_epoch as renew_epoch
 from relay.store.sqlite.check import integrity_check
@@ -62,11 +62,14 @@ class SQLiteAdmin:
         self,
         batches: AsyncIterable[RestoreBatch],
         *,
-        state: Mapping[str, str],
+        epoch: str,
+        state: State,
         progress: Progress | None = None,
     ) -> Restored:
         store = await SQLiteStore.open(self.path, query_readers=1)  # the writer lock
         try:
-            return await restore_into(store, self.where, batches, state=state, progress=progress)
+            return await restore_into(
+                store, self.where, batches, epoch=epoch, state=state, progress=progress
+            )
         finally:
             await store.close()
