@@ -112,7 +112,7 @@ class RelayServer:
         self.stepped = speed == "step"
         self.speed = SPEED_MAX if self.stepped else parse_speed(speed)
         if self.archive:
-            settings.setdefault("speed", self.speed)
+            settings.setdefault("speed", "max" if self.speed == SPEED_MAX else self.speed)
         self.keep_open = (
             keep_open if keep_open is not None else self.replay is None and not self.archive
         )
