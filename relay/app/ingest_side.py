@@ -14,11 +14,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 from relay.app.sources import Clock, Sleep, build_source, deleted_ids
+from relay.archive.bucket import Bucket
 from relay.bus import Bus
 from relay.config import Settings
 from relay.errors import RelayError
 from relay.ingest.finished import ReplaySummary, summary_of
 from relay.ingest.pipeline import Ingest
+from relay.jobs.archive import Archiver
 from relay.jobs.deletions import DELETIONS_INTERVAL, apply_deletions
 from relay.jobs.retention import Retention, apply_retention
 from relay.jobs.scheduler import Housekeeping
@@ -50,6 +52,9 @@ class IngestSide:
         self.clock = clock
         self.sleep = sleep
         self._source = source
+        self.bucket: Bucket | None = None
+        """The archive's, checked writable at start (the relay sets it); None: no archive."""
+        self.archiver: Archiver | None = None
         self.ingest: Ingest | None = None
         self.ingesting = asyncio.Event()
         """Set once this process holds the writer's turn and its source runs."""
@@ -132,6 +137,16 @@ class IngestSide:
             return
         ingest.start()
         self._schedule_writer_jobs(store)
+        if self.bucket is not None:
+            self.archiver = Archiver(
+                store,
+                self.bucket,
+                self.metrics,
+                object_tweets=self.settings.archive_object_tweets,
+                object_interval=self.settings.archive_object_interval,
+            )
+            log.info("archiving every committed tweet to %s", self.bucket.url)
+            self.tasks.append(asyncio.create_task(self.archiver.run(), name="archive"))
         self.tasks.append(
             asyncio.create_task(self._when_finished(ingest, published, stopping), name="finished")
         )
@@ -159,7 +174,7 @@ class IngestSide:
 
         async def run() -> None:
             self.metrics.retention_deleted.inc(
-                await apply_retention(store, retention, self.clock())
+                await apply_retention(store, retention, self.clock(), self.metrics)
             )
 
         self.housekeeping.every(self.settings.retention_interval, "retention", run, first=1.0)
@@ -196,9 +211,18 @@ class IngestSide:
         """Stop the source and drain what it sent; False when that ran out of time."""
         if self.ingest is None:
             return True
+        started = time.monotonic()
         try:
             await asyncio.wait_for(self.ingest.stop(), timeout)
         except TimeoutError:
             log.error("ingest did not drain in time: tweets read but not stored are lost")
             return False
+        if self.archiver is not None:
+            # What was committed goes to the archive before the process exits; the loop
+            # stops first so that one upload is never made twice at once.
+            for task in self.tasks:
+                if task.get_name() == "archive":
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+            await self.archiver.flush(max(0.5, timeout - (time.monotonic() - started)))
         return True

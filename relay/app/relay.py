@@ -22,6 +22,7 @@ from relay.app.ingest_side import IngestSide
 from relay.app.parts import announce_access, listening_socket, open_bus
 from relay.app.serve_side import ServeSide
 from relay.app.sources import Clock, Sleep, check_source
+from relay.archive.bucket import Bucket, parse_url, wait_until_writable
 from relay.bus import Bus
 from relay.config import Settings
 from relay.errors import ConfigError, StoreCorrupt, StoreError, StoreNotReady
@@ -187,6 +188,14 @@ class Relay:
             # Bound before the store opens: a port in use is one line at once, not a
             # traceback after the migrations.
             self._listener = listening_socket(settings.host, settings.port)
+        if self.ingest_side is not None and settings.archive_url:
+            # Before the store: a bad URL, a missing bucket or refused credentials is one
+            # line and exit 2 before anything runs; an endpoint that does not answer is
+            # waited for, as the database is.
+            self._waiting = "waiting for the archive"
+            bucket = Bucket(parse_url(settings.archive_url))
+            await wait_until_writable(bucket, self.sleep)
+            self.ingest_side.bucket = bucket
         self._waiting = "waiting for the store"
         store = self.store = await wait_for_store(
             settings, writer=self.ingests, serves=self.serves, sleep=self.sleep

@@ -20,19 +20,24 @@ are refused (nothing retrying will fix).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from relay.core.archive import ArchiveUrl, parse_url
 from relay.errors import ArchiveError, ArchiveUnreachable, ConfigError
+from relay.obs.waits import Outage
 
-__all__ = ["ArchiveUrl", "Bucket", "explain", "parse_url"]
+__all__ = ["ArchiveUrl", "Bucket", "explain", "parse_url", "wait_until_writable"]
 
 if TYPE_CHECKING:
     from obstore.store import LocalStore, S3Store
+
+log = logging.getLogger(__name__)
 
 INSTALL = "pip install 'tweet-relay[archive]'"
 WRITE_CHECK_KEY = ".relay-write-check"
@@ -158,6 +163,28 @@ class Bucket:
 
     def _explain(self, exc: BaseException, action: str) -> ArchiveError | ConfigError:
         return explain(exc, f"archive {self.url}: {action}")
+
+
+async def wait_until_writable(
+    bucket: Bucket, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> None:
+    """The start's write check: an endpoint that does not answer is waited for with
+    backoff, as the database is (one line when the wait starts, one when it ends); any
+    other failure (no bucket, credentials refused) raises at once."""
+    outage = Outage(log, f"the archive at {bucket.url}")
+    delay = 1.0
+    while True:
+        try:
+            await bucket.check_writable()
+        except ArchiveUnreachable as exc:
+            outage.failed(str(exc), delay)
+            await sleep(delay)
+            delay = min(delay * 2, 30.0)
+            continue
+        except ArchiveError as exc:
+            raise ConfigError(str(exc)) from None
+        outage.answered()
+        return
 
 
 def explain(exc: BaseException, where: str) -> ArchiveError | ConfigError:

@@ -230,6 +230,14 @@ def parse_url(text: str) -> ArchiveUrl:
 # The archive's state in the store (the writer role's get_state/set_state): JSON texts.
 CURSOR_KEY = "archive.cursor"
 """The last archived tweet: ``{"epoch", "seq", "received"}``."""
+NEXT_KEY = "archive.next"
+"""The next object's range, recorded before its upload: ``{"epoch", "first", "last",
+"first_received", "last_received"}``; a restart uploads exactly this range again."""
+EPOCH_START_KEY = "archive.epoch_start"
+"""``{"epoch", "start", "first_seq"}``: when the first tweet archived in the epoch was
+received (every object of the epoch shares it in its key), and its seq."""
+DELETIONS_KEY = "archive.deletions"
+"""The last entry of the store's deletion record the archive has applied (an integer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,3 +252,80 @@ class ArchiveMark:
         return orjson.dumps(
             {"epoch": self.epoch, "seq": self.seq, "received": self.received}
         ).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class EpochStart:
+    epoch: str
+    start: float
+    first_seq: int
+
+    def text(self) -> str:
+        value = {"epoch": self.epoch, "start": self.start, "first_seq": self.first_seq}
+        return orjson.dumps(value).decode()
+
+
+def parse_state(text: str | None) -> dict[str, object] | None:
+    """A state value this module wrote; None when unset or not one (then started afresh)."""
+    if not text:
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def parse_mark(text: str | None) -> ArchiveMark | None:
+    value = parse_state(text)
+    if value is None:
+        return None
+    epoch, seq, received = value.get("epoch"), value.get("seq"), value.get("received")
+    if not isinstance(epoch, str) or not isinstance(seq, int) or isinstance(seq, bool):
+        return None
+    if not isinstance(received, (int, float)) or isinstance(received, bool):
+        return None
+    return ArchiveMark(epoch, seq, float(received))
+
+
+def parse_epoch_start(text: str | None) -> EpochStart | None:
+    value = parse_state(text)
+    if value is None:
+        return None
+    epoch, start, first = value.get("epoch"), value.get("start"), value.get("first_seq")
+    if not isinstance(epoch, str) or not isinstance(first, int):
+        return None
+    if not isinstance(start, (int, float)) or isinstance(start, bool):
+        return None
+    return EpochStart(epoch, float(start), first)
+
+
+def next_text(name: ObjectName) -> str:
+    """The ``archive.next`` value for an object about to be uploaded."""
+    return orjson.dumps(
+        {
+            "epoch": name.epoch,
+            "start": name.epoch_start,
+            "first": name.first_seq,
+            "last": name.last_seq,
+            "first_received": name.first_received,
+            "last_received": name.last_received,
+        }
+    ).decode()
+
+
+def parse_next(text: str | None) -> ObjectName | None:
+    value = parse_state(text)
+    if value is None:
+        return None
+    try:
+        return ObjectName(
+            float(value["start"]),  # type: ignore[arg-type]
+            str(value["epoch"]),
+            int(value["first"]),  # type: ignore[call-overload]
+            int(value["last"]),  # type: ignore[call-overload]
+            float(value["first_received"]),  # type: ignore[arg-type]
+            float(value["last_received"]),  # type: ignore[arg-type]
+        )
+    except (KeyError, TypeError, ValueError):
+        return None

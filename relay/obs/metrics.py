@@ -224,6 +224,43 @@ class Metrics:
             registry=r,
         )
 
+        # The archive: written by the active writer, its lag read from the store's cursor.
+        self.archive_objects = Counter(
+            "relay_archive_objects", "Objects written to the archive", registry=r
+        )
+        self.archive_tweets = Counter(
+            "relay_archive_tweets", "Tweets written to the archive", registry=r
+        )
+        self.archive_bytes = Counter(
+            "relay_archive_bytes", "Bytes (gzipped) written to the archive", registry=r
+        )
+        self.archive_failures = Counter(
+            "relay_archive_failures",
+            "Archive reads and writes that failed (each retried), by cause",
+            ["cause"],
+            registry=r,
+        )
+        self.archive_rewritten = Counter(
+            "relay_archive_rewritten_objects",
+            "Archive objects rewritten without tweets deleted since they were written",
+            registry=r,
+        )
+        self.archive_lag = Gauge(
+            "relay_archive_lag_tweets",
+            "Committed tweets not yet archived (the store's head past the archive's cursor)",
+            registry=r,
+        )
+        self.archive_lag_seconds = Gauge(
+            "relay_archive_lag_seconds",
+            "How long the oldest tweet not yet archived has waited (0 when none)",
+            registry=r,
+        )
+        self.retention_waiting = Gauge(
+            "relay_retention_waiting_for_archive_tweets",
+            "Tweets retention would delete but keeps because they are not archived yet",
+            registry=r,
+        )
+
     def total(self, name: str) -> float:
         """A metric's value summed over its labels (0 when it has none yet)."""
         return sum(
