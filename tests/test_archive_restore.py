@@ -277,3 +277,62 @@ def test_objects_decode_back_to_their_bodies(tmp_path: Path) -> None:
         assert read == bodies
 
     asyncio.run(run())
+
+
+def test_archived_while_ingesting_then_replayed_and_restored_with_the_deleted_tweet_gone(
+    make_store: StoreMaker, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archive writer (relay.jobs.archive) runs beside appends, a deletion is
+    rewritten out of its object; a replay and a restore both leave that tweet out, and
+    the writer of the restored store goes on after the cursor, in a new epoch's folder."""
+    from relay.jobs.archive import Archiver
+    from relay.obs.metrics import Metrics
+
+    for key, value in s3_server.environ.items():
+        monkeypatch.setenv(key, value)
+    url = s3_server.url("live")
+
+    async def ingest_and_archive() -> list[bytes]:
+        store = await make_store("a")
+        bucket = Bucket(parse_url(url))
+        writer = Archiver(store, bucket, Metrics(), object_tweets=7, object_interval=3600)
+        try:
+            for n in range(10):  # appends and uploads interleaved, as in a running relay
+                parsed = [parse_line(stream_line(n * 5 + i, author=f"u{i}")) for i in range(1, 6)]
+                tweets = [t for p in parsed for t in p.tweets]
+                await store.append(tweets, [u for p in parsed for u in p.users], 1.7e9 + n)
+                await writer.step()
+            assert await writer.flush(10.0)
+            await make_store.admin("a").queue_deletions(["12"])
+            assert len(await store.apply_deletions(10)) == 1
+            assert await writer.apply_deletions() == 1
+            rows = await store.read_after("tweets", 0, 999, 999)
+            return [r.body for r in rows]
+        finally:
+            await store.close()
+
+    bodies = asyncio.run(ingest_and_archive())
+    assert len(bodies) == 49 and not any(orjson.loads(b)["id"] == "12" for b in bodies)
+
+    with RelayServer(url, store=tmp_path / "replayed.db") as relay:
+        replayed = _replayed(relay)
+    assert [without_seq(b) for b in replayed] == [without_seq(b) for b in bodies]
+
+    async def restore_and_go_on() -> None:
+        done = await restore(make_store.settings("b"), url)
+        assert done.tweets == 49 and done.head == 50
+        store = await make_store("b")
+        try:
+            assert [r.body for r in await store.read_after("tweets", 0, 999, 999)] == bodies
+            await store.append(parse_line(stream_line(999)).tweets, [], 1.7e9 + 60)
+            writer = Archiver(
+                store, Bucket(parse_url(url)), Metrics(), object_tweets=7, object_interval=3600
+            )
+            assert await writer.flush(10.0)
+            keys = await Bucket(parse_url(url)).keys()
+            new = [k for k in keys if done.epoch in k]
+            assert len(new) == 1 and "00000000000000000051-00000000000000000051" in new[0]
+        finally:
+            await store.close()
+
+    asyncio.run(restore_and_go_on())
