@@ -14,7 +14,9 @@ server process's own /proc counters. Parts (``--only NAME``):
 - ``catchup``: one client resuming from seq 0 over a filled store;
 - ``idle``: resident memory per idle subscriber;
 - ``rewind``: the first tweet of a rewind to a time in a store of a million tweets,
-  beside a resume from the same seq.
+  beside a resume from the same seq;
+- ``restore``: ``relay restore`` from an archive folder into a fresh store (tweets/s),
+  beside a plain bulk insert of the same archived rows.
 
 Run with ``python -m bench [--quick] [--only PART] [--idle 10000] [--subscribers 500]``.
 See docs/benchmarks.md.
@@ -41,12 +43,13 @@ from rich.table import Table
 
 from bench import ingest as bench_ingest
 from bench import parts, procs
+from bench import restore as bench_restore
 from bench import rewind as bench_rewind
 from bench.loadgen import raise_open_files
 from bench.procs import Redis
 from bench.table import Row
 
-PARTS = ("fanout", "latency", "ingest", "catchup", "idle", "rewind")
+PARTS = ("fanout", "latency", "ingest", "catchup", "idle", "rewind", "restore")
 console = Console(width=320)  # wide enough that no cell wraps: one row, one line
 
 
@@ -93,6 +96,7 @@ def main() -> int:
     parser.add_argument("--catchup", type=int, help="catch-up stored tweets (100000)")
     parser.add_argument("--idle", type=int, help="idle connections (2000; 10000 for the target)")
     parser.add_argument("--rewind", type=int, help="rewind store tweets (1000000)")
+    parser.add_argument("--restore", type=int, help="restored archive tweets (100000)")
     parser.add_argument("--no-node", action="store_true", help="skip the Node ws peer")
     parser.add_argument(
         "--database-url", default=os.environ.get("DATABASE_URL", ""), help="PostgreSQL store"
@@ -107,6 +111,7 @@ def main() -> int:
     catchup = args.catchup or (2000 if quick else 100_000)
     idle = args.idle or (100 if quick else 2000)
     rewound = args.rewind or (20_000 if quick else 1_000_000)
+    restored = args.restore or (5_000 if quick else 100_000)
     chosen = args.only or list(PARTS)
     raise_open_files()
     if args.no_node:
@@ -128,6 +133,7 @@ def main() -> int:
             "catchup": lambda: parts.catch_up(folder, catchup),
             "idle": lambda: parts.idle(folder, idle),
             "rewind": lambda: bench_rewind.rewind(folder, rewound),
+            "restore": lambda: bench_restore.restore(folder, restored, args.database_url),
         }
         try:
             for name in chosen:
