@@ -15,6 +15,8 @@ server process's own /proc counters. Parts (``--only NAME``):
 - ``idle``: resident memory per idle subscriber;
 - ``rewind``: the first tweet of a rewind to a time in a store of a million tweets,
   beside a resume from the same seq;
+- ``archive``: the archive writer's tweets a second to a loopback S3 server (moto),
+  beside the ingest rate of the same store;
 - ``restore``: ``relay restore`` from an archive folder into a fresh store (tweets/s),
   beside a plain bulk insert of the same archived rows.
 
@@ -41,6 +43,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench import archive as bench_archive
 from bench import ingest as bench_ingest
 from bench import parts, procs
 from bench import restore as bench_restore
@@ -49,7 +52,7 @@ from bench.loadgen import raise_open_files
 from bench.procs import Redis
 from bench.table import Row
 
-PARTS = ("fanout", "latency", "ingest", "catchup", "idle", "rewind", "restore")
+PARTS = ("fanout", "latency", "ingest", "catchup", "idle", "rewind", "archive", "restore")
 console = Console(width=320)  # wide enough that no cell wraps: one row, one line
 
 
@@ -96,6 +99,7 @@ def main() -> int:
     parser.add_argument("--catchup", type=int, help="catch-up stored tweets (100000)")
     parser.add_argument("--idle", type=int, help="idle connections (2000; 10000 for the target)")
     parser.add_argument("--rewind", type=int, help="rewind store tweets (1000000)")
+    parser.add_argument("--archive", type=int, help="archived tweets (50000)")
     parser.add_argument("--restore", type=int, help="restored archive tweets (100000)")
     parser.add_argument("--no-node", action="store_true", help="skip the Node ws peer")
     parser.add_argument(
@@ -111,6 +115,7 @@ def main() -> int:
     catchup = args.catchup or (2000 if quick else 100_000)
     idle = args.idle or (100 if quick else 2000)
     rewound = args.rewind or (20_000 if quick else 1_000_000)
+    archived = args.archive or (5000 if quick else 50_000)
     restored = args.restore or (5_000 if quick else 100_000)
     chosen = args.only or list(PARTS)
     raise_open_files()
@@ -133,6 +138,7 @@ def main() -> int:
             "catchup": lambda: parts.catch_up(folder, catchup),
             "idle": lambda: parts.idle(folder, idle),
             "rewind": lambda: bench_rewind.rewind(folder, rewound),
+            "archive": lambda: bench_archive.archive(folder, archived),
             "restore": lambda: bench_restore.restore(folder, restored, args.database_url),
         }
         try:

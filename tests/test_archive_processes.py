@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from relay.core.archive import decode_object, parse_key
 from tests.s3_server import S3Server
@@ -72,6 +73,13 @@ def test_the_archive_catches_up_after_the_s3_server_was_down(
         wait_for(
             lambda: sum(len(s) for s in archived_seqs(s3_server)) >= target, 30 * UNIT, "catch-up"
         )
+        # Every serving process reads the archive's range and lag from the store.
+        wait_for(lambda: relay.get("/v1/info").get("archive") is not None, 20 * UNIT, "info")
+        info = relay.get("/v1/info")
+        archive: Any = info["archive"]
+        assert archive["first_seq"] == 1 and archive["last_seq"] >= 1
+        assert s3_server.bucket not in str(info)
+        assert "lag_tweets" in relay.get("/v1/stats")["archive"]  # type: ignore[operator]
         assert relay.stop() == 0
     finally:
         relay.close()

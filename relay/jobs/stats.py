@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from relay.core.archive import CURSOR_KEY, EPOCH_START_KEY, parse_epoch_start, parse_mark
+from relay.core.times import time_from_unix
+from relay.store import Catalog
 
 if TYPE_CHECKING:
     from relay.obs.metrics import Metrics
-    from relay.store import Catalog
     from relay.stream.hub import Hub
 
 STATS_INTERVAL = 5.0
@@ -23,11 +26,19 @@ STATS_INTERVAL = 5.0
 Clock = Callable[[], float]
 
 
+class StatsStore(Catalog, Protocol):
+    """The catalog, and the writer's state (read only): the archive's cursor is there."""
+
+    async def get_state(self, key: str) -> str | None: ...
+
+    async def current_epoch(self) -> str: ...
+
+
 class StatsSampler:
     def __init__(
         self,
         metrics: Metrics,
-        store: Catalog,
+        store: StatsStore,
         hub: Hub,
         *,
         role: str,
@@ -43,6 +54,9 @@ class StatsSampler:
         self.clock = clock
         self.interval = interval
         self.latest: dict[str, Any] | None = None
+        self.archive: dict[str, Any] | None = None
+        """The archive's range as the store's cursor says (None: nothing archived in
+        this epoch, or no archive): /v1/info shows it, never the bucket."""
         self._last: tuple[float, float, float] | None = None
         """(time, tweets stored, frames sent) at the previous sample."""
 
@@ -85,8 +99,35 @@ class StatsSampler:
                 ),
             },
         }
+        self.archive = await self._archive_range(hub.head)
+        if self.archive is not None:
+            self.latest["archive"] = {
+                "last_seq": self.archive["last_seq"],
+                "lag_tweets": self.archive["lag_tweets"],
+                "lag_seconds": self.archive["lag_seconds"],
+            }
         hub.publish_stats(self.latest)
         return self.latest
+
+    async def _archive_range(self, head: int) -> dict[str, Any] | None:
+        """Read from the store, so every serving replica knows the writer's archive lag."""
+        mark = parse_mark(await self.store.get_state(CURSOR_KEY))
+        start = parse_epoch_start(await self.store.get_state(EPOCH_START_KEY))
+        epoch = await self.store.current_epoch()
+        if mark is None or start is None or mark.epoch != epoch or start.epoch != epoch:
+            return None
+        lag = max(0, head - mark.seq)
+        self.metrics.archive_lag.set(lag)
+        lag_seconds = round(max(0.0, self.clock() - mark.received), 1) if lag else 0.0
+        self.metrics.archive_lag_seconds.set(lag_seconds)
+        return {
+            "first_seq": start.first_seq,
+            "last_seq": mark.seq,
+            "first_received_at": time_from_unix(start.start),
+            "last_received_at": time_from_unix(mark.received),
+            "lag_tweets": lag,
+            "lag_seconds": lag_seconds,
+        }
 
     async def current(self) -> dict[str, Any]:
         """The latest sample, or a new one when none was taken in the last interval."""

@@ -345,6 +345,9 @@ class HttpApi:
                 "channels": [ALL_CHANNEL, *(RULE_PREFIX + key for key in keys)],
                 "public": self.access.policy.is_public(ALL_CHANNEL),
                 "public_channels": list(self.access.policy.public_channels),
+                # Where the store's history starts is history_start; older tweets may be in
+                # the archive, which clients cannot resume into through the stream.
+                "archive": self.stats.archive if self.stats is not None else None,
             },
         )
 
