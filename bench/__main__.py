@@ -16,7 +16,9 @@ server process's own /proc counters. Parts (``--only NAME``):
 - ``rewind``: the first tweet of a rewind to a time in a store of a million tweets,
   beside a resume from the same seq;
 - ``archive``: the archive writer's tweets a second to a loopback S3 server (moto),
-  beside the ingest rate of the same store.
+  beside the ingest rate of the same store;
+- ``restore``: ``relay restore`` from an archive folder into a fresh store (tweets/s),
+  beside a plain bulk insert of the same archived rows.
 
 Run with ``python -m bench [--quick] [--only PART] [--idle 10000] [--subscribers 500]``.
 See docs/benchmarks.md.
@@ -44,12 +46,13 @@ from rich.table import Table
 from bench import archive as bench_archive
 from bench import ingest as bench_ingest
 from bench import parts, procs
+from bench import restore as bench_restore
 from bench import rewind as bench_rewind
 from bench.loadgen import raise_open_files
 from bench.procs import Redis
 from bench.table import Row
 
-PARTS = ("fanout", "latency", "ingest", "catchup", "idle", "rewind", "archive")
+PARTS = ("fanout", "latency", "ingest", "catchup", "idle", "rewind", "archive", "restore")
 console = Console(width=320)  # wide enough that no cell wraps: one row, one line
 
 
@@ -97,6 +100,7 @@ def main() -> int:
     parser.add_argument("--idle", type=int, help="idle connections (2000; 10000 for the target)")
     parser.add_argument("--rewind", type=int, help="rewind store tweets (1000000)")
     parser.add_argument("--archive", type=int, help="archived tweets (50000)")
+    parser.add_argument("--restore", type=int, help="restored archive tweets (100000)")
     parser.add_argument("--no-node", action="store_true", help="skip the Node ws peer")
     parser.add_argument(
         "--database-url", default=os.environ.get("DATABASE_URL", ""), help="PostgreSQL store"
@@ -112,6 +116,7 @@ def main() -> int:
     idle = args.idle or (100 if quick else 2000)
     rewound = args.rewind or (20_000 if quick else 1_000_000)
     archived = args.archive or (5000 if quick else 50_000)
+    restored = args.restore or (5_000 if quick else 100_000)
     chosen = args.only or list(PARTS)
     raise_open_files()
     if args.no_node:
@@ -134,6 +139,7 @@ def main() -> int:
             "idle": lambda: parts.idle(folder, idle),
             "rewind": lambda: bench_rewind.rewind(folder, rewound),
             "archive": lambda: bench_archive.archive(folder, archived),
+            "restore": lambda: bench_restore.restore(folder, restored, args.database_url),
         }
         try:
             for name in chosen:

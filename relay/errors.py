@@ -10,6 +10,7 @@
     │   ├── StoreCorrupt       the file is damaged: reads cannot be trusted; the process stops
     │   ├── StoreUnreachable   no answer within the wait a command allows (migrate --wait)
     │   ├── WriterBusy         another live process is the writer (SQLite lock, PG lease)
+    │   ├── StoreNotEmpty      a restore into a store that already holds tweets
     │   └── WriterFenced       another ingester took the writer lease: stop writing
     ├── SourceError            a source failed for good (bad token, unentitled)
     ├── ArchiveError           the archive's bucket or folder failed (retried while running)
@@ -95,6 +96,10 @@ class WriterBusy(StoreError):
 
 class WriterFenced(StoreError):
     """This process lost the writer lease: another ingester writes now, this one must stop."""
+
+
+class StoreNotEmpty(StoreError):
+    """``relay restore`` keeps each tweet's seq: it refuses a store that holds tweets."""
 
 
 class SourceError(RelayError):

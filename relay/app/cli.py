@@ -15,6 +15,7 @@ from relay.app.cli_support import (
     console,
 )
 from relay.app.commands.processes import cmd_ingest, cmd_run, cmd_serve
+from relay.app.commands.restore import cmd_restore
 from relay.app.commands.store import cmd_backup, cmd_check, cmd_delete, cmd_migrate
 from relay.app.commands.tokens import cmd_synth, cmd_token
 from relay.app.commands.x_api import cmd_record, cmd_rules_list, cmd_rules_sync
@@ -161,6 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--config", metavar="FILE", help="TOML config file")
     backup.set_defaults(command=cmd_backup)
 
+    restore = commands.add_parser(
+        "restore",
+        help="rebuild an empty store from an archive (seqs and receive times kept)",
+        description="Rebuild an empty store (the SQLite file, or DATABASE_URL after `relay "
+        "migrate`) from the archive at URL: every tweet under its seq and receive time, the "
+        "archive's cursor set to the last archived seq, then a new epoch (clients reset). "
+        "Refuses a store that holds tweets, and one a writer holds. Progress: a bar on a "
+        "terminal, lines otherwise.",
+        epilog="example: DATABASE_URL=postgres://... relay restore s3://my-bucket/tweets",
+    )
+    restore.add_argument("url", metavar="URL", help="s3://bucket/prefix or file:///path")
+    restore.add_argument("--db", help="the SQLite store, also $RELAY_DB (relay.db)")
+    restore.add_argument("--config", metavar="FILE", help="TOML config file")
+    restore.set_defaults(command=cmd_restore)
+
     check = commands.add_parser(
         "check",
         help="read every page of the SQLite store and report damage (integrity check)",
@@ -301,7 +317,24 @@ def add_source_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source", help="where tweets come from: replay, x-stream or x-poll (replay)"
     )
-    parser.add_argument("--replay", metavar="FILE", help="recorded stream (the bundled sample)")
+    parser.add_argument(
+        "--replay",
+        metavar="FILE|URL",
+        help="recorded stream (the bundled sample), or an archive: s3://bucket/prefix, "
+        "file:///path",
+    )
+    parser.add_argument(
+        "--since",
+        dest="replay_since",
+        metavar="SEQ|TIME",
+        help="replaying an archive: from this seq or ISO 8601 time on (included)",
+    )
+    parser.add_argument(
+        "--until",
+        dest="replay_until",
+        metavar="SEQ|TIME",
+        help="replaying an archive: up to this seq or ISO 8601 time (included)",
+    )
     parser.add_argument("--speed", help="replay pace: 1 recorded, N times faster, or max (1)")
     parser.add_argument(
         "--loop",

@@ -30,7 +30,18 @@ MIGRATE_WAIT = 30.0
 phase on a mistyped host fails the deploy instead of stalling it."""
 
 
-FLAG_NAMES = ("host", "port", "db", "log_level", "source", "replay", "speed", "loop")
+FLAG_NAMES = (
+    "host",
+    "port",
+    "db",
+    "log_level",
+    "source",
+    "replay",
+    "replay_since",
+    "replay_until",
+    "speed",
+    "loop",
+)
 
 
 def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from relay.app.sources import Clock, Sleep, build_source
+from relay.app.sources import Clock, Sleep, build_source, deleted_ids
 from relay.archive.bucket import Bucket
 from relay.bus import Bus
 from relay.config import Settings
@@ -109,7 +109,12 @@ class IngestSide:
         publisher = bus()
         publisher.announce(head)
         source = self._source or build_source(
-            self.settings, store.highest_tweet_id, self.metrics, self.clock, self.sleep
+            self.settings,
+            store.highest_tweet_id,
+            self.metrics,
+            self.clock,
+            self.sleep,
+            deleted=deleted_ids(store),
         )
         ingest = self.ingest = Ingest(
             source,

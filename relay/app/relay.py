@@ -161,7 +161,7 @@ class Relay:
     async def start(self) -> None:
         settings = self.settings
         if self._source is None and self.ingests:
-            check_source(settings)
+            await check_source(settings)
         revoked = (
             RevocationList.open(settings.revoked_tokens_file)
             if settings.revoked_tokens_file and self.serves

@@ -12,21 +12,40 @@ from pathlib import Path
 from typing import Any
 
 from relay.config import Settings
+from relay.core.archive_range import ArchiveRange, parse_bound
 from relay.errors import ConfigError
 from relay.obs.metrics import Metrics
-from relay.sources import ResumePoint, Source
+from relay.sources import DeletedIds, ResumePoint, Source, nothing_deleted
+from relay.sources.archive import is_archive_url
 from relay.sources.replay import ReplaySource
 from relay.sources.synth import sample_path, sample_rules
+from relay.store import Log
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-Builder = Callable[[Settings, ResumePoint, Metrics, Clock, Sleep], Source]
-"""Builds one kind of source; a source that resumes asks its :data:`ResumePoint`."""
+Builder = Callable[[Settings, ResumePoint, Metrics, Clock, Sleep, DeletedIds], Source]
+"""Builds one kind of source; a source that resumes asks its :data:`ResumePoint`, a replay
+of an archive its :data:`DeletedIds`."""
 
 
 def _replay(
-    settings: Settings, newest_stored: ResumePoint, metrics: Metrics, clock: Clock, sleep: Sleep
+    settings: Settings,
+    newest_stored: ResumePoint,
+    metrics: Metrics,
+    clock: Clock,
+    sleep: Sleep,
+    deleted: DeletedIds = nothing_deleted,
 ) -> Source:
+    if is_archive_url(settings.replay):
+        from relay.sources.archive import ArchiveSource
+
+        return ArchiveSource(
+            settings.replay,
+            selection=archive_range(settings),
+            deleted=deleted,
+            speed=settings.speed,
+            sleep=sleep,
+        )
     path = settings.replay or str(sample_path())
     # The bundled sample declares its rules; another recording's are read on the way.
     declared = sample_rules() if _same_file(path, sample_path()) else None
@@ -52,7 +71,12 @@ def _x_common(
 
 
 def _x_stream(
-    settings: Settings, newest_stored: ResumePoint, metrics: Metrics, clock: Clock, sleep: Sleep
+    settings: Settings,
+    newest_stored: ResumePoint,
+    metrics: Metrics,
+    clock: Clock,
+    sleep: Sleep,
+    deleted: DeletedIds = nothing_deleted,
 ) -> Source:
     from relay.sources.x_stream import XStreamSource
 
@@ -65,7 +89,12 @@ def _x_stream(
 
 
 def _x_poll(
-    settings: Settings, newest_stored: ResumePoint, metrics: Metrics, clock: Clock, sleep: Sleep
+    settings: Settings,
+    newest_stored: ResumePoint,
+    metrics: Metrics,
+    clock: Clock,
+    sleep: Sleep,
+    deleted: DeletedIds = nothing_deleted,
 ) -> Source:
     from relay.sources.x_poll import XPollSource
 
@@ -74,6 +103,20 @@ def _x_poll(
         interval=settings.poll_interval,
         max_pages=settings.poll_max_pages,
     )
+
+
+def archive_range(settings: Settings) -> ArchiveRange:
+    """The part of an archive ``--since`` and ``--until`` name (the whole one without)."""
+    try:
+        since = (
+            parse_bound(settings.replay_since, what="--since") if settings.replay_since else None
+        )
+        until = (
+            parse_bound(settings.replay_until, what="--until") if settings.replay_until else None
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return ArchiveRange(since, until)
 
 
 SOURCES: dict[str, Builder] = {"replay": _replay, "x-stream": _x_stream, "x-poll": _x_poll}
@@ -86,17 +129,42 @@ def build_source(
     metrics: Metrics,
     clock: Clock,
     sleep: Sleep = asyncio.sleep,
+    deleted: DeletedIds = nothing_deleted,
 ) -> Source:
     """The source ``settings.source`` names; ``clock`` and ``sleep`` pace its waits; a
-    live source resumes where ``newest_stored`` says (the store's newest tweet id)."""
+    live source resumes where ``newest_stored`` says (the store's newest tweet id); a
+    replay of an archive leaves out what ``deleted`` lists (the store's deletion record)."""
     builder = SOURCES.get(settings.source)
     if builder is None:
         raise ConfigError(f"unknown source {settings.source!r}")
-    return builder(settings, newest_stored, metrics, clock, sleep)
+    return builder(settings, newest_stored, metrics, clock, sleep, deleted)
 
 
-def check_source(settings: Settings) -> None:
-    """Refuse a source that cannot work before anything starts: one clear line."""
+def deleted_ids(log: Log) -> DeletedIds:
+    """The :data:`DeletedIds` of a store: every id of its deletion record."""
+
+    async def read() -> frozenset[str]:
+        ids: set[str] = set()
+        after = 0
+        while page := await log.deletions_after(after, 10_000):
+            ids.update(entry.tweet_id for entry in page)
+            after = page[-1].n
+        return frozenset(ids)
+
+    return read
+
+
+async def check_source(settings: Settings) -> None:
+    """Refuse a source that cannot work before anything starts: one clear line (an
+    archive: its URL, bucket and credentials, by listing it)."""
+    if settings.source == "replay" and is_archive_url(settings.replay):
+        from relay.sources.archive import archive_objects
+
+        if settings.loop:
+            raise ConfigError("--loop replays a recording again with new ids, not an archive")
+        archive_range(settings)
+        await archive_objects(settings.replay)
+        return
     if settings.source == "replay" and settings.replay:
         try:
             with open(settings.replay, "rb"):

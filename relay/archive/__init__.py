@@ -5,6 +5,6 @@ services, or a local folder), in objects named and written by :mod:`relay.core.a
 - the active writer's job that archives what the store commits, its cursor kept in the
   store, is :mod:`relay.jobs.archive`.
 
-At the level of the bus: it may import config, obs, core and errors, never the store
-(sources read archives too, and sources never reach the store).
+Below the store (a layer of its own): it may import config, obs, core and errors, never
+the store, so that sources (which never reach the store) read archives too.
 """

@@ -198,7 +198,7 @@ def explain(exc: BaseException, where: str) -> ArchiveError | ConfigError:
         for word in ("invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "403 forbidden")
     ):
         return ConfigError(f"{where}: the credentials are refused ({text})")
-    if isinstance(exc, FileNotFoundError) and "nosuchbucket" in lowered:
+    if "nosuchbucket" in lowered:  # a get's FileNotFoundError, a listing's generic error
         return ConfigError(f"{where}: no such bucket")
     if isinstance(exc, PermissionError):
         return ConfigError(f"{where}: permission denied ({text})")

@@ -135,6 +135,10 @@ class Settings:
     source: str = "replay"
     replay: str = ""
     """Recorded stream to replay; empty means the bundled sample."""
+    replay_since: str = ""
+    """Replaying an archive: from this seq (digits) or time (ISO 8601) on, included."""
+    replay_until: str = ""
+    """Replaying an archive: up to this seq or time, included."""
     speed: float = 1.0
     """Replay pace: 1 is the recorded pace, N is N times faster, 0 (``max``) is no pacing."""
     loop: bool | None = None

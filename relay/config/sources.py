@@ -68,6 +68,8 @@ ENVIRONMENT = {
     "max_offset": ("RELAY_MAX_OFFSET",),
     "source": ("RELAY_SOURCE",),
     "replay": ("RELAY_REPLAY",),
+    "replay_since": ("RELAY_REPLAY_SINCE",),
+    "replay_until": ("RELAY_REPLAY_UNTIL",),
     "speed": ("RELAY_SPEED",),
     "loop": ("RELAY_LOOP",),
     "batch_size": ("RELAY_BATCH_SIZE",),

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from relay.core.stored import parse_stored
 from relay.core.tweets import JSON, Skip, Tweet, parse_line
 from relay.errors import MalformedPayload
 
@@ -53,13 +54,15 @@ class ParsedChunk:
     api_errors: list[JSON] = field(default_factory=list)
 
 
-def parse_chunk(lines: Sequence[bytes]) -> ParsedChunk:
-    """Parse every line; a bad line is recorded in the result, never raised."""
+def parse_chunk(lines: Sequence[bytes], stored: bool = False) -> ParsedChunk:
+    """Parse every line (``stored``: each a stored tweet object, from an archive); a bad
+    line is recorded in the result, never raised."""
     chunk = ParsedChunk()
     users: dict[str, JSON] = {}
+    parse = parse_stored if stored else parse_line
     for index, line in enumerate(lines):
         try:
-            parsed = parse_line(line)
+            parsed = parse(line)
         except MalformedPayload as exc:
             chunk.malformed.append((index, exc.reason, str(exc)))
             continue
@@ -146,19 +149,19 @@ class ParserPool:
             and all(worker.ready.done() for worker in self._workers)
         )
 
-    async def parse(self, lines: Sequence[bytes]) -> ParsedChunk:
+    async def parse(self, lines: Sequence[bytes], stored: bool = False) -> ParsedChunk:
         """The batch parsed in a worker; raises nothing (what fails there parses here)."""
         if self._failed or not self._workers:
-            return parse_chunk(lines)
+            return parse_chunk(lines, stored)
         worker = self._workers[self._next % len(self._workers)]
         self._next += 1
         try:
-            return await worker.parse(lines)
+            return await worker.parse(lines, stored)
         except (OSError, EOFError, asyncio.IncompleteReadError) as exc:  # a worker died
             self._give_up(exc)
         except Exception as exc:  # what a worker could not send back (nested too deep)
             log.debug("a batch failed in a parser process (%s): parsed here", exc)
-        return parse_chunk(lines)
+        return parse_chunk(lines, stored)
 
     async def close(self) -> None:
         if self._starting is not None:
@@ -223,10 +226,10 @@ class _Worker:
         (size,) = HEADER.unpack(await self._stdout.readexactly(HEADER.size))
         return pickle.loads(await self._stdout.readexactly(size)) if size else None
 
-    async def parse(self, lines: Sequence[bytes]) -> ParsedChunk:
+    async def parse(self, lines: Sequence[bytes], stored: bool = False) -> ParsedChunk:
         if self._reader.done():
             raise EOFError("the parser process has stopped")
-        request = pickle.dumps(list(lines), protocol=pickle.HIGHEST_PROTOCOL)
+        request = pickle.dumps((stored, list(lines)), protocol=pickle.HIGHEST_PROTOCOL)
         future: asyncio.Future[ParsedChunk] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
         try:
@@ -282,8 +285,8 @@ def serve(reader: BinaryIO, writer: BinaryIO) -> None:
         if len(header) < HEADER.size:
             return
         (size,) = HEADER.unpack(header)
-        lines = pickle.loads(reader.read(size))
-        answer = pickle.dumps(parse_chunk(lines), protocol=pickle.HIGHEST_PROTOCOL)
+        stored, lines = pickle.loads(reader.read(size))
+        answer = pickle.dumps(parse_chunk(lines, stored), protocol=pickle.HIGHEST_PROTOCOL)
         writer.write(HEADER.pack(len(answer)))
         writer.write(answer)
         writer.flush()

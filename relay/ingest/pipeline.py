@@ -236,18 +236,25 @@ class Ingest:
         """Cut the lines into batches and start parsing each; the store step takes
         the parsed batches in order."""
         done = False
+        carried: RawLine | None = None
         while not done:
-            batch = [await self._lines.get()]
+            batch = [carried if carried is not None else await self._lines.get()]
+            carried = None
             while len(batch) < self.batch_size and not self._lines.empty():
-                batch.append(self._lines.get_nowait())
+                line = self._lines.get_nowait()
+                if line is not None and _cuts(batch[0], line):
+                    carried = line
+                    break
+                batch.append(line)
             if batch[-1] is None:
                 done = True
             lines = [line for line in batch if line is not None]
             if not lines or self.failed.is_set():
                 continue
+            stored = lines[0].kind == "stored"
             if self.parser.takes(len(lines)):
                 parse: asyncio.Future[ParsedChunk] = asyncio.ensure_future(
-                    self.parser.parse([line.data for line in lines])
+                    self.parser.parse([line.data for line in lines], stored)
                 )
             else:
                 parse = asyncio.get_running_loop().create_future()
@@ -261,7 +268,10 @@ class Ingest:
         for start in range(0, len(lines), LINES_PER_TURN):
             if start:
                 await asyncio.sleep(0)
-            part = parse_chunk([line.data for line in lines[start : start + LINES_PER_TURN]])
+            part = parse_chunk(
+                [line.data for line in lines[start : start + LINES_PER_TURN]],
+                lines[0].kind == "stored",
+            )
             chunk.tweets += part.tweets
             chunk.users += part.users  # the store keeps the last of each id
             chunk.payloads += part.payloads
@@ -356,6 +366,17 @@ class Ingest:
             if self.source_error is not None:
                 self._fail(self.source_error)
             self.finished.set()
+
+
+def _cuts(first: RawLine | None, line: RawLine) -> bool:
+    """Whether ``line`` starts a new batch after one that began with ``first``: a batch
+    is parsed one way, and an append has one receive time, so stored tweets (each with
+    the time it had) go in batches of one time, as their writer appended them."""
+    if first is None:
+        return False
+    if line.kind != first.kind:
+        return True
+    return line.kind == "stored" and line.received_at != first.received_at
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

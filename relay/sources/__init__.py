@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 ResumePoint = Callable[[str | None], Awaitable[str | None]]
 """``(rule key or None) -> the newest stored tweet id`` (of that rule; of any with None),
@@ -35,6 +35,9 @@ async def nothing_stored(rule_key: str | None = None) -> str | None:
     return None
 
 
+LineKind = Literal["payload", "stored"]
+
+
 @dataclass(frozen=True, slots=True)
 class RawLine:
     """One payload line as received, without its line terminator."""
@@ -42,6 +45,21 @@ class RawLine:
     data: bytes
     received_at: float
     """Unix seconds when the line arrived (or was recorded)."""
+    kind: LineKind = "payload"
+    """``payload``: an X API payload (:func:`relay.core.tweets.parse_line`); ``stored``:
+    one tweet as a store served it, from an archive (:func:`relay.core.stored.parse_stored`),
+    stored again as it was, with this receive time."""
+
+
+DeletedIds = Callable[[], Awaitable[frozenset[str]]]
+"""``() -> the ids in the store's record of deletions``: what a replay of an archive
+leaves out (a tweet deleted is never stored again). The app hands it in, as it hands in a
+:data:`ResumePoint`."""
+
+
+async def nothing_deleted() -> frozenset[str]:
+    """The deletion record without a store: empty."""
+    return frozenset()
 
 
 class Source(Protocol):

@@ -8,7 +8,7 @@ It is seen through small roles, one per kind of caller, so each depends only on 
 it uses: the :class:`Writer` (ingest and the writer's jobs), the :class:`Log` (the
 stream side: hub, follower, deletion announcer), the :class:`Catalog` (the object API,
 stats, a source's resume point) and the :class:`Admin` (the one-shot commands:
-migrate, delete, backup, check). Every store implements the first three in one object,
+migrate, delete, backup, check, restore). Every store implements the first three in one object,
 a :class:`Store`, and its admin side in another (admin work runs beside a writer
 that holds the store). :mod:`relay.store.open` is the one place that picks the backend.
 
@@ -20,7 +20,7 @@ May import: obs, config, core, errors.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -31,6 +31,9 @@ from relay.store.types import (
     Checked,
     Deleted,
     Migrated,
+    RestoreBatch,
+    Restored,
+    RestoredTweet,
     StoredBody,
     StoredTweet,
     StoreStats,
@@ -53,6 +56,9 @@ __all__ = [
     "Deleted",
     "Log",
     "Migrated",
+    "RestoreBatch",
+    "Restored",
+    "RestoredTweet",
     "Store",
     "StoreStats",
     "StoredBody",
@@ -287,7 +293,8 @@ class Store(Writer, Log, Catalog, Protocol):
 
 
 class Admin(Protocol):
-    """A store's one-shot commands (``relay migrate``, ``delete``, ``backup``, ``check``):
+    """A store's one-shot commands (``relay migrate``, ``delete``, ``backup``, ``check``,
+    ``restore``):
     each opens what it needs and closes it, beside a writer that may hold the store."""
 
     where: str
@@ -316,4 +323,25 @@ class Admin(Protocol):
     async def integrity_check(self, *, quick: bool = False) -> Checked:
         """Read every page now (read only); a store that has its own tools for it raises
         :class:`~relay.errors.ConfigError` naming them."""
+        ...
+
+    async def restore(
+        self,
+        batches: AsyncIterable[RestoreBatch],
+        *,
+        epoch: str,
+        state: Callable[[], Mapping[str, str]],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Restored:
+        """Rebuild an empty store (``relay restore``): every tweet under the seq and the
+        receive time its batch gives (increasing seqs; an id already stored is left
+        out), then, in one transaction, the writer's state ``state()`` gives once every
+        batch is stored (the archive's cursor) and ``epoch``, new, as after a backup.
+
+        Opens the store as its one writer: :class:`~relay.errors.WriterBusy` while
+        another process is; :class:`~relay.errors.StoreNotEmpty` when it holds a tweet
+        (created and migrated first when there is none yet). Each batch commits in its
+        own transaction, then ``progress(tweets so far, last seq)``: an interrupted
+        restore leaves a partial store, to be emptied (a new file or database) before
+        running it again."""
         ...

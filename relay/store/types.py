@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX
 
@@ -157,3 +157,38 @@ class Checked:
     pages: int
     problems: list[str]
     """SQLite's lines (and the relay's own check of the newest seq); empty when intact."""
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredTweet:
+    """One tweet of a restore (``relay restore``): stored under the seq and the receive
+    time it had, not the next ones."""
+
+    seq: int
+    received_at: float
+    """Unix seconds, to the millisecond (as the store keeps it)."""
+    tweet: Tweet
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreBatch:
+    """Tweets in increasing seq order and the users they hold, with the state to keep;
+    the last batch of a restore also gives the store its new epoch: one transaction."""
+
+    tweets: Sequence[RestoredTweet]
+    users: Sequence[dict[str, Any]] = ()
+    state: Mapping[str, str] = field(default_factory=dict)
+    """Keys of the writer's state (:meth:`relay.store.Writer.set_state`) to set."""
+    epoch: str = ""
+    """The store's new epoch, when given."""
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What a restore did."""
+
+    tweets: int
+    head: int
+    """The highest seq restored (0 when none)."""
+    epoch: str
+    """The store's epoch now (new): clients reset instead of resuming."""

@@ -34,6 +34,7 @@ from relay.config import Settings
 from relay.core.values import SPEED_MAX, parse_speed
 from relay.ingest.finished import ReplaySummary
 from relay.sources import Source
+from relay.sources.archive import is_archive_url
 from relay.testing.errors import RelayServerError as RelayServerError  # its home before
 from relay.testing.http import Response, get_json
 from relay.testing.process import CliRelay
@@ -55,7 +56,10 @@ class RelayServer:
     """A relay for one test. Use ``with RelayServer(...) as relay:`` (or ``async with``).
 
     - ``replay``: a recording (relay JSONL, twarc2 JSONL, a raw stream capture; ``.gz``
-      read through gzip). ``None``: lines come only from :meth:`push`.
+      read through gzip), or an archive's URL (``s3://bucket/prefix`` with the ``AWS_*``
+      variables in the environment, ``file:///path``; ``since``/``until`` as
+      ``replay_since``/``replay_until`` settings): the relay replays it as
+      ``relay run --replay URL`` does. ``None``: lines come only from :meth:`push`.
     - ``speed``: ``"max"`` (as fast as it stores), a number N (N times the recorded
       pace), or ``"step"`` (each recorded line waits for :meth:`step`).
     - ``store``: a SQLite file or a ``postgresql://`` URL; default a temporary SQLite file.
@@ -95,12 +99,23 @@ class RelayServer:
         timeout: float = 4 * UNIT,
         **settings: Any,
     ) -> None:
+        self.archive = str(replay) if replay is not None and is_archive_url(str(replay)) else ""
+        """The archive replayed (``s3://bucket/prefix``, ``file:///path``), when one is."""
+        if self.archive:
+            if speed == "step" or subprocess or source is not None:
+                raise RelayServerError("an archive replays in process, at a pace, alone")
+            settings.setdefault("replay", self.archive)
+            replay = None
         self.replay = Path(replay) if replay is not None else None
         if self.replay is not None and not self.replay.is_file():
             raise RelayServerError(f"no recording at {self.replay}")
         self.stepped = speed == "step"
         self.speed = SPEED_MAX if self.stepped else parse_speed(speed)
-        self.keep_open = keep_open if keep_open is not None else self.replay is None
+        if self.archive:
+            settings.setdefault("speed", "max" if self.speed == SPEED_MAX else self.speed)
+        self.keep_open = (
+            keep_open if keep_open is not None else self.replay is None and not self.archive
+        )
         if isinstance(source, str):
             settings["source"] = source
             source = None
@@ -205,8 +220,8 @@ class RelayServer:
     ) -> ControlledSource | None:
         """The recording and pushed lines as a source; None when the relay reads the
         test's own source, builds one from its settings (x-stream...), or reads none."""
-        if self._own_source is not None or settings.source != "replay":
-            return None
+        if self._own_source is not None or settings.source != "replay" or self.archive:
+            return None  # an archive: the relay builds its source from the settings
         if "ingest" not in ROLES[self._relay_args["role"]]:
             return None  # a serving process reads no source
         return ControlledSource(

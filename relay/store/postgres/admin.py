@@ -1,4 +1,5 @@
-"""The PostgreSQL store's admin side: ``relay migrate`` and ``relay delete`` on a URL.
+"""The PostgreSQL store's admin side: ``relay migrate``, ``delete`` and ``restore`` on a
+URL.
 
 Backups and integrity checks are PostgreSQL's own tools' work (``pg_dump``,
 ``pg_amcheck``): those commands say so.
@@ -7,7 +8,7 @@ Backups and integrity checks are PostgreSQL's own tools' work (``pg_dump``,
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
 
 import psycopg
@@ -16,7 +17,8 @@ from relay.errors import ConfigError, StoreError, WriterBusy
 from relay.store.postgres.conn import connect, describe, redact
 from relay.store.postgres.deletions import queue_deletions
 from relay.store.postgres.schema import migrate_connection
-from relay.store.types import Backup, Checked, Migrated
+from relay.store.restore import Progress, State, restore_into
+from relay.store.types import Backup, Checked, Migrated, RestoreBatch, Restored
 
 
 async def migrate(
@@ -99,3 +101,28 @@ class PostgresAdmin:
             "DATABASE_URL is set: check PostgreSQL with pg_amcheck; give --db to check a "
             "SQLite store"
         )
+
+    async def restore(
+        self,
+        batches: AsyncIterable[RestoreBatch],
+        *,
+        epoch: str,
+        state: State,
+        progress: Progress | None = None,
+    ) -> Restored:
+        from relay.store.postgres.store import PostgresStore
+
+        def refuse(line: str) -> None:
+            # A live ingester writes this database: a restore would mix two histories.
+            raise WriterBusy(f"{describe(self.url)}: {line}: stop `relay ingest` first")
+
+        store = await PostgresStore.open(
+            self.url, writer=True, readers=1, query_readers=1, wait=False
+        )
+        try:
+            await store.claim_writer(on_standby=refuse)
+            return await restore_into(
+                store, self.where, batches, epoch=epoch, state=state, progress=progress
+            )
+        finally:
+            await store.close()

@@ -53,12 +53,13 @@ from relay.store.postgres.schema import (
     migrate_connection,
     schema_version,
 )
-from relay.store.postgres.write import Batch, Cursor, append_careful, append_fast
+from relay.store.postgres.write import Batch, Cursor, append_careful, append_fast, restore_rows
 from relay.store.postgres.writer import WriterTask
 from relay.store.types import (
     AppendResult,
     BodyPage,
     Deleted,
+    RestoreBatch,
     StoredBody,
     StoredTweet,
     StoreStats,
@@ -210,6 +211,13 @@ class PostgresStore:
             lambda cur: append_fast(cur, writer, batch),
             lambda cur: append_careful(cur, writer, batch),
         )
+
+    async def restore(self, batch: RestoreBatch) -> int:
+        """Store a batch of :meth:`relay.store.Admin.restore` under its own seqs."""
+        if not self._writer_mode:
+            raise StoreError("not the active writer: opened as a reader")
+        writer = self._writer
+        return await writer.write(lambda cur: restore_rows(cur, writer, batch))
 
     async def trim(self, *, through_seq: int, received_before: float | None, limit: int) -> Trimmed:
         if not self._writer_mode:

@@ -22,10 +22,11 @@ import psycopg
 import psycopg.errors
 
 from relay.core.filters import fold
-from relay.core.times import normalise_time
+from relay.core.times import normalise_time, time_from_unix
 from relay.core.tweets import Tweet, display_name_of, stored_body, username_of
+from relay.errors import StoreError
 from relay.store.postgres.schema import TWEET_COLUMNS
-from relay.store.types import AppendResult, StoredTweet
+from relay.store.types import AppendResult, RestoreBatch, StoredTweet
 
 Cursor = psycopg.AsyncCursor[Any]
 
@@ -199,3 +200,49 @@ def _user_row(user: dict[str, Any], received: str) -> tuple[Any, ...] | None:
         orjson.dumps(obj).decode(),
         received,
     )
+
+
+async def restore_rows(cur: Cursor, seqs: Seqs, batch: RestoreBatch) -> int:
+    """Insert a restore's tweets under their own seqs and receive times, and upsert its
+    users, in the writer's transaction; how many. ``seqs`` moves past the last seq, so
+    the writer records their receive order as after an append."""
+    rows: list[tuple[Any, ...]] = []
+    tags: list[str] = []
+    tag_seqs: list[int] = []
+    # An id the archive holds twice (under two epochs) is stored once, at its first seq.
+    ids = [_key(restored.tweet.id) for restored in batch.tweets]
+    known = await _known_ids(cur, ids) if ids else set()
+    for restored in batch.tweets:
+        if restored.seq < seqs.next_seq:
+            raise StoreError(f"a restore's seq {restored.seq} is not past the store's head")
+        if restored.tweet.id in known:
+            continue
+        known.add(restored.tweet.id)
+        received = time_from_unix(restored.received_at)
+        row, _, keys = _row(restored.tweet, restored.seq, received, restored.received_at)
+        rows.append(row)
+        tags.extend(keys)
+        tag_seqs.extend([restored.seq] * len(keys))
+        seqs.next_seq = restored.seq + 1
+    if rows:
+        async with cur.copy(COPY_TWEETS) as copy:
+            for row in rows:
+                await copy.write_row(row)
+    if tags:
+        await cur.execute(INSERT_TWEET_RULES, [tags, tag_seqs])
+        await cur.execute(INSERT_RULES, [tags, tag_seqs])
+    if batch.tweets:
+        received = time_from_unix(batch.tweets[-1].received_at)
+        latest = {uid: user for user in batch.users if isinstance(uid := user.get("id"), str)}
+        users = [found for user in latest.values() if (found := _user_row(user, received))]
+        if users:
+            await cur.executemany(UPSERT_USER, users)
+    if batch.state:
+        await cur.executemany(
+            "INSERT INTO source_state (key, value) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            list(batch.state.items()),
+        )
+    if batch.epoch:
+        await cur.execute("UPDATE meta SET value = %s WHERE key = 'epoch'", [batch.epoch])
+    return len(rows)

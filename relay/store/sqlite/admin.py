@@ -1,20 +1,21 @@
-"""The SQLite store's admin side: ``relay migrate``, ``delete``, ``backup`` and ``check``
-on a file, each beside a writer that may hold it."""
+"""The SQLite store's admin side: ``relay migrate``, ``delete``, ``backup``, ``check`` and
+``restore`` on a file, each beside a writer that may hold it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
 
 from relay.errors import WriterBusy
+from relay.store.restore import Progress, State, restore_into
 from relay.store.sqlite.backup import backup
 from relay.store.sqlite.backup import new_epoch as renew_epoch
 from relay.store.sqlite.check import integrity_check
 from relay.store.sqlite.deletions import queue_deletions
 from relay.store.sqlite.schema import MIGRATIONS
 from relay.store.sqlite.store import SQLiteStore
-from relay.store.types import Backup, Checked, Migrated
+from relay.store.types import Backup, Checked, Migrated, RestoreBatch, Restored
 
 
 class SQLiteAdmin:
@@ -56,3 +57,19 @@ class SQLiteAdmin:
 
     async def integrity_check(self, *, quick: bool = False) -> Checked:
         return await asyncio.to_thread(integrity_check, self.path, quick=quick)
+
+    async def restore(
+        self,
+        batches: AsyncIterable[RestoreBatch],
+        *,
+        epoch: str,
+        state: State,
+        progress: Progress | None = None,
+    ) -> Restored:
+        store = await SQLiteStore.open(self.path, query_readers=1)  # the writer lock
+        try:
+            return await restore_into(
+                store, self.where, batches, epoch=epoch, state=state, progress=progress
+            )
+        finally:
+            await store.close()

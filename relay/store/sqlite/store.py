@@ -43,7 +43,7 @@ from relay.store.sqlite.file_lock import WriterLock, describe_self
 from relay.store.sqlite.retention import checkpoint, trim_oldest
 from relay.store.sqlite.schema import check_schema, migrate
 from relay.store.sqlite.search import indexed_seq
-from relay.store.sqlite.write import append_rows
+from relay.store.sqlite.write import append_rows, restore_rows
 from relay.store.sqlite.writer import (
     CHECKPOINT_EVERY,
     IDLE_CHECKPOINT,
@@ -55,6 +55,7 @@ from relay.store.types import (
     AppendResult,
     BodyPage,
     Deleted,
+    RestoreBatch,
     StoredBody,
     StoredTweet,
     StoreStats,
@@ -219,6 +220,13 @@ class SQLiteStore:
                 conn, seq, tweets, users, received, careful=True, received_at=received_at
             ),
         )
+
+    async def restore(self, batch: RestoreBatch) -> int:
+        """Store a batch of :meth:`relay.store.Admin.restore` under its own seqs."""
+        if self._writer is None:
+            raise StoreError("store opened to read only")
+        seq = self._writer.seq
+        return await self._write(lambda conn: restore_rows(conn, seq, batch))
 
     async def trim(self, *, through_seq: int, received_before: float | None, limit: int) -> Trimmed:
         before = time_from_unix(received_before) if received_before is not None else None

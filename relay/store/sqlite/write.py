@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from relay.core.times import MAX_TIME_LENGTH, normalise_time
+from relay.core.times import MAX_TIME_LENGTH, normalise_time, time_from_unix
 from relay.core.tweets import (
     ALL_CHANNEL,
     RULE_PREFIX,
@@ -25,8 +25,9 @@ from relay.core.tweets import (
     stored_body,
     username_of,
 )
+from relay.errors import StoreError
 from relay.store.sqlite.schema import TWEET_COLUMNS
-from relay.store.types import AppendResult, StoredTweet
+from relay.store.types import AppendResult, RestoreBatch, StoredTweet
 
 log = logging.getLogger(__name__)
 
@@ -246,3 +247,49 @@ def _user_row(user: dict[str, Any], received: str) -> tuple[Any, ...] | None:
     ) or received
     obj["updatedAt"] = received
     return (user_id, username_of(user), display_name_of(user), orjson.dumps(obj).decode(), received)
+
+
+def restore_rows(conn: sqlite3.Connection, seq_counter: Seq, batch: RestoreBatch) -> int:
+    """Insert a restore's tweets under their own seqs and receive times, and upsert its
+    users, in the writer's transaction; how many. The counter moves past the last seq, so
+    the writer records their receive order and indexes them as after an append."""
+    rows: list[tuple[Any, ...]] = []
+    rule_rows: list[tuple[str, int]] = []
+    # An id the archive holds twice (under two epochs) is stored once, at its first seq.
+    ids = [restored.tweet.id for restored in batch.tweets]
+    known = {
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM tweets WHERE id IN (SELECT value FROM json_each(?))",
+            (orjson.dumps(ids),),
+        )
+    }
+    for restored in batch.tweets:
+        if restored.seq < seq_counter.next:
+            raise StoreError(f"a restore's seq {restored.seq} is not past the store's head")
+        if restored.tweet.id in known:
+            continue
+        known.add(restored.tweet.id)
+        tweet, received = restored.tweet, time_from_unix(restored.received_at)
+        body = stored_body(tweet, seq=restored.seq, received_at=received)
+        keys = [rule.tag or rule.id for rule in tweet.rules]
+        rows.append(tweet_row(restored.seq, tweet, received, keys, body))
+        rule_rows.extend((key, restored.seq) for key in dict.fromkeys(keys))
+        seq_counter.next = restored.seq + 1
+    conn.executemany(INSERT_TWEET, rows)
+    conn.executemany(INSERT_TWEET_RULE, rule_rows)
+    conn.executemany(INSERT_RULE, rule_rows)  # OR IGNORE: the first seq of each key stays
+    if batch.tweets:
+        received = time_from_unix(batch.tweets[-1].received_at)
+        latest = {uid: user for user in batch.users if isinstance(uid := user.get("id"), str)}
+        conn.executemany(
+            UPSERT_USER, [row for user in latest.values() if (row := _user_row(user, received))]
+        )
+    conn.executemany(
+        "INSERT INTO source_state (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        list(batch.state.items()),
+    )
+    if batch.epoch:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (batch.epoch,))
+    return len(rows)

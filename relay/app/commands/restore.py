@@ -1,0 +1,167 @@
+"""``relay restore URL``: rebuild an empty store from an archive.
+
+Every tweet keeps its seq and receive time, so clients' positions and the object API's
+seqs mean what they meant; the archive's cursor is set to the last archived seq (the
+writer goes on after it, in the new epoch's folder), then the store gets a new epoch as
+after a backup: what the lost store held past the archive is gone, and clients reset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+from relay.app.cli_support import console, settings_from
+from relay.archive.bucket import Bucket
+from relay.config import Settings
+from relay.core.archive import CURSOR_KEY, ArchiveMark, decode_object
+from relay.core.archive_range import PlannedObject, restore_plan
+from relay.core.stored import tweet_from_stored, users_of
+from relay.errors import ArchiveError, MalformedPayload
+from relay.store import RestoreBatch, Restored, RestoredTweet
+
+BATCH_TWEETS = 2000
+"""Tweets a restore commits at a time."""
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    asyncio.run(restore(settings, args.url))
+    return 0
+
+
+@dataclass
+class _Read:
+    tweets: int = 0
+    left_out: int = 0
+    last: ArchiveMark | None = None
+
+
+async def restore(
+    settings: Settings, url: str, *, environ: Mapping[str, str] | None = None
+) -> Restored:
+    """Restore the archive at ``url`` into the (empty) store the settings name."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from relay.sources.archive import archive_objects
+    from relay.store.open import admin_for
+
+    bucket, objects = await archive_objects(url, environ)
+    plan = restore_plan(objects)
+    total = sum(item.name.last_seq - item.name.first_seq + 1 for item in plan)
+    epoch = secrets.token_hex(8)
+    admin = admin_for(settings)
+    read = _Read()
+    started = time.monotonic()
+    lines = _Lines(every=max(total // 20, 1))
+
+    def state() -> Mapping[str, str]:
+        # The writer goes on after the last archived seq, in the new epoch's folder.
+        if read.last is None:
+            return {}
+        return {CURSOR_KEY: ArchiveMark(epoch, read.last.seq, read.last.received).text()}
+
+    columns = (
+        TextColumn("restoring {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        task = progress.add_task(str(bucket.url), total=total)
+
+        def show(tweets: int, seq: int) -> None:
+            progress.update(task, completed=tweets + read.left_out)
+            if not console.is_terminal:
+                lines(tweets, seq, total, time.monotonic() - started)
+
+        done = await admin.restore(
+            _batches(bucket, plan, read), epoch=epoch, state=state, progress=show
+        )
+    rate = done.tweets / max(time.monotonic() - started, 1e-6)
+    console.print(
+        f"relay: restored {done.tweets:,} tweets up to seq {done.head} from {bucket.url} "
+        f"into {admin.where} ({rate:,.0f} tweets/s); the archive goes on after seq "
+        f"{read.last.seq if read.last else 0}; its epoch is {done.epoch} (new)",
+        highlight=False,
+    )
+    return done
+
+
+class _Lines:
+    """Plain progress lines (a log, a pipe): one every ``every`` tweets or so."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.next = every
+
+    def __call__(self, tweets: int, seq: int, total: int, elapsed: float) -> None:
+        if tweets < self.next:
+            return
+        self.next = tweets + self.every
+        print(
+            f"relay: restored {tweets:,} of about {total:,} tweets (seq {seq}), "
+            f"{tweets / max(elapsed, 1e-6):,.0f} tweets/s",
+            flush=True,
+        )
+
+
+async def _batches(
+    bucket: Bucket, plan: list[PlannedObject], read: _Read
+) -> AsyncIterator[RestoreBatch]:
+    """The archive's tweets in batches, each object fetched while the one before is
+    stored; seqs only increasing (an epoch's tail a later one gave again is left out)."""
+    head = 0
+    batch: list[RestoredTweet] = []
+    users: dict[str, dict[str, object]] = {}
+    fetch = _fetch(bucket, plan[0].key) if plan else None
+    try:
+        for index, item in enumerate(plan):
+            assert fetch is not None
+            try:
+                data = await fetch
+            except ArchiveError:
+                fetch = None
+                raise
+            fetch = _fetch(bucket, plan[index + 1].key) if index + 1 < len(plan) else None
+            if data is None:
+                continue
+            for archived in decode_object(data, where=item.key):
+                if archived.seq <= head or (item.below and archived.seq >= item.below):
+                    read.left_out += 1
+                    continue
+                head = archived.seq
+                read.last = ArchiveMark(archived.epoch, archived.seq, archived.received)
+                try:
+                    tweet = tweet_from_stored(_decoded(archived.body))
+                except MalformedPayload as exc:
+                    raise ArchiveError(f"{item.key}: seq {archived.seq}: {exc}") from None
+                batch.append(RestoredTweet(archived.seq, archived.received, tweet))
+                for user in users_of(tweet.object):
+                    users[str(user["id"])] = user
+                read.tweets += 1
+                if len(batch) >= BATCH_TWEETS:
+                    yield RestoreBatch(batch, list(users.values()))
+                    batch, users = [], {}
+        if batch:
+            yield RestoreBatch(batch, list(users.values()))
+    finally:
+        if fetch is not None and not fetch.done():
+            fetch.cancel()
+
+
+def _decoded(body: bytes) -> dict[str, object]:
+    import orjson
+
+    value = orjson.loads(body)
+    if not isinstance(value, dict):
+        raise MalformedPayload("not a stored tweet object", reason="not_object")
+    return value
+
+
+def _fetch(bucket: Bucket, key: str) -> asyncio.Task[bytes | None]:
+    return asyncio.ensure_future(bucket.get(key))
