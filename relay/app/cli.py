@@ -175,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("url", metavar="URL", help="s3://bucket/prefix or file:///path")
     restore.add_argument("--db", help="the SQLite store, also $RELAY_DB (relay.db)")
     restore.add_argument("--config", metavar="FILE", help="TOML config file")
+    restore.add_argument("--log-level", dest="log_level", help=LOG_LEVEL_HELP)
+    restore.add_argument(
+        "--wait",
+        type=_duration,
+        default=MIGRATE_WAIT,
+        metavar="DURATION",
+        help="how long to wait for an archive endpoint that does not answer (at the start "
+        f"or between objects) before giving up (30s, 2m; {MIGRATE_WAIT:g}s)",
+    )
     restore.set_defaults(command=cmd_restore)
 
     check = commands.add_parser(

@@ -161,7 +161,8 @@ class Relay:
     async def start(self) -> None:
         settings = self.settings
         if self._source is None and self.ingests:
-            await check_source(settings)
+            self._waiting = "checking the source (an archive: waiting for it)"
+            await check_source(settings, self.sleep)
         revoked = (
             RevocationList.open(settings.revoked_tokens_file)
             if settings.revoked_tokens_file and self.serves

@@ -154,16 +154,17 @@ def deleted_ids(log: Log) -> DeletedIds:
     return read
 
 
-async def check_source(settings: Settings) -> None:
+async def check_source(settings: Settings, sleep: Sleep = asyncio.sleep) -> None:
     """Refuse a source that cannot work before anything starts: one clear line (an
-    archive: its URL, bucket and credentials, by listing it)."""
+    archive: its URL, bucket and credentials, by listing it; an endpoint that does not
+    answer is waited for, as the database is)."""
     if settings.source == "replay" and is_archive_url(settings.replay):
         from relay.sources.archive import archive_objects
 
         if settings.loop:
             raise ConfigError("--loop replays a recording again with new ids, not an archive")
         archive_range(settings)
-        await archive_objects(settings.replay)
+        await archive_objects(settings.replay, sleep=sleep)
         return
     if settings.source == "replay" and settings.replay:
         try:

@@ -24,20 +24,24 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from relay.core.archive import ArchiveUrl, parse_url
 from relay.errors import ArchiveError, ArchiveUnreachable, ConfigError
 from relay.obs.waits import Outage
 
-__all__ = ["ArchiveUrl", "Bucket", "explain", "parse_url", "wait_until_writable"]
+__all__ = ["ArchiveUrl", "Bucket", "explain", "parse_url", "retried", "wait_until_writable"]
 
 if TYPE_CHECKING:
     from obstore.store import LocalStore, S3Store
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
 
 INSTALL = "pip install 'tweet-relay[archive]'"
 WRITE_CHECK_KEY = ".relay-write-check"
@@ -47,6 +51,9 @@ CONNECT_TIMEOUT = "5s"
 REQUEST_TIMEOUT = "60s"
 RETRIES = 2
 """obstore's own quick retries of one request; past them the writer's backoff takes over."""
+FIRST_WAIT = 1.0
+LONGEST_WAIT = 30.0
+"""The backoff of a wait for an endpoint that does not answer: 1 s doubling to 30 s."""
 
 
 def _obstore() -> Any:
@@ -165,26 +172,59 @@ class Bucket:
         return explain(exc, f"archive {self.url}: {action}")
 
 
-async def wait_until_writable(
-    bucket: Bucket, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-) -> None:
+async def retried(
+    attempt: Callable[[], Awaitable[T]],
+    outage: Outage,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    give_up_after: float | None = None,
+    errors_too: bool = False,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """``attempt()`` until it answers. An endpoint that does not answer
+    (:class:`~relay.errors.ArchiveUnreachable`; with ``errors_too`` also a failure of the
+    service itself, a 500) is tried again with backoff, as the database is waited for:
+    ``outage`` logs one line when the wait starts and one when it ends. With
+    ``give_up_after`` a wait that long raises ArchiveUnreachable naming it. Anything
+    else (no bucket, credentials refused, a damaged object) raises at once."""
+    delay = FIRST_WAIT
+    started: float | None = None
+    while True:
+        try:
+            result = await attempt()
+        except ArchiveError as exc:
+            passing = isinstance(exc, ArchiveUnreachable) or (
+                errors_too and type(exc) is ArchiveError
+            )
+            if not passing:
+                raise
+            started = clock() if started is None else started
+            if give_up_after is not None:
+                waited = clock() - started
+                if waited >= give_up_after:
+                    raise ArchiveUnreachable(
+                        f"{exc}; gave up after waiting {give_up_after:g} s (--wait)"
+                    ) from None
+                delay = min(delay, max(0.1, give_up_after - waited))
+            outage.failed(str(exc), delay)
+            await sleep(delay)
+            delay = min(delay * 2, LONGEST_WAIT)
+            continue
+        outage.answered()
+        return result
+
+
+async def wait_until_writable(bucket: Bucket, sleep: Sleep = asyncio.sleep) -> None:
     """The start's write check: an endpoint that does not answer is waited for with
     backoff, as the database is (one line when the wait starts, one when it ends); any
     other failure (no bucket, credentials refused) raises at once."""
     outage = Outage(log, f"the archive at {bucket.url}")
-    delay = 1.0
-    while True:
-        try:
-            await bucket.check_writable()
-        except ArchiveUnreachable as exc:
-            outage.failed(str(exc), delay)
-            await sleep(delay)
-            delay = min(delay * 2, 30.0)
-            continue
-        except ArchiveError as exc:
-            raise ConfigError(str(exc)) from None
-        outage.answered()
-        return
+    try:
+        await retried(bucket.check_writable, outage, sleep=sleep)
+    except ArchiveUnreachable:
+        raise
+    except ArchiveError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def explain(exc: BaseException, where: str) -> ArchiveError | ConfigError:

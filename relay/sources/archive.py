@@ -7,6 +7,10 @@ the object the store served, stored again as it was with its receive time (a new
 the new store's). A tweet in the new store's record of deletions is left out: deleted
 once, never stored again. The next object is fetched while one is given out.
 
+An endpoint that does not answer is waited for, at the start and between objects, as
+the database is: one line when the wait starts, one when it ends, the replay going on
+from the object it was fetching.
+
 Paced like a recording: at ``speed`` 1 the receive times' gaps (each at most
 :data:`~relay.sources.replay.MAX_GAP`), 0 none.
 """
@@ -20,12 +24,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import orjson
 
-from relay.archive.bucket import Bucket, parse_url
+from relay.archive.bucket import Bucket, parse_url, retried
 from relay.core.archive import ArchivedTweet, ObjectName, decode_object, parse_key
 from relay.core.archive_range import ArchiveRange
 from relay.core.rule_set import RuleSet
 from relay.core.tweets import RULE_PREFIX
 from relay.errors import ArchiveError, ConfigError, SourceError
+from relay.obs.waits import Outage
 from relay.sources import DeletedIds, RawLine, nothing_deleted
 from relay.sources.replay import MAX_GAP
 
@@ -42,17 +47,48 @@ def is_archive_url(text: str) -> bool:
 
 
 async def archive_objects(
-    url: str, environ: Mapping[str, str] | None = None
+    url: str,
+    environ: Mapping[str, str] | None = None,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    give_up_after: float | None = None,
 ) -> tuple[Bucket, list[tuple[str, ObjectName]]]:
     """The archive at ``url`` and its objects in order; one line
     (:class:`~relay.errors.ConfigError`, :class:`~relay.errors.ArchiveError`) when the URL,
-    the bucket or the credentials are wrong, or when it holds no object."""
+    the bucket or the credentials are wrong, or when it holds no object. An endpoint that
+    does not answer is waited for (for ``give_up_after`` seconds at most, when given)."""
     bucket = Bucket(parse_url(url), environ)
-    keys = await bucket.keys()
+    keys = await retried(bucket.keys, outage_of(bucket), sleep=sleep, give_up_after=give_up_after)
     objects = [(key, name) for key in keys if (name := parse_key(key)) is not None]
     if not objects:
         raise ConfigError(f"archive {bucket.url}: no archived objects under it")
     return bucket, objects
+
+
+def outage_of(bucket: Bucket) -> Outage:
+    return Outage(log, f"the archive at {bucket.url}")
+
+
+def fetch(
+    bucket: Bucket,
+    key: str,
+    outage: Outage,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    give_up_after: float | None = None,
+) -> asyncio.Task[bytes | None]:
+    """The object under ``key``, fetched in a task of its own (while the one before is
+    used); an endpoint that stops answering, or answers with a failure of its own (a
+    500), is tried again with backoff rather than ending the read."""
+    return asyncio.ensure_future(
+        retried(
+            lambda: bucket.get(key),
+            outage,
+            sleep=sleep,
+            give_up_after=give_up_after,
+            errors_too=True,
+        )
+    )
 
 
 class ArchiveSource:
@@ -83,19 +119,26 @@ class ArchiveSource:
 
     async def lines(self) -> AsyncIterator[RawLine]:
         try:
-            bucket, objects = await archive_objects(self.url, self.environ)
+            bucket, objects = await archive_objects(self.url, self.environ, sleep=self.sleep)
         except (ArchiveError, ConfigError) as exc:
             raise SourceError(str(exc)) from None
         picked = [(key, name) for key, name in objects if self.selection.may_hold(name)]
         deleted = await self.deleted()
         keys: set[str] = set()
         previous: float | None = None
-        fetch = _fetch(bucket, picked[0][0]) if picked else None
+        outage = outage_of(bucket)
+
+        def ahead(index: int) -> asyncio.Task[bytes | None] | None:
+            if index >= len(picked):
+                return None
+            return fetch(bucket, picked[index][0], outage, sleep=self.sleep)
+
+        next_object = ahead(0)
         try:
             for index, (key, _) in enumerate(picked):
-                assert fetch is not None
-                data = await _fetched(fetch)
-                fetch = _fetch(bucket, picked[index + 1][0]) if index + 1 < len(picked) else None
+                assert next_object is not None
+                data = await _fetched(next_object)
+                next_object = ahead(index + 1)
                 for tweet in _tweets(data, key):
                     if not self.selection.holds(tweet):
                         continue
@@ -108,17 +151,13 @@ class ArchiveSource:
                     previous = tweet.received
                     yield RawLine(tweet.body, tweet.received, "stored")
         finally:
-            if fetch is not None and not fetch.done():
-                fetch.cancel()
+            if next_object is not None and not next_object.done():
+                next_object.cancel()
                 with contextlib.suppress(BaseException):
-                    await fetch
+                    await next_object
         self.rule_set = RuleSet(frozenset(keys), True, self.rule_set.origin)
         if self.left_out:
             log.info("left out %d deleted tweets of the archive", self.left_out)
-
-
-def _fetch(bucket: Bucket, key: str) -> asyncio.Task[bytes | None]:
-    return asyncio.ensure_future(bucket.get(key))
 
 
 async def _fetched(fetch: asyncio.Task[bytes | None]) -> bytes | None:

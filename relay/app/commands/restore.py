@@ -4,6 +4,10 @@ Every tweet keeps its seq and receive time, so clients' positions and the object
 seqs mean what they meant; the archive's cursor is set to the last archived seq (the
 writer goes on after it, in the new epoch's folder), then the store gets a new epoch as
 after a backup: what the lost store held past the archive is gone, and clients reset.
+
+An archive endpoint that does not answer, at the start or between objects, is waited for
+with backoff (one line when the wait starts, one when it ends), each wait ``--wait``
+seconds at most, as ``relay migrate`` waits for its database.
 """
 
 from __future__ import annotations
@@ -12,11 +16,10 @@ import argparse
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from relay.app.cli_support import console, settings_from
-from relay.archive.bucket import Bucket
+from relay.app.cli_support import MIGRATE_WAIT, console, settings_from, setup_logging
 from relay.config import Settings
 from relay.core.archive import CURSOR_KEY, ArchiveMark, decode_object
 from relay.core.archive_range import PlannedObject, restore_plan
@@ -24,13 +27,15 @@ from relay.core.stored import tweet_from_stored, users_of
 from relay.errors import ArchiveError, MalformedPayload
 from relay.store import RestoreBatch, Restored, RestoredTweet
 
+Sleep = Callable[[float], Awaitable[None]]
 BATCH_TWEETS = 2000
 """Tweets a restore commits at a time."""
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    asyncio.run(restore(settings, args.url))
+    setup_logging(settings)
+    asyncio.run(restore(settings, args.url, wait=args.wait))
     return 0
 
 
@@ -42,15 +47,26 @@ class _Read:
 
 
 async def restore(
-    settings: Settings, url: str, *, environ: Mapping[str, str] | None = None
+    settings: Settings,
+    url: str,
+    *,
+    environ: Mapping[str, str] | None = None,
+    wait: float = MIGRATE_WAIT,
+    sleep: Sleep = asyncio.sleep,
 ) -> Restored:
-    """Restore the archive at ``url`` into the (empty) store the settings name."""
+    """Restore the archive at ``url`` into the (empty) store the settings name; an
+    endpoint that does not answer is waited for, ``wait`` seconds at most each time."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from relay.sources.archive import archive_objects
+    from relay.sources.archive import archive_objects, fetch, outage_of
     from relay.store.open import admin_for
 
-    bucket, objects = await archive_objects(url, environ)
+    bucket, objects = await archive_objects(url, environ, sleep=sleep, give_up_after=wait)
+    outage = outage_of(bucket)
+
+    def get(key: str) -> asyncio.Task[bytes | None]:
+        return fetch(bucket, key, outage, sleep=sleep, give_up_after=wait)
+
     plan = restore_plan(objects)
     total = sum(item.name.last_seq - item.name.first_seq + 1 for item in plan)
     epoch = secrets.token_hex(8)
@@ -80,7 +96,7 @@ async def restore(
                 lines(tweets, seq, total, time.monotonic() - started)
 
         done = await admin.restore(
-            _batches(bucket, plan, read), epoch=epoch, state=state, progress=show
+            _batches(get, plan, read), epoch=epoch, state=state, progress=show
         )
     rate = done.tweets / max(time.monotonic() - started, 1e-6)
     console.print(
@@ -111,14 +127,14 @@ class _Lines:
 
 
 async def _batches(
-    bucket: Bucket, plan: list[PlannedObject], read: _Read
+    get: Callable[[str], asyncio.Task[bytes | None]], plan: list[PlannedObject], read: _Read
 ) -> AsyncIterator[RestoreBatch]:
     """The archive's tweets in batches, each object fetched while the one before is
     stored; seqs only increasing (an epoch's tail a later one gave again is left out)."""
     head = 0
     batch: list[RestoredTweet] = []
     users: dict[str, dict[str, object]] = {}
-    fetch = _fetch(bucket, plan[0].key) if plan else None
+    fetch = get(plan[0].key) if plan else None
     try:
         for index, item in enumerate(plan):
             assert fetch is not None
@@ -127,7 +143,7 @@ async def _batches(
             except ArchiveError:
                 fetch = None
                 raise
-            fetch = _fetch(bucket, plan[index + 1].key) if index + 1 < len(plan) else None
+            fetch = get(plan[index + 1].key) if index + 1 < len(plan) else None
             if data is None:
                 continue
             for archived in decode_object(data, where=item.key):
@@ -161,7 +177,3 @@ def _decoded(body: bytes) -> dict[str, object]:
     if not isinstance(value, dict):
         raise MalformedPayload("not a stored tweet object", reason="not_object")
     return value
-
-
-def _fetch(bucket: Bucket, key: str) -> asyncio.Task[bytes | None]:
-    return asyncio.ensure_future(bucket.get(key))
