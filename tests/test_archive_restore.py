@@ -194,6 +194,56 @@ def test_a_tweet_the_new_store_has_deleted_never_comes_back_through_a_replay(
     assert ids == ["1", "3", "4", "5", "6", "8", "9"]
 
 
+def test_a_deletion_still_queued_in_the_new_store_holds_through_a_replay(
+    tmp_path: Path,
+) -> None:
+    """``relay delete`` on the new store before the replay starts: the request is only
+    queued (no writer ran yet), and the tweet still never comes back."""
+    url = f"file://{tmp_path / 'archive'}"
+
+    async def prepare() -> None:
+        from relay.store.sqlite.admin import SQLiteAdmin
+
+        store = await SQLiteStore.open(tmp_path / "a.db")
+        await fill(store)
+        await archive(store, url)
+        await store.close()
+        await (await SQLiteStore.open(tmp_path / "b.db")).close()
+        await SQLiteAdmin(str(tmp_path / "b.db")).queue_deletions(["4", "8"])
+
+    asyncio.run(prepare())
+    with RelayServer(url, store=tmp_path / "b.db", epoch=None) as relay:
+        ids = [orjson.loads(b)["id"] for b in _replayed(relay)]
+    assert ids == ["1", "2", "3", "5", "6", "7", "9"]
+
+
+def test_a_restore_leaves_out_what_the_new_store_records_or_queues_as_deleted(
+    make_store: StoreMaker, tmp_path: Path
+) -> None:
+    url = f"file://{tmp_path / 'archive'}"
+
+    async def run() -> None:
+        source = await make_store("a")
+        await fill(source)
+        await archive(source, url)
+        await source.close()
+        target = await make_store("b")
+        await make_store.admin("b").queue_deletions(["2"])
+        await target.apply_deletions(10)  # recorded (found nowhere: the store is empty)
+        await target.close()
+        await make_store.admin("b").queue_deletions(["7", "9"])  # queued only
+
+        done = await restore(make_store.settings("b"), url)
+        assert done.tweets == TWEETS - 3
+        target = await make_store("b")
+        ids = [orjson.loads(r.body)["id"] for r in await target.read_after("tweets", 0, 99, 99)]
+        assert ids == ["1", "3", "4", "5", "6", "8"]
+        assert await target.tweet("7") is None
+        await target.close()
+
+    asyncio.run(run())
+
+
 def _relay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 

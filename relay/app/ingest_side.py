@@ -114,7 +114,7 @@ class IngestSide:
             self.metrics,
             self.clock,
             self.sleep,
-            deleted=deleted_ids(store),
+            deleted=deleted_ids(store, self.metrics),
         )
         ingest = self.ingest = Ingest(
             source,

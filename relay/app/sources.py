@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from relay.config import Settings
 from relay.core.archive_range import ArchiveRange, parse_bound
@@ -19,7 +19,7 @@ from relay.sources import DeletedIds, ResumePoint, Source, nothing_deleted
 from relay.sources.archive import is_archive_url
 from relay.sources.replay import ReplaySource
 from relay.sources.synth import sample_path, sample_rules
-from relay.store import Log
+from relay.store import Log, Writer
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -140,13 +140,22 @@ def build_source(
     return builder(settings, newest_stored, metrics, clock, sleep, deleted)
 
 
-def deleted_ids(log: Log) -> DeletedIds:
-    """The :data:`DeletedIds` of a store: every id of its deletion record."""
+class DeletingStore(Writer, Log, Protocol):
+    """The active writer's store: it applies the deletion queue and reads the record."""
+
+
+def deleted_ids(store: DeletingStore, metrics: Metrics) -> DeletedIds:
+    """The :data:`DeletedIds` of the writer's store: every id of its deletion record,
+    once the requests still queued (``relay delete`` before the start) are applied: a
+    replay must not store a tweet a request queued for the job to delete a moment later
+    while the tweet was not stored yet (the record would say "not stored" and keep it)."""
+    from relay.jobs.deletions import apply_deletions
 
     async def read() -> frozenset[str]:
+        await apply_deletions(store, metrics)
         ids: set[str] = set()
         after = 0
-        while page := await log.deletions_after(after, 10_000):
+        while page := await store.deletions_after(after, 10_000):
             ids.update(entry.tweet_id for entry in page)
             after = page[-1].n
         return frozenset(ids)
