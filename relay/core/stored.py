@@ -50,9 +50,11 @@ def parse_stored(line: bytes | str) -> Parsed:
     return Parsed(tweets=(tweet,), users=tuple(users_of(tweet.object)))
 
 
-def tweet_from_stored(stored: Mapping[str, Any]) -> Tweet:
+def tweet_from_stored(stored: Mapping[str, Any], *, encode: bool = True) -> Tweet:
     """The Tweet a stored object was built from: the object without the store's fields,
-    its rules from ``matching_rules``, its indexed fields as the parser derives them."""
+    its rules from ``matching_rules``, its indexed fields as the parser derives them.
+    Without ``encode`` the Tweet has no encoded object: for a caller that stores the
+    stored object as it is (a restore, same seq and receive time)."""
     tweet_id = tweet_id_of(stored.get("id"))
     if tweet_id is None or tweet_id != stored.get("id"):
         raise MalformedPayload("a stored tweet without a usable id", reason="no_id")
@@ -73,10 +75,12 @@ def tweet_from_stored(stored: Mapping[str, Any]) -> Tweet:
     )
     lang = obj.get("lang")
     created_at = normalise_time(obj.get("created_at"))
-    try:
-        encoded = orjson.dumps(obj)
-    except orjson.JSONEncodeError:
-        encoded = b""
+    encoded = b""
+    if encode:
+        try:
+            encoded = orjson.dumps(obj)
+        except orjson.JSONEncodeError:
+            encoded = b""
     return Tweet(
         id=tweet_id,
         text=text,

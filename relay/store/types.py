@@ -168,6 +168,10 @@ class RestoredTweet:
     received_at: float
     """Unix seconds, to the millisecond (as the store keeps it)."""
     tweet: Tweet
+    body: bytes = b""
+    """The stored object as it goes in, when the caller has it (an archive's line for this
+    very seq and receive time: no need to encode the tweet again); empty: built from
+    ``tweet``."""
 
 
 @dataclass(frozen=True, slots=True)

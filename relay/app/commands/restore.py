@@ -14,20 +14,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from relay.app.cli_support import MIGRATE_WAIT, console, settings_from, setup_logging
 from relay.config import Settings
-from relay.core.archive import CURSOR_KEY, ArchiveMark, decode_object
+from relay.core.archive import CURSOR_KEY, ArchiveMark, decode_values
 from relay.core.archive_range import PlannedObject, restore_plan
 from relay.core.stored import tweet_from_stored, users_of
+from relay.core.times import time_from_unix
 from relay.errors import ArchiveError, MalformedPayload
 from relay.store import RestoreBatch, Restored, RestoredTweet
 
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 BATCH_TWEETS = 2000
 """Tweets a restore commits at a time."""
 
@@ -96,7 +101,7 @@ async def restore(
                 lines(tweets, seq, total, time.monotonic() - started)
 
         done = await admin.restore(
-            _batches(get, plan, read), epoch=epoch, state=state, progress=show
+            read_ahead(_batches(get, plan, read)), epoch=epoch, state=state, progress=show
         )
     rate = done.tweets / max(time.monotonic() - started, 1e-6)
     console.print(
@@ -130,7 +135,11 @@ async def _batches(
     get: Callable[[str], asyncio.Task[bytes | None]], plan: list[PlannedObject], read: _Read
 ) -> AsyncIterator[RestoreBatch]:
     """The archive's tweets in batches, each object fetched while the one before is
-    stored; seqs only increasing (an epoch's tail a later one gave again is left out)."""
+    stored; seqs only increasing (an epoch's tail a later one gave again is left out).
+
+    Each archived line is decoded once: its object gives the tweet's indexed fields, and
+    goes into the store as the archive holds it (the stored object of this very seq and
+    receive time), not encoded again."""
     head = 0
     batch: list[RestoredTweet] = []
     users: dict[str, dict[str, object]] = {}
@@ -146,18 +155,24 @@ async def _batches(
             fetch = get(plan[index + 1].key) if index + 1 < len(plan) else None
             if data is None:
                 continue
-            for archived in decode_object(data, where=item.key):
+            for archived, value in decode_values(data, where=item.key):
                 if archived.seq <= head or (item.below and archived.seq >= item.below):
                     read.left_out += 1
                     continue
                 head = archived.seq
                 read.last = ArchiveMark(archived.epoch, archived.seq, archived.received)
                 try:
-                    tweet = tweet_from_stored(_decoded(archived.body))
+                    tweet = tweet_from_stored(value, encode=False)
                 except MalformedPayload as exc:
                     raise ArchiveError(f"{item.key}: seq {archived.seq}: {exc}") from None
-                batch.append(RestoredTweet(archived.seq, archived.received, tweet))
-                for user in users_of(tweet.object):
+                # As it is only when it says this seq and receive time (as the store
+                # writes them); else the store builds it again from the tweet.
+                same = value.get("seq") == archived.seq and value.get("received_at") == _time_text(
+                    archived.received
+                )
+                body = archived.body if same else b""
+                batch.append(RestoredTweet(archived.seq, archived.received, tweet, body))
+                for user in users_of(value):
                     users[str(user["id"])] = user
                 read.tweets += 1
                 if len(batch) >= BATCH_TWEETS:
@@ -170,10 +185,26 @@ async def _batches(
             fetch.cancel()
 
 
-def _decoded(body: bytes) -> dict[str, object]:
-    import orjson
+async def read_ahead(items: AsyncIterator[T]) -> AsyncIterator[T]:
+    """``items``, the next one made while the caller works on this one: the batch after
+    the one the store inserts (in its writer's thread) is decoded meanwhile (on the
+    event loop)."""
+    done = object()
+    pending = asyncio.ensure_future(anext(items, done))
+    try:
+        while (item := await pending) is not done:
+            pending = asyncio.ensure_future(anext(items, done))
+            yield item  # type: ignore[misc]
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
-    value = orjson.loads(body)
-    if not isinstance(value, dict):
-        raise MalformedPayload("not a stored tweet object", reason="not_object")
-    return value
+
+@functools.lru_cache(maxsize=4096)
+def _time_text(received: float) -> str:
+    return time_from_unix(received)

@@ -88,9 +88,9 @@ def _key(value: Any) -> str:
 
 
 def _row(
-    tweet: Tweet, seq: int, received: str, received_at: float = 0.0
+    tweet: Tweet, seq: int, received: str, received_at: float = 0.0, body: bytes = b""
 ) -> tuple[tuple[Any, ...], StoredTweet, list[str]]:
-    body = stored_body(tweet, seq=seq, received_at=received)
+    body = body or stored_body(tweet, seq=seq, received_at=received)
     keys = list(dict.fromkeys(_key(rule.tag or rule.id) for rule in tweet.rules))
     username = _text(tweet.author_username)
     text = _text(tweet.text) or ""
@@ -219,7 +219,9 @@ async def restore_rows(cur: Cursor, seqs: Seqs, batch: RestoreBatch) -> int:
             continue
         known.add(restored.tweet.id)
         received = time_from_unix(restored.received_at)
-        row, _, keys = _row(restored.tweet, restored.seq, received, restored.received_at)
+        row, _, keys = _row(
+            restored.tweet, restored.seq, received, restored.received_at, restored.body
+        )
         rows.append(row)
         tags.extend(keys)
         tag_seqs.extend([restored.seq] * len(keys))

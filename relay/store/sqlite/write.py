@@ -271,7 +271,7 @@ def restore_rows(conn: sqlite3.Connection, seq_counter: Seq, batch: RestoreBatch
             continue
         known.add(restored.tweet.id)
         tweet, received = restored.tweet, time_from_unix(restored.received_at)
-        body = stored_body(tweet, seq=restored.seq, received_at=received)
+        body = restored.body or stored_body(tweet, seq=restored.seq, received_at=received)
         keys = [rule.tag or rule.id for rule in tweet.rules]
         rows.append(tweet_row(restored.seq, tweet, received, keys, body))
         rule_rows.extend((key, restored.seq) for key in dict.fromkeys(keys))
