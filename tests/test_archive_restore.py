@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 
 from relay.app.commands.restore import restore
 from relay.archive.bucket import Bucket, parse_url
+from relay.config import Settings
 from relay.core.archive import (
     CURSOR_KEY,
     ArchivedTweet,
@@ -386,3 +388,55 @@ def test_archived_while_ingesting_then_replayed_and_restored_with_the_deleted_tw
             await store.close()
 
     asyncio.run(restore_and_go_on())
+
+
+def test_a_restore_stores_an_archived_object_as_it_is_only_when_it_says_its_own_seq(
+    tmp_path: Path,
+) -> None:
+    """Objects whose tweet names another seq than its line (a bucket written by others)
+    are built again by the store, with the line's seq; the others go in as they are."""
+    url = f"file://{tmp_path / 'archive'}"
+
+    async def run() -> None:
+        store = await SQLiteStore.open(tmp_path / "a.db")
+        await fill(store)
+        rows = await store.read_after("tweets", 0, 99, 99)
+        await store.close()
+        lines = []
+        for r in rows:
+            body = orjson.loads(r.body)
+            if r.seq == 2:
+                body["seq"] = 200
+            lines.append(ArchivedTweet("e", r.seq, r.received, r.channels, orjson.dumps(body)))
+        await Bucket(parse_url(url)).put(
+            name_for(lines[0].received, lines).key(""), encode_object(lines)
+        )
+        await restore(Settings.from_mapping({"db": str(tmp_path / "b.db")}), url)
+        target = await SQLiteStore.open(tmp_path / "b.db")
+        restored = await target.read_after("tweets", 0, 99, 99)
+        await target.close()
+        assert [orjson.loads(r.body)["seq"] for r in restored] == list(range(1, TWEETS + 1))
+        assert [r.body for r in restored if r.seq != 2] == [r.body for r in rows if r.seq != 2]
+
+    asyncio.run(run())
+
+
+def test_read_ahead_makes_the_next_item_while_the_caller_works_on_one() -> None:
+    from relay.app.commands.restore import read_ahead
+
+    made: list[int] = []
+
+    async def items() -> AsyncIterator[int]:
+        for item in (1, 2, 3):
+            made.append(item)
+            yield item
+
+    async def run() -> list[int]:
+        got = []
+        async for item in read_ahead(items()):
+            await asyncio.sleep(0)  # the caller's work (a store's insert) lets it run
+            assert made == list(range(1, min(item + 1, 3) + 1))  # one ahead, never more
+            got.append(item)
+        return got
+
+    assert asyncio.run(run()) == [1, 2, 3]
