@@ -130,3 +130,38 @@ def test_an_object_fetch_failing_mid_replay_is_retried_until_the_endpoint_answer
     assert len(bodies) == TWEETS > PER_OBJECT * 2  # the objects after the first came too
     assert caplog.text.count("waiting for the archive") == 1
     assert "answers again" in caplog.text
+
+
+def test_a_relay_whose_archive_is_down_at_the_start_waits_then_archives(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    from relay.core.archive import decode_object, parse_key
+
+    s3_server.stop()
+    log = tmp_path / "relay.log"
+    env = {
+        **s3_server.environ,
+        "RELAY_ARCHIVE_URL": s3_server.url("t"),
+        "RELAY_ARCHIVE_OBJECT_INTERVAL": "0.2",
+    }
+    relay = start_relay(
+        log, "run", "--port", "0", "--db", str(tmp_path / "r.db"), "--speed", "max",
+        "--no-loop", "--exit-when-done", env=env,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: "waiting for the archive" in log.read_text(), 30 * UNIT, "the wait")
+        assert relay.poll() is None, log.read_text()
+        s3_server.start()
+        assert relay.wait(60 * UNIT) == 0, log.read_text()[-2000:]
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+            relay.wait()
+    seqs = [
+        t.seq
+        for key in s3_server.keys("t/")
+        if parse_key(key) is not None
+        for t in decode_object(s3_server.get(key))
+    ]
+    assert seqs == list(range(1, head_of(tmp_path / "r.db") + 1)) and seqs
+    assert log.read_text().count("waiting for the archive") == 1
