@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from relay.core.auth import issue_token
 from relay.obs.sampling import LogSampler
 from relay.testing import RelayServer
-from relay.web.routes import redact
+from relay.web.access_lines import redact
 from tests.support import UNIT, counted, stream_line, wait_for
 from tests.test_auth import SECRET
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -86,6 +88,34 @@ def test_a_job_that_may_pass_is_counted_and_one_that_fails_for_good_stops_the_re
     assert [type(exc) for exc in failures] == [ValueError]
     assert counted(metrics.job_failures, job="flaky") >= 2
     assert counted(metrics.job_failures, job="broken") == 1
+
+
+def test_a_run_cancelled_by_the_stop_before_it_started_is_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A run the scheduler had handed to the loop when the relay stopped is cancelled before
+    # its first step; APScheduler logged that as "Error running job" with a traceback.
+    async def scenario() -> int:
+        runs = 0
+
+        async def job() -> None:
+            nonlocal runs
+            runs += 1
+
+        jobs = Housekeeping(Metrics(), lambda exc: None)
+        jobs.every(60, "upkeep", job)
+        jobs.start()
+        scheduled = jobs.scheduler.get_job("upkeep")
+        executor = jobs.scheduler._lookup_executor("default")
+        jobs.stop()  # the scheduler's shutdown runs at the loop's next step...
+        executor.submit_job(scheduled, [datetime.now(UTC)])  # ...before this run's first
+        for _ in range(3):
+            await asyncio.sleep(0)  # the cancelled task's end and its callback
+        return runs
+
+    with caplog.at_level(logging.DEBUG):
+        assert asyncio.run(scenario()) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 def test_the_stats_channel_is_public_and_gets_every_sample(

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from relay.errors import StoreError
@@ -27,11 +28,23 @@ log = logging.getLogger(__name__)
 Job = Callable[[], Awaitable[object]]
 
 
+class _StopsQuietly(AsyncIOExecutor):  # type: ignore[misc]
+    """APScheduler's asyncio executor, for which a run cancelled because the relay stops is
+    no error: its shutdown cancels a run whose task has not started yet (the run's own
+    handler never sees that), and the library would log it with a traceback."""
+
+    def _run_job_error(self, job_id: str, exc: BaseException, traceback: object = None) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            self._run_job_success(job_id, [])  # its bookkeeping, and no line
+            return
+        super()._run_job_error(job_id, exc, traceback)
+
+
 class Housekeeping:
     def __init__(self, metrics: Metrics, on_failure: Callable[[BaseException], None]) -> None:
         self.metrics = metrics
         self.on_failure = on_failure
-        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self.scheduler = AsyncIOScheduler(timezone=UTC, executors={"default": _StopsQuietly()})
         self._logged = LogSampler(what="failed housekeeping runs")
         self._stopped = False
 

@@ -50,10 +50,11 @@ from relay.errors import (
 )
 from relay.stream.session import Session
 from relay.web import sse
+from relay.web.access_lines import access_log, log_request, redact
 from relay.web.clients import Client
 from relay.web.http_wire import has_body
 from relay.web.routes import EVENTS_PATH as EVENTS_PATH
-from relay.web.routes import access_log, error_reply, log_request, redact
+from relay.web.routes import error_reply
 
 if TYPE_CHECKING:
     from websockets.http11 import Request

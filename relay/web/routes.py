@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
@@ -42,9 +42,9 @@ from relay.errors import (
     TooManyRequests,
     Unavailable,
 )
-from relay.obs.logs import JWT_SHAPE, REDACTED
 from relay.obs.readiness import READY, Readiness
 from relay.obs.sampling import LogSampler
+from relay.web.access_lines import log_request, redact
 from relay.web.encoding import (
     GZIP_IN_THREAD,
     StaticFiles,
@@ -63,18 +63,12 @@ if TYPE_CHECKING:
     from relay.stream.hub import Hub
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("relay.access")
 """One line per HTTP request and per WebSocket connection (RELAY_ACCESS_LOG)."""
 
 Params = dict[str, list[str]]
 STREAM_PATH, EVENTS_PATH = "/v1/stream", "/v1/events"
 JSON_TYPE = "application/json"
 METHODS = ("GET", "HEAD")
-LOGGED_TARGET = 200
-"""Characters of a request target a log line shows, after the token is redacted."""
-POLLED = frozenset({"/healthz", "/readyz", "/v1/info", "/metrics"})
-"""Paths that probes, scrapers and every open page ask every few seconds: a successful
-answer is access-logged at debug, so they do not drown the requests worth reading."""
 MAX_NAME = 100
 """Longest static file name looked up; longer is a 404 without asking the file system."""
 FAVICON = "favicon.svg"
@@ -103,56 +97,6 @@ def check_method(method: str, path: str) -> None:
         raise MethodNotAllowed(  # OPTIONS (a preflight) is answered before the routes
             f"method {method[:20]!r} is not allowed here", allow=", ".join((*allowed, "OPTIONS"))
         )
-
-
-def redact(target: str, limit: int = LOGGED_TARGET) -> str:
-    """``target`` fit for a log line: every token value hidden, at most ``limit`` chars.
-
-    Query parameters are compared by their decoded name (``tok%65n`` is ``token``), and
-    anything shaped like a JWT is hidden wherever it is.
-    """
-    path, mark, query = target.partition("?")
-    if mark:
-        pieces = []
-        for piece in query.split("&"):
-            name, equals, _ = piece.partition("=")
-            if equals and unquote_plus(name).strip().lower() == "token":
-                piece = f"{name}={REDACTED}"
-            pieces.append(piece)
-        target = path + "?" + "&".join(pieces)
-    target = JWT_SHAPE.sub(REDACTED, target)
-    return target if len(target) <= limit else target[:limit] + "..."
-
-
-def log_request(
-    method: str,
-    target: str,
-    status: int,
-    *,
-    client: str,
-    size: int,
-    started: float,
-    path: str = "",
-    reason: str = "",
-) -> None:
-    """The access line of one HTTP request (logger ``relay.access``): its fields say it all.
-
-    ``path`` is the route's path (no query), to tell a probe; ``reason`` why it was refused.
-    """
-    level = logging.DEBUG if path in POLLED and status < 400 else logging.INFO
-    if not access_log.isEnabledFor(level):
-        return
-    fields: dict[str, Any] = {
-        "client": client,
-        "method": method[:10],
-        "path": redact(target),
-        "status": status,
-        "bytes": size,
-        "duration_ms": round((time.monotonic() - started) * 1000, 2),
-    }
-    if reason:
-        fields["reason"] = reason[:200]
-    access_log.log(level, "request", extra=fields)
 
 
 @dataclass

@@ -45,13 +45,14 @@ from relay.obs.metrics import Metrics
 from relay.obs.sampling import LogSampler
 from relay.stream.hub import Hub
 from relay.stream.session import Session
+from relay.web.access_lines import access_log, log_request
 from relay.web.clients import Client, Clients
 from relay.web.connection import StreamConnection
 from relay.web.cors import CrossOrigin
 from relay.web.events import EVENTS_PATH, EventStreams
 from relay.web.http_wire import Refusal, has_body
 from relay.web.listener import Listener
-from relay.web.routes import STREAM_PATH, HttpApi, Reply, access_log, error_reply, log_request
+from relay.web.routes import STREAM_PATH, HttpApi, Reply, error_reply
 from relay.web.sockets import SocketCount, sample_accept_errors, socket_name
 from relay.web.sse import EventStream
 
