@@ -55,6 +55,10 @@ def test_keys_sort_in_order_across_epochs_and_within_one() -> None:
 def test_a_stray_key_is_not_an_object() -> None:
     assert parse_key("tweets/.relay-write-check") is None
     assert parse_key("tweets/x/1-2_a_b.jsonl.gz") is None
+    # file:// (obstore's local store) writes "<key>#<n>" and renames it to the key: a
+    # kill -9 mid-write leaves that file, which no reader takes for an object.
+    whole = ObjectName(T0, "ab12cd34ef56ab78", 1, 500, T0 + 1, T0 + 2.5).key("tweets")
+    assert parse_key(whole + "#1") is None
     assert compact_time(0) == "19700101T000000.000Z"
 
 
