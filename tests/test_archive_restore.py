@@ -31,6 +31,7 @@ from relay.core.archive import (
 from relay.core.stored import parse_stored
 from relay.core.tweets import parse_line
 from relay.errors import StoreNotEmpty
+from relay.sources.archive import ArchiveSource
 from relay.store.sqlite.store import SQLiteStore
 from relay.testing import RelayServer
 from tests.pg_server import StoreMaker
@@ -440,3 +441,37 @@ def test_read_ahead_makes_the_next_item_while_the_caller_works_on_one() -> None:
         return got
 
     assert asyncio.run(run()) == [1, 2, 3]
+
+
+def test_a_deletion_made_while_a_replay_runs_holds_for_the_objects_still_to_read(
+    tmp_path: Path,
+) -> None:
+    # The replay reads the new store's deletion record again before each object, so a
+    # `relay delete` that lands mid-replay keeps out what it names from there on.
+    url = f"file://{tmp_path / 'archive'}"
+    record: set[str] = set()
+    asks = 0
+
+    async def deleted() -> set[str]:
+        nonlocal asks
+        asks += 1
+        return set(record)
+
+    async def replay() -> list[str]:
+        store = await SQLiteStore.open(tmp_path / "a.db")
+        await fill(store)
+        await archive(store, url)  # objects of 4: seqs 1-4, 5-8, 9
+        await store.close()
+        source = ArchiveSource(url, deleted=deleted)
+        ids = []
+        async for line in source.lines():
+            ids.append(orjson.loads(line.data)["id"])
+            if ids[-1] == "1":
+                record.update({"3", "6"})  # deleted while the first object is read
+        return ids
+
+    ids = asyncio.run(replay())
+    assert "6" not in ids  # in an object read after the deletion
+    assert "3" in ids  # in the object already being given out: stored, then deleted there
+    assert ids == ["1", "2", "3", "4", "5", "7", "8", "9"]
+    assert asks == 3  # once for each object

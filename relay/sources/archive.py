@@ -139,6 +139,8 @@ class ArchiveSource:
                 assert next_object is not None
                 data = await _fetched(next_object)
                 next_object = ahead(index + 1)
+                if index:  # read afresh each object: a `relay delete` during the replay holds
+                    deleted = await self.deleted()
                 for tweet in _tweets(data, key):
                     if not self.selection.holds(tweet):
                         continue
