@@ -20,6 +20,7 @@ from relay.sources.archive import is_archive_url
 from relay.sources.replay import ReplaySource
 from relay.sources.synth import sample_path, sample_rules
 from relay.store import Log, Writer
+from relay.store.deletion_record import recorded_ids
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -153,12 +154,7 @@ def deleted_ids(store: DeletingStore, metrics: Metrics) -> DeletedIds:
 
     async def read() -> frozenset[str]:
         await apply_deletions(store, metrics)
-        ids: set[str] = set()
-        after = 0
-        while page := await store.deletions_after(after, 10_000):
-            ids.update(entry.tweet_id for entry in page)
-            after = page[-1].n
-        return frozenset(ids)
+        return await recorded_ids(store)
 
     return read
 

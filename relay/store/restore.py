@@ -17,6 +17,7 @@ from typing import Protocol
 
 from relay.core.stored import users_of
 from relay.errors import StoreNotEmpty
+from relay.store.deletion_record import recorded_ids
 from relay.store.types import Deleted, RestoreBatch, Restored
 
 log = logging.getLogger(__name__)
@@ -79,12 +80,7 @@ async def _deleted_ids(store: Restorable) -> frozenset[str]:
     empty store: each request is recorded as found nowhere, and holds from then on)."""
     while len(await store.apply_deletions(APPLY_BATCH)) == APPLY_BATCH:
         pass
-    ids: set[str] = set()
-    after = 0
-    while page := await store.deletions_after(after, 10_000):
-        ids.update(entry.tweet_id for entry in page)
-        after = page[-1].n
-    return frozenset(ids)
+    return await recorded_ids(store)
 
 
 def _without(batch: RestoreBatch, deleted: frozenset[str]) -> RestoreBatch:
