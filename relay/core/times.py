@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -82,3 +83,23 @@ def time_from_unix(seconds: float) -> str:
             value = 0.0
         value = 0.0 if math.isnan(value) else min(max(value, MIN_UNIX), MAX_UNIX)
     return _format_utc(_UNIX_EPOCH + timedelta(seconds=value))
+
+
+def times_from_unix(seconds: Iterable[float]) -> list[str]:
+    """:func:`time_from_unix` of each value, the same text, at about half the cost a
+    value: the date and time of day are formatted once per second the values fall in
+    (an append's tweets, received milliseconds apart, share a few seconds)."""
+    out: list[str] = []
+    prefixes: dict[tuple[int, int], str] = {}
+    for value in seconds:
+        usable = usable_unix(value)
+        if usable is None or usable < 0:  # the rare case, taken the slow way
+            out.append(time_from_unix(value))
+            continue
+        since = timedelta(seconds=usable)  # rounds as time_from_unix does
+        second = (since.days, since.seconds)
+        prefix = prefixes.get(second)
+        if prefix is None:
+            prefix = prefixes[second] = time_from_unix(since.days * 86400 + since.seconds)[:-4]
+        out.append(f"{prefix}{since.microseconds // 1000:03d}Z")
+    return out

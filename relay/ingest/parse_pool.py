@@ -44,8 +44,13 @@ class ParsedChunk:
     """What a batch of lines held, with the per-line outcomes ingest counts and logs."""
 
     tweets: list[Tweet] = field(default_factory=list)
+    tweet_lines: list[int] = field(default_factory=list)
+    """The index in the batch of the line each tweet came in: whose receive time it keeps."""
     users: list[JSON] = field(default_factory=list)
-    """Included users with a text id, the last one of each id (the one the store keeps)."""
+    """Included users with a text id, the last one of each id (the one the store keeps),
+    in the place of its first (where the store would have met it a line at a time)."""
+    user_lines: list[int] = field(default_factory=list)
+    """The index of the line each user last came in."""
     payloads: int = 0
     keepalives: int = 0
     malformed: list[tuple[int, str, str]] = field(default_factory=list)
@@ -58,7 +63,7 @@ def parse_chunk(lines: Sequence[bytes], stored: bool = False) -> ParsedChunk:
     """Parse every line (``stored``: each a stored tweet object, from an archive); a bad
     line is recorded in the result, never raised."""
     chunk = ParsedChunk()
-    users: dict[str, JSON] = {}
+    users: dict[str, tuple[JSON, int]] = {}
     parse = parse_stored if stored else parse_line
     for index, line in enumerate(lines):
         try:
@@ -76,12 +81,13 @@ def parse_chunk(lines: Sequence[bytes], stored: bool = False) -> ParsedChunk:
         chunk.skipped.extend(parsed.skipped)
         chunk.api_errors.extend(parsed.api_errors)
         chunk.tweets.extend(parsed.tweets)
+        chunk.tweet_lines.extend([index] * len(parsed.tweets))
         for user in parsed.users:
             user_id = user.get("id")
             if isinstance(user_id, str):  # parse gives usable ids as text; others are no user
-                users.pop(user_id, None)  # the last one stands, in its own place
-                users[user_id] = user
-    chunk.users = list(users.values())
+                users[user_id] = (user, index)  # the last one stands, in the first's place
+    chunk.users = [user for user, _ in users.values()]
+    chunk.user_lines = [index for _, index in users.values()]
     return chunk
 
 

@@ -28,7 +28,7 @@ from relay.errors import RelayError
 from relay.ingest.parse_pool import ParsedChunk, ParserPool, parse_chunk
 from relay.obs.metrics import Metrics
 from relay.sources import RawLine, Source
-from relay.store import AppendResult, StoredTweet, Writer
+from relay.store import AppendResult, Received, StoredTweet, Writer
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,9 @@ class Ingest:
                 lines[0].kind == "stored",
             )
             chunk.tweets += part.tweets
+            chunk.tweet_lines += [start + index for index in part.tweet_lines]
             chunk.users += part.users  # the store keeps the last of each id
+            chunk.user_lines += [start + index for index in part.user_lines]
             chunk.payloads += part.payloads
             chunk.keepalives += part.keepalives
             chunk.malformed += [(start + i, why, detail) for i, why, detail in part.malformed]
@@ -292,12 +294,8 @@ class Ingest:
                     parse.cancel()
             self._account(chunk, lines)
             if chunk.tweets and not self.failed.is_set():
-                # The receive time is the source's; a nonsense one falls back to now.
-                received = usable_unix(lines[-1].received_at)
-                if received is None:
-                    received = self.clock()
                 append = asyncio.ensure_future(
-                    self.store.append(chunk.tweets, chunk.users, received)
+                    self.store.append(chunk.tweets, chunk.users, self._received(chunk, lines))
                 )
                 # Once ingest failed the publisher no longer awaits appends: their
                 # outcome is known, and asyncio must not log each as never retrieved.
@@ -305,6 +303,22 @@ class Ingest:
                 append.add_done_callback(self._timer(time.monotonic()))
                 await self._appends.put(append)
         await self._appends.put(None)
+
+    def _received(self, chunk: ParsedChunk, lines: list[RawLine]) -> Received:
+        """Each tweet's and user's receive time: its line's, as the source gave it (a
+        nonsense one falls back to now). Never the batch's: which lines share a batch
+        depends on timing, and what is stored must not."""
+        now: float | None = None
+        times: list[float] = []
+        for line in lines:
+            when = usable_unix(line.received_at)
+            if when is None:
+                when = now = self.clock() if now is None else now
+            times.append(when)
+        return Received(
+            [times[index] for index in chunk.tweet_lines],
+            [times[index] for index in chunk.user_lines],
+        )
 
     def _timer(self, started: float) -> Callable[[asyncio.Future[Any]], None]:
         """Observe how long an append took to commit (``relay_store_commit_seconds``)."""
@@ -370,13 +384,9 @@ class Ingest:
 
 def _cuts(first: RawLine | None, line: RawLine) -> bool:
     """Whether ``line`` starts a new batch after one that began with ``first``: a batch
-    is parsed one way, and an append has one receive time, so stored tweets (each with
-    the time it had) go in batches of one time, as their writer appended them."""
-    if first is None:
-        return False
-    if line.kind != first.kind:
-        return True
-    return line.kind == "stored" and line.received_at != first.received_at
+    is parsed one way (stream lines or stored tweets). Receive times cut nothing: each
+    tweet keeps its own line's."""
+    return first is not None and line.kind != first.kind
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -31,6 +31,7 @@ from relay.store.types import (
     Checked,
     Deleted,
     Migrated,
+    Received,
     RestoreBatch,
     Restored,
     RestoredTweet,
@@ -56,6 +57,7 @@ __all__ = [
     "Deleted",
     "Log",
     "Migrated",
+    "Received",
     "RestoreBatch",
     "Restored",
     "RestoredTweet",
@@ -88,9 +90,16 @@ class Writer(Protocol):
         ...
 
     async def append(
-        self, tweets: Sequence[Tweet], users: Sequence[dict[str, Any]], received_at: float
+        self,
+        tweets: Sequence[Tweet],
+        users: Sequence[dict[str, Any]],
+        received_at: float | Received,
     ) -> AppendResult:
         """Store new tweets (dropping known ids) and return them with their seq.
+
+        ``received_at``: when they were received, one time for all or a :class:`Received`
+        with each one's own (ingest gives each tweet its line's time, so the batches it
+        cuts never change what is stored).
 
         Returns after commit; seqs follow commit order. A tweet the store cannot hold
         (a value it cannot bind or encode) is left out and listed in ``unstorable``;

@@ -92,6 +92,32 @@ class BodyPage(Generic[T]):
 
 
 @dataclass(frozen=True, slots=True)
+class Received:
+    """When each tweet and each user of an append was received (unix seconds): the time
+    of the line each came in (for a user met twice, the last one), in the order
+    :meth:`~relay.store.Writer.append` takes them.
+
+    What keeps a batch from changing what is stored: a tweet's ``received_at`` (and a
+    user's ``updatedAt``) is its own line's, whichever lines happened to share its batch.
+    """
+
+    tweets: Sequence[float]
+    users: Sequence[float]
+
+    @classmethod
+    def of(cls, received_at: float | Received, tweets: int, users: int) -> Received:
+        """``received_at`` as one time for each: a single time stands for all of them."""
+        if isinstance(received_at, Received):
+            if len(received_at.tweets) != tweets or len(received_at.users) != users:
+                raise ValueError(
+                    f"{len(received_at.tweets)} tweet and {len(received_at.users)} user "
+                    f"receive times for {tweets} tweets and {users} users"
+                )
+            return received_at
+        return cls([received_at] * tweets, [received_at] * users)
+
+
+@dataclass(frozen=True, slots=True)
 class AppendResult:
     stored: list[StoredTweet]
     duplicates: int

@@ -6,9 +6,10 @@ with ``subprocess=True``. Every wait has a timeout and fails with what it waited
 
 Determinism: a stepped or ``max`` replay gives the same seqs, ids and frames on every
 run. The store's epoch is fixed (:data:`TEST_EPOCH` unless told otherwise), recorded
-times are kept, a line without one gets its time from a :class:`ReplayClock`, and the
-relay commits one line at a time (``batch_size=1``), so no tweet takes the receive time
-of a neighbour that happened to share its batch. Frames are the same when the client
+times are kept, and a line without one gets its time from a :class:`ReplayClock`. The
+relay commits in batches (a ``max`` replay as fast as the store takes them), and each
+tweet keeps its own line's receive time, so which lines happened to share a batch changes
+nothing that is stored or sent. Frames are the same when the client
 subscribes at the same point: before the first :meth:`RelayServer.step`, or after
 :meth:`RelayServer.wait_replayed` (a client that subscribes while a ``max`` replay runs
 gets the same tweets, but its ``subscribed`` frame depends on when it came).
@@ -165,7 +166,6 @@ class RelayServer:
         values: dict[str, Any] = {
             "host": "127.0.0.1",
             "port": 0,
-            "batch_size": 1,
             # A test that subscribes, then waits for the replay before reading, is not a
             # slow consumer to close with 4008: the whole recording fits in its buffer.
             "send_buffer": TEST_SEND_BUFFER,

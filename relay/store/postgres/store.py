@@ -38,7 +38,6 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from relay.core.query import Condition, TweetQuery
 from relay.core.rule_set import Channels
-from relay.core.times import time_from_unix
 from relay.core.tweets import Tweet
 from relay.errors import QueryTimeout, StoreCorrupt, StoreError, StoreNotReady
 from relay.store import Store
@@ -59,6 +58,7 @@ from relay.store.types import (
     AppendResult,
     BodyPage,
     Deleted,
+    Received,
     RestoreBatch,
     StoredBody,
     StoredTweet,
@@ -201,9 +201,12 @@ class PostgresStore:
     # -- the Writer role -------------------------------------------------------
 
     async def append(
-        self, tweets: Sequence[Tweet], users: Sequence[dict[str, Any]], received_at: float
+        self,
+        tweets: Sequence[Tweet],
+        users: Sequence[dict[str, Any]],
+        received_at: float | Received,
     ) -> AppendResult:
-        batch = Batch(tweets, users, time_from_unix(received_at), received_at)
+        batch = Batch.of(tweets, users, Received.of(received_at, len(tweets), len(users)))
         if not self._writer_mode:
             raise StoreError("not the active writer: opened as a reader")
         writer = self._writer

@@ -22,11 +22,11 @@ import psycopg
 import psycopg.errors
 
 from relay.core.filters import fold
-from relay.core.times import normalise_time, time_from_unix
+from relay.core.times import normalise_time, time_from_unix, times_from_unix
 from relay.core.tweets import Tweet, display_name_of, stored_body, username_of
 from relay.errors import StoreError
 from relay.store.postgres.schema import TWEET_COLUMNS
-from relay.store.types import AppendResult, RestoreBatch, StoredTweet
+from relay.store.types import AppendResult, Received, RestoreBatch, StoredTweet
 
 Cursor = psycopg.AsyncCursor[Any]
 
@@ -64,10 +64,20 @@ class Seqs(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Batch:
+    """An append's tweets and users, each with its receive time as a float and as text."""
+
     tweets: Sequence[Tweet]
     users: Sequence[dict[str, Any]]
-    received: str
-    received_at: float = 0.0
+    received: Received
+    tweet_times: Sequence[str]
+    user_times: Sequence[str]
+
+    @classmethod
+    def of(
+        cls, tweets: Sequence[Tweet], users: Sequence[dict[str, Any]], received: Received
+    ) -> Batch:
+        tweet_times = times_from_unix(received.tweets)
+        return cls(tweets, users, received, tweet_times, times_from_unix(received.users))
 
 
 def _text(value: Any) -> str | None:
@@ -126,12 +136,14 @@ async def append_fast(cur: Cursor, seqs: Seqs, batch: Batch) -> AppendResult:
     tags: list[str] = []
     tag_seqs: list[int] = []
     duplicates = 0
-    for tweet in batch.tweets:
+    for tweet, text, received_at in zip(
+        batch.tweets, batch.tweet_times, batch.received.tweets, strict=True
+    ):
         if tweet.id in known:
             duplicates += 1
             continue
         known.add(tweet.id)
-        row, new, keys = _row(tweet, seqs.next_seq, batch.received, batch.received_at)
+        row, new, keys = _row(tweet, seqs.next_seq, text, received_at)
         seqs.next_seq += 1
         rows.append(row)
         stored.append(new)
@@ -144,7 +156,11 @@ async def append_fast(cur: Cursor, seqs: Seqs, batch: Batch) -> AppendResult:
     if tags:
         await cur.execute(INSERT_TWEET_RULES, [tags, tag_seqs])
         await cur.execute(INSERT_RULES, [tags, tag_seqs])
-    users = [user_row for user in batch.users if (user_row := _user_row(user, batch.received))]
+    users = [
+        user_row
+        for user, text in zip(batch.users, batch.user_times, strict=True)
+        if (user_row := _user_row(user, text))
+    ]
     if users:
         await cur.executemany(UPSERT_USER, users)
     return AppendResult(stored=stored, duplicates=duplicates)
@@ -157,14 +173,16 @@ async def append_careful(cur: Cursor, seqs: Seqs, batch: Batch) -> AppendResult:
     stored: list[StoredTweet] = []
     unstorable: list[tuple[str, str]] = []
     duplicates = 0
-    for tweet in batch.tweets:
+    for tweet, text, received_at in zip(
+        batch.tweets, batch.tweet_times, batch.received.tweets, strict=True
+    ):
         seq = seqs.next_seq
         try:
             async with conn.transaction():
                 if await _known_ids(cur, [_key(tweet.id)]):
                     duplicates += 1
                     continue
-                row, new, keys = _row(tweet, seq, batch.received, batch.received_at)
+                row, new, keys = _row(tweet, seq, text, received_at)
                 await cur.execute(INSERT_TWEET, row)
                 if keys:
                     await cur.execute(INSERT_TWEET_RULES, [keys, [seq] * len(keys)])
@@ -174,10 +192,10 @@ async def append_careful(cur: Cursor, seqs: Seqs, batch: Batch) -> AppendResult:
             continue
         seqs.next_seq = seq + 1
         stored.append(new)
-    for user in batch.users:
+    for user, text in zip(batch.users, batch.user_times, strict=True):
         try:
             async with conn.transaction():
-                user_row = _user_row(user, batch.received)
+                user_row = _user_row(user, text)
                 if user_row:
                     await cur.execute(UPSERT_USER, user_row)
         except DATA_ERRORS:

@@ -55,6 +55,7 @@ from relay.store.types import (
     AppendResult,
     BodyPage,
     Deleted,
+    Received,
     RestoreBatch,
     StoredBody,
     StoredTweet,
@@ -208,17 +209,18 @@ class SQLiteStore:
             raise
 
     async def append(
-        self, tweets: Sequence[Tweet], users: Sequence[dict[str, Any]], received_at: float
+        self,
+        tweets: Sequence[Tweet],
+        users: Sequence[dict[str, Any]],
+        received_at: float | Received,
     ) -> AppendResult:
         if self._writer is None:
             raise StoreError("store opened to read only")
-        received = time_from_unix(received_at)
+        received = Received.of(received_at, len(tweets), len(users))
         seq = self._writer.seq
         return await self._write(
-            lambda conn: append_rows(conn, seq, tweets, users, received, received_at=received_at),
-            lambda conn: append_rows(
-                conn, seq, tweets, users, received, careful=True, received_at=received_at
-            ),
+            lambda conn: append_rows(conn, seq, tweets, users, received),
+            lambda conn: append_rows(conn, seq, tweets, users, received, careful=True),
         )
 
     async def restore(self, batch: RestoreBatch) -> int:

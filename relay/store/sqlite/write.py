@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from relay.core.times import MAX_TIME_LENGTH, normalise_time, time_from_unix
+from relay.core.times import MAX_TIME_LENGTH, normalise_time, time_from_unix, times_from_unix
 from relay.core.tweets import (
     ALL_CHANNEL,
     RULE_PREFIX,
@@ -27,7 +27,7 @@ from relay.core.tweets import (
 )
 from relay.errors import StoreError
 from relay.store.sqlite.schema import TWEET_COLUMNS
-from relay.store.types import AppendResult, RestoreBatch, StoredTweet
+from relay.store.types import AppendResult, Received, RestoreBatch, StoredTweet
 
 log = logging.getLogger(__name__)
 
@@ -77,48 +77,44 @@ def append_rows(
     seq_counter: Seq,
     tweets: Sequence[Tweet],
     users: Sequence[dict[str, Any]],
-    received: str,
+    received: Received,
     *,
     careful: bool = False,
-    received_at: float = 0.0,
 ) -> AppendResult:
-    """Insert the tweets and upsert the users, in the writer's transaction.
+    """Insert the tweets and upsert the users, in the writer's transaction, each with
+    its own receive time.
 
     ``careful`` puts each tweet and user in a savepoint and leaves out the
     ones that fail on their data: the slow path, taken only after the fast
     one failed.
     """
+    tweet_times = times_from_unix(received.tweets)
+    user_times = times_from_unix(received.users)
     if not careful:
-        return _append_batch(conn, seq_counter, tweets, users, received, received_at)
+        return _append_batch(conn, seq_counter, tweets, users, received, tweet_times, user_times)
     stored: list[StoredTweet] = []
     unstorable: list[tuple[str, str]] = []
     duplicates = 0
-    for tweet in tweets:
-        if not careful:
-            new = insert_tweet(conn, seq_counter, tweet, received, received_at)
-        else:
-            seq = seq_counter.next
-            conn.execute("SAVEPOINT tweet")
-            try:
-                new = insert_tweet(conn, seq_counter, tweet, received, received_at)
-            except DATA_ERRORS as exc:
-                conn.execute("ROLLBACK TO tweet")
-                seq_counter.next = seq
-                unstorable.append((tweet.id, f"{type(exc).__name__}: {exc}"[:200]))
-                continue
-            finally:
-                conn.execute("RELEASE tweet")
+    for tweet, text, received_at in zip(tweets, tweet_times, received.tweets, strict=True):
+        seq = seq_counter.next
+        conn.execute("SAVEPOINT tweet")
+        try:
+            new = insert_tweet(conn, seq_counter, tweet, text, received_at)
+        except DATA_ERRORS as exc:
+            conn.execute("ROLLBACK TO tweet")
+            seq_counter.next = seq
+            unstorable.append((tweet.id, f"{type(exc).__name__}: {exc}"[:200]))
+            continue
+        finally:
+            conn.execute("RELEASE tweet")
         if new is None:
             duplicates += 1
         else:
             stored.append(new)
-    for user in users:
-        if not careful:
-            upsert_user(conn, user, received)
-            continue
+    for user, text in zip(users, user_times, strict=True):
         conn.execute("SAVEPOINT user")
         try:
-            upsert_user(conn, user, received)
+            upsert_user(conn, user, text)
         except DATA_ERRORS as exc:
             conn.execute("ROLLBACK TO user")
             log.debug("left out user %.40r: %s", user.get("id"), exc)
@@ -145,8 +141,9 @@ def _append_batch(
     seq_counter: Seq,
     tweets: Sequence[Tweet],
     users: Sequence[dict[str, Any]],
-    received: str,
-    received_at: float = 0.0,
+    received: Received,
+    tweet_times: Sequence[str],
+    user_times: Sequence[str],
 ) -> AppendResult:
     """The fast path: one statement per table for the whole batch.
 
@@ -166,14 +163,14 @@ def _append_batch(
     rows: list[tuple[Any, ...]] = []
     rule_rows: list[tuple[str, int]] = []
     stored: list[StoredTweet] = []
-    for tweet in tweets:
+    for tweet, text, received_at in zip(tweets, tweet_times, received.tweets, strict=True):
         if tweet.id in known:
             continue
         known.add(tweet.id)  # a repeat later in the same batch is a duplicate too
-        body = stored_body(tweet, seq=seq, received_at=received)
+        body = stored_body(tweet, seq=seq, received_at=text)
         keys = [rule.tag or rule.id for rule in tweet.rules]
         unique = dict.fromkeys(keys)
-        rows.append(tweet_row(seq, tweet, received, keys, body))
+        rows.append(tweet_row(seq, tweet, text, keys, body))
         rule_rows.extend((key, seq) for key in unique)
         # Tweet.channels, from the keys at hand.
         channels = (ALL_CHANNEL, *[RULE_PREFIX + key for key in unique])
@@ -186,10 +183,17 @@ def _append_batch(
     for key, first in rule_rows:
         firsts.setdefault(key, first)
     conn.executemany(INSERT_RULE, firsts.items())
-    # An author of many tweets of the batch comes once per tweet: the last one stands.
-    latest = {uid: user for user in users if isinstance(uid := user.get("id"), str)}
+    # An author of many tweets of the batch comes once per tweet: the last one stands,
+    # with its time, in the place of the first (where a batch of one line at a time
+    # would have inserted it).
+    latest = {
+        uid: (user, text)
+        for user, text in zip(users, user_times, strict=True)
+        if isinstance(uid := user.get("id"), str)
+    }
     conn.executemany(
-        UPSERT_USER, [row for user in latest.values() if (row := _user_row(user, received))]
+        UPSERT_USER,
+        [row for user, text in latest.values() if (row := _user_row(user, text))],
     )
     seq_counter.next = seq
     return AppendResult(stored=stored, duplicates=len(tweets) - len(stored))
