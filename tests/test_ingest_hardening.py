@@ -249,7 +249,9 @@ def test_a_received_at_out_of_range_in_a_replay_falls_back_to_the_clock(
     stored = relay.all_tweets()
     # 1e400 and NaN are not JSON: those two lines are malformed, the others stored.
     assert [t["id"] for t in stored] == ["1", "2", "3", "6", "7"]
-    assert {t["received_at"] for t in stored} == {time_from_unix(1_800_000_000.0)}
+    # Each keeps its own line's time: -1 is a time (1969), the others fall back to the clock.
+    clock = time_from_unix(1_800_000_000.0)
+    assert [t["received_at"] for t in stored] == [clock, time_from_unix(-1), clock, clock, clock]
 
 
 def test_the_replay_source_ignores_unusable_twarc_times() -> None:
