@@ -18,7 +18,9 @@ server process's own /proc counters. Parts (``--only NAME``):
 - ``archive``: the archive writer's tweets a second to a loopback S3 server (moto),
   beside the ingest rate of the same store;
 - ``restore``: ``relay restore`` from an archive folder into a fresh store (tweets/s),
-  beside a plain bulk insert of the same archived rows.
+  beside a plain bulk insert of the same archived rows;
+- ``million``: a test's ``RelayServer`` replaying a recording of a million lines at
+  ``speed="max"`` (wall time, peak memory), beside ``relay run --replay --speed max``.
 
 Run with ``python -m bench [--quick] [--only PART] [--idle 10000] [--subscribers 500]``.
 See docs/benchmarks.md.
@@ -45,6 +47,7 @@ from rich.table import Table
 
 from bench import archive as bench_archive
 from bench import ingest as bench_ingest
+from bench import million as bench_million
 from bench import parts, procs
 from bench import restore as bench_restore
 from bench import rewind as bench_rewind
@@ -52,7 +55,17 @@ from bench.loadgen import raise_open_files
 from bench.procs import Redis
 from bench.table import Row
 
-PARTS = ("fanout", "latency", "ingest", "catchup", "idle", "rewind", "archive", "restore")
+PARTS = (
+    "fanout",
+    "latency",
+    "ingest",
+    "catchup",
+    "idle",
+    "rewind",
+    "archive",
+    "restore",
+    "million",
+)
 console = Console(width=320)  # wide enough that no cell wraps: one row, one line
 
 
@@ -101,6 +114,7 @@ def main() -> int:
     parser.add_argument("--rewind", type=int, help="rewind store tweets (1000000)")
     parser.add_argument("--archive", type=int, help="archived tweets (50000)")
     parser.add_argument("--restore", type=int, help="restored archive tweets (100000)")
+    parser.add_argument("--million", type=int, help="RelayServer recording lines (1000000)")
     parser.add_argument("--no-node", action="store_true", help="skip the Node ws peer")
     parser.add_argument(
         "--database-url", default=os.environ.get("DATABASE_URL", ""), help="PostgreSQL store"
@@ -117,6 +131,7 @@ def main() -> int:
     rewound = args.rewind or (20_000 if quick else 1_000_000)
     archived = args.archive or (5000 if quick else 50_000)
     restored = args.restore or (5_000 if quick else 100_000)
+    million = args.million or (3_000 if quick else 1_000_000)
     chosen = args.only or list(PARTS)
     raise_open_files()
     if args.no_node:
@@ -140,6 +155,7 @@ def main() -> int:
             "rewind": lambda: bench_rewind.rewind(folder, rewound),
             "archive": lambda: bench_archive.archive(folder, archived),
             "restore": lambda: bench_restore.restore(folder, restored, args.database_url),
+            "million": lambda: bench_million.million(folder, million),
         }
         try:
             for name in chosen:

@@ -1,0 +1,123 @@
+"""The million part of ``make bench`` (``--only million``): a test's relay replaying a
+recording of ``--million`` lines (1,000,000) at ``speed="max"``, beside the relay as
+``relay run --replay FILE --speed max`` builds it, on the same file in the same run.
+
+Each runs in a process of its own (``python -m bench.million relay-server|relay-run
+STREAM DB``), so the peak resident memory reported is that run's alone: the relay's
+process, and apart its parser process. The time is from constructing the relay to every
+tweet stored and published (:meth:`RelayServer.wait_replayed`, the ``finished`` event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.table import Row
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_SECONDS = 30.0
+TARGET_MB = 500.0
+
+
+def million(folder: Path, count: int) -> list[Row]:
+    from relay.sources.synth import generate
+
+    part = folder / "million"
+    part.mkdir()
+    stream = part / "stream.jsonl"
+    with stream.open("wb") as out:  # line by line: a million lines are about 2 GB
+        for line in generate(count, 15):
+            out.write(line + b"\n")
+    size = stream.stat().st_size / 1e6
+    server = _measure("relay-server", stream, part / "server.db", count)
+    peer = _measure("relay-run", stream, part / "run.db", count)
+    return [
+        Row(
+            "million",
+            f"RelayServer(recording, speed='max'): {count:,} lines ({size:,.0f} MB) stored and "
+            "published, in-process as a test runs it",
+            _figure(server, count),
+            f"relay run --replay --speed max (in-process, same file): {_figure(peer, count)}",
+            "",
+            f"target < {TARGET_SECONDS:.0f} s and < {TARGET_MB:.0f} MB; "
+            f"server/run {server['seconds'] / peer['seconds']:.2f}x time",
+        )
+    ]
+
+
+def _figure(run: dict[str, float], count: int) -> str:
+    return (
+        f"{run['seconds']:.1f} s ({count / run['seconds']:,.0f} tweets/s), peak RSS "
+        f"{run['rss_mb']:.0f} MB (parser process {run['parser_rss_mb']:.0f} MB)"
+    )
+
+
+def _measure(kind: str, stream: Path, db: Path, count: int) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.million", kind, str(stream), str(db)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=1800,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} failed: {proc.stderr.strip()[-300:]}")
+    result: dict[str, float] = json.loads(proc.stdout.splitlines()[-1])
+    if result["stored"] != count:
+        raise RuntimeError(f"{kind} stored {result['stored']:,.0f} of {count:,}")
+    return result
+
+
+def _relay_server(stream: Path, db: Path) -> int:
+    from relay.testing import RelayServer
+
+    with RelayServer(stream, speed="max", store=db) as server:
+        summary = server.wait_replayed(timeout=1800)
+        if server.head != summary.stored:
+            raise RuntimeError(f"published {server.head} of {summary.stored}")
+    return summary.stored
+
+
+def _relay_run(stream: Path, db: Path) -> int:
+    from relay.app.launch import tune_gc
+    from relay.app.relay import Relay
+    from relay.config import Settings
+
+    async def run() -> int:
+        tune_gc()  # as `relay run` does at start
+        settings = {"port": 0, "replay": str(stream), "speed": "max", "loop": False}
+        relay = Relay(Settings.from_mapping({**settings, "db": str(db)}))
+        await relay.start()
+        assert relay.ingest is not None and relay.hub is not None
+        await relay.ingest.finished.wait()
+        head = relay.hub.head
+        await relay.stop()
+        return head
+
+    return asyncio.run(run())
+
+
+def main(kind: str, stream: str, db: str) -> None:
+    started = time.perf_counter()
+    run = _relay_server if kind == "relay-server" else _relay_run
+    stored = run(Path(stream), Path(db))
+    seconds = time.perf_counter() - started
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(
+        json.dumps({"seconds": seconds, "stored": stored, "rss_mb": own, "parser_rss_mb": children})
+    )
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
