@@ -97,6 +97,12 @@ def main() -> int:
         "--window", type=float, default=WINDOW_MS, help=f"latency: coalesce_ms ({WINDOW_MS:g})"
     )
     parser.add_argument("--rate", type=float, default=250.0, help="latency tweets/s (250)")
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=5,
+        help="latency: lines recorded at one time (5)",
+    )
     parser.add_argument("--tweets", type=int, help="latency run tweets (2500)")
     parser.add_argument("--ingest", type=int, help="ingest tweets (30000)")
     parser.add_argument("--catchup", type=int, help="catch-up stored tweets (100000)")
@@ -137,7 +143,7 @@ def main() -> int:
         runs: dict[str, Callable[[], list[Row]]] = {
             "fanout": lambda: parts.fan_out(folder, redis.url, subscribers, burst),
             "latency": lambda: parts.latency(
-                folder, redis.url, lat_subs, lat_tweets, args.rate, args.window
+                folder, redis.url, lat_subs, lat_tweets, args.rate, args.window, max(1, args.chunk)
             ),
             "ingest": lambda: bench_ingest.ingest(folder, ingest, args.database_url),
             "catchup": lambda: parts.catch_up(folder, catchup),

@@ -285,17 +285,17 @@ def _latencies(b: Burst) -> list[float]:
 
 
 LINES_PER_CHUNK = 5
-"""Lines recorded at one time: the replay's sleep overshoots a little each time, and one
-sleep per 4 ms line would fall well short of 250 a second on a busy machine."""
+"""Lines recorded at one time by default: the replay's sleep overshoots a little each
+time, and one sleep per 4 ms line may fall short of 250 a second on a busy machine."""
 
 
-def _stream_at(path: Path, count: int, rate: float, seed: int) -> None:
-    """``count`` synthetic lines recorded at ``rate`` a second, in chunks of 5."""
+def _stream_at(path: Path, count: int, rate: float, seed: int, chunk: int) -> None:
+    """``count`` synthetic lines recorded at ``rate`` a second, ``chunk`` at one time."""
     lines = []
     for n, line in enumerate(generate(count, seed)):
         payload = orjson.loads(line)
-        chunk = n // LINES_PER_CHUNK
-        payload["__relay"] = {"received_at": 1_700_000_000 + chunk * LINES_PER_CHUNK / rate}
+        at = (n // chunk) * chunk / rate
+        payload["__relay"] = {"received_at": 1_700_000_000 + at}
         lines.append(orjson.dumps(payload) + b"\n")
     path.write_bytes(b"".join(lines))
 
@@ -306,6 +306,8 @@ class LiveRun:
 
     burst: Burst
     frames_per_write: float
+    mean_delivery: float
+    """The relay's own delivery latency (line received -> sockets), mean seconds."""
 
 
 def _live_run(
@@ -343,38 +345,53 @@ def _live_run(
             timeout=count / rate + 15,
             node_clients=node_clients,
         )
-        writes, frames = (a - b for a, b in zip(_writes(serve.port), before, strict=True))
+        after = _writes(serve.port)
+        writes, frames, waited, observed = (a - b for a, b in zip(after, before, strict=True))
         captured = part / "frames.jsonl"
         capture_frames(serve.port, count, captured)
     finally:
         if ingest is not None:
             end(ingest)
         serve.stop()
-    return LiveRun(relay, frames / max(writes, 1)), captured
+    return LiveRun(relay, frames / max(writes, 1), waited / max(observed, 1)), captured
 
 
-def _writes(port: int) -> tuple[float, float]:
-    """The relay's socket writes to clients and frames sent, from its /metrics."""
+def _writes(port: int) -> tuple[float, float, float, float]:
+    """The relay's socket writes to clients, frames sent, and its delivery latency
+    histogram's sum and count, from its /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         text = reply.read().decode()
-    writes = frames = 0.0
+    values = [0.0, 0.0, 0.0, 0.0]
     for line in text.splitlines():
-        if line.startswith("relay_stream_writes_total "):
-            writes += float(line.split()[-1])
-        elif line.startswith("relay_frames_sent_total{"):
-            frames += float(line.split()[-1])
-    return writes, frames
+        for n, prefix in enumerate(
+            (
+                "relay_stream_writes_total ",
+                "relay_frames_sent_total{",
+                "relay_delivery_latency_seconds_sum ",
+                "relay_delivery_latency_seconds_count ",
+            )
+        ):
+            if line.startswith(prefix):
+                values[n] += float(line.split()[-1])
+    writes, frames, waited, observed = values
+    return writes, frames, waited, observed
 
 
 def latency(
-    folder: Path, redis_url: str, clients: int, count: int, rate: float, window_ms: float
+    folder: Path,
+    redis_url: str,
+    clients: int,
+    count: int,
+    rate: float,
+    window_ms: float,
+    chunk: int = LINES_PER_CHUNK,
 ) -> list[Row]:
     """2 part: ``count`` tweets at ``rate`` a second to ``clients``, one stuck client, on a
     relay without the coalescing window and one with ``window_ms``, then both peers."""
     part = folder / "latency"
     part.mkdir()
     stream = part / "paced.jsonl"
-    _stream_at(stream, count, rate, seed=12)
+    _stream_at(stream, count, rate, seed=12, chunk=chunk)
     ready = node_ready()
     node_clients = part if not ready else None
     runs: dict[float, LiveRun] = {}
@@ -437,7 +454,8 @@ def latency(
 
     who = "Node ws clients" if node_clients else f"Python clients (no Node clients: {ready})"
     cond = (
-        f"{rate:.0f} tweets/s to {clients:,} subscribers + 1 stuck client, {count:,} tweets, "
+        f"{rate:.0f} tweets/s ({chunk} a line time) to {clients:,} subscribers + 1 stuck "
+        f"client, {count:,} tweets, "
         f"{who} in 2 processes"
     )
     rows = []
@@ -457,7 +475,8 @@ def latency(
                 "latency",
                 f"server CPU a delivered frame during the paced run, {name}; frames a "
                 "write; generator: busiest client process's CPU",
-                f"{cpu(b)}; {run.frames_per_write:.1f} frames a write; generator "
+                f"{cpu(b)}; {run.frames_per_write:.1f} frames a write; relay's own "
+                f"delivery latency mean {1000 * run.mean_delivery:.1f} ms; generator "
                 f"{100 * b.gen_load:.0f}%",
                 _cell(py, lambda p: f"{cpu(p)}; generator {100 * p.gen_load:.0f}%"),
                 _cell(node, lambda p: f"{cpu(p)}; generator {100 * p.gen_load:.0f}%"),
