@@ -55,6 +55,8 @@ from bench.loadgen import raise_open_files
 from bench.procs import Redis
 from bench.table import Row
 
+WINDOW_MS = 10.0
+"""The coalescing window the latency part sets beside none (the relay's default)."""
 PARTS = (
     "fanout",
     "latency",
@@ -103,10 +105,17 @@ def main() -> int:
     parser.add_argument("--only", choices=PARTS, action="append", help="run this part (repeatable)")
     parser.add_argument("--subscribers", type=int, help="fan-out subscribers (1000)")
     parser.add_argument("--burst", type=int, help="fan-out burst tweets (1000)")
+    parser.add_argument("--latency-subscribers", type=int, help="latency subscribers (500)")
     parser.add_argument(
-        "--latency-subscribers", type=int, help="latency subscribers (100; the issue names 500)"
+        "--window", type=float, default=WINDOW_MS, help=f"latency: coalesce_ms ({WINDOW_MS:g})"
     )
     parser.add_argument("--rate", type=float, default=250.0, help="latency tweets/s (250)")
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=5,
+        help="latency: lines recorded at one time (5)",
+    )
     parser.add_argument("--tweets", type=int, help="latency run tweets (2500)")
     parser.add_argument("--ingest", type=int, help="ingest tweets (30000)")
     parser.add_argument("--catchup", type=int, help="catch-up stored tweets (100000)")
@@ -123,7 +132,7 @@ def main() -> int:
     quick = args.quick
     subscribers = args.subscribers or (50 if quick else 1000)
     burst = args.burst or (100 if quick else 1000)
-    lat_subs = args.latency_subscribers or (20 if quick else 100)
+    lat_subs = args.latency_subscribers or (20 if quick else 500)
     lat_tweets = args.tweets or (100 if quick else 2500)
     ingest = args.ingest or (1000 if quick else 30_000)
     catchup = args.catchup or (2000 if quick else 100_000)
@@ -148,7 +157,9 @@ def main() -> int:
         )
         runs: dict[str, Callable[[], list[Row]]] = {
             "fanout": lambda: parts.fan_out(folder, redis.url, subscribers, burst),
-            "latency": lambda: parts.latency(folder, redis.url, lat_subs, lat_tweets, args.rate),
+            "latency": lambda: parts.latency(
+                folder, redis.url, lat_subs, lat_tweets, args.rate, args.window, max(1, args.chunk)
+            ),
             "ingest": lambda: bench_ingest.ingest(folder, ingest, args.database_url),
             "catchup": lambda: parts.catch_up(folder, catchup),
             "idle": lambda: parts.idle(folder, idle),

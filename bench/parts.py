@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import urllib.request
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,10 +22,12 @@ from websockets.sync.client import connect
 from bench.ingest import fill
 from bench.procs import (
     Generator,
+    NodeClients,
     Server,
     end,
     info,
     node_peer,
+    node_ready,
     python_peer,
     relay_ingest,
     relay_serve,
@@ -68,13 +71,20 @@ def burst(
     *,
     subscribe: bytes = SUBSCRIBE,
     timeout: float = 60.0,
+    node_clients: Path | None = None,
     **spec: Any,
 ) -> Burst:
     """Connect ``clients`` to ``server``, run ``trigger``, wait for ``expect`` frames each.
 
     Without a trigger the frames start with the subscription (a catch-up): the server's
-    CPU is counted from before the clients connect."""
-    gen = Generator(processes=min(2, clients))
+    CPU is counted from before the clients connect. ``node_clients``: Node ``ws`` clients
+    (their files in that folder) instead of the Python generator's."""
+    processes = min(2, clients)
+    gen: Generator | NodeClients = (
+        Generator(processes=processes)
+        if node_clients is None
+        else NodeClients(node_clients, processes)
+    )
     try:
         if trigger is None:
             cpu, gen_cpu = server.cpu(), 0.0
@@ -275,28 +285,46 @@ def _latencies(b: Burst) -> list[float]:
 
 
 LINES_PER_CHUNK = 5
-"""Lines recorded at one time: the replay's sleep overshoots a little each time, and one
-sleep per 4 ms line would fall well short of 250 a second on a busy machine."""
+"""Lines recorded at one time by default: the replay's sleep overshoots a little each
+time, and one sleep per 4 ms line may fall short of 250 a second on a busy machine."""
 
 
-def _stream_at(path: Path, count: int, rate: float, seed: int) -> None:
-    """``count`` synthetic lines recorded at ``rate`` a second, in chunks of 5."""
+def _stream_at(path: Path, count: int, rate: float, seed: int, chunk: int) -> None:
+    """``count`` synthetic lines recorded at ``rate`` a second, ``chunk`` at one time."""
     lines = []
     for n, line in enumerate(generate(count, seed)):
         payload = orjson.loads(line)
-        chunk = n // LINES_PER_CHUNK
-        payload["__relay"] = {"received_at": 1_700_000_000 + chunk * LINES_PER_CHUNK / rate}
+        at = (n // chunk) * chunk / rate
+        payload["__relay"] = {"received_at": 1_700_000_000 + at}
         lines.append(orjson.dumps(payload) + b"\n")
     path.write_bytes(b"".join(lines))
 
 
-def latency(folder: Path, redis_url: str, clients: int, count: int, rate: float) -> list[Row]:
-    """2 part: ``count`` tweets at ``rate`` a second to ``clients``, one stuck client."""
-    part = folder / "latency"
+@dataclass
+class LiveRun:
+    """One relay's paced run: what the clients saw and what its writes carried."""
+
+    burst: Burst
+    frames_per_write: float
+    mean_delivery: float
+    """The relay's own delivery latency (line received -> sockets), mean seconds."""
+
+
+def _live_run(
+    part: Path,
+    redis_url: str,
+    stream: Path,
+    clients: int,
+    count: int,
+    rate: float,
+    window_ms: float,
+    node_clients: Path | None,
+) -> tuple[LiveRun, Path]:
+    """A fresh relay (window ``window_ms``) fed at ``rate`` by ``relay ingest --loop``;
+    the run and its frames, captured to ``part/frames.jsonl``."""
     part.mkdir()
-    stream, db = part / "paced.jsonl", part / "latency.db"
-    _stream_at(stream, count, rate, seed=12)
-    serve = relay_serve(part, db, redis_url)
+    db = part / "latency.db"
+    serve = relay_serve(part, db, redis_url, RELAY_COALESCE_MS=str(window_ms))
     ingest = None
     try:
 
@@ -306,32 +334,103 @@ def latency(folder: Path, redis_url: str, clients: int, count: int, rate: float)
             # fresh ids); the run ends once every client has its ``count`` frames.
             ingest = relay_ingest(part, db, stream, redis_url, speed="1", loop=True)
 
+        before = _writes(serve.port)
         relay = burst(
-            serve, clients, count, trigger, latency=True, stuck=1, timeout=count / rate + 15
+            serve,
+            clients,
+            count,
+            trigger,
+            latency=True,
+            stuck=1,
+            timeout=count / rate + 15,
+            node_clients=node_clients,
         )
-        frames = part / "frames.jsonl"
-        captured = capture_frames(serve.port, count, frames)
+        after = _writes(serve.port)
+        writes, frames, waited, observed = (a - b for a, b in zip(after, before, strict=True))
+        captured = part / "frames.jsonl"
+        capture_frames(serve.port, count, captured)
     finally:
         if ingest is not None:
             end(ingest)
         serve.stop()
-    peer: Burst | str
-    try:
-        server = python_peer(part, frames, "latency")
-        try:
-            peer = burst(
-                server,
-                clients,
-                captured,
-                lambda: server.command(f"rate {rate}"),
-                latency=True,
-                stuck=1,
-                timeout=count / rate + 15,
+    return LiveRun(relay, frames / max(writes, 1), waited / max(observed, 1)), captured
+
+
+def _writes(port: int) -> tuple[float, float, float, float]:
+    """The relay's socket writes to clients, frames sent, and its delivery latency
+    histogram's sum and count, from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    values = [0.0, 0.0, 0.0, 0.0]
+    for line in text.splitlines():
+        for n, prefix in enumerate(
+            (
+                "relay_stream_writes_total ",
+                "relay_frames_sent_total{",
+                "relay_delivery_latency_seconds_sum ",
+                "relay_delivery_latency_seconds_count ",
             )
+        ):
+            if line.startswith(prefix):
+                values[n] += float(line.split()[-1])
+    writes, frames, waited, observed = values
+    return writes, frames, waited, observed
+
+
+def latency(
+    folder: Path,
+    redis_url: str,
+    clients: int,
+    count: int,
+    rate: float,
+    window_ms: float,
+    chunk: int = LINES_PER_CHUNK,
+) -> list[Row]:
+    """2 part: ``count`` tweets at ``rate`` a second to ``clients``, one stuck client, on a
+    relay without the coalescing window and one with ``window_ms``, then both peers."""
+    part = folder / "latency"
+    part.mkdir()
+    stream = part / "paced.jsonl"
+    _stream_at(stream, count, rate, seed=12, chunk=chunk)
+    ready = node_ready()
+    node_clients = part if not ready else None
+    runs: dict[float, LiveRun] = {}
+    frames = Path()
+    for window in (0.0, window_ms):
+        folder_of_run = part / f"window-{window:g}"
+        run, frames = _live_run(
+            folder_of_run, redis_url, stream, clients, count, rate, window, node_clients
+        )
+        runs[window] = run
+    captured = sum(1 for _ in frames.open("rb"))
+    peers: list[Burst | str] = []
+    for start in (python_peer, node_peer):
+        try:
+            server = start(part, frames, "latency")
+        except RuntimeError as exc:
+            peers.append(f"failed: {exc}"[:80])
+            continue
+        if isinstance(server, str):
+            peers.append(server)
+            continue
+        try:
+            peers.append(
+                burst(
+                    server,
+                    clients,
+                    captured,
+                    lambda s=server: s.command(f"rate {rate}"),
+                    latency=True,
+                    stuck=1,
+                    timeout=count / rate + 15,
+                    node_clients=node_clients,
+                )
+            )
+        except RuntimeError as exc:
+            peers.append(f"failed: {exc}"[:80])
         finally:
             server.stop()
-    except RuntimeError as exc:
-        peer = f"failed: {exc}"[:80]
+    py, node = peers
 
     def lat(b: Burst) -> str:
         values = _latencies(b)
@@ -343,33 +442,48 @@ def latency(folder: Path, redis_url: str, clients: int, count: int, rate: float)
         )
 
     def cpu(b: Burst) -> str:
-        return f"{100 * b.cpu / b.wall:.0f}% of a core, {b.us_per_frame:.1f} µs/frame"
-
-    def achieved(b: Burst) -> str:
         return (
-            f"{b.frames / max(clients, 1) / b.wall:.0f} tweets/s at the clients; load "
-            f"generator {100 * b.gen_load:.0f}% of a core"
+            f"{b.us_per_frame:.1f} µs/frame, {100 * b.cpu / b.wall:.0f}% of a core, "
+            f"{b.frames / b.wall / 1000:.0f}k frames/s"
         )
 
-    cond = f"{rate:.0f} tweets/s to {clients:,} subscribers + 1 stuck client, {count:,} tweets"
-    return [
-        Row(
-            "latency",
-            f"line received -> frame at client; {cond}",
-            lat(relay),
-            _cell(peer, lat),
-            "",
-            "target: every frame, p99 <= 50 ms",
-        ),
-        Row(
-            "latency",
-            "server CPU during the paced run; rate achieved at the clients (below the "
-            "paced rate at the peer: the generator is the bound)",
-            f"{cpu(relay)}; {achieved(relay)}",
-            _cell(peer, lambda b: f"{cpu(b)}; {achieved(b)}"),
-            "",
-        ),
-    ]
+    def versus(b: Burst) -> str:
+        if isinstance(node, str):
+            return "Node ws peer: " + node
+        return f"{b.us_per_frame / node.us_per_frame:.2f}x Node ws"
+
+    who = "Node ws clients" if node_clients else f"Python clients (no Node clients: {ready})"
+    cond = (
+        f"{rate:.0f} tweets/s ({chunk} a line time) to {clients:,} subscribers + 1 stuck "
+        f"client, {count:,} tweets, "
+        f"{who} in 2 processes"
+    )
+    rows = []
+    for window, run in runs.items():
+        name = f"window {window:g} ms" if window else "no window (coalesce_ms 0)"
+        b = run.burst
+        rows += [
+            Row(
+                "latency",
+                f"line received -> frame at client, {name}; {cond}",
+                lat(b),
+                _cell(py, lat),
+                _cell(node, lat),
+                "target: every frame, p99 <= 25 ms",
+            ),
+            Row(
+                "latency",
+                f"server CPU a delivered frame during the paced run, {name}; frames a "
+                "write; generator: busiest client process's CPU",
+                f"{cpu(b)}; {run.frames_per_write:.1f} frames a write; relay's own "
+                f"delivery latency mean {1000 * run.mean_delivery:.1f} ms; generator "
+                f"{100 * b.gen_load:.0f}%",
+                _cell(py, lambda p: f"{cpu(p)}; generator {100 * p.gen_load:.0f}%"),
+                _cell(node, lambda p: f"{cpu(p)}; generator {100 * p.gen_load:.0f}%"),
+                f"target <= 0.5x Node ws: {versus(b)}",
+            ),
+        ]
+    return rows
 
 
 def catch_up(folder: Path, count: int) -> list[Row]:

@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -202,6 +203,19 @@ NODE_ENABLED = [True]
 
 def node_peer(folder: Path, frames: Path, mode: str) -> Server | str:
     """Node's ``ws`` peer, or why it cannot run (no node, no npm, no ws)."""
+    why = node_ready()
+    if why:
+        return why
+    script = Path(__file__).with_name("peer_ws.js")
+    env = clean_env(NODE_PATH=str(NODE_CACHE / "node_modules"))
+    node = shutil.which("node") or "node"
+    return Server(
+        [node, str(script), str(frames), mode], folder / f"node-{mode}.log", env, r"port (\d+)"
+    )
+
+
+def node_ready() -> str:
+    """Why Node ``ws`` cannot run here ("" when it can; the first call installs ws)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if not NODE_ENABLED[0]:
         return "skipped: --no-node"
@@ -221,11 +235,7 @@ def node_peer(folder: Path, frames: Path, mode: str) -> Server | str:
         if done.returncode or not (NODE_CACHE / "node_modules" / "ws").is_dir():
             NODE_ENABLED[0] = False  # once is enough in a run
             return f"skipped: npm install ws failed: {done.stderr.decode()[-120:]}"
-    script = Path(__file__).with_name("peer_ws.js")
-    env = clean_env(NODE_PATH=str(NODE_CACHE / "node_modules"))
-    return Server(
-        [node, str(script), str(frames), mode], folder / f"node-{mode}.log", env, r"port (\d+)"
-    )
+    return ""
 
 
 class Redis:
@@ -329,3 +339,98 @@ class Generator:
                 worker.kill()
                 worker.join(5)
         self.pipes, self.workers = [], []
+
+
+class NodeClients:
+    """The load generator's interface over Node ``ws`` clients (bench/clients_ws.js) in
+    ``processes`` processes: WebSocket only, counting from the subscription on."""
+
+    def __init__(self, folder: Path, processes: int = 2) -> None:
+        self.folder = folder
+        self.processes = processes
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.files: list[Path] = []
+        self.cpu_seen: list[float] = []
+        """Each process's CPU seconds when last read (they exit once they report)."""
+
+    def connect(self, port: int, clients: int, subscribe: bytes, expect: int, **spec: Any) -> int:
+        node = shutil.which("node")
+        if not node or not (NODE_CACHE / "node_modules" / "ws").is_dir():
+            raise RuntimeError("Node clients need node and ws (the Node peer installs it)")
+        timeout = spec.get("timeout", 30.0)
+        stuck = spec.get("stuck", 0)
+        script = Path(__file__).with_name("clients_ws.js")
+        env = clean_env(NODE_PATH=str(NODE_CACHE / "node_modules"))
+        for n in range(self.processes):
+            count = clients // self.processes + (n < clients % self.processes)
+            latencies = self.folder / f"node-clients-{os.getpid()}-{len(self.files)}.f64"
+            worker = {
+                "port": port,
+                "path": spec.get("path", "/v1/stream"),
+                "clients": count,
+                "stuck": stuck if n == 0 else 0,
+                "subscribe": subscribe.decode(),
+                "expect": expect,
+                "timeout": timeout,
+                "latencies": str(latencies),
+            }
+            self.files.append(latencies)
+            self.cpu_seen.append(0.0)
+            self.procs.append(
+                subprocess.Popen(
+                    [node, str(script), json.dumps(worker)],
+                    cwd=ROOT,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    bufsize=0,  # unbuffered: a line read never holds the next one back
+                )
+            )
+        ready = 0
+        for proc in self.procs:
+            line = _line(proc, timeout * 5)
+            if not line.startswith("ready "):
+                raise RuntimeError(f"Node clients did not connect: {line!r}")
+            ready += int(line.split()[1])
+        return ready
+
+    def cpu(self) -> float:
+        for n, proc in enumerate(self.procs):
+            if proc.poll() is None:
+                self.cpu_seen[n] = cpu_of(proc.pid)
+        return sum(self.cpu_seen)
+
+    def send(self, command: str) -> None:
+        """The clients count from their subscription on: nothing to say."""
+
+    def results(self, timeout: float) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for proc, path in zip(self.procs, self.files, strict=True):
+            line = _line(proc, timeout)
+            if not line:
+                out.append({"error": "timeout"})
+                continue
+            result: dict[str, Any] = json.loads(line)
+            result["latencies"] = path.read_bytes() if path.exists() else b""
+            out.append(result)
+        return out
+
+    def close(self) -> None:
+        for proc in self.procs:
+            end(proc, 5)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        for path in self.files:
+            path.unlink(missing_ok=True)
+        self.procs, self.files = [], []
+
+
+def _line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """The next line of ``proc``'s output within ``timeout`` ("" at its end or past it)."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            return ""
+    return proc.stdout.readline().decode().strip()

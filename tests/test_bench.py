@@ -37,7 +37,7 @@ def test_the_quick_bench_prints_every_row_with_every_frame_delivered(tmp_path):
         "delivered frames per second",
         "load generator: busiest",
         "line received -> frame at client",
-        "server CPU during the paced run",
+        "server CPU a delivered frame during the paced run",
         "fresh SQLite store",
         "PostgreSQL store",
         "resumes from seq 0",

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 import orjson
+import pytest
 from websockets.client import ClientProtocol
 from websockets.frames import Close
 from websockets.protocol import State
@@ -45,10 +46,12 @@ def _pump(
     return thread
 
 
+@pytest.mark.parametrize("coalesce_ms", [0.0, 5.0])
 def test_resume_after_a_disconnect_while_ingest_continues_has_no_gap_and_no_duplicate(
-    pushed: RelayServer,
+    start_relay: Callable[..., RelayServer], coalesce_ms: float
 ) -> None:
-    relay = pushed
+    # With the window too: held live frames and pending ones hand over without a gap.
+    relay = start_relay(send_buffer=256 * 1024, coalesce_ms=coalesce_ms)
     ws, hello = subscribe(relay.ws_url, "tweets")
     epoch = hello["epoch"]
     stop = threading.Event()
@@ -148,10 +151,11 @@ class StuckClient:
         return self.protocol.close_rcvd
 
 
+@pytest.mark.parametrize("coalesce_ms", [0.0, 5.0])
 def test_a_client_that_never_reads_is_closed_with_4008_and_others_keep_receiving(
-    start_relay: Callable[..., RelayServer],
+    start_relay: Callable[..., RelayServer], coalesce_ms: float
 ) -> None:
-    relay = start_relay(send_buffer=64 * 1024)
+    relay = start_relay(send_buffer=64 * 1024, coalesce_ms=coalesce_ms)
     stuck = StuckClient(relay.ws_url)
     reader, _ = subscribe(relay.ws_url, "tweets")
     hub = relay.relay.hub

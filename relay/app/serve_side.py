@@ -77,6 +77,7 @@ class ServeSide:
             head=await store.head(),
             catch_ups_at_once=settings.catch_ups_at_once,
             recovered_cap=settings.recovered_cap,
+            coalesce=settings.coalesce_ms / 1000,
         )
         # Which channels exist: known before the first client, read again now and then
         # (and whenever a client names a channel missing from this copy).

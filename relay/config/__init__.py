@@ -66,6 +66,10 @@ class Settings:
     """
     recovered_cap: int = 1000
     """Most stored tweets counted for ``recovered`` in ``subscribed``; past it the count stops."""
+    coalesce_ms: float = 0.0
+    """Milliseconds live publishes wait to go out together, one write per client (0: at the
+    loop's next step). At a live rate (a tweet or a few a publish) the write per client is
+    most of the cost; the wait shows in the delivery latency."""
     # access control
     secret: str = field(default="", repr=False)
     """HS256 key for tokens (RELAY_SECRET); without it only public channels are served."""
@@ -264,6 +268,8 @@ class Settings:
             raise ConfigError("query_timeout must be positive")
         if self.open_timeout <= 0:
             raise ConfigError("open_timeout must be positive")
+        if not 0 <= self.coalesce_ms <= 1000:  # NaN fails too
+            raise ConfigError("coalesce_ms must be 0 (off) to 1000 milliseconds")
         if not 0 <= self.sse_keepalive <= 3600:  # NaN fails too
             raise ConfigError("sse_keepalive must be 0 (none) to 3600 seconds")
         if not 1 <= self.max_sort_terms <= 3:

@@ -60,7 +60,8 @@ class Metrics:
         )
         self.stream_writes = Counter(
             "relay_stream_writes",
-            "Socket writes to clients (each carries every frame one publish had for one client)",
+            "Socket writes to clients (each carries every frame the publishes of one step, or "
+            "of one coalescing window, had for one client)",
             registry=r,
         )
         self.bad_frames = Counter(

@@ -5,11 +5,13 @@ once per channel, however many sessions listen; each transport kind with a liste
 frames a channel's payloads once (:mod:`relay.stream.payloads`). It groups a whole
 batch per session and hands each session its part in one call: a batch, not a frame,
 is the unit of the slow-consumer rule (see :mod:`relay.stream.session`) and of the
-counters. The frames are then written at the loop's next step, one write per session
-for everything published in a step (pieces of a quarter of the send buffer when it is
-large), round-robin over the sessions, in turns of ``FLUSH_BYTES_PER_TURN`` with the
-loop free between turns: no task and no coroutine per client or per frame. A failure
-for one session closes that session only; the others and the publisher go on.
+counters. The frames are then written at the loop's next step, or once the coalescing
+window (``coalesce``, a few milliseconds) since the first unwritten publish has passed,
+one write per session for everything published meanwhile (pieces of a quarter of the
+send buffer when it is large), round-robin over the sessions, in turns of
+``FLUSH_BYTES_PER_TURN`` with the loop free between turns: no task and no coroutine
+per client or per frame. A failure for one session closes that session only; the
+others and the publisher go on.
 
 Resume works without locks: a subscription registers and snapshots the last
 published seq in the same tick, so every tweet up to that seq is already in the
@@ -72,8 +74,12 @@ class Hub:
         head: int = 0,
         catch_ups_at_once: int = 2,
         recovered_cap: int = 1000,
+        coalesce: float = 0.0,
     ) -> None:
         self.store = store
+        self.coalesce = coalesce
+        """Seconds publishes wait to go out together, one write per client (0: the next
+        step); the wait is part of the delivery latency observed."""
         self.metrics = metrics
         self.head = head
         """The last seq published; every tweet up to it is in the store."""
@@ -195,9 +201,14 @@ class Hub:
             if received and (not self._oldest_unwritten or received < self._oldest_unwritten):
                 self._oldest_unwritten = received
         if self._dirty and self._flush_handle is None:
-            # At the loop's next step, not now: publishes of the same step (a follower's
-            # runs, a standby's catching up) go out together, one write per client.
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            # Not now: publishes of the same step (a follower's runs, a standby's catching
+            # up), or of the window, go out together, one write per client. At a live rate
+            # a tweet or a few come per publish, and a write per client is the cost.
+            loop = asyncio.get_running_loop()
+            if self.coalesce > 0:
+                self._flush_handle = loop.call_later(self.coalesce, self._flush)
+            else:
+                self._flush_handle = loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Write pending frames, a piece per session in turn, up to a turn's worth of bytes;
