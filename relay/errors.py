@@ -130,6 +130,8 @@ class ClientError(RelayError):
 
     retry_after: int | None = None
     """Seconds after which the client may ask again (HTTP ``Retry-After``)."""
+    about: str | None = None
+    """The stream channel the refusal is about, when it is about one (its body names it)."""
 
     def __init__(
         self, message: str, *, reason: str | None = None, retry_after: int | None = None
@@ -142,8 +144,12 @@ class ClientError(RelayError):
             self.retry_after = retry_after
 
     def as_body(self) -> dict[str, Any]:
-        """The Enginio-shaped error body: ``{"errors": [{"message", "reason"}]}``."""
-        return {"errors": [{"message": self.message, "reason": self.reason}]}
+        """The Enginio-shaped error body: ``{"errors": [{"message", "reason"}]}``, and the
+        ``channel`` it is about when it is about one."""
+        error: dict[str, Any] = {"message": self.message, "reason": self.reason}
+        if self.about is not None:
+            error["channel"] = self.about
+        return {"errors": [error]}
 
 
 class BadRequest(ClientError):

@@ -134,7 +134,11 @@ class EventStreams:
                 raise Unauthorized("this relay needs a token (Authorization: Bearer or ?token=)")
             asked = parse_stream_query(params, headers.get("last-event-id"), self.clock())
             for channel in asked.channels:
-                self.policy.check_read(grant, channel)
+                try:
+                    self.policy.check_read(grant, channel)
+                except ClientError as exc:
+                    exc.about = channel  # a client following several tells which one
+                    raise
             limit = self.policy.limit(grant, "max_subscriptions")
             if len(asked.channels) + asked.stats > limit:
                 raise BadRequest(f"too many channels: at most {limit} on one stream")
@@ -202,7 +206,9 @@ class EventStreams:
         for channel in channels:
             if known.closed and not known.knows(channel):
                 self.metrics.bad_frames.labels("unknown_channel").inc()
-                raise NotFound(known.unknown_message(channel), reason="unknownChannel")
+                refusal = NotFound(known.unknown_message(channel), reason="unknownChannel")
+                refusal.about = channel
+                raise refusal
 
     def _refuse(
         self,
