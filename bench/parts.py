@@ -38,6 +38,11 @@ from relay.sources.synth import generate, write_stream
 SUBSCRIBE = b'{"op":"subscribe","channel":"tweets"}'
 
 
+def times(figure: float, peer: float) -> str:
+    """``figure`` as a multiple of ``peer``; a short run may count no CPU tick (10 ms) at all."""
+    return f"{figure / peer:.2f}x" if peer > 0 else "n/a (no CPU tick counted)"
+
+
 @dataclass
 class Burst:
     """What one server did while the generator received a burst."""
@@ -230,7 +235,7 @@ def fan_out(folder: Path, redis_url: str, clients: int, count: int) -> list[Row]
 
     peers = [p for p in (py, node) if isinstance(p, Burst)]
     ratio = (
-        f"relay/best peer {relay.us_per_frame / min(p.us_per_frame for p in peers):.2f}x"
+        f"relay/best peer {times(relay.us_per_frame, min(p.us_per_frame for p in peers))}"
         if peers
         else ""
     )
@@ -250,7 +255,7 @@ def fan_out(folder: Path, redis_url: str, clients: int, count: int) -> list[Row]
             us(sse),
             "",
             "",
-            f"target <= 1.3x WebSocket: {sse.us_per_frame / relay.us_per_frame:.2f}x",
+            f"target <= 1.3x WebSocket: {times(sse.us_per_frame, relay.us_per_frame)}",
         ),
         Row(
             "fan-out",
@@ -450,7 +455,7 @@ def latency(
     def versus(b: Burst) -> str:
         if isinstance(node, str):
             return "Node ws peer: " + node
-        return f"{b.us_per_frame / node.us_per_frame:.2f}x Node ws"
+        return f"{times(b.us_per_frame, node.us_per_frame)} Node ws"
 
     who = "Node ws clients" if node_clients else f"Python clients (no Node clients: {ready})"
     cond = (
@@ -528,7 +533,7 @@ def catch_up(folder: Path, count: int) -> list[Row]:
             "",
             "",
             f"target <= 1.3x WebSocket: {sse.wall / relay.wall:.2f}x wall, "
-            f"{sse.us_per_frame / relay.us_per_frame:.2f}x CPU",
+            f"{times(sse.us_per_frame, relay.us_per_frame)} CPU",
         ),
     ]
 
