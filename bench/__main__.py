@@ -46,9 +46,11 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import archive as bench_archive
+from bench import catchup as bench_catchup
+from bench import fanout, live, procs
+from bench import idle as bench_idle
 from bench import ingest as bench_ingest
 from bench import million as bench_million
-from bench import parts, procs
 from bench import restore as bench_restore
 from bench import rewind as bench_rewind
 from bench.loadgen import raise_open_files
@@ -156,13 +158,13 @@ def main() -> int:
             f"Redis bus ({redis.url})" if redis.url else "no redis-server: store polled every 50 ms"
         )
         runs: dict[str, Callable[[], list[Row]]] = {
-            "fanout": lambda: parts.fan_out(folder, redis.url, subscribers, burst),
-            "latency": lambda: parts.latency(
+            "fanout": lambda: fanout.fan_out(folder, redis.url, subscribers, burst),
+            "latency": lambda: live.latency(
                 folder, redis.url, lat_subs, lat_tweets, args.rate, args.window, max(1, args.chunk)
             ),
             "ingest": lambda: bench_ingest.ingest(folder, ingest, args.database_url),
-            "catchup": lambda: parts.catch_up(folder, catchup),
-            "idle": lambda: parts.idle(folder, idle),
+            "catchup": lambda: bench_catchup.catch_up(folder, catchup),
+            "idle": lambda: bench_idle.idle(folder, idle),
             "rewind": lambda: bench_rewind.rewind(folder, rewound),
             "archive": lambda: bench_archive.archive(folder, archived),
             "restore": lambda: bench_restore.restore(folder, restored, args.database_url),
