@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from relay.core.stored import parse_stored
-from relay.core.tweets import JSON, Skip, Tweet, parse_line
+from relay.core.tweet_rows import TweetRows
+from relay.core.tweets import JSON, Skip, parse_line
 from relay.errors import MalformedPayload
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ parser process (pickling, a pipe, a wake-up on each side) costs more than it sav
 class ParsedChunk:
     """What a batch of lines held, with the per-line outcomes ingest counts and logs."""
 
-    tweets: list[Tweet] = field(default_factory=list)
+    tweets: TweetRows = field(default_factory=TweetRows)
+    """As columns, ready for the store: a batch crosses from a parser process as a few
+    lists, not an object a tweet."""
     tweet_lines: list[int] = field(default_factory=list)
     """The index in the batch of the line each tweet came in: whose receive time it keeps."""
     users: list[JSON] = field(default_factory=list)
@@ -80,7 +83,8 @@ def parse_chunk(lines: Sequence[bytes], stored: bool = False) -> ParsedChunk:
         chunk.payloads += 1
         chunk.skipped.extend(parsed.skipped)
         chunk.api_errors.extend(parsed.api_errors)
-        chunk.tweets.extend(parsed.tweets)
+        for tweet in parsed.tweets:
+            chunk.tweets.add(tweet)
         chunk.tweet_lines.extend([index] * len(parsed.tweets))
         for user in parsed.users:
             user_id = user.get("id")
