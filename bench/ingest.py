@@ -44,7 +44,12 @@ def ingest(folder: Path, count: int, database_url: str) -> list[Row]:
         try:
             settings = Settings.from_mapping({**base, "database_url": database_url})
             pg_rate, pg_commit = asyncio.run(relay_ingest_in_process(settings, count))
-            postgres = f"PostgreSQL: {pg_rate:,.0f} tweets/s, mean commit {pg_commit:.1f} ms"
+            copy_rate = plain_copy(database_url)
+            postgres = (
+                f"PostgreSQL: {pg_rate:,.0f} tweets/s, mean commit {pg_commit:.1f} ms; a plain "
+                f"COPY of the same rows into a copy of its tweets table and indexes: "
+                f"{copy_rate:,.0f} rows/s (relay/COPY {pg_rate / copy_rate:.2f}x)"
+            )
         except Exception as exc:  # a reused database stores only duplicates: say so
             postgres = f"PostgreSQL failed: {type(exc).__name__}: {exc}"[:100]
     return [
@@ -183,6 +188,32 @@ def own_tables_insert(stream: Path, db: Path, batch: int = 500) -> float:
     index_committed(conn, 0, seq)
     conn.close()
     return seq / (time.perf_counter() - started)
+
+
+def plain_copy(database_url: str) -> float:
+    """The floor under the PostgreSQL store: the rows the relay just stored in ``tweets``,
+    read back, then COPYed in one statement into an empty table made ``LIKE tweets
+    INCLUDING ALL`` (the same columns and indexes, the full-text one too) in a schema of
+    its own; rows a second for the COPY alone. The schema is dropped after."""
+    import io
+
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = io.BytesIO()
+        with conn.cursor().copy("COPY (SELECT * FROM tweets ORDER BY seq) TO STDOUT") as out:
+            for data in out:
+                rows.write(data)
+        count = conn.execute("SELECT count(*) FROM tweets").fetchone()[0]  # type: ignore[index]
+        conn.execute("DROP SCHEMA IF EXISTS bench_copy CASCADE")
+        conn.execute("CREATE SCHEMA bench_copy")
+        conn.execute("CREATE TABLE bench_copy.tweets (LIKE public.tweets INCLUDING ALL)")
+        started = time.perf_counter()
+        with conn.transaction(), conn.cursor().copy("COPY bench_copy.tweets FROM STDIN") as copy:
+            copy.write(rows.getvalue())
+        elapsed = time.perf_counter() - started
+        conn.execute("DROP SCHEMA bench_copy CASCADE")
+    return int(count) / elapsed
 
 
 def fill(folder: Path, count: int) -> Path:
