@@ -16,7 +16,7 @@ past the parser reads).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import overload
 
 import orjson
@@ -104,7 +104,7 @@ class TweetRows(Sequence[Tweet]):
         self.objects.append(None if tweet.appendable else tweet.object)
 
     def extend(self, other: TweetRows) -> None:
-        for name in self.__slots__:
+        for name in _COLUMNS:
             getattr(self, name).extend(getattr(other, name))
 
     def __len__(self) -> int:
@@ -119,7 +119,7 @@ class TweetRows(Sequence[Tweet]):
     def __getitem__(self, index: int | slice) -> Tweet | TweetRows:
         if isinstance(index, slice):
             part = TweetRows()
-            for name in self.__slots__:
+            for name in _COLUMNS:
                 setattr(part, name, getattr(self, name)[index])
             return part
         decoded = self.objects[index]
@@ -142,3 +142,5 @@ class TweetRows(Sequence[Tweet]):
         for index in range(len(self.ids)):
             yield self[index]
 
+
+_COLUMNS = tuple(column.name for column in fields(TweetRows))

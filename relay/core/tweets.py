@@ -180,7 +180,8 @@ def stored_body(tweet: Tweet, *, seq: int, received_at: str) -> bytes:
 
 def appended_body(encoded: bytes, created_at: str | None, seq: int, received_at: str) -> bytes:
     """:func:`stored_body` of an appendable tweet from its encoded object and its
-    normalised ``created_at`` (what a store reads from :class:`~relay.core.tweet_rows.TweetRows`)."""
+    normalised ``created_at`` (what a store reads from
+    :class:`~relay.core.tweet_rows.TweetRows`)."""
     # Times are ASCII digits and punctuation (normalise_time, time_from_unix): no escaping.
     received = received_at.encode()
     return b'%s,%s%d,"createdAt":"%s","updatedAt":"%s","received_at":"%s"}' % (
