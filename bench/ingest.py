@@ -127,14 +127,15 @@ def own_tables_insert(stream: Path, db: Path, batch: int = 500) -> float:
     from relay.store.sqlite.schema import migrate
     from relay.store.sqlite.search import index_committed
     from relay.store.sqlite.write import INSERT_TWEET, INSERT_TWEET_RULE, UPSERT_USER
-    from relay.store.sqlite.writer import WAL_CHECKPOINT_PAGES, WRITER_CACHE_KIB
+    from relay.store.sqlite.writer import WRITER_CACHE_KIB, wal_checkpoint_pages
 
     started = time.perf_counter()
     conn = connect(str(db))
     migrate(conn)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB:d}")
-    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES:d}")
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.execute(f"PRAGMA wal_autocheckpoint = {wal_checkpoint_pages(page_size):d}")
     received = "2026-01-01T00:00:00.000Z"
     seq = 0
     tweets: list[tuple[Any, ...]] = []
