@@ -29,7 +29,7 @@ from tests.test_auth import SECRET
 Start = Callable[..., RelayServer]
 
 
-def token(channels: list[str], ttl: float = 600, sub: str = "alice", **extra: Any) -> str:
+def token(channels: list[str], ttl: float = 24 * 3600, sub: str = "alice", **extra: Any) -> str:
     return issue_token(SECRET, subject=sub, channels=channels, ttl=ttl, now=time.time(), **extra)
 
 
