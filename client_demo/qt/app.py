@@ -54,7 +54,9 @@ def window(session: Session) -> QQuickView:
 
 def screenshot(view: QQuickView, path: Path) -> bool:
     """The window as it is drawn now, as a PNG at ``path``."""
-    return bool(view.grabWindow().save(str(path), b"PNG"))
+    image = view.grabWindow()
+    # PySide6 takes the format as text; its type stubs say bytes.
+    return bool(image.save(str(path), "PNG"))  # type: ignore[call-overload]
 
 
 def close(view: QQuickView) -> None:

@@ -24,13 +24,29 @@ def run(base: str, args: argparse.Namespace, token: str, say: Callable[[str], No
     if args.screenshot is not None:
 
         def take() -> None:
-            written = screenshot(view, args.screenshot)
-            if not written:
-                say(f"cannot write the screenshot to {args.screenshot}")
-            session.stop()
-            app.exit(0 if written else 1)
+            written = False
+            try:
+                written = screenshot(view, args.screenshot)
+            finally:  # whatever happened, the command ends (an error in a slot would not)
+                if not written:
+                    say(f"cannot write the screenshot to {args.screenshot}")
+                session.stop()
+                app.exit(0 if written else 1)
 
-        QTimer.singleShot(int(args.after * 1000), take)
+        # Counted from the window's first word about the relay (live, or why not), so a
+        # slow start is not pictured as an empty window.
+        timer = QTimer(app)
+        timer.setSingleShot(True)
+        timer.setInterval(int(args.after * 1000))
+        timer.timeout.connect(take)
+        started: list[bool] = []
+
+        def first_word() -> None:
+            if not started:
+                started.append(True)
+                timer.start()
+
+        session.statusChanged.connect(first_word)
     code = app.exec()
     session.stop()
     close(view)
