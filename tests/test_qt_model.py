@@ -3,6 +3,7 @@ resume, reset, deletes and the cap on N, checked by Qt's own model tester."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -115,3 +116,12 @@ def test_a_deleted_tweet_leaves_the_list(model: Any) -> None:
 def test_search_results_show_in_the_order_given(model: Any) -> None:
     model.show([tweet(9), tweet(2), tweet(5)])
     assert model.seqs() == [9, 2, 5]
+
+
+def test_emitting_a_signal_keeps_every_reference_to_true(model: Any) -> None:
+    # PySide6 6.12.0's Signal.emit() dropped a reference to True on each call (Python
+    # 3.11): relay-qt emits one per batch, and the process aborted within minutes.
+    before = sys.getrefcount(True)
+    for _ in range(3000):
+        model.countChanged.emit()
+    assert abs(sys.getrefcount(True) - before) < 100  # one lost per emit would be 3000
