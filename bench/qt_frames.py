@@ -5,7 +5,9 @@ fed the synthetic stream (every script, links, emoji) at ``--rate`` tweets/s; ``
 window runs in another process (``QT_QPA_PLATFORM=offscreen``,
 ``QT_QUICK_BACKEND=software``) and times each frame it draws, from the window's update
 request to the frame's swap (polish, where the list makes its rows, then sync and
-render), and each insertion into the list. It runs twice on the same stream: rows
+render; wall time, and the GUI thread's CPU time, which the software renderer does all
+its work on: on a shared machine the wall time also counts waiting for a core), and each
+insertion into the list. It runs twice on the same stream: rows
 inserted in batches every 50 ms (what ``relay-qt`` does), and its peer, each tweet
 inserted as it comes (``--batch-ms 0``). Each run prints one JSON line; the table
 follows. See docs/benchmarks.md.
@@ -46,18 +48,21 @@ def child(url: str, batch_ms: int, seconds: float, keep: int) -> None:
     session = Session(url, keep=keep, batch_ms=batch_ms, say=lambda _: None)
     view = window(session)
     frames: list[float] = []
+    frames_cpu: list[float] = []
     inserts: list[float] = []
-    started: list[float] = []
+    started: list[tuple[float, float]] = []
 
     class Stopwatch(QObject):
         def eventFilter(self, watched: QObject, event: QEvent) -> bool:
             if event.type() == QEvent.Type.UpdateRequest:
-                started.append(time.perf_counter())
+                started.append((time.perf_counter(), time.thread_time()))
             return False
 
     def swapped() -> None:
         if started and session.live:
-            frames.append((time.perf_counter() - started[-1]) * 1000)
+            wall, cpu = started[-1]
+            frames.append((time.perf_counter() - wall) * 1000)
+            frames_cpu.append((time.thread_time() - cpu) * 1000)
         started.clear()
 
     flush = session.model.flush
@@ -84,6 +89,7 @@ def child(url: str, batch_ms: int, seconds: float, keep: int) -> None:
             QTimer.singleShot(50, begin_when_live)
             return
         frames.clear()
+        frames_cpu.clear()
         inserts.clear()
         shown_at_start.append(session.model.tweets.position.seq or 0)
         QTimer.singleShot(int(seconds * 1000), app.quit)
@@ -101,6 +107,9 @@ def child(url: str, batch_ms: int, seconds: float, keep: int) -> None:
                 "frame_p50_ms": round(percentile(frames, 0.5), 2),
                 "frame_p99_ms": round(percentile(frames, 0.99), 2),
                 "frame_max_ms": round(max(frames, default=0.0), 2),
+                "frame_cpu_p50_ms": round(percentile(frames_cpu, 0.5), 2),
+                "frame_cpu_p99_ms": round(percentile(frames_cpu, 0.99), 2),
+                "load": round(os.getloadavg()[0], 1),
                 "inserts": len(inserts),
                 "insert_p99_ms": round(percentile(inserts, 0.99), 2),
                 "tweets": received,
@@ -129,7 +138,9 @@ def feed(relay: Any, rate: float, stop: threading.Event) -> None:
         time.sleep(max(0.0, next_at - time.perf_counter()))
 
 
-def measure(rate: float, seconds: float, keep: int) -> list[dict[str, Any]]:
+def measure(
+    rate: float, seconds: float, keep: int, batches: tuple[int, ...] = (50, 0)
+) -> list[dict[str, Any]]:
     from relay.testing import RelayServer
 
     results = []
@@ -138,7 +149,7 @@ def measure(rate: float, seconds: float, keep: int) -> list[dict[str, Any]]:
         feeder = threading.Thread(target=feed, args=(relay, rate, stop), daemon=True)
         feeder.start()
         try:
-            for batch_ms in (50, 0):
+            for batch_ms in batches:
                 done = subprocess.run(
                     [
                         *(sys.executable, "-m", "bench.qt_frames", "--child", relay.url),
@@ -168,9 +179,13 @@ def main() -> None:
     parser.add_argument("--keep", type=int, default=500)
     parser.add_argument("--child", metavar="URL")
     parser.add_argument("--batch-ms", type=int, default=50)
+    parser.add_argument("--try", dest="tries", metavar="MS,MS", help="other batch intervals")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.batch_ms, args.seconds, args.keep)
+        return
+    if args.tries:
+        measure(args.rate, args.seconds, args.keep, tuple(int(ms) for ms in args.tries.split(",")))
         return
     batched, each = measure(args.rate, args.seconds, args.keep)
     print(
@@ -182,10 +197,13 @@ def main() -> None:
         ("frame_p50_ms", "frame time p50 (ms)"),
         ("frame_p99_ms", "frame time p99 (ms)"),
         ("frame_max_ms", "frame time max (ms)"),
+        ("frame_cpu_p50_ms", "frame CPU p50 (ms)"),
+        ("frame_cpu_p99_ms", "frame CPU p99 (ms)"),
         ("frames", "frames drawn"),
         ("insert_p99_ms", "insertion p99 (ms)"),
         ("inserts", "insertions"),
         ("tweets", "tweets received"),
+        ("load", "load average (2 cores)"),
     ):
         print(f"{label:26}{batched[key]:>18}{each[key]:>22}")
 

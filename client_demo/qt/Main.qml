@@ -91,6 +91,7 @@ Rectangle {
             clip: true
             spacing: 6
             reuseItems: true
+            cacheBuffer: 0  // rows come in at the top: none made ahead below the window
             model: relay.searchStatus !== "" ? relay.searchResults : relay.tweets
             delegate: Rectangle {
                 id: card
