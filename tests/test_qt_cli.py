@@ -48,3 +48,17 @@ def test_help_and_usage_errors_need_no_qt() -> None:
         done = without_qt(*args)
         assert done.returncode == 2, args
         assert "Traceback" not in done.stderr and "pip install" not in done.stderr
+
+
+def test_every_flag_of_relay_qt_is_in_the_command_docs() -> None:
+    from client_demo.qt.cli import build_parser
+
+    docs = (ROOT / "docs" / "cli.md").read_text()
+    assert "## `relay-qt`" in docs
+    flags = [f for a in build_parser()._actions for f in a.option_strings if f.startswith("--")]
+    assert len(flags) >= 7
+    for flag in flags:
+        if flag != "--help":
+            assert flag in docs, f"`relay-qt {flag}` is not in docs/cli.md"
+    assert "relay-qt" in (ROOT / "docs" / "clients.md").read_text()
+    assert "relay-qt" in (ROOT / "README.md").read_text()
