@@ -83,6 +83,7 @@ def child(url: str, batch_ms: int, seconds: float, keep: int) -> None:
     view.show()
     session.start()
     shown_at_start: list[int] = []
+    cpu_at_start: list[float] = []
 
     def begin_when_live() -> None:
         if not session.live:
@@ -92,11 +93,13 @@ def child(url: str, batch_ms: int, seconds: float, keep: int) -> None:
         frames_cpu.clear()
         inserts.clear()
         shown_at_start.append(session.model.tweets.position.seq or 0)
+        cpu_at_start.append(time.process_time())
         QTimer.singleShot(int(seconds * 1000), app.quit)
 
     begin_when_live()
     app.exec()
     received = (session.model.tweets.position.seq or 0) - shown_at_start[0]
+    cpu_share = (time.process_time() - cpu_at_start[0]) / seconds
     session.stop()
     close(view)
     print(
@@ -110,6 +113,7 @@ def child(url: str, batch_ms: int, seconds: float, keep: int) -> None:
                 "frame_cpu_p50_ms": round(percentile(frames_cpu, 0.5), 2),
                 "frame_cpu_p99_ms": round(percentile(frames_cpu, 0.99), 2),
                 "load": round(os.getloadavg()[0], 1),
+                "process_cpu_percent": round(cpu_share * 100, 1),
                 "inserts": len(inserts),
                 "insert_p99_ms": round(percentile(inserts, 0.99), 2),
                 "tweets": received,
@@ -200,6 +204,7 @@ def main() -> None:
         ("frame_cpu_p50_ms", "frame CPU p50 (ms)"),
         ("frame_cpu_p99_ms", "frame CPU p99 (ms)"),
         ("frames", "frames drawn"),
+        ("process_cpu_percent", "client CPU (% of a core)"),
         ("insert_p99_ms", "insertion p99 (ms)"),
         ("inserts", "insertions"),
         ("tweets", "tweets received"),
