@@ -197,3 +197,67 @@ def test_search_goes_through_the_object_api(
     wait_until(lambda: shown.session.searchStatus.endswith("found in all channels"), WAIT, "search")
     assert shown.session.searchStatus == "1 found in all channels"
     assert shown.session.results.seqs() == [2]
+
+
+def test_an_expired_token_asks_for_a_new_one_and_goes_on_without_a_gap(
+    start_relay: Callable[..., RelayServer], client: Callable[..., Client]
+) -> None:
+    relay = start_relay(secret=SECRET, public_channels=[])
+    short = issue_token(SECRET, subject="qt", channels=["tweets"], ttl=2, now=time.time())
+    shown = client(relay.url, token=short)
+    wait_until(lambda: shown.session.live, WAIT, "the stream to go live")
+    relay.push(*(stream_line(n) for n in range(1, 4)))
+    wait_until(lambda: shown.seqs[:1] == [3], WAIT, "three live tweets")
+    wait_until(lambda: shown.session.tokenNeeded, WAIT, "the relay to end the expired stream")
+    assert shown.label("status").startswith("the token expired: enter a new token")
+    relay.push(*(stream_line(n) for n in range(4, 7)))  # while the client waits
+    relay.wait_seq(6)
+    fresh = issue_token(SECRET, subject="qt", channels=["tweets"], ttl=600, now=time.time())
+    shown.session.giveToken(fresh)
+    wait_until(lambda: shown.seqs[:1] == [6], WAIT, "the tweets stored while it waited")
+    assert shown.seqs == [6, 5, 4, 3, 2, 1]
+
+
+def test_a_replaced_store_resets_the_list_and_goes_on_live(
+    start_relay: Callable[..., RelayServer], client: Callable[..., Client], tmp_path: Path
+) -> None:
+    port = free_port()
+    relay = start_relay(port=port)
+    relay.push(*(stream_line(n) for n in range(1, 6)))
+    relay.wait_seq(5)
+    shown = client(relay.url)
+    wait_until(lambda: shown.seqs[:1] == [5], WAIT, "five tweets")
+    relay.stop()
+    wait_until(lambda: not shown.session.live, WAIT, "the client to see the relay go")
+    relay = start_relay(port=port, store=tmp_path / "another.db")  # another epoch
+    wait_until(lambda: shown.session.live, WAIT, "the client to come back")
+    assert shown.label("status") == "live on tweets"
+    assert shown.seqs == [] and "the relay's store changed" in " ".join(shown.said)
+    relay.push(stream_line(100, "new store"), stream_line(101, "new store"))
+    wait_until(lambda: shown.seqs == [2, 1], WAIT, "the new store's tweets")
+
+
+def test_the_channel_picker_lists_the_relays_channels_and_switches(
+    start_relay: Callable[..., RelayServer], client: Callable[..., Client]
+) -> None:
+    relay = start_relay()
+    relay.push(
+        stream_line(1, "a cat", tags=("cats",)),
+        stream_line(2, "a dog", tags=("dogs",)),
+        stream_line(3, "a cat again", tags=("cats",)),
+    )
+    relay.wait_seq(3)
+    shown = client(relay.url)
+    wait_until(lambda: shown.session.live, WAIT, "the stream to go live")
+    assert shown.seqs == [3, 2, 1]
+    assert shown.session.channels == ["tweets", "rule:cats", "rule:dogs"]
+    from PySide6.QtCore import QObject
+
+    picker = shown.view.rootObject().findChild(QObject, "channelBox")
+    assert picker.property("count") == 3 and picker.property("currentText") == "tweets"
+    shown.session.openChannel("rule:cats")
+    wait_until(lambda: shown.session.live and shown.seqs == [3, 1], WAIT, "the cats only")
+    assert picker.property("currentText") == "rule:cats"
+    relay.push(stream_line(4, "dog", tags=("dogs",)), stream_line(5, "cat", tags=("cats",)))
+    wait_until(lambda: shown.seqs[:1] == [5], WAIT, "a live cat")
+    assert shown.seqs == [5, 3, 1]
