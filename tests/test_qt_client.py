@@ -261,3 +261,24 @@ def test_the_channel_picker_lists_the_relays_channels_and_switches(
     relay.push(stream_line(4, "dog", tags=("dogs",)), stream_line(5, "cat", tags=("cats",)))
     wait_until(lambda: shown.seqs[:1] == [5], WAIT, "a live cat")
     assert shown.seqs == [5, 3, 1]
+
+
+def test_a_resume_past_the_kept_history_says_where_it_starts(
+    start_relay: Callable[..., RelayServer], client: Callable[..., Client]
+) -> None:
+    from relay.jobs.retention import Retention, apply_retention
+
+    relay = start_relay()
+    relay.push(*(stream_line(n) for n in range(1, 11)))
+    relay.wait_seq(10)
+    shown = client(relay.url, keep=1000)
+    wait_until(lambda: shown.seqs[:1] == [10], WAIT, "ten tweets")
+    shown.session.stop()  # away while the relay goes on and retention deletes
+    relay.push(*(stream_line(n) for n in range(11, 41)))
+    relay.wait_seq(40)
+    assert relay.relay is not None and relay.relay.store is not None
+    relay.call(apply_retention(relay.relay.store, Retention(max_tweets=10), time.time()))
+    shown.session.reconnect()
+    wait_until(lambda: shown.seqs[:1] == [40], WAIT, "the kept tweets")
+    assert "history now starts at seq 31: older tweets were deleted" in shown.said
+    assert shown.seqs == [*range(40, 30, -1), *range(10, 0, -1)]  # the hole is retention's

@@ -4,6 +4,7 @@ position, and what each thing the relay says makes the client do."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -50,7 +51,9 @@ def test_a_row_has_author_time_media_rules_and_links() -> None:
             },
         )
     )
-    assert (row.seq, row.tweet_id, row.author, row.time) == (7, "1007", "bo", "12:03:04")
+    local = datetime(2026, 1, 1, 12, 3, 4, tzinfo=UTC).astimezone().strftime("%H:%M:%S")
+    assert (row.seq, row.tweet_id, row.author, row.time) == (7, "1007", "bo", local)
+    assert row_of(tweet(1, created_at="yesterday")).time == ""
     assert (row.media, row.rules, row.right_to_left) == (2, "#cats #pets", False)
     assert '<a href="https://x.com/search?q=%23cats">#cats</a>' in row.text
     assert '<a href="https://example.org/a?b=1&amp;c=2">example.org/a</a>' in row.text

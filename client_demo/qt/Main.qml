@@ -31,6 +31,11 @@ Rectangle {
                 currentIndex: relay.channels.indexOf(relay.channel)
                 onActivated: relay.openChannel(currentText)
             }
+            Button {
+                text: "Reconnect"
+                visible: !relay.live && !relay.tokenNeeded
+                onClicked: relay.reconnect()
+            }
             Label {
                 objectName: "status"
                 Layout.fillWidth: true

@@ -125,9 +125,11 @@ def _target(kind: str, entity: dict[str, Any], shown: str) -> str:
 
 
 def clock_time(iso: str) -> str:
-    """``2026-01-01T12:03:04.000Z`` as ``12:03:04`` (UTC, as the relay sends it)."""
+    """``2026-01-01T12:03:04.000Z`` as ``12:03:04`` in this computer's time zone, as the
+    page shows it."""
     try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).strftime("%H:%M:%S")
+        moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+        return moment.astimezone().strftime("%H:%M:%S")
     except ValueError:
         return ""
 

@@ -150,6 +150,14 @@ class Session(QObject):
         else:
             self.start()
 
+    @Slot()
+    def reconnect(self) -> None:
+        """Open the stream again now, from the last tweet shown (the window's button
+        after the client stopped: too many connections, a channel refused)."""
+        self._attempt = 0
+        self.retry_timer.stop()
+        self._reconnect()
+
     @Slot(str, bool)
     def search(self, text: str, all_channels: bool) -> None:
         text = text.strip()
@@ -213,6 +221,8 @@ class Session(QObject):
 
     def _open_stream(self, generation: int) -> None:
         self._close_stream()
+        if self.batch_ms > 0 and not self.flush_timer.isActive():
+            self.flush_timer.start()
         params: dict[str, Any] = {"channel": [self._channel, STATS]}
         since = self.model.tweets.position.since()
         if since:
