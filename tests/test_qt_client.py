@@ -282,3 +282,34 @@ def test_a_resume_past_the_kept_history_says_where_it_starts(
     wait_until(lambda: shown.seqs[:1] == [40], WAIT, "the kept tweets")
     assert "history now starts at seq 31: older tweets were deleted" in shown.said
     assert shown.seqs == [*range(40, 30, -1), *range(10, 0, -1)]  # the hole is retention's
+
+
+def test_a_server_that_is_not_a_relay_is_one_line_and_retried(
+    client: Callable[..., Client],
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotARelay(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>a web page</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotARelay)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        shown = client(url)
+        wait_until(lambda: "is not a relay's answer" in shown.label("status"), WAIT, "the line")
+        assert shown.label("status").startswith(f"{url}/v1/info is not a relay's answer")
+        assert shown.session.retry_timer.isActive() and not shown.session.live
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from client_demo.errors import NO_TOKEN
-from client_demo.qt.events import read_event, refusal, unreachable
+from client_demo.qt.events import read_event, read_info, read_listing, refusal, unreachable
 from client_demo.qt.feed import (
     END_ISOLATE,
     ISOLATE,
@@ -172,11 +172,13 @@ def event(kind: str, **frame: object) -> ServerEvent:
 def test_each_event_of_the_stream_becomes_one_step() -> None:
     (tweet_event,) = events("event: tweet", 'data: {"type":"tweet","seq":3,"tweet":{"seq":3}}')
     assert read_event(tweet_event, "tweets").kind == "tweet"  # type: ignore[union-attr]
-    subscribed = read_event(event("subscribed", channel="tweets", seq=4), "tweets")
+    subscribed = read_event(event("subscribed", channel="tweets", epoch="e", seq=4), "tweets")
     assert subscribed is not None and subscribed.message == "live on tweets"
-    unknown = read_event(event("subscribed", channel="rule:catz", known=False), "rule:catz")
+    unknown = read_event(
+        event("subscribed", channel="rule:catz", epoch="e", seq=0, known=False), "rule:catz"
+    )
     assert unknown is not None and "no tweet has matched" in unknown.message
-    assert read_event(event("subscribed", channel="$stats"), "tweets") is None
+    assert read_event(event("subscribed", channel="$stats", epoch="e", seq=4), "tweets") is None
     assert read_event(event("reset", epoch="e2", seq=1), "tweets").kind == "reset"  # type: ignore[union-attr]
     start = read_event(event("history_start", seq=51), "tweets")
     assert start is not None and start.message.startswith("history now starts at seq 51")
@@ -242,3 +244,51 @@ def test_the_stats_line_reads_like_the_page_panel() -> None:
         "store 4.0 MB + 1.0 MB WAL"
     )
     assert stats_line({"connections": "many"}) == ""
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"channel": "tweets", "epoch": "e", "seq": "12"},
+        {"channel": "tweets", "epoch": "e", "seq": True},
+        {"channel": "tweets", "epoch": "e", "seq": -1},
+        {"channel": "tweets", "epoch": 7, "seq": 3},
+        {"channel": "tweets", "seq": 3},
+    ],
+)
+def test_a_subscribed_or_reset_without_a_position_is_ignored(frame: dict[str, object]) -> None:
+    assert read_event(event("subscribed", **frame), "tweets") is None
+    assert read_event(event("reset", **frame), "tweets") is None
+
+
+def test_info_is_read_only_from_a_relays_answer() -> None:
+    base = "http://127.0.0.1:9"
+    good = {
+        "epoch": "e1",
+        "seq": 12,
+        "channels": ["tweets", 3, "rule:cats"],
+        "events_url": "http://relay/v1/events",
+        "objects_url": "javascript:alert(1)",
+    }
+    info = read_info(orjson.dumps(good), base)
+    assert info is not None
+    assert (info.epoch, info.head, info.channels) == ("e1", 12, ["tweets", "rule:cats"])
+    assert info.events_url == "http://relay/v1/events"
+    assert info.objects_url == base + "/v1/objects/tweets"
+    odd = read_info(orjson.dumps({**good, "channels": "tweets"}), base)
+    assert odd is not None and odd.channels == []
+    for body in (
+        b"<html>",
+        b"[]",
+        orjson.dumps({"epoch": "e"}),
+        orjson.dumps({**good, "seq": "1"}),
+    ):
+        assert read_info(body, base) is None
+
+
+def test_a_listing_is_read_only_from_the_object_apis_answer() -> None:
+    body = orjson.dumps({"results": [{"seq": 1}, "x", {"seq": 2}], "count": 40})
+    assert read_listing(body) == ([{"seq": 1}, {"seq": 2}], 40)
+    assert read_listing(orjson.dumps({"results": [{"seq": 1}]})) == ([{"seq": 1}], 1)
+    for bad in (b"nope", b"[]", orjson.dumps({"results": "x"}), orjson.dumps({"count": 1})):
+        assert read_listing(bad) is None

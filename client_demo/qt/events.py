@@ -45,6 +45,8 @@ def read_event(event: ServerEvent, channel: str) -> Step | None:
         return Step("tweet", frame=tweet) if isinstance(tweet, dict) else None
     if kind == "stats":
         return Step("stats", frame=frame)
+    if kind in ("subscribed", "reset") and not _position(frame):
+        return None  # no position to go on from: not a frame of this protocol
     if kind == "subscribed":
         if frame.get("channel") == STATS:
             return None
@@ -114,3 +116,59 @@ def _error_body(body: bytes) -> tuple[str, str]:
         return one_line(str(error.get("message", ""))), str(error.get("reason", ""))
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
         return one_line(body.decode("utf-8", errors="replace")), ""
+
+
+def _position(frame: dict[str, Any]) -> bool:
+    seq, epoch = frame.get("seq"), frame.get("epoch")
+    return (
+        isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 and isinstance(epoch, str)
+    )
+
+
+@dataclass(frozen=True)
+class Info:
+    """What the client takes from ``GET /v1/info``."""
+
+    epoch: str
+    head: int
+    channels: list[str]
+    events_url: str
+    objects_url: str
+
+
+def read_info(body: bytes, base: str) -> Info | None:
+    """``/v1/info``'s answer, or None when it is not a relay's. Its URLs are taken only
+    when they are http(s) (else the usual paths on ``base``)."""
+    try:
+        info = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(info, dict) or not _position(info):
+        return None
+    listed = info.get("channels")
+    channels = [c for c in listed if isinstance(c, str)] if isinstance(listed, list) else []
+    return Info(
+        info["epoch"],
+        info["seq"],
+        channels,
+        _http(info.get("events_url")) or base + "/v1/events",
+        _http(info.get("objects_url")) or base + "/v1/objects/tweets",
+    )
+
+
+def read_listing(body: bytes) -> tuple[list[dict[str, Any]], int] | None:
+    """The object API's ``{"results": [...], "count": n}``: the tweet objects and the
+    count, or None when the answer is not that."""
+    try:
+        listing = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(listing, dict) or not isinstance(listing.get("results"), list):
+        return None
+    tweets = [t for t in listing["results"] if isinstance(t, dict)]
+    count = listing.get("count")
+    return tweets, count if isinstance(count, int) and not isinstance(count, bool) else len(tweets)
+
+
+def _http(url: Any) -> str:
+    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else ""

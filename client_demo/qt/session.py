@@ -17,10 +17,18 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from PySide6.QtCore import Property, QObject, QTimer, Signal, Slot
 
-from client_demo.qt.events import STATS, Step, read_event, refusal, unreachable
+from client_demo.qt.events import (
+    STATS,
+    Info,
+    Step,
+    read_event,
+    read_info,
+    read_listing,
+    refusal,
+    unreachable,
+)
 from client_demo.qt.feed import HISTORY, KEEP, stats_line
 from client_demo.qt.link import Answer, EventStream, Link
 from client_demo.qt.model import TweetModel
@@ -62,7 +70,7 @@ class Session(QObject):
         self._token_needed = False
         self._live = False
         self._search = ""
-        self._info: dict[str, Any] = {}
+        self._info: Info | None = None
         self._stream: EventStream | None = None
         self._attempt = 0
         self._say = say or _stderr
@@ -169,14 +177,16 @@ class Session(QObject):
         params: dict[str, Any] = {"search": text, "limit": SEARCH_LIMIT}
         if where != "all channels":
             params["rule"] = where.removeprefix("rule:")
-        url = str(self._info.get("objects_url") or self.link.base + "/v1/objects/tweets")
+        url = self._info.objects_url if self._info else self.link.base + "/v1/objects/tweets"
         self._set_search(f"searching {where}…")
 
         def done(answer: Answer) -> None:
-            if answer.status == 200:
-                body = orjson.loads(answer.body)
-                self.results.show([t for t in body.get("results", []) if isinstance(t, dict)])
-                self._set_search(f"{body.get('count', 0)} found in {where}")
+            listing = read_listing(answer.body) if answer.status == 200 else None
+            if listing is not None:
+                self.results.show(listing[0])
+                self._set_search(f"{listing[1]} found in {where}")
+            elif answer.status == 200:
+                self._set_search(f"{url} answered something other than a listing")
             elif answer.status:
                 self._set_search(refusal(answer.status, answer.body, self.link.token).message)
             else:
@@ -192,32 +202,32 @@ class Session(QObject):
         if answer.status != 200:
             self._do(self._failure(answer))
             return
-        try:
-            info = orjson.loads(answer.body)
-            epoch, head = str(info["epoch"]), int(info["seq"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        info = read_info(answer.body, self.link.base)
+        if info is None:
             self._do(Step("retry", f"{self.link.base}/v1/info is not a relay's answer"))
             return
         self._info = info
-        channels = [c for c in info.get("channels") or [] if isinstance(c, str)]
+        channels = info.channels
         self._channels = channels if self._channel in channels else [*channels, self._channel]
         self.channelsChanged.emit()
         params: dict[str, Any] = {"limit": min(HISTORY, self.model.tweets.keep), "sort": "-seq"}
         if self._channel.startswith("rule:"):
             params["rule"] = self._channel.removeprefix("rule:")
-        url = str(info.get("objects_url") or self.link.base + "/v1/objects/tweets")
 
         def history(answer: Answer) -> None:
             if generation != self._generation:
                 return
-            if answer.status != 200:
-                self._do(self._failure(answer))
+            listing = read_listing(answer.body) if answer.status == 200 else None
+            if listing is None:
+                failed = Step(
+                    "retry", f"{info.objects_url} answered something other than a listing"
+                )
+                self._do(self._failure(answer) if answer.status != 200 else failed)
                 return
-            found = orjson.loads(answer.body).get("results", [])
-            self.model.start(epoch, [t for t in found if isinstance(t, dict)], head)
+            self.model.start(info.epoch, listing[0], info.head)
             self._open_stream(generation)
 
-        self.link.get(url, params, history)
+        self.link.get(info.objects_url, params, history)
 
     def _open_stream(self, generation: int) -> None:
         self._close_stream()
@@ -227,7 +237,7 @@ class Session(QObject):
         since = self.model.tweets.position.since()
         if since:
             params["since"] = since
-        url = str(self._info.get("events_url") or self.link.base + "/v1/events")
+        url = self._info.events_url if self._info else self.link.base + "/v1/events"
         self._stream = self.link.stream(
             url,
             params,
@@ -263,12 +273,12 @@ class Session(QObject):
             if self.model.receive(frame) and self.batch_ms <= 0:
                 self.model.flush()
         elif kind == "subscribed":
-            self.model.subscribed(str(frame.get("epoch", "")), int(frame.get("seq") or 0))
+            self.model.subscribed(frame["epoch"], frame["seq"])
             self._attempt = 0
             self._set_live(True)
             self._set_status(step.message)
         elif kind == "reset":
-            self.model.reset(str(frame.get("epoch", "")), int(frame.get("seq") or 0))
+            self.model.reset(frame["epoch"], frame["seq"])
             self._set_status(step.message)
         elif kind == "deleted":
             self.model.delete(step.message)
