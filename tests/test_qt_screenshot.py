@@ -27,8 +27,8 @@ BACKGROUND = (0xF4, 0xF5, 0xF7)  # Main.qml's root colour
 CARD = (0xFF, 0xFF, 0xFF)
 
 
-def relay_qt(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def relay_qt(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RELAY_DEMO_TOKEN": "", **extra}
     env.update(QT_QPA_PLATFORM="offscreen", QT_QUICK_BACKEND="software")
     return subprocess.run(
         [sys.executable, "-m", "client_demo.qt.cli", *args],
@@ -119,3 +119,26 @@ def test_without_a_window_system_a_bad_url_is_one_line_and_exit_2() -> None:
     done = relay_qt("ftp://example.org")
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "http(s)://" in done.stderr
+
+
+def test_the_command_on_a_private_relay_says_why_then_takes_the_token_from_the_environment(
+    start_relay: Callable[..., RelayServer], tmp_path: Path
+) -> None:
+    import time
+
+    from relay.core.auth import issue_token
+    from tests.test_auth import SECRET
+
+    qt_application()
+    relay = start_relay(secret=SECRET, public_channels=[])
+    shot = tmp_path / "locked.png"
+    locked = relay_qt("--screenshot", str(shot), "--after", "0.2", relay.url)
+    assert locked.returncode == 0 and shot.is_file()
+    assert "relay-qt: the relay needs a token: give --token or set RELAY_DEMO_TOKEN" in (
+        locked.stderr.splitlines()
+    )
+    token = issue_token(SECRET, subject="qt", channels=["tweets"], ttl=600, now=time.time())
+    opened = relay_qt(
+        "--screenshot", str(shot), "--after", "0.2", relay.url, RELAY_DEMO_TOKEN=token
+    )
+    assert opened.returncode == 0 and "relay-qt: live on tweets" in opened.stderr.splitlines()
