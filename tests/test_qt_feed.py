@@ -3,6 +3,7 @@ position, and what each thing the relay says makes the client do."""
 
 from __future__ import annotations
 
+import random
 import re
 from datetime import UTC, datetime
 
@@ -10,7 +11,15 @@ import orjson
 import pytest
 
 from client_demo.errors import NO_TOKEN
-from client_demo.qt.events import read_event, read_info, read_listing, refusal, unreachable
+from client_demo.qt.events import (
+    MAX_DELAY,
+    backoff,
+    read_event,
+    read_info,
+    read_listing,
+    refusal,
+    unreachable,
+)
 from client_demo.qt.feed import (
     END_ISOLATE,
     ISOLATE,
@@ -292,3 +301,11 @@ def test_a_listing_is_read_only_from_the_object_apis_answer() -> None:
     assert read_listing(orjson.dumps({"results": [{"seq": 1}]})) == ([{"seq": 1}], 1)
     for bad in (b"nope", b"[]", orjson.dumps({"results": "x"}), orjson.dumps({"count": 1})):
         assert read_listing(bad) is None
+
+
+def test_the_backoff_doubles_to_a_cap_and_never_overflows() -> None:
+    rng = random.Random(3)
+    first = [max(backoff(0, rng) for _ in range(200)), max(backoff(3, rng) for _ in range(200))]
+    assert first[0] <= 0.25 and 1.0 < first[1] <= 2.0
+    days_away = [backoff(attempt, rng) for attempt in (40, 2_000, 10**9)]
+    assert all(0.1 <= delay <= MAX_DELAY for delay in days_away)

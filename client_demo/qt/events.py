@@ -6,6 +6,7 @@ carries out: show a tweet, drop the list, say a line, ask for a token, retry or 
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ from client_demo.sse import ServerEvent
 STATS = "$stats"
 """The relay's statistics channel: one sample every 5 s on the same stream."""
 NEW_TOKEN = "enter a new token to go on from the last tweet shown"
+MAX_DELAY = 10.0
+"""The longest wait between two tries, however long the relay stays away."""
 
 
 @dataclass(frozen=True)
@@ -172,3 +175,9 @@ def read_listing(body: bytes) -> tuple[list[dict[str, Any]], int] | None:
 
 def _http(url: Any) -> str:
     return url if isinstance(url, str) and url.startswith(("http://", "https://")) else ""
+
+
+def backoff(attempt: int, rng: random.Random) -> float:
+    """Seconds before try ``attempt`` (0 first): doubling from 0.25 s up to
+    :data:`MAX_DELAY`, with jitter so that clients do not all come back at once."""
+    return rng.uniform(0.1, min(MAX_DELAY, 0.25 * 2 ** min(attempt, 16)))

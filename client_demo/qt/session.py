@@ -23,6 +23,7 @@ from client_demo.qt.events import (
     STATS,
     Info,
     Step,
+    backoff,
     read_event,
     read_info,
     read_listing,
@@ -36,7 +37,6 @@ from client_demo.sse import ServerEvent
 
 BATCH_MS = 50
 """How often waiting tweets go into the list (``--batch-ms``; 0: each at once)."""
-MAX_DELAY = 10.0
 SEARCH_LIMIT = 50
 
 
@@ -290,7 +290,7 @@ class Session(QObject):
         elif kind == "retry":
             self._close_stream()
             self._set_live(False)
-            delay = self._rng.uniform(0.1, min(MAX_DELAY, 0.25 * 2**self._attempt))
+            delay = backoff(self._attempt, self._rng)
             self._attempt += 1
             self._set_status(f"{step.message}; retrying in {delay:.1f} s")
             self.retry_timer.start(int(delay * 1000))
