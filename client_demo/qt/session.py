@@ -317,10 +317,12 @@ class Session(QObject):
             stream.close()
 
     def stop(self) -> None:
+        """Close the stream and try nothing more (until :meth:`reconnect` or a token)."""
         self._generation += 1
         self._close_stream()
         self.retry_timer.stop()
         self.flush_timer.stop()
+        self._set_live(False)
 
     def _set_status(self, text: str) -> None:
         if text != self._status:
