@@ -129,7 +129,8 @@ def relay_serve(folder: Path, db: Path, redis_url: str, **env: str) -> Server:
     if redis_url:
         extra["REDIS_URL"] = redis_url
     else:
-        extra["RELAY_BUS_CHECK_INTERVAL"] = "0.05"
+        # Without a bus the store is polled for live tweets: often, unless the part says.
+        extra.setdefault("RELAY_BUS_CHECK_INTERVAL", "0.05")
     subprocess.run(
         [sys.executable, "-m", "relay", "migrate", "--db", str(db)],
         cwd=ROOT,

@@ -36,7 +36,7 @@ from relay.errors import StoreCorrupt, StoreError, StoreNotReady
 from relay.store import Store
 from relay.store.sqlite import query as sqlite_query
 from relay.store.sqlite import read, receive_order
-from relay.store.sqlite.conn import connect
+from relay.store.sqlite.conn import READER_MMAP_BYTES, connect
 from relay.store.sqlite.damage import check_head, check_order, checked, missing
 from relay.store.sqlite.deletions import apply_pending, deletions_after, last_deletion
 from relay.store.sqlite.file_lock import WriterLock, describe_self
@@ -278,7 +278,7 @@ class SQLiteStore:
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path)
+            conn = connect(self.path, mmap_bytes=READER_MMAP_BYTES)
             conn.execute("PRAGMA query_only = 1")
             sqlite_query.register_functions(conn)
             self._local.conn = conn
