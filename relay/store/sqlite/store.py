@@ -94,6 +94,10 @@ class SQLiteStore:
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="store-read")
+        self._pages = ThreadPoolExecutor(1, thread_name_prefix="store-pages")
+        """Catch-up pages (:meth:`read_bodies`), every one read by the same thread: one
+        connection whose memory map and page cache stay warm (spread over the readers,
+        each of their maps faulted the same file pages in again: 0.4-0.8 µs a row)."""
         self._query_readers = ThreadPoolExecutor(query_readers, thread_name_prefix="store-query")
 
     @classmethod
@@ -286,11 +290,13 @@ class SQLiteStore:
                 self._reader_conns.append(conn)
         return conn
 
-    async def _read(self, run: Callable[[sqlite3.Connection], T]) -> T:
+    async def _read(
+        self, run: Callable[[sqlite3.Connection], T], on: ThreadPoolExecutor | None = None
+    ) -> T:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
-                self._readers, lambda: checked(self.path, run, self._reader())
+                on or self._readers, lambda: checked(self.path, run, self._reader())
             )
         except StoreCorrupt as exc:
             self._damaged(exc)
@@ -351,7 +357,8 @@ class SQLiteStore:
         conditions: Sequence[Condition] = (),
     ) -> BodyPage[T]:
         return await self._read(
-            read.bodies_after(self.path, channel, after, until, limit, build, max_bytes, conditions)
+            read.bodies_after(self.path, channel, after, until, limit, build, max_bytes, conditions),
+            self._pages,
         )
 
     async def count_after(
@@ -484,6 +491,7 @@ class SQLiteStore:
         if self._writer is not None:
             await self._writer.stop()
         self._readers.shutdown(wait=True)
+        self._pages.shutdown(wait=True)
         self._query_readers.shutdown(wait=True)
         with self._reader_lock:
             for conn in self._reader_conns:
