@@ -357,7 +357,9 @@ class SQLiteStore:
         conditions: Sequence[Condition] = (),
     ) -> BodyPage[T]:
         return await self._read(
-            read.bodies_after(self.path, channel, after, until, limit, build, max_bytes, conditions),
+            read.bodies_after(
+                self.path, channel, after, until, limit, build, max_bytes, conditions
+            ),
             self._pages,
         )
 
