@@ -327,7 +327,9 @@ class PostgresStore:
         max_bytes: int | None = None,
         conditions: Sequence[Condition] = (),
     ) -> BodyPage[T]:
-        rows = await self._read(read.bodies_after(channel, after, until, limit, conditions))
+        rows = await self._read(
+            read.bodies_after(channel, after, until, limit, conditions, max_bytes)
+        )
         cut = False
         if max_bytes is not None:
             size = 0
