@@ -98,6 +98,7 @@ class Hub:
         self._flush_handle: asyncio.Handle | None = None
         self._oldest_unwritten = 0.0
         """Receive time of the oldest tweet whose frames are not all written yet."""
+        self._on_drained = self._drained
         self.latest_stats: bytes | None = None
         """The last ``stats`` payload, sent at once to a new subscriber of ``$stats``."""
         self.known = Channels()
@@ -109,7 +110,7 @@ class Hub:
 
     def add(self, session: Session) -> None:
         if session not in self.sessions:
-            session.on_drained = self._drained
+            session.on_drained = self._on_drained  # one bound method for every session
             self.sessions.add(session)
             self.kinds[session.kind] += 1
             self.metrics.connections.labels(session.kind).inc()
