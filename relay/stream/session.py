@@ -52,6 +52,10 @@ LAG_ALLOWANCE = 8
 ROOM_POLL = 0.005
 """Seconds between backlog checks of a waiting catch-up when the transport is not paused."""
 
+_FREE, _HELD, _WHOLE = "free", "held", "whole"
+"""A session's hold on its pending frames: written in pieces as usual; held back while
+the transport pushes back; written whole at the next write, the transport drained."""
+
 Frame = tuple[bytes, int]
 """A complete frame ready for the wire and the seq it carries (0: a reply)."""
 
@@ -84,13 +88,12 @@ class Session:
     __slots__ = (
         "_catch_up_turn",
         "_held",
+        "_hold",
         "_out",
         "_out_bytes",
         "_out_seq",
-        "_whole",
         "closed",
         "frames_sent",
-        "held_back",
         "kind",
         "last_seq",
         "limit",
@@ -128,9 +131,6 @@ class Session:
         self._catch_up_turn: asyncio.Lock | None = None
         self.scheduled = False
         """The hub has this session in its list of sessions with frames to write."""
-        self.held_back = False
-        """The transport pushed back: pending frames wait for it to drain, then go out
-        in one write (the hub does not schedule the session meanwhile)."""
         self.on_drained: Callable[[Session], None] | None = None
         """Told when the transport drained while frames were held back (the hub's)."""
         self._out: list[bytes] = []
@@ -138,9 +138,9 @@ class Session:
         self._out_bytes = 0
         self._held = 0
         """Bytes of live frames held for subscriptions still catching up."""
-        self._whole = False
-        """The next write takes everything pending: the transport drained after it
-        pushed back."""
+        self._hold = _FREE
+        """Whether pending frames are held back for the transport to drain (the hub does
+        not schedule the session meanwhile), or go out whole at the next write."""
 
     @property
     def catch_up_turn(self) -> asyncio.Lock:
@@ -324,6 +324,11 @@ class Session:
             self.frames_sent.inc(count + written - 1)
             self.metrics.stream_writes.inc()
 
+    @property
+    def held_back(self) -> bool:
+        """Pending frames wait for the transport to drain (it pushed back)."""
+        return self._hold is _HELD
+
     def flush_piece(self) -> tuple[int, int]:
         """Write the next piece of pending frames (at most ``piece`` bytes, at least one
         frame) in one write: how many frames and bytes went out. Nothing while the
@@ -332,11 +337,11 @@ class Session:
         if self.closed or not self._out:
             return 0, 0
         if self.transport.pushing_back():
-            self.held_back = True
+            self._hold = _HELD
             return 0, 0
         out, size, count = self._out, 0, 0
-        if self._whole:
-            self._whole = False
+        if self._hold is _WHOLE:
+            self._hold = _FREE
             count, size = len(out), self._out_bytes
         else:
             for frame in out:
@@ -349,11 +354,11 @@ class Session:
     def drained(self) -> None:
         """The transport takes writes again: frames held back meanwhile go out (the hub
         writes them in one write at the loop's next step)."""
-        if not self.held_back:
+        if self._hold is not _HELD:
             return
-        self.held_back = False
+        self._hold = _FREE
         if self._out and not self.closed and self.on_drained is not None:
-            self._whole = True
+            self._hold = _WHOLE
             self.on_drained(self)
 
     def _write(self, count: int) -> bool:
