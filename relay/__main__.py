@@ -1,7 +1,5 @@
 """``python -m relay`` is the ``relay`` command."""
 
-import sys
+from relay.app.cli import run
 
-from relay.app.cli import main
-
-sys.exit(main())
+run()

@@ -475,3 +475,46 @@ def test_a_deletion_made_while_a_replay_runs_holds_for_the_objects_still_to_read
     assert "3" in ids  # in the object already being given out: stored, then deleted there
     assert ids == ["1", "2", "3", "4", "5", "7", "8", "9"]
     assert asks == 3  # once for each object
+
+
+FINALIZATION_PROBE = """
+import atexit, sys
+from relay.app.cli import run
+
+atexit.register(lambda: sys.stderr.write("exit handlers ran\\n"))
+sys.argv = ["relay", *sys.argv[1:]]
+run()
+"""
+FINALIZING = "# clear sys.audit hooks"
+"""What ``python -v`` writes from inside the interpreter's finalization."""
+
+
+def test_a_command_that_loaded_the_object_store_client_ends_before_finalization(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """obstore's Tokio threads may abort the process while the interpreter finalizes,
+    after the command said its line (seen as SIGABRT instead of exit 2 under load): the
+    command runs its exit handlers, flushes, and ends without finalizing. Without the
+    client loaded, the process ends the ordinary way."""
+    import os
+
+    def probe(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-v", "-c", FINALIZATION_PROBE, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            env={**os.environ, "COLUMNS": "200", **s3_server.environ},
+        )
+
+    early = probe("run", "--replay", s3_server.url("none"), "--db", str(tmp_path / "p.db"))
+    assert early.returncode == 2
+    said = early.stderr.split("exit handlers ran\n")
+    assert len(said) == 2 and "no archived objects" in said[0], early.stderr[-2000:]
+    assert FINALIZING not in said[1], early.stderr[-2000:]
+
+    plain = probe("check", "--db", str(tmp_path / "none.db"))
+    assert plain.returncode == 2
+    said = plain.stderr.split("exit handlers ran\n")
+    assert len(said) == 2 and FINALIZING in said[1], plain.stderr[-2000:]

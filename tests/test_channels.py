@@ -389,3 +389,22 @@ def test_relay_token_refuses_a_channel_that_matches_nothing_unless_forced(
     unchecked = _token("--channel", "rule:nope", db=tmp_path / "none.db")
     assert unchecked.returncode == 0 and "cannot check the channels" in unchecked.stderr
     assert _token("--channel", "nonsense", db=tmp_path / "none.db").returncode == 2
+
+
+def test_a_stream_of_several_channels_names_those_not_known_yet(pushed: RelayServer) -> None:
+    """A server-sent events stream of several channels is one subscription over their
+    union, so its ``subscribed`` lists the rule channels no tweet matched yet."""
+    from relay.testing import SseClient
+
+    relay = pushed  # a source that declares no rules: the set stays open
+    relay.push(stream_line(1, tags=("cats",)))
+    with SseClient(relay.events_url, "rule:cats") as first:
+        assert first.tweets(1)[0]["seq"] == 1  # known from here on
+    with SseClient(relay.events_url, ["rule:cats", "rule:nope"]) as both:
+        said = both.next_frame()
+        assert said["type"] == "subscribed" and said["unknown"] == ["rule:nope"]
+        relay.push(stream_line(2, tags=("nope",)))
+        tweet = both.tweets(1)[0]
+        assert tweet["seq"] == 2 and tweet["channels"] == ["rule:nope"]
+    with SseClient(relay.events_url, ["rule:cats", "rule:nope"]) as later:
+        assert "unknown" not in later.next_frame()

@@ -29,7 +29,7 @@ from tests.test_auth import SECRET
 Start = Callable[..., RelayServer]
 
 
-def token(channels: list[str], ttl: float = 600, sub: str = "alice", **extra: Any) -> str:
+def token(channels: list[str], ttl: float = 24 * 3600, sub: str = "alice", **extra: Any) -> str:
     return issue_token(SECRET, subject=sub, channels=channels, ttl=ttl, now=time.time(), **extra)
 
 
@@ -57,7 +57,9 @@ def ask(
             return refused.code, dict(refused.headers), orjson.loads(refused.read())
 
 
-GOOD = token(["tweets", "rule:*"])
+# Made once, when the module is imported (the table below names it): valid for the whole
+# run however long it takes (a suite on a busy machine reaches this module after minutes).
+GOOD = token(["tweets", "rule:*"], ttl=7 * 24 * 3600)
 REFUSALS: list[tuple[str, str, dict[str, str], int, str]] = [
     # (what, query, headers, status, a word of the message)
     ("no channel", "", {}, 400, "name a channel"),

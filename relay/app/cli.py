@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from relay import __version__
 from relay.app.cli_support import (
@@ -23,6 +23,13 @@ from relay.errors import RelayError
 
 if TYPE_CHECKING:
     pass
+
+
+def run() -> NoReturn:
+    """The ``relay`` command: :func:`main` on the process's arguments, then its exit code."""
+    from relay.app.launch import leave
+
+    leave(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,9 +9,15 @@ does the work. Exit codes: 0 after a clean stop, 1 when the process stopped on i
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import gc
 import logging
+import os
 import signal
+import sys
+import threading
+from typing import NoReturn
 
 from rich.console import Console
 
@@ -148,3 +154,23 @@ def print_urls(relay: Relay, settings: Settings) -> None:
         print(f"relay: objects {base}/v1/objects/tweets  info {base}/v1/info", flush=True)
     else:
         print(f"relay: metrics http://{host}:{relay.port}/metrics", flush=True)
+
+
+def leave(code: int) -> NoReturn:
+    """End the process with ``code``, without interpreter finalization once the archive's
+    object-store client is loaded.
+
+    That client (obstore) runs a Tokio runtime whose worker threads are never told to
+    stop; when one of them wakes while ``Py_Finalize`` tears the interpreter down, the
+    process aborts (SIGABRT) after the command has already succeeded or said its one line,
+    and the exit code is lost. So what finalization does first runs here, while everything
+    is still valid (wait for the other Python threads, then the exit handlers), the
+    standard streams are flushed, and the process ends there."""
+    if "obstore" not in sys.modules:
+        sys.exit(code)
+    threading._shutdown()  # type: ignore[attr-defined]  # as Py_FinalizeEx does first
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed: nothing more can be said
+            stream.flush()
+    os._exit(code)

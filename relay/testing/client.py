@@ -18,11 +18,10 @@ from websockets.sync.client import ClientConnection, connect
 
 from relay.testing.errors import RelayClientError as RelayClientError  # its home before
 from relay.testing.source import UNIT
+from relay.testing.waiting import Frame, TweetWaits
 
-Frame = dict[str, Any]
 
-
-class RelayClient:
+class RelayClient(TweetWaits):
     """One WebSocket connection to ``ws_url`` (``token`` as ``Authorization: Bearer``)."""
 
     def __init__(
@@ -85,31 +84,6 @@ class RelayClient:
     def unsubscribe(self, channel: str = "tweets", timeout: float | None = None) -> Frame:
         self.send({"op": "unsubscribe", "channel": channel})
         return self.next_frame(timeout, until=lambda f: f["type"] == "unsubscribed")
-
-    def tweets(self, count: int, *, timeout: float | None = None) -> list[Frame]:
-        """The next ``count`` tweet frames (other frames are kept in :attr:`frames`)."""
-        out: list[Frame] = []
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while len(out) < count:
-            try:
-                out.append(self._next_tweet(deadline))
-            except RelayClientError as exc:
-                raise RelayClientError(f"got {len(out)} of {count} tweets: {exc}") from None
-        return out
-
-    def until_seq(
-        self, seq: int, *, channel: str = "tweets", timeout: float | None = None
-    ) -> list[Frame]:
-        """Tweet frames until one of ``channel`` with seq ``seq`` or later has come."""
-        out: list[Frame] = []
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while self.last_seq.get(channel, 0) < seq:
-            try:
-                out.append(self._next_tweet(deadline))
-            except RelayClientError as exc:
-                last = self.last_seq.get(channel, 0)
-                raise RelayClientError(f"waiting for seq {seq}, got to {last}: {exc}") from None
-        return out
 
     def next_frame(self, timeout: float | None = None, until: Any = None) -> Frame:
         """The next frame (or the next one ``until(frame)`` accepts); an ``error`` frame

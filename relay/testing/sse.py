@@ -28,8 +28,7 @@ import orjson
 
 from relay.testing.errors import RelayClientError
 from relay.testing.source import UNIT
-
-Frame = dict[str, Any]
+from relay.testing.waiting import Frame, TweetWaits
 
 
 @dataclass(slots=True)
@@ -81,7 +80,7 @@ class _Parser:
         return None
 
 
-class SseClient:
+class SseClient(TweetWaits):
     """One event stream of ``events_url`` (``RelayServer.events_url``): ``channels`` (as
     ``?channel=``), ``filters`` as query parameters, ``since`` as ``?since=<epoch>:<seq>``
     (a tuple or that text), ``last_event_id`` as the ``Last-Event-ID`` header, ``token``
@@ -189,32 +188,8 @@ class SseClient:
             if until is None or until(frame):
                 return frame
 
-    def tweets(self, count: int, *, timeout: float | None = None) -> list[Frame]:
-        """The next ``count`` tweet events' data (other events are kept)."""
-        out: list[Frame] = []
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while len(out) < count:
-            try:
-                out.append(self._next_tweet(deadline))
-            except RelayClientError as exc:
-                raise RelayClientError(f"got {len(out)} of {count} tweets: {exc}") from None
-        return out
-
-    def until_seq(
-        self, seq: int, *, channel: str | None = None, timeout: float | None = None
-    ) -> list[Frame]:
-        """Tweets until one of ``channel`` (default: the stream's first) with seq ``seq``
-        or later has come."""
-        channel = channel or self.channels[0]
-        out: list[Frame] = []
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while self.last_seq.get(channel, 0) < seq:
-            try:
-                out.append(self._next_tweet(deadline))
-            except RelayClientError as exc:
-                last = self.last_seq.get(channel, 0)
-                raise RelayClientError(f"waiting for seq {seq}, got to {last}: {exc}") from None
-        return out
+    def _default_channel(self) -> str:
+        return self.channels[0]
 
     def wait_closed(self, timeout: float | None = None) -> Frame:
         """The stream's ``close`` event, once the relay ended the stream (events before it

@@ -143,7 +143,7 @@ class EventStreams:
             if len(asked.channels) + asked.stats > limit:
                 raise BadRequest(f"too many channels: at most {limit} on one stream")
             tweet_filter = self.access.subscription_filter(grant, asked.filters)
-            await self._check_known(asked.channels)
+            unknown = await self._check_known(asked.channels)
             if not self.serving():
                 raise Unavailable("the relay is shutting down; connect again", retry_after=1)
             refusal = self.clients.refusal(address, grant)
@@ -171,7 +171,7 @@ class EventStreams:
         if len(channels) > 1:
             # One subscription over the union: `tweets`, bounded to the rule channels
             # unless `tweets` itself is asked for.
-            framing, channel = sse.ChannelsFraming(channels), ALL_CHANNEL
+            framing, channel = sse.ChannelsFraming(channels, unknown), ALL_CHANNEL
             if ALL_CHANNEL not in channels:
                 tweet_filter = replace(tweet_filter or TweetFilter(), channels=frozenset(channels))
         session = Session(
@@ -193,22 +193,25 @@ class EventStreams:
         if asked.stats:
             self.hub.subscribe(session, protocol.STATS_CHANNEL, None)
 
-    async def _check_known(self, channels: tuple[str, ...]) -> None:
+    async def _check_known(self, channels: tuple[str, ...]) -> tuple[str, ...]:
         """NotFound for a rule channel outside the ingester's closed rule set (as the
-        WebSocket subscribe's ``unknown_channel``, but before the stream starts)."""
+        WebSocket subscribe's ``unknown_channel``, but before the stream starts); else the
+        channels no tweet has matched yet while the set is open (a stream of several says
+        them in its ``subscribed``; a stream of one is told by the hub, as on WebSocket)."""
         if all(self.hub.known.knows(channel) for channel in channels):
-            return
+            return ()
         try:
             known = await self.hub.refresh_channels()
         except StoreError as exc:  # the store cannot say now: the hub decides as it goes
             log.warning("cannot read the known channels: %s", exc)
-            return
+            return ()
         for channel in channels:
             if known.closed and not known.knows(channel):
                 self.metrics.bad_frames.labels("unknown_channel").inc()
                 refusal = NotFound(known.unknown_message(channel), reason="unknownChannel")
                 refusal.about = channel
                 raise refusal
+        return tuple(channel for channel in channels if not known.knows(channel))
 
     def _refuse(
         self,

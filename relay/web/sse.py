@@ -154,12 +154,15 @@ class ChannelsFraming:
     bounded to their union (:mod:`relay.web.events`). Each tweet event says which of the
     stream's channels it is on (``channel`` the first of them, ``channels`` all), and the
     subscription's replies and announcements name the stream's channels (``channels``)
-    instead of ``tweets``. A publish is framed for this stream alone."""
+    instead of ``tweets``; its ``subscribed`` names in ``unknown`` those of them no tweet
+    had matched when it started (the rule set still open). A publish is framed for this
+    stream alone."""
 
-    __slots__ = ("_heads", "channels", "listed")
+    __slots__ = ("_heads", "channels", "listed", "unknown")
 
-    def __init__(self, channels: Sequence[str]) -> None:
+    def __init__(self, channels: Sequence[str], unknown: Sequence[str] = ()) -> None:
         self.channels = tuple(channels)
+        self.unknown = list(unknown)
         self.listed = orjson.dumps(list(self.channels))
         self._heads: dict[tuple[str, ...], tuple[bytes, bytes]] = {}
 
@@ -174,6 +177,8 @@ class ChannelsFraming:
         if fields.get("channel") == ALL_CHANNEL:
             del fields["channel"]
             fields["channels"] = list(self.channels)
+            if self.unknown and fields.get("type") == "subscribed":
+                fields["unknown"] = self.unknown
             return message_event(orjson.dumps(fields), fields)
         return message_event(payload, fields)
 
