@@ -134,6 +134,11 @@ class StreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         listener = self.listener
         self.remote_address = transport.get_extra_info("peername")
+        if not listener.serving:
+            # Accepted in the last moment before the listener stopped: nothing will
+            # answer it, nor close it with the others.
+            self.transport.abort()
+            return
         address = socket_name(self.remote_address).rsplit(":", 1)[0]
         sockets = listener.sockets
         if not sockets.add(address):

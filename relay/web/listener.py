@@ -157,14 +157,24 @@ class Listener:
             conn.send_data()
             conn.pong_due = now + conn.pong_wait()
 
-    def stop_accepting(self) -> None:
+    async def stop_accepting(self) -> None:
+        """Stop listening. A connection the loop accepted but has not handed over yet gets
+        in first (and is closed at once, since nothing is served any more): on Python
+        3.11 closing the server under it fails its transport's creation and leaks its
+        socket (``Server._attach`` asserts on a closed server)."""
         self.serving = False
-        if self.server is not None:
-            self.server.close()
+        if self.server is None:
+            return
+        loop = asyncio.get_running_loop()
+        for sock in self.server.sockets:
+            loop.remove_reader(sock.fileno())  # accept nothing more
+        for _ in range(3):  # each accepted socket: its task, then its transport's calls
+            await asyncio.sleep(0)
+        self.server.close()
 
     async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Stop listening; close every connection with 1001 (aborted past ``timeout``)."""
-        self.stop_accepting()
+        await self.stop_accepting()
         for conn in tuple(self.connections):
             if conn.opened:  # the others finish their answer (an upgrade gets 503)
                 conn.close(CLOSE_GOING_AWAY)

@@ -128,7 +128,7 @@ class StreamServer:
 
     async def stop_accepting(self) -> None:
         if self.server is not None:
-            self.server.stop_accepting()
+            await self.server.stop_accepting()
 
     async def wait_closed(self) -> None:
         if self.server is not None:
