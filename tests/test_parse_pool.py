@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -14,7 +16,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from relay.core.tweet_rows import TweetRows
 from relay.core.tweets import parse_line, stored_body, stored_object
+from relay.errors import MalformedPayload
+from relay.ingest.chunk import decode_chunk, encode_chunk
 from relay.ingest.parse_pool import PROCESS_MIN_LINES, ParsedChunk, ParserPool, parse_chunk
 from relay.sources.synth import write_stream
 from relay.testing import RelayServer
@@ -184,3 +189,59 @@ def test_a_parser_process_killed_mid_batch_leaves_no_never_retrieved_future(
     assert _summary(chunk) == _summary(parse_chunk(batch))
     assert unhandled == []
     assert [line for line in warnings if "parser processes failed" in line] == warnings != []
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_the_stored_body_is_the_same_after_the_hop_as_columns(line: bytes) -> None:
+    # What the writer builds from a batch's columns, after the parser process's wire form,
+    # is the stored object byte for byte, whatever the object holds.
+    (tweet,) = parse_line(line).tweets
+    moved = decode_chunk(encode_chunk(parse_chunk([line, line])))
+    assert [back.id for back in moved.tweets] == [tweet.id, tweet.id]
+    back = moved.tweets[1]
+    assert back == dataclasses.replace(tweet, author=None)  # nothing past the parser reads it
+    assert back.channels == tweet.channels
+    assert moved.tweets.rules[0] is moved.tweets.rules[1]  # one set of rules, derived once
+    assert (
+        moved.tweets.rules[0].keys_json
+        == orjson.dumps([rule.tag or rule.id for rule in tweet.rules]).decode()
+    )
+    for seq in (1, 12345678901):
+        expected = orjson.dumps(stored_object(tweet.object, seq=seq, received_at=RECEIVED))
+        assert stored_body(back, seq=seq, received_at=RECEIVED) == expected
+
+
+def test_a_chunk_crosses_the_wire_whole() -> None:
+    lines = [
+        *_batch(40),
+        b'{"data": [{"id": "x1", "text": "bad id"}, {"id": "77", "text": "good"}]}',
+        b'{"errors": [{"title": "operational-disconnect"}]}',
+    ]
+    chunk = parse_chunk(lines)
+    moved = decode_chunk(encode_chunk(chunk))
+    assert _summary(moved) == _summary(chunk)
+    assert moved.tweet_lines == chunk.tweet_lines and moved.user_lines == chunk.user_lines
+    assert moved.skipped == chunk.skipped and [s.reason for s in moved.skipped] == ["no_id"]
+    assert moved.api_errors == chunk.api_errors == [{"title": "operational-disconnect"}]
+    assert [(i, why) for i, why, _ in moved.malformed] == [(5, "not_json"), (7, "not_object")]
+    expected = []
+    for line in lines:
+        with contextlib.suppress(MalformedPayload):
+            expected += [dataclasses.replace(t, author=None) for t in parse_line(line).tweets]
+    assert len(expected) == len(moved.tweets) > 30
+    assert list(moved.tweets) == expected  # nothing past the parser reads the author object
+
+
+def test_a_chunk_the_parser_could_not_send_is_refused_for_parsing_here() -> None:
+    with pytest.raises(ValueError, match="could not send"):
+        decode_chunk(b"")
+
+
+def test_tweet_rows_slice_and_extend_keep_every_column_in_step() -> None:
+    rows = parse_chunk(_batch(20)).tweets
+    head, tail = rows[:7], rows[7:]
+    assert len(head) == 7 and len(tail) == len(rows) - 7
+    head.extend(tail)
+    assert list(head) == list(rows)
+    assert TweetRows.of(list(rows)).ids == rows.ids
+    assert TweetRows.of(rows) is rows

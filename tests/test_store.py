@@ -19,9 +19,10 @@ from relay.core.tweets import parse_line
 from relay.errors import ConfigError, StoreError, StoreNotReady
 from relay.store.open import open_store
 from relay.store.postgres.schema import MIGRATIONS as POSTGRES_MIGRATIONS
-from relay.store.sqlite.schema import MIGRATIONS
+from relay.store.sqlite.schema import MIGRATIONS, PAGE_SIZE
 from relay.store.sqlite.search import register as register_search
 from relay.store.sqlite.store import SQLiteStore
+from relay.store.sqlite.writer import WAL_CHECKPOINT_BYTES
 from tests.pg_server import StoreMaker
 from tests.support import UNIT, stream_line
 
@@ -179,6 +180,42 @@ def test_a_database_from_a_newer_relay_is_refused(tmp_path: Path) -> None:
 def test_a_missing_folder_is_a_clear_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         asyncio.run(SQLiteStore.open(tmp_path / "no" / "such" / "r.db"))
+
+
+def test_a_new_store_has_16_kib_pages_and_an_older_one_keeps_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def pages(path: Path) -> tuple[int, int]:
+        conn = sqlite3.connect(path)
+        try:
+            return conn.execute("PRAGMA page_size").fetchone()[0], conn.execute(
+                "SELECT count(*) FROM tweets"
+            ).fetchone()[0]
+        finally:
+            conn.close()
+
+    async def fill(path: Path, first: int) -> int:
+        store = await SQLiteStore.open(path)
+        try:
+            result = await store.append(_tweets(first, first + 1), [], 1.0)
+            threshold = await store._write(  # what the writer's connection runs with
+                lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            )
+            assert [t.seq for t in result.stored] == [first, first + 1]
+            return int(threshold)
+        finally:
+            await store.close()
+
+    new = tmp_path / "new.db"
+    assert asyncio.run(fill(new, 1)) == WAL_CHECKPOINT_BYTES // PAGE_SIZE
+    assert pages(new) == (PAGE_SIZE, 2) and PAGE_SIZE == 16384
+    # A store made before (4 KiB pages) opens, takes appends and keeps its page size.
+    old = tmp_path / "old.db"
+    monkeypatch.setattr("relay.store.sqlite.schema.PAGE_SIZE", 4096)
+    asyncio.run(fill(old, 1))
+    monkeypatch.undo()
+    assert asyncio.run(fill(old, 3)) == WAL_CHECKPOINT_BYTES // 4096
+    assert pages(old) == (4096, 4)
 
 
 async def _wal_size(path: Path, until: Callable[[int], bool], timeout: float) -> int:

@@ -373,3 +373,23 @@ def test_running_relay_and_push_source_still_work_and_say_they_are_deprecated(
         assert relay.relay is not None and relay.relay.settings is settings  # as given
     finally:
         relay.stop()
+
+
+def test_an_in_process_relay_lends_its_collection_thresholds_while_it_runs(
+    tmp_path: Path,
+) -> None:
+    import gc
+
+    from relay.app.launch import HOT_PATH_THRESHOLDS
+
+    recording = tmp_path / "stream.jsonl"
+    write_stream(recording, 20, seed=3)
+    before = gc.get_threshold()
+    assert before != HOT_PATH_THRESHOLDS
+    with RelayServer(recording, speed="max") as outer:
+        assert gc.get_threshold() == HOT_PATH_THRESHOLDS
+        with RelayServer(recording, speed="max") as inner:
+            assert inner.wait_replayed().stored == 20
+        assert gc.get_threshold() == HOT_PATH_THRESHOLDS  # the outer one still runs
+        assert outer.wait_replayed().stored == 20
+    assert gc.get_threshold() == before

@@ -175,14 +175,22 @@ def stored_body(tweet: Tweet, *, seq: int, received_at: str) -> bytes:
     decoding or encoding the object again when its fields can simply be appended."""
     if not tweet.appendable:
         return orjson.dumps(stored_object(tweet.object, seq=seq, received_at=received_at))
+    return appended_body(tweet.encoded, tweet.created_at, seq, received_at)
+
+
+def appended_body(encoded: bytes, created_at: str | None, seq: int, received_at: str) -> bytes:
+    """:func:`stored_body` of an appendable tweet from its encoded object and its
+    normalised ``created_at`` (what a store reads from
+    :class:`~relay.core.tweet_rows.TweetRows`)."""
     # Times are ASCII digits and punctuation (normalise_time, time_from_unix): no escaping.
+    received = received_at.encode()
     return b'%s,%s%d,"createdAt":"%s","updatedAt":"%s","received_at":"%s"}' % (
-        tweet.encoded[:-1],
+        encoded[:-1],
         _STORE_HEAD,
         seq,
-        (tweet.created_at or received_at).encode(),
-        received_at.encode(),
-        received_at.encode(),
+        created_at.encode() if created_at else received,
+        received,
+        received,
     )
 
 

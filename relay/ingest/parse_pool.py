@@ -8,9 +8,10 @@ pure, used both ways; :class:`ParserPool` sends large batches to worker processe
 and parses small ones (a live stream's few lines a second) where they are, since a
 round trip to another process costs more than parsing a line.
 
-What crosses the process boundary is small: the lines' bytes one way; the way
-back, each tweet as a tuple whose served object is already encoded (see
-``Tweet.__reduce__``), the users once per batch.
+What crosses the process boundary is plain values in :mod:`marshal`'s form (the same
+interpreter runs both sides): the lines' bytes one way; the way back, the batch's tweets
+as columns whose served objects are already encoded, the users once per batch (see
+:func:`relay.ingest.chunk.encode_chunk`).
 """
 
 from __future__ import annotations
@@ -21,16 +22,14 @@ import contextlib
 import fcntl
 import logging
 import os
-import pickle
 import struct
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from relay.core.stored import parse_stored
-from relay.core.tweets import JSON, Skip, Tweet, parse_line
-from relay.errors import MalformedPayload
+from relay.ingest.chunk import ParsedChunk as ParsedChunk
+from relay.ingest.chunk import decode_chunk, decode_lines, encode_chunk, encode_lines
+from relay.ingest.chunk import parse_chunk as parse_chunk
 
 log = logging.getLogger(__name__)
 
@@ -39,60 +38,8 @@ PROCESS_MIN_LINES = 128
 parser process (pickling, a pipe, a wake-up on each side) costs more than it saves."""
 
 
-@dataclass(slots=True)
-class ParsedChunk:
-    """What a batch of lines held, with the per-line outcomes ingest counts and logs."""
-
-    tweets: list[Tweet] = field(default_factory=list)
-    tweet_lines: list[int] = field(default_factory=list)
-    """The index in the batch of the line each tweet came in: whose receive time it keeps."""
-    users: list[JSON] = field(default_factory=list)
-    """Included users with a text id, the last one of each id (the one the store keeps),
-    in the place of its first (where the store would have met it a line at a time)."""
-    user_lines: list[int] = field(default_factory=list)
-    """The index of the line each user last came in."""
-    payloads: int = 0
-    keepalives: int = 0
-    malformed: list[tuple[int, str, str]] = field(default_factory=list)
-    """(index of the line in the batch, reason, detail) for each line that was no payload."""
-    skipped: list[Skip] = field(default_factory=list)
-    api_errors: list[JSON] = field(default_factory=list)
-
-
-def parse_chunk(lines: Sequence[bytes], stored: bool = False) -> ParsedChunk:
-    """Parse every line (``stored``: each a stored tweet object, from an archive); a bad
-    line is recorded in the result, never raised."""
-    chunk = ParsedChunk()
-    users: dict[str, tuple[JSON, int]] = {}
-    parse = parse_stored if stored else parse_line
-    for index, line in enumerate(lines):
-        try:
-            parsed = parse(line)
-        except MalformedPayload as exc:
-            chunk.malformed.append((index, exc.reason, str(exc)))
-            continue
-        except Exception as exc:  # a parser bug must cost one line, not the batch
-            chunk.malformed.append((index, "parse_error", f"{type(exc).__name__}: {exc}"))
-            continue
-        if parsed.keepalive:
-            chunk.keepalives += 1
-            continue
-        chunk.payloads += 1
-        chunk.skipped.extend(parsed.skipped)
-        chunk.api_errors.extend(parsed.api_errors)
-        chunk.tweets.extend(parsed.tweets)
-        chunk.tweet_lines.extend([index] * len(parsed.tweets))
-        for user in parsed.users:
-            user_id = user.get("id")
-            if isinstance(user_id, str):  # parse gives usable ids as text; others are no user
-                users[user_id] = (user, index)  # the last one stands, in the first's place
-    chunk.users = [user for user, _ in users.values()]
-    chunk.user_lines = [index for _, index in users.values()]
-    return chunk
-
-
 HEADER = struct.Struct("<Q")
-"""Each message on a worker's pipes: its length, then a pickle."""
+"""Each message on a worker's pipes: its length, then the message (see ``serve``)."""
 
 
 class ParserPool:
@@ -186,7 +133,7 @@ class _Worker:
         assert process.stdin is not None and process.stdout is not None
         self._stdin = process.stdin
         self._stdout = process.stdout
-        self._waiting: collections.deque[asyncio.Future[ParsedChunk]] = collections.deque()
+        self._waiting: collections.deque[asyncio.Future[bytes | None]] = collections.deque()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read(), name="parser-read")
 
@@ -230,13 +177,13 @@ class _Worker:
 
     async def _message(self) -> Any:
         (size,) = HEADER.unpack(await self._stdout.readexactly(HEADER.size))
-        return pickle.loads(await self._stdout.readexactly(size)) if size else None
+        return await self._stdout.readexactly(size) if size else None
 
     async def parse(self, lines: Sequence[bytes], stored: bool = False) -> ParsedChunk:
         if self._reader.done():
             raise EOFError("the parser process has stopped")
-        request = pickle.dumps((stored, list(lines)), protocol=pickle.HIGHEST_PROTOCOL)
-        future: asyncio.Future[ParsedChunk] = asyncio.get_running_loop().create_future()
+        request = encode_lines(lines, stored)
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
         try:
             self._stdin.write(HEADER.pack(len(request)))
@@ -247,7 +194,7 @@ class _Worker:
             # does not report the failure the reader gives the others as never retrieved.
             future.cancel()
             raise
-        return await future
+        return decode_chunk(await future)
 
     def close(self) -> None:
         if not self._stdin.is_closing():
@@ -291,8 +238,11 @@ def serve(reader: BinaryIO, writer: BinaryIO) -> None:
         if len(header) < HEADER.size:
             return
         (size,) = HEADER.unpack(header)
-        stored, lines = pickle.loads(reader.read(size))
-        answer = pickle.dumps(parse_chunk(lines, stored), protocol=pickle.HIGHEST_PROTOCOL)
+        stored, lines = decode_lines(reader.read(size))
+        try:
+            answer = encode_chunk(parse_chunk(lines, stored))
+        except ValueError:  # nested past what marshal takes: the relay parses it itself
+            answer = b""
         writer.write(HEADER.pack(len(answer)))
         writer.write(answer)
         writer.flush()

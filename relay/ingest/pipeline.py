@@ -272,7 +272,7 @@ class Ingest:
                 [line.data for line in lines[start : start + LINES_PER_TURN]],
                 lines[0].kind == "stored",
             )
-            chunk.tweets += part.tweets
+            chunk.tweets.extend(part.tweets)
             chunk.tweet_lines += [start + index for index in part.tweet_lines]
             chunk.users += part.users  # the store keeps the last of each id
             chunk.user_lines += [start + index for index in part.user_lines]

@@ -77,6 +77,9 @@ class Batch:
         cls, tweets: Sequence[Tweet], users: Sequence[dict[str, Any]], received: Received
     ) -> Batch:
         tweet_times = times_from_unix(received.tweets)
+        # Once into objects: a batch from the parser holds columns (TweetRows), which
+        # would build each tweet again at every pass over it.
+        tweets = list(tweets)
         return cls(tweets, users, received, tweet_times, times_from_unix(received.users))
 
 

@@ -26,6 +26,14 @@ TWEET_COLUMNS = (
 )
 
 
+PAGE_SIZE = 16384
+"""Bytes a page of a new store (SQLite's default is 4096; an existing file keeps its own).
+A stored tweet is about 2.5 KB with seven indexes beside it: a 4 KiB page holds one or
+two, and each commit wrote (and each checkpoint copied) a page per row, a ``pwrite`` each.
+Measured on 30,000 synthetic tweets into the relay's own tables and indexes (the bench's
+"own tables" row): 24-28 -> 17 µs of CPU a tweet for the inserts and the commit."""
+
+
 def _migration_1(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     db.execute(
@@ -176,6 +184,8 @@ def migrate(conn: sqlite3.Connection) -> None:
                 "not a tweet-relay database (it has tables "
                 f"{', '.join(tables[:5])[:200]} and no relay schema version)"
             )
+        # Before the first table, while the file is empty (and not yet in WAL mode).
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE:d}")
     for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
         # One transaction per migration (sqlite-utils keeps scripts inside it).
         conn.execute("BEGIN IMMEDIATE")

@@ -47,9 +47,9 @@ from relay.store.sqlite.write import append_rows, restore_rows
 from relay.store.sqlite.writer import (
     CHECKPOINT_EVERY,
     IDLE_CHECKPOINT,
-    WAL_CHECKPOINT_PAGES,
     WRITER_CACHE_KIB,
     WriterThread,
+    wal_checkpoint_pages,
 )
 from relay.store.types import (
     AppendResult,
@@ -181,7 +181,8 @@ class SQLiteStore:
             given, head = check_head(conn)
             search_indexed = indexed_seq(conn)
             conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB:d}")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES:d}")
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA wal_autocheckpoint = {wal_checkpoint_pages(page_size):d}")
         except (sqlite3.DatabaseError, StoreError) as exc:
             if conn is not None:
                 conn.close()

@@ -17,12 +17,13 @@ from typing import Any
 import orjson
 
 from relay.core.times import MAX_TIME_LENGTH, normalise_time, time_from_unix, times_from_unix
+from relay.core.tweet_rows import TweetRows
 from relay.core.tweets import (
-    ALL_CHANNEL,
-    RULE_PREFIX,
     Tweet,
+    appended_body,
     display_name_of,
     stored_body,
+    stored_object,
     username_of,
 )
 from relay.errors import StoreError
@@ -145,36 +146,81 @@ def _append_batch(
     tweet_times: Sequence[str],
     user_times: Sequence[str],
 ) -> AppendResult:
-    """The fast path: one statement per table for the whole batch.
+    """The fast path: one statement per table for the whole batch, its rows zipped from
+    the batch's columns (:class:`~relay.core.tweet_rows.TweetRows`, as the parser hands
+    them over: no object a tweet).
 
     Which ids are new is settled first (one lookup, then the batch's own repeats), so
     seqs stay dense and the insert never meets a conflict: being the only writer, a
     conflict there would be the store's own fault, and it fails the commit.
     """
-    ids = [tweet.id for tweet in tweets]
+    columns = TweetRows.of(tweets)
     known = {
         row[0]
         for row in conn.execute(
             "SELECT id FROM tweets WHERE id IN (SELECT value FROM json_each(?))",
-            (orjson.dumps(ids),),
+            (orjson.dumps(columns.ids),),
         )
     }
     seq = seq_counter.next
     rows: list[tuple[Any, ...]] = []
     rule_rows: list[tuple[str, int]] = []
     stored: list[StoredTweet] = []
-    for tweet, text, received_at in zip(tweets, tweet_times, received.tweets, strict=True):
-        if tweet.id in known:
+    for (
+        tweet_id,
+        text,
+        author_id,
+        username,
+        lang,
+        created,
+        media,
+        rules,
+        encoded,
+        decoded,
+        received_text,
+        received_at,
+    ) in zip(
+        columns.ids,
+        columns.texts,
+        columns.author_ids,
+        columns.usernames,
+        columns.langs,
+        columns.created,
+        columns.media,
+        columns.rules,
+        columns.encoded,
+        columns.objects,
+        tweet_times,
+        received.tweets,
+        strict=True,
+    ):
+        if tweet_id in known:
             continue
-        known.add(tweet.id)  # a repeat later in the same batch is a duplicate too
-        body = stored_body(tweet, seq=seq, received_at=text)
-        keys = [rule.tag or rule.id for rule in tweet.rules]
-        unique = dict.fromkeys(keys)
-        rows.append(tweet_row(seq, tweet, text, keys, body))
-        rule_rows.extend((key, seq) for key in unique)
-        # Tweet.channels, from the keys at hand.
-        channels = (ALL_CHANNEL, *[RULE_PREFIX + key for key in unique])
-        stored.append(StoredTweet.written(seq, tweet, body, received_at, channels))
+        known.add(tweet_id)  # a repeat later in the same batch is a duplicate too
+        body = (
+            appended_body(encoded, created, seq, received_text)
+            if decoded is None
+            else orjson.dumps(stored_object(decoded, seq=seq, received_at=received_text))
+        )
+        rows.append(
+            (
+                seq,
+                tweet_id,
+                author_id,
+                username,
+                text,
+                lang,
+                created or received_text,
+                received_text,
+                int(media),
+                rules.keys_json,
+                body,
+            )
+        )
+        rule_rows.extend([(key, seq) for key in rules.unique])
+        stored.append(
+            StoredTweet(seq, rules.channels, body, lang, username, media, text, received_at)
+        )
         seq += 1
     conn.executemany(INSERT_TWEET, rows)
     conn.executemany(INSERT_TWEET_RULE, rule_rows)
@@ -196,7 +242,7 @@ def _append_batch(
         [row for user, text in latest.values() if (row := _user_row(user, text))],
     )
     seq_counter.next = seq
-    return AppendResult(stored=stored, duplicates=len(tweets) - len(stored))
+    return AppendResult(stored=stored, duplicates=len(columns) - len(stored))
 
 
 def insert_tweet(
