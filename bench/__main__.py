@@ -163,7 +163,7 @@ def main() -> int:
                 folder, redis.url, lat_subs, lat_tweets, args.rate, args.window, max(1, args.chunk)
             ),
             "ingest": lambda: bench_ingest.ingest(folder, ingest, args.database_url),
-            "catchup": lambda: bench_catchup.catch_up(folder, catchup),
+            "catchup": lambda: bench_catchup.catch_up(folder, catchup, args.database_url),
             "idle": lambda: bench_idle.idle(folder, idle),
             "rewind": lambda: bench_rewind.rewind(folder, rewound),
             "archive": lambda: bench_archive.archive(folder, archived),

@@ -8,6 +8,7 @@ CPU time and memory from their own /proc counters, and ends everything it starte
 from __future__ import annotations
 
 import time
+import urllib.request
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ class Burst:
     gaps: int
     gen_cpu: float
     results: list[dict[str, Any]]
+    writes_note: str = ""
+    """The relay's frames a socket write over the burst, when the part read its metrics."""
 
     @property
     def us_per_frame(self) -> float:
@@ -68,14 +71,16 @@ def burst(
     subscribe: bytes = SUBSCRIBE,
     timeout: float = 60.0,
     node_clients: Path | None = None,
+    processes: int = 2,
     **spec: Any,
 ) -> Burst:
     """Connect ``clients`` to ``server``, run ``trigger``, wait for ``expect`` frames each.
 
     Without a trigger the frames start with the subscription (a catch-up): the server's
     CPU is counted from before the clients connect. ``node_clients``: Node ``ws`` clients
-    (their files in that folder) instead of the Python generator's."""
-    processes = min(2, clients)
+    (their files in that folder) instead of the Python generator's, in ``processes``
+    client processes."""
+    processes = min(processes, clients)
     gen: Generator | NodeClients = (
         Generator(processes=processes)
         if node_clients is None
@@ -186,3 +191,24 @@ def latencies(b: Burst) -> list[float]:
         values.frombytes(r["latencies"])
         out.extend(values)
     return out
+
+
+def relay_writes(port: int) -> tuple[float, float, float, float]:
+    """The relay's socket writes to clients, frames sent, and its delivery latency
+    histogram's sum and count, from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    values = [0.0, 0.0, 0.0, 0.0]
+    for line in text.splitlines():
+        for n, prefix in enumerate(
+            (
+                "relay_stream_writes_total ",
+                "relay_frames_sent_total{",
+                "relay_delivery_latency_seconds_sum ",
+                "relay_delivery_latency_seconds_count ",
+            )
+        ):
+            if line.startswith(prefix):
+                values[n] += float(line.split()[-1])
+    writes, frames, waited, observed = values
+    return writes, frames, waited, observed

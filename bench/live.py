@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import statistics
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-from bench.burst import Burst, burst, capture_frames, cell, latencies, percentile, times
+from bench.burst import (
+    Burst,
+    burst,
+    capture_frames,
+    cell,
+    latencies,
+    percentile,
+    relay_writes,
+    times,
+)
 from bench.procs import (
     end,
     node_peer,
@@ -71,7 +79,7 @@ def _live_run(
             # fresh ids); the run ends once every client has its ``count`` frames.
             ingest = relay_ingest(part, db, stream, redis_url, speed="1", loop=True)
 
-        before = _writes(serve.port)
+        before = relay_writes(serve.port)
         relay = burst(
             serve,
             clients,
@@ -82,7 +90,7 @@ def _live_run(
             timeout=count / rate + 15,
             node_clients=node_clients,
         )
-        after = _writes(serve.port)
+        after = relay_writes(serve.port)
         writes, frames, waited, observed = (a - b for a, b in zip(after, before, strict=True))
         captured = part / "frames.jsonl"
         capture_frames(serve.port, count, captured)
@@ -91,27 +99,6 @@ def _live_run(
             end(ingest)
         serve.stop()
     return LiveRun(relay, frames / max(writes, 1), waited / max(observed, 1)), captured
-
-
-def _writes(port: int) -> tuple[float, float, float, float]:
-    """The relay's socket writes to clients, frames sent, and its delivery latency
-    histogram's sum and count, from its /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    values = [0.0, 0.0, 0.0, 0.0]
-    for line in text.splitlines():
-        for n, prefix in enumerate(
-            (
-                "relay_stream_writes_total ",
-                "relay_frames_sent_total{",
-                "relay_delivery_latency_seconds_sum ",
-                "relay_delivery_latency_seconds_count ",
-            )
-        ):
-            if line.startswith(prefix):
-                values[n] += float(line.split()[-1])
-    writes, frames, waited, observed = values
-    return writes, frames, waited, observed
 
 
 def latency(

@@ -136,14 +136,15 @@ def test_a_client_that_never_reads_is_closed_with_4008_once_earlier_bytes_pass_t
     _subscribers(relay, 2)
     session = _session_of(relay, stuck.sock.getsockname()[1])
 
-    async def publish_and_look() -> tuple[int, bool, int]:
-        # In the loop: what the stuck client had unsent just before this publish.
-        before = session.transport_backlog()
+    async def publish_and_look() -> tuple[int, bool, int, int]:
+        # In the loop: what the stuck client had unsent just before this publish (in the
+        # transport, and held back while the transport pushes back).
+        before = session.backlog()
         tweets = _tweets(hub, 2, 10_000)  # about 20 KB: a third of the buffer
         hub.publish(tweets)
-        return before, session.closed, tweets[-1].seq
+        return before, session.closed, tweets[-1].seq, session.last_seq
 
-    history: list[tuple[int, bool, int]] = []
+    history: list[tuple[int, bool, int, int]] = []
     for _ in range(2000):  # at most 40 MB: far past any kernel buffer
         history.append(relay.call(publish_and_look()))
         assert len(receive_tweets(reader, 2, timeout=2 * UNIT)) == 2  # the reader keeps up
@@ -151,17 +152,78 @@ def test_a_client_that_never_reads_is_closed_with_4008_once_earlier_bytes_pass_t
             break
     # Closed at the first publish that found more than the buffer unsent from before, and
     # not at one that found less, even when that publish's own bytes took it past.
-    closed_at = next(i for i, (_, closed, _) in enumerate(history) if closed)
+    closed_at = next(i for i, (_, closed, _, _) in enumerate(history) if closed)
     assert history[closed_at][0] > limit
-    assert all(before <= limit for before, _, _ in history[:closed_at])
-    assert any(before + 20_000 > limit for before, _, _ in history[:closed_at])
+    assert all(before <= limit for before, _, _, _ in history[:closed_at])
+    assert any(before + 20_000 > limit for before, _, _, _ in history[:closed_at])
     assert relay.relay.metrics.slow_consumers._value.get() == 1
     close = stuck.close_code()
     assert close is not None and close.code == 4008
     reason: dict[str, Any] = orjson.loads(close.reason)
-    # The last seq written before the close: the previous publish's last one.
-    assert reason == {"reason": "slow_consumer", "seq": history[closed_at - 1][2]}
+    # The last seq written before the close, from where the client resumes: frames held
+    # back while its transport pushed back were never written (they are in the store).
+    written = history[closed_at][3]
+    assert reason == {"reason": "slow_consumer", "seq": written}
+    assert 0 < written <= history[closed_at - 1][2]
     seqs = _publish(relay, 1, 10)
     assert receive_tweets(reader, 1)[0]["seq"] == seqs[0]
     reader.close()
     stuck.close()
+
+
+def test_a_slow_reader_gets_what_came_while_its_transport_pushed_back_in_one_write(
+    start_relay: Start,
+) -> None:
+    relay = start_relay()  # the default send buffer: 1 MiB
+    hub = _hub(relay)
+    slow = RawClient(relay.ws_url, rcvbuf=4096)
+    slow.send({"op": "subscribe", "channel": "tweets"})
+    _subscribers(relay, 1)
+    session = _session_of(relay, slow.sock.getsockname()[1])
+    metrics = relay.relay.metrics
+
+    async def publish(count: int) -> tuple[int, bool, int, float, float]:
+        tweets = _tweets(hub, count, 2000)
+        hub.publish(tweets)
+        await asyncio.sleep(0)  # the hub's flush: a write, or the frames held back
+        await asyncio.sleep(0)
+        writes, frames = metrics.stream_writes._value.get(), _frames_sent(relay)
+        return tweets[-1].seq, session.held_back, session.writes, writes, frames
+
+    # The client reads nothing: its socket fills, then the transport pushes back.
+    held = False
+    for _ in range(5000):  # at most 10 MB: past any kernel buffer
+        last, held, writes, all_writes, frames = relay.call(publish(1))
+        if held:  # this publish's frame is the first held back
+            break
+    assert held and not session.closed
+    # While it pushes back, publishes of a few tweets each go out in no write at all...
+    publishes, per_publish = 40, 3
+    for _ in range(publishes):
+        last, held, *counts = relay.call(publish(per_publish))
+        assert held and counts == [writes, all_writes, frames]
+    assert not session.closed  # 240 KB held back: under the send buffer
+    # ...and once the client reads, everything held back goes out in one write, in order.
+    seqs = []
+    for message in slow.texts():
+        if message["type"] == "tweet":
+            seqs.append(message["seq"])
+            if message["seq"] == last:
+                break
+    assert seqs == list(range(1, last + 1))
+
+    async def counts() -> tuple[int, float, float]:
+        return session.writes, metrics.stream_writes._value.get(), _frames_sent(relay)
+
+    after = relay.call(counts())
+    assert after[0] - writes == after[1] - all_writes == 1
+    assert after[2] - frames == 1 + publishes * per_publish
+    assert metrics.slow_consumers._value.get() == 0
+    slow.close()
+
+
+def _frames_sent(relay: RelayServer) -> float:
+    value = relay.relay.metrics.registry.get_sample_value(
+        "relay_frames_sent_total", {"transport": "websocket"}
+    )
+    return value or 0.0

@@ -442,3 +442,59 @@ def test_resume_after_a_kill_9_of_the_relay_misses_nothing_it_committed(tmp_path
         assert seqs[: head - last] == list(range(last + 1, head + 1)), "a gap or a duplicate"
     finally:
         second.stop()
+
+
+def test_a_slow_stream_gets_what_came_while_it_pushed_back_in_one_write(
+    start_relay: Start,
+) -> None:
+    import asyncio
+
+    from relay.store import StoredTweet
+
+    relay = start_relay()  # the default send buffer: 1 MiB
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
+    slow.settimeout(UNIT)
+    slow.connect(("127.0.0.1", relay.port))
+    slow.sendall(b"GET /v1/events?channel=tweets HTTP/1.1\r\nHost: relay\r\n\r\n")
+    hub = relay.relay.hub
+    assert hub is not None
+    wait_for(lambda: sum(len(s.subscriptions) for s in hub.sessions) == 1, UNIT, "the stream")
+    (session,) = hub.sessions
+    writes_total = relay.relay.metrics.stream_writes
+
+    async def publish(count: int) -> tuple[int, bool, int, float]:
+        first = hub.head + 1
+        hub.publish(
+            [
+                StoredTweet(seq, ("tweets",), orjson.dumps({"id": str(seq), "text": "x" * 2000}))
+                for seq in range(first, first + count)
+            ]
+        )
+        await asyncio.sleep(0)  # the hub's flush: a write, or the frames held back
+        await asyncio.sleep(0)
+        return first + count - 1, session.held_back, session.writes, writes_total._value.get()
+
+    held = False
+    for _ in range(5000):  # at most 10 MB: past any kernel buffer
+        last, held, writes, all_writes = relay.call(publish(1))
+        if held:
+            break
+    assert held and not session.closed
+    for _ in range(40):  # 120 tweets while the stream pushes back: no write at all
+        last, held, *counts = relay.call(publish(3))
+        assert held and counts == [writes, all_writes]
+    end = f"id: {hub.epoch}:{last}\n".encode()
+    data = b""
+    while not (end in data[-16384:] and data.endswith(b"\n\n")):  # the last event whole
+        data += slow.recv(1 << 16)
+    slow.close()
+    events = _blocks(data.partition(b"\r\n\r\n")[2])
+    seqs = [int(e["id"].rpartition(":")[2]) for e in events if e.get("event") == "tweet"]
+    assert seqs == list(range(1, last + 1))  # every tweet, in order, once
+
+    async def counts() -> tuple[int, float]:
+        return session.writes, writes_total._value.get()
+
+    assert relay.call(counts()) == (writes + 1, all_writes + 1)
+    assert relay.relay.metrics.slow_consumers._value.get() == 0

@@ -186,6 +186,14 @@ def test_read_bodies_reads_the_rows_of_read_after_and_says_where_it_stopped(
         assert (limited.count, limited.last, limited.complete) == (2, 2, False)
         budget = await store.read_bodies("tweets", 0, 4, 10, list, max_bytes=1)
         assert (budget.count, budget.last, budget.complete) == (1, 1, False)
+        # The page ends with the first row that reaches the budget (the store may cut it
+        # where it reads: PostgreSQL in the server).
+        two = len(stored[0][1]) + 1
+        second = await store.read_bodies("tweets", 0, 4, 10, list, max_bytes=two)
+        assert (second.built, second.last, second.complete) == (stored[:2], 2, False)
+        exact = len(stored[0][1]) + len(stored[1][1])
+        reached = await store.read_bodies("tweets", 0, 4, 10, list, max_bytes=exact)
+        assert (reached.built, reached.complete) == (stored[:2], False)
         roomy = await store.read_bodies("tweets", 0, 4, 10, list, max_bytes=10**6)
         assert roomy.built == stored and roomy.complete
         empty = await store.read_bodies("tweets", 4, 4, 10, list)

@@ -98,6 +98,7 @@ class Hub:
         self._flush_handle: asyncio.Handle | None = None
         self._oldest_unwritten = 0.0
         """Receive time of the oldest tweet whose frames are not all written yet."""
+        self._on_drained = self._drained
         self.latest_stats: bytes | None = None
         """The last ``stats`` payload, sent at once to a new subscriber of ``$stats``."""
         self.known = Channels()
@@ -109,6 +110,7 @@ class Hub:
 
     def add(self, session: Session) -> None:
         if session not in self.sessions:
+            session.on_drained = self._on_drained  # one bound method for every session
             self.sessions.add(session)
             self.kinds[session.kind] += 1
             self.metrics.connections.labels(session.kind).inc()
@@ -233,9 +235,10 @@ class Hub:
                 frames += count
                 writes += 1
                 written += size
-            if session.pending and not session.closed:
+            if session.pending and not session.closed and not session.held_back:
                 dirty.append(session)
             else:
+                # Done, closed, or held back until its transport drains (Session.drained).
                 session.scheduled = False
         if counter is not None:
             counter.inc(frames)
@@ -245,6 +248,16 @@ class Hub:
             self.metrics.delivery_latency.observe(max(0.0, time.time() - self._oldest_unwritten))
             self._oldest_unwritten = 0.0
         if dirty and self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _drained(self, session: Session) -> None:
+        """A session's transport drained after it pushed back: what it held back meanwhile
+        goes out at the loop's next step, in one write."""
+        if session.scheduled or session.closed:
+            return
+        session.scheduled = True
+        self._dirty.append(session)
+        if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _isolate(self, failed: dict[Session, BaseException]) -> None:

@@ -7,11 +7,15 @@ bytes for every client of that kind) and the session writes them to its
 most a quarter of ``send_buffer`` when the publish is large (the hub interleaves
 those pieces with other clients' and yields between turns).
 
-The transport's own write buffer is the send buffer. A client is slow when it
+The transport's own write buffer is the send buffer. While the transport pushes
+back (the client reads slower than the relay sends), the hub writes nothing more
+to it: the frames of every publish meanwhile wait here, unsent and uncopied, and
+go out in one write once it drains (:meth:`Session.drained`), so a slow reader
+costs no more writes or loop turns a frame than a fast one. A client is slow when it
 has not taken what it was sent before: more than ``send_buffer`` bytes from
-earlier publishes still unsent when the next publish for it comes closes it
-with 4008 and its last seq, so it can resume from the store, and no other
-client waits for it (invariant 4). The buffer is measured before this
+earlier publishes still unsent (held back here or in the transport) when the next
+publish for it comes closes it with 4008 and its last seq, so it can resume from
+the store, and no other client waits for it (invariant 4). The buffer is measured before this
 publish's bytes are written, so one large publish never makes a client slow by
 itself; ``LAG_ALLOWANCE`` buffers' worth bounds what one connection can hold
 while the relay itself lags behind.
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +51,10 @@ LAG_ALLOWANCE = 8
 
 ROOM_POLL = 0.005
 """Seconds between backlog checks of a waiting catch-up when the transport is not paused."""
+
+_FREE, _HELD, _WHOLE = "free", "held", "whole"
+"""A session's hold on its pending frames: written in pieces as usual; held back while
+the transport pushes back; written whole at the next write, the transport drained."""
 
 Frame = tuple[bytes, int]
 """A complete frame ready for the wire and the seq it carries (0: a reply)."""
@@ -80,6 +88,7 @@ class Session:
     __slots__ = (
         "_catch_up_turn",
         "_held",
+        "_hold",
         "_out",
         "_out_bytes",
         "_out_seq",
@@ -89,6 +98,7 @@ class Session:
         "last_seq",
         "limit",
         "metrics",
+        "on_drained",
         "peer",
         "piece",
         "scheduled",
@@ -121,11 +131,16 @@ class Session:
         self._catch_up_turn: asyncio.Lock | None = None
         self.scheduled = False
         """The hub has this session in its list of sessions with frames to write."""
+        self.on_drained: Callable[[Session], None] | None = None
+        """Told when the transport drained while frames were held back (the hub's)."""
         self._out: list[bytes] = []
         self._out_seq: list[int] = []
         self._out_bytes = 0
         self._held = 0
         """Bytes of live frames held for subscriptions still catching up."""
+        self._hold = _FREE
+        """Whether pending frames are held back for the transport to drain (the hub does
+        not schedule the session meanwhile), or go out whole at the next write."""
 
     @property
     def catch_up_turn(self) -> asyncio.Lock:
@@ -256,7 +271,9 @@ class Session:
         if self.closed:
             return False
         buffered = self.transport_backlog()
-        if buffered > self.limit or buffered + self._out_bytes > LAG_ALLOWANCE * self.limit:
+        # Held back, the frames of earlier publishes are the client's unsent bytes too.
+        unsent = buffered + self._out_bytes if self.held_back else buffered
+        if unsent > self.limit or buffered + self._out_bytes > LAG_ALLOWANCE * self.limit:
             self.close(CLOSE_SLOW_CONSUMER, "slow_consumer")
             return False
         if len(parts) == 1:
@@ -271,7 +288,7 @@ class Session:
                 key=lambda pair: pair[1],
             )
             self._add(merged)
-        return bool(self._out)
+        return bool(self._out) and not self.held_back
 
     def _add(self, frames: Iterable[Frame]) -> None:
         out, seqs = self._out, self._out_seq
@@ -307,18 +324,42 @@ class Session:
             self.frames_sent.inc(count + written - 1)
             self.metrics.stream_writes.inc()
 
+    @property
+    def held_back(self) -> bool:
+        """Pending frames wait for the transport to drain (it pushed back)."""
+        return self._hold is _HELD
+
     def flush_piece(self) -> tuple[int, int]:
         """Write the next piece of pending frames (at most ``piece`` bytes, at least one
-        frame) in one write: how many frames and bytes went out."""
+        frame) in one write: how many frames and bytes went out. Nothing while the
+        transport pushes back: the frames are held back until it drains, and then
+        everything pending goes out in one write."""
         if self.closed or not self._out:
             return 0, 0
+        if self.transport.pushing_back():
+            self._hold = _HELD
+            return 0, 0
         out, size, count = self._out, 0, 0
-        for frame in out:
-            if count and size + len(frame) > self.piece:
-                break
-            size += len(frame)
-            count += 1
+        if self._hold is _WHOLE:
+            self._hold = _FREE
+            count, size = len(out), self._out_bytes
+        else:
+            for frame in out:
+                if count and size + len(frame) > self.piece:
+                    break
+                size += len(frame)
+                count += 1
         return (count, size) if self._write(count) else (0, 0)
+
+    def drained(self) -> None:
+        """The transport takes writes again: frames held back meanwhile go out (the hub
+        writes them in one write at the loop's next step)."""
+        if self._hold is not _HELD:
+            return
+        self._hold = _FREE
+        if self._out and not self.closed and self.on_drained is not None:
+            self._hold = _WHOLE
+            self.on_drained(self)
 
     def _write(self, count: int) -> bool:
         """Write the first ``count`` pending frames to the transport, as one write."""

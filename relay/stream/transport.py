@@ -74,6 +74,13 @@ class Transport(Protocol):
         """Bytes written and not yet taken by the client (0 once gone)."""
         ...
 
+    def pushing_back(self) -> bool:
+        """The client has not taken what it was sent and the transport's own buffer is
+        past its high-water mark: more written now would only queue behind it. Once it
+        drains, the transport tells its session (:meth:`Session.drained
+        <relay.stream.session.Session.drained>`)."""
+        ...
+
     async def drain(self) -> None:
         """Return once the transport takes writes again: at once unless it pushed back.
         Raises when the client took nothing for too long; the connection is cut then."""

@@ -210,6 +210,9 @@ class StreamConnection(asyncio.Protocol):
         waiter, self._drained = self._drained, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        session = self.client.session if self.client is not None else None
+        if session is not None:
+            session.drained()  # frames held back while we pushed back go out now
 
     # -- the WebSocket transport of a session, and the answers of the server ----------
 
@@ -237,6 +240,10 @@ class StreamConnection(asyncio.Protocol):
     def backlog(self) -> int:
         """Bytes written and not yet taken by the client."""
         return self.transport.get_write_buffer_size()
+
+    def pushing_back(self) -> bool:
+        """The transport paused our writes (its buffer is past the high-water mark)."""
+        return self.paused
 
     def send_data(self) -> None:
         """Write what the protocol has to send (frames, a close, a half-close)."""

@@ -257,6 +257,9 @@ class EventStream:
     def backlog(self) -> int:
         return 0 if self.conn.lost else self.conn.backlog()
 
+    def pushing_back(self) -> bool:
+        return self.conn.pushing_back()
+
     async def drain(self) -> None:
         await self.conn.drain()
 

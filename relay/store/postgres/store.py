@@ -96,6 +96,9 @@ class PostgresStore:
         self.on_damage: Callable[[StoreCorrupt], None] | None = None
         """Not called yet: PostgreSQL's own damage errors (XX001, XX002) are not told
         apart from other failures."""
+        self._body_bytes = 0
+        """The mean body size of the last catch-up page read (0: none yet), to ask the
+        server for about a byte budget's worth of rows instead of the whole row limit."""
 
     @property
     def commits(self) -> int:
@@ -327,7 +330,16 @@ class PostgresStore:
         max_bytes: int | None = None,
         conditions: Sequence[Condition] = (),
     ) -> BodyPage[T]:
-        rows = await self._read(read.bodies_after(channel, after, until, limit, conditions))
+        if max_bytes is not None and self._body_bytes:
+            # The server reads (and detoasts) every row up to the limit before it cuts to
+            # the budget: ask for about the budget's worth, a quarter more. Fewer rows than
+            # asked and under the budget still means complete, and a full page goes on.
+            limit = min(limit, max(16, max_bytes * 5 // (4 * self._body_bytes) + 1))
+        rows = await self._read(
+            read.bodies_after(channel, after, until, limit, conditions, max_bytes)
+        )
+        if rows:
+            self._body_bytes = max(1, sum(len(body) for _, body in rows) // len(rows))
         cut = False
         if max_bytes is not None:
             size = 0
