@@ -32,24 +32,21 @@ from relay.core.query import Condition, TweetQuery
 from relay.core.rule_set import Channels
 from relay.core.times import time_from_unix
 from relay.core.tweets import Tweet
-from relay.errors import StoreCorrupt, StoreError, StoreNotReady
+from relay.errors import StoreCorrupt, StoreError
 from relay.store import Store
 from relay.store.sqlite import query as sqlite_query
 from relay.store.sqlite import read, receive_order
 from relay.store.sqlite.conn import READER_MMAP_BYTES, connect
-from relay.store.sqlite.damage import check_head, check_order, checked, missing
+from relay.store.sqlite.damage import check_order, checked, missing
 from relay.store.sqlite.deletions import apply_pending, deletions_after, last_deletion
 from relay.store.sqlite.file_lock import WriterLock, describe_self
+from relay.store.sqlite.opening import check_folder, check_readable, open_for_writing
 from relay.store.sqlite.retention import checkpoint, trim_oldest
-from relay.store.sqlite.schema import check_schema, migrate
-from relay.store.sqlite.search import indexed_seq
 from relay.store.sqlite.write import append_rows, restore_rows
 from relay.store.sqlite.writer import (
     CHECKPOINT_EVERY,
     IDLE_CHECKPOINT,
-    WRITER_CACHE_KIB,
     WriterThread,
-    wal_checkpoint_pages,
 )
 from relay.store.types import (
     AppendResult,
@@ -144,56 +141,24 @@ class SQLiteStore:
             raise StoreError(f"{self.path} was opened to read only")
 
     def _open_reader(self) -> None:
-        if self.path == ":memory:":
-            raise StoreError("an in-memory database cannot be shared with a serving process")
-        if not Path(self.path).exists():
-            raise StoreNotReady(
-                f"no database at {self.path} yet: start `relay ingest` or run `relay migrate`"
-            )
-        conn = connect(self.path)
-        try:
-            check_schema(conn)
-            self.schema_version = conn.execute("PRAGMA user_version").fetchone()[0]
-            self.epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
-            check_head(conn)
-        except StoreNotReady as exc:
-            raise StoreNotReady(f"{self.path}: {exc}") from None
-        except (sqlite3.DatabaseError, StoreError, TypeError) as exc:
-            raise StoreError(f"cannot open database {self.path}: {exc}") from None
-        finally:
-            conn.close()
+        self.schema_version, self.epoch = check_readable(self.path)
 
     def _open_writer(self) -> None:
-        if self.path != ":memory:" and not Path(self.path).parent.exists():
-            raise StoreError(f"database folder does not exist: {Path(self.path).parent}")
+        check_folder(self.path)
         if self._lock is not None:
             self._lock.acquire()  # before any write: a second writer changes nothing
-        conn: sqlite3.Connection | None = None
         try:
-            conn = connect(self.path)
-            migrate(conn)  # first: it refuses another application's file before any write
-            self.schema_version = conn.execute("PRAGMA user_version").fetchone()[0]
-            conn.execute("PRAGMA journal_mode = WAL")
-            epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-            if epoch is None or not isinstance(epoch[0], str):
-                raise StoreError("not a tweet-relay database (it has no epoch)")
-            self.epoch = epoch[0]
-            given, head = check_head(conn)
-            search_indexed = indexed_seq(conn)
-            conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB:d}")
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            conn.execute(f"PRAGMA wal_autocheckpoint = {wal_checkpoint_pages(page_size):d}")
-        except (sqlite3.DatabaseError, StoreError) as exc:
-            if conn is not None:
-                conn.close()
+            start = open_for_writing(self.path)
+        except StoreError:
             if self._lock is not None:
                 self._lock.abandon()
-            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+            raise
+        self.schema_version, self.epoch = start.schema_version, start.epoch
         self._writer = WriterThread(
             self.path,
-            conn,
-            next_seq=max(given, head) + 1,
-            search_indexed=search_indexed,
+            start.conn,
+            next_seq=start.next_seq,
+            search_indexed=start.search_indexed,
             idle_checkpoint=self._idle_checkpoint,
             checkpoint_every=self._checkpoint_every,
         )
