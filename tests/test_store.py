@@ -22,9 +22,8 @@ from relay.store.postgres.schema import MIGRATIONS as POSTGRES_MIGRATIONS
 from relay.store.sqlite.schema import MIGRATIONS, PAGE_SIZE
 from relay.store.sqlite.search import register as register_search
 from relay.store.sqlite.store import SQLiteStore
-from relay.store.sqlite.writer import WAL_CHECKPOINT_BYTES
 from tests.pg_server import StoreMaker
-from tests.support import UNIT, stream_line
+from tests.support import UNIT, stream_line, wait_for
 
 
 def _tweets(*ids: int, tags: tuple[str, ...] = ("cats",)) -> list:  # type: ignore[type-arg]
@@ -207,14 +206,14 @@ def test_a_new_store_has_16_kib_pages_and_an_older_one_keeps_its_own(
             await store.close()
 
     new = tmp_path / "new.db"
-    assert asyncio.run(fill(new, 1)) == WAL_CHECKPOINT_BYTES // PAGE_SIZE
+    assert asyncio.run(fill(new, 1)) == 0  # no checkpoint inside a commit
     assert pages(new) == (PAGE_SIZE, 2) and PAGE_SIZE == 16384
     # A store made before (4 KiB pages) opens, takes appends and keeps its page size.
     old = tmp_path / "old.db"
     monkeypatch.setattr("relay.store.sqlite.schema.PAGE_SIZE", 4096)
     asyncio.run(fill(old, 1))
     monkeypatch.undo()
-    assert asyncio.run(fill(old, 3)) == WAL_CHECKPOINT_BYTES // 4096
+    assert asyncio.run(fill(old, 3)) == 0
     assert pages(old) == (4096, 4)
 
 
@@ -415,5 +414,28 @@ def test_a_reader_of_a_store_from_before_the_rewind_migration_waits_for_it(
         reader = await open_store(settings, writer=False, serves=False)
         assert await reader.head() == 1
         await reader.close()
+
+    asyncio.run(run())
+
+
+def test_the_wal_is_copied_into_the_file_beside_the_commits(tmp_path: Path) -> None:
+    """No commit copies the WAL (that made one append in a hundred take tens of ms at a
+    live rate): the writer's copier thread does, while the writes go on, and the writer
+    (here told never to truncate) does not."""
+    path = tmp_path / "copied.db"
+
+    async def run() -> None:
+        store = await SQLiteStore.open(path, idle_checkpoint=1e9, checkpoint_every=1e9)
+        try:
+            await store.append(_tweets(1, 2), [], 1.0)
+            empty = path.stat().st_size  # the schema's pages; the tweets are in the WAL
+            for first in range(3, 400, 2):
+                await store.append(_tweets(first, first + 1), [], 1.0)
+            await asyncio.to_thread(
+                wait_for, lambda: path.stat().st_size > empty, 10 * UNIT, "the copy"
+            )
+            assert Path(f"{path}-wal").exists()  # copied, not truncated: the copier's work
+        finally:
+            await store.close()
 
     asyncio.run(run())

@@ -12,7 +12,7 @@ from relay.store.sqlite.conn import connect
 from relay.store.sqlite.damage import check_head
 from relay.store.sqlite.schema import check_schema, migrate
 from relay.store.sqlite.search import indexed_seq
-from relay.store.sqlite.writer import WRITER_CACHE_KIB, wal_checkpoint_pages
+from relay.store.sqlite.writer import WRITER_CACHE_KIB
 
 
 def check_readable(path: str) -> tuple[int, str]:
@@ -71,8 +71,9 @@ def open_for_writing(path: str) -> WriterStart:
         given, head = check_head(conn)
         search_indexed = indexed_seq(conn)
         conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB:d}")
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        conn.execute(f"PRAGMA wal_autocheckpoint = {wal_checkpoint_pages(page_size):d}")
+        # No checkpoint inside a commit: the writer's copier thread copies the WAL beside
+        # them (relay.store.sqlite.checkpointer), the writer truncates it when writes pause.
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
     except (sqlite3.DatabaseError, StoreError) as exc:
         if conn is not None:
             conn.close()

@@ -7,7 +7,8 @@ commit, not many. Being the only writer, it knows the next ``seq``
 receive order in the same transaction (:mod:`relay.store.sqlite.receive_order`). Between
 commits it indexes what was committed for full-text search
 (:mod:`relay.store.sqlite.search`) and, once writes pause, copies the WAL back into the
-file and truncates it.
+file and truncates it. While they come, a thread of its own copies it beside them
+(:mod:`relay.store.sqlite.checkpointer`): no commit ever runs a checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from relay.errors import StoreCorrupt, StoreError
+from relay.store.sqlite.checkpointer import Checkpointer
 from relay.store.sqlite.conn import BUSY_TIMEOUT_MS
 from relay.store.sqlite.damage import is_corruption
 from relay.store.sqlite.receive_order import record as record_receive_order
@@ -39,30 +41,15 @@ WRITER_CACHE_KIB = 65536
 group commit of a few thousand 2 KB tweets spills pages to the WAL before it commits
 (the profile of the old writer showed ``sqlite3PcacheFetchStress`` and ``pwrite``
 inside the inserts); 64 MiB holds a whole group and the hot index pages."""
-WAL_CHECKPOINT_BYTES = 40 * 2**20
-"""What the WAL grows to before a commit copies it into the file (``PRAGMA
-wal_autocheckpoint``, in pages of the store's size: 10,000 of 4 KiB, 2,560 of 16 KiB;
-SQLite's default is 1,000 pages). The copy runs inside the committing append; fewer,
-larger ones write each hot index page once instead of ten times. At 30,000 tweets
-appended alone (4 KiB pages): 15,000 -> 18,600 and 12,400 -> 17,300 tweets/s, 55-62 ->
-48 µs of CPU a tweet. With 16 KiB pages, 2,560 or 10,000 pages cost the same CPU a tweet
-(100,000 tweets, alternated)."""
-
-
-def wal_checkpoint_pages(page_size: int) -> int:
-    """``wal_autocheckpoint`` for a store with pages of ``page_size`` bytes."""
-    return max(1000, WAL_CHECKPOINT_BYTES // max(page_size, 512))
-
-
 IDLE_CHECKPOINT = 1.0
 """Seconds without a write after which the writer copies the WAL into the database file
 and truncates it (``wal_checkpoint(TRUNCATE)``). The automatic checkpoint copies but
 never shrinks the file: a trickle of small commits (a demo, a quiet rule) would leave a
 WAL of tens of MB beside a database of a few hundred KB."""
 CHECKPOINT_EVERY = 5.0
-"""Seconds after which the writer truncates the WAL even while writes keep coming, at the
-first moment no job waits: a steady trickle is never idle for long. Under load the
-automatic checkpoint copies as much in between, so this costs little."""
+"""Seconds after which the WAL is truncated even while writes keep coming (a steady
+trickle is never idle for long): by the copier thread, right after a copy
+(:mod:`relay.store.sqlite.checkpointer`)."""
 
 
 @dataclass
@@ -120,7 +107,8 @@ class WriterThread:
         self._index_failed = False
         self._wal_dirty = False
         """Commits since the last checkpoint that truncated the WAL."""
-        self._checkpointed_at = time.monotonic()
+        self._copier = Checkpointer(path, checkpoint_every) if path != ":memory:" else None
+        """Copies the WAL into the file beside the commits (never inside one)."""
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._write_loop, args=(conn,), name="store-writer", daemon=True
@@ -175,9 +163,6 @@ class WriterThread:
             # seconds while they keep coming.
             if self._jobs.empty() or time.monotonic() - self._indexed_at >= SEARCH_LAG:
                 self._index(conn)
-            due = time.monotonic() - self._checkpointed_at >= self.checkpoint_every
-            if self._wal_dirty and self._jobs.empty() and due:
-                self._checkpoint(conn)
             try:
                 # With commits not yet checkpointed, wait only as long as idle lasts.
                 jobs = [self._jobs.get(timeout=self.idle_checkpoint if self._wal_dirty else None)]
@@ -201,12 +186,16 @@ class WriterThread:
             if jobs:
                 self._commit(conn, jobs)
                 self._wal_dirty = self.path != ":memory:"
+                if self._copier is not None:
+                    self._copier.committed()
             if flushes or stop:
                 self._index(conn)
                 for flush in flushes:
                     if flush.future.set_running_or_notify_cancel():
                         flush.future.set_result(self.search_indexed)
             if stop:
+                if self._copier is not None:
+                    self._copier.stop()
                 conn.close()
                 return
 
@@ -214,7 +203,6 @@ class WriterThread:
         """Copy the WAL into the database file and truncate it, if no reader holds an
         older snapshot now; else try again at the next idle moment. Never waits: the
         writer must not stall behind a long query."""
-        self._checkpointed_at = time.monotonic()
         busy = 1
         try:
             conn.execute("PRAGMA busy_timeout = 0")
