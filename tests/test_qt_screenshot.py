@@ -27,9 +27,16 @@ BACKGROUND = (0xF4, 0xF5, 0xF7)  # Main.qml's root colour
 CARD = (0xFF, 0xFF, 0xFF)
 
 
-def relay_qt(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+def relay_qt(*args: str, screen: bool = False, **extra: str) -> subprocess.CompletedProcess[str]:
+    """The command, offscreen; with ``screen`` False as on a machine with no display and
+    nothing said about Qt's platform (the command must choose, or say why it cannot)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RELAY_DEMO_TOKEN": "", **extra}
-    env.update(QT_QPA_PLATFORM="offscreen", QT_QUICK_BACKEND="software")
+    env.update(QT_QUICK_BACKEND="software")
+    if screen:
+        env.update(QT_QPA_PLATFORM="offscreen")
+    else:
+        for name in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY"):
+            env.pop(name, None)
     return subprocess.run(
         [sys.executable, "-m", "client_demo.qt.cli", *args],
         cwd=ROOT,
@@ -113,6 +120,16 @@ def test_emoji_are_drawn_in_colour() -> None:
         for y in range(image.height())
     )
     assert coloured > 100, "emoji drawn as outlines or boxes, not in colour"
+
+
+def test_with_no_display_a_window_is_one_line_and_exit_2() -> None:
+    """Qt would abort looking for a screen (SIGABRT, a page of plugin messages); a
+    screenshot needs none (the other tests here take theirs so)."""
+    qt_application()
+    done = relay_qt("http://127.0.0.1:9")
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("relay-qt: no display") and "--screenshot" in line
 
 
 def test_without_a_window_system_a_bad_url_is_one_line_and_exit_2() -> None:

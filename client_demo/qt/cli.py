@@ -91,10 +91,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as exc:
         say(f"needs Qt, which is not installed ({exc.name or exc}): {INSTALL}")
         return 2
+    if not os.environ.get("QT_QPA_PLATFORM") and not _has_display():
+        if not args.screenshot:
+            say(
+                "no display to open a window on (DISPLAY and WAYLAND_DISPLAY are unset): "
+                "run it on a desktop, or take a picture with --screenshot FILE"
+            )
+            return 2
+        # A picture needs no screen: Qt draws offscreen (else it aborts looking for one).
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
     from client_demo.qt.run import run
 
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")
     return run(base, args, token, say)
+
+
+def _has_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 if __name__ == "__main__":
