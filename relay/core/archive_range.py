@@ -52,30 +52,24 @@ class ArchiveRange:
 
     def may_hold(self, name: ObjectName) -> bool:
         """Whether the object so named may hold a tweet of the range."""
-        since, until = self.since, self.until
-        if since is not None:
-            if since.seq is not None and name.last_seq < since.seq:
-                return False
-            if since.time is not None and name.last_received < since.time:
-                return False
-        if until is not None:
-            if until.seq is not None and name.first_seq > until.seq:
-                return False
-            if until.time is not None and name.first_received > until.time:
-                return False
-        return True
+        return self._meets(name.first_seq, name.last_seq, name.first_received, name.last_received)
 
     def holds(self, tweet: ArchivedTweet) -> bool:
+        return self._meets(tweet.seq, tweet.seq, tweet.received, tweet.received)
+
+    def _meets(self, first_seq: int, last_seq: int, first_time: float, last_time: float) -> bool:
+        """Whether seqs ``first_seq..last_seq`` received ``first_time..last_time`` reach
+        into the range (a tweet is such a span of one)."""
         since, until = self.since, self.until
         if since is not None:
-            if since.seq is not None and tweet.seq < since.seq:
+            if since.seq is not None and last_seq < since.seq:
                 return False
-            if since.time is not None and tweet.received < since.time:
+            if since.time is not None and last_time < since.time:
                 return False
         if until is not None:
-            if until.seq is not None and tweet.seq > until.seq:
+            if until.seq is not None and first_seq > until.seq:
                 return False
-            if until.time is not None and tweet.received > until.time:
+            if until.time is not None and first_time > until.time:
                 return False
         return True
 

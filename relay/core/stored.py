@@ -22,12 +22,13 @@ import orjson
 from relay.core.times import normalise_time
 from relay.core.tweets import (
     JSON,
-    MAX_LANG_LENGTH,
     STORE_KEYS,
     Parsed,
     Rule,
     Tweet,
+    encode_object,
     tweet_id_of,
+    usable_lang,
     username_of,
 )
 from relay.core.tweets import _key as lookup_key  # the parser's own check of a key
@@ -75,18 +76,13 @@ def tweet_from_stored(stored: Mapping[str, Any], *, encode: bool = True) -> Twee
     )
     lang = obj.get("lang")
     created_at = normalise_time(obj.get("created_at"))
-    encoded = b""
-    if encode:
-        try:
-            encoded = orjson.dumps(obj)
-        except orjson.JSONEncodeError:
-            encoded = b""
+    encoded = encode_object(obj) if encode else b""
     return Tweet(
         id=tweet_id,
         text=text,
         author_id=author_id,
         author=author,
-        lang=lang if isinstance(lang, str) and 0 < len(lang) <= MAX_LANG_LENGTH else None,
+        lang=usable_lang(lang),
         created_at=created_at,
         rules=rules,
         has_media=bool(obj.get("media")),

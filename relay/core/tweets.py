@@ -393,16 +393,13 @@ def _tweet(item: Any, index: _Includes, rules: tuple[Rule, ...]) -> Tweet | Skip
     created_at = normalise_time(item.get("created_at"))
     obj["created_at"] = created_at
     lang = item.get("lang")
-    try:
-        encoded = orjson.dumps(obj)
-    except orjson.JSONEncodeError:  # nested past the encoder's depth, say
-        encoded = b""  # the store tries once more, and leaves out only this tweet
+    encoded = encode_object(obj)
     return Tweet(
         id=tweet_id,
         text=text,
         author_id=author_id,
         author=author,
-        lang=lang if isinstance(lang, str) and 0 < len(lang) <= MAX_LANG_LENGTH else None,
+        lang=usable_lang(lang),
         created_at=created_at,
         rules=rules,
         has_media=bool(media),
@@ -460,3 +457,17 @@ def _by_key(value: Any, key: str) -> dict[str, JSON]:
         if entry_key is not None:
             table[entry_key] = entry if entry[key] == entry_key else {**entry, key: entry_key}
     return table
+
+
+def usable_lang(lang: Any) -> str | None:
+    """A tweet's ``lang`` as filters and the store take it: a short string, else none."""
+    return lang if isinstance(lang, str) and 0 < len(lang) <= MAX_LANG_LENGTH else None
+
+
+def encode_object(obj: JSON) -> bytes:
+    """The served object as the store keeps it; empty when it cannot be encoded (nested
+    past the encoder's depth, say): the store tries once more and leaves out only it."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        return b""
