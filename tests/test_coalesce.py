@@ -24,6 +24,9 @@ from tests.support import UNIT, receive_tweets, subscribe, wait_for
 Start = Callable[..., RelayServer]
 
 WINDOW_MS = 20.0
+WIDE_WINDOW_MS = 500.0
+"""A window the eight publishes' loop steps always fit in, however busy the machine
+(20 ms did not once on a loaded one: a third write)."""
 PUBLISHES = 8
 
 
@@ -72,7 +75,7 @@ def _clients(relay: RelayServer) -> tuple[object, SseClient]:
     return ws, events
 
 
-@pytest.mark.parametrize("coalesce_ms", [0.0, WINDOW_MS])
+@pytest.mark.parametrize("coalesce_ms", [0.0, WIDE_WINDOW_MS])
 def test_publishes_within_the_window_go_out_as_one_write_per_client_and_0_writes_each(
     start_relay: Start, coalesce_ms: float
 ) -> None:
@@ -87,7 +90,7 @@ def test_publishes_within_the_window_go_out_as_one_write_per_client_and_0_writes
     wait_for(lambda: _writes(relay) - before >= expected, UNIT, "the writes counted")
     writes = _writes(relay) - before
     if coalesce_ms:
-        # The whole run of publishes took far less than the window: one write per client.
+        # The whole run of publishes fits in the window: one write per client.
         assert writes == 2 < PUBLISHES
     else:
         assert writes == 2 * PUBLISHES  # today's behaviour: a write per client per publish
