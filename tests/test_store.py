@@ -252,27 +252,38 @@ def test_the_wal_is_truncated_once_writes_pause_and_stats_tell_it_from_the_datab
     asyncio.run(run())
 
 
-def test_a_steady_trickle_of_writes_still_truncates_the_wal_now_and_then(tmp_path: Path) -> None:
-    wal = tmp_path / "r.db-wal"
+def test_a_steady_trickle_of_writes_keeps_the_wal_small_without_a_truncating_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """Never idle long enough for the idle checkpoint, and no truncation (it made one
+    commit wait 20-60 ms): the copies alone let the log start over in its file (each
+    start bumps the checkpoint sequence number in the WAL's header), so it stays small."""
 
-    async def run() -> None:
-        # Never idle long enough for the idle checkpoint: only the periodic one can act.
+    async def trickle(name: str, copy_every: float) -> tuple[int, int, int]:
+        wal = tmp_path / f"{name}.db-wal"
         store = await SQLiteStore.open(
-            tmp_path / "r.db", idle_checkpoint=60.0, checkpoint_every=0.2
+            tmp_path / f"{name}.db", idle_checkpoint=60.0, checkpoint_every=copy_every
         )
-        sizes: list[int] = []
+        largest, starts, sequence = 0, 0, None
         try:
-            for i in range(1, 1001):
+            for i in range(1, 201):  # a commit a tweet, as a trickle of tweets makes them
                 await store.append(_tweets(i), [], float(i))
-                sizes.append(wal.stat().st_size if wal.exists() else 0)
-                if len(sizes) > 1 and sizes[-1] < sizes[-2]:
-                    break  # truncated while writes went on
+                largest = max(largest, wal.stat().st_size)
+                with wal.open("rb") as log:
+                    now = int.from_bytes(log.read(16)[12:16], "big")
+                starts += sequence is not None and now != sequence
+                sequence = now
                 await asyncio.sleep(0.005)
+            truncations = store._writer._copier.truncations  # type: ignore[union-attr]
         finally:
             await store.close()
-        assert len(sizes) > 1 and sizes[-1] < sizes[-2], max(sizes)
+        return largest, starts, truncations
 
-    asyncio.run(run())
+    never_copied, never_started, _ = asyncio.run(trickle("never", 1e9))
+    copied, started, truncations = asyncio.run(trickle("copied", 0.05))
+    assert never_started == 0 and truncations == 0
+    assert started >= 3, started
+    assert copied < never_copied / 2, (copied, never_copied)
 
 
 # -- rewind by time: Log.seq_at --------------------------------------------------------
@@ -425,7 +436,7 @@ def test_the_wal_is_copied_into_the_file_beside_the_commits(tmp_path: Path) -> N
     path = tmp_path / "copied.db"
 
     async def run() -> None:
-        store = await SQLiteStore.open(path, idle_checkpoint=1e9, checkpoint_every=1e9)
+        store = await SQLiteStore.open(path, idle_checkpoint=1e9, checkpoint_every=0.2)
         try:
             await store.append(_tweets(1, 2), [], 1.0)
             empty = path.stat().st_size  # the schema's pages; the tweets are in the WAL

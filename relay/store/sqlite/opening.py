@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay.errors import StoreError, StoreNotReady
+from relay.store.sqlite.checkpointer import WAL_KEPT_BYTES
 from relay.store.sqlite.conn import connect
 from relay.store.sqlite.damage import check_head
 from relay.store.sqlite.schema import check_schema, migrate
@@ -72,8 +73,10 @@ def open_for_writing(path: str) -> WriterStart:
         search_indexed = indexed_seq(conn)
         conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB:d}")
         # No checkpoint inside a commit: the writer's copier thread copies the WAL beside
-        # them (relay.store.sqlite.checkpointer), the writer truncates it when writes pause.
+        # them (relay.store.sqlite.checkpointer), the writer truncates it when writes pause;
+        # in between the log starts over in its file, cut to this size when it does.
         conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_KEPT_BYTES:d}")
     except (sqlite3.DatabaseError, StoreError) as exc:
         if conn is not None:
             conn.close()

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from relay.errors import StoreCorrupt, StoreError
-from relay.store.sqlite.checkpointer import Checkpointer
+from relay.store.sqlite.checkpointer import COPY_EVERY, Checkpointer
 from relay.store.sqlite.conn import BUSY_TIMEOUT_MS
 from relay.store.sqlite.damage import is_corruption
 from relay.store.sqlite.receive_order import record as record_receive_order
@@ -46,10 +46,10 @@ IDLE_CHECKPOINT = 1.0
 and truncates it (``wal_checkpoint(TRUNCATE)``). The automatic checkpoint copies but
 never shrinks the file: a trickle of small commits (a demo, a quiet rule) would leave a
 WAL of tens of MB beside a database of a few hundred KB."""
-CHECKPOINT_EVERY = 5.0
-"""Seconds after which the WAL is truncated even while writes keep coming (a steady
-trickle is never idle for long): by the copier thread, right after a copy
-(:mod:`relay.store.sqlite.checkpointer`)."""
+CHECKPOINT_EVERY = COPY_EVERY
+"""Seconds between two copies of the WAL into the file while writes keep coming (a
+steady trickle is never idle for long): by the copier thread, beside the commits; the
+log then starts over instead of growing (:mod:`relay.store.sqlite.checkpointer`)."""
 
 
 @dataclass
@@ -163,6 +163,8 @@ class WriterThread:
             # seconds while they keep coming.
             if self._jobs.empty() or time.monotonic() - self._indexed_at >= SEARCH_LAG:
                 self._index(conn)
+            if self._copier is not None and self._jobs.empty():
+                self._copier.idle()
             try:
                 # With commits not yet checkpointed, wait only as long as idle lasts.
                 jobs = [self._jobs.get(timeout=self.idle_checkpoint if self._wal_dirty else None)]
