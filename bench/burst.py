@@ -184,13 +184,17 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
-def latencies(b: Burst) -> list[float]:
-    out: list[float] = []
+def latencies(b: Burst, warmup: float = 0.0) -> list[float]:
+    """Every frame's latency (seconds), leaving out the frames stamped within ``warmup``
+    seconds of the first one (the clients record (latency, stamp) pairs)."""
+    pairs = array("d")
     for r in b.results:
-        values = array("d")
-        values.frombytes(r["latencies"])
-        out.extend(values)
-    return out
+        pairs.frombytes(r["latencies"])
+    stamps = pairs[1::2]
+    if not stamps:
+        return []
+    since = min(stamps) + warmup
+    return [value for value, stamp in zip(pairs[::2], stamps, strict=True) if stamp >= since]
 
 
 def relay_writes(port: int) -> tuple[float, float, float, float]:

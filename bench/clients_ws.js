@@ -2,7 +2,7 @@
 // the Python generator (bench/loadgen.py) pays one read per frame per connection and falls
 // behind past about 100 subscribers on 2 cores.
 // node clients_ws.js SPEC_JSON; SPEC: {port, path, clients, stuck, subscribe, expect,
-// timeout, latencies (a file: every frame's latency, float64 seconds)}.
+// timeout, latencies (a file: every frame's latency and its stamp, float64 seconds)}.
 // Prints "ready N" once every client has its subscribed reply, then, once each reading
 // client has `expect` tweet frames (or at the timeout), one line of JSON: frames,
 // complete, gaps, closed, first, last (unix seconds). Stuck clients subscribe on a raw
@@ -38,13 +38,15 @@ function isReady() {
   }
 }
 
-function record(value) {
-  if (frames >= latencies.length) {
+function record(value, stamp) {
+  // (latency, stamp) pairs: the bench leaves out the frames of the run's first second
+  if (2 * frames + 1 >= latencies.length) {
     const grown = new Float64Array(latencies.length * 2);
     grown.set(latencies);
     latencies = grown;
   }
-  latencies[frames] = value;
+  latencies[2 * frames] = value;
+  latencies[2 * frames + 1] = stamp;
 }
 
 function stampOf(data) {
@@ -63,7 +65,7 @@ function stampOf(data) {
 function report() {
   if (reported) return;
   reported = true;
-  fs.writeFileSync(spec.latencies, Buffer.from(latencies.buffer, 0, frames * 8));
+  fs.writeFileSync(spec.latencies, Buffer.from(latencies.buffer, 0, frames * 16));
   const used = process.cpuUsage();
   const cpu = (used.user + used.system) / 1e6 - cpuAtReady;
   const result = { frames, complete, gaps, closed, first, last, cpu };
@@ -90,7 +92,8 @@ function reader() {
     const t = now();
     if (lastSeq >= 0 && seq !== lastSeq + 1) gaps += 1;
     lastSeq = seq;
-    record(t - stampOf(data));
+    const stamp = stampOf(data);
+    record(t - stamp, stamp);
     frames += 1;
     if (!first) first = t;
     last = t;

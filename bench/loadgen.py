@@ -183,7 +183,8 @@ class Client(asyncio.Protocol):
             mark = buffer.rfind(STAMP, start, end) + len(STAMP)
             if mark >= len(STAMP):
                 close = buffer.find(b'"', mark, end)
-                shared.latencies.append(now - shared.stamp(bytes(buffer[mark:close])))
+                stamp = shared.stamp(bytes(buffer[mark:close]))
+                shared.latencies.extend((now - stamp, stamp))
         self.count += 1
         shared.frames += 1
         if not shared.first:

@@ -117,6 +117,57 @@ def test_two_followers_get_the_same_tweets_in_seq_order(redis_server: RedisServe
     asyncio.run(main())
 
 
+def test_a_publish_reaches_a_waiting_follower_in_one_read(redis_server: RedisServer) -> None:
+    """Redis answers a blocked XREAD right after the command that added to the stream:
+    added one by one, a publish of 5 reached the follower as 1 and then 4 (two fan-outs
+    to every client). In one transaction it arrives whole."""
+
+    async def main() -> None:
+        publisher, follower = bus(redis_server), bus(redis_server)
+        await publisher.start()
+        batches = follower.follow(0)
+        first = asyncio.ensure_future(anext(batches))
+        probe = redis_server.client()
+        await until(lambda: int(probe.info("clients")["blocked_clients"]) >= 1)
+        publisher.publish(tweets(1, 5))
+        async with asyncio.timeout(4 * UNIT):
+            assert seqs(await first) == [1, 2, 3, 4, 5]
+        await batches.aclose()
+        await publisher.close()
+        await follower.close()
+
+    asyncio.run(main())
+
+
+def test_adds_redis_refuses_are_counted_and_later_ones_go_through(
+    redis_server: RedisServer,
+) -> None:
+    """Out of memory, Redis refuses to queue an add and so the whole transaction: the
+    batch goes again add by add, each refusal counted (followers read those from the
+    store), and the bus goes on once Redis takes adds again."""
+
+    async def main() -> None:
+        publisher, follower = bus(redis_server), bus(redis_server)
+        await publisher.start()
+        probe = redis_server.client()
+        probe.config_set("maxmemory", "1")
+        try:
+            publisher.publish(tweets(1, 3))
+            await until(
+                lambda: sample(publisher.metrics, "relay_bus_dropped_total", reason="error") == 3
+            )
+        finally:
+            probe.config_set("maxmemory", "0")
+        publisher.publish(tweets(4, 6))
+        got = await read_until(follower.follow(0), has_seq(6))
+        assert seqs(got) == [4, 5, 6]
+        assert published(publisher) == 3
+        await publisher.close()
+        await follower.close()
+
+    asyncio.run(main())
+
+
 def test_a_follower_from_a_seq_gets_only_later_entries(redis_server: RedisServer) -> None:
     async def main() -> None:
         publisher, follower = bus(redis_server), bus(redis_server)

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from relay.bus import BusItem
 from relay.bus.entries import EntryId, decode_entry, encode_heartbeat, encode_tweet, parse_id
@@ -331,7 +331,20 @@ class RedisBus:
             self._count(batch, results, heartbeat)
 
     async def _send(self, batch: list[StoredTweet], heartbeat: int | None) -> list[Any]:
-        async with self._publisher().pipeline(transaction=False) as pipe:
+        """Add the batch in one transaction: Redis answers a blocked XREAD after the
+        command that added to its stream, so added one by one a publish of 5 reached the
+        followers as 1, then 4 (two fan-outs to every client, each a write a client).
+        A transaction Redis refuses whole (an add it would not queue: out of memory) goes
+        again add by add, each result counted on its own."""
+        try:
+            return await self._execute(batch, heartbeat, transaction=True)
+        except ResponseError:
+            return await self._execute(batch, heartbeat, transaction=False)
+
+    async def _execute(
+        self, batch: list[StoredTweet], heartbeat: int | None, *, transaction: bool
+    ) -> list[Any]:
+        async with self._publisher().pipeline(transaction=transaction) as pipe:
             for tweet in batch:
                 pipe.xadd(
                     self.key,
