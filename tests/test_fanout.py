@@ -86,6 +86,34 @@ def test_one_publish_reaches_each_client_in_order_in_one_write(start_relay: Star
         ws.close()
 
 
+def test_publishes_and_a_reply_of_one_loop_step_reach_the_client_in_order_in_one_write(
+    start_relay: Start,
+) -> None:
+    """A lone publish goes out as the bytes it shares with every subscriber; a second
+    publish or a reply before it is written joins it, in order, in the same one write."""
+    relay = start_relay()
+    hub = _hub(relay)
+    ws, _ = subscribe(relay.ws_url)
+    _subscribers(relay, 1)
+    session = _session_of(relay, ws.socket.getsockname()[1])
+    (before,) = _writes(relay, [session])
+
+    async def go() -> list[int]:
+        first = _tweets(hub, 3, 100)
+        hub.publish(first)
+        second = _tweets(hub, 2, 100)
+        hub.publish(second)
+        session.push(b'{"type":"note"}')
+        return [t.seq for t in first + second]
+
+    seqs = relay.call(go())
+    frames = [orjson.loads(ws.recv(timeout=UNIT)) for _ in range(6)]
+    assert [frame.get("seq") for frame in frames[:5]] == seqs
+    assert frames[5] == {"type": "note"}
+    assert _writes(relay, [session]) == [before + 1]
+    ws.close()
+
+
 def test_a_publish_larger_than_a_piece_goes_out_in_pieces_and_the_loop_keeps_serving(
     start_relay: Start,
 ) -> None:

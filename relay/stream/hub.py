@@ -173,8 +173,49 @@ class Hub:
                 if batch is None:
                     batch = per_channel[channel] = ChannelBatch(channel, epoch)
                 batch.add(tweet, payload)
-        parts: dict[Session, list[Frames]] = {}
         failed: dict[Session, BaseException] = {}
+        if len(per_channel) == 1:
+            self._deliver_one(*next(iter(per_channel.items())), failed)
+        else:
+            self._deliver_several(per_channel, failed)
+        if failed:
+            self._isolate(failed)
+        if not self._dirty:
+            self._oldest_unwritten = 0.0  # no frame to write: nothing to measure
+        elif per_channel:
+            received = min((t.received for t in tweets if t.received), default=0.0)
+            if received and (not self._oldest_unwritten or received < self._oldest_unwritten):
+                self._oldest_unwritten = received
+        if self._dirty and self._flush_handle is None:
+            # Not now: publishes of the same step (a follower's runs, a standby's catching
+            # up), or of the window, go out together, one write per client. At a live rate
+            # a tweet or a few come per publish, and a write per client is the cost.
+            loop = asyncio.get_running_loop()
+            if self.coalesce > 0:
+                self._flush_handle = loop.call_later(self.coalesce, self._flush)
+            else:
+                self._flush_handle = loop.call_soon(self._flush)
+
+    def _deliver_one(
+        self, channel: str, batch: ChannelBatch, failed: dict[Session, BaseException]
+    ) -> None:
+        """A publish on one channel (the common case): each listener takes its part."""
+        dirty = self._dirty
+        for session in tuple(self._listeners.get(channel, ())):
+            try:
+                part = session.take_batch(channel, batch)
+                if part is not None and session.deliver_batch([part]) and not session.scheduled:
+                    session.scheduled = True
+                    dirty.append(session)
+            except Exception as exc:  # one session's failure stays with it
+                failed[session] = exc
+
+    def _deliver_several(
+        self, per_channel: dict[str, ChannelBatch], failed: dict[Session, BaseException]
+    ) -> None:
+        """A publish on several channels: a session listening to more than one gets its
+        parts together, in seq order."""
+        parts: dict[Session, list[Frames]] = {}
         for channel, batch in per_channel.items():
             for session in tuple(self._listeners.get(channel, ())):
                 if session in failed:
@@ -194,23 +235,6 @@ class Hub:
                     self._dirty.append(session)
             except Exception as exc:
                 failed[session] = exc
-        if failed:
-            self._isolate(failed)
-        if not self._dirty:
-            self._oldest_unwritten = 0.0  # no frame to write: nothing to measure
-        elif per_channel:
-            received = min((t.received for t in tweets if t.received), default=0.0)
-            if received and (not self._oldest_unwritten or received < self._oldest_unwritten):
-                self._oldest_unwritten = received
-        if self._dirty and self._flush_handle is None:
-            # Not now: publishes of the same step (a follower's runs, a standby's catching
-            # up), or of the window, go out together, one write per client. At a live rate
-            # a tweet or a few come per publish, and a write per client is the cost.
-            loop = asyncio.get_running_loop()
-            if self.coalesce > 0:
-                self._flush_handle = loop.call_later(self.coalesce, self._flush)
-            else:
-                self._flush_handle = loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Write pending frames, a piece per session in turn, up to a turn's worth of bytes;

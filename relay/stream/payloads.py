@@ -18,7 +18,7 @@ class Frames:
     """Frames of one transport kind in seq order, their seqs and their size in bytes: a
     channel's publish, shared by its sessions, or the part of it one session takes."""
 
-    __slots__ = ("frames", "seqs", "size")
+    __slots__ = ("_joined", "frames", "seqs", "size")
 
     def __init__(
         self, frames: list[bytes] | None = None, seqs: list[int] | None = None, size: int = 0
@@ -26,6 +26,18 @@ class Frames:
         self.frames: list[bytes] = [] if frames is None else frames
         self.seqs: list[int] = [] if seqs is None else seqs
         self.size = size
+        self._joined: bytes | None = None
+
+    @property
+    def joined(self) -> bytes:
+        """The frames end to end, joined at the first ask and then shared: the one write
+        of every session that has nothing else pending (not changed after that ask)."""
+        joined = self._joined
+        if joined is None:
+            joined = self._joined = (
+                self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            )
+        return joined
 
     def add(self, frame: bytes, seq: int) -> None:
         self.frames.append(frame)

@@ -92,6 +92,7 @@ class Session:
         "_out",
         "_out_bytes",
         "_out_seq",
+        "_whole",
         "closed",
         "frames_sent",
         "kind",
@@ -136,6 +137,9 @@ class Session:
         self._out: list[bytes] = []
         self._out_seq: list[int] = []
         self._out_bytes = 0
+        self._whole: Frames | None = None
+        """What one publish shared with every live subscriber, when it is all this session
+        has pending: written as it is, joined once for all of them (see :meth:`_spill`)."""
         self._held = 0
         """Bytes of live frames held for subscriptions still catching up."""
         self._hold = _FREE
@@ -231,7 +235,7 @@ class Session:
     @property
     def pending(self) -> bool:
         """Frames handed to this session wait to be written."""
-        return bool(self._out)
+        return bool(self._out) or self._whole is not None
 
     def backlog(self) -> int:
         """Bytes sent to this client and not yet taken: ours and the transport's."""
@@ -278,6 +282,17 @@ class Session:
             return False
         if len(parts) == 1:
             (part,) = parts
+            if (
+                self._whole is None
+                and not self._out
+                and not self.held_back
+                and part.size <= self.piece
+            ):
+                # The live path: nothing else pending, one write of the publish's bytes.
+                self._whole = part
+                self._out_bytes += part.size
+                return True
+            self._spill()
             self._out.extend(part.frames)
             self._out_seq.extend(part.seqs)
             self._out_bytes += part.size
@@ -290,7 +305,16 @@ class Session:
             self._add(merged)
         return bool(self._out) and not self.held_back
 
+    def _spill(self) -> None:
+        """Turn a whole publish pending (:attr:`_whole`) into frames pending like any."""
+        whole = self._whole
+        if whole is not None:
+            self._whole = None
+            self._out.extend(whole.frames)
+            self._out_seq.extend(whole.seqs)
+
     def _add(self, frames: Iterable[Frame]) -> None:
+        self._spill()
         out, seqs = self._out, self._out_seq
         size = 0
         for frame, seq in frames:
@@ -316,6 +340,7 @@ class Session:
         seqs up to ``last``) after what is pending, in one write."""
         if self.closed:
             return
+        self._spill()
         self._out.append(page)
         self._out_seq.append(last)
         self._out_bytes += len(page)
@@ -334,10 +359,17 @@ class Session:
         frame) in one write: how many frames and bytes went out. Nothing while the
         transport pushes back: the frames are held back until it drains, and then
         everything pending goes out in one write."""
-        if self.closed or not self._out:
+        whole = self._whole
+        if self.closed or not (self._out or whole is not None):
             return 0, 0
         if self.transport.pushing_back():
             self._hold = _HELD
+            return 0, 0
+        if whole is not None:
+            self._whole = None
+            self._hold = _FREE
+            if self._send(whole.joined, whole.size, whole.seqs[-1]):
+                return len(whole.frames), whole.size
             return 0, 0
         out, size, count = self._out, 0, 0
         if self._hold is _WHOLE:
@@ -357,7 +389,7 @@ class Session:
         if self._hold is not _HELD:
             return
         self._hold = _FREE
-        if self._out and not self.closed and self.on_drained is not None:
+        if self.pending and not self.closed and self.on_drained is not None:
             self._hold = _WHOLE
             self.on_drained(self)
 
@@ -368,9 +400,13 @@ class Session:
         del self._out[:count]
         del self._out_seq[:count]
         size = sum(map(len, frames))
+        return self._send(frames[0] if count == 1 else b"".join(frames), size, last)
+
+    def _send(self, data: bytes, size: int, last: int) -> bool:
+        """Write ``data`` (pending frames of ``size`` bytes up to seq ``last``) as one write."""
         self._out_bytes -= size
         try:
-            written = self.transport.write(frames[0] if count == 1 else b"".join(frames))
+            written = self.transport.write(data)
         except Exception as exc:  # a transport that fails is cut; its end reaches the server
             log.debug("writing to %s failed: %s", self.peer, exc)
             written = False
@@ -390,7 +426,7 @@ class Session:
         while True:
             if self.closed:
                 raise SessionClosed
-            if self._out:
+            if self._out or self._whole is not None:
                 self.send_now(())
                 continue
             if self.transport_backlog() <= low:
@@ -454,6 +490,7 @@ class Session:
             )
             self.metrics.slow_consumers.inc()
         self.closed = True
+        self._whole = None
         self._out.clear()
         self._out_seq.clear()
         self._out_bytes = 0
