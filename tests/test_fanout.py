@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
+from websockets.exceptions import ConnectionClosed
 
 from relay.store import StoredTweet
 from relay.stream.hub import Hub
@@ -112,6 +114,42 @@ def test_publishes_and_a_reply_of_one_loop_step_reach_the_client_in_order_in_one
     assert frames[5] == {"type": "note"}
     assert _writes(relay, [session]) == [before + 1]
     ws.close()
+
+
+class _FramingFails:
+    """A client's transport whose framing raises: a bug in one session's delivery."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    @property
+    def framing(self) -> Any:
+        raise RuntimeError("framing broke")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_a_session_whose_delivery_fails_is_closed_alone_and_the_others_get_the_publish(
+    start_relay: Start,
+) -> None:
+    relay = start_relay()
+    broken, _ = subscribe(relay.ws_url)
+    fine, _ = subscribe(relay.ws_url)
+    _subscribers(relay, 2)
+    failing = _session_of(relay, broken.socket.getsockname()[1])
+
+    async def break_it() -> None:
+        failing.transport = _FramingFails(failing.transport)
+
+    relay.call(break_it())
+    seqs = _publish(relay, 3, 100)
+    assert [f["seq"] for f in receive_tweets(fine, 3)] == seqs
+    with pytest.raises(ConnectionClosed) as closed:
+        broken.recv(timeout=UNIT)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+    assert relay.relay.metrics.refused.labels("delivery_failed")._value.get() == 1
+    fine.close()
 
 
 def test_a_publish_larger_than_a_piece_goes_out_in_pieces_and_the_loop_keeps_serving(

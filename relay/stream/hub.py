@@ -50,7 +50,8 @@ from relay.errors import (
 )
 from relay.store import Log, StoredTweet
 from relay.stream.catch_up import CatchUpReader
-from relay.stream.payloads import ChannelBatch, Frames
+from relay.stream.delivery import deliver
+from relay.stream.payloads import ChannelBatch
 from relay.stream.rewind import replay_paced
 from relay.stream.session import Session, Subscription
 
@@ -173,11 +174,7 @@ class Hub:
                 if batch is None:
                     batch = per_channel[channel] = ChannelBatch(channel, epoch)
                 batch.add(tweet, payload)
-        failed: dict[Session, BaseException] = {}
-        if len(per_channel) == 1:
-            self._deliver_one(*next(iter(per_channel.items())), failed)
-        else:
-            self._deliver_several(per_channel, failed)
+        failed = deliver(self._listeners, per_channel, self._dirty)
         if failed:
             self._isolate(failed)
         if not self._dirty:
@@ -195,46 +192,6 @@ class Hub:
                 self._flush_handle = loop.call_later(self.coalesce, self._flush)
             else:
                 self._flush_handle = loop.call_soon(self._flush)
-
-    def _deliver_one(
-        self, channel: str, batch: ChannelBatch, failed: dict[Session, BaseException]
-    ) -> None:
-        """A publish on one channel (the common case): each listener takes its part."""
-        dirty = self._dirty
-        for session in tuple(self._listeners.get(channel, ())):
-            try:
-                part = session.take_batch(channel, batch)
-                if part is not None and session.deliver_batch([part]) and not session.scheduled:
-                    session.scheduled = True
-                    dirty.append(session)
-            except Exception as exc:  # one session's failure stays with it
-                failed[session] = exc
-
-    def _deliver_several(
-        self, per_channel: dict[str, ChannelBatch], failed: dict[Session, BaseException]
-    ) -> None:
-        """A publish on several channels: a session listening to more than one gets its
-        parts together, in seq order."""
-        parts: dict[Session, list[Frames]] = {}
-        for channel, batch in per_channel.items():
-            for session in tuple(self._listeners.get(channel, ())):
-                if session in failed:
-                    continue
-                try:
-                    part = session.take_batch(channel, batch)
-                    if part is not None:
-                        parts.setdefault(session, []).append(part)
-                except Exception as exc:  # one session's failure stays with it
-                    failed[session] = exc
-        for session, batches in parts.items():
-            if session in failed:
-                continue
-            try:
-                if session.deliver_batch(batches) and not session.scheduled:
-                    session.scheduled = True
-                    self._dirty.append(session)
-            except Exception as exc:
-                failed[session] = exc
 
     def _flush(self) -> None:
         """Write pending frames, a piece per session in turn, up to a turn's worth of bytes;
