@@ -32,8 +32,9 @@ from relay.sources.synth import generate
 WARMUP = 1.0
 """Seconds at the start of a paced run (at most a tenth of it) whose frames the latency
 figures leave out, for every server: the relay's ingester process starts with the stream
-(its first commits and connections take a few tens of ms on a core the clients share),
-and the figure is of the live path, not of a start. The p99 with them is printed beside."""
+while the client processes warm up on the same 2 cores, and in the first tenth of a
+second every hop of the relay (commit, Redis, fan-out) waits 15-30 ms for a core; the
+figure is of the live path, not of a start. The p99 with them is printed beside."""
 LINES_PER_CHUNK = 5
 """Lines recorded at one time by default: the replay's sleep overshoots a little each
 time, and one sleep per 4 ms line may fall short of 250 a second on a busy machine."""
