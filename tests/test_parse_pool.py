@@ -10,6 +10,10 @@ import logging
 import os
 import pickle
 import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +23,8 @@ import pytest
 from relay.core.tweet_rows import TweetRows
 from relay.core.tweets import parse_line, stored_body, stored_object
 from relay.errors import MalformedPayload
-from relay.ingest.chunk import decode_chunk, encode_chunk
-from relay.ingest.parse_pool import PROCESS_MIN_LINES, ParsedChunk, ParserPool, parse_chunk
+from relay.ingest.chunk import decode_chunk, encode_chunk, encode_lines
+from relay.ingest.parse_pool import HEADER, PROCESS_MIN_LINES, ParsedChunk, ParserPool, parse_chunk
 from relay.sources.synth import write_stream
 from relay.testing import RelayServer
 from tests.support import UNIT, counted, stream_line
@@ -245,3 +249,58 @@ def test_tweet_rows_slice_and_extend_keep_every_column_in_step() -> None:
     assert list(head) == list(rows)
     assert TweetRows.of(list(rows)).ids == rows.ids
     assert TweetRows.of(rows) is rows
+
+
+def test_a_parser_process_stopped_while_its_answer_fills_the_pipe_still_sends_it_whole() -> None:
+    # Ctrl-Z and fg (or a profiler attaching) stops the worker; a write blocked on a full
+    # pipe then returns having written part. Under PYTHONUNBUFFERED=1 (common in container
+    # images) the worker's stdout was the raw file, the rest of the answer was lost, and
+    # the relay waited for it forever.
+    batch = [stream_line(n, "x" * 1000) for n in range(1, 2001)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path.cwd())}
+    answer: list[bytes] = []
+    with subprocess.Popen(
+        [sys.executable, "-m", "relay.ingest.parse_worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    ) as worker:
+        assert worker.stdin is not None and worker.stdout is not None
+        try:
+            assert worker.stdout.read(HEADER.size) == HEADER.pack(0)  # ready
+            request = encode_lines(batch, False)
+            worker.stdin.write(HEADER.pack(len(request)) + request)
+            worker.stdin.flush()
+            # Nobody reads its answer yet: it fills the pipe and the worker blocks writing.
+            _wait_for(lambda: "pipe_write" in _wchan(worker.pid), "the worker blocked writing")
+            os.kill(worker.pid, signal.SIGSTOP)
+            _wait_for(lambda: _state(worker.pid) == "T", "the worker stopped")
+            os.kill(worker.pid, signal.SIGCONT)
+
+            def read_answer() -> None:
+                assert worker.stdout is not None
+                (size,) = HEADER.unpack(worker.stdout.read(HEADER.size))
+                answer.append(worker.stdout.read(size))
+
+            reader = threading.Thread(target=read_answer, daemon=True)
+            reader.start()
+            reader.join(10 * UNIT)
+            assert answer, "the answer never came whole: the relay would wait forever"
+        finally:
+            worker.kill()  # ends a reader still waiting too
+    assert _summary(decode_chunk(answer[0])) == _summary(parse_chunk(batch))
+
+
+def _wchan(pid: int) -> str:
+    return Path(f"/proc/{pid}/wchan").read_text()
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10 * UNIT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
