@@ -218,7 +218,9 @@ async def _print_json(stream: ResumingStream) -> None:
 async def _write_lines(stream: ResumingStream, *, json: bool) -> None:
     """One line a tweet on stdout, as it comes: the object as the relay sent it
     (``json``), or :func:`plain_line`; what else happens, on stderr."""
-    out = sys.stdout.buffer
+    # Buffered whatever PYTHONUNBUFFERED says: its raw file may write part of a line to a
+    # pipe when Ctrl-Z stops the client, and the rest would be lost.
+    out = open(sys.stdout.fileno(), "wb", closefd=False)  # noqa: SIM115
     async with contextlib.aclosing(stream.events()) as events:
         async for event in events:
             if event.kind == "tweet":
