@@ -20,6 +20,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from relay.core.times import time_from_unix
 from relay.core.tweet_rows import TweetRows
 from relay.core.tweets import parse_line, stored_body, stored_object
 from relay.errors import MalformedPayload
@@ -304,3 +305,14 @@ def _wait_for(condition: Callable[[], bool], what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(0.01)
+
+
+def test_receive_times_formatted_in_the_parser_are_the_stores_text_across_the_wire() -> None:
+    lines = [stream_line(1, "a"), b"{broken", stream_line(2, "b", tags=("cats",))]
+    times = [1767323045.0625, 1767323046.0, -5.0e20]  # the last out of range: pinned
+    chunk = decode_chunk(encode_chunk(parse_chunk(lines, False, times)))
+    assert chunk.tweet_times == [time_from_unix(times[i]) for i in chunk.tweet_lines]
+    assert chunk.user_times == [time_from_unix(times[i]) for i in chunk.user_lines] != []
+    assert chunk.tweet_times[0] == "2026-01-02T03:04:05.062Z"
+    assert len(chunk.tweet_times) == 2
+    assert parse_chunk(lines).tweet_times == []  # no times given: the store formats them

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from relay.core.stored import parse_stored
+from relay.core.times import times_from_unix
 from relay.core.tweet_rows import RuleColumns, TweetRows, rule_columns
 from relay.core.tweets import JSON, Rule, Skip, parse_line
 from relay.errors import MalformedPayload
@@ -35,6 +36,11 @@ class ParsedChunk:
     in the place of its first (where the store would have met it a line at a time)."""
     user_lines: list[int] = field(default_factory=list)
     """The index of the line each user last came in."""
+    tweet_times: list[str] = field(default_factory=list)
+    """Each tweet's receive time as the store's text, when the lines' times were given
+    (formatted in the parser process, off the relay's busy process); else empty."""
+    user_times: list[str] = field(default_factory=list)
+    """Each user's, likewise."""
     payloads: int = 0
     keepalives: int = 0
     malformed: list[tuple[int, str, str]] = field(default_factory=list)
@@ -43,9 +49,12 @@ class ParsedChunk:
     api_errors: list[JSON] = field(default_factory=list)
 
 
-def parse_chunk(lines: Sequence[bytes], stored: bool = False) -> ParsedChunk:
+def parse_chunk(
+    lines: Sequence[bytes], stored: bool = False, times: Sequence[float] | None = None
+) -> ParsedChunk:
     """Parse every line (``stored``: each a stored tweet object, from an archive); a bad
-    line is recorded in the result, never raised."""
+    line is recorded in the result, never raised. ``times``, each line's receive time,
+    are formatted as the store's text for its tweets and users."""
     chunk = ParsedChunk()
     users: dict[str, tuple[JSON, int]] = {}
     parse = parse_stored if stored else parse_line
@@ -73,17 +82,24 @@ def parse_chunk(lines: Sequence[bytes], stored: bool = False) -> ParsedChunk:
                 users[user_id] = (user, index)  # the last one stands, in the first's place
     chunk.users = [user for user, _ in users.values()]
     chunk.user_lines = [index for _, index in users.values()]
+    if times is not None:
+        texts = times_from_unix(times)
+        chunk.tweet_times = [texts[index] for index in chunk.tweet_lines]
+        chunk.user_times = [texts[index] for index in chunk.user_lines]
     return chunk
 
 
-def encode_lines(lines: Sequence[bytes], stored: bool) -> bytes:
-    """A request to a parser process: the batch's lines and how to parse them."""
-    return marshal.dumps((stored, list(lines)))
+def encode_lines(
+    lines: Sequence[bytes], stored: bool, times: Sequence[float] | None = None
+) -> bytes:
+    """A request to a parser process: the batch's lines, how to parse them, and each
+    line's receive time (if known)."""
+    return marshal.dumps((stored, list(lines), None if times is None else list(times)))
 
 
-def decode_lines(data: bytes) -> tuple[bool, list[bytes]]:
-    stored, lines = marshal.loads(data)
-    return bool(stored), lines
+def decode_lines(data: bytes) -> tuple[bool, list[bytes], list[float] | None]:
+    stored, lines, times = marshal.loads(data)
+    return bool(stored), lines, times
 
 
 def encode_chunk(chunk: ParsedChunk) -> bytes:
@@ -115,6 +131,8 @@ def encode_chunk(chunk: ParsedChunk) -> bytes:
             chunk.tweet_lines,
             chunk.users,
             chunk.user_lines,
+            chunk.tweet_times,
+            chunk.user_times,
             chunk.payloads,
             chunk.keepalives,
             chunk.malformed,
@@ -143,6 +161,8 @@ def decode_chunk(data: bytes | None) -> ParsedChunk:
         tweet_lines,
         users,
         user_lines,
+        tweet_times,
+        user_times,
         payloads,
         keepalives,
         malformed,
@@ -169,6 +189,8 @@ def decode_chunk(data: bytes | None) -> ParsedChunk:
         tweet_lines,
         users,
         user_lines,
+        tweet_times,
+        user_times,
         payloads,
         keepalives,
         [tuple(entry) for entry in malformed],

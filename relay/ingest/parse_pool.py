@@ -102,19 +102,21 @@ class ParserPool:
             and all(worker.ready.done() for worker in self._workers)
         )
 
-    async def parse(self, lines: Sequence[bytes], stored: bool = False) -> ParsedChunk:
+    async def parse(
+        self, lines: Sequence[bytes], stored: bool = False, times: Sequence[float] | None = None
+    ) -> ParsedChunk:
         """The batch parsed in a worker; raises nothing (what fails there parses here)."""
         if self._failed or not self._workers:
-            return parse_chunk(lines, stored)
+            return parse_chunk(lines, stored, times)
         worker = self._workers[self._next % len(self._workers)]
         self._next += 1
         try:
-            return await worker.parse(lines, stored)
+            return await worker.parse(lines, stored, times)
         except (OSError, EOFError, asyncio.IncompleteReadError) as exc:  # a worker died
             self._give_up(exc)
         except Exception as exc:  # what a worker could not send back (nested too deep)
             log.debug("a batch failed in a parser process (%s): parsed here", exc)
-        return parse_chunk(lines, stored)
+        return parse_chunk(lines, stored, times)
 
     async def close(self) -> None:
         if self._starting is not None:
@@ -179,10 +181,12 @@ class _Worker:
         (size,) = HEADER.unpack(await self._stdout.readexactly(HEADER.size))
         return await self._stdout.readexactly(size) if size else None
 
-    async def parse(self, lines: Sequence[bytes], stored: bool = False) -> ParsedChunk:
+    async def parse(
+        self, lines: Sequence[bytes], stored: bool = False, times: Sequence[float] | None = None
+    ) -> ParsedChunk:
         if self._reader.done():
             raise EOFError("the parser process has stopped")
-        request = encode_lines(lines, stored)
+        request = encode_lines(lines, stored, times)
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
         try:
@@ -238,9 +242,9 @@ def serve(reader: BinaryIO, writer: BinaryIO) -> None:
         if len(header) < HEADER.size:
             return
         (size,) = HEADER.unpack(header)
-        stored, lines = decode_lines(reader.read(size))
+        stored, lines, times = decode_lines(reader.read(size))
         try:
-            answer = encode_chunk(parse_chunk(lines, stored))
+            answer = encode_chunk(parse_chunk(lines, stored, times))
         except ValueError:  # nested past what marshal takes: the relay parses it itself
             answer = b""
         writer.write(HEADER.pack(len(answer)))

@@ -88,6 +88,9 @@ class LogSample:
         self._since = self.clock()
 
 
+_Parsing = tuple["asyncio.Future[ParsedChunk]", list[RawLine], list[float]]
+"""A batch being parsed: its parse, its lines, each line's receive time."""
+
 LINES_PER_TURN = 64
 """Lines read or parsed before ingest lets the other tasks of the event loop run."""
 
@@ -115,9 +118,7 @@ class Ingest:
         self._lines: asyncio.Queue[RawLine | None] = asyncio.Queue(maxsize=4 * batch_size)
         self.parser = ParserPool(parse_processes)
         # Batches in a parser process at once: enough to keep every worker busy.
-        self._parsed: asyncio.Queue[tuple[asyncio.Future[ParsedChunk], list[RawLine]] | None] = (
-            asyncio.Queue(2 * parse_processes + 1)
-        )
+        self._parsed: asyncio.Queue[_Parsing | None] = asyncio.Queue(2 * parse_processes + 1)
         self._appends: asyncio.Queue[asyncio.Future[AppendResult] | None] = asyncio.Queue(8)
         self._tasks: list[asyncio.Task[None]] = []
         self.error: BaseException | None = None
@@ -252,17 +253,18 @@ class Ingest:
             if not lines or self.failed.is_set():
                 continue
             stored = lines[0].kind == "stored"
+            times = self._times(lines)
             if self.parser.takes(len(lines)):
                 parse: asyncio.Future[ParsedChunk] = asyncio.ensure_future(
-                    self.parser.parse([line.data for line in lines], stored)
+                    self.parser.parse([line.data for line in lines], stored, times)
                 )
             else:
                 parse = asyncio.get_running_loop().create_future()
-                parse.set_result(await self._parse_here(lines))
-            await self._parsed.put((parse, lines))
+                parse.set_result(await self._parse_here(lines, times))
+            await self._parsed.put((parse, lines, times))
         await self._parsed.put(None)
 
-    async def _parse_here(self, lines: list[RawLine]) -> ParsedChunk:
+    async def _parse_here(self, lines: list[RawLine], times: list[float]) -> ParsedChunk:
         """Parse on the event loop, in slices, letting clients be served in between."""
         chunk = ParsedChunk()
         for start in range(0, len(lines), LINES_PER_TURN):
@@ -271,11 +273,14 @@ class Ingest:
             part = parse_chunk(
                 [line.data for line in lines[start : start + LINES_PER_TURN]],
                 lines[0].kind == "stored",
+                times[start : start + LINES_PER_TURN],
             )
             chunk.tweets.extend(part.tweets)
             chunk.tweet_lines += [start + index for index in part.tweet_lines]
             chunk.users += part.users  # the store keeps the last of each id
             chunk.user_lines += [start + index for index in part.user_lines]
+            chunk.tweet_times += part.tweet_times
+            chunk.user_times += part.user_times
             chunk.payloads += part.payloads
             chunk.keepalives += part.keepalives
             chunk.malformed += [(start + i, why, detail) for i, why, detail in part.malformed]
@@ -286,7 +291,7 @@ class Ingest:
     async def _store(self) -> None:
         """Hand each parsed batch to the store, in the order the lines came."""
         while (item := await self._parsed.get()) is not None:
-            parse, lines = item
+            parse, lines, times = item
             try:
                 chunk = await parse
             finally:
@@ -295,7 +300,7 @@ class Ingest:
             self._account(chunk, lines)
             if chunk.tweets and not self.failed.is_set():
                 append = asyncio.ensure_future(
-                    self.store.append(chunk.tweets, chunk.users, self._received(chunk, lines))
+                    self.store.append(chunk.tweets, chunk.users, _received(chunk, times))
                 )
                 # Once ingest failed the publisher no longer awaits appends: their
                 # outcome is known, and asyncio must not log each as never retrieved.
@@ -304,10 +309,10 @@ class Ingest:
                 await self._appends.put(append)
         await self._appends.put(None)
 
-    def _received(self, chunk: ParsedChunk, lines: list[RawLine]) -> Received:
-        """Each tweet's and user's receive time: its line's, as the source gave it (a
-        nonsense one falls back to now). Never the batch's: which lines share a batch
-        depends on timing, and what is stored must not."""
+    def _times(self, lines: list[RawLine]) -> list[float]:
+        """Each line's receive time, as the source gave it (a nonsense one falls back to
+        now). Never the batch's: which lines share a batch depends on timing, and what
+        is stored must not."""
         now: float | None = None
         times: list[float] = []
         for line in lines:
@@ -315,10 +320,7 @@ class Ingest:
             if when is None:
                 when = now = self.clock() if now is None else now
             times.append(when)
-        return Received(
-            [times[index] for index in chunk.tweet_lines],
-            [times[index] for index in chunk.user_lines],
-        )
+        return times
 
     def _timer(self, started: float) -> Callable[[asyncio.Future[Any]], None]:
         """Observe how long an append took to commit (``relay_store_commit_seconds``)."""
@@ -380,6 +382,16 @@ class Ingest:
             if self.source_error is not None:
                 self._fail(self.source_error)
             self.finished.set()
+
+
+def _received(chunk: ParsedChunk, times: list[float]) -> Received:
+    """Each tweet's and user's receive time: its line's; as text too when the parsing
+    formatted it."""
+    tweets = [times[index] for index in chunk.tweet_lines]
+    users = [times[index] for index in chunk.user_lines]
+    if len(chunk.tweet_times) == len(tweets) and len(chunk.user_times) == len(users):
+        return Received(tweets, users, chunk.tweet_times, chunk.user_times)
+    return Received(tweets, users)
 
 
 def _cuts(first: RawLine | None, line: RawLine) -> bool:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from relay.core.times import times_from_unix
 from relay.core.tweets import ALL_CHANNEL, RULE_PREFIX
 
 if TYPE_CHECKING:
@@ -103,6 +104,22 @@ class Received:
 
     tweets: Sequence[float]
     users: Sequence[float]
+    tweet_texts: Sequence[str] | None = None
+    """The same times as the store's text, when already formatted (by the parser
+    process, beside the relay's busy process); else :meth:`tweet_times` formats them."""
+    user_texts: Sequence[str] | None = None
+
+    def tweet_times(self) -> Sequence[str]:
+        """Each tweet's time as the store's text."""
+        if self.tweet_texts is not None:
+            return self.tweet_texts
+        return times_from_unix(self.tweets)
+
+    def user_times(self) -> Sequence[str]:
+        """Each user's time as the store's text."""
+        if self.user_texts is not None:
+            return self.user_texts
+        return times_from_unix(self.users)
 
     @classmethod
     def of(cls, received_at: float | Received, tweets: int, users: int) -> Received:

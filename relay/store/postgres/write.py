@@ -22,7 +22,7 @@ import psycopg
 import psycopg.errors
 
 from relay.core.filters import fold
-from relay.core.times import normalise_time, time_from_unix, times_from_unix
+from relay.core.times import normalise_time, time_from_unix
 from relay.core.tweets import Tweet, display_name_of, stored_body, username_of
 from relay.errors import StoreError
 from relay.store.postgres.schema import TWEET_COLUMNS
@@ -76,11 +76,11 @@ class Batch:
     def of(
         cls, tweets: Sequence[Tweet], users: Sequence[dict[str, Any]], received: Received
     ) -> Batch:
-        tweet_times = times_from_unix(received.tweets)
+        tweet_times = received.tweet_times()
         # Once into objects: a batch from the parser holds columns (TweetRows), which
         # would build each tweet again at every pass over it.
         tweets = list(tweets)
-        return cls(tweets, users, received, tweet_times, times_from_unix(received.users))
+        return cls(tweets, users, received, tweet_times, received.user_times())
 
 
 def _text(value: Any) -> str | None:

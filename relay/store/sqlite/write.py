@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from relay.core.times import MAX_TIME_LENGTH, normalise_time, time_from_unix, times_from_unix
+from relay.core.times import MAX_TIME_LENGTH, normalise_time, time_from_unix
 from relay.core.tweet_rows import TweetRows
 from relay.core.tweets import (
     Tweet,
@@ -89,8 +89,8 @@ def append_rows(
     ones that fail on their data: the slow path, taken only after the fast
     one failed.
     """
-    tweet_times = times_from_unix(received.tweets)
-    user_times = times_from_unix(received.users)
+    tweet_times = received.tweet_times()
+    user_times = received.user_times()
     if not careful:
         return _append_batch(conn, seq_counter, tweets, users, received, tweet_times, user_times)
     stored: list[StoredTweet] = []
