@@ -1,5 +1,6 @@
-"""A cut ``.gz`` recording: every whole line before the cut is stored and published,
-then the relay stops with one line (issue 19 point 3)."""
+"""Reading a recording: a cut ``.gz`` recording gives every whole line before the cut,
+which is stored and published, then the relay stops with one line (issue 19 point 3);
+lines read in lists are the lines read one at a time."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import sqlite3
 import subprocess
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
+from relay.core.rule_set import RuleSet
 from relay.errors import SourceError
+from relay.sources import RawLine
 from relay.sources.replay import ReplaySource
 from relay.sources.synth import write_stream
 from relay.testing import RelayServer
@@ -36,8 +39,21 @@ def cut_recording(path: Path, lines: int, keep: Callable[[int], int], seed: int 
     return [orjson.loads(line)["data"]["id"] for line in complete]
 
 
+async def read_lines(source: ReplaySource, batched: bool) -> AsyncIterator[RawLine]:
+    """The source's lines, as ``lines()`` gives them or flattened from ``batches()``."""
+    if not batched:
+        async for line in source.lines():
+            yield line
+        return
+    async for group in source.batches():
+        assert group, "an empty list"
+        for line in group:
+            yield line
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["lines", "batches"])
 def test_a_cut_gzip_gives_every_whole_line_before_the_cut_then_one_error(
-    tmp_path: Path,
+    tmp_path: Path, batched: bool
 ) -> None:
     # fcb6446 lost the last lines before the cut: the large read that met the cut threw
     # away everything it had decompressed.
@@ -47,7 +63,7 @@ def test_a_cut_gzip_gives_every_whole_line_before_the_cut_then_one_error(
     async def read() -> tuple[list[str], SourceError]:
         got: list[str] = []
         with pytest.raises(SourceError) as raised:
-            async for line in ReplaySource(path, speed=0, clock=lambda: 0.0).lines():
+            async for line in read_lines(ReplaySource(path, speed=0, clock=lambda: 0.0), batched):
                 got.append(orjson.loads(line.data)["data"]["id"])
         return got, raised.value
 
@@ -56,6 +72,31 @@ def test_a_cut_gzip_gives_every_whole_line_before_the_cut_then_one_error(
     message = str(error)
     assert "\n" not in message
     assert f"past line {len(ids):,}" in message and "cut" in message and str(path) in message
+
+
+def test_a_recording_read_in_lists_gives_the_lines_times_and_rules_of_one_at_a_time(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "stream.jsonl"
+    write_stream(path, 3000, seed=3)  # about 6 MB: several reads of the file
+    lines = path.read_bytes().split(b"\n")
+    lines[10] = orjson.dumps({"data": {"id": "1", "text": "no recorded time"}})
+    lines[20] = b""  # a keep-alive
+    lines[30] = lines[30] + b"\r"  # CRLF
+    path.write_bytes(b"\n".join(lines))  # and no newline after the last line
+
+    async def read(batched: bool) -> tuple[list[tuple[bytes, float]], RuleSet, int]:
+        ticks = iter(range(10**6))
+        source = ReplaySource(path, speed=0, clock=lambda: float(next(ticks)))
+        got = [(line.data, line.received_at) async for line in read_lines(source, batched)]
+        return got, source.rule_set, source.passes
+
+    one_at_a_time, in_lists = asyncio.run(read(False)), asyncio.run(read(True))
+    assert in_lists == one_at_a_time
+    got, rule_set, passes = in_lists
+    assert len(got) == len([line for line in lines if line]) + 1 and passes == 1
+    assert got[10] == (lines[10], 0.0)  # no recorded time: the clock's first reading
+    assert rule_set.closed and rule_set.keys
 
 
 def test_a_gzip_of_several_members_with_padding_reads_whole(tmp_path: Path) -> None:

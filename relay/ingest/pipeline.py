@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 from relay.core.rule_set import STATE_KEY, RuleSet, listing
@@ -201,16 +201,20 @@ class Ingest:
             log.info("rule channels of %s: open until its tweets have been read", rule_set.origin)
 
     async def _read(self) -> None:
-        lines = self.source.lines()
         source = self.source
+        # A source that reads in bulk gives its lines in lists: no loop step a line.
+        batches = getattr(source, "batches", None)
+        lines: AsyncIterator[list[RawLine]] = batches() if batches else _singly(source.lines())
         read = 0
         try:
-            async for line in lines:
-                await self._lines.put(line)
-                read += 1
+            async for group in lines:
+                for line in group:
+                    await self._lines.put(line)
+                read += len(group)
                 if getattr(source, "rule_set", None) is not self._declared:
                     await self.record_rule_set()
-                if read % LINES_PER_TURN == 0 and self._lines.qsize() >= self.batch_size:
+                if read >= LINES_PER_TURN and self._lines.qsize() >= self.batch_size:
+                    read = 0
                     # A source that never waits (a replay at full speed) and a queue with
                     # room never suspend: once a full batch waits, let the loop serve
                     # clients in between (earlier would cut batches short).
@@ -382,6 +386,17 @@ class Ingest:
             if self.source_error is not None:
                 self._fail(self.source_error)
             self.finished.set()
+
+
+async def _singly(lines: AsyncIterator[RawLine]) -> AsyncIterator[list[RawLine]]:
+    """A source's lines one a list; closing this closes the source's iterator."""
+    try:
+        async for line in lines:
+            yield [line]
+    finally:
+        closer = getattr(lines, "aclose", None)
+        if closer is not None:
+            await closer()
 
 
 def _received(chunk: ParsedChunk, times: list[float]) -> Received:

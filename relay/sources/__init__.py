@@ -5,6 +5,10 @@ yields each payload line exactly as received (a blank line is a keep-alive) and
 knows nothing of parsing or storage; the ingest pipeline does the rest. A source
 stops when its iterator is closed or its task cancelled.
 
+A source that reads in bulk (a recording at full speed) may also have an async
+``batches()`` iterator of lists of :class:`RawLine`, the same lines in the same order:
+ingest then takes them a list at a time, without a step of the event loop a line.
+
 A source may also say which rule channels it produces: a ``rule_set`` attribute
 (:class:`relay.core.rule_set.RuleSet`), read by ingest after every line and recorded in the
 store when it changes. A source without one declares nothing: its set stays open.

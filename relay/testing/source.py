@@ -128,6 +128,44 @@ class ControlledSource:
             out.append(self._pushed.get_nowait())
         return out
 
+    async def batches(self) -> AsyncIterator[list[RawLine]]:
+        """The lines in lists: a replay at full speed in the lists it reads, with lines
+        pushed meanwhile between two of them; else one line a list, as :meth:`lines`."""
+        if self.replay is None or self.stepped or self.speed:
+            async for line in self.lines():
+                yield [line]
+            return
+        try:
+            replay = ReplaySource(self.replay, speed=0, loop=False, clock=self.clock)
+            async for group in replay.batches():
+                pushed: list[RawLine] = []
+                ended = False
+                for data in self._pending():
+                    if data is None:  # ended: what was pushed before the end still goes
+                        ended = True
+                        break
+                    pushed.append(RawLine(data, self.clock()))
+                if pushed:
+                    yield pushed
+                if ended:
+                    return
+                self.recorded_lines += len(group)
+                yield group
+            async for line in self._after_replay():
+                yield [line]
+        finally:
+            self.ended.set()
+
+    async def _after_replay(self) -> AsyncIterator[RawLine]:
+        if not self.keep_open:
+            for data in self._pending():
+                if data is None:
+                    return
+                yield RawLine(data, self.clock())
+            return
+        while (data := await self._pushed.get()) is not None:
+            yield RawLine(data, self.clock())
+
     async def lines(self) -> AsyncIterator[RawLine]:
         try:
             if self.replay is not None:
@@ -146,13 +184,7 @@ class ControlledSource:
                         self._budget -= 1
                     self.recorded_lines += 1
                     yield line
-            if not self.keep_open:
-                for data in self._pending():
-                    if data is None:
-                        return
-                    yield RawLine(data, self.clock())
-                return
-            while (data := await self._pushed.get()) is not None:
-                yield RawLine(data, self.clock())
+            async for line in self._after_replay():
+                yield line
         finally:
             self.ended.set()
