@@ -14,6 +14,8 @@ import pytest
 
 from relay.core.times import time_from_unix, times_from_unix
 from relay.core.tweets import parse_line
+from relay.core.user_rows import UserRows
+from relay.ingest.chunk import parse_chunk
 from relay.store import Received
 from relay.testing import RelayClient, RelayServer, ReplayClock, tweets_of
 from relay.testing.source import FIXED_START
@@ -55,7 +57,17 @@ def test_an_append_stores_each_tweet_and_user_at_its_own_time_as_one_at_a_time_w
     async def stored(name: str, one_at_a_time: bool) -> tuple[list[Any], list[Any]]:
         store = await make_store(name)
         parsed = [parse_line(data) for data in lines]
-        if one_at_a_time:
+        if name == "as_parsed":  # as ingest hands it over: times and user rows built
+            chunk = parse_chunk(lines, False, times)
+            assert isinstance(chunk.users, UserRows)
+            received = Received(
+                [times[i] for i in chunk.tweet_lines],
+                [times[i] for i in chunk.user_lines],
+                chunk.tweet_times,
+                chunk.user_times,
+            )
+            await store.append(chunk.tweets, chunk.users, received)
+        elif one_at_a_time:
             for each, when in zip(parsed, times, strict=True):
                 await store.append(each.tweets, each.users, when)
         else:
@@ -72,6 +84,7 @@ def test_an_append_stores_each_tweet_and_user_at_its_own_time_as_one_at_a_time_w
     async def run() -> None:
         batched = await stored("batched", one_at_a_time=False)
         assert batched == await stored("single", one_at_a_time=True)
+        assert batched == await stored("as_parsed", one_at_a_time=False)
         bodies, (u1, u2) = batched
         assert [b["received_at"] for b in bodies] == times_from_unix([times[0], times[1], times[3]])
         # The tweets sent no created_at: each takes its own receive time, not the batch's.

@@ -19,6 +19,7 @@ from relay.core.stored import parse_stored
 from relay.core.times import times_from_unix
 from relay.core.tweet_rows import RuleColumns, TweetRows, rule_columns
 from relay.core.tweets import JSON, Rule, Skip, parse_line
+from relay.core.user_rows import UserRows
 from relay.errors import MalformedPayload
 
 
@@ -31,9 +32,10 @@ class ParsedChunk:
     lists, not an object a tweet."""
     tweet_lines: list[int] = field(default_factory=list)
     """The index in the batch of the line each tweet came in: whose receive time it keeps."""
-    users: list[JSON] = field(default_factory=list)
+    users: list[JSON] | UserRows = field(default_factory=list)
     """Included users with a text id, the last one of each id (the one the store keeps),
-    in the place of its first (where the store would have met it a line at a time)."""
+    in the place of its first (where the store would have met it a line at a time); as
+    the rows the store upserts when the lines' times were given."""
     user_lines: list[int] = field(default_factory=list)
     """The index of the line each user last came in."""
     tweet_times: list[str] = field(default_factory=list)
@@ -86,6 +88,7 @@ def parse_chunk(
         texts = times_from_unix(times)
         chunk.tweet_times = [texts[index] for index in chunk.tweet_lines]
         chunk.user_times = [texts[index] for index in chunk.user_lines]
+        chunk.users = UserRows.of(chunk.users, chunk.user_times) or chunk.users
     return chunk
 
 
@@ -129,7 +132,8 @@ def encode_chunk(chunk: ParsedChunk) -> bytes:
             tweets.encoded,
             tweets.objects,
             chunk.tweet_lines,
-            chunk.users,
+            chunk.users.rows if isinstance(chunk.users, UserRows) else None,
+            None if isinstance(chunk.users, UserRows) else chunk.users,
             chunk.user_lines,
             chunk.tweet_times,
             chunk.user_times,
@@ -159,6 +163,7 @@ def decode_chunk(data: bytes | None) -> ParsedChunk:
         encoded,
         objects,
         tweet_lines,
+        user_rows,
         users,
         user_lines,
         tweet_times,
@@ -187,7 +192,7 @@ def decode_chunk(data: bytes | None) -> ParsedChunk:
     return ParsedChunk(
         tweets,
         tweet_lines,
-        users,
+        users if user_rows is None else UserRows(user_rows),
         user_lines,
         tweet_times,
         user_times,

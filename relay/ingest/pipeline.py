@@ -24,6 +24,7 @@ from typing import Any
 
 from relay.core.rule_set import STATE_KEY, RuleSet, listing
 from relay.core.times import usable_unix
+from relay.core.user_rows import UserRows
 from relay.errors import RelayError
 from relay.ingest.parse_pool import ParsedChunk, ParserPool, parse_chunk
 from relay.obs.metrics import Metrics
@@ -281,7 +282,7 @@ class Ingest:
 
     async def _parse_here(self, lines: list[RawLine], times: list[float]) -> ParsedChunk:
         """Parse on the event loop, in slices, letting clients be served in between."""
-        chunk = ParsedChunk()
+        chunk = ParsedChunk(users=UserRows())
         for start in range(0, len(lines), LINES_PER_TURN):
             if start:
                 await asyncio.sleep(0)
@@ -292,7 +293,11 @@ class Ingest:
             )
             chunk.tweets.extend(part.tweets)
             chunk.tweet_lines += [start + index for index in part.tweet_lines]
-            chunk.users += part.users  # the store keeps the last of each id
+            # The store keeps the last of each id.
+            if isinstance(chunk.users, UserRows) and isinstance(part.users, UserRows):
+                chunk.users.rows += part.users.rows
+            else:
+                chunk.users = [*chunk.users, *part.users]
             chunk.user_lines += [start + index for index in part.user_lines]
             chunk.tweet_times += part.tweet_times
             chunk.user_times += part.user_times

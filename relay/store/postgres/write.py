@@ -22,8 +22,9 @@ import psycopg
 import psycopg.errors
 
 from relay.core.filters import fold
-from relay.core.times import normalise_time, time_from_unix
+from relay.core.times import time_from_unix
 from relay.core.tweets import Tweet, display_name_of, stored_body, username_of
+from relay.core.user_rows import stored_user
 from relay.errors import StoreError
 from relay.store.postgres.schema import TWEET_COLUMNS
 from relay.store.types import AppendResult, Received, RestoreBatch, StoredTweet
@@ -210,10 +211,7 @@ def _user_row(user: dict[str, Any], received: str) -> tuple[Any, ...] | None:
     user_id = user.get("id")
     if not isinstance(user_id, str):  # parse gives ids as text; anything else is no user
         return None
-    obj = dict(user)
-    obj["objectType"] = "objects.users"
-    obj["createdAt"] = normalise_time(user.get("created_at")) or received
-    obj["updatedAt"] = received
+    obj = stored_user(user, received)
     return (
         _key(user_id),
         _text(username_of(user)),

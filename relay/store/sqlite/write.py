@@ -7,7 +7,6 @@ complete with it; a rolled-back transaction puts the counter back.
 
 from __future__ import annotations
 
-import functools
 import logging
 import sqlite3
 from collections.abc import Sequence
@@ -16,16 +15,15 @@ from typing import Any
 
 import orjson
 
-from relay.core.times import MAX_TIME_LENGTH, normalise_time, time_from_unix
+from relay.core.times import time_from_unix
 from relay.core.tweet_rows import TweetRows
 from relay.core.tweets import (
     Tweet,
     appended_body,
-    display_name_of,
     stored_body,
     stored_object,
-    username_of,
 )
+from relay.core.user_rows import UserRows, user_row
 from relay.errors import StoreError
 from relay.store.sqlite.schema import TWEET_COLUMNS
 from relay.store.types import AppendResult, Received, RestoreBatch, StoredTweet
@@ -131,7 +129,8 @@ INSERT_TWEET = f"INSERT INTO tweets ({TWEET_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,
 INSERT_TWEET_RULE = "INSERT OR IGNORE INTO tweet_rules (tag, seq) VALUES (?, ?)"
 INSERT_RULE = "INSERT OR IGNORE INTO rules (tag, first_seq) VALUES (?, ?)"
 UPSERT_USER = (
-    "INSERT INTO users (id, username, name, object, updated_at) VALUES (?,?,?,?,?) "
+    "INSERT INTO users (id, username, name, object, updated_at) "
+    "VALUES (?,?,?,CAST(? AS TEXT),?) "
     "ON CONFLICT (id) DO UPDATE SET username = excluded.username, "
     "name = excluded.name, object = excluded.object, updated_at = excluded.updated_at"
 )
@@ -229,18 +228,21 @@ def _append_batch(
     for key, first in rule_rows:
         firsts.setdefault(key, first)
     conn.executemany(INSERT_RULE, firsts.items())
-    # An author of many tweets of the batch comes once per tweet: the last one stands,
-    # with its time, in the place of the first (where a batch of one line at a time
-    # would have inserted it).
-    latest = {
-        uid: (user, text)
-        for user, text in zip(users, user_times, strict=True)
-        if isinstance(uid := user.get("id"), str)
-    }
-    conn.executemany(
-        UPSERT_USER,
-        [row for user, text in latest.values() if (row := _user_row(user, text))],
-    )
+    if isinstance(users, UserRows):  # built by the parser, one per id already
+        conn.executemany(UPSERT_USER, users.rows)
+    else:
+        # An author of many tweets of the batch comes once per tweet: the last one
+        # stands, with its time, in the place of the first (where a batch of one line
+        # at a time would have inserted it).
+        latest = {
+            uid: (user, text)
+            for user, text in zip(users, user_times, strict=True)
+            if isinstance(uid := user.get("id"), str)
+        }
+        conn.executemany(
+            UPSERT_USER,
+            [row for user, text in latest.values() if (row := user_row(user, text))],
+        )
     seq_counter.next = seq
     return AppendResult(stored=stored, duplicates=len(columns) - len(stored))
 
@@ -270,33 +272,9 @@ def insert_tweet(
 
 
 def upsert_user(conn: sqlite3.Connection, user: dict[str, Any], received: str) -> None:
-    row = _user_row(user, received)
+    row = user_row(user, received)
     if row is not None:
         conn.execute(UPSERT_USER, row)
-
-
-@functools.lru_cache(maxsize=8192)
-def _normalised(value: str) -> str | None:
-    """normalise_time for a user's created_at: the same few authors come back batch
-    after batch, and checking a time is a third of building their row."""
-    return normalise_time(value)
-
-
-def _user_row(user: dict[str, Any], received: str) -> tuple[Any, ...] | None:
-    user_id = user.get("id")
-    if not isinstance(user_id, str):  # parse gives ids as text; anything else is no user
-        return None
-    obj = dict(user)
-    obj["objectType"] = "objects.users"
-    created = user.get("created_at")
-    obj["createdAt"] = (
-        # Only short text is remembered: a hostile megabyte "time" is not kept.
-        _normalised(created)
-        if isinstance(created, str) and len(created) <= MAX_TIME_LENGTH
-        else normalise_time(created)
-    ) or received
-    obj["updatedAt"] = received
-    return (user_id, username_of(user), display_name_of(user), orjson.dumps(obj).decode(), received)
 
 
 def restore_rows(conn: sqlite3.Connection, seq_counter: Seq, batch: RestoreBatch) -> int:
@@ -333,7 +311,7 @@ def restore_rows(conn: sqlite3.Connection, seq_counter: Seq, batch: RestoreBatch
         received = time_from_unix(batch.tweets[-1].received_at)
         latest = {uid: user for user in batch.users if isinstance(uid := user.get("id"), str)}
         conn.executemany(
-            UPSERT_USER, [row for user in latest.values() if (row := _user_row(user, received))]
+            UPSERT_USER, [row for user in latest.values() if (row := user_row(user, received))]
         )
     conn.executemany(
         "INSERT INTO source_state (key, value) VALUES (?, ?) "
