@@ -24,7 +24,7 @@ import psycopg.errors
 from relay.core.filters import fold
 from relay.core.times import time_from_unix
 from relay.core.tweets import Tweet, display_name_of, stored_body, username_of
-from relay.core.user_rows import stored_user
+from relay.core.user_rows import UserRows, stored_user
 from relay.errors import StoreError
 from relay.store.postgres.schema import TWEET_COLUMNS
 from relay.store.types import AppendResult, Received, RestoreBatch, StoredTweet
@@ -160,11 +160,17 @@ async def append_fast(cur: Cursor, seqs: Seqs, batch: Batch) -> AppendResult:
     if tags:
         await cur.execute(INSERT_TWEET_RULES, [tags, tag_seqs])
         await cur.execute(INSERT_RULES, [tags, tag_seqs])
-    users = [
-        user_row
-        for user, text in zip(batch.users, batch.user_times, strict=True)
-        if (user_row := _user_row(user, text))
-    ]
+    if isinstance(batch.users, UserRows):  # built by the parser: no object built again
+        users = [
+            (_key(uid), _text(username), _text(name), obj.decode(), text)
+            for uid, username, name, obj, text in batch.users.rows
+        ]
+    else:
+        users = [
+            user_row
+            for user, text in zip(batch.users, batch.user_times, strict=True)
+            if (user_row := _user_row(user, text))
+        ]
     if users:
         await cur.executemany(UPSERT_USER, users)
     return AppendResult(stored=stored, duplicates=duplicates)
