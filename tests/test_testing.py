@@ -393,3 +393,22 @@ def test_an_in_process_relay_lends_its_collection_thresholds_while_it_runs(
         assert gc.get_threshold() == HOT_PATH_THRESHOLDS  # the outer one still runs
         assert outer.wait_replayed().stored == 20
     assert gc.get_threshold() == before
+
+
+def test_lines_pushed_during_a_full_speed_replay_are_stored_once_each_beside_it(
+    tmp_path: Path,
+) -> None:
+    # At full speed the replay goes a read of the file at a time; pushed lines go out
+    # between two reads, and the recorded lines keep their order among themselves.
+    path = tmp_path / "stream.jsonl"
+    write_stream(path, 3000, seed=9)
+    recorded = [orjson.loads(line)["data"]["id"] for line in path.read_bytes().splitlines()]
+    pushed = [str(10**12 + n) for n in range(20)]
+    with RelayServer(path, speed="max", keep_open=True) as server:
+        for tweet_id in pushed:
+            server.push({"data": {"id": tweet_id, "text": "pushed"}})
+        server.wait_seq(len(recorded) + len(pushed), timeout=20 * UNIT)
+        ids = [tweet["id"] for tweet in server.all_tweets()]
+    assert sorted(ids) == sorted(recorded + pushed)  # each once
+    assert [i for i in ids if i not in pushed] == recorded
+    assert [i for i in ids if i in pushed] == pushed
