@@ -11,9 +11,12 @@ inserts, indexes and receive order), not a network's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import sqlite3
 import time
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -22,6 +25,27 @@ from bench.ingest import fill
 from bench.table import Row
 
 PER_OBJECT = 10_000
+
+
+@contextlib.contextmanager
+def fresh_database(database_url: str, suffix: str) -> Iterator[str]:
+    """The URL of a new, empty database beside ``database_url``'s (its name plus
+    ``_suffix``, made anew), dropped when the block ends."""
+    import psycopg
+    from psycopg import sql
+
+    parts = urllib.parse.urlsplit(database_url)
+    name = f"{parts.path.lstrip('/') or 'postgres'}_{suffix}"
+    fresh = urllib.parse.urlunsplit(parts._replace(path="/" + name))
+    drop = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(drop)
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield fresh
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(drop)
 
 
 def restore(folder: Path, count: int, database_url: str) -> list[Row]:
@@ -40,11 +64,15 @@ def restore(folder: Path, count: int, database_url: str) -> list[Row]:
     postgres = "skipped: set DATABASE_URL (a fresh database)"
     if database_url:
         try:
-            settings = Settings.from_mapping({"database_url": database_url})
-            began = time.perf_counter()
-            pg = asyncio.run(relay_restore(settings, url))
-            postgres = f"PostgreSQL: {pg.tweets / (time.perf_counter() - began):,.0f} tweets/s"
-        except Exception as exc:  # a database that holds tweets is refused: say so
+            # The ingest part filled DATABASE_URL's database, and a restore goes only into
+            # an empty store: a database of its own beside it, dropped after.
+            with fresh_database(database_url, "restore") as fresh:
+                settings = Settings.from_mapping({"database_url": fresh})
+                began = time.perf_counter()
+                pg = asyncio.run(relay_restore(settings, url))
+                rate_pg = pg.tweets / (time.perf_counter() - began)
+            postgres = f"PostgreSQL: {rate_pg:,.0f} tweets/s"
+        except Exception as exc:  # no right to create a database, say: say so
             postgres = f"PostgreSQL failed: {type(exc).__name__}: {exc}"[:100]
     return [
         Row(
